@@ -1,0 +1,114 @@
+/* api/api.h — the HTTP API's handlers, independent of any event loop.
+ * The server routes a request here on its loop thread. A handler answers at
+ * once (kvd_response filled) or defers: work that computes (a step) becomes a
+ * kvd_api_job that the server runs on a worker thread and hands back on the
+ * loop thread. Jobs of one session run one at a time in arrival order: the API
+ * keeps each session's queue, touched only on the loop thread. */
+#ifndef KVD_API_H
+#define KVD_API_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/errors.h"
+#include "api/request.h"
+#include "cache/pool.h"
+
+typedef enum kvd_route {
+    KVD_ROUTE_SESSION_CREATE,   /* POST   /v1/sessions */
+    KVD_ROUTE_SESSION_LIST,     /* GET    /v1/sessions */
+    KVD_ROUTE_SESSION_GET,      /* GET    /v1/sessions/{id} */
+    KVD_ROUTE_SESSION_DELETE,   /* DELETE /v1/sessions/{id} */
+    KVD_ROUTE_SESSION_STEP,     /* POST   /v1/sessions/{id}/step */
+    KVD_ROUTE_SESSION_FORK,     /* POST   /v1/sessions/{id}/fork */
+    KVD_ROUTE_SESSION_SNAPSHOT, /* GET    /v1/sessions/{id}/snapshot */
+    KVD_ROUTE_SESSION_RESTORE,  /* POST   /v1/sessions/restore */
+    KVD_ROUTE_BATCH,            /* POST   /v1/batch */
+    KVD_ROUTE_INFO,             /* GET    /v1/info */
+    KVD_ROUTE_HEALTHZ,          /* GET    /healthz */
+    KVD_ROUTE_READYZ,           /* GET    /readyz */
+    KVD_ROUTE_METRICS,          /* GET    /metrics */
+    KVD_ROUTE_UNKNOWN,          /* no such path: 404 */
+    KVD_ROUTE_COUNT
+} kvd_route;
+
+/* Route label for metrics ("session_step", ...); never holds a session id. */
+const char *kvd_route_label(kvd_route r);
+
+typedef struct kvd_response {
+    int status;
+    const char *content_type;  /* static string */
+    char *body;                /* malloc'd; owner frees */
+    size_t body_len;
+    unsigned retry_after_s;    /* > 0 adds a Retry-After header */
+} kvd_response;
+
+/* Fills resp with a JSON error body (falls back to a static body if even
+ * that allocation fails). */
+void kvd_response_error(kvd_response *resp, const kvd_api_error *err);
+/* Takes ownership of json text (malloc'd) as the body with the status. */
+void kvd_response_json(kvd_response *resp, int status, char *json);
+
+typedef struct kvd_api_request {
+    kvd_route route;
+    const char *session_id;    /* the {id} path segment, NUL-terminated, or NULL */
+    const char *query;         /* after '?', NUL-terminated, "" if none */
+    const char *content_type;  /* header value or NULL */
+    const char *body;
+    size_t body_len;
+} kvd_api_request;
+
+typedef struct kvd_api_options {
+    size_t memory_bytes;
+    size_t page_bytes;
+    unsigned threads;
+    size_t max_body;
+    uint32_t max_sessions;     /* 0 = limited only by memory */
+    unsigned session_queue;    /* pending requests per session before 429 */
+} kvd_api_options;
+
+/* Counters the API keeps for /metrics (read with relaxed atomics). */
+typedef struct kvd_api_stats {
+    atomic_uint_fast64_t sessions_created;
+    atomic_uint_fast64_t step_tokens;       /* tokens appended, summed over streams */
+    atomic_uint_fast64_t steps;
+    atomic_uint_fast64_t rejected_pool_full;
+    atomic_uint_fast64_t rejected_queue_full;
+    atomic_uint_fast64_t rejected_max_sessions;
+} kvd_api_stats;
+
+typedef struct kvd_api kvd_api;
+typedef struct kvd_api_job kvd_api_job;
+
+/* How the server runs deferred work: `submit` must eventually call
+ * kvd_api_job_run(job) on a worker thread and then kvd_api_job_done(api, job)
+ * on the loop thread. */
+typedef void (*kvd_api_submit_fn)(void *executor, kvd_api_job *job);
+/* How the API answers a request it deferred (called on the loop thread, once
+ * per deferred request; takes ownership of resp->body). */
+typedef void (*kvd_api_respond_fn)(void *reply, kvd_response *resp);
+
+/* Returns 0 and *out, or a negative errno (-ENOMEM, -EINVAL for a pool that
+ * cannot be made). Destroy after the loop stops and no job is in flight. */
+int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *executor,
+                   kvd_api_respond_fn respond, kvd_api **out);
+void kvd_api_destroy(kvd_api *api);
+
+/* Handles one request on the loop thread. Returns true with *resp filled when
+ * answered now; false when deferred: `respond(reply, ...)` will be called
+ * later with the answer (reply is the server's opaque handle). */
+bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp);
+
+void kvd_api_job_run(kvd_api_job *job);                 /* worker thread */
+void kvd_api_job_done(kvd_api *api, kvd_api_job *job);  /* loop thread; answers, frees */
+
+/* Readiness: false while the pool is exhausted (fewer than 1% of pages free). */
+bool kvd_api_ready(const kvd_api *api);
+const kvd_pool *kvd_api_pool(const kvd_api *api);
+const kvd_api_stats *kvd_api_stats_get(const kvd_api *api);
+/* Live sessions (loop thread). */
+size_t kvd_api_session_count(const kvd_api *api);
+
+#endif

@@ -1,0 +1,70 @@
+/* cache/stream.h — one stream: the cache of one (layer, kv_head) of a session.
+ * A stream owns a block table (list of pool pages) and a count of slots in
+ * use; slot j is in page j / slots_per_page. In an f32 page the layout is
+ *   [K: spp x head_dim f32][V: spp x head_dim f32][meta: spp x kvd_slot_meta]
+ * with each block starting on a 64-byte boundary, so one slot costs
+ * 2*head_dim*4 + sizeof(kvd_slot_meta) bytes plus page slack, all inside the
+ * pool and all counted. Appending never fails half-way: the caller first
+ * reserves block-table room and takes pages from the pool, then appends. */
+#ifndef KVD_CACHE_STREAM_H
+#define KVD_CACHE_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/attention.h"
+#include "cache/pool.h"
+
+/* Per-slot metadata stored in the page beside the slot's key and value. */
+typedef struct kvd_slot_meta {
+    int64_t position; /* original token position (tokens appended before it) */
+    float key_norm;   /* L2 norm of the key as received (eviction by l2norm) */
+    float score;      /* accumulated attention weight (h2o) */
+} kvd_slot_meta;
+
+typedef struct kvd_stream {
+    void **pages;            /* block table: n_pages pool pages */
+    size_t n_pages;
+    size_t cap_pages;        /* allocated length of `pages` */
+    size_t n_tokens;         /* slots in use: 0..n_tokens-1 */
+    uint64_t appended;       /* tokens ever appended (next position) */
+    uint64_t evicted;        /* tokens ever evicted */
+    uint32_t head_dim;
+    uint32_t slots_per_page;
+    uint32_t k_offset, v_offset, meta_offset; /* byte offsets inside a page */
+} kvd_stream;
+
+/* Slots of `head_dim` f32 keys and values that fit in one page (with the
+ * 64-byte block alignment); 0 if not even one fits. */
+uint32_t kvd_stream_slots_per_page(size_t page_bytes, uint32_t head_dim);
+
+/* Initializes an empty stream (no pages). slots_per_page(page_bytes, head_dim)
+ * must be >= 1. */
+void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim);
+
+/* Pages the stream must take from the pool to append m more tokens. */
+size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m);
+
+/* Makes room in the block table for `extra_pages` more pages. Changes nothing
+ * a reader can see; returns 0 or -ENOMEM. */
+int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages);
+
+/* Appends m tokens. Key t is k[t * row_stride .. + head_dim], value t likewise
+ * in v (row_stride lets the caller pass one kv head of a [m][kv_heads][d]
+ * tensor). new_pages holds exactly kvd_stream_pages_needed(s, m) pages taken
+ * from the pool, and the table must have room for them (reserve_table). Slot
+ * positions continue from s->appended. Cannot fail. */
+void kvd_stream_append(kvd_stream *s, size_t m, const float *k, const float *v,
+                       size_t row_stride, void *const *new_pages);
+
+/* Gives every page back to the pool and frees the block table; the stream is
+ * empty afterwards (it may be reused). */
+void kvd_stream_release(kvd_stream *s, kvd_pool *pool);
+
+/* Read-only view for attention kernels. Valid until the stream changes. */
+kvd_kv_pages kvd_stream_view(const kvd_stream *s);
+
+/* Metadata of slot j (j < n_tokens). */
+kvd_slot_meta *kvd_stream_meta(const kvd_stream *s, size_t j);
+
+#endif

@@ -1,0 +1,21 @@
+/* server/metrics.h — the Prometheus registry: HTTP request counters and
+ * latency histograms that the server observes, plus rendering of everything
+ * (API counters, pool gauges, process_* metrics) in text format 0.0.4. */
+#ifndef KVD_SERVER_METRICS_H
+#define KVD_SERVER_METRICS_H
+
+#include <stddef.h>
+
+#include "api/api.h"
+
+/* Thread-safe; cheap (atomics). route_label from kvd_route_label. */
+void kvd_metrics_observe_http(const char *route_label, int status, double seconds);
+void kvd_metrics_observe_step(const char *attention, double seconds);
+
+/* Renders the exposition text; malloc'd, caller frees; NULL on failure. */
+char *kvd_metrics_render(const kvd_api *api, size_t *len);
+
+/* Records the process start time (call once from main). */
+void kvd_metrics_init(void);
+
+#endif
