@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "api/errors.h"
+#include "api/histogram.h"
 #include "api/request.h"
 #include "cache/pool.h"
 
@@ -77,10 +78,17 @@ typedef struct kvd_api_stats {
     atomic_uint_fast64_t rejected_pool_full;
     atomic_uint_fast64_t rejected_queue_full;
     atomic_uint_fast64_t rejected_max_sessions;
+    kvd_histogram step_seconds;             /* standard attention steps */
 } kvd_api_stats;
 
 typedef struct kvd_api kvd_api;
-typedef struct kvd_api_job kvd_api_job;
+
+/* A unit of deferred work. The API allocates it (inside a larger private
+ * struct); the executor may use `next` for its queues while it holds the job. */
+typedef struct kvd_api_job {
+    struct kvd_api_job *next;  /* executor's intrusive queue link */
+    kvd_api *api;              /* pass to kvd_api_job_done */
+} kvd_api_job;
 
 /* How the server runs deferred work: `submit` must eventually call
  * kvd_api_job_run(job) on a worker thread and then kvd_api_job_done(api, job)

@@ -1,2 +1,123 @@
-/* server/main.c — placeholder until the server is wired (being written). */
-int main(void) { return 0; }
+/* server/main.c — kvd's entry point: reads the configuration, wires the pool,
+ * API, workers and HTTP server onto one libuv loop, and on SIGTERM/SIGINT
+ * stops accepting, lets in-flight requests finish, and exits 0. The only
+ * place that exits the process. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "api/api.h"
+#include "attention/attention.h"
+#include "server/config.h"
+#include "server/http.h"
+#include "server/metrics.h"
+#include "server/router.h"
+#include "server/workers.h"
+
+typedef struct kvd_main {
+    uv_loop_t *loop;
+    uv_signal_t sigterm, sigint;
+    kvd_http_server *http;
+    kvd_workers *workers;
+    kvd_router router;
+    int shutting_down;
+} kvd_main;
+
+static void on_http_closed(void *arg)
+{
+    kvd_main *m = arg;
+    /* Every exchange is answered, so no job is queued or running. */
+    kvd_workers_stop(m->workers);
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+    uv_close((uv_handle_t *)&m->sigint, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    kvd_main *m = h->data;
+    if (m->shutting_down++)
+        return;
+    fprintf(stderr, "kvd: %s: draining (in-flight requests finish, new ones get 503)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    m->router.draining = true;
+    kvd_http_server_shutdown(m->http, on_http_closed, m);
+}
+
+int main(int argc, char **argv)
+{
+    kvd_config cfg;
+    char err[512];
+    if (kvd_config_parse(&cfg, argc, argv, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    if (cfg.help) {
+        fputs(kvd_usage, stdout);
+        return 0;
+    }
+    if (cfg.version) {
+        printf("kvd %s\n", KVD_VERSION);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a peer that hangs up is a write error, not death */
+    kvd_metrics_init();
+
+    static kvd_main m;
+    m.loop = uv_default_loop();
+    int rc = kvd_workers_start(m.loop, cfg.threads, &m.workers);
+    if (rc != 0) {
+        fprintf(stderr, "kvd: cannot start %u workers: %s\n", cfg.threads, strerror(-rc));
+        return 1;
+    }
+    kvd_api_options aopt = {
+        .memory_bytes = cfg.memory,
+        .page_bytes = cfg.page_bytes,
+        .threads = cfg.threads,
+        .max_body = cfg.max_body,
+        .max_sessions = cfg.max_sessions,
+    };
+    kvd_api *api;
+    rc = kvd_api_create(&aopt, kvd_workers_submit, m.workers, kvd_router_respond, &api);
+    if (rc != 0) {
+        fprintf(stderr, "kvd: cannot create a pool of %zu bytes in %zu-byte pages: %s\n", cfg.memory,
+                cfg.page_bytes, strerror(-rc));
+        return 1;
+    }
+    m.router.api = api;
+    kvd_http_options hopt = {
+        .host = cfg.host,
+        .port = cfg.port,
+        .max_body = cfg.max_body,
+        .max_pipelined = 64,
+        .log_json = cfg.log_json,
+    };
+    rc = kvd_http_server_start(m.loop, &hopt, kvd_router_handle, &m.router, &m.http);
+    if (rc != 0) {
+        fprintf(stderr, "kvd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, uv_strerror(rc));
+        return 1;
+    }
+    uv_signal_init(m.loop, &m.sigterm);
+    uv_signal_init(m.loop, &m.sigint);
+    m.sigterm.data = m.sigint.data = &m;
+    uv_signal_start(&m.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m.sigint, on_signal, SIGINT);
+
+    int port = kvd_http_server_port(m.http);
+    const kvd_attention_kernels *k = kvd_attention_kernels_get();
+    fprintf(stderr, "kvd %s: pool %zu pages x %zu bytes, %u workers, kernel %s (cpu: %s)\n", KVD_VERSION,
+            cfg.memory / cfg.page_bytes, cfg.page_bytes, cfg.threads, k->name, kvd_cpu_features());
+    if (strchr(cfg.host, ':'))
+        fprintf(stderr, "kvd: listening on http://[%s]:%d\n", cfg.host, port);
+    else
+        fprintf(stderr, "kvd: listening on http://%s:%d\n", cfg.host, port);
+    fflush(stderr);
+
+    uv_run(m.loop, UV_RUN_DEFAULT);
+    kvd_api_destroy(api);
+    uv_loop_close(m.loop);
+    fprintf(stderr, "kvd: stopped\n");
+    return 0;
+}

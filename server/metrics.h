@@ -10,7 +10,6 @@
 
 /* Thread-safe; cheap (atomics). route_label from kvd_route_label. */
 void kvd_metrics_observe_http(const char *route_label, int status, double seconds);
-void kvd_metrics_observe_step(const char *attention, double seconds);
 
 /* Renders the exposition text; malloc'd, caller frees; NULL on failure. */
 char *kvd_metrics_render(const kvd_api *api, size_t *len);

@@ -1,0 +1,32 @@
+/* api/histogram.h — a fixed-bucket latency histogram updated with relaxed
+ * atomics from any thread and rendered by server/metrics.c. Buckets are the
+ * upper bounds in seconds (Prometheus "le"), cumulative only when rendered. */
+#ifndef KVD_API_HISTOGRAM_H
+#define KVD_API_HISTOGRAM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* 50 us .. 10 s: a decode step is tens of microseconds to a few
+ * milliseconds; prefill of long prompts reaches seconds. */
+#define KVD_HISTOGRAM_BUCKETS 14
+extern const double kvd_histogram_bounds[KVD_HISTOGRAM_BUCKETS];
+
+typedef struct kvd_histogram {
+    atomic_uint_fast64_t bucket[KVD_HISTOGRAM_BUCKETS + 1]; /* last = +Inf */
+    atomic_uint_fast64_t count;
+    atomic_uint_fast64_t sum_ns;  /* nanoseconds, so the sum stays an integer */
+} kvd_histogram;
+
+static inline void kvd_histogram_observe(kvd_histogram *h, double seconds)
+{
+    size_t i = 0;
+    while (i < KVD_HISTOGRAM_BUCKETS && seconds > kvd_histogram_bounds[i])
+        i++;
+    atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_ns, (uint_fast64_t)(seconds * 1e9), memory_order_relaxed);
+}
+
+#endif

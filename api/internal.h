@@ -1,0 +1,80 @@
+/* api/internal.h — what the api sources share and nobody else sees: the API
+ * state, the registry entry of a session with its request queue, and jobs.
+ * Loop-thread-only fields are marked; a worker touches a session only while
+ * that session's one running job is on it. */
+#ifndef KVD_API_INTERNAL_H
+#define KVD_API_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "api/api.h"
+#include "cache/session.h"
+
+#define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
+
+/* Create bodies are a few hundred bytes; the bound keeps JSON parsing on the
+ * loop thread short whatever --max-body is. */
+#define KVD_CREATE_BODY_MAX (64u * 1024u)
+
+typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE } api_job_kind;
+
+typedef struct api_session api_session;
+
+typedef struct api_job {
+    kvd_api_job base;          /* must be first: the executor's view */
+    api_job_kind kind;
+    api_session *session;
+    void *reply;               /* server's handle for the deferred answer */
+    struct api_job *queue_next;
+    char *body;                /* JOB_STEP: copy of the request body (NUL-terminated) */
+    size_t body_len;
+    kvd_response resp;         /* filled by run, sent by done */
+    bool pool_full;            /* JOB_STEP failed for want of pages */
+    bool applied;              /* JOB_STEP changed the session */
+    double seconds;            /* JOB_STEP compute time */
+} api_job;
+
+struct api_session {
+    char id[KVD_SESSION_ID_HEX + 1];
+    kvd_session *cache;
+    api_session *hash_next;    /* registry chain (loop thread) */
+    /* Request queue: jobs wait here until the previous one finished (loop). */
+    api_job *queue_head, *queue_tail;
+    unsigned queued;
+    bool running;              /* a job of this session is on a worker (loop) */
+    bool deleted;              /* out of the registry; freed after its last job */
+    double created_at;         /* unix seconds */
+    /* Written by the job that runs, read by the loop for listings. */
+    _Atomic double last_used_at;
+    atomic_uint_fast64_t steps;
+    _Atomic double last_step_seconds;
+    atomic_size_t tokens_summary;  /* kvd_session_tokens after the last step */
+    atomic_size_t pages_summary;   /* kvd_session_pages after the last step */
+};
+
+struct kvd_api {
+    kvd_api_options opt;
+    kvd_api_limits limits;
+    kvd_pool *pool;
+    kvd_api_submit_fn submit;
+    void *executor;
+    kvd_api_respond_fn respond;
+    kvd_api_stats stats;
+    /* Registry: chained hash on the id (ids are random, so any 8 bytes hash). */
+    api_session **buckets;
+    size_t n_buckets;          /* power of two */
+    size_t n_sessions;
+};
+
+/* api/step.c: runs a step job on a worker thread. */
+void kvd_api_step_run(kvd_api *api, api_job *job);
+
+/* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
+char *kvd_api_session_stats_json(const kvd_api *api, const api_session *s);
+
+double kvd_api_now_unix(void);
+double kvd_api_now_mono(void);
+
+#endif

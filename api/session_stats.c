@@ -1,0 +1,75 @@
+/* api/session_stats.c — GET /v1/sessions/{id}: what a session holds and what
+ * it costs (DESIGN.md §3 "Session stats"). Runs on the loop thread while the
+ * session is idle, so the numbers describe whole steps. */
+#include "api/internal.h"
+
+#include <stdlib.h>
+
+#include <cJSON.h>
+
+/* Bits per stored K/V number for a dtype, scales included (f32 only so far). */
+static double payload_bits(kvd_dtype d)
+{
+    return d == KVD_DTYPE_F32 ? 32.0 : 0.0;
+}
+
+char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
+{
+    const kvd_session *s = as->cache;
+    const kvd_session_config *cfg = &s->config;
+    size_t page_bytes = api->opt.page_bytes;
+    size_t tokens = kvd_session_tokens(s), pages = kvd_session_pages(s);
+    double bytes = (double)pages * (double)page_bytes;
+
+    cJSON *o = cJSON_CreateObject();
+    cJSON *conf = kvd_session_config_to_json(cfg);
+    cJSON *layers = cJSON_CreateArray();
+    if (!o || !conf || !layers) {
+        cJSON_Delete(o);
+        cJSON_Delete(conf);
+        cJSON_Delete(layers);
+        return NULL;
+    }
+    cJSON_AddStringToObject(o, "id", as->id);
+    cJSON_AddItemToObject(o, "config", conf);
+    cJSON_AddNumberToObject(o, "steps", (double)atomic_load(&as->steps));
+    cJSON_AddNumberToObject(o, "created_at", as->created_at);
+    cJSON_AddNumberToObject(o, "last_used_at", atomic_load(&as->last_used_at));
+    cJSON_AddNumberToObject(o, "last_step_seconds", atomic_load(&as->last_step_seconds));
+    cJSON_AddNumberToObject(o, "tokens", (double)tokens);
+    cJSON_AddNumberToObject(o, "appended", (double)kvd_session_appended(s));
+    cJSON_AddNumberToObject(o, "evicted", (double)kvd_session_evicted(s));
+    cJSON_AddNumberToObject(o, "pages", (double)pages);
+    cJSON_AddNumberToObject(o, "bytes", bytes);
+    cJSON_AddNumberToObject(o, "shadow_bytes", 0);
+    /* Everything the session holds per cached token: payload, slot metadata
+     * and the unused tail of its last pages. */
+    cJSON_AddNumberToObject(o, "bytes_per_token", tokens ? bytes / (double)tokens : 0.0);
+    cJSON_AddNumberToObject(o, "bits_per_coordinate", payload_bits(cfg->cache.dtype));
+    cJSON_AddStringToObject(o, "dtype", kvd_dtype_name(cfg->cache.dtype));
+    cJSON_AddStringToObject(o, "memory_scaling", "n*d");
+    cJSON_AddItemToObject(o, "layers", layers);
+    for (uint32_t l = 0; l < cfg->layers; l++) {
+        cJSON *lo = cJSON_CreateObject();
+        cJSON *tok = cJSON_AddArrayToObject(lo, "tokens");
+        cJSON *ev = cJSON_AddArrayToObject(lo, "evicted");
+        if (!lo || !tok || !ev) {
+            cJSON_Delete(lo);
+            cJSON_Delete(o);
+            return NULL;
+        }
+        size_t layer_pages = 0;
+        for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+            const kvd_stream *st = &s->streams[(size_t)l * cfg->kv_heads + g];
+            cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)st->n_tokens));
+            cJSON_AddItemToArray(ev, cJSON_CreateNumber((double)st->evicted));
+            layer_pages += st->n_pages;
+        }
+        cJSON_AddNumberToObject(lo, "pages", (double)layer_pages);
+        cJSON_AddNumberToObject(lo, "bytes", (double)layer_pages * (double)page_bytes);
+        cJSON_AddItemToArray(layers, lo);
+    }
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return json;
+}

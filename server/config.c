@@ -1,0 +1,199 @@
+/* server/config.c — flags and KVD_* environment variables, with their
+ * defaults and bounds. Every flag is `--name value` or `--name=value`; its
+ * variable is KVD_NAME with dashes as underscores (--page-bytes: KVD_PAGE_BYTES). */
+#include "server/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char kvd_usage[] =
+    "usage: kvd [options]   (each option also from the environment, e.g. KVD_PORT)\n"
+    "  --host ADDR          listen address (default 127.0.0.1; IPv6 allowed)\n"
+    "  --port N             TCP port, 0 = ephemeral (default 8080)\n"
+    "  --memory SIZE        KV pool bytes, e.g. 1GiB, 512MiB (default 1GiB)\n"
+    "  --page-bytes SIZE    page size, multiple of 64, >= 1KiB (default 16KiB)\n"
+    "  --threads N          attention worker threads (default: online cores)\n"
+    "  --max-body SIZE      largest request body (default 64MiB)\n"
+    "  --max-sessions N     live sessions allowed, 0 = unlimited (default 0)\n"
+    "  --log-format FMT     access log: text or json (default text)\n"
+    "  --help, --version\n";
+
+int kvd_parse_size(const char *s, size_t *out)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    unsigned long long mul = 1;
+    if (*end) {
+        static const struct { const char *suffix; unsigned long long mul; } units[] = {
+            {"B", 1ULL},
+            {"K", 1ULL << 10}, {"KiB", 1ULL << 10}, {"KB", 1000ULL},
+            {"M", 1ULL << 20}, {"MiB", 1ULL << 20}, {"MB", 1000000ULL},
+            {"G", 1ULL << 30}, {"GiB", 1ULL << 30}, {"GB", 1000000000ULL},
+            {"T", 1ULL << 40}, {"TiB", 1ULL << 40}, {"TB", 1000000000000ULL},
+        };
+        size_t i;
+        for (i = 0; i < sizeof units / sizeof units[0]; i++)
+            if (strcasecmp(end, units[i].suffix) == 0 &&
+                (strlen(end) < 3 || strcmp(end, units[i].suffix) == 0))
+                break;
+        if (i == sizeof units / sizeof units[0])
+            return -1;
+        mul = units[i].mul;
+    }
+    if (v > SIZE_MAX / mul)
+        return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_MAX_BODY,
+               OPT_MAX_SESSIONS, OPT_LOG_FORMAT, OPT_COUNT } opt_id;
+
+static const struct { const char *flag, *env; } options[OPT_COUNT] = {
+    [OPT_HOST] = {"host", "KVD_HOST"},
+    [OPT_PORT] = {"port", "KVD_PORT"},
+    [OPT_MEMORY] = {"memory", "KVD_MEMORY"},
+    [OPT_PAGE_BYTES] = {"page-bytes", "KVD_PAGE_BYTES"},
+    [OPT_THREADS] = {"threads", "KVD_THREADS"},
+    [OPT_MAX_BODY] = {"max-body", "KVD_MAX_BODY"},
+    [OPT_MAX_SESSIONS] = {"max-sessions", "KVD_MAX_SESSIONS"},
+    [OPT_LOG_FORMAT] = {"log-format", "KVD_LOG_FORMAT"},
+};
+
+static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t err_len)
+{
+    unsigned long long n;
+    size_t sz;
+    switch (id) {
+    case OPT_HOST:
+        if (strlen(v) == 0 || strlen(v) >= sizeof cfg->host)
+            goto bad;
+        strcpy(cfg->host, v);
+        return 0;
+    case OPT_PORT:
+        if (parse_uint(v, 65535, &n))
+            goto bad;
+        cfg->port = (int)n;
+        return 0;
+    case OPT_MEMORY:
+        if (kvd_parse_size(v, &sz) || sz == 0)
+            goto bad;
+        cfg->memory = sz;
+        return 0;
+    case OPT_PAGE_BYTES:
+        /* The pool checks alignment and minimum; bound it here so a page
+         * count is never zero for the sake of a typo. */
+        if (kvd_parse_size(v, &sz) || sz < 1024 || sz % 64 || sz > (1u << 30))
+            goto bad;
+        cfg->page_bytes = sz;
+        return 0;
+    case OPT_THREADS:
+        if (parse_uint(v, 1024, &n) || n == 0)
+            goto bad;
+        cfg->threads = (unsigned)n;
+        return 0;
+    case OPT_MAX_BODY:
+        if (kvd_parse_size(v, &sz) || sz < 1024 || sz > ((size_t)1 << 32))
+            goto bad;
+        cfg->max_body = sz;
+        return 0;
+    case OPT_MAX_SESSIONS:
+        if (parse_uint(v, UINT32_MAX, &n))
+            goto bad;
+        cfg->max_sessions = (uint32_t)n;
+        return 0;
+    case OPT_LOG_FORMAT:
+        if (strcmp(v, "text") == 0)
+            cfg->log_json = false;
+        else if (strcmp(v, "json") == 0)
+            cfg->log_json = true;
+        else
+            goto bad;
+        return 0;
+    case OPT_COUNT:
+        break;
+    }
+bad:
+    snprintf(err, err_len, "kvd: bad value for --%s: '%s' (see --help)", options[id].flag, v);
+    return -1;
+}
+
+int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t err_len)
+{
+    memset(cfg, 0, sizeof *cfg);
+    strcpy(cfg->host, "127.0.0.1");
+    cfg->port = 8080;
+    cfg->memory = (size_t)1 << 30;
+    cfg->page_bytes = 16 * 1024;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->threads = cores > 0 ? (unsigned)cores : 1;
+    cfg->max_body = (size_t)64 << 20;
+
+    for (int id = 0; id < OPT_COUNT; id++) {
+        const char *v = getenv(options[id].env);
+        if (v && apply(cfg, (opt_id)id, v, err, err_len))
+            return -1;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            cfg->help = true;
+            continue;
+        }
+        if (strcmp(a, "--version") == 0) {
+            cfg->version = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            goto unknown;
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+        int id;
+        for (id = 0; id < OPT_COUNT; id++)
+            if (strlen(options[id].flag) == name_len && strncmp(options[id].flag, name, name_len) == 0)
+                break;
+        if (id == OPT_COUNT)
+            goto unknown;
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            snprintf(err, err_len, "kvd: --%s needs a value", options[id].flag);
+            return -1;
+        }
+        if (apply(cfg, (opt_id)id, v, err, err_len))
+            return -1;
+        continue;
+    unknown:
+        snprintf(err, err_len, "kvd: unknown option '%s' (see --help)", a);
+        return -1;
+    }
+    if (cfg->memory < cfg->page_bytes) {
+        snprintf(err, err_len, "kvd: --memory (%zu) is smaller than one page (%zu)", cfg->memory,
+                 cfg->page_bytes);
+        return -1;
+    }
+    return 0;
+}

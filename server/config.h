@@ -1,0 +1,34 @@
+/* server/config.h — kvd's command line and KVD_* environment (DESIGN.md §7).
+ * A flag beats its environment variable, which beats the default. Parsing is
+ * separate from main() so that it is tested like everything else. */
+#ifndef KVD_SERVER_CONFIG_H
+#define KVD_SERVER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvd_config {
+    char host[256];
+    int port;
+    size_t memory;         /* pool bytes */
+    size_t page_bytes;
+    unsigned threads;      /* workers; default = online cores */
+    size_t max_body;
+    uint32_t max_sessions; /* 0 = unlimited (memory is the limit) */
+    bool log_json;
+    bool help, version;    /* print and exit */
+} kvd_config;
+
+/* Parses argv and the environment (getenv). Returns 0, or -1 with a message
+ * for the user in err. */
+int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t err_len);
+
+/* Parses "1GiB", "16KiB", "64MiB", "1G", "4096" (bytes; K/M/G and KiB/MiB/GiB
+ * are powers of 1024, KB/MB/GB powers of 1000). Returns 0 or -1. */
+int kvd_parse_size(const char *s, size_t *out);
+
+/* The --help text. */
+extern const char kvd_usage[];
+
+#endif
