@@ -1,0 +1,463 @@
+/* tests/api/test_api.c — the API handlers without HTTP: a fake executor keeps
+ * submitted jobs in a list so the test decides when "workers" run them, which
+ * makes per-session ordering, queue limits, delete-while-queued and
+ * all-or-nothing steps (pool exhaustion) deterministic to check. Outputs are
+ * compared with exact double-precision attention. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "api/api.h"
+
+/* f32 accumulation over <= 64 tokens of unit-scale data: 1e-5 absolute is
+ * ~100 ulps of the outputs' magnitude, far below any real mistake. */
+#define OUT_ABS_TOL 1e-5
+
+#define MAX_JOBS 64
+static kvd_api_job *pending[MAX_JOBS];
+static int n_pending;
+
+#define MAX_REPLIES 64
+static kvd_response replies[MAX_REPLIES];
+static int reply_tag[MAX_REPLIES];
+static int n_replies;
+
+static void fake_submit(void *executor, kvd_api_job *job)
+{
+    (void)executor;
+    ck_assert_int_lt(n_pending, MAX_JOBS);
+    pending[n_pending++] = job;
+}
+
+static void fake_respond(void *reply, kvd_response *resp)
+{
+    ck_assert_int_lt(n_replies, MAX_REPLIES);
+    reply_tag[n_replies] = (int)(intptr_t)reply;
+    replies[n_replies++] = *resp;
+}
+
+/* Runs the oldest submitted job as a worker would, then completes it. */
+static int run_one(kvd_api *api)
+{
+    if (!n_pending)
+        return 0;
+    kvd_api_job *job = pending[0];
+    memmove(pending, pending + 1, (size_t)--n_pending * sizeof *pending);
+    kvd_api_job_run(job);
+    kvd_api_job_done(api, job);
+    return 1;
+}
+
+static void run_all(kvd_api *api)
+{
+    while (run_one(api))
+        ;
+}
+
+static void clear_replies(void)
+{
+    for (int i = 0; i < n_replies; i++)
+        free(replies[i].body);
+    n_replies = 0;
+}
+
+static kvd_api *make_api(size_t memory, size_t page_bytes, unsigned queue)
+{
+    kvd_api_options opt = {.memory_bytes = memory, .page_bytes = page_bytes, .threads = 1,
+                           .max_body = 1 << 20, .session_queue = queue};
+    kvd_api *api;
+    ck_assert_int_eq(kvd_api_create(&opt, fake_submit, NULL, fake_respond, &api), 0);
+    n_pending = 0;
+    n_replies = 0;
+    return api;
+}
+
+/* Sends a request; returns the response whether answered now or after the
+ * fake workers ran (tag identifies it among replies). */
+static kvd_response call(kvd_api *api, kvd_route route, const char *id, const char *body, int tag,
+                         int run)
+{
+    kvd_api_request req = {.route = route, .session_id = id, .query = "",
+                           .content_type = "application/json", .body = body ? body : "",
+                           .body_len = body ? strlen(body) : 0};
+    kvd_response resp;
+    if (kvd_api_handle(api, &req, (void *)(intptr_t)tag, &resp))
+        return resp;
+    if (run)
+        run_all(api);
+    for (int i = 0; i < n_replies; i++)
+        if (reply_tag[i] == tag) {
+            kvd_response r = replies[i];
+            replies[i] = replies[--n_replies];
+            reply_tag[i] = reply_tag[n_replies];
+            return r;
+        }
+    kvd_response none = {.status = -1};
+    return none;
+}
+
+static cJSON *body_json(const kvd_response *r)
+{
+    ck_assert_ptr_nonnull(r->body);
+    cJSON *j = cJSON_ParseWithLength(r->body, r->body_len);
+    ck_assert_ptr_nonnull(j);
+    return j;
+}
+
+static double num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(v), "no number %s", key);
+    return v->valuedouble;
+}
+
+static char *create(kvd_api *api, const char *body)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_CREATE, NULL, body, 1, 1);
+    ck_assert_int_eq(r.status, 201);
+    cJSON *j = body_json(&r);
+    char *id = strdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    ck_assert_uint_eq(strlen(id), 32);
+    cJSON_Delete(j);
+    free(r.body);
+    return id;
+}
+
+/* Builds {"k": [...], "v": [...], "q": [...]} from arrays. */
+static char *step_body(const float *k, const float *v, size_t nkv, const float *q, size_t nq,
+                       const char *mask)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *a;
+    if (nkv) {
+        a = cJSON_AddArrayToObject(o, "k");
+        for (size_t i = 0; i < nkv; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(k[i]));
+        a = cJSON_AddArrayToObject(o, "v");
+        for (size_t i = 0; i < nkv; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
+    }
+    if (nq) {
+        a = cJSON_AddArrayToObject(o, "q");
+        for (size_t i = 0; i < nq; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(q[i]));
+    }
+    if (mask)
+        cJSON_AddStringToObject(o, "mask", mask);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static float rnd(unsigned *state)
+{
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* Exact attention of one query head over tokens 0..n-1 of one kv head. */
+static void ref_attend(const float *k, const float *v, size_t n, size_t stride, const float *q, size_t d,
+                       double scale, double *o)
+{
+    double mx = -INFINITY;
+    double *s = malloc(n * sizeof *s);
+    for (size_t j = 0; j < n; j++) {
+        double dot = 0;
+        for (size_t c = 0; c < d; c++)
+            dot += (double)q[c] * k[j * stride + c];
+        s[j] = dot * scale;
+        if (s[j] > mx)
+            mx = s[j];
+    }
+    double den = 0;
+    for (size_t j = 0; j < n; j++)
+        den += exp(s[j] - mx);
+    for (size_t c = 0; c < d; c++) {
+        double acc = 0;
+        for (size_t j = 0; j < n; j++)
+            acc += exp(s[j] - mx) / den * v[j * stride + c];
+        o[c] = acc;
+    }
+    free(s);
+}
+
+/* heads 4, kv_heads 2, head_dim 8, 1 KiB pages (a slot is 2*8*4+16 = 80 B,
+ * so a few slots per page and a 20-token cache spans pages). */
+#define H 4
+#define G 2
+#define D 8
+START_TEST(decode_matches_reference_and_state_is_exact)
+{
+    kvd_api *api = make_api(64 * 1024, 1024, 8);
+    char *id = create(api, "{\"heads\":4,\"kv_heads\":2,\"head_dim\":8}");
+    enum { N = 20 };
+    float k[N][G][D], v[N][G][D], q[N][H][D];
+    unsigned st = 7;
+    for (size_t i = 0; i < N * G * D; i++) {
+        ((float *)k)[i] = rnd(&st);
+        ((float *)v)[i] = rnd(&st);
+    }
+    for (size_t i = 0; i < N * H * D; i++)
+        ((float *)q)[i] = rnd(&st);
+    /* prefill 12 causal, then 8 decode steps */
+    size_t done = 0;
+    for (int stepi = 0; done < N; stepi++) {
+        size_t m = stepi == 0 ? 12 : 1;
+        char *b = step_body(&k[done][0][0], &v[done][0][0], m * G * D, &q[done][0][0], m * H * D, NULL);
+        kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 2, 1);
+        free(b);
+        ck_assert_int_eq(r.status, 200);
+        cJSON *j = body_json(&r);
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "o");
+        ck_assert_int_eq(cJSON_GetArraySize(o), (int)(m * H * D));
+        ck_assert_int_eq((int)num(j, "tokens"), (int)(done + m));
+        for (size_t i = 0; i < m; i++)
+            for (int h = 0; h < H; h++) {
+                double ref[D];
+                int g = h / (H / G);
+                ref_attend(&k[0][g][0], &v[0][g][0], done + i + 1, G * D, q[done + i][h], D,
+                           1.0 / sqrt(D), ref);
+                for (int c = 0; c < D; c++) {
+                    double got = cJSON_GetArrayItem(o, (int)((i * H + (size_t)h) * D + (size_t)c))->valuedouble;
+                    ck_assert_double_eq_tol(got, ref[c], OUT_ABS_TOL);
+                }
+            }
+        cJSON_Delete(j);
+        free(r.body);
+        done += m;
+    }
+    /* block-mask pure query (m = 0) sees the whole cache */
+    char *b = step_body(NULL, NULL, 0, &q[0][0][0], H * D, NULL);
+    kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 3, 1);
+    free(b);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = body_json(&r);
+    for (int h = 0; h < H; h++) {
+        double ref[D];
+        ref_attend(&k[0][h / 2][0], &v[0][h / 2][0], N, G * D, q[0][h], D, 1.0 / sqrt(D), ref);
+        for (int c = 0; c < D; c++)
+            ck_assert_double_eq_tol(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "o"), h * D + c)->valuedouble,
+                                    ref[c], OUT_ABS_TOL);
+    }
+    cJSON_Delete(j);
+    free(r.body);
+
+    r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 4, 1);
+    ck_assert_int_eq(r.status, 200);
+    j = body_json(&r);
+    ck_assert_int_eq((int)num(j, "tokens"), N * G);
+    ck_assert_int_eq((int)num(j, "appended"), N * G);
+    ck_assert_int_eq((int)num(j, "steps"), 10);
+    ck_assert_double_eq(num(j, "bits_per_coordinate"), 32.0);
+    size_t pages = (size_t)num(j, "pages");
+    ck_assert_uint_eq(pages, kvd_pool_pages_used(kvd_api_pool(api)));
+    ck_assert_double_eq(num(j, "bytes"), (double)pages * 1024);
+    cJSON_Delete(j);
+    free(r.body);
+
+    r = call(api, KVD_ROUTE_SESSION_DELETE, id, NULL, 5, 1);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+    r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 6, 1);
+    ck_assert_int_eq(r.status, 404);
+    free(r.body);
+    free(id);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+START_TEST(pool_exhaustion_changes_nothing)
+{
+    /* 8 pages of 1 KiB; head_dim 8 -> 12 slots per page (see stream.h). */
+    kvd_api *api = make_api(8 * 1024, 1024, 8);
+    char *id = create(api, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8}");
+    float buf[4096];
+    unsigned st = 3;
+    for (size_t i = 0; i < 4096; i++)
+        buf[i] = rnd(&st);
+    char *b = step_body(buf, buf + 2048, 10 * D, NULL, 0, NULL);
+    kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 1, 1);
+    free(b);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    size_t used = kvd_pool_pages_used(kvd_api_pool(api));
+    /* 200 more tokens cannot fit in 8 pages: refused whole. */
+    b = step_body(buf, buf + 2048, 200 * D, buf, D, "block");
+    r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 2, 1);
+    free(b);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_uint_eq(r.retry_after_s, 1);
+    ck_assert_ptr_nonnull(strstr(r.body, "resource_exhausted"));
+    free(r.body);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), used);
+    r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 3, 1);
+    cJSON *j = body_json(&r);
+    ck_assert_int_eq((int)num(j, "tokens"), 10);
+    ck_assert_int_eq((int)num(j, "appended"), 10);
+    ck_assert_int_eq((int)num(j, "steps"), 1);
+    cJSON_Delete(j);
+    free(r.body);
+    ck_assert_uint_eq(kvd_api_stats_get(api)->rejected_pool_full, 1);
+    free(id);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+START_TEST(session_queue_order_limit_and_delete)
+{
+    kvd_api *api = make_api(64 * 1024, 1024, 2);
+    char *id = create(api, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8}");
+    float kv[D] = {1, 2, 3, 4, 5, 6, 7, 8};
+    char *b = step_body(kv, kv, D, NULL, 0, NULL);
+    kvd_api_request req = {.route = KVD_ROUTE_SESSION_STEP, .session_id = id, .query = "",
+                           .content_type = "application/json", .body = b, .body_len = strlen(b)};
+    kvd_response resp;
+    /* First step goes to a worker; two more wait in the queue (limit 2). */
+    ck_assert(!kvd_api_handle(api, &req, (void *)10, &resp));
+    ck_assert(!kvd_api_handle(api, &req, (void *)11, &resp));
+    ck_assert(!kvd_api_handle(api, &req, (void *)12, &resp));
+    ck_assert_int_eq(n_pending, 1); /* one at a time per session */
+    ck_assert(kvd_api_handle(api, &req, (void *)13, &resp));
+    ck_assert_int_eq(resp.status, 429);
+    free(resp.body);
+    /* Delete while steps are queued: later requests see 404 at once. */
+    kvd_api_request del = {.route = KVD_ROUTE_SESSION_DELETE, .session_id = id, .query = ""};
+    req.route = KVD_ROUTE_SESSION_GET;
+    ck_assert(kvd_api_handle(api, &req, (void *)15, &resp)); /* queue full: 429 */
+    free(resp.body);
+    run_one(api); /* step 10 done, step 11 starts: room for the delete */
+    ck_assert(!kvd_api_handle(api, &del, (void *)14, &resp));
+    ck_assert(kvd_api_handle(api, &req, (void *)16, &resp));
+    ck_assert_int_eq(resp.status, 404);
+    free(resp.body);
+    run_all(api);
+    /* Replies came in arrival order: 10, 11, 12, then the delete. */
+    ck_assert_int_eq(n_replies, 4);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(reply_tag[i], 10 + i);
+        ck_assert_int_eq(replies[i].status, 200);
+        cJSON *j = body_json(&replies[i]);
+        ck_assert_int_eq((int)num(j, "tokens"), i + 1);
+        cJSON_Delete(j);
+    }
+    ck_assert_int_eq(reply_tag[3], 14);
+    ck_assert_int_eq(replies[3].status, 200);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+    ck_assert_uint_eq(kvd_api_session_count(api), 0);
+    free(b);
+    free(id);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+START_TEST(bad_requests_leave_state_alone)
+{
+    kvd_api *api = make_api(64 * 1024, 1024, 8);
+    char *id = create(api, "{\"heads\":2,\"kv_heads\":1,\"head_dim\":8}");
+    static const struct { const char *body; int status; } bad[] = {
+        {"{", 400},
+        {"[]", 400},
+        {"{\"k\":[1,2,3],\"v\":[1,2,3]}", 400},
+        {"{\"k\":[1,2,3,4,5,6,7,8]}", 400},
+        {"{\"layer\":1,\"q\":[1,2,3,4,5,6,7,8,1,2,3,4,5,6,7,8]}", 400},
+        {"{\"bogus\":1}", 400},
+        {"{\"k\":[1,2,3,4,5,6,7,8],\"v\":[1,2,3,4,5,6,7,1e39]}", 400},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, bad[i].body, 1, 1);
+        ck_assert_msg(r.status == bad[i].status, "%s -> %d", bad[i].body, r.status);
+        ck_assert_ptr_nonnull(strstr(r.body, "\"error\""));
+        free(r.body);
+    }
+    kvd_api_request req = {.route = KVD_ROUTE_SESSION_STEP, .session_id = id, .query = "",
+                           .content_type = "text/plain", .body = "{}", .body_len = 2};
+    kvd_response r;
+    ck_assert(kvd_api_handle(api, &req, NULL, &r));
+    ck_assert_int_eq(r.status, 415);
+    free(r.body);
+    r = call(api, KVD_ROUTE_SESSION_STEP, "0123456789abcdef0123456789abcdef", "{}", 2, 1);
+    ck_assert_int_eq(r.status, 404);
+    free(r.body);
+    r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 3, 1);
+    cJSON *j = body_json(&r);
+    ck_assert_int_eq((int)num(j, "tokens"), 0);
+    ck_assert_int_eq((int)num(j, "steps"), 0);
+    cJSON_Delete(j);
+    free(r.body);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+    free(id);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+START_TEST(list_pages_through_sessions)
+{
+    kvd_api *api = make_api(64 * 1024, 1024, 8);
+    char *ids[5];
+    for (int i = 0; i < 5; i++)
+        ids[i] = create(api, "{\"heads\":1,\"head_dim\":8}");
+    char after[40] = "";
+    int seen = 0;
+    char last[40] = "";
+    for (int page = 0; page < 5; page++) {
+        char query[80];
+        snprintf(query, sizeof query, "limit=2%s%s", after[0] ? "&after=" : "", after);
+        kvd_api_request req = {.route = KVD_ROUTE_SESSION_LIST, .query = query};
+        kvd_response r;
+        ck_assert(kvd_api_handle(api, &req, NULL, &r));
+        ck_assert_int_eq(r.status, 200);
+        cJSON *j = body_json(&r);
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "sessions"), *e;
+        cJSON_ArrayForEach(e, arr) {
+            const char *id = cJSON_GetObjectItemCaseSensitive(e, "id")->valuestring;
+            ck_assert_int_gt(strcmp(id, last), 0); /* ascending, no repeats */
+            strcpy(last, id);
+            seen++;
+        }
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(j, "next_after");
+        int more = cJSON_IsString(next);
+        if (more)
+            strcpy(after, next->valuestring);
+        cJSON_Delete(j);
+        free(r.body);
+        if (!more)
+            break;
+    }
+    ck_assert_int_eq(seen, 5);
+    kvd_api_request bad = {.route = KVD_ROUTE_SESSION_LIST, .query = "limit=0"};
+    kvd_response r;
+    ck_assert(kvd_api_handle(api, &bad, NULL, &r));
+    ck_assert_int_eq(r.status, 400);
+    free(r.body);
+    for (int i = 0; i < 5; i++)
+        free(ids[i]);
+    kvd_api_destroy(api);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("api/api");
+    TCase *tc = tcase_create("api");
+    tcase_add_test(tc, decode_matches_reference_and_state_is_exact);
+    tcase_add_test(tc, pool_exhaustion_changes_nothing);
+    tcase_add_test(tc, session_queue_order_limit_and_delete);
+    tcase_add_test(tc, bad_requests_leave_state_alone);
+    tcase_add_test(tc, list_pages_through_sessions);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK); /* the fake executor's lists are process-global */
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

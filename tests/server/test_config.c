@@ -1,0 +1,103 @@
+/* tests/server/test_config.c — flags, KVD_* environment and size parsing. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/config.h"
+
+static int parse(kvd_config *cfg, char **argv, int argc)
+{
+    char err[256];
+    return kvd_config_parse(cfg, argc, argv, err, sizeof err);
+}
+
+START_TEST(sizes)
+{
+    size_t v;
+    ck_assert_int_eq(kvd_parse_size("4096", &v), 0);
+    ck_assert_uint_eq(v, 4096);
+    ck_assert_int_eq(kvd_parse_size("16KiB", &v), 0);
+    ck_assert_uint_eq(v, 16384);
+    ck_assert_int_eq(kvd_parse_size("1GiB", &v), 0);
+    ck_assert_uint_eq(v, (size_t)1 << 30);
+    ck_assert_int_eq(kvd_parse_size("64M", &v), 0);
+    ck_assert_uint_eq(v, (size_t)64 << 20);
+    ck_assert_int_eq(kvd_parse_size("2GB", &v), 0);
+    ck_assert_uint_eq(v, 2000000000u);
+    ck_assert_int_eq(kvd_parse_size("", &v), -1);
+    ck_assert_int_eq(kvd_parse_size("-1", &v), -1);
+    ck_assert_int_eq(kvd_parse_size("12XB", &v), -1);
+    ck_assert_int_eq(kvd_parse_size("kib", &v), -1);
+    ck_assert_int_eq(kvd_parse_size("99999999999999999999", &v), -1);
+    ck_assert_int_eq(kvd_parse_size("17179869184TiB", &v), -1); /* overflows size_t */
+}
+END_TEST
+
+START_TEST(defaults)
+{
+    kvd_config c;
+    char *argv[] = {"kvd"};
+    ck_assert_int_eq(parse(&c, argv, 1), 0);
+    ck_assert_str_eq(c.host, "127.0.0.1");
+    ck_assert_int_eq(c.port, 8080);
+    ck_assert_uint_eq(c.memory, (size_t)1 << 30);
+    ck_assert_uint_eq(c.page_bytes, 16384);
+    ck_assert_uint_eq(c.max_body, (size_t)64 << 20);
+    ck_assert_uint_ge(c.threads, 1);
+    ck_assert(!c.log_json);
+}
+END_TEST
+
+START_TEST(flags_and_env)
+{
+    kvd_config c;
+    setenv("KVD_PORT", "9000", 1);
+    setenv("KVD_MEMORY", "64MiB", 1);
+    char *argv[] = {"kvd", "--port", "9100", "--page-bytes=4KiB", "--threads", "3", "--log-format", "json"};
+    ck_assert_int_eq(parse(&c, argv, 8), 0);
+    ck_assert_int_eq(c.port, 9100);                 /* flag beats environment */
+    ck_assert_uint_eq(c.memory, (size_t)64 << 20);  /* environment beats default */
+    ck_assert_uint_eq(c.page_bytes, 4096);
+    ck_assert_uint_eq(c.threads, 3);
+    ck_assert(c.log_json);
+    unsetenv("KVD_PORT");
+    unsetenv("KVD_MEMORY");
+}
+END_TEST
+
+START_TEST(rejects_bad_values)
+{
+    kvd_config c;
+    char *bad[][3] = {
+        {"kvd", "--port", "70000"},        {"kvd", "--port", "x"},
+        {"kvd", "--page-bytes", "1000"},   {"kvd", "--page-bytes", "100"},
+        {"kvd", "--threads", "0"},         {"kvd", "--memory", "0"},
+        {"kvd", "--log-format", "xml"},    {"kvd", "--bogus", "1"},
+        {"kvd", "--max-body", "12"},       {"kvd", "--memory", "1KiB"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(parse(&c, bad[i], 3) == -1, "accepted %s %s", bad[i][1], bad[i][2]);
+    char *missing[] = {"kvd", "--port"};
+    ck_assert_int_eq(parse(&c, missing, 2), -1);
+    setenv("KVD_THREADS", "many", 1);
+    char *argv[] = {"kvd"};
+    ck_assert_int_eq(parse(&c, argv, 1), -1);
+    unsetenv("KVD_THREADS");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("server/config");
+    TCase *tc = tcase_create("config");
+    tcase_add_test(tc, sizes);
+    tcase_add_test(tc, defaults);
+    tcase_add_test(tc, flags_and_env);
+    tcase_add_test(tc, rejects_bad_values);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
