@@ -1,0 +1,63 @@
+/* attention/dispatch.c — runtime CPU dispatch: picks the attention kernels
+ * for the running CPU once (AVX-512F, else AVX2+FMA, else scalar) and names
+ * the CPU features in use for /v1/info. One binary runs on any x86-64 or
+ * arm64 machine; only the chosen kernel uses wider instructions. */
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "attention/attention.h"
+#include "attention/kernels.h"
+
+/* Scalar first, best last; the prefix this CPU supports is usable. */
+static const kvd_attention_kernels kernel_tables[] = {
+    {.name = "scalar", .attend_group = kvd_attend_group_ref},
+#if defined(__x86_64__)
+    {.name = "avx2", .attend_group = kvd_attend_group_avx2},
+    {.name = "avx512", .attend_group = kvd_attend_group_avx512},
+#endif
+};
+
+/* How many entries of kernel_tables this CPU can run. Idempotent, so a race
+ * between first callers only computes the same value twice. */
+static size_t usable_tables(void)
+{
+    static atomic_size_t cached; /* 0 = not computed yet; else count */
+    size_t n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n != 0)
+        return n;
+    n = 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init(); /* needed if we run before constructors (harmless otherwise) */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        n = 2;
+        if (__builtin_cpu_supports("avx512f"))
+            n = 3;
+    }
+#endif
+    atomic_store_explicit(&cached, n, memory_order_relaxed);
+    return n;
+}
+
+const kvd_attention_kernels *kvd_attention_kernels_get(void)
+{
+    return &kernel_tables[usable_tables() - 1];
+}
+
+const kvd_attention_kernels *kvd_attention_kernels_all(size_t *n)
+{
+    *n = usable_tables();
+    return kernel_tables;
+}
+
+const char *kvd_cpu_features(void)
+{
+    /* Features the chosen kernel relies on (static strings: nothing to build). */
+    switch (usable_tables()) {
+    case 3:
+        return "avx2 fma avx512f";
+    case 2:
+        return "avx2 fma";
+    default:
+        return "";
+    }
+}

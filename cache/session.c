@@ -1,0 +1,120 @@
+/* cache/session.c — a session's streams ([layers][kv_heads]) and its totals,
+ * plus the API names of the configuration enums. A session owns its streams
+ * and, through them, references to pool pages; destroying it drops them all. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "cache/session.h"
+
+const char *kvd_dtype_name(kvd_dtype d)
+{
+    switch (d) {
+    case KVD_DTYPE_F32: return "f32";
+    case KVD_DTYPE_F16: return "f16";
+    case KVD_DTYPE_BF16: return "bf16";
+    case KVD_DTYPE_INT8: return "int8";
+    case KVD_DTYPE_INT4: return "int4";
+    case KVD_DTYPE_KIVI2: return "kivi2";
+    case KVD_DTYPE_KIVI4: return "kivi4";
+    }
+    return "unknown"; /* never NULL: names go straight into JSON and logs */
+}
+
+const char *kvd_eviction_name(kvd_eviction e)
+{
+    switch (e) {
+    case KVD_EVICT_NONE: return "none";
+    case KVD_EVICT_RECENCY: return "recency";
+    case KVD_EVICT_L2NORM: return "l2norm";
+    case KVD_EVICT_H2O: return "h2o";
+    case KVD_EVICT_SUBGEN: return "subgen";
+    }
+    return "unknown";
+}
+
+const char *kvd_attention_name(kvd_attention_kind a)
+{
+    switch (a) {
+    case KVD_ATTN_STANDARD: return "standard";
+    case KVD_ATTN_TENSOR: return "tensor";
+    }
+    return "unknown";
+}
+
+const char *kvd_tensor_cache_name(kvd_tensor_cache t)
+{
+    switch (t) {
+    case KVD_TENSOR_CACHE_FOUR: return "four";
+    case KVD_TENSOR_CACHE_TWO: return "two";
+    }
+    return "unknown";
+}
+
+int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out)
+{
+    *out = NULL;
+    if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
+        return -EINVAL;
+    if (kvd_stream_slots_per_page(page_bytes, cfg->head_dim) == 0)
+        return -EINVAL; /* not even one slot fits a page: no token could be stored */
+    size_t n_streams;
+    if (__builtin_mul_overflow((size_t)cfg->layers, (size_t)cfg->kv_heads, &n_streams))
+        return -ENOMEM;
+
+    kvd_session *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return -ENOMEM;
+    s->streams = calloc(n_streams, sizeof *s->streams); /* calloc checks n * size */
+    if (s->streams == NULL) {
+        free(s);
+        return -ENOMEM;
+    }
+    s->config = *cfg;
+    s->n_streams = n_streams;
+    for (size_t i = 0; i < n_streams; i++)
+        kvd_stream_init(&s->streams[i], page_bytes, cfg->head_dim);
+    *out = s;
+    return 0;
+}
+
+void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->n_streams; i++)
+        kvd_stream_release(&s->streams[i], pool);
+    free(s->streams);
+    free(s);
+}
+
+size_t kvd_session_tokens(const kvd_session *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_streams; i++)
+        n += s->streams[i].n_tokens;
+    return n;
+}
+
+uint64_t kvd_session_appended(const kvd_session *s)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < s->n_streams; i++)
+        n += s->streams[i].appended;
+    return n;
+}
+
+uint64_t kvd_session_evicted(const kvd_session *s)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < s->n_streams; i++)
+        n += s->streams[i].evicted;
+    return n;
+}
+
+size_t kvd_session_pages(const kvd_session *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_streams; i++)
+        n += s->streams[i].n_pages;
+    return n;
+}

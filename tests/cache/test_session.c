@@ -1,0 +1,187 @@
+/* tests/cache/test_session.c — sessions: create and destroy (every page goes
+ * back to the pool), stream indexing [layer][kv_head], totals over streams,
+ * -EINVAL when a slot does not fit in a page, and the API names of enums. */
+#include <check.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/pool.h"
+#include "cache/session.h"
+
+#define PAGE 4096
+
+static kvd_session_config default_config(void)
+{
+    kvd_session_config c;
+    memset(&c, 0, sizeof c);
+    c.layers = 3;
+    c.heads = 8;
+    c.kv_heads = 2;
+    c.head_dim = 16;
+    c.attention = KVD_ATTN_STANDARD;
+    c.scale = 0.25f;
+    c.cache.dtype = KVD_DTYPE_F32;
+    c.cache.eviction = KVD_EVICT_NONE;
+    c.ttl_seconds = 600.0;
+    return c;
+}
+
+/* Appends m tokens (keys/values all `x`) to one stream. */
+static void append(kvd_stream *s, kvd_pool *pool, size_t m, float x)
+{
+    const size_t d = s->head_dim, need = kvd_stream_pages_needed(s, m);
+    float *rows = malloc(m * d * sizeof *rows);
+    void **pages = malloc((need ? need : 1) * sizeof *pages);
+    ck_assert(rows && pages);
+    for (size_t i = 0; i < m * d; i++)
+        rows[i] = x;
+    ck_assert_int_eq(kvd_stream_reserve_table(s, need), 0);
+    ck_assert_int_eq(kvd_pool_alloc(pool, need, pages), 0);
+    kvd_stream_append(s, m, rows, rows, d, pages);
+    free(rows);
+    free(pages);
+}
+
+START_TEST(test_create_destroy_returns_pages)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(1024 * PAGE, PAGE, &pool), 0);
+    const kvd_session_config cfg = default_config();
+    kvd_session *s = (kvd_session *)&pool;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(s->n_streams, 6);
+    ck_assert_uint_eq(s->config.layers, 3);
+    ck_assert_float_eq(s->config.scale, 0.25f);
+    ck_assert_uint_eq(kvd_session_tokens(s), 0);
+    ck_assert_uint_eq(kvd_session_pages(s), 0);
+    for (size_t i = 0; i < s->n_streams; i++) {
+        ck_assert_uint_eq(s->streams[i].head_dim, 16);
+        ck_assert_uint_eq(s->streams[i].slots_per_page, kvd_stream_slots_per_page(PAGE, 16));
+    }
+
+    const size_t spp = s->streams[0].slots_per_page;
+    size_t tokens = 0;
+    for (uint32_t l = 0; l < 3; l++)
+        for (uint32_t g = 0; g < 2; g++) {
+            const size_t m = (l * 2 + g + 1) * spp / 2 + 1; /* ragged page counts */
+            append(kvd_session_stream(s, l, g), pool, m, (float)(l * 10 + g));
+            tokens += m;
+        }
+    ck_assert_uint_eq(kvd_session_tokens(s), tokens);
+    ck_assert_uint_eq(kvd_session_appended(s), tokens);
+    ck_assert_uint_eq(kvd_session_evicted(s), 0);
+    ck_assert_uint_eq(kvd_session_pages(s), kvd_pool_pages_used(pool));
+    ck_assert_uint_gt(kvd_pool_pages_used(pool), 6);
+
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    ck_assert_uint_eq(kvd_pool_pages_free(pool), kvd_pool_pages_total(pool));
+    kvd_session_destroy(NULL, pool); /* no-op */
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
+START_TEST(test_stream_indexing)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = default_config();
+    cfg.layers = 4;
+    cfg.kv_heads = 3;
+    kvd_session *s;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_uint_eq(s->n_streams, 12);
+    for (uint32_t l = 0; l < 4; l++)
+        for (uint32_t g = 0; g < 3; g++)
+            ck_assert_ptr_eq(kvd_session_stream(s, l, g), &s->streams[l * 3 + g]);
+    /* Each stream holds its own tokens: layer l, head g gets l * 3 + g + 1,
+     * keyed by a value that names the stream. */
+    for (uint32_t l = 0; l < 4; l++)
+        for (uint32_t g = 0; g < 3; g++)
+            append(kvd_session_stream(s, l, g), pool, l * 3 + g + 1, (float)(100 * l + g));
+    for (uint32_t l = 0; l < 4; l++)
+        for (uint32_t g = 0; g < 3; g++) {
+            const kvd_stream *st = kvd_session_stream(s, l, g);
+            ck_assert_uint_eq(st->n_tokens, l * 3 + g + 1);
+            const kvd_kv_pages kv = kvd_stream_view(st);
+            ck_assert_float_eq(kvd_kv_key(&kv, st->n_tokens - 1)[15], (float)(100 * l + g));
+        }
+    ck_assert_uint_eq(kvd_session_tokens(s), 78); /* 1 + 2 + ... + 12 */
+    ck_assert_uint_eq(kvd_session_pages(s), 12);  /* <= spp tokens each */
+    s->streams[5].evicted = 7;                    /* totals sum every stream */
+    ck_assert_uint_eq(kvd_session_evicted(s), 7);
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
+START_TEST(test_create_einval)
+{
+    kvd_session_config cfg = default_config();
+    kvd_session *s = (kvd_session *)&cfg;
+    /* d = 512 f32: a slot is 2 * 2048 + 16 bytes, more than a 4 KiB page */
+    cfg.head_dim = 512;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    ck_assert_ptr_null(s);
+    /* the same head_dim fits in 16 KiB pages */
+    ck_assert_int_eq(kvd_session_create(&cfg, 4 * PAGE, &s), 0);
+    ck_assert_uint_eq(s->streams[0].slots_per_page, 3);
+    kvd_session_destroy(s, NULL); /* no pages taken: the pool is not touched */
+
+    cfg = default_config();
+    cfg.head_dim = 0;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    cfg = default_config();
+    cfg.kv_heads = 0;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    cfg = default_config();
+    cfg.layers = 0;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_names)
+{
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_F32), "f32");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_F16), "f16");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_BF16), "bf16");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_INT8), "int8");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_INT4), "int4");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_KIVI2), "kivi2");
+    ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_KIVI4), "kivi4");
+    ck_assert_str_eq(kvd_eviction_name(KVD_EVICT_NONE), "none");
+    ck_assert_str_eq(kvd_eviction_name(KVD_EVICT_RECENCY), "recency");
+    ck_assert_str_eq(kvd_eviction_name(KVD_EVICT_L2NORM), "l2norm");
+    ck_assert_str_eq(kvd_eviction_name(KVD_EVICT_H2O), "h2o");
+    ck_assert_str_eq(kvd_eviction_name(KVD_EVICT_SUBGEN), "subgen");
+    ck_assert_str_eq(kvd_attention_name(KVD_ATTN_STANDARD), "standard");
+    ck_assert_str_eq(kvd_attention_name(KVD_ATTN_TENSOR), "tensor");
+    ck_assert_str_eq(kvd_tensor_cache_name(KVD_TENSOR_CACHE_FOUR), "four");
+    ck_assert_str_eq(kvd_tensor_cache_name(KVD_TENSOR_CACHE_TWO), "two");
+    ck_assert_ptr_nonnull(kvd_dtype_name((kvd_dtype)99)); /* never NULL */
+}
+END_TEST
+
+static Suite *session_suite(void)
+{
+    Suite *s = suite_create("cache/session");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_create_destroy_returns_pages);
+    tcase_add_test(tc, test_stream_indexing);
+    tcase_add_test(tc, test_create_einval);
+    tcase_add_test(tc, test_names);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(session_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
