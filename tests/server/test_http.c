@@ -825,12 +825,3 @@ int main(void)
     srunner_free(sr);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
-/* The metrics registry (server/metrics.c) pulls in the whole API; until
- * api/ links complete, this weak stand-in keeps the test linking. A weak
- * definition wins over the archive, so it can stay or go once api/ links. */
-__attribute__((weak)) void kvd_metrics_observe_http(const char *r, int s, double t)
-{
-    (void)r;
-    (void)s;
-    (void)t;
-}

@@ -1,0 +1,470 @@
+/* api/tensor.c — tensors on the wire (DESIGN.md §3): decoding JSON number
+ * arrays (flat or nested, row-major) and "b64:" strings of little-endian f32
+ * into malloc'd f32 arrays that the caller owns, with every number checked
+ * finite as an f32; and encoding output tensors back the same two ways.
+ * Pure functions of their arguments: safe to call from any worker thread. */
+#include "api/tensor.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define KVD_BIG_ENDIAN 1
+#else
+#define KVD_BIG_ENDIAN 0
+#endif
+
+/* Tensors on the API have at most 3 dims ([m][heads][head_dim]); deeper
+ * nesting is accepted up to this bound so the shape fits in a fixed array
+ * (no allocation while validating) and recursion depth stays small. */
+#define TENSOR_MAX_DIMS 16
+
+#define B64_PREFIX "b64:"
+#define B64_PREFIX_LEN 4
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Value of each byte in the RFC 4648 alphabet, -1 if not in it ('=' is
+ * handled apart, as padding). */
+static const int8_t b64_value[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
+
+/* ---- base64 ------------------------------------------------------------ */
+
+/* Byte i of the little-endian serialization of x[0..]. */
+static inline unsigned char le_byte(const float *x, size_t i)
+{
+    const unsigned char *p = (const unsigned char *)x;
+#if KVD_BIG_ENDIAN
+    return p[(i & ~(size_t)3) | (3 - (i & 3))];
+#else
+    return p[i];
+#endif
+}
+
+/* Returns malloc'd text (caller frees) or NULL on allocation failure or if
+ * the encoded length would not fit in size_t. */
+char *kvd_b64_encode_f32(const float *x, size_t n)
+{
+    /* 4 output chars per 3 input bytes; bound n so 4n, and the text, fit. */
+    if (n > (SIZE_MAX / 4 - B64_PREFIX_LEN - 8) / 2)
+        return NULL;
+    const size_t nbytes = n * sizeof(float);
+    const size_t text_len = B64_PREFIX_LEN + (nbytes + 2) / 3 * 4;
+    char *out = malloc(text_len + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, B64_PREFIX, B64_PREFIX_LEN);
+    char *p = out + B64_PREFIX_LEN;
+    size_t i = 0;
+    for (; i + 3 <= nbytes; i += 3) {
+        uint32_t v = (uint32_t)le_byte(x, i) << 16 | (uint32_t)le_byte(x, i + 1) << 8
+                     | le_byte(x, i + 2);
+        *p++ = b64_alphabet[v >> 18];
+        *p++ = b64_alphabet[(v >> 12) & 63];
+        *p++ = b64_alphabet[(v >> 6) & 63];
+        *p++ = b64_alphabet[v & 63];
+    }
+    if (nbytes - i == 1) {
+        uint32_t v = (uint32_t)le_byte(x, i) << 16;
+        *p++ = b64_alphabet[v >> 18];
+        *p++ = b64_alphabet[(v >> 12) & 63];
+        *p++ = '=';
+        *p++ = '=';
+    } else if (nbytes - i == 2) {
+        uint32_t v = (uint32_t)le_byte(x, i) << 16 | (uint32_t)le_byte(x, i + 1) << 8;
+        *p++ = b64_alphabet[v >> 18];
+        *p++ = b64_alphabet[(v >> 12) & 63];
+        *p++ = b64_alphabet[(v >> 6) & 63];
+        *p++ = '=';
+    }
+    *p = '\0';
+    return out;
+}
+
+typedef enum { B64_OK = 0, B64_INVALID = -1, B64_NOMEM = -2 } b64_status;
+
+/* Strict RFC 4648 decoding: alphabet characters only (no whitespace, no
+ * URL-safe alphabet), length a multiple of 4, '=' only as one or two final
+ * padding characters, pad bits zero (canonical encoding), and a byte count
+ * that is a whole number of f32s. On B64_INVALID, why/why_len get a
+ * description. On success *out is malloc'd (NULL when *n is 0). */
+static b64_status b64_decode(const char *text, size_t len, float **out, size_t *n,
+                             char *why, size_t why_len)
+{
+    if (len % 4 != 0) {
+        snprintf(why, why_len, "base64 length %zu is not a multiple of 4", len);
+        return B64_INVALID;
+    }
+    size_t pad = 0;
+    if (len >= 1 && text[len - 1] == '=') {
+        pad++;
+        if (len >= 2 && text[len - 2] == '=')
+            pad++;
+    }
+    const size_t body = len - pad; /* characters that must be in the alphabet */
+    for (size_t i = 0; i < body; i++) {
+        if (b64_value[(unsigned char)text[i]] < 0) {
+            if (text[i] == '=')
+                snprintf(why, why_len, "base64 padding '=' at offset %zu is not at the end", i);
+            else
+                snprintf(why, why_len, "invalid base64 character 0x%02x at offset %zu",
+                         (unsigned)(unsigned char)text[i], i);
+            return B64_INVALID;
+        }
+    }
+    /* pad == 2 with text[len-3] == '=' was caught above (3 '=' in a row). */
+    const size_t nbytes = len / 4 * 3 - pad;
+    if (nbytes % sizeof(float) != 0) {
+        snprintf(why, why_len,
+                 "base64 decodes to %zu bytes, not a whole number of f32 (4 bytes each)", nbytes);
+        return B64_INVALID;
+    }
+    /* Canonical form: the bits a padded group does not carry must be zero, so
+     * each float array has exactly one encoding. */
+    if (pad == 1 && (b64_value[(unsigned char)text[len - 2]] & 0x3)) {
+        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 2);
+        return B64_INVALID;
+    }
+    if (pad == 2 && (b64_value[(unsigned char)text[len - 3]] & 0xf)) {
+        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 3);
+        return B64_INVALID;
+    }
+    const size_t count = nbytes / sizeof(float);
+    if (count == 0) {
+        *out = NULL;
+        *n = 0;
+        return B64_OK;
+    }
+    float *dst = malloc(nbytes);
+    if (!dst)
+        return B64_NOMEM;
+    unsigned char *b = (unsigned char *)dst;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        /* '=' is -1 in the table: read only the characters that carry bits. */
+        const bool last = i + 4 == len;
+        uint32_t v = (uint32_t)b64_value[(unsigned char)text[i]] << 18
+                     | (uint32_t)b64_value[(unsigned char)text[i + 1]] << 12;
+        if (!(last && pad == 2))
+            v |= (uint32_t)b64_value[(unsigned char)text[i + 2]] << 6;
+        if (!(last && pad >= 1))
+            v |= (uint32_t)b64_value[(unsigned char)text[i + 3]];
+        b[o++] = (unsigned char)(v >> 16);
+        if (o < nbytes)
+            b[o++] = (unsigned char)(v >> 8);
+        if (o < nbytes)
+            b[o++] = (unsigned char)v;
+    }
+#if KVD_BIG_ENDIAN
+    for (size_t j = 0; j < count; j++) {
+        uint32_t u;
+        memcpy(&u, &dst[j], sizeof u);
+        u = __builtin_bswap32(u);
+        memcpy(&dst[j], &u, sizeof u);
+    }
+#endif
+    *out = dst;
+    *n = count;
+    return B64_OK;
+}
+
+/* *out is malloc'd on success (NULL when *n is 0; caller frees). Returns -1
+ * on invalid text and also when the array cannot be allocated (callers that
+ * must tell the two apart use kvd_tensor_decode). */
+int kvd_b64_decode_f32(const char *text, size_t len, float **out, size_t *n)
+{
+    char why[128];
+    if (!text || !out || !n)
+        return -1;
+    float *dst;
+    size_t count;
+    if (b64_decode(text, len, &dst, &count, why, sizeof why) != B64_OK)
+        return -1;
+    *out = dst;
+    *n = count;
+    return 0;
+}
+
+/* ---- JSON arrays ------------------------------------------------------- */
+
+static const char *json_type_name(const cJSON *item)
+{
+    if (cJSON_IsString(item))
+        return "a string";
+    if (cJSON_IsNumber(item))
+        return "a number";
+    if (cJSON_IsBool(item))
+        return "a boolean";
+    if (cJSON_IsNull(item))
+        return "null";
+    if (cJSON_IsArray(item))
+        return "an array";
+    if (cJSON_IsObject(item))
+        return "an object";
+    return "an invalid value";
+}
+
+/* Where the walk over a nested array is: the field name and the index at
+ * each depth, formatted only when an error is reported. */
+typedef struct walk {
+    const char *field;
+    size_t dims[TENSOR_MAX_DIMS];
+    size_t nd;
+    size_t idx[TENSOR_MAX_DIMS];
+    float *dst;   /* NULL on the validating pass */
+    size_t pos;   /* next flat index into dst */
+    kvd_api_error *err;
+} walk;
+
+/* Formats field[i0][i1]..[i(depth-1)] into buf. */
+static void walk_path(const walk *w, size_t depth, char *buf, size_t len)
+{
+    int k = snprintf(buf, len, "%s", w->field);
+    size_t used = k > 0 ? (size_t)k : 0;
+    for (size_t d = 0; d < depth && used < len; d++) {
+        k = snprintf(buf + used, len - used, "[%zu]", w->idx[d]);
+        if (k < 0)
+            break;
+        used += (size_t)k;
+    }
+}
+
+/* Walks `arr` (at `depth`) checking it has the rectangular shape w->dims and
+ * finite-f32 numbers at the leaves; writes them to w->dst if set. The
+ * validating pass (dst NULL) reports every error, so the filling pass
+ * cannot fail. */
+static int walk_array(walk *w, const cJSON *arr, size_t depth)
+{
+    char path[160];
+    size_t i = 0;
+    for (const cJSON *e = arr->child; e; e = e->next, i++) {
+        w->idx[depth] = i;
+        if (depth + 1 < w->nd) {
+            if (!cJSON_IsArray(e)) {
+                walk_path(w, depth + 1, path, sizeof path);
+                return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
+                                         "%s: expected an array of %zu elements (the tensor "
+                                         "must be rectangular), got %s",
+                                         path, w->dims[depth + 1], json_type_name(e));
+            }
+            if (walk_array(w, e, depth + 1) != 0)
+                return -1;
+            continue;
+        }
+        if (!cJSON_IsNumber(e)) {
+            walk_path(w, depth + 1, path, sizeof path);
+            return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
+                                     "%s: expected a number, got %s", path, json_type_name(e));
+        }
+        const double v = e->valuedouble;
+        /* Finite as an f32: |x| <= FLT_MAX (the !(<=) form also rejects NaN).
+         * A value just above FLT_MAX would round to FLT_MAX, but DESIGN.md §3
+         * makes anything beyond the f32 range a 400, not a silent clamp. */
+        if (!(fabs(v) <= (double)FLT_MAX)) {
+            walk_path(w, depth + 1, path, sizeof path);
+            return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
+                                     "%s: not a finite f32 (got %g)", path, v);
+        }
+        if (w->dst)
+            w->dst[w->pos++] = (float)v;
+    }
+    if (i != w->dims[depth]) {
+        walk_path(w, depth, path, sizeof path);
+        return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
+                                 "%s: expected %zu elements (the tensor must be rectangular), "
+                                 "got %zu", path, w->dims[depth], i);
+    }
+    return 0;
+}
+
+/* Checks the decoded element count against the row size and the row limit. */
+static int check_rows(size_t count, const char *field, size_t row, const char *row_desc,
+                      size_t max_rows, kvd_api_error *err)
+{
+    if (count % row != 0) {
+        if (row_desc)
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                     "%s: expected a multiple of %s = %zu numbers, got %zu",
+                                     field, row_desc, row, count);
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: expected a multiple of %zu numbers, got %zu",
+                                 field, row, count);
+    }
+    if (count / row > max_rows)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: %zu rows of %zu numbers, more than the limit of %zu",
+                                 field, count / row, row, max_rows);
+    return 0;
+}
+
+/* On success *out is malloc'd (NULL when *rows is 0) and owned by the
+ * caller, who frees it. On error nothing is allocated. */
+int kvd_tensor_decode(const cJSON *item, const char *field, size_t row,
+                      const char *row_desc, size_t max_rows,
+                      float **out, size_t *rows, kvd_api_error *err)
+{
+    if (!field)
+        field = "tensor";
+    if (row == 0)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: row size 0 (bad session shape)", field);
+    if (!item)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: missing", field);
+
+    if (cJSON_IsString(item)) {
+        const char *s = item->valuestring;
+        if (!s || strncmp(s, B64_PREFIX, B64_PREFIX_LEN) != 0)
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                     "%s: a string tensor must start with \"b64:\" "
+                                     "(base64 of little-endian f32)", field);
+        const char *text = s + B64_PREFIX_LEN;
+        const size_t len = strlen(text);
+        /* Refuse an oversized tensor before allocating for it: the byte
+         * count follows from the length and the padding alone. */
+        if (len % 4 == 0 && len >= 4) {
+            const size_t pad = text[len - 1] != '=' ? 0 : text[len - 2] == '=' ? 2 : 1;
+            const size_t nbytes = len / 4 * 3 - pad;
+            const size_t cnt = nbytes / sizeof(float);
+            if (nbytes % sizeof(float) == 0 && cnt % row == 0 && cnt / row > max_rows)
+                return check_rows(cnt, field, row, row_desc, max_rows, err);
+        }
+        char why[128];
+        float *dst = NULL;
+        size_t count = 0;
+        b64_status st = b64_decode(text, len, &dst, &count, why, sizeof why);
+        if (st == B64_NOMEM)
+            return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                     "%s: out of memory decoding %zu base64 characters",
+                                     field, len);
+        if (st != B64_OK)
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: %s", field, why);
+        if (check_rows(count, field, row, row_desc, max_rows, err) != 0) {
+            free(dst);
+            return -1;
+        }
+        for (size_t i = 0; i < count; i++) {
+            if (!isfinite(dst[i])) {
+                kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                  "%s[%zu]: not a finite f32 (got %g)", field, i, (double)dst[i]);
+                free(dst);
+                return -1;
+            }
+        }
+        *out = dst;
+        *rows = count / row;
+        return 0;
+    }
+
+    if (!cJSON_IsArray(item))
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: expected an array of numbers or a \"b64:...\" string, got %s",
+                                 field, json_type_name(item));
+
+    /* Shape from the first element at each depth; the walk then checks every
+     * other element against it. */
+    walk w = {.field = field, .err = err};
+    size_t count = 1;
+    bool overflow = false;
+    for (const cJSON *a = item; cJSON_IsArray(a); a = a->child) {
+        if (w.nd == TENSOR_MAX_DIMS)
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                     "%s: nested deeper than %d arrays", field, TENSOR_MAX_DIMS);
+        size_t d = (size_t)cJSON_GetArraySize(a);
+        w.dims[w.nd++] = d;
+        if (d && count > SIZE_MAX / d)
+            overflow = true;
+        else
+            count *= d;
+    }
+    if (walk_array(&w, item, 0) != 0)
+        return -1;
+    /* A rectangular array that passed the walk has exactly `count` leaves,
+     * all in memory already, so the product cannot really overflow. */
+    if (overflow)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: too many numbers", field);
+    if (check_rows(count, field, row, row_desc, max_rows, err) != 0)
+        return -1;
+    float *dst = NULL;
+    if (count) {
+        dst = malloc(count * sizeof(float)); /* count leaves exist: no overflow */
+        if (!dst)
+            return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                     "%s: out of memory for %zu numbers", field, count);
+        w.dst = dst;
+        w.pos = 0;
+        (void)walk_array(&w, item, 0); /* validated above: cannot fail */
+    }
+    *out = dst;
+    *rows = count / row;
+    return 0;
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+/* The double nearest to the 9-significant-digit decimal of x. Nine digits
+ * always read back as the same f32, and cJSON then prints at most those
+ * digits ("0.100000001" rather than "0.10000000149011612"). The JSON path
+ * is the slow one by design (b64 is the fast path). */
+static double f32_json_value(float x)
+{
+    if (!isfinite(x))
+        return (double)x;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.9g", (double)x);
+    const double d = strtod(buf, NULL);
+    /* Only +-FLT_MAX has a 9-digit decimal above FLT_MAX (3.40282347e+38),
+     * which kvd_tensor_decode refuses. Its exact double would not do either:
+     * cJSON prints 15 digits ("3.40282346638529e+38", also above FLT_MAX).
+     * The 9-digit decimal rounded toward zero still reads back as FLT_MAX. */
+    if (fabs(d) > (double)FLT_MAX)
+        return copysign(3.40282346e38, d);
+    return d;
+}
+
+/* Returns a new cJSON value (caller owns it) or NULL on allocation failure. */
+cJSON *kvd_tensor_encode(const float *x, size_t n, kvd_encoding enc)
+{
+    if (enc == KVD_ENCODING_B64) {
+        char *text = kvd_b64_encode_f32(x, n);
+        if (!text)
+            return NULL;
+        cJSON *s = cJSON_CreateString(text);
+        free(text);
+        return s;
+    }
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *num = cJSON_CreateNumber(f32_json_value(x[i]));
+        if (!num) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        cJSON_AddItemToArray(arr, num);
+    }
+    return arr;
+}
