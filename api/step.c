@@ -96,14 +96,15 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
 
 /* Appends one layer's tokens to its kv_heads streams, using pages from the
  * plan's array at *cursor. Cannot fail. */
-static void apply_append(kvd_session *sess, const kvd_step_layer *st, step_plan *p, size_t *cursor)
+static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p,
+                         size_t *cursor)
 {
     const kvd_session_config *cfg = &sess->config;
     size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
     for (uint32_t g = 0; g < cfg->kv_heads; g++) {
         kvd_stream *s = kvd_session_stream(sess, st->layer, g);
         size_t need = kvd_stream_pages_needed(s, st->m);
-        kvd_stream_append(s, st->m, st->k + (size_t)g * cfg->head_dim,
+        kvd_stream_append(s, api->pool, st->m, st->k + (size_t)g * cfg->head_dim,
                           st->v + (size_t)g * cfg->head_dim, row, p->pages + *cursor);
         *cursor += need;
     }
@@ -182,7 +183,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         const kvd_step_layer *st = &req.layers[i];
         size_t n_before = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         if (st->m)
-            apply_append(sess, st, &plan, &cursor);
+            apply_append(api, sess, st, &plan, &cursor);
         if (st->m_q)
             apply_attention(sess, st, n_before, plan.outputs[i]);
         tokens_in += st->m;

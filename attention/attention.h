@@ -45,6 +45,13 @@ static inline const float *kvd_kv_value(const kvd_kv_pages *kv, size_t j)
 void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
                           const float *q, size_t n_q, float scale, float *o);
 
+/* Heavy-hitter scoring (H2O): adds to acc[j], for j < n_visible, the softmax
+ * weight slot j receives from each of the n_q query heads (same scores as
+ * kvd_attend_group_ref), summed over the heads. scratch: [n_visible] f32.
+ * A second pass over the keys, paid only by sessions with eviction h2o. */
+void kvd_attention_weights_ref(const kvd_kv_pages *kv, size_t n_visible, const float *q,
+                               size_t n_q, float scale, float *scratch, float *acc);
+
 /* The kernel table chosen once at start-up for this CPU (runtime dispatch). */
 typedef struct kvd_attention_kernels {
     const char *name; /* "scalar", "avx2", "avx512" */

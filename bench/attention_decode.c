@@ -174,7 +174,7 @@ static void run(size_t n)
             fprintf(stderr, "bench: pool too small\n");
             exit(1);
         }
-        kvd_stream_append(&streams[g], n, k + (size_t)g * n * HEAD_DIM, v + (size_t)g * n * HEAD_DIM,
+        kvd_stream_append(&streams[g], pool, n, k + (size_t)g * n * HEAD_DIM, v + (size_t)g * n * HEAD_DIM,
                           HEAD_DIM, pages);
     }
     const float scale = 1.0f / sqrtf(HEAD_DIM);

@@ -42,4 +42,9 @@ void kvd_pool_retain(kvd_pool *pool, void *const *pages, size_t n);
 /* Current reference count of a page (0 = free). */
 unsigned kvd_pool_refcount(const kvd_pool *pool, const void *page);
 
+/* Copy-on-write bookkeeping: streams call count_copy once per page they copy
+ * because it was shared; copies() is the running total (for /metrics). */
+void kvd_pool_count_copy(kvd_pool *pool);
+unsigned long long kvd_pool_copies(const kvd_pool *pool);
+
 #endif

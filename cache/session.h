@@ -58,6 +58,11 @@ typedef struct kvd_session {
  * -EINVAL if one slot does not fit in a page. Free with kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
+/* A copy-on-write fork: same config and tokens, every page shared (see
+ * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0 or
+ * -ENOMEM (nothing changed). */
+int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
+
 /* Releases every page to the pool and frees the session. NULL is a no-op. */
 void kvd_session_destroy(kvd_session *s, kvd_pool *pool);
 

@@ -19,8 +19,11 @@
 typedef struct kvd_slot_meta {
     int64_t position; /* original token position (tokens appended before it) */
     float key_norm;   /* L2 norm of the key as received (eviction by l2norm) */
-    float score;      /* accumulated attention weight (h2o) */
+    uint32_t reserved;/* zero; keeps the struct 16 bytes (h2o scores live in the
+                         eviction index, so scoring never writes a shared page) */
 } kvd_slot_meta;
+
+typedef struct kvd_evict_index kvd_evict_index; /* cache/evict.c */
 
 typedef struct kvd_stream {
     void **pages;            /* block table: n_pages pool pages */
@@ -32,6 +35,12 @@ typedef struct kvd_stream {
     uint32_t head_dim;
     uint32_t slots_per_page;
     uint32_t k_offset, v_offset, meta_offset; /* byte offsets inside a page */
+    /* Copy-on-write: shared[i] != 0 when page i may also belong to a fork
+     * (set by kvd_stream_fork on both sides); writing into such a page first
+     * copies it unless its refcount has dropped back to 1. [cap_pages] */
+    unsigned char *shared;
+    size_t n_shared;          /* pages flagged in `shared` */
+    kvd_evict_index *evict;   /* NULL: no eviction policy (cache/evict.h) */
 } kvd_stream;
 
 /* Slots of `head_dim` f32 keys and values that fit in one page (with the
@@ -42,7 +51,8 @@ uint32_t kvd_stream_slots_per_page(size_t page_bytes, uint32_t head_dim);
  * must be >= 1. */
 void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim);
 
-/* Pages the stream must take from the pool to append m more tokens. */
+/* Pages the stream must take from the pool to append m more tokens,
+ * including one copy of a shared, partly filled tail page. */
 size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m);
 
 /* Makes room in the block table for `extra_pages` more pages. Changes nothing
@@ -52,13 +62,21 @@ int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages);
 /* Appends m tokens. Key t is k[t * row_stride .. + head_dim], value t likewise
  * in v (row_stride lets the caller pass one kv head of a [m][kv_heads][d]
  * tensor). new_pages holds exactly kvd_stream_pages_needed(s, m) pages taken
- * from the pool, and the table must have room for them (reserve_table). Slot
- * positions continue from s->appended. Cannot fail. */
-void kvd_stream_append(kvd_stream *s, size_t m, const float *k, const float *v,
+ * from the pool, and the table (reserve_table) and eviction index
+ * (kvd_stream_evict_reserve) must have room. A shared tail page is copied
+ * into new_pages[0] first and its reference dropped in `pool`. Slot positions
+ * continue from s->appended. Cannot fail. */
+void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *k, const float *v,
                        size_t row_stride, void *const *new_pages);
 
-/* Gives every page back to the pool and frees the block table; the stream is
- * empty afterwards (it may be reused). */
+/* Makes dst a copy-on-write fork of src: same tokens, same pages (one more
+ * reference each), its own block table and eviction index; every page is
+ * flagged shared in both. dst must be uninitialized. 0 or -ENOMEM (then
+ * nothing changed, dst empty). */
+int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
+
+/* Gives every page back to the pool (drops its references) and frees the
+ * block table and eviction index; the stream is empty afterwards. */
 void kvd_stream_release(kvd_stream *s, kvd_pool *pool);
 
 /* Read-only view for attention kernels. Valid until the stream changes. */

@@ -1,0 +1,59 @@
+/* cache/evict.h — per-stream eviction (DESIGN.md §4): which tokens a stream
+ * keeps when it holds more than its budget. The mechanism (cache/evict.c)
+ * moves the last slot into the victim's hole, keeps an index so a victim is
+ * found in O(log n) (recency, l2norm), gives emptied tail pages back to the
+ * pool at once, and copies a page shared with a fork before writing into it.
+ * The policies (cache/policy_*.c) only say which unprotected token goes next. */
+#ifndef KVD_CACHE_EVICT_H
+#define KVD_CACHE_EVICT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/pool.h"
+#include "cache/session.h"
+#include "cache/stream.h"
+
+/* Protection, exact: a token with position p is protected when p < sink (the
+ * oldest tokens ever appended, StreamingLLM's attention sinks) or
+ * p >= appended - recent (the newest). Among the others the policy picks:
+ *   recency: smallest position;
+ *   l2norm:  largest key L2 norm (kvd_slot_meta.key_norm), ties -> smaller position;
+ *   h2o:     smallest accumulated softmax weight, ties -> smaller position. */
+typedef struct kvd_evict_config {
+    kvd_eviction policy;   /* KVD_EVICT_NONE: streams keep everything */
+    uint32_t sink, recent;
+} kvd_evict_config;
+
+/* Attaches an eviction index to an empty or populated stream (it indexes the
+ * tokens already there). Returns 0 or -ENOMEM (stream unchanged). A stream
+ * with policy none has no index (s->evict == NULL). */
+int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg);
+
+/* Grows the index for `extra` more tokens; 0 or -ENOMEM with nothing changed.
+ * Call before kvd_stream_append, with the same m (the step's planning phase). */
+int kvd_stream_evict_reserve(kvd_stream *s, size_t extra);
+
+/* h2o: adds w[j] (softmax weight received this step, summed over the group's
+ * query heads and the step's queries) to the score of slot j, j < n <= n_tokens.
+ * No-op for other policies. Scores live in the index, not in pages, so a
+ * forked stream's shared pages are not written by scoring. */
+void kvd_stream_add_weights(kvd_stream *s, const float *w, size_t n);
+
+/* Upper bound on pages kvd_stream_evict may need to copy (pages shared with a
+ * fork that a hole could fall into) when evicting `count` tokens. */
+size_t kvd_stream_evict_pages_bound(const kvd_stream *s, size_t count);
+
+/* Evicts until s->n_tokens <= target or only protected tokens remain.
+ * spare[0..n_spare) are pool pages the caller took for copy-on-write; the
+ * function uses them in order and adds how many to *spare_used (the caller
+ * releases the rest). Emptied tail pages go back to the pool. Adds to
+ * s->evicted and returns the number evicted. Cannot fail when n_spare >=
+ * kvd_stream_evict_pages_bound(s, n_tokens - target). */
+size_t kvd_stream_evict(kvd_stream *s, kvd_pool *pool, size_t target, void *const *spare,
+                        size_t n_spare, size_t *spare_used);
+
+/* Tokens kvd_stream_evict could remove right now (unprotected count). */
+size_t kvd_stream_evictable(const kvd_stream *s);
+
+#endif
