@@ -44,6 +44,7 @@ typedef struct kvd_response {
     char *body;                /* malloc'd; owner frees */
     size_t body_len;
     unsigned retry_after_s;    /* > 0 adds a Retry-After header */
+    const char *allow;         /* static; adds an Allow header (405) */
 } kvd_response;
 
 /* Fills resp with a JSON error body (falls back to a static body if even
@@ -73,7 +74,7 @@ typedef struct kvd_api_options {
 /* Counters the API keeps for /metrics (read with relaxed atomics). */
 typedef struct kvd_api_stats {
     atomic_uint_fast64_t sessions_created;
-    atomic_uint_fast64_t step_tokens;       /* tokens appended, summed over streams */
+    atomic_uint_fast64_t step_tokens;       /* new tokens received: m per layer entry */
     atomic_uint_fast64_t steps;
     atomic_uint_fast64_t rejected_pool_full;
     atomic_uint_fast64_t rejected_queue_full;

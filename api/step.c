@@ -20,6 +20,7 @@ typedef struct step_plan {
     void **pages;            /* [total_pages] taken from the pool, not yet placed */
     size_t total_pages;
     float **outputs;         /* [n_layers] each [m_q][heads][head_dim] */
+    size_t *tokens_after;    /* [n_layers] stream tokens after each entry */
 } step_plan;
 
 static void plan_free(step_plan *p, size_t n_layers)
@@ -31,6 +32,7 @@ static void plan_free(step_plan *p, size_t n_layers)
         for (size_t i = 0; i < n_layers; i++)
             free(p->outputs[i]);
     free(p->outputs);
+    free(p->tokens_after);
 }
 
 static int fail(api_job *job, int status, const char *code, const char *msg)
@@ -51,7 +53,8 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
     p->new_tokens = calloc(sess->n_streams, sizeof *p->new_tokens);
     p->pages_needed = calloc(sess->n_streams, sizeof *p->pages_needed);
     p->outputs = calloc(req->n_layers, sizeof *p->outputs);
-    if (!p->new_tokens || !p->pages_needed || !p->outputs)
+    p->tokens_after = calloc(req->n_layers, sizeof *p->tokens_after);
+    if (!p->new_tokens || !p->pages_needed || !p->outputs || !p->tokens_after)
         return fail(job, 500, KVD_ERR_INTERNAL, "out of memory planning the step");
     size_t q_row = (size_t)cfg->heads * cfg->head_dim;
     for (size_t i = 0; i < req->n_layers; i++) {
@@ -132,7 +135,7 @@ static void apply_attention(kvd_session *sess, const kvd_step_layer *st, size_t 
 }
 
 static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, const float *o,
-                           kvd_encoding enc)
+                           size_t tokens, kvd_encoding enc)
 {
     const kvd_session_config *cfg = &sess->config;
     cJSON *r = cJSON_CreateObject();
@@ -143,8 +146,7 @@ static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, co
         return NULL;
     }
     cJSON_AddItemToObject(r, "o", ot);
-    const kvd_stream *s0 = &sess->streams[(size_t)st->layer * cfg->kv_heads];
-    cJSON_AddNumberToObject(r, "tokens", (double)s0->n_tokens);
+    cJSON_AddNumberToObject(r, "tokens", (double)tokens);
     cJSON_AddNumberToObject(r, "evicted", 0);
     return r;
 }
@@ -186,6 +188,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
             apply_append(api, sess, st, &plan, &cursor);
         if (st->m_q)
             apply_attention(sess, st, n_before, plan.outputs[i]);
+        plan.tokens_after[i] = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         tokens_in += st->m;
     }
     job->applied = true;
@@ -197,7 +200,8 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         out = cJSON_CreateObject();
         cJSON *arr = out ? cJSON_AddArrayToObject(out, "steps") : NULL;
         for (size_t i = 0; arr && i < req.n_layers; i++) {
-            cJSON *r = layer_result(sess, &req.layers[i], plan.outputs[i], req.encoding);
+            cJSON *r = layer_result(sess, &req.layers[i], plan.outputs[i], plan.tokens_after[i],
+                                     req.encoding);
             if (!r) {
                 cJSON_Delete(out);
                 out = NULL;
@@ -206,7 +210,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
             cJSON_AddItemToArray(arr, r);
         }
     } else {
-        out = layer_result(sess, &req.layers[0], plan.outputs[0], req.encoding);
+        out = layer_result(sess, &req.layers[0], plan.outputs[0], plan.tokens_after[0], req.encoding);
     }
     char *json = out ? cJSON_PrintUnformatted(out) : NULL;
     cJSON_Delete(out);

@@ -280,10 +280,11 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
                                      "%s: expected a number, got %s", path, json_type_name(e));
         }
         const double v = e->valuedouble;
-        /* Finite as an f32: |x| <= FLT_MAX (the !(<=) form also rejects NaN).
-         * A value just above FLT_MAX would round to FLT_MAX, but DESIGN.md §3
-         * makes anything beyond the f32 range a 400, not a silent clamp. */
-        if (!(fabs(v) <= (double)FLT_MAX)) {
+        /* Finite as an f32: the value rounded to nearest f32 must be finite.
+         * So 3.4028235e38 (the shortest decimal of FLT_MAX, slightly above it
+         * as a double) is accepted, and anything that rounds to infinity —
+         * beyond FLT_MAX plus half an ulp, ~3.40282357e38 — is a 400. */
+        if (!isfinite((float)v)) {
             walk_path(w, depth + 1, path, sizeof path);
             return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
                                      "%s: not a finite f32 (got %g)", path, v);

@@ -432,7 +432,8 @@ static void conn_flush(http_conn *conn)
 /* Stores the response in ex (taking body) and writes what is in order.
  * Must not be used on a closing connection. */
 static void ex_answer(kvd_http_exchange *ex, int status, const char *ctype, char *body,
-                      size_t body_len, bool body_static, unsigned retry_after_s)
+                      size_t body_len, bool body_static, unsigned retry_after_s,
+                      const char *allow)
 {
     http_conn *conn = ex->conn;
     kvd_http_server *srv = conn->srv;
@@ -468,6 +469,8 @@ static void ex_answer(kvd_http_exchange *ex, int status, const char *ctype, char
     if (status == 401)
         n += snprintf(ex->head + n, sizeof ex->head - (size_t)n,
                       "WWW-Authenticate: Bearer\r\n");
+    if (allow)
+        n += snprintf(ex->head + n, sizeof ex->head - (size_t)n, "Allow: %s\r\n", allow);
     n += snprintf(ex->head + n, sizeof ex->head - (size_t)n, "\r\n");
     ex->head_len = (size_t)n; /* at most ~350 bytes: ctype is bounded above */
 
@@ -489,9 +492,9 @@ static void ex_answer_error(kvd_http_exchange *ex, int status, const char *code,
     char *json = kvd_api_error_json(&err, &len);
     access_log(ex, status, json ? len : sizeof fallback - 1);
     if (json)
-        ex_answer(ex, status, "application/json", json, len, false, 0);
+        ex_answer(ex, status, "application/json", json, len, false, 0, NULL);
     else
-        ex_answer(ex, status, "application/json", fallback, sizeof fallback - 1, true, 0);
+        ex_answer(ex, status, "application/json", fallback, sizeof fallback - 1, true, 0, NULL);
 }
 
 void kvd_http_respond(kvd_http_exchange *ex, kvd_response *resp)
@@ -508,7 +511,8 @@ void kvd_http_respond(kvd_http_exchange *ex, kvd_response *resp)
         conn_unref(conn);
         return;
     }
-    ex_answer(ex, resp->status, resp->content_type, body, len, false, resp->retry_after_s);
+    ex_answer(ex, resp->status, resp->content_type, body, len, false, resp->retry_after_s,
+              resp->allow);
 }
 
 void kvd_http_exchange_set_route(kvd_http_exchange *ex, const char *route_label)

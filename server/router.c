@@ -14,9 +14,10 @@ static bool is(const char *a, const char *b)
 }
 
 int kvd_route_match(const char *method, const char *path, kvd_route *route,
-                    char id[KVD_ROUTER_ID_MAX + 1])
+                    char id[KVD_ROUTER_ID_MAX + 1], const char **allow)
 {
     id[0] = '\0';
+    *allow = NULL;
     *route = KVD_ROUTE_UNKNOWN;
     const char *want = NULL; /* the one method this path accepts */
     if (is(path, "/healthz")) {
@@ -30,6 +31,7 @@ int kvd_route_match(const char *method, const char *path, kvd_route *route,
     } else if (is(path, "/v1/batch")) {
         *route = KVD_ROUTE_BATCH, want = "POST";
     } else if (is(path, "/v1/sessions")) {
+        *allow = "GET, POST";
         if (is(method, "POST"))
             *route = KVD_ROUTE_SESSION_CREATE;
         else
@@ -44,6 +46,7 @@ int kvd_route_match(const char *method, const char *path, kvd_route *route,
             return 0;
         const char *rest = slash ? slash : "";
         if (is(rest, "")) {
+            *allow = "GET, DELETE";
             if (is(method, "DELETE"))
                 *route = KVD_ROUTE_SESSION_DELETE;
             else
@@ -60,8 +63,11 @@ int kvd_route_match(const char *method, const char *path, kvd_route *route,
         memcpy(id, seg, len);
         id[len] = '\0';
     }
-    if (want && !is(method, want))
+    if (want && !is(method, want)) {
+        if (!*allow)
+            *allow = want;
         return 405;
+    }
     return 0;
 }
 
@@ -98,10 +104,17 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
     kvd_router *r = ctx;
     kvd_route route;
     char id[KVD_ROUTER_ID_MAX + 1];
-    int rc = kvd_route_match(req->method, req->path, &route, id);
+    const char *allow;
+    int rc = kvd_route_match(req->method, req->path, &route, id, &allow);
     kvd_http_exchange_set_route(ex, kvd_route_label(route));
     if (rc == 405) {
-        answer(ex, 405, KVD_ERR_METHOD, "method not allowed on this path");
+        kvd_api_error err;
+        kvd_response resp = {0};
+        kvd_api_error_set(&err, 405, KVD_ERR_METHOD, NULL, "%s is not allowed on %s (allowed: %s)",
+                          req->method, req->path, allow);
+        kvd_response_error(&resp, &err);
+        resp.allow = allow;
+        kvd_http_respond(ex, &resp);
         return;
     }
     size_t len;

@@ -14,9 +14,10 @@
 
 /* Matches method and path. Sets *route, copies the {id} segment into id (or
  * ""), and returns 0; or 405 if the path exists but not with this method
- * (the route is still set). Unknown paths give KVD_ROUTE_UNKNOWN. */
+ * (the route is still set, *allow names the methods the path takes, for the
+ * Allow header). Unknown paths give KVD_ROUTE_UNKNOWN. */
 int kvd_route_match(const char *method, const char *path, kvd_route *route,
-                    char id[KVD_ROUTER_ID_MAX + 1]);
+                    char id[KVD_ROUTER_ID_MAX + 1], const char **allow);
 
 typedef struct kvd_router {
     kvd_api *api;

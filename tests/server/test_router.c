@@ -8,7 +8,10 @@
 static kvd_route match(const char *method, const char *path, char *id, int *rc)
 {
     kvd_route r;
-    *rc = kvd_route_match(method, path, &r, id);
+    const char *allow;
+    *rc = kvd_route_match(method, path, &r, id, &allow);
+    if (*rc == 405)
+        ck_assert_ptr_nonnull(allow);
     return r;
 }
 
