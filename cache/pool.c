@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -20,6 +21,10 @@ struct kvd_pool {
     size_t n_free;          /* free_stack[0..n_free) are the free pages */
     size_t *free_stack;     /* [n_pages] page indices; top = n_free - 1 */
     uint32_t *refcount;     /* [n_pages] 0 = free */
+    /* Pages copied because a fork shared them (for /metrics). Atomic, not
+     * under `lock`: streams of different sessions count concurrently and a
+     * counter needs no ordering with the free list. */
+    atomic_ullong copies;
 };
 
 /* The accessors take the lock on a pool the caller sees as const: the lock is
@@ -77,6 +82,7 @@ int kvd_pool_create(size_t memory_bytes, size_t page_bytes, kvd_pool **out)
     for (size_t i = 0; i < n_pages; i++)
         pool->free_stack[i] = n_pages - 1 - i;
     pool->n_free = n_pages;
+    atomic_init(&pool->copies, 0);
     *out = pool;
     return 0;
 
@@ -200,4 +206,14 @@ unsigned kvd_pool_refcount(const kvd_pool *pool, const void *page)
     const unsigned n = p->refcount[idx];
     pthread_mutex_unlock(&p->lock);
     return n;
+}
+
+void kvd_pool_count_copy(kvd_pool *pool)
+{
+    atomic_fetch_add_explicit(&pool->copies, 1, memory_order_relaxed);
+}
+
+unsigned long long kvd_pool_copies(const kvd_pool *pool)
+{
+    return atomic_load_explicit(&unconst(pool)->copies, memory_order_relaxed);
 }

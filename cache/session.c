@@ -1,9 +1,12 @@
 /* cache/session.c — a session's streams ([layers][kv_heads]) and its totals,
- * plus the API names of the configuration enums. A session owns its streams
- * and, through them, references to pool pages; destroying it drops them all. */
+ * copy-on-write forks of a whole session, plus the API names of the
+ * configuration enums. A session owns its streams and, through them,
+ * references to pool pages; destroying it drops them all. */
 #include <errno.h>
 #include <stdlib.h>
 
+#include "cache/evict.h"
+#include "cache/internal.h"
 #include "cache/session.h"
 
 const char *kvd_dtype_name(kvd_dtype d)
@@ -73,7 +76,48 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     s->n_streams = n_streams;
     for (size_t i = 0; i < n_streams; i++)
         kvd_stream_init(&s->streams[i], page_bytes, cfg->head_dim);
+    if (cfg->cache.eviction != KVD_EVICT_NONE) {
+        const kvd_evict_config ec = {
+            .policy = cfg->cache.eviction, .sink = cfg->cache.sink, .recent = cfg->cache.recent};
+        for (size_t i = 0; i < n_streams; i++) {
+            const int rc = kvd_stream_evict_init(&s->streams[i], &ec);
+            if (rc != 0) {
+                kvd_session_destroy(s, NULL); /* no stream holds a page yet */
+                return rc;
+            }
+        }
+    }
     *out = s;
+    return 0;
+}
+
+int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
+{
+    *out = NULL;
+    kvd_session *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return -ENOMEM;
+    c->streams = calloc(parent->n_streams, sizeof *c->streams);
+    if (c->streams == NULL) {
+        free(c);
+        return -ENOMEM;
+    }
+    /* Every allocation of every stream first, so that a failure leaves the
+     * parent exactly as it was (no reference taken, no page flagged). */
+    for (size_t i = 0; i < parent->n_streams; i++) {
+        if (kvd__stream_fork_prepare(&parent->streams[i], &c->streams[i]) != 0) {
+            for (size_t k = 0; k < i; k++)
+                kvd__stream_fork_abort(&c->streams[k]);
+            free(c->streams);
+            free(c);
+            return -ENOMEM;
+        }
+    }
+    for (size_t i = 0; i < parent->n_streams; i++)
+        kvd__stream_fork_commit(&parent->streams[i], &c->streams[i], pool);
+    c->config = parent->config;
+    c->n_streams = parent->n_streams;
+    *out = c;
     return 0;
 }
 

@@ -1,11 +1,14 @@
 /* tests/cache/test_session.c — sessions: create and destroy (every page goes
  * back to the pool), stream indexing [layer][kv_head], totals over streams,
- * -EINVAL when a slot does not fit in a page, and the API names of enums. */
+ * -EINVAL when a slot does not fit in a page, an eviction index on every
+ * stream when the config has a policy, copy-on-write forks of a whole
+ * session, and the API names of enums. */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/evict.h"
 #include "cache/pool.h"
 #include "cache/session.h"
 
@@ -37,8 +40,9 @@ static void append(kvd_stream *s, kvd_pool *pool, size_t m, float x)
     for (size_t i = 0; i < m * d; i++)
         rows[i] = x;
     ck_assert_int_eq(kvd_stream_reserve_table(s, need), 0);
+    ck_assert_int_eq(kvd_stream_evict_reserve(s, m), 0);
     ck_assert_int_eq(kvd_pool_alloc(pool, need, pages), 0);
-    kvd_stream_append(s, m, rows, rows, d, pages);
+    kvd_stream_append(s, pool, m, rows, rows, d, pages);
     free(rows);
     free(pages);
 }
@@ -143,6 +147,109 @@ START_TEST(test_create_einval)
 }
 END_TEST
 
+/* A policy puts an index on every stream, with sink and recent from the
+ * config; none puts none; subgen is not a per-token ranking (-EINVAL). */
+START_TEST(test_create_with_eviction)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = default_config();
+    kvd_session *s;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    for (size_t i = 0; i < s->n_streams; i++)
+        ck_assert_ptr_null(s->streams[i].evict);
+    kvd_session_destroy(s, pool);
+
+    cfg.cache.eviction = KVD_EVICT_RECENCY;
+    cfg.cache.sink = 2;
+    cfg.cache.recent = 3;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    for (size_t i = 0; i < s->n_streams; i++) {
+        kvd_stream *st = &s->streams[i];
+        ck_assert_ptr_nonnull(st->evict);
+        append(st, pool, 10, 1.0f);
+        /* 10 tokens: positions 0, 1 are sinks, 7..9 recent, 5 candidates */
+        ck_assert_uint_eq(kvd_stream_evictable(st), 5);
+        size_t used = 0;
+        ck_assert_uint_eq(kvd_stream_evict(st, pool, 0, NULL, 0, &used), 5);
+        ck_assert_uint_eq(st->n_tokens, 5);
+    }
+    ck_assert_uint_eq(kvd_session_evicted(s), 5 * s->n_streams);
+    ck_assert_uint_eq(kvd_session_pages(s), kvd_pool_pages_used(pool));
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+
+    cfg.cache.eviction = KVD_EVICT_SUBGEN;
+    s = (kvd_session *)&cfg;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    ck_assert_ptr_null(s);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
+/* A fork shares every page of every stream (no page taken, no copy), has
+ * the same totals, and each side then goes its own way. */
+START_TEST(test_fork)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(1024 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = default_config();
+    cfg.cache.eviction = KVD_EVICT_L2NORM;
+    cfg.cache.sink = 1;
+    kvd_session *p, *c;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &p), 0);
+    const size_t spp = p->streams[0].slots_per_page;
+    for (size_t i = 0; i < p->n_streams; i++)
+        append(&p->streams[i], pool, (i + 1) * spp / 2 + 3, (float)i);
+    const size_t used = kvd_pool_pages_used(pool);
+    ck_assert_int_eq(kvd_session_fork(p, pool, &c), 0);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), used);
+    ck_assert_uint_eq(kvd_pool_copies(pool), 0);
+    ck_assert_uint_eq(c->n_streams, p->n_streams);
+    ck_assert_uint_eq(c->config.layers, cfg.layers);
+    ck_assert_uint_eq(kvd_session_tokens(c), kvd_session_tokens(p));
+    ck_assert_uint_eq(kvd_session_appended(c), kvd_session_appended(p));
+    ck_assert_uint_eq(kvd_session_pages(c), kvd_session_pages(p));
+    for (size_t i = 0; i < p->n_streams; i++) {
+        const kvd_stream *a = &p->streams[i], *b = &c->streams[i];
+        ck_assert_ptr_nonnull(b->evict);
+        ck_assert_ptr_ne(a->evict, b->evict);
+        ck_assert_uint_eq(a->n_shared, a->n_pages);
+        ck_assert_uint_eq(b->n_shared, b->n_pages);
+        for (size_t pg = 0; pg < a->n_pages; pg++) {
+            ck_assert_ptr_eq(a->pages[pg], b->pages[pg]);
+            ck_assert_uint_eq(kvd_pool_refcount(pool, a->pages[pg]), 2);
+        }
+    }
+    /* the child appends to one stream: the parent does not see it */
+    append(&c->streams[0], pool, 2, 99.0f);
+    ck_assert_uint_eq(c->streams[0].n_tokens, p->streams[0].n_tokens + 2);
+    ck_assert_uint_eq(kvd_pool_copies(pool), 1); /* the shared, partly filled tail */
+    const kvd_kv_pages kv = kvd_stream_view(&p->streams[0]);
+    ck_assert_float_eq(kvd_kv_key(&kv, p->streams[0].n_tokens - 1)[0], 0.0f);
+    /* destroying the parent leaves the child whole */
+    kvd_session_destroy(p, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), kvd_session_pages(c));
+    for (size_t i = 0; i < c->n_streams; i++) {
+        const kvd_stream *b = &c->streams[i];
+        for (size_t pg = 0; pg < b->n_pages; pg++)
+            ck_assert_uint_eq(kvd_pool_refcount(pool, b->pages[pg]), 1);
+        const kvd_kv_pages v = kvd_stream_view(b);
+        ck_assert_float_eq(kvd_kv_value(&v, 0)[0], (float)i);
+    }
+    kvd_session_destroy(c, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+
+    /* a session with no tokens forks into one with no pages */
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &p), 0);
+    ck_assert_int_eq(kvd_session_fork(p, pool, &c), 0);
+    ck_assert_uint_eq(kvd_session_pages(c), 0);
+    kvd_session_destroy(p, pool);
+    kvd_session_destroy(c, pool);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 START_TEST(test_names)
 {
     ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_F32), "f32");
@@ -172,6 +279,8 @@ static Suite *session_suite(void)
     tcase_add_test(tc, test_create_destroy_returns_pages);
     tcase_add_test(tc, test_stream_indexing);
     tcase_add_test(tc, test_create_einval);
+    tcase_add_test(tc, test_create_with_eviction);
+    tcase_add_test(tc, test_fork);
     tcase_add_test(tc, test_names);
     suite_add_tcase(s, tc);
     return s;

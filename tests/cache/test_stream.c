@@ -105,7 +105,7 @@ static void append_rows(kvd_stream *s, kvd_pool *pool, size_t t0, size_t m, size
     ck_assert_uint_ge(s->cap_pages, s->n_pages + need);
     ck_assert_int_eq(kvd_pool_alloc(pool, need, pages), 0);
     const size_t used = kvd_pool_pages_used(pool);
-    kvd_stream_append(s, m, k, v, stride, pages);
+    kvd_stream_append(s, pool, m, k, v, stride, pages);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), used); /* append takes nothing itself */
     ck_assert_uint_eq(s->n_pages, pages_after);
     ck_assert_uint_eq(kvd_stream_pages_needed(s, 0), 0);
@@ -134,7 +134,7 @@ static void check_contents(const kvd_stream *s, size_t n)
         }
         const kvd_slot_meta *meta = kvd_stream_meta(s, j);
         ck_assert_int_eq(meta->position, (int64_t)j);
-        ck_assert_float_eq(meta->score, 0.0f);
+        ck_assert_uint_eq(meta->reserved, 0);
         ck_assert_float_eq_tol(meta->key_norm, (float)sqrt(sq), 1e-6f * (float)sqrt(sq));
     }
 }
@@ -225,7 +225,10 @@ START_TEST(test_reserve_table_growth)
     for (size_t n = 1; n <= 1000; n++) {
         ck_assert_int_eq(kvd_stream_reserve_table(&s, n), 0);
         ck_assert_uint_ge(s.cap_pages, n);
+        ck_assert_ptr_nonnull(s.shared); /* the copy-on-write flags grow alongside */
         if (s.cap_pages != last_cap) {
+            for (size_t i = 0; i < s.cap_pages; i++)
+                ck_assert_uint_eq(s.shared[i], 0);
             reallocs++;
             last_cap = s.cap_pages;
         }
@@ -238,7 +241,8 @@ START_TEST(test_reserve_table_growth)
     ck_assert_int_eq(kvd_stream_reserve_table(&s, SIZE_MAX / 4), -ENOMEM);
     ck_assert_ptr_eq(s.pages, pages);
     ck_assert_uint_eq(s.cap_pages, cap);
-    free(s.pages); /* no pages were appended: the table alone */
+    free(s.pages); /* no pages were appended: the table and its flags alone */
+    free(s.shared);
 }
 END_TEST
 
