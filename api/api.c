@@ -18,6 +18,7 @@
 #include <cJSON.h>
 
 #include "attention/attention.h"
+#include "cache/evict.h"
 
 /* Requests one session may have waiting before the next gets a 429. */
 #define KVD_DEFAULT_SESSION_QUEUE 64
@@ -204,10 +205,84 @@ static void session_free(kvd_api *api, api_session *s)
     free(s);
 }
 
+static bool session_idle(const api_session *s)
+{
+    return !s->running && !s->queue_head && !s->deleted;
+}
+
+/* Refreshes the summary that GET /v1/sessions reads without the queue. */
+static void session_summarize(api_session *s)
+{
+    atomic_store(&s->tokens_summary, kvd_session_tokens(s->cache));
+    atomic_store(&s->pages_summary, kvd_session_pages(s->cache));
+}
+
+static bool session_limit_reached(kvd_api *api, kvd_response *resp)
+{
+    if (!api->opt.max_sessions || api->n_sessions < api->opt.max_sessions)
+        return false;
+    atomic_fetch_add_explicit(&api->stats.rejected_max_sessions, 1, memory_order_relaxed);
+    kvd_api_error err;
+    kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
+                      "session limit reached (--max-sessions %" PRIu32 ")", api->opt.max_sessions);
+    kvd_response_error(resp, &err);
+    return true;
+}
+
+/* Registers a new session around `cache` with a fresh id. Returns it, or
+ * NULL with resp set (cache is then destroyed). */
+static api_session *session_register(kvd_api *api, kvd_session *cache, kvd_response *resp)
+{
+    api_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        kvd_session_destroy(cache, api->pool);
+        respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
+        return NULL;
+    }
+    s->cache = cache;
+    do {
+        if (new_session_id(s->id) != 0) {
+            session_free(api, s);
+            respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "no randomness for a session id");
+            return NULL;
+        }
+    } while (registry_find(api, s->id)); /* 2^-128 per try, but free to check */
+    if (registry_insert(api, s) != 0) {
+        session_free(api, s);
+        respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
+        return NULL;
+    }
+    s->created_at = kvd_api_now_unix();
+    atomic_store(&s->last_used_at, s->created_at);
+    session_summarize(s);
+    atomic_fetch_add_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
+    return s;
+}
+
+/* Answers 201 {"id", "config"[, "parent"]} for a registered session. */
+static void respond_created(api_session *s, const char *parent, kvd_response *resp)
+{
+    cJSON *out = cJSON_CreateObject();
+    cJSON *conf = kvd_session_config_to_json(&s->cache->config);
+    if (!out || !conf) {
+        cJSON_Delete(out);
+        cJSON_Delete(conf);
+        respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    cJSON_AddStringToObject(out, "id", s->id);
+    if (parent)
+        cJSON_AddStringToObject(out, "parent", parent);
+    cJSON_AddItemToObject(out, "config", conf);
+    respond_cjson(resp, 201, out);
+}
+
 /* ---- session queue ---------------------------------------------------------- */
 
 static void job_free(api_job *job)
 {
+    if (job->parsed)
+        kvd_step_request_free(&job->req);
     free(job->body);
     free(job->resp.body);
     free(job);
@@ -280,6 +355,25 @@ static void session_pump(kvd_api *api, api_session *s)
             answer_job(api, job);
             break;
         }
+        case JOB_FORK: {
+            /* Runs when the parent is idle, so its pages are whole steps;
+             * the fork copies block tables, not pages (O(pages) on the loop). */
+            kvd_session *child;
+            if (session_limit_reached(api, &job->resp)) {
+                answer_job(api, job);
+                break;
+            }
+            if (kvd_session_fork(s->cache, api->pool, &child) != 0) {
+                respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory forking the session");
+                answer_job(api, job);
+                break;
+            }
+            api_session *c = session_register(api, child, &job->resp);
+            if (c)
+                respond_created(c, s->id, &job->resp);
+            answer_job(api, job);
+            break;
+        }
         }
     }
     if (s->deleted && !s->running && !s->queue_head)
@@ -305,6 +399,7 @@ static bool enqueue(kvd_api *api, api_session *s, api_job_kind kind, const kvd_a
     job->kind = kind;
     job->session = s;
     job->reply = reply;
+    atomic_store(&s->last_used_at, kvd_api_now_unix()); /* any request keeps it alive */
     if (kind == JOB_STEP) {
         /* The body is copied: the server frees its buffer once we return. */
         job->body = malloc(req->body_len + 1);
@@ -329,10 +424,22 @@ void kvd_api_job_run(kvd_api_job *base)
     kvd_api_step_run(job->base.api, job);
 }
 
+static size_t reclaim_pages(kvd_api *api, size_t need);
+
 void kvd_api_job_done(kvd_api *api, kvd_api_job *base)
 {
     api_job *job = (api_job *)base;
     api_session *s = job->session;
+    if (job->pool_full && api->opt.on_full_evict && !job->retried &&
+        reclaim_pages(api, job->need_pages) >= job->need_pages) {
+        /* --on-full evict freed enough: run the same (parsed) step again.
+         * The session stays busy, so nothing else of it runs in between. */
+        job->retried = true;
+        free(job->resp.body);
+        memset(&job->resp, 0, sizeof job->resp);
+        api->submit(api->executor, &job->base);
+        return;
+    }
     s->running = false;
     if (job->pool_full)
         atomic_fetch_add_explicit(&api->stats.rejected_pool_full, 1, memory_order_relaxed);
@@ -361,14 +468,8 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         respond_error(resp, 413, KVD_ERR_TOO_LARGE, NULL, "create body over 64 KiB");
         return;
     }
-    if (api->opt.max_sessions && api->n_sessions >= api->opt.max_sessions) {
-        atomic_fetch_add_explicit(&api->stats.rejected_max_sessions, 1, memory_order_relaxed);
-        kvd_api_error err;
-        kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
-                          "session limit reached (--max-sessions %" PRIu32 ")", api->opt.max_sessions);
-        kvd_response_error(resp, &err);
+    if (session_limit_reached(api, resp))
         return;
-    }
     kvd_api_error err;
     cJSON *body = kvd_json_parse_object(req->body, req->body_len, &err);
     if (!body) {
@@ -382,34 +483,14 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         kvd_response_error(resp, &err);
         return;
     }
-    api_session *s = calloc(1, sizeof *s);
-    if (!s || kvd_session_create(&cfg, api->opt.page_bytes, &s->cache) != 0) {
-        free(s);
+    kvd_session *cache;
+    if (kvd_session_create(&cfg, api->opt.page_bytes, &cache) != 0) {
         respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
         return;
     }
-    do {
-        if (new_session_id(s->id) != 0) {
-            session_free(api, s);
-            respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "no randomness for a session id");
-            return;
-        }
-    } while (registry_find(api, s->id)); /* 2^-128 per try, but free to check */
-    s->created_at = kvd_api_now_unix();
-    atomic_store(&s->last_used_at, s->created_at);
-    cJSON *out = cJSON_CreateObject();
-    cJSON *conf = kvd_session_config_to_json(&cfg);
-    if (!out || !conf || registry_insert(api, s) != 0) {
-        cJSON_Delete(out);
-        cJSON_Delete(conf);
-        session_free(api, s);
-        respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
-        return;
-    }
-    cJSON_AddStringToObject(out, "id", s->id);
-    cJSON_AddItemToObject(out, "config", conf);
-    atomic_fetch_add_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
-    respond_cjson(resp, 201, out);
+    api_session *s = session_register(api, cache, resp);
+    if (s)
+        respond_created(s, NULL, resp);
 }
 
 static int cmp_session_id(const void *a, const void *b)
@@ -539,11 +620,34 @@ static void handle_info(kvd_api *api, kvd_response *resp)
     respond_cjson(resp, 200, o);
 }
 
+/* POST /fork takes no options yet: an empty body or an empty JSON object. */
+static bool fork_body_ok(const kvd_api_request *req, kvd_response *resp)
+{
+    if (req->body_len == 0)
+        return true;
+    kvd_api_error err;
+    cJSON *body = kvd_json_parse_object(req->body, req->body_len, &err);
+    if (!body) {
+        kvd_response_error(resp, &err);
+        return false;
+    }
+    const cJSON *first = body->child;
+    if (first) {
+        kvd_api_error_set(&err, 400, KVD_ERR_INVALID, first->string, "%s: unknown field (fork takes no options)",
+                          first->string);
+        kvd_response_error(resp, &err);
+    }
+    cJSON_Delete(body);
+    return first == NULL;
+}
+
 bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
 {
     memset(resp, 0, sizeof *resp);
+    /* A fork needs no body; if it has one, it is JSON like every POST. */
     bool needs_json = req->route == KVD_ROUTE_SESSION_CREATE || req->route == KVD_ROUTE_SESSION_STEP ||
-                      req->route == KVD_ROUTE_SESSION_FORK || req->route == KVD_ROUTE_BATCH;
+                      req->route == KVD_ROUTE_BATCH ||
+                      (req->route == KVD_ROUTE_SESSION_FORK && req->body_len > 0);
     if (needs_json && !content_type_is(req->content_type, "application/json")) {
         respond_error(resp, 415, KVD_ERR_MEDIA_TYPE, NULL, "Content-Type must be application/json");
         return true;
@@ -560,15 +664,19 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
         return true;
     case KVD_ROUTE_SESSION_GET:
     case KVD_ROUTE_SESSION_DELETE:
+    case KVD_ROUTE_SESSION_FORK:
     case KVD_ROUTE_SESSION_STEP: {
         api_session *s = registry_find(api, req->session_id);
         if (!s) {
             respond_error(resp, 404, KVD_ERR_NOT_FOUND, "id", "no such session");
             return true;
         }
-        api_job_kind kind = req->route == KVD_ROUTE_SESSION_STEP ? JOB_STEP
-                            : req->route == KVD_ROUTE_SESSION_GET ? JOB_STATS
-                                                                  : JOB_DELETE;
+        api_job_kind kind = req->route == KVD_ROUTE_SESSION_STEP   ? JOB_STEP
+                            : req->route == KVD_ROUTE_SESSION_GET  ? JOB_STATS
+                            : req->route == KVD_ROUTE_SESSION_FORK ? JOB_FORK
+                                                                   : JOB_DELETE;
+        if (kind == JOB_FORK && !fork_body_ok(req, resp))
+            return true;
         if (kind == JOB_DELETE) {
             /* Gone for every later request now; its pages are freed when the
              * queue reaches the delete, after any step already queued. */
@@ -581,7 +689,6 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
         }
         return !enqueue(api, s, kind, req, reply, resp);
     }
-    case KVD_ROUTE_SESSION_FORK:
     case KVD_ROUTE_SESSION_SNAPSHOT:
     case KVD_ROUTE_SESSION_RESTORE:
     case KVD_ROUTE_BATCH:
@@ -610,6 +717,8 @@ int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *e
     if (!api->opt.session_queue)
         api->opt.session_queue = KVD_DEFAULT_SESSION_QUEUE;
     kvd_api_limits_default(&api->limits, opt->page_bytes);
+    if (opt->session_ttl > 0)
+        api->limits.default_ttl_seconds = opt->session_ttl;
     api->submit = submit;
     api->executor = executor;
     api->respond = respond;
@@ -649,11 +758,106 @@ void kvd_api_destroy(kvd_api *api)
     free(api);
 }
 
+/* ---- lifetime and memory pressure ------------------------------------------ */
+
+static bool session_expired(const api_session *s, double now)
+{
+    return session_idle(s) && atomic_load(&s->last_used_at) + s->cache->config.ttl_seconds <= now;
+}
+
+size_t kvd_api_expire(kvd_api *api, double now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < api->n_buckets; i++) {
+        api_session **p = &api->buckets[i];
+        while (*p) {
+            api_session *s = *p;
+            if (!session_expired(s, now)) {
+                p = &s->hash_next;
+                continue;
+            }
+            *p = s->hash_next; /* unlink here: registry_remove would rescan */
+            api->n_sessions--;
+            session_free(api, s);
+            n++;
+        }
+    }
+    if (n)
+        atomic_fetch_add_explicit(&api->stats.sessions_expired, n, memory_order_relaxed);
+    return n;
+}
+
+/* Could --on-full evict take tokens from this session? Idle, with a policy,
+ * and no page shared with a fork: evicting from shared pages would need
+ * copies, i.e. the very pages we are short of. */
+static bool session_reclaimable(const api_session *s)
+{
+    if (!session_idle(s) || s->cache->config.cache.eviction == KVD_EVICT_NONE)
+        return false;
+    for (size_t i = 0; i < s->cache->n_streams; i++)
+        if (s->cache->streams[i].n_shared)
+            return false;
+    for (size_t i = 0; i < s->cache->n_streams; i++)
+        if (kvd_stream_evictable(&s->cache->streams[i]) >= s->cache->streams[i].slots_per_page)
+            return true; /* at least one whole page would come free */
+    return false;
+}
+
+static int cmp_lru(const void *a, const void *b)
+{
+    double x = atomic_load(&(*(api_session *const *)a)->last_used_at);
+    double y = atomic_load(&(*(api_session *const *)b)->last_used_at);
+    return (x > y) - (x < y);
+}
+
+/* Frees pool pages for a step that needs `need` (loop thread): expired
+ * sessions first, then, with --on-full evict, tokens of the least recently
+ * used idle sessions that have a policy, each stream down to its protected
+ * sink + recent tokens, until enough pages are free. Returns free pages. */
+static size_t reclaim_pages(kvd_api *api, size_t need)
+{
+    kvd_api_expire(api, kvd_api_now_unix());
+    size_t free_pages = kvd_pool_pages_free(api->pool);
+    if (free_pages >= need || !api->opt.on_full_evict)
+        return free_pages;
+    api_session **lru = malloc((api->n_sessions ? api->n_sessions : 1) * sizeof *lru);
+    if (!lru)
+        return free_pages; /* the step gets its 503 */
+    size_t n = 0;
+    for (size_t i = 0; i < api->n_buckets; i++)
+        for (api_session *s = api->buckets[i]; s; s = s->hash_next)
+            if (session_reclaimable(s))
+                lru[n++] = s;
+    qsort(lru, n, sizeof *lru, cmp_lru);
+    for (size_t i = 0; i < n && free_pages < need; i++) {
+        kvd_session *c = lru[i]->cache;
+        for (size_t j = 0; j < c->n_streams && free_pages < need; j++) {
+            size_t used = 0;
+            size_t k = kvd_stream_evict(&c->streams[j], api->pool, 0, NULL, 0, &used);
+            atomic_fetch_add_explicit(&api->stats.evictions[c->config.cache.eviction], k,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&api->stats.reclaimed_tokens, k, memory_order_relaxed);
+            free_pages = kvd_pool_pages_free(api->pool);
+        }
+        session_summarize(lru[i]);
+    }
+    free(lru);
+    return free_pages;
+}
+
 bool kvd_api_ready(const kvd_api *api)
 {
-    /* Exhausted = fewer than 1% of pages free (DESIGN.md §3, /readyz). */
+    /* Exhausted = fewer than 1% of pages free (DESIGN.md §3, /readyz) and
+     * nothing that a step could reclaim. */
     size_t total = kvd_pool_pages_total(api->pool);
-    return kvd_pool_pages_free(api->pool) * 100 >= total;
+    if (kvd_pool_pages_free(api->pool) * 100 >= total)
+        return true;
+    double now = kvd_api_now_unix();
+    for (size_t i = 0; i < api->n_buckets; i++)
+        for (const api_session *s = api->buckets[i]; s; s = s->hash_next)
+            if (session_expired(s, now) || (api->opt.on_full_evict && session_reclaimable(s)))
+                return true;
+    return false;
 }
 
 const kvd_pool *kvd_api_pool(const kvd_api *api)

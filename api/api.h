@@ -69,6 +69,9 @@ typedef struct kvd_api_options {
     size_t max_body;
     uint32_t max_sessions;     /* 0 = limited only by memory */
     unsigned session_queue;    /* pending requests per session before 429 */
+    double session_ttl;        /* default ttl_seconds of a session (0 = 600) */
+    bool on_full_evict;        /* --on-full evict: a full pool takes tokens from
+                                  idle LRU sessions with a policy before a 503 */
 } kvd_api_options;
 
 /* Counters the API keeps for /metrics (read with relaxed atomics). */
@@ -79,6 +82,9 @@ typedef struct kvd_api_stats {
     atomic_uint_fast64_t rejected_pool_full;
     atomic_uint_fast64_t rejected_queue_full;
     atomic_uint_fast64_t rejected_max_sessions;
+    atomic_uint_fast64_t sessions_expired;  /* idle past their ttl_seconds */
+    atomic_uint_fast64_t evictions[5];      /* tokens evicted, by kvd_eviction policy */
+    atomic_uint_fast64_t reclaimed_tokens;  /* evicted under --on-full evict */
     kvd_histogram step_seconds;             /* standard attention steps */
 } kvd_api_stats;
 
@@ -113,8 +119,14 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
 void kvd_api_job_run(kvd_api_job *job);                 /* worker thread */
 void kvd_api_job_done(kvd_api *api, kvd_api_job *job);  /* loop thread; answers, frees */
 
-/* Readiness: false while the pool is exhausted (fewer than 1% of pages free). */
+/* Readiness: false while fewer than 1% of pool pages are free and nothing can
+ * be reclaimed (no expired session; with --on-full evict, no idle session
+ * whose policy could free a page). Loop thread. */
 bool kvd_api_ready(const kvd_api *api);
+
+/* Expires idle sessions whose ttl_seconds have passed (loop thread, called
+ * about once a second by the server). Returns how many. */
+size_t kvd_api_expire(kvd_api *api, double now_unix);
 const kvd_pool *kvd_api_pool(const kvd_api *api);
 const kvd_api_stats *kvd_api_stats_get(const kvd_api *api);
 /* Live sessions (loop thread). */

@@ -18,7 +18,7 @@
  * loop thread short whatever --max-body is. */
 #define KVD_CREATE_BODY_MAX (64u * 1024u)
 
-typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE } api_job_kind;
+typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK } api_job_kind;
 
 typedef struct api_session api_session;
 
@@ -31,7 +31,11 @@ typedef struct api_job {
     char *body;                /* JOB_STEP: copy of the request body (NUL-terminated) */
     size_t body_len;
     kvd_response resp;         /* filled by run, sent by done */
-    bool pool_full;            /* JOB_STEP failed for want of pages */
+    kvd_step_request req;      /* JOB_STEP: the parsed body, once parsed */
+    bool parsed, multi;        /* req is valid; the body used "steps" */
+    bool pool_full;            /* JOB_STEP failed for want of pages ... */
+    size_t need_pages;         /* ... this many */
+    bool retried;              /* already re-run once after reclaiming pages */
     bool applied;              /* JOB_STEP changed the session */
     double seconds;            /* JOB_STEP compute time */
 } api_job;

@@ -19,7 +19,7 @@
 /* Sessions expire after at most 30 days idle: a bound on how long a
  * forgotten session can hold pool pages. */
 #define TTL_MAX_SECONDS (30.0 * 24.0 * 3600.0)
-#define TTL_DEFAULT_SECONDS 600.0
+#define TTL_DEFAULT_SECONDS 600.0 /* DESIGN.md §3; the server's --session-ttl overrides */
 
 /* Seeds are JSON numbers (doubles): integers above 2^53 would not survive
  * the round trip through the resolved config, so they are refused, and a
@@ -51,6 +51,7 @@ void kvd_api_limits_default(kvd_api_limits *lim, size_t page_bytes)
     lim->max_step_tokens = (uint64_t)1 << 20;
     lim->max_steps_per_request = 4096;
     lim->page_bytes = page_bytes;
+    lim->default_ttl_seconds = TTL_DEFAULT_SECONDS;
 }
 
 /* ---- JSON helpers ------------------------------------------------------ */
@@ -286,14 +287,9 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
         snprintf(v, sizeof v, "\"%s\"", kvd_dtype_name(c->cache.dtype));
         return not_yet(err, "cache.dtype", v, "only \"f32\" is implemented");
     }
-    if (c->cache.budget > 0) {
-        snprintf(v, sizeof v, "budget %" PRIu32, c->cache.budget);
-        return not_yet(err, "cache.budget", v, "only 0 = unlimited is implemented");
-    }
-    if (c->cache.eviction != KVD_EVICT_NONE) {
-        snprintf(v, sizeof v, "\"%s\"", kvd_eviction_name(c->cache.eviction));
-        return not_yet(err, "cache.eviction", v, "only \"none\" is implemented");
-    }
+    if (c->cache.eviction == KVD_EVICT_SUBGEN)
+        return not_yet(err, "cache.eviction", "\"subgen\"",
+                       "none, recency, l2norm and h2o are implemented");
     if (c->shadow)
         return not_yet(err, "shadow", "true", "only false is implemented");
     return 0;
@@ -476,7 +472,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
     if (get_uint(body, "seed", "seed", 0, SEED_MAX, 0, &c.seed, err))
         return -1;
 
-    c.ttl_seconds = TTL_DEFAULT_SECONDS;
+    c.ttl_seconds = lim->default_ttl_seconds;
     const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(body, "ttl_seconds");
     if (ttl) {
         if (!cJSON_IsNumber(ttl))

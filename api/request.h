@@ -26,6 +26,7 @@ typedef struct kvd_api_limits {
     uint64_t max_step_tokens;     /* m and m_q per step: 1 << 20 */
     uint32_t max_steps_per_request; /* entries of "steps": 4096 */
     size_t page_bytes;            /* the pool's page size, for the slot-fits check */
+    double default_ttl_seconds;   /* ttl_seconds when the create body has none (--session-ttl) */
 } kvd_api_limits;
 
 void kvd_api_limits_default(kvd_api_limits *lim, size_t page_bytes);

@@ -1,10 +1,12 @@
 /* api/step.c — one step request, run on a worker: parse and validate the
- * whole body, take every page the step needs from the pool at once (or fail
- * with 503 and change nothing), append the new tokens, run attention for each
- * query, and render the response. The session is touched only after every
- * check and allocation that can fail has passed. */
+ * whole body, take every page the step could need from the pool at once (or
+ * fail with 503 and change nothing), then per entry append the new tokens,
+ * run attention for each query, score (h2o) and evict to the budget, and
+ * render the response. The session is touched only after every check and
+ * allocation that can fail has passed; pages reserved but not used go back. */
 #include "api/internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,27 +14,33 @@
 #include <cJSON.h>
 
 #include "attention/attention.h"
+#include "cache/evict.h"
 
 /* Scratch a step needs before it may touch the session (all freed together). */
 typedef struct step_plan {
     size_t *new_tokens;      /* [n_streams] tokens this request appends per stream */
-    size_t *pages_needed;    /* [n_streams] */
-    void **pages;            /* [total_pages] taken from the pool, not yet placed */
+    void **pages;            /* [total_pages] taken from the pool, used in order */
     size_t total_pages;
+    size_t cursor;           /* pages[0..cursor) placed in streams */
     float **outputs;         /* [n_layers] each [m_q][heads][head_dim] */
     size_t *tokens_after;    /* [n_layers] stream tokens after each entry */
+    size_t *evicted;         /* [n_layers] tokens evicted per stream by each entry */
+    float *weights;          /* h2o: [max_tokens] weight received per slot */
+    float *scratch;          /* h2o: [max_tokens] one head's scores */
 } step_plan;
 
 static void plan_free(step_plan *p, size_t n_layers)
 {
     free(p->new_tokens);
-    free(p->pages_needed);
     free(p->pages);
     if (p->outputs)
         for (size_t i = 0; i < n_layers; i++)
             free(p->outputs[i]);
     free(p->outputs);
     free(p->tokens_after);
+    free(p->evicted);
+    free(p->weights);
+    free(p->scratch);
 }
 
 static int fail(api_job *job, int status, const char *code, const char *msg)
@@ -43,6 +51,47 @@ static int fail(api_job *job, int status, const char *code, const char *msg)
     return -1;
 }
 
+static size_t div_up(size_t a, size_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+/* Most pages stream `s` can take from the plan while the request's entries
+ * for `layer` run: every page boundary crossed by an append, assuming each
+ * eviction frees as much as the budget allows (more freed now means more to
+ * take again later, so this is the worst case), plus copies of pages shared
+ * with a fork that a write may hit. Exact for ordinary decode. */
+static size_t stream_page_bound(const kvd_stream *s, const kvd_step_request *req, uint32_t layer,
+                                uint32_t budget)
+{
+    size_t n = s->n_tokens, pages = s->n_pages, taken = 0, appended = 0;
+    const size_t spp = s->slots_per_page;
+    for (size_t i = 0; i < req->n_layers; i++) {
+        const kvd_step_layer *st = &req->layers[i];
+        if (st->layer != layer)
+            continue;
+        size_t want = div_up(n + st->m, spp);
+        if (want > pages) {
+            taken += want - pages;
+            pages = want;
+        }
+        n += st->m;
+        appended += st->m;
+        if (budget && n > budget) {
+            n = budget;
+            pages = div_up(n, spp);
+        }
+    }
+    if (s->n_shared) {
+        /* A shared tail page copied by the first append, and one copy per
+         * eviction at most (a hole written in a shared page). */
+        size_t over = s->n_tokens > budget && budget ? s->n_tokens - budget : 0;
+        size_t writes = 1 + appended + over;
+        taken += writes < s->n_shared ? writes : s->n_shared;
+    }
+    return taken;
+}
+
 /* Allocations first; then the pool, all or nothing. Returns 0, or -1 with the
  * job's response set (nothing in the session changed). */
 static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_step_request *req,
@@ -51,10 +100,10 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
     const kvd_session_config *cfg = &sess->config;
     memset(p, 0, sizeof *p);
     p->new_tokens = calloc(sess->n_streams, sizeof *p->new_tokens);
-    p->pages_needed = calloc(sess->n_streams, sizeof *p->pages_needed);
     p->outputs = calloc(req->n_layers, sizeof *p->outputs);
     p->tokens_after = calloc(req->n_layers, sizeof *p->tokens_after);
-    if (!p->new_tokens || !p->pages_needed || !p->outputs || !p->tokens_after)
+    p->evicted = calloc(req->n_layers, sizeof *p->evicted);
+    if (!p->new_tokens || !p->outputs || !p->tokens_after || !p->evicted)
         return fail(job, 500, KVD_ERR_INTERNAL, "out of memory planning the step");
     size_t q_row = (size_t)cfg->heads * cfg->head_dim;
     for (size_t i = 0; i < req->n_layers; i++) {
@@ -67,15 +116,28 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
                 return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for the step output");
         }
     }
-    /* Pages depend only on the final token count, so several entries for
-     * one layer in "steps" need exactly pages_needed(stream, their sum). */
+    size_t max_tokens = 0;
     for (size_t i = 0; i < sess->n_streams; i++) {
+        kvd_stream *s = &sess->streams[i];
         if (!p->new_tokens[i])
             continue;
-        p->pages_needed[i] = kvd_stream_pages_needed(&sess->streams[i], p->new_tokens[i]);
-        if (kvd_stream_reserve_table(&sess->streams[i], p->pages_needed[i]) != 0)
+        uint32_t layer = (uint32_t)(i / cfg->kv_heads);
+        size_t need = stream_page_bound(s, req, layer, cfg->cache.budget);
+        if (kvd_stream_reserve_table(s, need) != 0 ||
+            (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
-        p->total_pages += p->pages_needed[i];
+        p->total_pages += need;
+        if (s->n_tokens + p->new_tokens[i] > max_tokens)
+            max_tokens = s->n_tokens + p->new_tokens[i];
+    }
+    if (cfg->cache.eviction == KVD_EVICT_H2O) {
+        for (size_t i = 0; i < sess->n_streams; i++)
+            if (sess->streams[i].n_tokens > max_tokens)
+                max_tokens = sess->streams[i].n_tokens; /* pure queries score too */
+        p->weights = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
+        p->scratch = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
+        if (!p->weights || !p->scratch)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for h2o scores");
     }
     if (p->total_pages) {
         p->pages = malloc(p->total_pages * sizeof *p->pages);
@@ -84,23 +146,22 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         if (kvd_pool_alloc(api->pool, p->total_pages, p->pages) != 0) {
             kvd_api_error err;
             kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
-                              "KV pool exhausted: this step needs %zu pages, %zu of %zu are free",
+                              "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free",
                               p->total_pages, kvd_pool_pages_free(api->pool),
                               kvd_pool_pages_total(api->pool));
             kvd_response_error(&job->resp, &err);
             free(p->pages);
             p->pages = NULL;
             job->pool_full = true;
+            job->need_pages = p->total_pages;
             return -1;
         }
     }
     return 0;
 }
 
-/* Appends one layer's tokens to its kv_heads streams, using pages from the
- * plan's array at *cursor. Cannot fail. */
-static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p,
-                         size_t *cursor)
+/* Appends one entry's tokens to its layer's kv_heads streams. Cannot fail. */
+static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p)
 {
     const kvd_session_config *cfg = &sess->config;
     size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
@@ -108,34 +169,73 @@ static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *
         kvd_stream *s = kvd_session_stream(sess, st->layer, g);
         size_t need = kvd_stream_pages_needed(s, st->m);
         kvd_stream_append(s, api->pool, st->m, st->k + (size_t)g * cfg->head_dim,
-                          st->v + (size_t)g * cfg->head_dim, row, p->pages + *cursor);
-        *cursor += need;
+                          st->v + (size_t)g * cfg->head_dim, row, p->pages + p->cursor);
+        p->cursor += need;
     }
 }
 
-/* Attention for every query of one layer entry; n_before = stream tokens
- * before this entry's append. Query heads g*group .. g*group+group-1 share kv
- * head g and are adjacent in q, so one kernel call serves the group. */
-static void apply_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o)
+/* Number of cache slots query i of an entry sees; n_before = stream tokens
+ * before the entry's append. causal: query i belongs to new token
+ * m - m_q + i and sees it and everything before; block: all m new tokens. */
+static size_t visible_tokens(const kvd_step_layer *st, size_t n_before, size_t i)
+{
+    return n_before + (st->mask == KVD_MASK_CAUSAL ? st->m - st->m_q + i + 1 : st->m);
+}
+
+/* Attention for every query of one entry. Query heads g*group ..
+ * g*group+group-1 share kv head g and are adjacent in q, so one kernel call
+ * serves the group. h2o streams also get the weights each slot received. */
+static void apply_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o,
+                            step_plan *p)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
     uint32_t group = cfg->heads / cfg->kv_heads;
     size_t d = cfg->head_dim;
-    for (size_t i = 0; i < st->m_q; i++) {
-        /* causal: query i belongs to new token m - m_q + i and sees it and
-         * everything before; block: every query sees all m new tokens. */
-        size_t visible = n_before + (st->mask == KVD_MASK_CAUSAL ? st->m - st->m_q + i + 1 : st->m);
-        for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-            kvd_kv_pages view = kvd_stream_view(kvd_session_stream(sess, st->layer, g));
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        kvd_stream *s = kvd_session_stream(sess, st->layer, g);
+        kvd_kv_pages view = kvd_stream_view(s);
+        if (p->weights)
+            memset(p->weights, 0, s->n_tokens * sizeof(float));
+        for (size_t i = 0; i < st->m_q; i++) {
             size_t off = (i * cfg->heads + (size_t)g * group) * d;
+            size_t visible = visible_tokens(st, n_before, i);
             kern->attend_group(&view, visible, st->q + off, group, cfg->scale, o + off);
+            if (p->weights)
+                kvd_attention_weights_ref(&view, visible, st->q + off, group, cfg->scale, p->scratch,
+                                          p->weights);
         }
+        if (p->weights)
+            kvd_stream_add_weights(s, p->weights, s->n_tokens);
     }
 }
 
+/* Evicts each stream of the entry's layer down to the budget (DESIGN.md §4:
+ * at the end of the step, after its attention). Returns the most evicted
+ * from one stream. */
+static size_t apply_eviction(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t most = 0;
+    if (!cfg->cache.budget || cfg->cache.eviction == KVD_EVICT_NONE)
+        return 0;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        kvd_stream *s = kvd_session_stream(sess, st->layer, g);
+        if (s->n_tokens <= cfg->cache.budget)
+            continue;
+        size_t used = 0;
+        size_t n = kvd_stream_evict(s, api->pool, cfg->cache.budget, p->pages + p->cursor,
+                                    p->total_pages - p->cursor, &used);
+        p->cursor += used;
+        atomic_fetch_add_explicit(&api->stats.evictions[cfg->cache.eviction], n, memory_order_relaxed);
+        if (n > most)
+            most = n;
+    }
+    return most;
+}
+
 static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, const float *o,
-                           size_t tokens, kvd_encoding enc)
+                           size_t tokens, size_t evicted, kvd_encoding enc)
 {
     const kvd_session_config *cfg = &sess->config;
     cJSON *r = cJSON_CreateObject();
@@ -147,61 +247,75 @@ static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, co
     }
     cJSON_AddItemToObject(r, "o", ot);
     cJSON_AddNumberToObject(r, "tokens", (double)tokens);
-    cJSON_AddNumberToObject(r, "evicted", 0);
+    cJSON_AddNumberToObject(r, "evicted", (double)evicted);
     return r;
+}
+
+/* Parses the body unless a retry (after reclaiming pages) already did. */
+static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
+{
+    if (job->parsed)
+        return 0;
+    kvd_api_error err;
+    cJSON *body = kvd_json_parse_object(job->body, job->body_len, &err);
+    if (!body) {
+        kvd_response_error(&job->resp, &err);
+        return -1;
+    }
+    job->multi = cJSON_GetObjectItemCaseSensitive(body, "steps") != NULL;
+    int rc = kvd_step_request_parse(body, &sess->config, &api->limits, &job->req, &err);
+    cJSON_Delete(body);
+    free(job->body); /* may be 64 MiB: not kept while attention runs */
+    job->body = NULL;
+    if (rc != 0) {
+        kvd_response_error(&job->resp, &err);
+        return -1;
+    }
+    job->parsed = true;
+    return 0;
 }
 
 void kvd_api_step_run(kvd_api *api, api_job *job)
 {
     double t0 = kvd_api_now_mono();
     kvd_session *sess = job->session->cache;
-    kvd_api_error err;
-    cJSON *body = kvd_json_parse_object(job->body, job->body_len, &err);
-    if (!body) {
-        kvd_response_error(&job->resp, &err);
+    job->pool_full = false;
+    if (parse_once(api, job, sess) != 0)
         return;
-    }
-    kvd_step_request req;
-    bool multi = cJSON_GetObjectItemCaseSensitive(body, "steps") != NULL;
-    int rc = kvd_step_request_parse(body, &sess->config, &api->limits, &req, &err);
-    cJSON_Delete(body);
-    free(job->body); /* may be 64 MiB: not kept while attention runs */
-    job->body = NULL;
-    if (rc != 0) {
-        kvd_response_error(&job->resp, &err);
-        return;
-    }
+    kvd_step_request *req = &job->req;
     step_plan plan;
-    if (plan_step(api, job, sess, &req, &plan) != 0) {
-        plan_free(&plan, req.n_layers);
-        kvd_step_request_free(&req);
+    if (plan_step(api, job, sess, req, &plan) != 0) {
+        plan_free(&plan, req->n_layers);
         return;
     }
 
     /* From here on nothing can fail: the step is applied whole. */
-    size_t cursor = 0;
     uint64_t tokens_in = 0;
-    for (size_t i = 0; i < req.n_layers; i++) {
-        const kvd_step_layer *st = &req.layers[i];
+    for (size_t i = 0; i < req->n_layers; i++) {
+        const kvd_step_layer *st = &req->layers[i];
         size_t n_before = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         if (st->m)
-            apply_append(api, sess, st, &plan, &cursor);
+            apply_append(api, sess, st, &plan);
         if (st->m_q)
-            apply_attention(sess, st, n_before, plan.outputs[i]);
+            apply_attention(sess, st, n_before, plan.outputs[i], &plan);
+        plan.evicted[i] = apply_eviction(api, sess, st, &plan);
         plan.tokens_after[i] = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         tokens_in += st->m;
     }
+    assert(plan.cursor <= plan.total_pages && "stream_page_bound undercounted");
+    if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
+        kvd_pool_release(api->pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
     job->applied = true;
     job->seconds = kvd_api_now_mono() - t0;
 
     /* Render. A failure here leaves the step applied and says so. */
     cJSON *out = NULL;
-    if (multi) {
+    if (job->multi) {
         out = cJSON_CreateObject();
         cJSON *arr = out ? cJSON_AddArrayToObject(out, "steps") : NULL;
-        for (size_t i = 0; arr && i < req.n_layers; i++) {
-            cJSON *r = layer_result(sess, &req.layers[i], plan.outputs[i], plan.tokens_after[i],
-                                     req.encoding);
+        for (size_t i = 0; arr && i < req->n_layers; i++) {
+            cJSON *r = layer_result(sess, &req->layers[i], plan.outputs[i], plan.tokens_after[i],
+                                    plan.evicted[i], req->encoding);
             if (!r) {
                 cJSON_Delete(out);
                 out = NULL;
@@ -210,7 +324,8 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
             cJSON_AddItemToArray(arr, r);
         }
     } else {
-        out = layer_result(sess, &req.layers[0], plan.outputs[0], plan.tokens_after[0], req.encoding);
+        out = layer_result(sess, &req->layers[0], plan.outputs[0], plan.tokens_after[0],
+                           plan.evicted[0], req->encoding);
     }
     char *json = out ? cJSON_PrintUnformatted(out) : NULL;
     cJSON_Delete(out);
@@ -228,6 +343,5 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     atomic_fetch_add_explicit(&api->stats.steps, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, tokens_in, memory_order_relaxed);
     kvd_histogram_observe(&api->stats.step_seconds, job->seconds);
-    plan_free(&plan, req.n_layers);
-    kvd_step_request_free(&req);
+    plan_free(&plan, req->n_layers);
 }

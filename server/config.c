@@ -21,6 +21,10 @@ const char kvd_usage[] =
     "  --threads N          attention worker threads (default: online cores)\n"
     "  --max-body SIZE      largest request body (default 64MiB)\n"
     "  --max-sessions N     live sessions allowed, 0 = unlimited (default 0)\n"
+    "  --session-ttl SECS   idle seconds before a session expires, unless its\n"
+    "                       create body sets ttl_seconds (default 600)\n"
+    "  --on-full MODE       pool full: reject (503 at once) or evict (take tokens\n"
+    "                       from idle LRU sessions with a policy first) (default reject)\n"
     "  --log-format FMT     access log: text or json (default text)\n"
     "  --help, --version\n";
 
@@ -71,7 +75,7 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 }
 
 typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_MAX_BODY,
-               OPT_MAX_SESSIONS, OPT_LOG_FORMAT, OPT_COUNT } opt_id;
+               OPT_MAX_SESSIONS, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT, OPT_COUNT } opt_id;
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -81,6 +85,8 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_THREADS] = {"threads", "KVD_THREADS"},
     [OPT_MAX_BODY] = {"max-body", "KVD_MAX_BODY"},
     [OPT_MAX_SESSIONS] = {"max-sessions", "KVD_MAX_SESSIONS"},
+    [OPT_SESSION_TTL] = {"session-ttl", "KVD_SESSION_TTL"},
+    [OPT_ON_FULL] = {"on-full", "KVD_ON_FULL"},
     [OPT_LOG_FORMAT] = {"log-format", "KVD_LOG_FORMAT"},
 };
 
@@ -126,6 +132,24 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
             goto bad;
         cfg->max_sessions = (uint32_t)n;
         return 0;
+    case OPT_SESSION_TTL: {
+        /* Same bounds as a create body's ttl_seconds: (0, 30 days]. */
+        char *end;
+        errno = 0;
+        double t = strtod(v, &end);
+        if (errno || end == v || *end || !(t > 0 && t <= 30.0 * 24 * 3600))
+            goto bad;
+        cfg->session_ttl = t;
+        return 0;
+    }
+    case OPT_ON_FULL:
+        if (strcmp(v, "reject") == 0)
+            cfg->on_full_evict = false;
+        else if (strcmp(v, "evict") == 0)
+            cfg->on_full_evict = true;
+        else
+            goto bad;
+        return 0;
     case OPT_LOG_FORMAT:
         if (strcmp(v, "text") == 0)
             cfg->log_json = false;
@@ -152,6 +176,7 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->threads = cores > 0 ? (unsigned)cores : 1;
     cfg->max_body = (size_t)64 << 20;
+    cfg->session_ttl = 600;
 
     for (int id = 0; id < OPT_COUNT; id++) {
         const char *v = getenv(options[id].env);

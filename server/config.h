@@ -16,6 +16,8 @@ typedef struct kvd_config {
     unsigned threads;      /* workers; default = online cores */
     size_t max_body;
     uint32_t max_sessions; /* 0 = unlimited (memory is the limit) */
+    double session_ttl;    /* default ttl_seconds of new sessions */
+    bool on_full_evict;    /* --on-full evict (default reject) */
     bool log_json;
     bool help, version;    /* print and exit */
 } kvd_config;

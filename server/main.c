@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <uv.h>
 
@@ -20,6 +21,7 @@
 typedef struct kvd_main {
     uv_loop_t *loop;
     uv_signal_t sigterm, sigint;
+    uv_timer_t expiry;         /* idle sessions past their ttl, once a second */
     kvd_http_server *http;
     kvd_workers *workers;
     kvd_router router;
@@ -31,8 +33,22 @@ static void on_http_closed(void *arg)
     kvd_main *m = arg;
     /* Every exchange is answered, so no job is queued or running. */
     kvd_workers_stop(m->workers);
+    uv_close((uv_handle_t *)&m->expiry, NULL);
     uv_close((uv_handle_t *)&m->sigterm, NULL);
     uv_close((uv_handle_t *)&m->sigint, NULL);
+}
+
+/* One pass over the registry a second: O(sessions), bounded by
+ * --max-sessions or by memory, and a small fraction of a second of loop time
+ * even for many thousands of sessions. */
+static void on_expiry_tick(uv_timer_t *t)
+{
+    kvd_main *m = t->data;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    size_t n = kvd_api_expire(m->router.api, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    if (n)
+        fprintf(stderr, "kvd: expired %zu idle session%s\n", n, n == 1 ? "" : "s");
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -78,6 +94,8 @@ int main(int argc, char **argv)
         .threads = cfg.threads,
         .max_body = cfg.max_body,
         .max_sessions = cfg.max_sessions,
+        .session_ttl = cfg.session_ttl,
+        .on_full_evict = cfg.on_full_evict,
     };
     kvd_api *api;
     rc = kvd_api_create(&aopt, kvd_workers_submit, m.workers, kvd_router_respond, &api);
@@ -99,6 +117,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, uv_strerror(rc));
         return 1;
     }
+    uv_timer_init(m.loop, &m.expiry);
+    m.expiry.data = &m;
+    uv_timer_start(&m.expiry, on_expiry_tick, 1000, 1000);
     uv_signal_init(m.loop, &m.sigterm);
     uv_signal_init(m.loop, &m.sigint);
     m.sigterm.data = m.sigint.data = &m;

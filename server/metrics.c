@@ -199,6 +199,15 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
     put(&t, "kvd_sessions %zu\n", kvd_api_session_count(api));
     header(&t, "kvd_sessions_created_total", "counter", "Sessions created.");
     put(&t, "kvd_sessions_created_total %llu\n", load(&st->sessions_created));
+    header(&t, "kvd_sessions_expired_total", "counter", "Sessions freed after ttl_seconds idle.");
+    put(&t, "kvd_sessions_expired_total %llu\n", load(&st->sessions_expired));
+    header(&t, "kvd_evictions_total", "counter", "Tokens evicted from streams, by policy.");
+    for (int p = KVD_EVICT_RECENCY; p <= KVD_EVICT_SUBGEN; p++)
+        put(&t, "kvd_evictions_total{policy=\"%s\"} %llu\n", kvd_eviction_name((kvd_eviction)p),
+            load(&st->evictions[p]));
+    header(&t, "kvd_reclaimed_tokens_total", "counter",
+           "Tokens evicted from idle sessions to make room under --on-full evict.");
+    put(&t, "kvd_reclaimed_tokens_total %llu\n", load(&st->reclaimed_tokens));
     header(&t, "kvd_rejected_total", "counter", "Requests refused for want of a resource, by reason.");
     put(&t, "kvd_rejected_total{reason=\"pool_full\"} %llu\n", load(&st->rejected_pool_full));
     put(&t, "kvd_rejected_total{reason=\"queue_full\"} %llu\n", load(&st->rejected_queue_full));
@@ -214,6 +223,8 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
         free_pages * pb);
     header(&t, "kvd_kv_cache_usage_ratio", "gauge", "Fraction of pool pages in use (0..1).");
     put(&t, "kvd_kv_cache_usage_ratio %.6f\n", total ? (double)used / (double)total : 0.0);
+    header(&t, "kvd_pool_cow_copies_total", "counter", "Pages copied because a write hit a page shared with a fork.");
+    put(&t, "kvd_pool_cow_copies_total %llu\n", kvd_pool_copies(pool));
     header(&t, "kvd_cache_config_info", "gauge", "Pool configuration.");
     put(&t, "kvd_cache_config_info{page_bytes=\"%zu\",pages=\"%zu\"} 1\n", pb, total);
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cJSON.h>
 
@@ -65,15 +66,21 @@ static void clear_replies(void)
     n_replies = 0;
 }
 
-static kvd_api *make_api(size_t memory, size_t page_bytes, unsigned queue)
+static kvd_api *make_api_opt(size_t memory, size_t page_bytes, unsigned queue, bool on_full_evict)
 {
     kvd_api_options opt = {.memory_bytes = memory, .page_bytes = page_bytes, .threads = 1,
-                           .max_body = 1 << 20, .session_queue = queue};
+                           .max_body = 1 << 20, .session_queue = queue,
+                           .on_full_evict = on_full_evict};
     kvd_api *api;
     ck_assert_int_eq(kvd_api_create(&opt, fake_submit, NULL, fake_respond, &api), 0);
     n_pending = 0;
     n_replies = 0;
     return api;
+}
+
+static kvd_api *make_api(size_t memory, size_t page_bytes, unsigned queue)
+{
+    return make_api_opt(memory, page_bytes, queue, false);
 }
 
 /* Sends a request; returns the response whether answered now or after the
@@ -444,6 +451,150 @@ START_TEST(list_pages_through_sessions)
 }
 END_TEST
 
+/* Appends m tokens (head_dim 8, one kv head) to a session; returns status. */
+static int append_tokens(kvd_api *api, const char *id, size_t m, int tag)
+{
+    static float buf[8 * 512];
+    unsigned st = (unsigned)tag;
+    for (size_t i = 0; i < m * D; i++)
+        buf[i] = rnd(&st);
+    char *b = step_body(buf, buf, m * D, NULL, 0, NULL);
+    kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, b, tag, 1);
+    free(b);
+    free(r.body);
+    return r.status;
+}
+
+static double stat(kvd_api *api, const char *id, const char *key)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 900, 1);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = body_json(&r);
+    double v = num(j, key);
+    cJSON_Delete(j);
+    free(r.body);
+    return v;
+}
+
+START_TEST(fork_shares_pages_until_written)
+{
+    /* 1 KiB pages, head_dim 8: 12 slots a page (see stream.h's layout). */
+    kvd_api *api = make_api(64 * 1024, 1024, 8);
+    char *id = create(api, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8}");
+    ck_assert_int_eq(append_tokens(api, id, 30, 1), 200); /* 3 pages, tail 6/12 used */
+    size_t used = kvd_pool_pages_used(kvd_api_pool(api));
+    kvd_response r = call(api, KVD_ROUTE_SESSION_FORK, id, NULL, 2, 1);
+    ck_assert_int_eq(r.status, 201);
+    cJSON *j = body_json(&r);
+    ck_assert_str_eq(cJSON_GetObjectItemCaseSensitive(j, "parent")->valuestring, id);
+    char *child = strdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    cJSON_Delete(j);
+    free(r.body);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), used); /* no page copied */
+    ck_assert_uint_eq(kvd_pool_copies(kvd_api_pool(api)), 0);
+    ck_assert_double_eq(stat(api, child, "tokens"), 30);
+    ck_assert_double_eq(stat(api, child, "shared_pages"), 3);
+    /* One token into the child: only its shared, partly filled tail page is copied. */
+    ck_assert_int_eq(append_tokens(api, child, 1, 3), 200);
+    ck_assert_uint_eq(kvd_pool_copies(kvd_api_pool(api)), 1);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), used + 1);
+    ck_assert_double_eq(stat(api, child, "tokens"), 31);
+    ck_assert_double_eq(stat(api, id, "tokens"), 30);
+    /* A fork body may be {} but nothing else yet. */
+    r = call(api, KVD_ROUTE_SESSION_FORK, id, "{\"ttl_seconds\":5}", 4, 1);
+    ck_assert_int_eq(r.status, 400);
+    free(r.body);
+    r = call(api, KVD_ROUTE_SESSION_FORK, "0123456789abcdef0123456789abcdef", NULL, 5, 1);
+    ck_assert_int_eq(r.status, 404);
+    free(r.body);
+    free(id);
+    free(child);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+START_TEST(idle_sessions_expire)
+{
+    kvd_api *api = make_api(64 * 1024, 1024, 8);
+    char *id = create(api, "{\"heads\":1,\"head_dim\":8,\"ttl_seconds\":5}");
+    char *keep = create(api, "{\"heads\":1,\"head_dim\":8,\"ttl_seconds\":100}");
+    ck_assert_int_eq(append_tokens(api, id, 20, 1), 200);
+    double now = (double)time(NULL);
+    ck_assert_uint_eq(kvd_api_expire(api, now + 1), 0);
+    ck_assert_uint_eq(kvd_api_expire(api, now + 10), 1);
+    ck_assert_uint_eq(kvd_api_session_count(api), 1);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+    ck_assert_uint_eq(kvd_api_stats_get(api)->sessions_expired, 1);
+    kvd_response r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 2, 1);
+    ck_assert_int_eq(r.status, 404);
+    free(r.body);
+    free(id);
+    free(keep);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+/* Pool of 8 pages (12 slots each). A holds 60 tokens (5 pages) under recency
+ * with 4 sinks; B, with no policy, asks for 4 pages while 3 are free. */
+static void pressure(bool on_full_evict)
+{
+    kvd_api *api = make_api_opt(8 * 1024, 1024, 8, on_full_evict);
+    char *a = create(api, "{\"heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\"}}");
+    char *b = create(api, "{\"heads\":1,\"head_dim\":8}");
+    ck_assert_int_eq(append_tokens(api, a, 60, 1), 200);
+    ck_assert_uint_eq(kvd_pool_pages_free(kvd_api_pool(api)), 3);
+    ck_assert(kvd_api_ready(api)); /* 3 of 8 free */
+    int status = append_tokens(api, b, 48, 2);
+    if (on_full_evict) {
+        ck_assert_int_eq(status, 200);
+        ck_assert_double_eq(stat(api, a, "tokens"), 4); /* down to its sinks */
+        ck_assert_double_eq(stat(api, a, "evicted"), 56);
+        ck_assert_double_eq(stat(api, b, "tokens"), 48);
+        ck_assert_uint_eq(kvd_api_stats_get(api)->reclaimed_tokens, 56);
+    } else {
+        ck_assert_int_eq(status, 503);
+        ck_assert_double_eq(stat(api, a, "tokens"), 60);
+        ck_assert_double_eq(stat(api, b, "tokens"), 0);
+        ck_assert_double_eq(stat(api, b, "steps"), 0);
+    }
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)),
+                      (size_t)stat(api, a, "pages") + (size_t)stat(api, b, "pages"));
+    free(a);
+    free(b);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+
+START_TEST(full_pool_rejects)
+{
+    pressure(false);
+}
+END_TEST
+
+START_TEST(full_pool_evicts_idle_lru_sessions)
+{
+    pressure(true);
+}
+END_TEST
+
+START_TEST(readiness_follows_reclaimable_room)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        kvd_api *api = make_api_opt(8 * 1024, 1024, 8, mode == 1);
+        char *a = create(api, "{\"heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\"}}");
+        ck_assert_int_eq(append_tokens(api, a, 96, 1), 200); /* all 8 pages */
+        ck_assert_uint_eq(kvd_pool_pages_free(kvd_api_pool(api)), 0);
+        /* reject: nothing can be reclaimed; evict: A could give pages back */
+        ck_assert(kvd_api_ready(api) == (mode == 1));
+        free(a);
+        clear_replies();
+        kvd_api_destroy(api);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("api/api");
@@ -453,6 +604,11 @@ int main(void)
     tcase_add_test(tc, session_queue_order_limit_and_delete);
     tcase_add_test(tc, bad_requests_leave_state_alone);
     tcase_add_test(tc, list_pages_through_sessions);
+    tcase_add_test(tc, fork_shares_pages_until_written);
+    tcase_add_test(tc, idle_sessions_expire);
+    tcase_add_test(tc, full_pool_rejects);
+    tcase_add_test(tc, full_pool_evicts_idle_lru_sessions);
+    tcase_add_test(tc, readiness_follows_reclaimable_room);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK); /* the fake executor's lists are process-global */

@@ -410,17 +410,42 @@ START_TEST(create_not_yet_supported)
         snprintf(want, sizeof want, "\"%s\" is not yet supported", dtypes[i]);
         create_err(json, "cache.dtype", want);
     }
-    static const char *const evictions[] = {"recency", "l2norm", "h2o", "subgen"};
-    for (size_t i = 0; i < 4; i++) {
-        snprintf(json, sizeof json, "{\"cache\": {\"eviction\": \"%s\"}}", evictions[i]);
-        snprintf(want, sizeof want, "\"%s\" is not yet supported", evictions[i]);
-        create_err(json, "cache.eviction", want);
-    }
+    create_err("{\"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",
+               "\"subgen\" is not yet supported");
     create_err("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0.1, \"cluster_samples\": 4,"
                " \"value_samples\": 4}}", "cache.eviction", "not yet supported");
-    create_err("{\"cache\": {\"eviction\": \"recency\", \"budget\": 64}}", "cache.budget",
-               "not yet supported");
     create_err("{\"shadow\": true}", "shadow", "not yet supported");
+}
+END_TEST
+
+/* The eviction policies this build runs: accepted with budget, sink, recent. */
+START_TEST(create_eviction_policies)
+{
+    static const struct { const char *name; kvd_eviction e; } policies[] = {
+        {"none", KVD_EVICT_NONE}, {"recency", KVD_EVICT_RECENCY},
+        {"l2norm", KVD_EVICT_L2NORM}, {"h2o", KVD_EVICT_H2O},
+    };
+    char json[160];
+    for (size_t i = 0; i < 4; i++) {
+        kvd_session_config c;
+        snprintf(json, sizeof json, "{\"cache\": {\"eviction\": \"%s\"}}", policies[i].name);
+        create_ok(json, &c);
+        ck_assert_int_eq(c.cache.eviction, policies[i].e);
+        ck_assert_uint_eq(c.cache.budget, 0);
+        if (policies[i].e == KVD_EVICT_NONE)
+            continue;
+        snprintf(json, sizeof json,
+                 "{\"cache\": {\"eviction\": \"%s\", \"budget\": 64, \"sink\": 2, \"recent\": 8}}",
+                 policies[i].name);
+        create_ok(json, &c);
+        ck_assert_uint_eq(c.cache.budget, 64);
+        ck_assert_uint_eq(c.cache.sink, 2);
+        ck_assert_uint_eq(c.cache.recent, 8);
+    }
+    /* budget == sink + recent is the smallest allowed */
+    kvd_session_config c;
+    create_ok("{\"cache\": {\"eviction\": \"recency\", \"budget\": 1, \"sink\": 0}}", &c);
+    ck_assert_uint_eq(c.cache.budget, 1);
 }
 END_TEST
 
@@ -866,6 +891,7 @@ int main(void)
     tcase_add_test(tc, create_numbers);
     tcase_add_test(tc, create_cache_rules);
     tcase_add_test(tc, create_not_yet_supported);
+    tcase_add_test(tc, create_eviction_policies);
     tcase_add_test(tc, config_to_json);
     tcase_add_test(tc, config_to_json_allocation_failure);
     suite_add_tcase(s, tc);

@@ -325,9 +325,12 @@ START_TEST(create_errors)
     bad_create(port, J, "{\"cache\":{\"dtype\":\"kivi2\"}}", 400, INVALID, "cache.dtype", NYS, "dtype kivi2");
     bad_create(port, J, "{\"cache\":{\"dtype\":\"int3\"}}", 400, INVALID, "cache.dtype", NULL, "dtype int3");
     bad_create(port, J, "{\"cache\":{\"dtype\":4}}", 400, INVALID, "cache.dtype", NULL, "dtype as a number");
-    /* h2o needs a budget; either the policy or the budget may be named. */
-    bad_create(port, J, "{\"cache\":{\"eviction\":\"h2o\",\"budget\":64}}", 400, INVALID,
-               "cache.eviction|cache.budget", NYS, "eviction h2o");
+    bad_create(port, J, "{\"cache\":{\"eviction\":\"subgen\"}}", 400, INVALID, "cache.eviction", NYS,
+               "eviction subgen");
+    bad_create(port, J, "{\"cache\":{\"budget\":64}}", 400, INVALID, "cache.budget",
+               "needs an eviction policy", "budget without a policy");
+    bad_create(port, J, "{\"cache\":{\"eviction\":\"h2o\",\"budget\":8,\"recent\":8}}", 400, INVALID,
+               "cache.budget", "less than sink + recent", "budget below the protected tokens");
     bad_create(port, J, "{\"cache\":{\"eviction\":\"lru\"}}", 400, INVALID, "cache.eviction", NULL,
                "eviction lru");
     bad_create(port, J, "{\"attention\":\"tensor\"}", 400, INVALID, "attention", NYS, "tensor attention");
