@@ -10,19 +10,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A read-only view of one stream's cached keys and values (f32 pages).
- * Slot j lives in page j / slots_per_page at index i = j % slots_per_page:
- *   key   = (const float *)(pages[p] + k_offset) + i * head_dim
- *   value = (const float *)(pages[p] + v_offset) + i * head_dim
- * Offsets are multiples of 64 so rows of a 64-byte-aligned page stay aligned. */
+#include "attention/formats.h"
+
+/* A read-only view of one stream's cached keys and values.
+ * Slot j lives in page j / slots_per_page at index i = j % slots_per_page.
+ * Per-token formats (attention/formats.h): its key row starts at
+ *   pages[p] + k_offset + i * k_row_bytes   (value: v_offset, v_row_bytes).
+ * KIVI keys: i's block is i / group, at pages[p] + k_offset + (i / group) *
+ * k_row_bytes, token i % group within it (slots_per_page is a multiple of
+ * group, so a block never straddles pages). Offsets are multiples of 64. */
 typedef struct kvd_kv_pages {
     const unsigned char *const *pages; /* block table, ceil(n / slots_per_page) pages */
     size_t slots_per_page;
     size_t head_dim;
-    size_t k_offset;                   /* bytes from page start to K block [spp][head_dim] f32 */
-    size_t v_offset;                   /* bytes from page start to V block [spp][head_dim] f32 */
+    size_t k_offset;                   /* bytes from page start to the K region */
+    size_t v_offset;                   /* bytes from page start to the V region */
+    kvd_row_format k_format, v_format; /* KVD_ROW_F32 (0) unless set */
+    uint32_t k_row_bytes, v_row_bytes; /* 0 with f32 means head_dim * 4 */
+    uint32_t group;                    /* U4G/U2G channels per group; KIVI tokens per key block */
 } kvd_kv_pages;
 
+/* The f32 row of slot j (f32 views only). */
 static inline const float *kvd_kv_key(const kvd_kv_pages *kv, size_t j)
 {
     const unsigned char *page = kv->pages[j / kv->slots_per_page];
@@ -35,28 +43,42 @@ static inline const float *kvd_kv_value(const kvd_kv_pages *kv, size_t j)
     return (const float *)(page + kv->v_offset) + (j % kv->slots_per_page) * kv->head_dim;
 }
 
-/* Attention of `n_q` query heads that share one kv head (a GQA group) over the
- * first `n_visible` slots of `kv`:
+/* A stream may be split in parts of different formats (KIVI: quantized
+ * tokens, then the newest tokens in f32). Attention runs one online softmax
+ * over the first n slots of each segment in order, as if concatenated. */
+typedef struct kvd_kv_segment {
+    kvd_kv_pages kv;
+    size_t n;                          /* slots of this segment the queries see */
+} kvd_kv_segment;
+
+/* Attention of `n_q` query heads that share one kv head (a GQA group) over
+ * the segments:
  *   o[h] = sum_j softmax_j(scale * <q[h], k_j>) * v_j
  * computed in one pass with a running max (online softmax), f32 accumulation,
- * reading each key and value once for the whole group.
+ * reading (and dequantizing) each key and value once for the whole group.
  *   q: [n_q][head_dim] f32, o: [n_q][head_dim] f32 (written; may not alias q).
- * n_visible == 0 writes zeros: a softmax over no tokens has no mass to spread. */
+ * No visible slot at all writes zeros: a softmax over no tokens has no mass.
+ * This is the scalar reference every faster kernel is tested against. */
+void kvd_attend_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                    float scale, float *o);
+
+/* One f32-or-any-format view, first n_visible slots: kvd_attend_ref on one segment. */
 void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
                           const float *q, size_t n_q, float scale, float *o);
 
-/* Heavy-hitter scoring (H2O): adds to acc[j], for j < n_visible, the softmax
- * weight slot j receives from each of the n_q query heads (same scores as
- * kvd_attend_group_ref), summed over the heads. scratch: [n_visible] f32.
- * A second pass over the keys, paid only by sessions with eviction h2o. */
-void kvd_attention_weights_ref(const kvd_kv_pages *kv, size_t n_visible, const float *q,
+/* Heavy-hitter scoring (H2O): adds to acc[j] the softmax weight slot j (j
+ * counted across the segments in order) receives from each of the n_q query
+ * heads (same scores as kvd_attend_ref), summed over the heads.
+ * scratch: [total visible] f32. A second pass over the keys, paid only by
+ * sessions with eviction h2o. */
+void kvd_attention_weights_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q,
                                size_t n_q, float scale, float *scratch, float *acc);
 
 /* The kernel table chosen once at start-up for this CPU (runtime dispatch). */
 typedef struct kvd_attention_kernels {
     const char *name; /* "scalar", "avx2", "avx512" */
-    void (*attend_group)(const kvd_kv_pages *kv, size_t n_visible,
-                         const float *q, size_t n_q, float scale, float *o);
+    void (*attend)(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                   float scale, float *o);
 } kvd_attention_kernels;
 
 /* Kernels for the running CPU; thread-safe, cheap after the first call. */

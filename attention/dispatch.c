@@ -1,21 +1,36 @@
 /* attention/dispatch.c — runtime CPU dispatch: picks the attention kernels
- * for the running CPU once (AVX-512F, else AVX2+FMA, else scalar) and names
- * the CPU features in use for /v1/info. One binary runs on any x86-64 or
- * arm64 machine; only the chosen kernel uses wider instructions. */
+ * for the running CPU once (AVX-512F, else AVX2+FMA, else scalar; the SIMD
+ * levels also need F16C for half-precision rows and scales) and names the
+ * CPU features in use for /v1/info. One binary runs on any x86-64 or arm64
+ * machine; only the chosen kernel uses wider instructions. Every kernel
+ * takes every row format and any number of segments. */
 #include <stdatomic.h>
 #include <stddef.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "attention/attention.h"
 #include "attention/kernels.h"
 
 /* Scalar first, best last; the prefix this CPU supports is usable. */
 static const kvd_attention_kernels kernel_tables[] = {
-    {.name = "scalar", .attend_group = kvd_attend_group_ref},
+    {.name = "scalar", .attend = kvd_attend_ref},
 #if defined(__x86_64__)
-    {.name = "avx2", .attend_group = kvd_attend_group_avx2},
-    {.name = "avx512", .attend_group = kvd_attend_group_avx512},
+    {.name = "avx2", .attend = kvd_attend_avx2},
+    {.name = "avx512", .attend = kvd_attend_avx512},
 #endif
 };
+
+#if defined(__x86_64__)
+/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports has
+ * no "f16c" name, so ask the CPU directly (works with either compiler). */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
 
 /* How many entries of kernel_tables this CPU can run. Idempotent, so a race
  * between first callers only computes the same value twice. */
@@ -28,7 +43,9 @@ static size_t usable_tables(void)
     n = 1;
 #if defined(__x86_64__)
     __builtin_cpu_init(); /* needed if we run before constructors (harmless otherwise) */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    /* F16C came with Ivy Bridge / Piledriver, before AVX2; checked anyway. */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && cpu_has_f16c()) {
         n = 2;
         if (__builtin_cpu_supports("avx512f"))
             n = 3;
@@ -54,9 +71,9 @@ const char *kvd_cpu_features(void)
     /* Features the chosen kernel relies on (static strings: nothing to build). */
     switch (usable_tables()) {
     case 3:
-        return "avx2 fma avx512f";
+        return "avx2 fma f16c avx512f";
     case 2:
-        return "avx2 fma";
+        return "avx2 fma f16c";
     default:
         return "";
     }

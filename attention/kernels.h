@@ -1,11 +1,13 @@
 /* attention/kernels.h — private to attention/ and its tests: the SIMD twins of
- * kvd_attend_group_ref and the constants every attend_group kernel shares.
+ * kvd_attend_ref, the constants every attend kernel shares and the slot
+ * addressing of the row formats.
  * Only dispatch.c decides which of these runs; callers outside attention/ use
  * kvd_attention_kernels_get(). */
 #ifndef KVD_ATTENTION_KERNELS_H
 #define KVD_ATTENTION_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "attention/attention.h"
 
@@ -19,17 +21,61 @@
  * then the running max is updated once per block (one rescale of the
  * accumulator instead of one per key) and the block's weights are
  * exponentiated as whole vectors. 16 = one AVX-512 vector, two AVX2 vectors;
- * a block of K and V rows (2 * 16 * head_dim * 4 bytes, 16 KiB at d = 128)
- * stays in L1 while every head of the group uses it. */
+ * a block of K rows, then of V rows (16 * head_dim * 4 bytes as f32, 8 KiB
+ * at d = 128, read in place or dequantized into a tile) stays in L1 while
+ * every head of the group uses it. */
 #define KVD_ATTN_BLOCK 16
+
+/* Channels dequantized per pass into the kernels' per-block tile (quantized
+ * formats only; f32 rows are read in place). The tile is KVD_ATTN_BLOCK x
+ * KVD_ATTN_CHUNK f32 = 16 KiB on the stack, an L1-sized slice of the block
+ * rather than a copy of the cache: a head_dim above this (the API allows up
+ * to 4096) is processed in channel chunks, scores summed over the chunks.
+ * A multiple of 16 so every chunk but the last is whole vectors. */
+#define KVD_ATTN_CHUNK 256
+
+/* Scalar dequantization of channels [c0, c1) of row/token t of a stored unit
+ * into out[0 .. c1 - c0): kvd_dequant_row_ref restricted to a range of
+ * channels (formats.c; the SIMD kernels use it for tails and odd groups). */
+void kvd_dequant_range_ref(kvd_row_format f, const unsigned char *unit, size_t t,
+                           size_t head_dim, uint32_t group, size_t c0, size_t c1, float *out);
+
+/* Bytes from one key row (or KIVI key block) to the next in a K region. */
+static inline size_t kvd_kv_k_stride(const kvd_kv_pages *kv)
+{
+    return kv->k_row_bytes ? kv->k_row_bytes : kvd_row_bytes(kv->k_format, kv->head_dim, kv->group);
+}
+
+static inline size_t kvd_kv_v_stride(const kvd_kv_pages *kv)
+{
+    return kv->v_row_bytes ? kv->v_row_bytes : kvd_row_bytes(kv->v_format, kv->head_dim, kv->group);
+}
+
+/* Where slot j of a region lives: the unit (row, or KIVI block) and the
+ * token within it (0 for per-token rows). attention.h gives the layout. */
+static inline const unsigned char *kvd_kv_unit(const kvd_kv_pages *kv, size_t offset,
+                                               kvd_row_format f, size_t stride, size_t j,
+                                               size_t *t)
+{
+    const unsigned char *region = kv->pages[j / kv->slots_per_page] + offset;
+    const size_t i = j % kv->slots_per_page;
+    if (kvd_row_is_block(f)) {
+        *t = i % kv->group;
+        return region + (i / kv->group) * stride;
+    }
+    *t = 0;
+    return region + i * stride;
+}
 
 #if defined(__x86_64__)
 /* Built with target attributes: call only if the CPU has the features
- * (kvd_attention_kernels_get does the check). */
-void kvd_attend_group_avx2(const kvd_kv_pages *kv, size_t n_visible,
-                           const float *q, size_t n_q, float scale, float *o); /* avx2 + fma */
-void kvd_attend_group_avx512(const kvd_kv_pages *kv, size_t n_visible,
-                             const float *q, size_t n_q, float scale, float *o); /* avx512f */
+ * (kvd_attention_kernels_get does the check). Same contract as
+ * kvd_attend_ref, every row format. */
+void kvd_attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                     float scale, float *o); /* avx2 + fma + f16c */
+void kvd_attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                       float scale, float *o); /* avx512f (+ f16c, implied by every
+                                                  avx512f CPU; checked anyway) */
 #endif
 
 /* Every kernel table this CPU can run, best last (scalar first); *n gets the

@@ -1,13 +1,16 @@
-/* attention/standard_avx512.c — the AVX-512F attend_group kernel: the body of
- * standard_simd.h on 16-lane vectors. Only this file's functions are compiled
- * for AVX-512 (target attribute); dispatch.c calls it only when the CPU has
- * avx512f. */
+/* attention/standard_avx512.c — the AVX-512F attend kernel, every row
+ * format: the body of standard_simd.h on 16-lane vectors, plus this file's
+ * 16-lane decoders. Only this file's functions are compiled for AVX-512
+ * (target attribute, with F16C for the half-width scale conversions);
+ * dispatch.c calls it only when the CPU has avx512f and f16c. */
 #if defined(__x86_64__)
 
 #include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
-#define KVD_SIMD_ATTR __attribute__((target("avx512f")))
-#define KVD_SIMD_FN kvd_attend_group_avx512
+#define KVD_SIMD_ATTR __attribute__((target("avx512f,f16c")))
+#define KVD_SIMD_FN kvd_attend_avx512
 #define KVD_SIMD_W 16
 
 typedef __m512 vf;
@@ -20,7 +23,35 @@ KVD_SIMD_ATTR static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 KVD_SIMD_ATTR static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 KVD_SIMD_ATTR static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 KVD_SIMD_ATTR static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+KVD_SIMD_ATTR static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+KVD_SIMD_ATTR static inline float v_hmax(vf x) { return _mm512_reduce_max_ps(x); }
 KVD_SIMD_ATTR static inline float v_hsum(vf x) { return _mm512_reduce_add_ps(x); }
+
+/* Lane b of the result = the sum of the 16 lanes of a[b]: a transpose-and-
+ * add tree. 16 -> 8: unpack lo/hi pairs within 128-bit lanes and add;
+ * 8 -> 4: the same on 64-bit halves, leaving keys 4k..4k+3 in order in
+ * every 128-bit lane; then two rounds across 128-bit lanes. 45 ops. */
+KVD_SIMD_ATTR static inline vf v_sum_lanes(const vf *a)
+{
+    vf p[8], r[4];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < 8; i++)
+        p[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(p[2 * i]), y = _mm512_castps_pd(p[2 * i + 1]);
+        r[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* r[i]: keys 4i..4i+3, one partial sum per 128-bit lane */
+    const vf s0 = _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], 0x88),
+                                _mm512_shuffle_f32x4(r[0], r[1], 0xdd));
+    const vf s1 = _mm512_add_ps(_mm512_shuffle_f32x4(r[2], r[3], 0x88),
+                                _mm512_shuffle_f32x4(r[2], r[3], 0xdd));
+    /* s0: [keys 0-3 (lanes 0+1), 0-3 (2+3), 4-7 (0+1), 4-7 (2+3)]; s1 likewise 8-15 */
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, 0x88), _mm512_shuffle_f32x4(s0, s1, 0xdd));
+}
 
 /* exp(x) for x <= 0, same method and error as the AVX2 version
  * (standard_avx2.c): Cody-Waite reduction by ln2, degree-7 Taylor series,
@@ -43,6 +74,92 @@ KVD_SIMD_ATTR static inline vf v_exp(vf x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+/* Decoders: 16 values of a row format from bytes (attention/formats.h). */
+KVD_SIMD_ATTR static inline vf v_f16(const unsigned char *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* bfloat16 is the top half of an f32: widen and shift into place. */
+KVD_SIMD_ATTR static inline vf v_bf16(const unsigned char *p)
+{
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+KVD_SIMD_ATTR static inline vf v_i8(const unsigned char *p)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* Lanes 0..7 = the little-endian 32-bit word at p, lanes 8..15 = the one
+ * at p + 4: two broadcasts from memory (load-port only) and a blend. */
+KVD_SIMD_ATTR static inline __m512i v_words2(const unsigned char *p)
+{
+    uint32_t lo, hi;
+    memcpy(&lo, p, sizeof lo);
+    memcpy(&hi, p + 4, sizeof hi);
+    return _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32((int)lo), _mm512_set1_epi32((int)hi));
+}
+
+/* 16 codes of 4 bits in 8 bytes (channel i in bits 4i..4i+3 of the 64-bit
+ * little-endian word): lane i takes the 32-bit word holding it and shifts
+ * it down by 4 (i mod 8); masked, the codes as f32. */
+KVD_SIMD_ATTR static inline vf v_u4(const unsigned char *p)
+{
+    const __m512i sh = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i x = _mm512_srlv_epi32(v_words2(p), sh);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xf)));
+}
+
+/* 16 codes of 2 bits: one little-endian 32-bit word, channel i in bits
+ * 2i..2i+1: broadcast, shift each lane by 2i, mask. */
+KVD_SIMD_ATTR static inline vf v_u2(const unsigned char *p)
+{
+    uint32_t w;
+    memcpy(&w, p, sizeof w);
+    const __m512i sh = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i x = _mm512_srlv_epi32(_mm512_set1_epi32((int)w), sh);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0x3)));
+}
+
+/* U4G/U2G rows: one group's scale and minimum become a table of its 2^B
+ * dequantized values t[c] = z + s*c (fma: the same single rounding as
+ * kvd_dequant_range_ref's z + s*q, since s*q is exact), and vpermps looks
+ * each code up, so a vector of channels costs a shift and a permute
+ * instead of mask, convert and fma. vpermps reads only the low 4 bits of
+ * each lane: 4-bit codes need no mask, and the 2-bit table repeats with
+ * period 4 so the neighbouring code in bits 2..3 does not matter. */
+typedef struct vgroup {
+    vf t;
+} vgroup;
+
+KVD_SIMD_ATTR static inline vgroup v_group4(float s, float z)
+{
+    const vf iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    return (vgroup){_mm512_fmadd_ps(iota, _mm512_set1_ps(s), _mm512_set1_ps(z))};
+}
+
+KVD_SIMD_ATTR static inline vgroup v_group2(float s, float z)
+{
+    const vf iota = _mm512_set_ps(3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0);
+    return (vgroup){_mm512_fmadd_ps(iota, _mm512_set1_ps(s), _mm512_set1_ps(z))};
+}
+
+KVD_SIMD_ATTR static inline vf v_dq4(const unsigned char *p, const vgroup *g)
+{
+    const __m512i sh = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(_mm512_srlv_epi32(v_words2(p), sh), g->t);
+}
+
+KVD_SIMD_ATTR static inline vf v_dq2(const unsigned char *p, const vgroup *g)
+{
+    uint32_t w;
+    memcpy(&w, p, sizeof w);
+    const __m512i sh = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi32((int)w), sh), g->t);
 }
 
 #include "attention/standard_simd.h"

@@ -1,10 +1,20 @@
-/* attention/standard_simd.h — the body of the SIMD attend_group kernels,
- * written once and included by standard_avx2.c and standard_avx512.c (private
- * to attention/). The including file defines the vector layer first:
+/* attention/standard_simd.h — the body of the SIMD attend kernels, written
+ * once and included by standard_avx2.c and standard_avx512.c (private to
+ * attention/). Keys and values are taken 16 tokens at a time; f32 rows are
+ * read in place, every other format is dequantized into an L1 tile of
+ * 16 x KVD_ATTN_CHUNK f32 (a slice of one block, never a copy of the cache)
+ * and the same f32 block math runs on the tile. The including file defines
+ * the vector layer first:
  *   KVD_SIMD_ATTR (target attribute), KVD_SIMD_FN (kernel name), KVD_SIMD_W
  *   (f32 lanes), vf (vector type), v_zero/v_set1/v_load/v_store/v_add/v_sub/
- *   v_mul/v_fma(a, b, c) = a * b + c/v_hsum, and v_exp (exp for x <= 0 that
- *   returns exactly 0 for x = -inf). */
+ *   v_mul/v_fma(a, b, c) = a * b + c/v_hsum, v_exp (exp for x <= 0 that
+ *   returns exactly 0 for x = -inf), and the W-lane decoders from bytes:
+ *   v_f16 (W halves), v_bf16 (W bfloat16), v_i8 (W int8 as f32), v_u4 (W
+ *   4-bit codes, W/2 bytes), v_u2 (W 2-bit codes, W/4 bytes), in the bit
+ *   order of attention/formats.h, and for U4G/U2G rows a per-group decoder
+ *   vgroup = v_group4/v_group2(s, z) with v_dq4/v_dq2(codes, &vgroup) =
+ *   z + s * code, v_sum_lanes (lane b = sum of vector b), v_max, v_hmax.
+ *   F16C is available in both targets. */
 #ifndef KVD_SIMD_FN
 #error "define the vector layer before including attention/standard_simd.h"
 #endif
@@ -17,6 +27,17 @@
 #include "attention/kernels.h"
 
 _Static_assert(KVD_ATTN_BLOCK % KVD_SIMD_W == 0, "a block of scores is whole vectors");
+_Static_assert(KVD_ATTN_CHUNK % KVD_SIMD_W == 0, "chunks start on whole vectors");
+
+/* Complete unrolling of constant-count loops over register arrays (GCC at
+ * -O2 would otherwise keep such arrays on the stack). */
+#define SIMD_UNROLL _Pragma("GCC unroll 16")
+
+/* Hides how a pointer was computed, so that row + constant offsets stay
+ * constant displacements of one register (GCC otherwise hoists eight
+ * "i + r * W" offsets out of the loop, keeps them in vector registers for
+ * lack of general ones and moves one back per load). */
+#define SIMD_OPAQUE(ptr) __asm__("" : "+r"(ptr))
 
 /* <a, b> over d floats: two vector accumulators to hide FMA latency, then an
  * explicit scalar tail so any head_dim works (d = 1, 3, 17, 130 ...). */
@@ -37,32 +58,69 @@ KVD_SIMD_ATTR static inline float simd_dot(const float *restrict a, const float 
     return s;
 }
 
-/* <q, k[0..3]>: four keys against one query, four independent chains and
- * each q vector loaded once; scalar tail as in simd_dot. */
-KVD_SIMD_ATTR static inline void simd_dot4(const float *restrict q,
-                                           const float *const *restrict k, size_t d,
-                                           float *restrict out)
+/* Query vectors held in registers while a block's keys stream past them:
+ * 8 x 16 lanes = 128 channels (AVX-512: 8 of 32 registers beside 16 key
+ * accumulators), 4 x 8 lanes = 32 channels (AVX2: 4 + 8 of 16). */
+#define SIMD_QREG (KVD_SIMD_W == 16 ? 8 : 4)
+
+/* <q, k_b> for the W keys rows[0..W) as one vector (lane b = key b).
+ * Each key gets its own accumulator vector: W independent FMA chains, q
+ * loaded once per SIMD_QREG vectors for all W keys (one load per FMA: the
+ * key's), and no horizontal sum per key: v_sum_lanes reduces all W
+ * accumulators at once (a transpose-and-add tree, ~3 ops per key instead of
+ * ~8 for a horizontal sum each). Scalar tail for any head_dim. */
+KVD_SIMD_ATTR static inline vf simd_dot_w(const float *restrict q,
+                                          const float *const *restrict rows, size_t d)
 {
-    vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-    size_t i = 0;
-    for (; i + KVD_SIMD_W <= d; i += KVD_SIMD_W) {
-        const vf qi = v_load(q + i);
-        a0 = v_fma(qi, v_load(k[0] + i), a0);
-        a1 = v_fma(qi, v_load(k[1] + i), a1);
-        a2 = v_fma(qi, v_load(k[2] + i), a2);
-        a3 = v_fma(qi, v_load(k[3] + i), a3);
+    /* The loops over keys and query registers have constant trip counts and
+     * are unrolled completely so that acc[] and qr[] live in registers. */
+    vf acc[KVD_SIMD_W];
+    SIMD_UNROLL
+    for (size_t b = 0; b < KVD_SIMD_W; b++)
+        acc[b] = v_zero();
+    size_t c = 0;
+    for (; c + SIMD_QREG * KVD_SIMD_W <= d; c += SIMD_QREG * KVD_SIMD_W) {
+        vf qr[SIMD_QREG];
+        SIMD_UNROLL
+        for (size_t r = 0; r < SIMD_QREG; r++)
+            qr[r] = v_load(q + c + r * KVD_SIMD_W);
+        SIMD_UNROLL
+        for (size_t b = 0; b < KVD_SIMD_W; b++) {
+            const float *restrict k = rows[b] + c;
+            SIMD_UNROLL
+            for (size_t r = 0; r < SIMD_QREG; r++)
+                acc[b] = v_fma(qr[r], v_load(k + r * KVD_SIMD_W), acc[b]);
+        }
     }
-    float s0 = v_hsum(a0), s1 = v_hsum(a1), s2 = v_hsum(a2), s3 = v_hsum(a3);
-    for (; i < d; i++) {
-        s0 += q[i] * k[0][i];
-        s1 += q[i] * k[1][i];
-        s2 += q[i] * k[2][i];
-        s3 += q[i] * k[3][i];
+    for (; c + KVD_SIMD_W <= d; c += KVD_SIMD_W) {
+        const vf qi = v_load(q + c);
+        SIMD_UNROLL
+        for (size_t b = 0; b < KVD_SIMD_W; b++)
+            acc[b] = v_fma(qi, v_load(rows[b] + c), acc[b]);
     }
-    out[0] = s0;
-    out[1] = s1;
-    out[2] = s2;
-    out[3] = s3;
+    vf sum = v_sum_lanes(acc);
+    if (c < d) {
+        _Alignas(64) float t[KVD_SIMD_W];
+        v_store(t, sum);
+        for (size_t b = 0; b < KVD_SIMD_W; b++)
+            for (size_t i = c; i < d; i++)
+                t[b] += q[i] * rows[b][i];
+        sum = v_load(t);
+    }
+    return sum;
+}
+
+/* out[b] = <q, rows[b]> for b < nb (<= KVD_ATTN_BLOCK): whole vectors of
+ * keys through simd_dot_w, a ragged last few (end of a segment) one by one. */
+KVD_SIMD_ATTR static inline void simd_dot_block(const float *restrict q,
+                                                const float *const *restrict rows, size_t nb,
+                                                size_t d, float *restrict out)
+{
+    size_t b = 0;
+    for (; b + KVD_SIMD_W <= nb; b += KVD_SIMD_W)
+        v_store(out + b, simd_dot_w(q, rows + b, d));
+    for (; b < nb; b++)
+        out[b] = simd_dot(q, rows[b], d);
 }
 
 /* acc[0..d) *= alpha */
@@ -77,28 +135,40 @@ KVD_SIMD_ATTR static inline void simd_scale(float *restrict acc, float alpha, si
 }
 
 /* acc[0..d) += sum_b p[b] * v[b][0..d): acc is loaded and stored once per
- * block. Four vector columns at a time give four independent FMA chains per
- * weight (one chain would wait on FMA latency for every key of the block). */
+ * block. Eight vector columns at a time (all of d = 128 on AVX-512) give
+ * eight independent FMA chains per weight, enough to cover FMA latency on
+ * two ports (four chains would wait on it for every key of the block). */
 KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const float *restrict p,
                                                  const float *const *restrict v, size_t nb,
                                                  size_t d)
 {
     size_t i = 0;
-    for (; i + 4 * KVD_SIMD_W <= d; i += 4 * KVD_SIMD_W) {
-        vf a0 = v_load(acc + i), a1 = v_load(acc + i + KVD_SIMD_W);
-        vf a2 = v_load(acc + i + 2 * KVD_SIMD_W), a3 = v_load(acc + i + 3 * KVD_SIMD_W);
+    for (; i + 8 * KVD_SIMD_W <= d; i += 8 * KVD_SIMD_W) {
+        vf a[8];
+        SIMD_UNROLL
+        for (size_t r = 0; r < 8; r++)
+            a[r] = v_load(acc + i + r * KVD_SIMD_W);
         for (size_t b = 0; b < nb; b++) {
             const vf pb = v_set1(p[b]);
-            const float *restrict vb = v[b] + i;
-            a0 = v_fma(pb, v_load(vb), a0);
-            a1 = v_fma(pb, v_load(vb + KVD_SIMD_W), a1);
-            a2 = v_fma(pb, v_load(vb + 2 * KVD_SIMD_W), a2);
-            a3 = v_fma(pb, v_load(vb + 3 * KVD_SIMD_W), a3);
+            const float *vb = v[b] + i;
+            SIMD_OPAQUE(vb);
+            SIMD_UNROLL
+            for (size_t r = 0; r < 8; r++)
+                a[r] = v_fma(pb, v_load(vb + r * KVD_SIMD_W), a[r]);
+        }
+        SIMD_UNROLL
+        for (size_t r = 0; r < 8; r++)
+            v_store(acc + i + r * KVD_SIMD_W, a[r]);
+    }
+    for (; i + 2 * KVD_SIMD_W <= d; i += 2 * KVD_SIMD_W) {
+        vf a0 = v_load(acc + i), a1 = v_load(acc + i + KVD_SIMD_W);
+        for (size_t b = 0; b < nb; b++) {
+            const vf pb = v_set1(p[b]);
+            a0 = v_fma(pb, v_load(v[b] + i), a0);
+            a1 = v_fma(pb, v_load(v[b] + i + KVD_SIMD_W), a1);
         }
         v_store(acc + i, a0);
         v_store(acc + i + KVD_SIMD_W, a1);
-        v_store(acc + i + 2 * KVD_SIMD_W, a2);
-        v_store(acc + i + 3 * KVD_SIMD_W, a3);
     }
     for (; i + KVD_SIMD_W <= d; i += KVD_SIMD_W) {
         vf a = v_load(acc + i);
@@ -114,80 +184,421 @@ KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const floa
     }
 }
 
-KVD_SIMD_ATTR void KVD_SIMD_FN(const kvd_kv_pages *kv, size_t n_visible,
-                               const float *restrict q, size_t n_q, float scale,
-                               float *restrict o)
+/* ---- dequantization into the tile --------------------------------------- */
+
+#define SIMD_INLINE KVD_SIMD_ATTR static inline __attribute__((always_inline))
+
+/* n (even) little-endian halves at p -> out[0..n), 8 or 4 at a time with
+ * F16C; reads exactly 2n bytes (a row's scale/min header may be the last
+ * bytes before a region boundary). */
+SIMD_INLINE void simd_halves(const unsigned char *restrict p, size_t n, float *restrict out)
 {
-    const size_t d = kv->head_dim;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+    for (; i + 4 <= n; i += 4)
+        _mm_storeu_ps(out + i, _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p + 2 * i))));
+    for (; i < n; i++)
+        out[i] = kvd_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+}
+
+/* Per-channel scale and minimum of the current KIVI key block, decoded once
+ * per (block, channel chunk) and reused by its `group` tokens. */
+typedef struct simd_kivi_cache {
+    const unsigned char *unit; /* the block they belong to; NULL: none yet */
+    size_t c0;                 /* first channel of the chunk they cover */
+    _Alignas(64) float s[KVD_ATTN_CHUNK];
+    _Alignas(64) float z[KVD_ATTN_CHUNK];
+    _Alignas(64) float sz[2 * KVD_ATTN_CHUNK]; /* the interleaved {s, z} as read */
+} simd_kivi_cache;
+
+/* Groups of a U4G/U2G row one chunk may touch, vector path (group is a
+ * multiple of W >= 8): KVD_ATTN_CHUNK / 8 plus one partial at each end. */
+#define SIMD_MAX_CHUNK_GROUPS (KVD_ATTN_CHUNK / 8 + 2)
+
+/* What one channel chunk decodes with: the format's fixed geometry, worked
+ * out once per segment and chunk (divisions stay out of the rows). */
+typedef struct simd_chunk {
+    kvd_row_format f;
+    size_t d, c0, c1;
+    uint32_t group;
+    size_t g0, g1;       /* U4G/U2G: groups [g0, g1) overlap channels [c0, c1) */
+    size_t codes;        /* U4G/U2G: byte offset of the codes in a row;
+                            KIVI: bytes of one token's codes */
+    int vector_groups;   /* U4G/U2G: group is whole vectors (else scalar) */
+} simd_chunk;
+
+/* Channels [c0, c1) of row/token t of `unit` -> out[0..c1-c0), bit for bit
+ * what kvd_dequant_range_ref gives: the f16/bf16/int8 decodes are exact,
+ * and z + s*q rounds once either way because s*q (an 11-bit half times a
+ * code of <= 4 bits) is exact in f32. c0 is a multiple of KVD_ATTN_CHUNK, so
+ * vectors start on whole bytes of packed codes. Vector paths need U4G/U2G
+ * groups of whole vectors; other groups and the tail of an odd head_dim
+ * take the scalar reference. Always inlined into a loop over one format,
+ * so the switch folds away. */
+SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restrict unit, size_t t,
+                              simd_kivi_cache *restrict kc, const float *restrict sz,
+                              float *restrict out)
+{
+    const size_t c0 = ch->c0, c1 = ch->c1;
+    size_t c = c0;
+    switch (ch->f) {
+    case KVD_ROW_F32:
+        memcpy(out, unit + 4 * c0, (c1 - c0) * sizeof *out);
+        return;
+    case KVD_ROW_F16:
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_f16(unit + 2 * c));
+        break;
+    case KVD_ROW_BF16:
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_bf16(unit + 2 * c));
+        break;
+    case KVD_ROW_I8: {
+        float s;
+        memcpy(&s, unit, sizeof s);
+        const vf vs = v_set1(s);
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_mul(v_i8(unit + 4 + c), vs));
+        break;
+    }
+    case KVD_ROW_U4G:
+    case KVD_ROW_U2G: {
+        if (!ch->vector_groups)
+            break; /* a vector would straddle two groups: scalar */
+        /* sz: {s, z} of the chunk's groups as f32, decoded beforehand for
+         * the whole block (simd_rows). Running pointers and counts, no
+         * index arithmetic per vector: the chunk's whole vectors, group by
+         * group (the first group of a chunk past the first may have
+         * started in the previous chunk). */
+        const int four = ch->f == KVD_ROW_U4G;
+        const unsigned char *restrict pc = unit + ch->codes + (four ? c0 / 2 : c0 / 4);
+        const size_t step = four ? KVD_SIMD_W / 2 : KVD_SIMD_W / 4; /* code bytes per vector */
+        float *restrict po = out;
+        size_t left = (c1 - c0) / KVD_SIMD_W;
+        size_t in_group = ((ch->g0 + 1) * ch->group - c0) / KVD_SIMD_W;
+        const size_t per_group = ch->group / KVD_SIMD_W;
+        for (size_t gi = 0; left > 0; gi++, in_group = per_group) {
+            const size_t nv = in_group < left ? in_group : left;
+            left -= nv;
+            if (four) {
+                const vgroup vg = v_group4(sz[2 * gi], sz[2 * gi + 1]);
+                for (size_t k = 0; k < nv; k++, po += KVD_SIMD_W, pc += step)
+                    v_store(po, v_dq4(pc, &vg));
+            } else {
+                const vgroup vg = v_group2(sz[2 * gi], sz[2 * gi + 1]);
+                for (size_t k = 0; k < nv; k++, po += KVD_SIMD_W, pc += step)
+                    v_store(po, v_dq2(pc, &vg));
+            }
+        }
+        c = c0 + (size_t)(po - out); /* the tail of an odd head_dim: scalar */
+        break;
+    }
+    case KVD_ROW_KIVI4_KEYS:
+    case KVD_ROW_KIVI2_KEYS: {
+        if (kc->unit != unit || kc->c0 != c0) {
+            /* A new block (every `group` tokens): its channels' {s, z}. */
+            simd_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
+            for (size_t i = 0; i < c1 - c0; i++) {
+                kc->s[i] = kc->sz[2 * i];
+                kc->z[i] = kc->sz[2 * i + 1];
+            }
+            kc->unit = unit;
+            kc->c0 = c0;
+        }
+        const unsigned char *restrict codes = unit + 4 * ch->d + t * ch->codes;
+        /* KIVI keys: channel c's scale and minimum hold for every token of
+         * the block, so the per-channel vectors come from the cache. */
+        if (ch->f == KVD_ROW_KIVI4_KEYS)
+            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+                v_store(out + (c - c0), v_fma(v_u4(codes + c / 2), v_load(kc->s + (c - c0)),
+                                              v_load(kc->z + (c - c0))));
+        else
+            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+                v_store(out + (c - c0), v_fma(v_u2(codes + c / 4), v_load(kc->s + (c - c0)),
+                                              v_load(kc->z + (c - c0))));
+        break;
+    }
+    }
+    if (c < c1)
+        kvd_dequant_range_ref(ch->f, unit, t, ch->d, ch->group, c, c1, out + (c - c0));
+}
+
+/* ---- the kernel ----------------------------------------------------------- */
+
+/* Chunk descriptors worked out once per segment: head_dim up to 4096 (the
+ * API's limit); beyond, they are worked out per block. */
+#define SIMD_CHUNKS (4096 / KVD_ATTN_CHUNK)
+
+/* Online softmax state and scratch of one chunk of heads (on the stack of
+ * the kernel: ~32 KiB, no allocation; worker threads have MiB stacks). */
+typedef struct simd_state {
+    float m[KVD_ATTN_MAX_GROUP]; /* running max per head */
+    float l[KVD_ATTN_MAX_GROUP]; /* running sum of exp(s - m) per head */
+    _Alignas(64) float s[KVD_ATTN_MAX_GROUP][KVD_ATTN_BLOCK]; /* scores, then weights */
+    _Alignas(64) float tile[KVD_ATTN_BLOCK * KVD_ATTN_CHUNK]; /* [nb][chunk] f32 */
+    simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
+    simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
+} simd_state;
+
+/* The decode of one chunk [c0, c1) of format f (division-free afterwards). */
+static inline simd_chunk simd_chunk_of(kvd_row_format f, size_t d, uint32_t group, size_t c0,
+                                       size_t c1)
+{
+    simd_chunk ch = {.f = f, .d = d, .c0 = c0, .c1 = c1, .group = group};
+    if (f == KVD_ROW_U4G || f == KVD_ROW_U2G) {
+        ch.g0 = c0 / group;
+        ch.g1 = (c1 + group - 1) / group;
+        ch.codes = 4 * ((d + group - 1) / group);
+        ch.vector_groups = group % KVD_SIMD_W == 0;
+    } else if (kvd_row_is_block(f)) {
+        ch.codes = (d * (f == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8;
+    }
+    return ch;
+}
+
+/* One case of simd_rows: decodes rows unit[0..nb) (tokens t[]) into the
+ * tile ([nb][c1 - c0]) with the format a constant, so the inlined decode is
+ * that format's loop alone (the switch on the format stays outside the
+ * loop over rows). */
+#define SIMD_DECODE_ROWS(fmt)                                                          \
+    case fmt: {                                                                        \
+        simd_chunk ch = ch0;                                                           \
+        ch.f = fmt;                                                                    \
+        for (size_t b = 0; b < nb; b++)                                                \
+            simd_dequant(&ch, unit[b], t[b], kc, sz + b * SIMD_SZ_STRIDE,              \
+                         tile + b * (c1 - c0));                                        \
+        break;                                                                         \
+    }
+
+/* Floats of decoded {s, z} per row of a block (U4G/U2G). */
+#define SIMD_SZ_STRIDE (2 * SIMD_MAX_CHUNK_GROUPS)
+
+/* Points rows[0..nb) at channels [ch0->c0, ch0->c1) of the block's rows:
+ * in place for f32, else dequantized into the tile. */
+KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char *const *unit,
+                                    const size_t *t, size_t nb, simd_kivi_cache *kc,
+                                    float *restrict tile, const float **rows)
+{
+    const simd_chunk ch0 = *ch0p;
+    const size_t c0 = ch0.c0, c1 = ch0.c1;
+    if (ch0.f == KVD_ROW_F32) {
+        for (size_t b = 0; b < nb; b++)
+            rows[b] = (const float *)unit[b] + c0;
+        return;
+    }
+    for (size_t b = 0; b < nb; b++)
+        rows[b] = tile + b * (c1 - c0);
+    /* U4G/U2G: every row's group scales and minimums first, one F16C
+     * conversion per row, then the rows' codes, broadcasting s and z from
+     * this small array. */
+    _Alignas(64) float sz[KVD_ATTN_BLOCK * SIMD_SZ_STRIDE];
+    if ((ch0.f == KVD_ROW_U4G || ch0.f == KVD_ROW_U2G) && ch0.vector_groups)
+        for (size_t b = 0; b < nb; b++)
+            simd_halves(unit[b] + 4 * ch0.g0, 2 * (ch0.g1 - ch0.g0), sz + b * SIMD_SZ_STRIDE);
+    switch (ch0.f) {
+        SIMD_DECODE_ROWS(KVD_ROW_F16)
+        SIMD_DECODE_ROWS(KVD_ROW_BF16)
+        SIMD_DECODE_ROWS(KVD_ROW_I8)
+        SIMD_DECODE_ROWS(KVD_ROW_U4G)
+        SIMD_DECODE_ROWS(KVD_ROW_U2G)
+        SIMD_DECODE_ROWS(KVD_ROW_KIVI4_KEYS)
+        SIMD_DECODE_ROWS(KVD_ROW_KIVI2_KEYS)
+    case KVD_ROW_F32:
+        break;
+    }
+}
+
+/* Walks the slots of a view in order without a division per slot: page p,
+ * index i in it and, for KIVI key blocks, block kb and token kt in it
+ * (attention.h: slots_per_page is a multiple of group for KIVI views, so
+ * blocks restart with pages). */
+typedef struct simd_cursor {
+    size_t p, i, kb, kt;
+} simd_cursor;
+
+KVD_SIMD_ATTR static inline void simd_cursor_next(simd_cursor *c, size_t spp, uint32_t group)
+{
+    if (++c->kt == group) {
+        c->kt = 0;
+        c->kb++;
+    }
+    if (++c->i == spp) {
+        c->p++;
+        c->i = c->kb = c->kt = 0;
+    }
+}
+
+/* Asks for bytes [p, p + n) in L1 ahead of use. */
+KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
+{
+    for (size_t o = 0; o < n; o += 64)
+        _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+    _mm_prefetch((const char *)p + n - 1, _MM_HINT_T0); /* a row may end in one more line */
+}
+
+/* The bytes slot `c` will be read from: its key row (KIVI: its token's
+ * codes, and the block's scales at its first token) and its value row.
+ * Decoding a block from a tile leaves the memory system idle while the
+ * heads compute on it; asking for the next block meanwhile keeps the
+ * reads and the arithmetic overlapped (the hardware prefetcher alone
+ * restarts at every page, and pages need not be in address order). */
+KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, const simd_cursor *c,
+                                                    size_t ks, size_t vs, int k_block,
+                                                    size_t k_codes)
+{
+    const unsigned char *page = kv->pages[c->p];
+    if (k_block) {
+        const unsigned char *blk = page + kv->k_offset + c->kb * ks;
+        if (c->kt == 0)
+            simd_prefetch(blk, 4 * kv->head_dim);
+        simd_prefetch(blk + 4 * kv->head_dim + c->kt * k_codes, k_codes);
+    } else {
+        simd_prefetch(page + kv->k_offset + c->i * ks, ks);
+    }
+    simd_prefetch(page + kv->v_offset + c->i * vs, vs); /* values are per-token rows */
+}
+
+/* Folds the first n slots of kv into the state of heads q[0..g) with
+ * un-normalized accumulators o[0..g) ([g][d]). */
+KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const float *restrict q,
+                                       size_t g, float scale, float *restrict o,
+                                       simd_state *restrict st)
+{
+    const size_t d = kv->head_dim, spp = kv->slots_per_page;
+    const size_t ks = kvd_kv_k_stride(kv), vs = kvd_kv_v_stride(kv);
+    const int k_block = kvd_row_is_block(kv->k_format), v_block = kvd_row_is_block(kv->v_format);
+    st->kc.unit = NULL; /* block headers of another segment are stale */
+    st->vc.unit = NULL;
+    for (size_t c0 = 0, ci = 0; c0 < d && ci < SIMD_CHUNKS; c0 += KVD_ATTN_CHUNK, ci++) {
+        const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
+        st->kch[ci] = simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
+        st->vch[ci] = simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
+    }
+    simd_cursor cur = {0, 0, 0, 0}, ahead = {0, 0, 0, 0};
+    /* KIVI: bytes of one token's key codes */
+    const size_t k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
+    for (size_t j = 0; j < KVD_ATTN_BLOCK && j < n; j++)
+        simd_cursor_next(&ahead, spp, kv->group);
+
+    for (size_t j0 = 0; j0 < n; j0 += KVD_ATTN_BLOCK) {
+        const size_t nb = n - j0 < KVD_ATTN_BLOCK ? n - j0 : KVD_ATTN_BLOCK;
+        const unsigned char *ku[KVD_ATTN_BLOCK], *vu[KVD_ATTN_BLOCK]; /* may straddle pages */
+        size_t kt[KVD_ATTN_BLOCK], vt[KVD_ATTN_BLOCK];
+        const float *rows[KVD_ATTN_BLOCK];
+        for (size_t b = 0; b < nb; b++) {
+            const unsigned char *page = kv->pages[cur.p];
+            ku[b] = page + kv->k_offset + (k_block ? cur.kb : cur.i) * ks;
+            kt[b] = k_block ? cur.kt : 0;
+            vu[b] = page + kv->v_offset + (v_block ? cur.kb : cur.i) * vs;
+            vt[b] = v_block ? cur.kt : 0;
+            simd_cursor_next(&cur, spp, kv->group);
+        }
+        /* the next block, one block ahead */
+        for (size_t b = 0; b < KVD_ATTN_BLOCK && j0 + KVD_ATTN_BLOCK + b < n; b++) {
+            simd_prefetch_slot(kv, &ahead, ks, vs, k_block, k_codes);
+            simd_cursor_next(&ahead, spp, kv->group);
+        }
+
+        /* Scores. Heads inner: the block's keys are read (and decoded) once
+         * and reused from L1 by every head of the group; a head_dim above
+         * one chunk sums the scores over the chunks. */
+        for (size_t c0 = 0, ci = 0; c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
+            const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
+            const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
+                                                    : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
+            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows);
+            for (size_t h = 0; h < g; h++) {
+                const float *restrict qh = q + h * d + c0;
+                if (c0 == 0) {
+                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h]);
+                    continue;
+                }
+                _Alignas(64) float part[KVD_ATTN_BLOCK];
+                simd_dot_block(qh, rows, nb, c1 - c0, part);
+                for (size_t b = 0; b < nb; b++)
+                    st->s[h][b] += part[b];
+            }
+        }
+
+        /* Online softmax: moving the reference point from m to a larger
+         * block max multiplies what was accumulated by exp(m - max) <= 1;
+         * every exponent below is <= 0, so huge scores stay finite. */
+        for (size_t h = 0; h < g; h++) {
+            float *restrict s = st->s[h];
+            const vf vscale = v_set1(scale);
+            for (size_t b = nb; b < KVD_ATTN_BLOCK; b++)
+                s[b] = 0.0f; /* a short last block: defined lanes to scale */
+            for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
+                v_store(s + b, v_mul(v_load(s + b), vscale));
+            /* Padding after scaling (a negative scale would turn -inf into
+             * +inf): weight exactly 0. */
+            for (size_t b = nb; b < KVD_ATTN_BLOCK; b++)
+                s[b] = -INFINITY;
+            vf vmax = v_load(s);
+            for (size_t b = KVD_SIMD_W; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
+                vmax = v_max(vmax, v_load(s + b));
+            const float bmax = v_hmax(vmax);
+            if (bmax > st->m[h]) {
+                const float alpha = expf(st->m[h] - bmax);
+                simd_scale(o + h * d, alpha, d);
+                st->l[h] *= alpha;
+                st->m[h] = bmax;
+            }
+            const vf vm = v_set1(st->m[h]);
+            vf vsum = v_zero();
+            for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W) {
+                const vf p = v_exp(v_sub(v_load(s + b), vm));
+                v_store(s + b, p);
+                vsum = v_add(vsum, p);
+            }
+            st->l[h] += v_hsum(vsum);
+        }
+
+        /* Values: decoded once per chunk into the same tile, then every
+         * head adds its weighted rows. */
+        for (size_t c0 = 0, ci = 0; c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
+            const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
+            const simd_chunk vch = ci < SIMD_CHUNKS ? st->vch[ci]
+                                                    : simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
+            simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows);
+            for (size_t h = 0; h < g; h++)
+                simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0);
+        }
+    }
+}
+
+KVD_SIMD_ATTR void KVD_SIMD_FN(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
+                               size_t n_q, float scale, float *restrict o)
+{
+    if (n_seg == 0 || n_q == 0)
+        return; /* no view names head_dim: nothing to write */
+    const size_t d = seg[0].kv.head_dim;
 
     /* o doubles as the un-normalized accumulator: o[h] = sum_j p_j * v_j. */
     memset(o, 0, n_q * d * sizeof *o);
-    if (n_visible == 0)
+    size_t total = 0;
+    for (size_t s = 0; s < n_seg; s++)
+        total += seg[s].n;
+    if (total == 0)
         return; /* a softmax over no tokens has no mass to spread: zeros */
 
+    simd_state st;
     for (size_t h0 = 0; h0 < n_q; h0 += KVD_ATTN_MAX_GROUP) {
         const size_t g = n_q - h0 < KVD_ATTN_MAX_GROUP ? n_q - h0 : KVD_ATTN_MAX_GROUP;
-        float m[KVD_ATTN_MAX_GROUP]; /* running max per head */
-        float l[KVD_ATTN_MAX_GROUP]; /* running sum of exp(s - m) per head */
         /* -FLT_MAX rather than -inf: the first block's rescale factor
          * exp(-FLT_MAX - max) is then an ordinary 0, no special case. */
         for (size_t h = 0; h < g; h++) {
-            m[h] = -FLT_MAX;
-            l[h] = 0.0f;
+            st.m[h] = -FLT_MAX;
+            st.l[h] = 0.0f;
         }
-
-        for (size_t j0 = 0; j0 < n_visible; j0 += KVD_ATTN_BLOCK) {
-            const size_t nb = n_visible - j0 < KVD_ATTN_BLOCK ? n_visible - j0 : KVD_ATTN_BLOCK;
-            const float *krow[KVD_ATTN_BLOCK]; /* rows may straddle a page boundary */
-            const float *vrow[KVD_ATTN_BLOCK];
-            for (size_t b = 0; b < nb; b++) {
-                krow[b] = kvd_kv_key(kv, j0 + b);
-                vrow[b] = kvd_kv_value(kv, j0 + b);
-            }
-
-            /* Heads inner: the block's K and V rows come from memory once and
-             * are reused from L1 by every head of the group. */
-            for (size_t h = 0; h < g; h++) {
-                const float *restrict qh = q + (h0 + h) * d;
-                float *restrict acc = o + (h0 + h) * d;
-                _Alignas(64) float s[KVD_ATTN_BLOCK]; /* scores, then weights */
-
-                size_t b = 0;
-                for (; b + 4 <= nb; b += 4)
-                    simd_dot4(qh, krow + b, d, s + b);
-                for (; b < nb; b++)
-                    s[b] = simd_dot(qh, krow[b], d);
-                float bmax = -INFINITY;
-                for (b = 0; b < nb; b++) {
-                    s[b] *= scale;
-                    bmax = s[b] > bmax ? s[b] : bmax;
-                }
-                for (b = nb; b < KVD_ATTN_BLOCK; b++)
-                    s[b] = -INFINITY; /* padding: weight exactly 0 */
-
-                /* Online softmax: moving the reference point from m to a larger
-                 * block max multiplies what was accumulated by exp(m - max) <= 1;
-                 * every exponent below is <= 0, so huge scores stay finite. */
-                if (bmax > m[h]) {
-                    const float alpha = expf(m[h] - bmax);
-                    simd_scale(acc, alpha, d);
-                    l[h] *= alpha;
-                    m[h] = bmax;
-                }
-                const vf vm = v_set1(m[h]);
-                vf vsum = v_zero();
-                for (b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W) {
-                    const vf p = v_exp(v_sub(v_load(s + b), vm));
-                    v_store(s + b, p);
-                    vsum = v_add(vsum, p);
-                }
-                l[h] += v_hsum(vsum);
-                simd_accumulate(acc, s, vrow, nb, d);
-            }
-        }
+        /* One softmax over the segments in order, as if concatenated. */
+        for (size_t s = 0; s < n_seg; s++)
+            if (seg[s].n > 0)
+                simd_segment(&seg[s].kv, seg[s].n, q + h0 * d, g, scale, o + h0 * d, &st);
 
         /* l >= 1: the key that set the final max contributed exp(0). */
         for (size_t h = 0; h < g; h++)
-            simd_scale(o + (h0 + h) * d, 1.0f / l[h], d);
+            simd_scale(o + (h0 + h) * d, 1.0f / st.l[h], d);
     }
 }

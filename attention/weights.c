@@ -1,42 +1,69 @@
 /* attention/weights.c — heavy-hitter scoring for h2o eviction: the softmax
  * weight each cached slot receives from a group of query heads, added into a
- * per-slot accumulator. Scalar reference (kvd_attention_weights_ref); the
- * scores are computed exactly as kvd_attend_group_ref computes them. */
+ * per-slot accumulator, over a stream's segments in any row format. Scalar
+ * reference (kvd_attention_weights_ref); scores are computed from the same
+ * dequantized keys kvd_attend_ref sees (kvd_dequant_range_ref). */
 #include <math.h>
 
 #include "attention/attention.h"
+#include "attention/kernels.h"
 
-void kvd_attention_weights_ref(const kvd_kv_pages *kv, size_t n_visible, const float *restrict q,
+/* Channels of a key decoded at a time: a fixed stack buffer for any head_dim. */
+#define WEIGHTS_CHUNK 256
+
+/* scale * <q, k_j> for slot j of one view, decoding the key chunk by chunk. */
+static float score(const kvd_kv_pages *kv, size_t ks, size_t j, const float *restrict q,
+                   float scale)
+{
+    const size_t d = kv->head_dim;
+    float buf[WEIGHTS_CHUNK];
+    size_t t;
+    const unsigned char *unit = kvd_kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &t);
+    float dot = 0.0f;
+    for (size_t c0 = 0; c0 < d; c0 += WEIGHTS_CHUNK) {
+        const size_t c1 = d - c0 < WEIGHTS_CHUNK ? d : c0 + WEIGHTS_CHUNK;
+        kvd_dequant_range_ref(kv->k_format, unit, t, d, kv->group, c0, c1, buf);
+        for (size_t c = c0; c < c1; c++)
+            dot += q[c] * buf[c - c0];
+    }
+    return scale * dot;
+}
+
+void kvd_attention_weights_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
                                size_t n_q, float scale, float *restrict scratch,
                                float *restrict acc)
 {
-    if (n_visible == 0)
+    size_t total = 0;
+    for (size_t s = 0; s < n_seg; s++)
+        total += seg[s].n;
+    if (total == 0)
         return; /* no slot to give weight to */
-    const size_t d = kv->head_dim;
+    const size_t d = seg[0].kv.head_dim;
     for (size_t h = 0; h < n_q; h++) {
         const float *restrict qh = q + h * d;
-        /* Pass 1: scores (f32 dot in key order, as the attention kernel) and
-         * their max, so that every exponent below is <= 0. */
+        /* Pass 1: scores of every segment's slots, numbered across the
+         * segments in order (f32 dot in channel order, as the attention
+         * kernel), and their max, so that every exponent below is <= 0. */
         float mx = -INFINITY;
-        for (size_t j = 0; j < n_visible; j++) {
-            const float *restrict k = kvd_kv_key(kv, j);
-            float dot = 0.0f;
-            for (size_t i = 0; i < d; i++)
-                dot += qh[i] * k[i];
-            scratch[j] = scale * dot;
-            if (scratch[j] > mx)
-                mx = scratch[j];
+        for (size_t s = 0, j0 = 0; s < n_seg; j0 += seg[s].n, s++) {
+            const kvd_kv_pages *kv = &seg[s].kv;
+            const size_t ks = seg[s].n ? kvd_kv_k_stride(kv) : 0;
+            for (size_t j = 0; j < seg[s].n; j++) {
+                scratch[j0 + j] = score(kv, ks, j, qh, scale);
+                if (scratch[j0 + j] > mx)
+                    mx = scratch[j0 + j];
+            }
         }
         /* Pass 2: exp and their sum. The sum is >= 1 (the max contributes
          * exp(0)) and in double so that n = 128k small terms add up exactly
          * enough for the weights of one head to sum to 1 within f32 rounding. */
         double sum = 0.0;
-        for (size_t j = 0; j < n_visible; j++) {
+        for (size_t j = 0; j < total; j++) {
             scratch[j] = expf(scratch[j] - mx);
             sum += scratch[j];
         }
         const float inv = (float)(1.0 / sum);
-        for (size_t j = 0; j < n_visible; j++)
+        for (size_t j = 0; j < total; j++)
             acc[j] += scratch[j] * inv;
     }
 }

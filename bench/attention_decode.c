@@ -199,9 +199,9 @@ static void run(size_t n)
         for (int r = 0; r < reps; r++) {
             double t0 = now();
             for (int g = 0; g < KV_HEADS; g++) {
-                kvd_kv_pages view = kvd_stream_view(&streams[g]);
-                all[kk].attend_group(&view, n, q + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM,
-                                     HEADS / KV_HEADS, scale, o + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM);
+                kvd_kv_segment seg = {kvd_stream_view(&streams[g]), n};
+                all[kk].attend(&seg, 1, q + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM, HEADS / KV_HEADS,
+                               scale, o + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM);
             }
             t[r] = now() - t0;
         }

@@ -1,7 +1,9 @@
-/* tests/attention/test_standard.c — standard attention kernels against an
- * independent double-precision oracle (plain two-pass softmax), and the SIMD
- * kernels against kvd_attend_group_ref. Caches are built here by hand over
- * malloc'd 64-byte-aligned pages, so this test depends on attention/ only. */
+/* tests/attention/test_standard.c — standard attention kernels on f32 caches
+ * against an independent double-precision oracle (plain two-pass softmax),
+ * the SIMD kernels against kvd_attend_ref, and a cache split into several
+ * segments against the same cache as one. Caches are built here by hand over
+ * malloc'd 64-byte-aligned pages, so this test depends on attention/ only
+ * (quantized formats: tests/cache/test_quant_attention.c). */
 #include <check.h>
 #include <float.h>
 #include <math.h>
@@ -12,6 +14,16 @@
 
 #include "attention/attention.h"
 #include "attention/kernels.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+/* F16C (CPUID leaf 1, ECX bit 29), as dispatch.c checks it. */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
 
 /* Tolerances. Outputs are convex combinations of value rows, so errors are
  * measured against maxv = max |v| over the visible rows:
@@ -157,7 +169,7 @@ static double error_bound(const test_cache *c, const float *q, float scale, int 
     return maxv * (ATTN_REL_TOL + (exact_scores ? 0.0 : ATTN_SCORE_TOL * smax));
 }
 
-typedef void (*attend_fn)(const kvd_kv_pages *, size_t, const float *, size_t, float, float *);
+typedef void (*attend_fn)(const kvd_kv_segment *, size_t, const float *, size_t, float, float *);
 
 /* Runs fn over the first n_visible rows of c (c->n == n_visible) for n_q
  * random query heads and checks every output against the oracle. */
@@ -170,7 +182,8 @@ static void check_kernel(const char *name, attend_fn fn, const test_cache *c, co
     ck_assert(o && want);
     for (size_t i = 0; i < n_q * d; i++)
         o[i] = 12345.0f; /* must all be overwritten */
-    fn(&c->kv, c->n, q, n_q, scale, o);
+    const kvd_kv_segment seg = {.kv = c->kv, .n = c->n};
+    fn(&seg, 1, q, n_q, scale, o);
     for (size_t h = 0; h < n_q; h++) {
         oracle(c->k, c->v, c->n, d, q + h * d, scale, want);
         const double tol = error_bound(c, q + h * d, scale, exact_scores);
@@ -230,7 +243,7 @@ START_TEST(test_kernels_match_oracle)
                     float *q = random_queries(n_q, d, -1.0f, 1.0f);
                     for (size_t sc = 0; sc < sizeof scales / sizeof *scales; sc++)
                         for (size_t ki = 0; ki < n_kernels; ki++)
-                            check_kernel(kernels[ki].name, kernels[ki].attend_group, &c, q,
+                            check_kernel(kernels[ki].name, kernels[ki].attend, &c, q,
                                          n_q, scales[sc], 0);
                     free(q);
                 }
@@ -256,7 +269,7 @@ START_TEST(test_random_long_caches)
         cache_build(&c, n, d, spp, -2.0f, 2.0f);
         float *q = random_queries(n_q, d, -2.0f, 2.0f);
         for (size_t ki = 0; ki < n_kernels; ki++)
-            check_kernel(kernels[ki].name, kernels[ki].attend_group, &c, q, n_q, scale, 0);
+            check_kernel(kernels[ki].name, kernels[ki].attend, &c, q, n_q, scale, 0);
         free(q);
         cache_free(&c);
     }
@@ -285,7 +298,7 @@ START_TEST(test_large_scores_stay_finite)
             for (size_t i = 0; i < n_q * d; i++)
                 q[i] = offsets[oi] + (float)(rng_next() % 8); /* ties and gaps of 1 */
             for (size_t ki = 0; ki < n_kernels; ki++)
-                check_kernel(kernels[ki].name, kernels[ki].attend_group, &c, q, n_q, 1.0f, 1);
+                check_kernel(kernels[ki].name, kernels[ki].attend, &c, q, n_q, 1.0f, 1);
             free(q);
             cache_free(&c);
         }
@@ -298,7 +311,7 @@ START_TEST(test_large_scores_stay_finite)
         cache_build(&c, 50, d, 16, -30.0f, 30.0f);
         float *q = random_queries(8, d, -30.0f, 30.0f);
         for (size_t ki = 0; ki < n_kernels; ki++)
-            check_kernel(kernels[ki].name, kernels[ki].attend_group, &c, q, 8, 1.0f, 0);
+            check_kernel(kernels[ki].name, kernels[ki].attend, &c, q, 8, 1.0f, 0);
         free(q);
         cache_free(&c);
     }
@@ -315,33 +328,43 @@ START_TEST(test_group_larger_than_chunk)
     cache_build(&c, 41, d, 6, -1.0f, 1.0f);
     float *q = random_queries(n_q, d, -1.0f, 1.0f);
     for (size_t ki = 0; ki < n_kernels; ki++)
-        check_kernel(kernels[ki].name, kernels[ki].attend_group, &c, q, n_q, 0.5f, 0);
+        check_kernel(kernels[ki].name, kernels[ki].attend, &c, q, n_q, 0.5f, 0);
     free(q);
     cache_free(&c);
 }
 END_TEST
 
-/* n_visible == 0 writes zeros (and reads no page: the table may be empty). */
+/* No visible slot writes zeros (and reads no page: the tables may be empty). */
 START_TEST(test_zero_visible_writes_zeros)
 {
     size_t n_kernels;
     const kvd_attention_kernels *kernels = kvd_attention_kernels_all(&n_kernels);
-    const kvd_kv_pages kv = {.pages = NULL, .slots_per_page = 4, .head_dim = 9,
-                             .k_offset = 0, .v_offset = 256};
+    const kvd_kv_segment seg[2] = {
+        {.kv = {.pages = NULL, .slots_per_page = 4, .head_dim = 9, .k_offset = 0,
+                .v_offset = 256}, .n = 0},
+        {.kv = {.pages = NULL, .slots_per_page = 4, .head_dim = 9, .k_offset = 0,
+                .v_offset = 256, .k_format = KVD_ROW_U4G, .v_format = KVD_ROW_I8,
+                .group = 4}, .n = 0}};
     float q[3 * 9], o[3 * 9];
     for (size_t i = 0; i < 3 * 9; i++)
         q[i] = 1.0f;
     for (size_t ki = 0; ki < n_kernels; ki++) {
         for (size_t i = 0; i < 3 * 9; i++)
             o[i] = NAN;
-        kernels[ki].attend_group(&kv, 0, q, 3, 1.0f, o);
+        kernels[ki].attend(seg, 2, q, 3, 1.0f, o); /* two empty segments */
+        for (size_t i = 0; i < 3 * 9; i++)
+            ck_assert_msg(o[i] == 0.0f, "%s: o[%zu] = %g", kernels[ki].name, i, (double)o[i]);
+        for (size_t i = 0; i < 3 * 9; i++)
+            o[i] = NAN;
+        kernels[ki].attend(seg, 1, q, 3, 1.0f, o); /* one */
         for (size_t i = 0; i < 3 * 9; i++)
             ck_assert_msg(o[i] == 0.0f, "%s: o[%zu] = %g", kernels[ki].name, i, (double)o[i]);
     }
 }
 END_TEST
 
-/* SIMD kernels agree with kvd_attend_group_ref (its f32 twin). */
+/* SIMD kernels agree with kvd_attend_ref (their scalar twin), and the
+ * one-segment wrapper kvd_attend_group_ref is kvd_attend_ref exactly. */
 START_TEST(test_kernels_agree_with_ref)
 {
     size_t n_kernels;
@@ -356,9 +379,12 @@ START_TEST(test_kernels_agree_with_ref)
         float *q = random_queries(n_q, d, -1.5f, 1.5f);
         float *ref = malloc(n_q * d * sizeof *ref), *o = malloc(n_q * d * sizeof *o);
         ck_assert(ref && o);
-        kvd_attend_group_ref(&c.kv, n, q, n_q, scale, ref);
+        const kvd_kv_segment seg = {.kv = c.kv, .n = n};
+        kvd_attend_ref(&seg, 1, q, n_q, scale, ref);
+        kvd_attend_group_ref(&c.kv, n, q, n_q, scale, o);
+        ck_assert_mem_eq(o, ref, n_q * d * sizeof *o);
         for (size_t ki = 1; ki < n_kernels; ki++) {
-            kernels[ki].attend_group(&c.kv, n, q, n_q, scale, o);
+            kernels[ki].attend(&seg, 1, q, n_q, scale, o);
             for (size_t h = 0; h < n_q; h++) {
                 const double tol = KERNEL_VS_REF_FACTOR * error_bound(&c, q + h * d, scale, 0);
                 for (size_t i = 0; i < d; i++)
@@ -376,12 +402,67 @@ START_TEST(test_kernels_agree_with_ref)
 }
 END_TEST
 
+/* A cache cut into segments (at page boundaries and inside pages, with
+ * empty segments between) gives the answer of the whole cache: the online
+ * softmax state carries across segments. Each segment is its own view (its
+ * block table starts at the segment's first page). */
+START_TEST(test_segments_equal_whole)
+{
+    size_t n_kernels;
+    const kvd_attention_kernels *kernels = kvd_attention_kernels_all(&n_kernels);
+    for (int iter = 0; iter < 30; iter++) {
+        const size_t d = head_dims[rng_next() % (sizeof head_dims / sizeof *head_dims)];
+        const size_t spp = 1 + rng_next() % 12, n_pages = 1 + rng_next() % 8;
+        const size_t n_q = group_sizes[rng_next() % (sizeof group_sizes / sizeof *group_sizes)];
+        const size_t n = spp * n_pages;
+        test_cache c;
+        cache_build(&c, n, d, spp, -1.5f, 1.5f);
+        /* segment boundaries at page starts: page p starts slot p * spp */
+        kvd_kv_segment seg[2 * 8 + 1];
+        size_t n_seg = 0;
+        for (size_t p = 0; p < n_pages; p++) {
+            seg[n_seg].kv = c.kv;
+            seg[n_seg].kv.pages = (const unsigned char *const *)c.pages + p;
+            seg[n_seg].n = spp;
+            n_seg++;
+            if (rng_next() % 3 == 0) { /* an empty segment in between */
+                seg[n_seg] = seg[n_seg - 1];
+                seg[n_seg].n = 0;
+                n_seg++;
+            }
+        }
+        float *q = random_queries(n_q, d, -1.5f, 1.5f);
+        float *whole = malloc(n_q * d * sizeof *whole), *o = malloc(n_q * d * sizeof *o);
+        ck_assert(whole && o);
+        for (size_t ki = 0; ki < n_kernels; ki++) {
+            const kvd_kv_segment one = {.kv = c.kv, .n = n};
+            kernels[ki].attend(&one, 1, q, n_q, 0.4f, whole);
+            kernels[ki].attend(seg, n_seg, q, n_q, 0.4f, o);
+            for (size_t h = 0; h < n_q; h++) {
+                /* Same rows, same order; only where a block of 16 ends (and
+                 * so the f32 rounding of the running sums) may differ. */
+                const double tol = KERNEL_VS_REF_FACTOR * error_bound(&c, q + h * d, 0.4f, 0);
+                for (size_t i = 0; i < d; i++)
+                    if (!(fabs(o[h * d + i] - whole[h * d + i]) <= tol))
+                        ck_abort_msg("%s: %zu segments vs whole: d=%zu n=%zu: %.9g vs %.9g",
+                                     kernels[ki].name, n_seg, d, n, (double)o[h * d + i],
+                                     (double)whole[h * d + i]);
+            }
+        }
+        free(whole);
+        free(o);
+        free(q);
+        cache_free(&c);
+    }
+}
+END_TEST
+
 /* The dispatcher picks the best kernel the CPU has and says so. */
 START_TEST(test_dispatch)
 {
     const kvd_attention_kernels *k = kvd_attention_kernels_get();
     ck_assert_ptr_nonnull(k);
-    ck_assert_ptr_nonnull(k->attend_group);
+    ck_assert_ptr_nonnull(k->attend);
     ck_assert_ptr_eq(k, kvd_attention_kernels_get()); /* chosen once */
     size_t n;
     const kvd_attention_kernels *all = kvd_attention_kernels_all(&n);
@@ -390,7 +471,8 @@ START_TEST(test_dispatch)
     ck_assert_ptr_nonnull(features);
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    const int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                         && cpu_has_f16c();
     const int has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
     ck_assert_str_eq(k->name, has_avx512 ? "avx512" : has_avx2 ? "avx2" : "scalar");
     ck_assert_int_eq(strstr(features, "avx2") != NULL, has_avx2);
@@ -407,13 +489,14 @@ END_TEST
 START_TEST(test_avx2_direct)
 {
     __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+          && cpu_has_f16c()))
         return; /* nothing to test on this CPU */
     for (size_t di = 0; di < sizeof head_dims / sizeof *head_dims; di++) {
         test_cache c;
         cache_build(&c, 53, head_dims[di], 9, -1.0f, 1.0f);
         float *q = random_queries(4, head_dims[di], -1.0f, 1.0f);
-        check_kernel("avx2", kvd_attend_group_avx2, &c, q, 4, 0.7f, 0);
+        check_kernel("avx2", kvd_attend_avx2, &c, q, 4, 0.7f, 0);
         free(q);
         cache_free(&c);
     }
@@ -432,6 +515,7 @@ static Suite *standard_suite(void)
     tcase_add_test(tc, test_group_larger_than_chunk);
     tcase_add_test(tc, test_zero_visible_writes_zeros);
     tcase_add_test(tc, test_kernels_agree_with_ref);
+    tcase_add_test(tc, test_segments_equal_whole);
     tcase_add_test(tc, test_dispatch);
 #if defined(__x86_64__)
     tcase_add_test(tc, test_avx2_direct);
