@@ -6,12 +6,14 @@
  * pool at once. Which token goes first is the policies' business (policy_*.c). */
 #include <assert.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cache/evict.h"
 #include "cache/internal.h"
 #include "cache/policy.h"
+#include "cache/quant.h"
 
 /* Slots an index holds at first; it grows geometrically in evict_reserve. */
 #define INITIAL_CAP 16
@@ -70,10 +72,10 @@ void kvd__evict_heapify(kvd_evict_index *ix)
 
 /* Recency inserts in increasing position order, so sift_up stops at once:
  * O(1) there, O(log n) for the other policies. */
-static void heap_insert(kvd_evict_index *ix, const kvd_stream *s, size_t slot, int64_t position)
+static void heap_insert(kvd_evict_index *ix, size_t slot, int64_t position)
 {
     const kvd__evict_entry e = {
-        .key = ix->policy->key(ix, kvd_stream_meta(s, slot), slot),
+        .key = ix->policy->key(ix, slot),
         .position = position,
         .slot = slot,
     };
@@ -132,9 +134,10 @@ static kvd_evict_index *index_alloc(const kvd__policy *policy, uint32_t sink, ui
     /* calloc checks count * size for overflow */
     ix->heap_pos = calloc(cap, sizeof *ix->heap_pos);
     ix->heap = calloc(cap, sizeof *ix->heap);
-    ix->score = policy->has_scores ? calloc(cap, sizeof *ix->score) : NULL;
+    const bool scores = policy->scores != KVD__SCORE_NONE;
+    ix->score = scores ? calloc(cap, sizeof *ix->score) : NULL;
     ix->ring = ix->ring_cap > 0 ? calloc(ix->ring_cap, sizeof *ix->ring) : NULL;
-    if (ix->heap_pos == NULL || ix->heap == NULL || (policy->has_scores && ix->score == NULL) ||
+    if (ix->heap_pos == NULL || ix->heap == NULL || (scores && ix->score == NULL) ||
         (ix->ring_cap > 0 && ix->ring == NULL)) {
         kvd__evict_free(ix);
         return NULL;
@@ -150,8 +153,38 @@ static bool is_protected(const kvd_evict_index *ix, uint64_t appended, int64_t p
     return p < ix->sink || p + ix->recent >= appended;
 }
 
+/* l2norm on a populated stream: the norm of each stored key, read back
+ * through the reference dequantizer (exact for f32; for a quantized dtype
+ * the stored key's norm, since the one as received is gone). 0 or -ENOMEM. */
+static int index_norms(kvd_evict_index *ix, const kvd_stream *s)
+{
+    if (ix->policy->scores != KVD__SCORE_NORM || s->n_tokens == 0)
+        return 0;
+    const size_t d = s->head_dim;
+    float *row = malloc(d * sizeof *row); /* d <= page bytes / 4: no overflow */
+    if (row == NULL)
+        return -ENOMEM;
+    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
+    for (size_t j = 0; j < s->n_tokens; j++) {
+        kvd_dequant_row_ref(kf, kvd__stream_key(s, j), 0, d, s->fmt.group, row);
+        double sq = 0.0;
+        for (size_t i = 0; i < d; i++)
+            sq += (double)row[i] * row[i];
+        ix->score[j] = sqrt(sq);
+    }
+    free(row);
+    return 0;
+}
+
 int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg)
 {
+    /* KIVI streams do not evict (the API refuses the combination first):
+     * moving the last token into a victim's hole would put it into another
+     * key block, whose per-channel scales cover only its own tokens, so the
+     * block would have to be re-quantized (and its other tokens' error would
+     * change under them). */
+    if (kvd__stream_is_kivi(s))
+        return cfg->policy == KVD_EVICT_NONE ? 0 : -ENOTSUP;
     if (cfg->policy == KVD_EVICT_NONE) {
         kvd__evict_free(s->evict);
         s->evict = NULL;
@@ -162,8 +195,10 @@ int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg)
         return -EINVAL;
     kvd_evict_index *ix = index_alloc(policy, cfg->sink, cfg->recent,
                                       s->n_tokens > INITIAL_CAP ? s->n_tokens : INITIAL_CAP);
-    if (ix == NULL)
+    if (ix == NULL || index_norms(ix, s) != 0) {
+        kvd__evict_free(ix);
         return -ENOMEM;
+    }
 
     /* Index the tokens already there. A stream without an index has never
      * evicted, so every one of the newest min(recent, appended) positions is
@@ -181,7 +216,7 @@ int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg)
         } else if (!is_protected(ix, s->appended, meta->position)) {
             const size_t i = ix->n_heap++;
             heap_set(ix, i, (kvd__evict_entry){
-                .key = policy->key(ix, meta, j), .position = meta->position, .slot = j});
+                .key = policy->key(ix, j), .position = meta->position, .slot = j});
         }
     }
     assert(placed == ix->ring_n && "evict_init on a stream that lost recent tokens");
@@ -271,16 +306,21 @@ int kvd__evict_clone(const kvd_evict_index *src, size_t n_tokens, kvd_evict_inde
 
 /* ---- appending and evicting ---------------------------------------------- */
 
-void kvd__evict_on_append(kvd_stream *s, size_t slot, int64_t position)
+bool kvd__evict_wants_norm(const kvd_evict_index *ix)
+{
+    return ix->policy->scores == KVD__SCORE_NORM;
+}
+
+void kvd__evict_on_append(kvd_stream *s, size_t slot, int64_t position, double key_norm)
 {
     kvd_evict_index *ix = s->evict;
     assert(slot < ix->cap && "kvd_stream_evict_reserve before append");
     ix->heap_pos[slot] = KVD__NOT_IN_HEAP;
     if (ix->score != NULL)
-        ix->score[slot] = 0.0;
+        ix->score[slot] = ix->policy->scores == KVD__SCORE_NORM ? key_norm : 0.0;
     if (ix->recent == 0) {
         if ((uint64_t)position >= ix->sink)
-            heap_insert(ix, s, slot, position);
+            heap_insert(ix, slot, position);
         return;
     }
     /* The ring holds positions position - ring_n .. position - 1. With a
@@ -292,21 +332,22 @@ void kvd__evict_on_append(kvd_stream *s, size_t slot, int64_t position)
         ix->ring_head = (ix->ring_head + 1) % ix->ring_cap;
         ix->ring_n--;
         if ((uint64_t)old_pos >= ix->sink)
-            heap_insert(ix, s, old, old_pos);
+            heap_insert(ix, old, old_pos);
     }
     assert(ix->ring_n < ix->ring_cap);
     ix->ring[(ix->ring_head + ix->ring_n) % ix->ring_cap] = slot;
     ix->ring_n++;
 }
 
-/* Moves the token in slot `from` (the last) to slot `to`: rows, metadata and
- * every index reference to it. Page of `to` is private by now. */
+/* Moves the token in slot `from` (the last) to slot `to`: its stored rows
+ * byte for byte (any per-token dtype: a quantized row carries its own
+ * scales, so it means the same in any slot), metadata and every index
+ * reference to it. Page of `to` is private by now. */
 static void move_slot(kvd_stream *s, size_t from, size_t to)
 {
     kvd_evict_index *ix = s->evict;
-    const size_t row = s->head_dim * sizeof(float);
-    memcpy(kvd__stream_row(s, to, s->k_offset), kvd__stream_row(s, from, s->k_offset), row);
-    memcpy(kvd__stream_row(s, to, s->v_offset), kvd__stream_row(s, from, s->v_offset), row);
+    memcpy(kvd__stream_key(s, to), kvd__stream_key(s, from), s->k_row_bytes);
+    memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
     const kvd_slot_meta meta = *kvd_stream_meta(s, from);
     *kvd_stream_meta(s, to) = meta;
 

@@ -18,7 +18,8 @@
  * oldest tokens ever appended, StreamingLLM's attention sinks) or
  * p >= appended - recent (the newest). Among the others the policy picks:
  *   recency: smallest position;
- *   l2norm:  largest key L2 norm (kvd_slot_meta.key_norm), ties -> smaller position;
+ *   l2norm:  largest key L2 norm (of the f32 key as received, summed in double,
+ *            kept in the index), ties -> smaller position;
  *   h2o:     smallest accumulated softmax weight, ties -> smaller position. */
 typedef struct kvd_evict_config {
     kvd_eviction policy;   /* KVD_EVICT_NONE: streams keep everything */
@@ -26,8 +27,11 @@ typedef struct kvd_evict_config {
 } kvd_evict_config;
 
 /* Attaches an eviction index to an empty or populated stream (it indexes the
- * tokens already there). Returns 0 or -ENOMEM (stream unchanged). A stream
- * with policy none has no index (s->evict == NULL). */
+ * tokens already there; l2norm then takes the norms of the keys as stored).
+ * Returns 0, -ENOMEM (stream unchanged), -EINVAL (not a ranking policy) or
+ * -ENOTSUP (a KIVI stream: moving a token into another key block would
+ * re-quantize that block). A stream with policy none has no index
+ * (s->evict == NULL). */
 int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg);
 
 /* Grows the index for `extra` more tokens; 0 or -ENOMEM with nothing changed.

@@ -24,14 +24,21 @@ typedef struct kvd__evict_entry {
     size_t slot;       /* where the token is now */
 } kvd__evict_entry;
 
+/* What the index's per-slot `score` array holds for a policy. */
+typedef enum kvd__score_kind {
+    KVD__SCORE_NONE,    /* no array (recency) */
+    KVD__SCORE_WEIGHTS, /* accumulated softmax weight, 0 at append (h2o) */
+    KVD__SCORE_NORM,    /* the key's L2 norm, set at append (l2norm) */
+} kvd__score_kind;
+
 typedef struct kvd__policy {
     const char *name;
-    /* Key of a token at the moment it becomes a candidate. */
-    double (*key)(const kvd_evict_index *ix, const kvd_slot_meta *meta, size_t slot);
+    /* Key of the token in `slot` at the moment it becomes a candidate. */
+    double (*key)(const kvd_evict_index *ix, size_t slot);
     /* Called before victims are chosen (NULL: nothing to do); h2o refreshes
      * keys that went stale when weights were added. */
     void (*prepare)(kvd_evict_index *ix);
-    bool has_scores;   /* keeps ix->score (h2o) */
+    kvd__score_kind scores;
 } kvd__policy;
 
 struct kvd_evict_index {
@@ -39,7 +46,10 @@ struct kvd_evict_index {
     uint32_t sink, recent;
     size_t cap;                /* slots the per-slot arrays and the heap hold */
     size_t *heap_pos;          /* [cap] slot -> index in heap, KVD__NOT_IN_HEAP if protected */
-    double *score;             /* [cap] h2o: softmax weight accumulated per slot; else NULL */
+    /* [cap] per slot, moved with its token: h2o the softmax weight it has
+     * accumulated, l2norm its key's norm (8 bytes a token paid only by
+     * sessions with that policy, not by every page); recency NULL */
+    double *score;
     kvd__evict_entry *heap;    /* [cap] binary min-heap of every unprotected token */
     size_t n_heap;
     /* The newest min(recent, appended) tokens (all present: they are never

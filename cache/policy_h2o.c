@@ -23,9 +23,8 @@ static void h2o_prepare(kvd_evict_index *ix)
     ix->stale = false;
 }
 
-static double h2o_key(const kvd_evict_index *ix, const kvd_slot_meta *meta, size_t slot)
+static double h2o_key(const kvd_evict_index *ix, size_t slot)
 {
-    (void)meta;
     return ix->score[slot];
 }
 
@@ -33,13 +32,13 @@ const kvd__policy kvd__policy_h2o = {
     .name = "h2o",
     .key = h2o_key,
     .prepare = h2o_prepare,
-    .has_scores = true,
+    .scores = KVD__SCORE_WEIGHTS,
 };
 
 void kvd_stream_add_weights(kvd_stream *s, const float *w, size_t n)
 {
     kvd_evict_index *ix = s->evict;
-    if (ix == NULL || ix->score == NULL || n == 0)
+    if (ix == NULL || ix->policy->scores != KVD__SCORE_WEIGHTS || n == 0)
         return;
     assert(n <= s->n_tokens);
     /* Double sums: a heavy hitter gains up to n_q per step while a cold

@@ -4,18 +4,17 @@
 #include "cache/policy.h"
 
 /* The heap is a min-heap, so the largest norm needs the smallest key. The
- * norm was computed once at append (kvd_slot_meta.key_norm) and never
+ * norm was computed once at append, in double from the f32 key as received
+ * (before any quantization), kept in the index's score array, and never
  * changes, so a key set at insertion stays exact. */
-static double l2norm_key(const kvd_evict_index *ix, const kvd_slot_meta *meta, size_t slot)
+static double l2norm_key(const kvd_evict_index *ix, size_t slot)
 {
-    (void)ix;
-    (void)slot;
-    return -(double)meta->key_norm;
+    return -ix->score[slot];
 }
 
 const kvd__policy kvd__policy_l2norm = {
     .name = "l2norm",
     .key = l2norm_key,
     .prepare = NULL,
-    .has_scores = false,
+    .scores = KVD__SCORE_NORM,
 };

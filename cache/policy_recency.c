@@ -6,10 +6,9 @@
 /* A constant key: every comparison falls through to position. Tokens become
  * candidates in position order, so each insertion is already in place and
  * only the O(log n) pop of a victim costs anything. */
-static double recency_key(const kvd_evict_index *ix, const kvd_slot_meta *meta, size_t slot)
+static double recency_key(const kvd_evict_index *ix, size_t slot)
 {
     (void)ix;
-    (void)meta;
     (void)slot;
     return 0.0;
 }
@@ -18,5 +17,5 @@ const kvd__policy kvd__policy_recency = {
     .name = "recency",
     .key = recency_key,
     .prepare = NULL,
-    .has_scores = false,
+    .scores = KVD__SCORE_NONE,
 };

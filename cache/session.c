@@ -58,7 +58,9 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     *out = NULL;
     if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
         return -EINVAL;
-    if (kvd_stream_slots_per_page(page_bytes, cfg->head_dim) == 0)
+    const kvd_stream_format fmt = {
+        .dtype = cfg->cache.dtype, .group = cfg->cache.group, .residual = cfg->cache.residual};
+    if (kvd_stream_slots_per_page_format(page_bytes, cfg->head_dim, &fmt) == 0)
         return -EINVAL; /* not even one slot fits a page: no token could be stored */
     size_t n_streams;
     if (__builtin_mul_overflow((size_t)cfg->layers, (size_t)cfg->kv_heads, &n_streams))
@@ -74,8 +76,13 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     }
     s->config = *cfg;
     s->n_streams = n_streams;
-    for (size_t i = 0; i < n_streams; i++)
-        kvd_stream_init(&s->streams[i], page_bytes, cfg->head_dim);
+    for (size_t i = 0; i < n_streams; i++) {
+        const int rc = kvd_stream_init_format(&s->streams[i], page_bytes, cfg->head_dim, &fmt);
+        if (rc != 0) { /* -ENOMEM (KIVI's residual), or -EINVAL if it cannot hold f32 */
+            kvd_session_destroy(s, NULL); /* no stream holds a page yet */
+            return rc;
+        }
+    }
     if (cfg->cache.eviction != KVD_EVICT_NONE) {
         const kvd_evict_config ec = {
             .policy = cfg->cache.eviction, .sink = cfg->cache.sink, .recent = cfg->cache.recent};
@@ -105,12 +112,13 @@ int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
     /* Every allocation of every stream first, so that a failure leaves the
      * parent exactly as it was (no reference taken, no page flagged). */
     for (size_t i = 0; i < parent->n_streams; i++) {
-        if (kvd__stream_fork_prepare(&parent->streams[i], &c->streams[i]) != 0) {
+        const int rc = kvd__stream_fork_prepare(&parent->streams[i], &c->streams[i]);
+        if (rc != 0) { /* -ENOMEM, or -ENOTSUP for KIVI */
             for (size_t k = 0; k < i; k++)
                 kvd__stream_fork_abort(&c->streams[k]);
             free(c->streams);
             free(c);
-            return -ENOMEM;
+            return rc;
         }
     }
     for (size_t i = 0; i < parent->n_streams; i++)
@@ -158,7 +166,10 @@ uint64_t kvd_session_evicted(const kvd_session *s)
 size_t kvd_session_pages(const kvd_session *s)
 {
     size_t n = 0;
-    for (size_t i = 0; i < s->n_streams; i++)
+    for (size_t i = 0; i < s->n_streams; i++) {
         n += s->streams[i].n_pages;
+        if (s->streams[i].residual != NULL) /* KIVI: the f32 residual's own pages */
+            n += s->streams[i].residual->n_pages;
+    }
     return n;
 }

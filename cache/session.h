@@ -11,22 +11,7 @@
 
 #include "cache/pool.h"
 #include "cache/stream.h"
-
-typedef enum { KVD_ATTN_STANDARD, KVD_ATTN_TENSOR } kvd_attention_kind;
-typedef enum { KVD_TENSOR_CACHE_FOUR, KVD_TENSOR_CACHE_TWO } kvd_tensor_cache;
-typedef enum {
-    KVD_DTYPE_F32, KVD_DTYPE_F16, KVD_DTYPE_BF16, KVD_DTYPE_INT8,
-    KVD_DTYPE_INT4, KVD_DTYPE_KIVI2, KVD_DTYPE_KIVI4
-} kvd_dtype;
-typedef enum {
-    KVD_EVICT_NONE, KVD_EVICT_RECENCY, KVD_EVICT_L2NORM, KVD_EVICT_H2O, KVD_EVICT_SUBGEN
-} kvd_eviction;
-
-/* Names as they appear in the API ("f32", "recency", ...). */
-const char *kvd_dtype_name(kvd_dtype d);
-const char *kvd_eviction_name(kvd_eviction e);
-const char *kvd_attention_name(kvd_attention_kind a);
-const char *kvd_tensor_cache_name(kvd_tensor_cache t);
+#include "cache/types.h"
 
 /* The resolved create body (DESIGN.md §3): every default filled in. */
 typedef struct kvd_session_config {
@@ -54,13 +39,15 @@ typedef struct kvd_session {
     size_t n_streams;
 } kvd_session;
 
-/* Creates a session with empty streams (no pages yet). Returns 0, -ENOMEM, or
- * -EINVAL if one slot does not fit in a page. Free with kvd_session_destroy. */
+/* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
+ * group and residual. Returns 0, -ENOMEM, -EINVAL if one slot does not fit
+ * in a page, or -ENOTSUP for KIVI with an eviction policy. Free with
+ * kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see
- * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0 or
- * -ENOMEM (nothing changed). */
+ * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0,
+ * -ENOMEM or -ENOTSUP (KIVI), with nothing changed. */
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
 
 /* Releases every page to the pool and frees the session. NULL is a no-op. */

@@ -1,104 +1,224 @@
-/* cache/stream.c — one stream's f32 slots and block table: page layout
- * (K block, V block, slot metadata, each 64-byte aligned), append of new
- * tokens into pages the caller took from the pool (copying a tail page shared
- * with a fork first), copy-on-write forks, and the read-only view the
- * attention kernels use. Pages come from and go back to cache/pool.c; the
- * eviction index belongs to cache/evict.c. */
+/* cache/stream.c — one stream's slots and block table in any cache dtype:
+ * page layout (K region, V region, slot metadata, each 64-byte aligned, row
+ * sizes from attention/formats.h), append of new tokens (quantized into
+ * their slots by cache/quant.c) into pages the caller took from the pool
+ * (copying a tail page shared with a fork first), KIVI's f32 residual and the
+ * settling of whole key groups out of it, copy-on-write forks, and the
+ * read-only views the attention kernels use. Pages come from and go back to
+ * cache/pool.c; the eviction index belongs to cache/evict.c. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cache/internal.h"
+#include "cache/quant.h"
 #include "cache/stream.h"
 
-#define ALIGN 64 /* every block of a page starts on a cache line */
+#define ALIGN 64 /* every region of a page starts on a cache line */
 
 static size_t align_up(size_t x)
 {
     return (x + (ALIGN - 1)) & ~(size_t)(ALIGN - 1);
 }
 
-/* Bytes of one page block holding `spp` rows of `head_dim` f32, padded so
- * the next block starts aligned. Callers keep spp * head_dim * 4 far below
- * SIZE_MAX (both are bounded by the capped page size). */
-static size_t row_block_bytes(size_t spp, size_t head_dim)
+/* KIVI's residual sub-stream, allocated with a gather buffer so settle
+ * never allocates: the `group` oldest residual keys may straddle residual
+ * pages, and kvd_quant_key_block wants them as one strided array. The
+ * buffer ([group][head_dim] f32) lives outside the pool, like block tables
+ * and eviction indexes: bookkeeping, not cached tokens. */
+typedef struct kivi_residual {
+    kvd_stream s; /* first member: s->residual points here */
+    float gather[];
+} kivi_residual;
+
+static bool dtype_is_kivi(kvd_dtype d)
 {
-    return align_up(spp * head_dim * sizeof(float));
+    return d == KVD_DTYPE_KIVI2 || d == KVD_DTYPE_KIVI4;
 }
 
-/* Bytes a page needs for spp slots: K, V, then the metadata array. */
-static size_t layout_bytes(size_t spp, size_t head_dim)
+/* Row sizes of a format: keys (KIVI: per key block of `group` tokens) and
+ * values. False for an unknown dtype or a grouped format with group 0. */
+static bool row_sizes(uint32_t head_dim, const kvd_stream_format *fmt, size_t *k_row,
+                      size_t *v_row)
 {
-    return 2 * row_block_bytes(spp, head_dim) + spp * sizeof(kvd_slot_meta);
+    switch (fmt->dtype) {
+    case KVD_DTYPE_F32:
+    case KVD_DTYPE_F16:
+    case KVD_DTYPE_BF16:
+    case KVD_DTYPE_INT8:
+        break;
+    case KVD_DTYPE_INT4:
+    case KVD_DTYPE_KIVI2:
+    case KVD_DTYPE_KIVI4:
+        if (fmt->group == 0)
+            return false;
+        break;
+    default:
+        return false;
+    }
+    if (head_dim == 0)
+        return false;
+    *k_row = kvd_row_bytes(kvd_dtype_key_format(fmt->dtype), head_dim, fmt->group);
+    *v_row = kvd_row_bytes(kvd_dtype_value_format(fmt->dtype), head_dim, fmt->group);
+    return *k_row > 0 && *v_row > 0;
+}
+
+/* Bytes a page needs for spp slots: K region, V region (each padded to
+ * 64), then the metadata array. KIVI's K region holds spp / group blocks.
+ * Callers keep spp * row <= the capped page size: no overflow. */
+static size_t layout_bytes(size_t spp, size_t k_row, size_t v_row, size_t kivi_group)
+{
+    const size_t k_units = kivi_group ? spp / kivi_group : spp;
+    return align_up(k_units * k_row) + align_up(spp * v_row) + spp * sizeof(kvd_slot_meta);
 }
 
 uint32_t kvd_stream_slots_per_page(size_t page_bytes, uint32_t head_dim)
 {
-    if (head_dim == 0)
+    const kvd_stream_format f32 = {.dtype = KVD_DTYPE_F32};
+    return kvd_stream_slots_per_page_format(page_bytes, head_dim, &f32);
+}
+
+uint32_t kvd_stream_slots_per_page_format(size_t page_bytes, uint32_t head_dim,
+                                          const kvd_stream_format *fmt)
+{
+    size_t k_row, v_row;
+    if (!row_sizes(head_dim, fmt, &k_row, &v_row))
         return 0;
     /* Offsets are stored as uint32_t: only the first 4 GiB of a (hypothetical)
      * larger page is usable, which also keeps every product below exact. */
     const size_t cap = (size_t)UINT32_MAX & ~(size_t)(ALIGN - 1);
     if (page_bytes > cap)
         page_bytes = cap;
-    /* Without padding a slot costs exactly slot_bytes, so this is an upper
+    if (k_row > page_bytes || v_row > page_bytes)
+        return 0;
+    /* The unit of allocation: one token, or for KIVI one key block and its
+     * group tokens' values and metadata (a block never straddles pages). */
+    const bool kivi = dtype_is_kivi(fmt->dtype);
+    const size_t tokens = kivi ? fmt->group : 1;
+    size_t unit_bytes;
+    if (__builtin_mul_overflow(tokens, v_row + sizeof(kvd_slot_meta), &unit_bytes) ||
+        __builtin_add_overflow(unit_bytes, k_row, &unit_bytes) || unit_bytes > page_bytes)
+        return 0;
+    /* Without padding a unit costs exactly unit_bytes, so this is an upper
      * bound; padding wastes < 2 * 64 bytes, i.e. fewer than
-     * 128 / slot_bytes + 1 <= 6 slots (slot_bytes >= 24), so the downward
-     * search below takes a handful of steps. */
-    const size_t slot_bytes = 2 * (size_t)head_dim * sizeof(float) + sizeof(kvd_slot_meta);
-    size_t spp = page_bytes / slot_bytes;
-    while (spp > 0 && layout_bytes(spp, head_dim) > page_bytes)
-        spp--;
-    return (uint32_t)spp;
+     * 128 / unit_bytes + 1 <= 9 units (unit_bytes >= 16), so the downward
+     * search takes a handful of steps. */
+    size_t units = page_bytes / unit_bytes;
+    while (units > 0 && layout_bytes(units * tokens, k_row, v_row, kivi ? tokens : 0) > page_bytes)
+        units--;
+    /* KIVI's residual is f32 in pages of the same size: it must hold a
+     * token too (a KIVI unit always costs more than an f32 token, so this
+     * only matters at the padding's edge). */
+    if (kivi && units > 0 && kvd_stream_slots_per_page(page_bytes, head_dim) == 0)
+        return 0;
+    return (uint32_t)(units * tokens); /* <= page_bytes / 8 < 2^29 */
+}
+
+int kvd_stream_init_format(kvd_stream *s, size_t page_bytes, uint32_t head_dim,
+                           const kvd_stream_format *fmt)
+{
+    memset(s, 0, sizeof *s);
+    s->head_dim = head_dim;
+    s->fmt = *fmt;
+    const uint32_t spp = kvd_stream_slots_per_page_format(page_bytes, head_dim, fmt);
+    if (spp == 0)
+        return -EINVAL;
+    size_t k_row = 0, v_row = 0;
+    row_sizes(head_dim, fmt, &k_row, &v_row); /* succeeded inside slots_per_page */
+    const bool kivi = dtype_is_kivi(fmt->dtype);
+    s->slots_per_page = spp;
+    s->k_row_bytes = (uint32_t)k_row; /* <= page size <= UINT32_MAX (capped) */
+    s->v_row_bytes = (uint32_t)v_row;
+    const size_t k_units = kivi ? spp / fmt->group : spp;
+    s->k_offset = 0;
+    s->v_offset = (uint32_t)align_up(k_units * k_row);
+    s->meta_offset = (uint32_t)(s->v_offset + align_up((size_t)spp * v_row));
+    if (kivi) {
+        size_t gather;
+        if (__builtin_mul_overflow((size_t)fmt->group, (size_t)head_dim, &gather) ||
+            __builtin_mul_overflow(gather, sizeof(float), &gather) ||
+            __builtin_add_overflow(gather, sizeof(kivi_residual), &gather))
+            return -ENOMEM;
+        kivi_residual *r = malloc(gather);
+        if (r == NULL)
+            return -ENOMEM;
+        kvd_stream_init(&r->s, page_bytes, head_dim);
+        s->residual = &r->s;
+    }
+    return 0;
 }
 
 void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim)
 {
-    memset(s, 0, sizeof *s);
-    s->head_dim = head_dim;
-    s->slots_per_page = kvd_stream_slots_per_page(page_bytes, head_dim);
-    assert(s->slots_per_page >= 1 && "a slot must fit in a page (check before init)");
-    if (s->slots_per_page == 0)
-        return; /* unusable; pages_needed reports it */
-    const size_t block = row_block_bytes(s->slots_per_page, head_dim);
-    s->k_offset = 0;
-    s->v_offset = (uint32_t)block;      /* < page size <= UINT32_MAX (capped above) */
-    s->meta_offset = (uint32_t)(2 * block);
+    const kvd_stream_format f32 = {.dtype = KVD_DTYPE_F32};
+    const int rc = kvd_stream_init_format(s, page_bytes, head_dim, &f32);
+    assert(rc == 0 && "a slot must fit in a page (check before init)");
+    (void)rc; /* on failure: spp 0, unusable; pages_needed reports it */
+}
+
+static kivi_residual *residual_of(const kvd_stream *s)
+{
+    return (kivi_residual *)s->residual; /* its first member */
 }
 
 /* Index of the existing page the next appended token goes into, if that page
  * is shared with a fork (and so must be copied first); SIZE_MAX otherwise. */
 static size_t shared_write_page(const kvd_stream *s)
 {
-    const size_t first = s->n_tokens / s->slots_per_page;
+    const size_t first = kvd__stream_paged_tokens(s) / s->slots_per_page;
     if (s->shared == NULL || first >= s->n_pages || !s->shared[first])
         return SIZE_MAX;
     return first;
 }
 
+/* Pages beyond those held that `slots` slots of the stream's own pages need. */
+static size_t grow_for(const kvd_stream *s, size_t slots)
+{
+    const size_t pages = slots / s->slots_per_page + (slots % s->slots_per_page != 0);
+    return pages > s->n_pages ? pages - s->n_pages : 0;
+}
+
+/* KIVI: groups kvd_stream_settle moves once the residual holds n tokens. */
+static size_t settle_groups(const kvd_stream *s, size_t n)
+{
+    const size_t R = s->fmt.residual, G = s->fmt.group;
+    return n >= R && n - R >= G ? (n - R) / G : 0;
+}
+
 size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m)
 {
+    if (s->slots_per_page == 0 || m > SIZE_MAX - s->n_tokens)
+        return SIZE_MAX; /* cannot be satisfied: the pool answers -ENOSPC */
+    if (kvd__stream_is_kivi(s)) {
+        const kvd_stream *r = s->residual;
+        if (r == NULL)
+            return SIZE_MAX; /* released: re-initialize before use */
+        /* The residual holds all r->n_tokens + m between append and settle
+         * (its peak); settle then moves k whole groups into the quantized
+         * part, whose pages the stream may already hold (append attaches
+         * them, see kvd_stream_append), and gives emptied residual pages back. */
+        const size_t nr = r->n_tokens + m;
+        const size_t k = settle_groups(s, nr);
+        const size_t nq = s->n_tokens - r->n_tokens;
+        return kvd_stream_pages_needed(r, m) + grow_for(s, nq + k * s->fmt.group);
+    }
     if (m == 0)
         return 0;
     /* Slots 0..n_tokens-1 are in use; the pages already held cover
      * n_pages * spp slots (eviction gives an emptied tail page back at once,
-     * so normally n_pages = ceil(n_tokens / spp)). */
-    if (s->slots_per_page == 0 || m > SIZE_MAX - s->n_tokens)
-        return SIZE_MAX; /* cannot be satisfied: the pool answers -ENOSPC */
-    const size_t slots = s->n_tokens + m;
-    const size_t pages = slots / s->slots_per_page + (slots % s->slots_per_page != 0);
-    const size_t grow = pages > s->n_pages ? pages - s->n_pages : 0;
-    /* One more for the copy of a shared, partly filled tail page. Counted
-     * even if the fork has let go of it meanwhile (append then gives the
-     * page straight back): the refcount is the pool's to read, and planning
-     * must not depend on another session's timing. */
-    return grow + (shared_write_page(s) != SIZE_MAX);
+     * so normally n_pages = ceil(n_tokens / spp)). One more for the copy of
+     * a shared, partly filled tail page. Counted even if the fork has let go
+     * of it meanwhile (append then gives the page straight back): the
+     * refcount is the pool's to read, and planning must not depend on
+     * another session's timing. */
+    return grow_for(s, s->n_tokens + m) + (shared_write_page(s) != SIZE_MAX);
 }
 
-int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages)
+static int reserve_one(kvd_stream *s, size_t extra_pages)
 {
     size_t need;
     if (__builtin_add_overflow(s->n_pages, extra_pages, &need))
@@ -127,10 +247,31 @@ int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages)
     return 0;
 }
 
-kvd_slot_meta *kvd_stream_meta(const kvd_stream *s, size_t j)
+int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages)
+{
+    /* KIVI: the caller plans pages for the stream as a whole, so both
+     * tables get room for all of them (a few unused entries at most). */
+    const int rc = reserve_one(s, extra_pages);
+    if (rc != 0 || s->residual == NULL)
+        return rc;
+    return reserve_one(s->residual, extra_pages);
+}
+
+/* Metadata of slot j of the stream's own pages. */
+static kvd_slot_meta *page_meta(const kvd_stream *s, size_t j)
 {
     unsigned char *page = s->pages[j / s->slots_per_page];
     return (kvd_slot_meta *)(page + s->meta_offset) + j % s->slots_per_page;
+}
+
+kvd_slot_meta *kvd_stream_meta(const kvd_stream *s, size_t j)
+{
+    if (s->residual != NULL) { /* KIVI: the newest tokens are the residual's */
+        const size_t paged = kvd__stream_paged_tokens(s);
+        if (j >= paged)
+            return page_meta(s->residual, j - paged);
+    }
+    return page_meta(s, j);
 }
 
 int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
@@ -156,9 +297,45 @@ int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
     return used;
 }
 
+/* Writes x[0..d) into a row of format f; f32 stays a plain copy. */
+static void store_row(kvd_row_format f, const float *x, size_t d, uint32_t group,
+                      unsigned char *dst)
+{
+    if (f == KVD_ROW_F32)
+        memcpy(dst, x, d * sizeof *x);
+    else
+        kvd_quant_row(f, x, d, group, dst);
+}
+
+/* Puts pages[0..n) at the end of the table (reserved by the caller). */
+static void attach_pages(kvd_stream *s, void *const *pages, size_t n)
+{
+    assert(s->n_pages + n <= s->cap_pages && "reserve_table before append");
+    for (size_t i = 0; i < n; i++) {
+        s->pages[s->n_pages + i] = pages[i];
+        s->shared[s->n_pages + i] = 0;
+    }
+    s->n_pages += n;
+}
+
 void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *restrict k,
                        const float *restrict v, size_t row_stride, void *const *new_pages)
 {
+    if (kvd__stream_is_kivi(s)) {
+        /* New tokens go to the f32 residual; its growth comes first in
+         * new_pages. The rest are the quantized pages the next settle will
+         * fill: attached now, empty, so that append takes exactly
+         * pages_needed(s, m) pages like every other dtype and the caller
+         * needs to know nothing of the split. */
+        kvd_stream *r = s->residual;
+        assert(r != NULL && "KIVI stream used after release");
+        const size_t need = kvd_stream_pages_needed(s, m), r_need = kvd_stream_pages_needed(r, m);
+        kvd_stream_append(r, pool, m, k, v, row_stride, new_pages);
+        attach_pages(s, new_pages + r_need, need - r_need);
+        s->n_tokens += m;
+        s->appended += m;
+        return;
+    }
     if (m == 0)
         return;
     size_t taken = 0;
@@ -170,39 +347,170 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
             kvd_pool_release(pool, new_pages, 1);
         taken = 1;
     }
-    const size_t n_new = kvd_stream_pages_needed(s, m); /* growth only now */
-    assert(s->n_pages + n_new <= s->cap_pages && "reserve_table before append");
-    for (size_t i = 0; i < n_new; i++) {
-        s->pages[s->n_pages + i] = new_pages[taken + i];
-        s->shared[s->n_pages + i] = 0;
-    }
-    s->n_pages += n_new;
+    attach_pages(s, new_pages + taken, kvd_stream_pages_needed(s, m)); /* growth only now */
 
     const size_t d = s->head_dim;
+    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
+    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
+    const bool norms = s->evict != NULL && kvd__evict_wants_norm(s->evict);
     for (size_t t = 0; t < m; t++) {
         const size_t j = s->n_tokens + t;
         const float *restrict kt = k + t * row_stride;
         const float *restrict vt = v + t * row_stride;
-        memcpy(kvd__stream_row(s, j, s->k_offset), kt, d * sizeof(float));
-        memcpy(kvd__stream_row(s, j, s->v_offset), vt, d * sizeof(float));
-        /* Norm in double: eviction compares norms of keys that may differ in
-         * the last bits; a sum of squares in f32 could also overflow. */
-        double sq = 0.0;
-        for (size_t i = 0; i < d; i++)
-            sq += (double)kt[i] * kt[i];
-        kvd_slot_meta *meta = kvd_stream_meta(s, j);
+        store_row(kf, kt, d, s->fmt.group, kvd__stream_key(s, j));
+        store_row(vf, vt, d, s->fmt.group, kvd__stream_value(s, j));
+        kvd_slot_meta *meta = page_meta(s, j);
         meta->position = (int64_t)(s->appended + t);
-        meta->key_norm = (float)sqrt(sq);
-        meta->reserved = 0;
-        if (s->evict != NULL)
-            kvd__evict_on_append(s, j, meta->position);
+        if (s->evict == NULL)
+            continue;
+        /* Norm of the key as received, in double: eviction compares norms
+         * of keys that may differ in the last bits (quantization would blur
+         * them), and a sum of squares in f32 could overflow. */
+        double norm = 0.0;
+        if (norms) {
+            for (size_t i = 0; i < d; i++)
+                norm += (double)kt[i] * kt[i];
+            norm = sqrt(norm);
+        }
+        kvd__evict_on_append(s, j, meta->position, norm);
     }
     s->n_tokens += m;
     s->appended += m;
 }
 
+/* Residual slot j's f32 key and value rows. */
+static float *res_key(const kvd_stream *r, size_t j)
+{
+    return (float *)kvd__stream_key(r, j);
+}
+
+static float *res_value(const kvd_stream *r, size_t j)
+{
+    return (float *)kvd__stream_value(r, j);
+}
+
+void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare,
+                       size_t *spare_used)
+{
+    if (!kvd__stream_is_kivi(s) || s->residual == NULL)
+        return;
+    kvd_stream *r = s->residual;
+    const size_t groups = settle_groups(s, r->n_tokens);
+    if (groups == 0)
+        return;
+    const size_t G = s->fmt.group, d = s->head_dim, spp = s->slots_per_page;
+    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
+    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
+    float *gather = residual_of(s)->gather; /* [G][d] */
+    size_t nq = s->n_tokens - r->n_tokens, used = 0;
+
+    /* The oldest groups * G residual tokens, one key block at a time. nq
+     * is a multiple of G and spp of G, so a block starts a page or fits in
+     * the current one. */
+    size_t done = 0;
+    for (; done < groups; done++, nq += G) {
+        if (nq / spp >= s->n_pages) { /* normally attached by append already */
+            assert(used < n_spare && "kvd_stream_pages_needed undercounted");
+            if (used >= n_spare || s->n_pages >= s->cap_pages)
+                break; /* no page or table room: the rest stays in f32 */
+            attach_pages(s, spare + used, 1);
+            used++;
+        }
+        const size_t first = done * G; /* residual slot of the block's oldest token */
+        for (size_t t = 0; t < G; t++)
+            memcpy(gather + t * d, res_key(r, first + t), d * sizeof *gather);
+        kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, kvd__stream_key(s, nq));
+        for (size_t t = 0; t < G; t++) {
+            kvd_quant_row(vf, res_value(r, first + t), d, s->fmt.group,
+                          kvd__stream_value(s, nq + t));
+            *page_meta(s, nq + t) = *page_meta(r, first + t);
+        }
+    }
+
+    /* Shift the remaining residual rows down to slot 0 (oldest first).
+     * Slot j takes slot j + moved; going up, every source is read before
+     * anything overwrites it, and distinct slots never overlap. O(residual
+     * * d) per settle, the same order as the quantization above. */
+    if (done == 0)
+        return;
+    const size_t moved = done * G, left = r->n_tokens - moved;
+    for (size_t j = 0; j < left; j++) {
+        memcpy(res_key(r, j), res_key(r, j + moved), d * sizeof(float));
+        memcpy(res_value(r, j), res_value(r, j + moved), d * sizeof(float));
+        *page_meta(r, j) = *page_meta(r, j + moved);
+    }
+    r->n_tokens = left;
+    /* Emptied tail pages go back at once: n_pages = ceil(n_tokens / spp). */
+    const size_t keep = left / r->slots_per_page + (left % r->slots_per_page != 0);
+    if (r->n_pages > keep) {
+        kvd_pool_release(pool, r->pages + keep, r->n_pages - keep);
+        r->n_pages = keep;
+    }
+    *spare_used += used;
+}
+
+static kvd_kv_pages view_of(const kvd_stream *s)
+{
+    /* void * and unsigned char * share representation (C11 6.2.5p28); the
+     * block table is read through the kernels' byte-pointer view. */
+    return (kvd_kv_pages){
+        .pages = (const unsigned char *const *)s->pages,
+        .slots_per_page = s->slots_per_page,
+        .head_dim = s->head_dim,
+        .k_offset = s->k_offset,
+        .v_offset = s->v_offset,
+        .k_format = kvd_dtype_key_format(s->fmt.dtype),
+        .v_format = kvd_dtype_value_format(s->fmt.dtype),
+        .k_row_bytes = s->k_row_bytes,
+        .v_row_bytes = s->v_row_bytes,
+        .group = s->fmt.group,
+    };
+}
+
+kvd_kv_pages kvd_stream_view(const kvd_stream *s)
+{
+    return view_of(s);
+}
+
+size_t kvd_stream_segments(const kvd_stream *s, size_t n_visible, kvd_kv_segment out[2])
+{
+    assert(n_visible <= s->n_tokens);
+    if (n_visible > s->n_tokens)
+        n_visible = s->n_tokens;
+    out[0].kv = view_of(s);
+    if (!kvd__stream_is_kivi(s) || s->residual == NULL) {
+        out[0].n = n_visible;
+        return 1;
+    }
+    /* KIVI: the quantized (older) tokens, then the f32 residual. */
+    const size_t nq = kvd__stream_paged_tokens(s);
+    out[0].n = n_visible < nq ? n_visible : nq;
+    out[1].kv = view_of(s->residual);
+    out[1].n = n_visible - out[0].n;
+    return 2;
+}
+
+size_t kvd_stream_payload_bytes(const kvd_stream *s)
+{
+    const size_t rows = s->k_row_bytes + (size_t)s->v_row_bytes;
+    if (!kvd__stream_is_kivi(s) || s->residual == NULL)
+        return s->n_tokens * rows;
+    const size_t nr = s->residual->n_tokens, nq = s->n_tokens - nr;
+    return nq / s->fmt.group * s->k_row_bytes + nq * (size_t)s->v_row_bytes +
+           nr * 2 * (size_t)s->head_dim * sizeof(float);
+}
+
 int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst)
 {
+    /* KIVI forks are not supported (the API refuses them first): a fork
+     * shares pages copy-on-write, but the settle that follows each step
+     * rewrites the residual and fills key blocks in place, so both sides
+     * would need their own residual at once and settling one side would
+     * copy pages the other still reads; not worth it before anyone asks. */
+    if (kvd__stream_is_kivi(src)) {
+        memset(dst, 0, sizeof *dst);
+        return -ENOTSUP;
+    }
     *dst = *src; /* shape, counters; every owned pointer is replaced below */
     dst->pages = NULL;
     dst->shared = NULL;
@@ -252,8 +560,9 @@ void kvd__stream_fork_abort(kvd_stream *dst)
 
 int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool)
 {
-    if (kvd__stream_fork_prepare(src, dst) != 0)
-        return -ENOMEM;
+    const int rc = kvd__stream_fork_prepare(src, dst);
+    if (rc != 0)
+        return rc;
     kvd__stream_fork_commit(src, dst, pool);
     return 0;
 }
@@ -265,27 +574,20 @@ void kvd_stream_release(kvd_stream *s, kvd_pool *pool)
     free(s->pages);
     free(s->shared);
     kvd__evict_free(s->evict);
-    /* Empty again, same shape: as if freshly initialized. */
+    if (s->residual != NULL) {
+        kvd_stream_release(s->residual, pool);
+        free(residual_of(s));
+    }
+    /* Empty again, same shape: as if freshly initialized, except that a
+     * KIVI stream has no residual any more (init_format it again). */
     s->pages = NULL;
     s->shared = NULL;
     s->evict = NULL;
+    s->residual = NULL;
     s->n_shared = 0;
     s->n_pages = 0;
     s->cap_pages = 0;
     s->n_tokens = 0;
     s->appended = 0;
     s->evicted = 0;
-}
-
-kvd_kv_pages kvd_stream_view(const kvd_stream *s)
-{
-    /* void * and unsigned char * share representation (C11 6.2.5p28); the
-     * block table is read through the kernels' byte-pointer view. */
-    return (kvd_kv_pages){
-        .pages = (const unsigned char *const *)s->pages,
-        .slots_per_page = s->slots_per_page,
-        .head_dim = s->head_dim,
-        .k_offset = s->k_offset,
-        .v_offset = s->v_offset,
-    };
 }

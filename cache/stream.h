@@ -14,16 +14,24 @@
 
 #include "attention/attention.h"
 #include "cache/pool.h"
+#include "cache/types.h"
 
 /* Per-slot metadata stored in the page beside the slot's key and value. */
 typedef struct kvd_slot_meta {
     int64_t position; /* original token position (tokens appended before it) */
-    float key_norm;   /* L2 norm of the key as received (eviction by l2norm) */
-    uint32_t reserved;/* zero; keeps the struct 16 bytes (h2o scores live in the
-                         eviction index, so scoring never writes a shared page) */
-} kvd_slot_meta;
+} kvd_slot_meta;     /* 8 bytes a token: key norms (l2norm) and scores (h2o)
+                        live in the eviction index, so only sessions with a
+                        policy pay for them and scoring never writes a page
+                        shared with a fork */
 
 typedef struct kvd_evict_index kvd_evict_index; /* cache/evict.c */
+
+/* How a stream stores its tokens: the cache dtype and its parameters. */
+typedef struct kvd_stream_format {
+    kvd_dtype dtype;         /* KVD_DTYPE_F32 (0) unless set */
+    uint32_t group;          /* int4/KIVI group size (channels; KIVI keys: tokens) */
+    uint32_t residual;       /* KIVI: newest tokens kept in f32, a multiple of group */
+} kvd_stream_format;
 
 typedef struct kvd_stream {
     void **pages;            /* block table: n_pages pool pages */
@@ -41,18 +49,55 @@ typedef struct kvd_stream {
     unsigned char *shared;
     size_t n_shared;          /* pages flagged in `shared` */
     kvd_evict_index *evict;   /* NULL: no eviction policy (cache/evict.h) */
+    kvd_stream_format fmt;
+    uint32_t k_row_bytes, v_row_bytes; /* per token row; KIVI keys: per key block */
+    /* KIVI only: the newest tokens, in f32, in their own pages. n_tokens and
+     * appended above count them too; the quantized part holds n_tokens -
+     * residual->n_tokens tokens, oldest first. NULL for other dtypes. */
+    struct kvd_stream *residual;
 } kvd_stream;
 
 /* Slots of `head_dim` f32 keys and values that fit in one page (with the
  * 64-byte block alignment); 0 if not even one fits. */
 uint32_t kvd_stream_slots_per_page(size_t page_bytes, uint32_t head_dim);
 
-/* Initializes an empty stream (no pages). slots_per_page(page_bytes, head_dim)
+/* Initializes an empty f32 stream (no pages). slots_per_page(page_bytes, head_dim)
  * must be >= 1. */
 void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim);
 
+/* Slots per page and initialization for any dtype. The page layout is the
+ * same [K region][V region][meta] with the dtype's row sizes; for KIVI,
+ * slots_per_page is a multiple of fmt->group (whole key blocks per page) and
+ * the residual sub-stream is f32. 0 slots: not even one row or block fits.
+ * kvd_stream_init_format returns 0, -EINVAL (nothing fits) or -ENOMEM. */
+uint32_t kvd_stream_slots_per_page_format(size_t page_bytes, uint32_t head_dim,
+                                          const kvd_stream_format *fmt);
+int kvd_stream_init_format(kvd_stream *s, size_t page_bytes, uint32_t head_dim,
+                           const kvd_stream_format *fmt);
+
+/* KIVI: moves whole key groups out of the f32 residual once it holds at
+ * least residual + group tokens (oldest first), quantizing each group as a
+ * key block and its values per token. Takes pages for the quantized part
+ * from spare[0..n_spare) in order (adding to *spare_used) and gives emptied
+ * residual pages back to the pool. No-op for other dtypes. Call at the end
+ * of a step; kvd_stream_pages_needed(s, m) already counts these pages.
+ * Cannot fail given those pages. */
+void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare,
+                       size_t *spare_used);
+
+/* The segments attention reads for the first n_visible tokens (oldest
+ * first): one for per-token dtypes; for KIVI the quantized part, then the
+ * residual. Returns the count (<= 2) written to out. */
+size_t kvd_stream_segments(const kvd_stream *s, size_t n_visible, kvd_kv_segment out[2]);
+
+/* Exact bytes of cached K/V payload for the tokens held now, scales and
+ * f32 residual tokens included; slot metadata and page slack excluded (for
+ * bits per coordinate = 8 * payload / (2 * head_dim * tokens)). */
+size_t kvd_stream_payload_bytes(const kvd_stream *s);
+
 /* Pages the stream must take from the pool to append m more tokens,
- * including one copy of a shared, partly filled tail page. */
+ * including one copy of a shared, partly filled tail page and, for KIVI, the
+ * residual's growth and the quantized pages kvd_stream_settle will take. */
 size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m);
 
 /* Makes room in the block table for `extra_pages` more pages. Changes nothing
@@ -65,18 +110,24 @@ int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages);
  * from the pool, and the table (reserve_table) and eviction index
  * (kvd_stream_evict_reserve) must have room. A shared tail page is copied
  * into new_pages[0] first and its reference dropped in `pool`. Slot positions
- * continue from s->appended. Cannot fail. */
+ * continue from s->appended. Keys and values are quantized into the slots
+ * (f32: copied). KIVI: the tokens go to the f32 residual (its new pages
+ * first in new_pages); the rest of new_pages are the quantized pages the next
+ * kvd_stream_settle fills, attached to the table now, still empty, so append
+ * takes all the pages it was given for every dtype. Cannot fail. */
 void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *k, const float *v,
                        size_t row_stride, void *const *new_pages);
 
 /* Makes dst a copy-on-write fork of src: same tokens, same pages (one more
  * reference each), its own block table and eviction index; every page is
- * flagged shared in both. dst must be uninitialized. 0 or -ENOMEM (then
- * nothing changed, dst empty). */
+ * flagged shared in both. dst must be uninitialized. 0, -ENOMEM or -ENOTSUP
+ * (KIVI: settling would rewrite the residual and key blocks both sides
+ * share); then nothing changed, dst empty. */
 int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 
 /* Gives every page back to the pool (drops its references) and frees the
- * block table and eviction index; the stream is empty afterwards. */
+ * block table, eviction index and KIVI residual; the stream is empty
+ * afterwards (a KIVI stream needs kvd_stream_init_format before reuse). */
 void kvd_stream_release(kvd_stream *s, kvd_pool *pool);
 
 /* Read-only view for attention kernels. Valid until the stream changes. */

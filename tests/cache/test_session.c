@@ -1,8 +1,9 @@
 /* tests/cache/test_session.c — sessions: create and destroy (every page goes
  * back to the pool), stream indexing [layer][kv_head], totals over streams,
  * -EINVAL when a slot does not fit in a page, an eviction index on every
- * stream when the config has a policy, copy-on-write forks of a whole
- * session, and the API names of enums. */
+ * stream when the config has a policy, streams in the config's dtype,
+ * copy-on-write forks of a whole session, and the API names of enums.
+ * (KIVI sessions: tests/cache/test_kivi.c.) */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -126,7 +127,7 @@ START_TEST(test_create_einval)
 {
     kvd_session_config cfg = default_config();
     kvd_session *s = (kvd_session *)&cfg;
-    /* d = 512 f32: a slot is 2 * 2048 + 16 bytes, more than a 4 KiB page */
+    /* d = 512 f32: a slot is 2 * 2048 + 8 bytes, more than a 4 KiB page */
     cfg.head_dim = 512;
     ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
     ck_assert_ptr_null(s);
@@ -250,6 +251,52 @@ START_TEST(test_fork)
 }
 END_TEST
 
+/* Streams take the config's dtype and group: slots per page follow the
+ * dtype (a head_dim too big for f32 pages fits as int4), a grouped dtype
+ * without a group is -EINVAL, and quantized sessions fork like f32 ones. */
+START_TEST(test_create_quantized)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &pool), 0);
+    const kvd_dtype dtypes[] = {KVD_DTYPE_F16, KVD_DTYPE_BF16, KVD_DTYPE_INT8, KVD_DTYPE_INT4};
+    for (size_t di = 0; di < sizeof dtypes / sizeof *dtypes; di++) {
+        kvd_session_config cfg = default_config();
+        cfg.cache.dtype = dtypes[di];
+        cfg.cache.group = 8;
+        kvd_session *s, *c;
+        ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+        const kvd_stream_format f = {dtypes[di], 8, 0};
+        for (size_t i = 0; i < s->n_streams; i++) {
+            ck_assert(s->streams[i].fmt.dtype == dtypes[di]);
+            ck_assert_uint_eq(s->streams[i].slots_per_page,
+                              kvd_stream_slots_per_page_format(PAGE, 16, &f));
+            ck_assert_uint_gt(s->streams[i].slots_per_page, kvd_stream_slots_per_page(PAGE, 16));
+            ck_assert_ptr_null(s->streams[i].residual);
+            append(&s->streams[i], pool, 50, (float)i);
+        }
+        ck_assert_uint_eq(kvd_session_pages(s), kvd_pool_pages_used(pool));
+        ck_assert_int_eq(kvd_session_fork(s, pool, &c), 0);
+        ck_assert_uint_eq(kvd_session_tokens(c), 50 * s->n_streams);
+        kvd_session_destroy(s, pool);
+        kvd_session_destroy(c, pool);
+        ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    }
+    kvd_session_config cfg = default_config();
+    kvd_session *s = (kvd_session *)&cfg;
+    cfg.head_dim = 512; /* f32 does not fit a 4 KiB page; int4 does */
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    cfg.cache.dtype = KVD_DTYPE_INT4;
+    cfg.cache.group = 32;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_uint_ge(s->streams[0].slots_per_page, 1);
+    kvd_session_destroy(s, NULL);
+    cfg.cache.group = 0;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    ck_assert_ptr_null(s);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 START_TEST(test_names)
 {
     ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_F32), "f32");
@@ -281,6 +328,7 @@ static Suite *session_suite(void)
     tcase_add_test(tc, test_create_einval);
     tcase_add_test(tc, test_create_with_eviction);
     tcase_add_test(tc, test_fork);
+    tcase_add_test(tc, test_create_quantized);
     tcase_add_test(tc, test_names);
     suite_add_tcase(s, tc);
     return s;
