@@ -202,6 +202,7 @@ static int new_session_id(char out[KVD_SESSION_ID_HEX + 1])
 static void session_free(kvd_api *api, api_session *s)
 {
     kvd_session_destroy(s->cache, api->pool);
+    kvd_session_destroy(s->shadow, api->pool);
     free(s);
 }
 
@@ -215,6 +216,7 @@ static void session_summarize(api_session *s)
 {
     atomic_store(&s->tokens_summary, kvd_session_tokens(s->cache));
     atomic_store(&s->pages_summary, kvd_session_pages(s->cache));
+    atomic_store(&s->shadow_pages_summary, s->shadow ? kvd_session_pages(s->shadow) : 0);
 }
 
 static bool session_limit_reached(kvd_api *api, kvd_response *resp)
@@ -229,17 +231,20 @@ static bool session_limit_reached(kvd_api *api, kvd_response *resp)
     return true;
 }
 
-/* Registers a new session around `cache` with a fresh id. Returns it, or
- * NULL with resp set (cache is then destroyed). */
-static api_session *session_register(kvd_api *api, kvd_session *cache, kvd_response *resp)
+/* Registers a new session around `cache` (and its shadow copy, if any) with
+ * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
+static api_session *session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
+                                     kvd_response *resp)
 {
     api_session *s = calloc(1, sizeof *s);
     if (!s) {
         kvd_session_destroy(cache, api->pool);
+        kvd_session_destroy(shadow, api->pool);
         respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
         return NULL;
     }
     s->cache = cache;
+    s->shadow = shadow;
     do {
         if (new_session_id(s->id) != 0) {
             session_free(api, s);
@@ -351,26 +356,39 @@ static void session_pump(kvd_api *api, api_session *s)
             }
             respond_cjson(&job->resp, 200, o);
             kvd_session_destroy(s->cache, api->pool);
+            kvd_session_destroy(s->shadow, api->pool);
             s->cache = NULL;
+            s->shadow = NULL;
             answer_job(api, job);
             break;
         }
         case JOB_FORK: {
             /* Runs when the parent is idle, so its pages are whole steps;
              * the fork copies block tables, not pages (O(pages) on the loop). */
-            kvd_session *child;
+            kvd_session *child, *child_shadow = NULL;
             if (session_limit_reached(api, &job->resp)) {
                 answer_job(api, job);
                 break;
             }
-            if (kvd_session_fork(s->cache, api->pool, &child) != 0) {
+            int rc = kvd_session_fork(s->cache, api->pool, &child);
+            if (rc == 0 && s->shadow && (rc = kvd_session_fork(s->shadow, api->pool, &child_shadow)) != 0)
+                kvd_session_destroy(child, api->pool);
+            if (rc == -ENOTSUP) {
+                respond_error(&job->resp, 400, KVD_ERR_INVALID, "cache.dtype",
+                              "forking a KIVI session is not yet supported");
+                answer_job(api, job);
+                break;
+            }
+            if (rc != 0) {
                 respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory forking the session");
                 answer_job(api, job);
                 break;
             }
-            api_session *c = session_register(api, child, &job->resp);
-            if (c)
+            api_session *c = session_register(api, child, child_shadow, &job->resp);
+            if (c) {
+                c->shadow_stats = s->shadow_stats;
                 respond_created(c, s->id, &job->resp);
+            }
             answer_job(api, job);
             break;
         }
@@ -483,12 +501,25 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         kvd_response_error(resp, &err);
         return;
     }
-    kvd_session *cache;
+    kvd_session *cache, *shadow = NULL;
     if (kvd_session_create(&cfg, api->opt.page_bytes, &cache) != 0) {
         respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
         return;
     }
-    api_session *s = session_register(api, cache, resp);
+    if (cfg.shadow) {
+        /* The exact reference: same shape, f32, keeps every token. */
+        kvd_session_config exact = cfg;
+        exact.cache.dtype = KVD_DTYPE_F32;
+        exact.cache.eviction = KVD_EVICT_NONE;
+        exact.cache.budget = 0;
+        exact.shadow = false;
+        if (kvd_session_create(&exact, api->opt.page_bytes, &shadow) != 0) {
+            kvd_session_destroy(cache, api->pool);
+            respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
+            return;
+        }
+    }
+    api_session *s = session_register(api, cache, shadow, resp);
     if (s)
         respond_created(s, NULL, resp);
 }
@@ -873,4 +904,20 @@ const kvd_api_stats *kvd_api_stats_get(const kvd_api *api)
 size_t kvd_api_session_count(const kvd_api *api)
 {
     return api->n_sessions;
+}
+
+void kvd_api_cache_totals(const kvd_api *api, double tokens[KVD_DTYPE_COUNT],
+                          double bytes[KVD_DTYPE_COUNT], double *shadow_bytes)
+{
+    for (int d = 0; d < KVD_DTYPE_COUNT; d++)
+        tokens[d] = bytes[d] = 0;
+    *shadow_bytes = 0;
+    const double pb = (double)api->opt.page_bytes;
+    for (size_t i = 0; i < api->n_buckets; i++)
+        for (const api_session *s = api->buckets[i]; s; s = s->hash_next) {
+            int d = (int)s->cache->config.cache.dtype;
+            tokens[d] += (double)atomic_load(&s->tokens_summary);
+            bytes[d] += (double)atomic_load(&s->pages_summary) * pb;
+            *shadow_bytes += (double)atomic_load(&s->shadow_pages_summary) * pb;
+        }
 }

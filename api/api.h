@@ -86,6 +86,7 @@ typedef struct kvd_api_stats {
     atomic_uint_fast64_t evictions[5];      /* tokens evicted, by kvd_eviction policy */
     atomic_uint_fast64_t reclaimed_tokens;  /* evicted under --on-full evict */
     kvd_histogram step_seconds;             /* standard attention steps */
+    kvd_histogram shadow_relative_error;    /* per request with queries, shadow sessions */
 } kvd_api_stats;
 
 typedef struct kvd_api kvd_api;
@@ -131,5 +132,12 @@ const kvd_pool *kvd_api_pool(const kvd_api *api);
 const kvd_api_stats *kvd_api_stats_get(const kvd_api *api);
 /* Live sessions (loop thread). */
 size_t kvd_api_session_count(const kvd_api *api);
+
+/* Cached tokens and page bytes summed over live sessions, by cache dtype
+ * (index kvd_dtype, KVD_DTYPE_COUNT entries), and the bytes of shadow copies
+ * (loop thread; reads the summaries each step leaves). */
+#define KVD_DTYPE_COUNT 7
+void kvd_api_cache_totals(const kvd_api *api, double tokens[KVD_DTYPE_COUNT],
+                          double bytes[KVD_DTYPE_COUNT], double *shadow_bytes);
 
 #endif

@@ -40,9 +40,18 @@ typedef struct api_job {
     double seconds;            /* JOB_STEP compute time */
 } api_job;
 
+/* Shadow mode's running account of output error (DESIGN.md §3). Written by
+ * the session's running job, read by the loop when the session is idle. */
+typedef struct api_shadow_stats {
+    uint64_t steps;
+    double last_relative_error, sum_relative_error, max_abs_error;
+} api_shadow_stats;
+
 struct api_session {
     char id[KVD_SESSION_ID_HEX + 1];
     kvd_session *cache;
+    kvd_session *shadow;       /* "shadow": true: an exact f32 copy, no eviction; else NULL */
+    api_shadow_stats shadow_stats;
     api_session *hash_next;    /* registry chain (loop thread) */
     /* Request queue: jobs wait here until the previous one finished (loop). */
     api_job *queue_head, *queue_tail;
@@ -56,6 +65,7 @@ struct api_session {
     _Atomic double last_step_seconds;
     atomic_size_t tokens_summary;  /* kvd_session_tokens after the last step */
     atomic_size_t pages_summary;   /* kvd_session_pages after the last step */
+    atomic_size_t shadow_pages_summary; /* pages of the shadow copy */
 };
 
 struct kvd_api {

@@ -283,15 +283,17 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
         snprintf(v, sizeof v, "window %" PRIu32, c->window);
         return not_yet(err, "window", v, "only 0 = unlimited is implemented");
     }
-    if (c->cache.dtype != KVD_DTYPE_F32) {
-        snprintf(v, sizeof v, "\"%s\"", kvd_dtype_name(c->cache.dtype));
-        return not_yet(err, "cache.dtype", v, "only \"f32\" is implemented");
+    const bool kivi = c->cache.dtype == KVD_DTYPE_KIVI2 || c->cache.dtype == KVD_DTYPE_KIVI4;
+    if (kivi && c->cache.eviction != KVD_EVICT_NONE) {
+        /* Moving a token into another key block would re-quantize that
+         * block; until that is built, KIVI streams only grow. */
+        snprintf(v, sizeof v, "\"%s\" with \"%s\"", kvd_eviction_name(c->cache.eviction),
+                 kvd_dtype_name(c->cache.dtype));
+        return not_yet(err, "cache.eviction", v, "KIVI caches do not evict yet");
     }
     if (c->cache.eviction == KVD_EVICT_SUBGEN)
         return not_yet(err, "cache.eviction", "\"subgen\"",
                        "none, recency, l2norm and h2o are implemented");
-    if (c->shadow)
-        return not_yet(err, "shadow", "true", "only false is implemented");
     return 0;
 }
 /* ==== end NOT YET SUPPORTED ============================================= */
@@ -487,6 +489,21 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
         c.ttl_seconds = v;
     }
 
+    /* KIVI quantizes keys in blocks of `group` tokens and keeps `residual`
+     * tokens in f32 until a whole block is past them (DESIGN.md §4). */
+    if ((c.cache.dtype == KVD_DTYPE_KIVI2 || c.cache.dtype == KVD_DTYPE_KIVI4) &&
+        c.cache.residual % c.cache.group != 0)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.residual",
+                                 "cache.residual: must be a multiple of cache.group = %" PRIu32
+                                 " for %s, got %" PRIu32, c.cache.group,
+                                 kvd_dtype_name(c.cache.dtype), c.cache.residual);
+    const kvd_stream_format fmt = {c.cache.dtype, c.cache.group, c.cache.residual};
+    if (kvd_stream_slots_per_page_format(lim->page_bytes, c.head_dim, &fmt) == 0)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.group",
+                                 "cache.group: a %s page of head_dim %" PRIu32 " must hold whole "
+                                 "blocks of %" PRIu32 " tokens, and %zu bytes (--page-bytes) "
+                                 "cannot hold one", kvd_dtype_name(c.cache.dtype), c.head_dim,
+                                 c.cache.group, lim->page_bytes);
     if (reject_not_yet_supported(&c, err) != 0)
         return -1;
 

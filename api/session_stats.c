@@ -7,10 +7,25 @@
 
 #include <cJSON.h>
 
-/* Bits per stored K/V number for a dtype, scales included (f32 only so far). */
-static double payload_bits(kvd_dtype d)
+#include "cache/quant.h"
+
+/* Bits per cached K/V number: payload bytes (codes, scales, KIVI's f32
+ * residual) over 2 * head_dim numbers per token. With no token yet, the
+ * dtype's steady-state figure for a full row is reported instead. */
+static double bits_per_coordinate(const kvd_session *s, size_t tokens)
 {
-    return d == KVD_DTYPE_F32 ? 32.0 : 0.0;
+    const size_t d = s->config.head_dim;
+    if (!tokens) {
+        const kvd_stream *st = &s->streams[0];
+        double per_token = kvd_row_is_block(kvd_dtype_key_format(s->config.cache.dtype))
+                               ? (double)st->k_row_bytes / s->config.cache.group
+                               : (double)st->k_row_bytes;
+        return 8.0 * (per_token + st->v_row_bytes) / (2.0 * (double)d);
+    }
+    double payload = 0;
+    for (size_t i = 0; i < s->n_streams; i++)
+        payload += (double)kvd_stream_payload_bytes(&s->streams[i]);
+    return 8.0 * payload / (2.0 * (double)d * (double)tokens);
 }
 
 char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
@@ -46,11 +61,12 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
     /* Pages that may still be shared with a fork (copied on first write). */
     cJSON_AddNumberToObject(o, "shared_pages", (double)shared);
     cJSON_AddNumberToObject(o, "bytes", bytes);
-    cJSON_AddNumberToObject(o, "shadow_bytes", 0);
+    cJSON_AddNumberToObject(o, "shadow_bytes",
+                            as->shadow ? (double)kvd_session_pages(as->shadow) * (double)page_bytes : 0.0);
     /* Everything the session holds per cached token: payload, slot metadata
      * and the unused tail of its last pages. */
     cJSON_AddNumberToObject(o, "bytes_per_token", tokens ? bytes / (double)tokens : 0.0);
-    cJSON_AddNumberToObject(o, "bits_per_coordinate", payload_bits(cfg->cache.dtype));
+    cJSON_AddNumberToObject(o, "bits_per_coordinate", bits_per_coordinate(s, tokens));
     cJSON_AddStringToObject(o, "dtype", kvd_dtype_name(cfg->cache.dtype));
     cJSON_AddStringToObject(o, "memory_scaling", "n*d");
     cJSON_AddItemToObject(o, "layers", layers);
@@ -73,6 +89,17 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
         cJSON_AddNumberToObject(lo, "pages", (double)layer_pages);
         cJSON_AddNumberToObject(lo, "bytes", (double)layer_pages * (double)page_bytes);
         cJSON_AddItemToArray(layers, lo);
+    }
+    if (as->shadow) {
+        const api_shadow_stats *sh = &as->shadow_stats;
+        cJSON *so = cJSON_AddObjectToObject(o, "shadow");
+        if (so) {
+            cJSON_AddNumberToObject(so, "steps", (double)sh->steps);
+            cJSON_AddNumberToObject(so, "last_relative_error", sh->last_relative_error);
+            cJSON_AddNumberToObject(so, "mean_relative_error",
+                                    sh->steps ? sh->sum_relative_error / (double)sh->steps : 0.0);
+            cJSON_AddNumberToObject(so, "max_abs_error", sh->max_abs_error);
+        }
     }
     char *json = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

@@ -8,6 +8,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,8 @@ typedef struct step_plan {
     size_t *evicted;         /* [n_layers] tokens evicted per stream by each entry */
     float *weights;          /* h2o: [max_tokens] weight received per slot */
     float *scratch;          /* h2o: [max_tokens] one head's scores */
+    float **exact;           /* shadow: [n_layers] each [m_q][heads][head_dim] */
+    double *err_sq, *ref_sq, *max_abs; /* shadow: [n_layers] per-entry error terms */
 } step_plan;
 
 static void plan_free(step_plan *p, size_t n_layers)
@@ -41,6 +44,13 @@ static void plan_free(step_plan *p, size_t n_layers)
     free(p->evicted);
     free(p->weights);
     free(p->scratch);
+    if (p->exact)
+        for (size_t i = 0; i < n_layers; i++)
+            free(p->exact[i]);
+    free(p->exact);
+    free(p->err_sq);
+    free(p->ref_sq);
+    free(p->max_abs);
 }
 
 static int fail(api_job *job, int status, const char *code, const char *msg)
@@ -94,6 +104,26 @@ static size_t stream_page_bound(const kvd_stream *s, const kvd_step_request *req
 
 /* Allocations first; then the pool, all or nothing. Returns 0, or -1 with the
  * job's response set (nothing in the session changed). */
+static bool is_kivi(const kvd_session_config *cfg)
+{
+    return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+}
+
+/* Pages the exact f32 shadow copy takes for the request's tokens. */
+static int plan_shadow(api_job *job, kvd_session *shadow, const step_plan *p, size_t *pages)
+{
+    *pages = 0;
+    for (size_t i = 0; i < shadow->n_streams; i++) {
+        if (!p->new_tokens[i])
+            continue;
+        size_t need = kvd_stream_pages_needed(&shadow->streams[i], p->new_tokens[i]);
+        if (kvd_stream_reserve_table(&shadow->streams[i], need) != 0)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
+        *pages += need;
+    }
+    return 0;
+}
+
 static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_step_request *req,
                      step_plan *p)
 {
@@ -122,7 +152,10 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         if (!p->new_tokens[i])
             continue;
         uint32_t layer = (uint32_t)(i / cfg->kv_heads);
-        size_t need = stream_page_bound(s, req, layer, cfg->cache.budget);
+        /* KIVI streams never evict and settle once, after the whole request,
+         * so their own count for the request's total is exact. */
+        size_t need = is_kivi(cfg) ? kvd_stream_pages_needed(s, p->new_tokens[i])
+                                   : stream_page_bound(s, req, layer, cfg->cache.budget);
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
@@ -138,6 +171,22 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         p->scratch = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
         if (!p->weights || !p->scratch)
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for h2o scores");
+    }
+    kvd_session *shadow = job->session->shadow;
+    if (shadow) {
+        size_t shadow_pages;
+        p->exact = calloc(req->n_layers, sizeof *p->exact);
+        p->err_sq = calloc(req->n_layers, sizeof *p->err_sq);
+        p->ref_sq = calloc(req->n_layers, sizeof *p->ref_sq);
+        p->max_abs = calloc(req->n_layers, sizeof *p->max_abs);
+        if (!p->exact || !p->err_sq || !p->ref_sq || !p->max_abs)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for shadow outputs");
+        for (size_t i = 0; i < req->n_layers; i++)
+            if (req->layers[i].m_q && !(p->exact[i] = malloc(req->layers[i].m_q * q_row * sizeof(float))))
+                return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for shadow outputs");
+        if (plan_shadow(job, shadow, p, &shadow_pages) != 0)
+            return -1;
+        p->total_pages += shadow_pages;
     }
     if (p->total_pages) {
         p->pages = malloc(p->total_pages * sizeof *p->pages);
@@ -160,7 +209,8 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
     return 0;
 }
 
-/* Appends one entry's tokens to its layer's kv_heads streams. Cannot fail. */
+/* Appends one entry's tokens to its layer's kv_heads streams (of the
+ * session or of its shadow copy). Cannot fail. */
 static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p)
 {
     const kvd_session_config *cfg = &sess->config;
@@ -184,29 +234,31 @@ static size_t visible_tokens(const kvd_step_layer *st, size_t n_before, size_t i
 
 /* Attention for every query of one entry. Query heads g*group ..
  * g*group+group-1 share kv head g and are adjacent in q, so one kernel call
- * serves the group. h2o streams also get the weights each slot received. */
+ * serves the group. With `score` (h2o) streams also get the weights each
+ * slot received. */
 static void apply_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o,
-                            step_plan *p)
+                            step_plan *p, bool score)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
     uint32_t group = cfg->heads / cfg->kv_heads;
     size_t d = cfg->head_dim;
+    float *weights = score ? p->weights : NULL;
     for (uint32_t g = 0; g < cfg->kv_heads; g++) {
         kvd_stream *s = kvd_session_stream(sess, st->layer, g);
-        kvd_kv_pages view = kvd_stream_view(s);
-        if (p->weights)
-            memset(p->weights, 0, s->n_tokens * sizeof(float));
+        if (weights)
+            memset(weights, 0, s->n_tokens * sizeof(float));
         for (size_t i = 0; i < st->m_q; i++) {
             size_t off = (i * cfg->heads + (size_t)g * group) * d;
-            size_t visible = visible_tokens(st, n_before, i);
-            kern->attend_group(&view, visible, st->q + off, group, cfg->scale, o + off);
-            if (p->weights)
-                kvd_attention_weights_ref(&view, visible, st->q + off, group, cfg->scale, p->scratch,
-                                          p->weights);
+            kvd_kv_segment seg[2];
+            size_t n_seg = kvd_stream_segments(s, visible_tokens(st, n_before, i), seg);
+            kern->attend(seg, n_seg, st->q + off, group, cfg->scale, o + off);
+            if (weights)
+                kvd_attention_weights_ref(seg, n_seg, st->q + off, group, cfg->scale, p->scratch,
+                                          weights);
         }
-        if (p->weights)
-            kvd_stream_add_weights(s, p->weights, s->n_tokens);
+        if (weights)
+            kvd_stream_add_weights(s, weights, s->n_tokens);
     }
 }
 
@@ -234,6 +286,52 @@ static size_t apply_eviction(kvd_api *api, kvd_session *sess, const kvd_step_lay
     return most;
 }
 
+/* Adds ||o - e||^2, ||e||^2 and max |o - e| over n outputs (in double). */
+static void shadow_compare(const float *o, const float *e, size_t n, double *err_sq, double *ref_sq,
+                           double *max_abs)
+{
+    for (size_t i = 0; i < n; i++) {
+        double diff = (double)o[i] - (double)e[i];
+        *err_sq += diff * diff;
+        *ref_sq += (double)e[i] * e[i];
+        if (fabs(diff) > *max_abs)
+            *max_abs = fabs(diff);
+    }
+}
+
+/* Relative L2 error ||o - e|| / ||e||; 0 when both are zero. */
+static double relative_error(double err_sq, double ref_sq)
+{
+    return ref_sq > 0 ? sqrt(err_sq / ref_sq) : (err_sq > 0 ? INFINITY : 0.0);
+}
+
+/* One shadow observation per request that had queries: its outputs, all
+ * entries together, against the exact f32 attention over every token. */
+static void shadow_account(kvd_api *api, api_session *s, const kvd_step_request *req, const step_plan *p)
+{
+    double err = 0, ref = 0, max_abs = 0;
+    bool any = false;
+    for (size_t i = 0; i < req->n_layers; i++) {
+        if (!req->layers[i].m_q)
+            continue;
+        any = true;
+        err += p->err_sq[i];
+        ref += p->ref_sq[i];
+        if (p->max_abs[i] > max_abs)
+            max_abs = p->max_abs[i];
+    }
+    if (!any)
+        return;
+    double rel = relative_error(err, ref);
+    api_shadow_stats *st = &s->shadow_stats;
+    st->steps++;
+    st->last_relative_error = rel;
+    st->sum_relative_error += rel;
+    if (max_abs > st->max_abs_error)
+        st->max_abs_error = max_abs;
+    kvd_histogram_observe_value(&api->stats.shadow_relative_error, kvd_shadow_error_bounds, rel);
+}
+
 static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, const float *o,
                            size_t tokens, size_t evicted, kvd_encoding enc)
 {
@@ -249,6 +347,16 @@ static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, co
     cJSON_AddNumberToObject(r, "tokens", (double)tokens);
     cJSON_AddNumberToObject(r, "evicted", (double)evicted);
     return r;
+}
+
+/* "shadow": {"relative_error", "max_abs_error"} of entry i's outputs. */
+static void add_shadow(cJSON *r, const step_plan *p, size_t i)
+{
+    cJSON *sh = cJSON_AddObjectToObject(r, "shadow");
+    if (!sh)
+        return;
+    cJSON_AddNumberToObject(sh, "relative_error", relative_error(p->err_sq[i], p->ref_sq[i]));
+    cJSON_AddNumberToObject(sh, "max_abs_error", p->max_abs[i]);
 }
 
 /* Parses the body unless a retry (after reclaiming pages) already did. */
@@ -290,6 +398,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     }
 
     /* From here on nothing can fail: the step is applied whole. */
+    kvd_session *shadow = job->session->shadow;
     uint64_t tokens_in = 0;
     for (size_t i = 0; i < req->n_layers; i++) {
         const kvd_step_layer *st = &req->layers[i];
@@ -297,12 +406,33 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         if (st->m)
             apply_append(api, sess, st, &plan);
         if (st->m_q)
-            apply_attention(sess, st, n_before, plan.outputs[i], &plan);
+            apply_attention(sess, st, n_before, plan.outputs[i], &plan, plan.weights != NULL);
         plan.evicted[i] = apply_eviction(api, sess, st, &plan);
         plan.tokens_after[i] = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         tokens_in += st->m;
+        if (shadow) {
+            size_t shadow_before = kvd_session_stream(shadow, st->layer, 0)->n_tokens;
+            if (st->m)
+                apply_append(api, shadow, st, &plan);
+            if (st->m_q) {
+                apply_attention(shadow, st, shadow_before, plan.exact[i], &plan, false);
+                shadow_compare(plan.outputs[i], plan.exact[i], st->m_q * (size_t)sess->config.heads *
+                               sess->config.head_dim, &plan.err_sq[i], &plan.ref_sq[i], &plan.max_abs[i]);
+            }
+        }
     }
+    /* KIVI: whole key groups past the residual window are quantized now,
+     * once per request (the page plan counted exactly this). */
+    if (is_kivi(&sess->config))
+        for (size_t i = 0; i < sess->n_streams; i++) {
+            size_t used = 0;
+            kvd_stream_settle(&sess->streams[i], api->pool, plan.pages + plan.cursor,
+                              plan.total_pages - plan.cursor, &used);
+            plan.cursor += used;
+        }
     assert(plan.cursor <= plan.total_pages && "stream_page_bound undercounted");
+    if (shadow)
+        shadow_account(api, job->session, req, &plan);
     if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
         kvd_pool_release(api->pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
     job->applied = true;
@@ -316,6 +446,8 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         for (size_t i = 0; arr && i < req->n_layers; i++) {
             cJSON *r = layer_result(sess, &req->layers[i], plan.outputs[i], plan.tokens_after[i],
                                     plan.evicted[i], req->encoding);
+            if (r && shadow && req->layers[i].m_q)
+                add_shadow(r, &plan, i);
             if (!r) {
                 cJSON_Delete(out);
                 out = NULL;
@@ -326,6 +458,8 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     } else {
         out = layer_result(sess, &req->layers[0], plan.outputs[0], plan.tokens_after[0],
                            plan.evicted[0], req->encoding);
+        if (out && shadow && req->layers[0].m_q)
+            add_shadow(out, &plan, 0);
     }
     char *json = out ? cJSON_PrintUnformatted(out) : NULL;
     cJSON_Delete(out);
@@ -340,6 +474,8 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     atomic_store(&s->last_step_seconds, job->seconds);
     atomic_store(&s->tokens_summary, kvd_session_tokens(sess));
     atomic_store(&s->pages_summary, kvd_session_pages(sess));
+    if (shadow)
+        atomic_store(&s->shadow_pages_summary, kvd_session_pages(shadow));
     atomic_fetch_add_explicit(&api->stats.steps, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, tokens_in, memory_order_relaxed);
     kvd_histogram_observe(&api->stats.step_seconds, job->seconds);

@@ -95,21 +95,23 @@ static void header(text *t, const char *name, const char *type, const char *help
     put(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void histogram(text *t, const char *name, const char *labels, const kvd_histogram *h)
+static void histogram(text *t, const char *name, const char *labels, const kvd_histogram *h,
+                      const double *bounds)
 {
     uint64_t cum = 0;
     const char *sep = labels[0] ? "," : "";
     for (size_t i = 0; i <= KVD_HISTOGRAM_BUCKETS; i++) {
         cum += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
         if (i < KVD_HISTOGRAM_BUCKETS)
-            put(t, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, kvd_histogram_bounds[i],
+            put(t, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, bounds[i],
                 (unsigned long long)cum);
         else
             put(t, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
     }
-    put(t, "%s_sum{%s} %.9f\n", name, labels,
+    put(t, "%s_sum%s%s%s %.9f\n", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
         (double)atomic_load_explicit(&h->sum_ns, memory_order_relaxed) * 1e-9);
-    put(t, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+    put(t, "%s_count%s%s%s %llu\n", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
+        (unsigned long long)cum);
 }
 
 static unsigned long long load(const atomic_uint_fast64_t *a)
@@ -185,12 +187,16 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
             continue;
         char labels[64];
         snprintf(labels, sizeof labels, "route=\"%s\"", kvd_route_label((kvd_route)r));
-        histogram(&t, "kvd_http_request_duration_seconds", labels, &http_seconds[r]);
+        histogram(&t, "kvd_http_request_duration_seconds", labels, &http_seconds[r], kvd_histogram_bounds);
     }
 
     const kvd_api_stats *st = kvd_api_stats_get(api);
     header(&t, "kvd_step_duration_seconds", "histogram", "Compute time of a step on a worker.");
-    histogram(&t, "kvd_step_duration_seconds", "attention=\"standard\"", &st->step_seconds);
+    histogram(&t, "kvd_step_duration_seconds", "attention=\"standard\"", &st->step_seconds,
+              kvd_histogram_bounds);
+    header(&t, "kvd_shadow_relative_error", "histogram",
+           "Relative L2 error of a step's outputs against exact attention (shadow sessions).");
+    histogram(&t, "kvd_shadow_relative_error", "", &st->shadow_relative_error, kvd_shadow_error_bounds);
     header(&t, "kvd_step_tokens_total", "counter", "New tokens received in steps, one per token per layer.");
     put(&t, "kvd_step_tokens_total %llu\n", load(&st->step_tokens));
     header(&t, "kvd_steps_total", "counter", "Steps applied.");
@@ -208,6 +214,17 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
     header(&t, "kvd_reclaimed_tokens_total", "counter",
            "Tokens evicted from idle sessions to make room under --on-full evict.");
     put(&t, "kvd_reclaimed_tokens_total %llu\n", load(&st->reclaimed_tokens));
+    double by_tokens[KVD_DTYPE_COUNT], by_bytes[KVD_DTYPE_COUNT], shadow_bytes;
+    kvd_api_cache_totals(api, by_tokens, by_bytes, &shadow_bytes);
+    header(&t, "kvd_cache_tokens", "gauge", "Cached tokens (slots summed over streams), by cache dtype.");
+    for (int d = 0; d < KVD_DTYPE_COUNT; d++)
+        put(&t, "kvd_cache_tokens{dtype=\"%s\"} %.0f\n", kvd_dtype_name((kvd_dtype)d), by_tokens[d]);
+    header(&t, "kvd_cache_bytes", "gauge", "Pool bytes held by sessions' caches, by cache dtype.");
+    for (int d = 0; d < KVD_DTYPE_COUNT; d++)
+        put(&t, "kvd_cache_bytes{dtype=\"%s\"} %.0f\n", kvd_dtype_name((kvd_dtype)d), by_bytes[d]);
+    header(&t, "kvd_shadow_bytes", "gauge",
+           "Pool bytes held by shadow sessions' exact f32 copies (not in kvd_cache_bytes).");
+    put(&t, "kvd_shadow_bytes %.0f\n", shadow_bytes);
     header(&t, "kvd_rejected_total", "counter", "Requests refused for want of a resource, by reason.");
     put(&t, "kvd_rejected_total{reason=\"pool_full\"} %llu\n", load(&st->rejected_pool_full));
     put(&t, "kvd_rejected_total{reason=\"queue_full\"} %llu\n", load(&st->rejected_queue_full));

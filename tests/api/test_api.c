@@ -281,7 +281,7 @@ END_TEST
 
 START_TEST(pool_exhaustion_changes_nothing)
 {
-    /* 8 pages of 1 KiB; head_dim 8 -> 12 slots per page (see stream.h). */
+    /* 8 pages of 1 KiB; head_dim 8 -> 14 slots per page (see stream.h). */
     kvd_api *api = make_api(8 * 1024, 1024, 8);
     char *id = create(api, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8}");
     float buf[4096];
@@ -478,10 +478,10 @@ static double stat(kvd_api *api, const char *id, const char *key)
 
 START_TEST(fork_shares_pages_until_written)
 {
-    /* 1 KiB pages, head_dim 8: 12 slots a page (see stream.h's layout). */
+    /* 1 KiB pages, head_dim 8: 14 slots a page (see stream.h's layout). */
     kvd_api *api = make_api(64 * 1024, 1024, 8);
     char *id = create(api, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8}");
-    ck_assert_int_eq(append_tokens(api, id, 30, 1), 200); /* 3 pages, tail 6/12 used */
+    ck_assert_int_eq(append_tokens(api, id, 30, 1), 200); /* 3 pages, tail 2/14 used */
     size_t used = kvd_pool_pages_used(kvd_api_pool(api));
     kvd_response r = call(api, KVD_ROUTE_SESSION_FORK, id, NULL, 2, 1);
     ck_assert_int_eq(r.status, 201);
@@ -536,7 +536,7 @@ START_TEST(idle_sessions_expire)
 }
 END_TEST
 
-/* Pool of 8 pages (12 slots each). A holds 60 tokens (5 pages) under recency
+/* Pool of 8 pages (14 slots each). A holds 60 tokens (5 pages) under recency
  * with 4 sinks; B, with no policy, asks for 4 pages while 3 are free. */
 static void pressure(bool on_full_evict)
 {
@@ -584,7 +584,7 @@ START_TEST(readiness_follows_reclaimable_room)
     for (int mode = 0; mode < 2; mode++) {
         kvd_api *api = make_api_opt(8 * 1024, 1024, 8, mode == 1);
         char *a = create(api, "{\"heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\"}}");
-        ck_assert_int_eq(append_tokens(api, a, 96, 1), 200); /* all 8 pages */
+        ck_assert_int_eq(append_tokens(api, a, 112, 1), 200); /* all 8 pages */
         ck_assert_uint_eq(kvd_pool_pages_free(kvd_api_pool(api)), 0);
         /* reject: nothing can be reclaimed; evict: A could give pages back */
         ck_assert(kvd_api_ready(api) == (mode == 1));

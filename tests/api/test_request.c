@@ -284,14 +284,14 @@ END_TEST
 
 START_TEST(create_head_dim_page)
 {
-    /* 16 KiB page: a slot is 2 * align64(4 * d) + 16 bytes. d = 2032 gives
-     * 2 * 8128 + 16 = 16272; d = 2033 gives 2 * 8192 + 16 = 16400. */
+    /* 16 KiB page: a slot is 2 * align64(4 * d) + 8 bytes. d = 2032 gives
+     * 2 * 8128 + 8 = 16264; d = 2033 gives 2 * 8192 + 8 = 16392. */
     kvd_session_config c;
     create_ok("{\"head_dim\": 2032}", &c);
     create_err("{\"head_dim\": 2033}", "head_dim",
-               "takes 16400 bytes, more than the page size of 16384 bytes");
+               "takes 16392 bytes, more than the page size of 16384 bytes");
     create_err("{\"head_dim\": 4096}", "head_dim",
-               "head_dim: one f32 slot of head_dim 4096 takes 32784 bytes, more than the page "
+               "head_dim: one f32 slot of head_dim 4096 takes 32776 bytes, more than the page "
                "size of 16384 bytes");
     /* The decision is the cache's own: sweep every head_dim on a few page
      * sizes and compare with kvd_stream_slots_per_page. */
@@ -403,18 +403,42 @@ START_TEST(create_not_yet_supported)
     create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"four\"}", "attention",
                "not yet supported");
     create_err("{\"window\": 16}", "window", "not yet supported");
-    static const char *const dtypes[] = {"f16", "bf16", "int8", "int4", "kivi2", "kivi4"};
-    char json[160], want[64];
-    for (size_t i = 0; i < 6; i++) {
-        snprintf(json, sizeof json, "{\"cache\": {\"dtype\": \"%s\"}}", dtypes[i]);
-        snprintf(want, sizeof want, "\"%s\" is not yet supported", dtypes[i]);
-        create_err(json, "cache.dtype", want);
-    }
+    create_err("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", "cache.eviction",
+               "KIVI caches do not evict yet");
     create_err("{\"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",
                "\"subgen\" is not yet supported");
     create_err("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0.1, \"cluster_samples\": 4,"
                " \"value_samples\": 4}}", "cache.eviction", "not yet supported");
-    create_err("{\"shadow\": true}", "shadow", "not yet supported");
+}
+END_TEST
+
+/* Every cache dtype, shadow mode, and KIVI's group/residual rules. */
+START_TEST(create_dtypes_and_shadow)
+{
+    static const struct { const char *name; kvd_dtype d; } dtypes[] = {
+        {"f32", KVD_DTYPE_F32}, {"f16", KVD_DTYPE_F16}, {"bf16", KVD_DTYPE_BF16},
+        {"int8", KVD_DTYPE_INT8}, {"int4", KVD_DTYPE_INT4}, {"kivi2", KVD_DTYPE_KIVI2},
+        {"kivi4", KVD_DTYPE_KIVI4},
+    };
+    char json[160];
+    for (size_t i = 0; i < 7; i++) {
+        kvd_session_config c;
+        snprintf(json, sizeof json, "{\"cache\": {\"dtype\": \"%s\"}, \"shadow\": true}", dtypes[i].name);
+        create_ok(json, &c);
+        ck_assert_int_eq(c.cache.dtype, dtypes[i].d);
+        ck_assert(c.shadow);
+    }
+    create_err("{\"cache\": {\"dtype\": \"kivi4\", \"group\": 32, \"residual\": 48}}", "cache.residual",
+               "multiple of cache.group = 32");
+    kvd_session_config c;
+    create_ok("{\"cache\": {\"dtype\": \"kivi4\", \"group\": 16, \"residual\": 0}}", &c);
+    ck_assert_uint_eq(c.cache.residual, 0);
+    /* A KIVI page must hold a whole key block of `group` tokens. */
+    create_err("{\"head_dim\": 512, \"cache\": {\"dtype\": \"kivi4\", \"group\": 4096, \"residual\": 0}}",
+               "cache.group", "cannot hold one");
+    /* int4 may use any group; a residual only matters to KIVI. */
+    create_ok("{\"cache\": {\"dtype\": \"int4\", \"group\": 24, \"residual\": 7}}", &c);
+    ck_assert_uint_eq(c.cache.group, 24);
 }
 END_TEST
 
@@ -892,6 +916,7 @@ int main(void)
     tcase_add_test(tc, create_cache_rules);
     tcase_add_test(tc, create_not_yet_supported);
     tcase_add_test(tc, create_eviction_policies);
+    tcase_add_test(tc, create_dtypes_and_shadow);
     tcase_add_test(tc, config_to_json);
     tcase_add_test(tc, config_to_json_allocation_failure);
     suite_add_tcase(s, tc);

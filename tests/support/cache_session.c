@@ -19,7 +19,7 @@
 #define BODY_SNIPPET 400
 /* Page layout constants from cache/stream.h. */
 #define PAGE_BLOCK_ALIGN 64
-#define SLOT_META_BYTES 16
+#define SLOT_META_BYTES 8
 
 const char *cache_policy_name(ref_evict_policy p)
 {
