@@ -1,0 +1,162 @@
+/* attention/tensor.c — tensor attention's scalar oracles (four caches, two
+ * caches), the pair rows a two-cache stores, and the runtime choice of the
+ * SIMD twins (tensor_avx2.c, tensor_avx512.c). The oracles follow the
+ * definition in tensor.h literally: one online softmax over the pairs, the
+ * output row itself as the accumulator, so they need no scratch at all. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "attention/tensor.h"
+
+/* First visible token of n with window W (0 = all). */
+static size_t first_visible(size_t n, size_t window)
+{
+    return window > 0 && window < n ? n - window : 0;
+}
+
+/* One step of the online softmax: fold score s with value row v1 ⊙ v2 (v2
+ * alone when v1 is NULL) into the output o [d], running max *m and running
+ * sum *l. Rescales o only when the running max grows, so every weight is
+ * e^(<= 0): no overflow whatever the score magnitude. */
+static void online_fold(float *restrict o, size_t d, float *m, float *l, float s,
+                        const float *restrict v1, const float *restrict v2)
+{
+    if (s > *m) {
+        const float c = expf(*m - s); /* 0 for the first row: *m = -inf */
+        *l *= c;
+        for (size_t i = 0; i < d; i++)
+            o[i] *= c;
+        *m = s;
+    }
+    const float w = expf(s - *m);
+    *l += w;
+    if (v1 != NULL)
+        for (size_t i = 0; i < d; i++)
+            o[i] += w * (v1[i] * v2[i]);
+    else
+        for (size_t i = 0; i < d; i++)
+            o[i] += w * v2[i];
+}
+
+void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                         const float *q, size_t n_q, float scale, float *o)
+{
+    const size_t d = a->head_dim;
+    const size_t lo = first_visible(n, window);
+    for (size_t h = 0; h < n_q; h++) {
+        const float *qh = q + h * d;
+        float *oh = o + h * d;
+        memset(oh, 0, d * sizeof *oh);
+        float m = -INFINITY, l = 0.0f;
+        for (size_t j = lo; j < n; j++) {
+            const float *k1 = kvd_kv_key(a, j), *v1 = kvd_kv_value(a, j);
+            for (size_t k = lo; k < n; k++) {
+                const float *k2 = kvd_kv_key(b, k);
+                float s = 0.0f;
+                for (size_t i = 0; i < d; i++)
+                    s += qh[i] * k1[i] * k2[i];
+                online_fold(oh, d, &m, &l, scale * s, v1, kvd_kv_value(b, k));
+            }
+        }
+        if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
+            for (size_t i = 0; i < d; i++)
+                oh[i] /= l;
+    }
+}
+
+void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
+                        float scale, float *o)
+{
+    const size_t d = pairs->head_dim;
+    const size_t rows = n * n;
+    for (size_t h = 0; h < n_q; h++) {
+        const float *qh = q + h * d;
+        float *oh = o + h * d;
+        memset(oh, 0, d * sizeof *oh);
+        float m = -INFINITY, l = 0.0f;
+        for (size_t r = 0; r < rows; r++) {
+            const float *k = kvd_kv_key(pairs, r);
+            float s = 0.0f;
+            for (size_t i = 0; i < d; i++)
+                s += qh[i] * k[i];
+            online_fold(oh, d, &m, &l, scale * s, NULL, kvd_kv_value(pairs, r));
+        }
+        if (l > 0.0f)
+            for (size_t i = 0; i < d; i++)
+                oh[i] /= l;
+    }
+}
+
+/* The i-th new pair of token t (kvd_tensor_pair_row's order), as (j, k). */
+static void new_pair(size_t t, size_t i, size_t *j, size_t *k)
+{
+    if (i <= t) { /* (t, 0) .. (t, t) */
+        *j = t;
+        *k = i;
+    } else {      /* (0, t) .. (t-1, t) */
+        *j = i - t - 1;
+        *k = t;
+    }
+}
+
+void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t, float *k_rows,
+                          float *v_rows)
+{
+    const size_t d = a->head_dim;
+    for (size_t i = 0; i < kvd_tensor_pair_rows_added(t); i++) {
+        size_t j, k;
+        new_pair(t, i, &j, &k);
+        const float *k1 = kvd_kv_key(a, j), *v1 = kvd_kv_value(a, j);
+        const float *k2 = kvd_kv_key(b, k), *v2 = kvd_kv_value(b, k);
+        float *kr = k_rows + i * d, *vr = v_rows + i * d;
+        for (size_t l = 0; l < d; l++) {
+            kr[l] = k1[l] * k2[l];
+            vr[l] = v1[l] * v2[l];
+        }
+    }
+}
+
+/* ---- runtime dispatch ------------------------------------------------------ */
+
+/* Scalar first, best last; the prefix this CPU supports is usable. */
+static const kvd_tensor_kernels tensor_tables[] = {
+    {.name = "scalar", .four = kvd_tensor_four_ref, .two = kvd_tensor_two_ref},
+#if defined(__x86_64__)
+    {.name = "avx2", .four = kvd_tensor_four_avx2, .two = kvd_tensor_two_avx2},
+    {.name = "avx512", .four = kvd_tensor_four_avx512, .two = kvd_tensor_two_avx512},
+#endif
+};
+
+/* How many entries of tensor_tables this CPU can run. Idempotent, so a race
+ * between first callers only computes the same value twice. */
+static size_t usable_tables(void)
+{
+    static atomic_size_t cached; /* 0 = not computed yet */
+    size_t n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n != 0)
+        return n;
+    n = 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init(); /* needed if called before constructors run */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        n = 2;
+        if (__builtin_cpu_supports("avx512f"))
+            n = 3;
+    }
+#endif
+    atomic_store_explicit(&cached, n, memory_order_relaxed);
+    return n;
+}
+
+const kvd_tensor_kernels *kvd_tensor_kernels_get(void)
+{
+    return &tensor_tables[usable_tables() - 1];
+}
+
+const kvd_tensor_kernels *kvd_tensor_kernels_all(size_t *n)
+{
+    *n = usable_tables();
+    return tensor_tables;
+}

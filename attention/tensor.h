@@ -1,0 +1,109 @@
+/* attention/tensor.h — tensor attention (DESIGN.md §5; Alman & Song 2023;
+ * Chen et al. 2025, arXiv 2503.11108) over paged f32 caches, stored either as
+ * four n x d caches (k1, k2, v1, v2) or as two n^2 x d caches of pair rows
+ * (k1_j ⊙ k2_k, v1_j ⊙ v2_k). Both give the same output to f32 rounding.
+ *
+ * For one query head with query q (d numbers) over the visible tokens T:
+ *   s_jk = scale * sum_l q_l * k1_{j,l} * k2_{k,l}          (j, k in T)
+ *   o    = sum_{j,k} softmax_{jk}(s) * (v1_j ⊙ v2_k)      (softmax over all |T|^2 pairs)
+ * Every view here is f32 (kvd_kv_key / kvd_kv_value; the format fields of
+ * kvd_kv_pages must be the f32 defaults). Every `_ref` kernel has SIMD twins
+ * chosen at run time (kvd_tensor_kernels_get). Kernels never allocate. */
+#ifndef KVD_ATTENTION_TENSOR_H
+#define KVD_ATTENTION_TENSOR_H
+
+#include <stddef.h>
+
+#include "attention/attention.h"
+
+/* Four caches. a = view of (k1 as K, v1 as V), b = view of (k2 as K, v2 as V),
+ * same slot order, same head_dim d; slots 0..n-1 are the tokens. With
+ * window W > 0 only the last min(W, n) tokens are visible (both members of a
+ * pair; 2-simplicial attention's local form), window 0 = all n.
+ *   q: [n_q][d] f32, the query heads of one GQA group sharing this kv head.
+ *   o: [n_q][d] f32, written (may not alias q). No visible token writes zeros.
+ * O(|T|^2 * d) time per head, O(1) memory besides o: one online softmax over
+ * the pairs in order (j outer, k inner) with o as its accumulator. The
+ * oracle every SIMD four-cache kernel is tested against. */
+void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                         const float *q, size_t n_q, float scale, float *o);
+
+/* Two caches. `pairs` slot r holds K = k1_j ⊙ k2_k and V = v1_j ⊙ v2_k of the
+ * r-th pair in append order (kvd_tensor_pair_row): the pairs of tokens
+ * 0..n-1 are exactly rows 0..n*n-1. Standard softmax attention over those
+ * n*n rows (online softmax, f32 accumulation):
+ *   q, o: [n_q][d] f32 as above; n == 0 writes zeros.
+ * No window: the pairs of the last W tokens are not a contiguous run of rows
+ * (a windowed two-cache is a four-cache's job: O(W*d) memory vs O(W^2*d)). */
+void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
+                        float scale, float *o);
+
+/* Row of pair (j, k) in the two-cache append order. Appending token t adds
+ * its 2t+1 pairs (t,0),(t,1),...,(t,t),(0,t),(1,t),...,(t-1,t) as rows
+ * t^2 .. t^2+2t, so the first n tokens own rows 0 .. n^2-1. */
+static inline size_t kvd_tensor_pair_row(size_t j, size_t k)
+{
+    return j >= k ? j * j + k : k * k + k + 1 + j;
+}
+
+/* Pair rows appended by token t (0-based): 2t+1. */
+static inline size_t kvd_tensor_pair_rows_added(size_t t)
+{
+    return 2 * t + 1;
+}
+
+/* The 2t+1 pair rows token t appends, in kvd_tensor_pair_row order, for
+ * cache/ to store: a = (k1, v1) and b = (k2, v2) views holding tokens 0..t.
+ *   k_rows: [2t+1][d] f32, row i = k1_j ⊙ k2_k of the i-th new pair (j, k)
+ *   v_rows: [2t+1][d] f32, row i = v1_j ⊙ v2_k
+ * Products are single f32 multiplications, so the rows are exact functions
+ * of the four caches (bit-identical whoever computes them). */
+void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t, float *k_rows,
+                          float *v_rows);
+
+/* Largest head_dim the SIMD four-cache kernels handle with their fixed
+ * on-stack tiles (a [d][16] tile of q ⊙ k1 and a [16][d] tile of partial
+ * outputs, 16 KiB each at this bound); a larger d runs kvd_tensor_four_ref.
+ * The two-cache kernels keep no d-sized scratch and take any d. */
+#define KVD_TENSOR_MAX_FAST_DIM 256
+
+/* Query heads per pass (running max and sum per head on the stack); a
+ * larger group is processed in chunks of this many heads. */
+#define KVD_TENSOR_MAX_GROUP 64
+
+typedef void (*kvd_tensor_four_fn)(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                                   size_t window, const float *q, size_t n_q, float scale,
+                                   float *o);
+typedef void (*kvd_tensor_two_fn)(const kvd_kv_pages *pairs, size_t n, const float *q,
+                                  size_t n_q, float scale, float *o);
+
+/* A kernel table: same contracts as the _ref functions above. */
+typedef struct kvd_tensor_kernels {
+    const char *name; /* "scalar", "avx2", "avx512" */
+    kvd_tensor_four_fn four;
+    kvd_tensor_two_fn two;
+} kvd_tensor_kernels;
+
+/* The fastest table this CPU runs (AVX-512F, else AVX2+FMA, else scalar);
+ * thread-safe, cheap after the first call. */
+const kvd_tensor_kernels *kvd_tensor_kernels_get(void);
+
+/* Every table this CPU can run, scalar first, best last; *n gets the count
+ * (for tests and benchmarks that compare the levels). */
+const kvd_tensor_kernels *kvd_tensor_kernels_all(size_t *n);
+
+#if defined(__x86_64__)
+/* The SIMD twins (built with target attributes: call only when the CPU has
+ * the features; kvd_tensor_kernels_get checks). Same contracts as _ref. */
+void kvd_tensor_four_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                          const float *q, size_t n_q, float scale, float *o); /* avx2 + fma */
+void kvd_tensor_two_avx2(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
+                         float scale, float *o);
+void kvd_tensor_four_avx512(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                            size_t window, const float *q, size_t n_q, float scale,
+                            float *o); /* avx512f */
+void kvd_tensor_two_avx512(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
+                           float scale, float *o);
+#endif
+
+#endif
