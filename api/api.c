@@ -374,8 +374,8 @@ static void session_pump(kvd_api *api, api_session *s)
             if (rc == 0 && s->shadow && (rc = kvd_session_fork(s->shadow, api->pool, &child_shadow)) != 0)
                 kvd_session_destroy(child, api->pool);
             if (rc == -ENOTSUP) {
-                respond_error(&job->resp, 400, KVD_ERR_INVALID, "cache.dtype",
-                              "forking a KIVI session is not yet supported");
+                respond_error(&job->resp, 400, KVD_ERR_INVALID, NULL,
+                              "forking a KIVI or tensor-attention session is not yet supported");
                 answer_job(api, job);
                 break;
             }

@@ -271,17 +271,28 @@ static int not_yet(kvd_api_error *err, const char *field, const char *value, con
 static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *err)
 {
     char v[64];
-    if (c->attention != KVD_ATTN_STANDARD) {
-        snprintf(v, sizeof v, "\"%s\"", kvd_attention_name(c->attention));
-        return not_yet(err, "attention", v, "only \"standard\" attention is implemented");
-    }
-    if (c->tensor_cache != KVD_TENSOR_CACHE_FOUR) {
-        snprintf(v, sizeof v, "\"%s\"", kvd_tensor_cache_name(c->tensor_cache));
-        return not_yet(err, "tensor_cache", v, "only \"four\" is implemented");
-    }
-    if (c->window > 0) {
-        snprintf(v, sizeof v, "window %" PRIu32, c->window);
-        return not_yet(err, "window", v, "only 0 = unlimited is implemented");
+    if (c->attention == KVD_ATTN_TENSOR) {
+        /* Tensor streams are f32 and keep their tokens (a slot holds k1, k2,
+         * v1, v2; evicting or forking them is not built yet). */
+        if (c->cache.dtype != KVD_DTYPE_F32) {
+            snprintf(v, sizeof v, "\"%s\" with tensor attention", kvd_dtype_name(c->cache.dtype));
+            return not_yet(err, "cache.dtype", v, "tensor caches are f32");
+        }
+        if (c->cache.eviction != KVD_EVICT_NONE) {
+            snprintf(v, sizeof v, "\"%s\" with tensor attention", kvd_eviction_name(c->cache.eviction));
+            return not_yet(err, "cache.eviction", v, "tensor caches keep their tokens (use window)");
+        }
+        if (c->shadow)
+            return not_yet(err, "shadow", "true with tensor attention", "tensor caches are exact f32");
+        if (c->tensor_cache == KVD_TENSOR_CACHE_TWO && c->window > 0) {
+            snprintf(v, sizeof v, "window %" PRIu32 " with tensor_cache \"two\"", c->window);
+            return not_yet(err, "window", v,
+                           "a window's pairs are not a prefix of the pair rows; use \"four\", "
+                           "which needs only O(window * d) memory");
+        }
+    } else if (c->window > 0) {
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "window",
+                                 "window: only used with attention \"tensor\"");
     }
     const bool kivi = c->cache.dtype == KVD_DTYPE_KIVI2 || c->cache.dtype == KVD_DTYPE_KIVI4;
     if (kivi && c->cache.eviction != KVD_EVICT_NONE) {
@@ -564,6 +575,7 @@ cJSON *kvd_session_config_to_json(const kvd_session_config *cfg)
 /* ---- step body --------------------------------------------------------- */
 
 static const char *const step_fields[] = {"layer", "k", "v", "q", "mask"};
+static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask"};
 static const char *const tensor_fields[] = {"k1", "k2", "v1", "v2"};
 static const char *const mask_names[] = {[KVD_MASK_CAUSAL] = "causal", [KVD_MASK_BLOCK] = "block"};
 static const char *const encoding_names[] = {[KVD_ENCODING_JSON] = "json",
@@ -582,18 +594,20 @@ static bool in_list(const char *key, const char *const *list, size_t n)
 
 /* The members of one step object. `top` is the single form, where
  * "encoding" sits beside the step's own fields. */
-static int check_step_fields(const cJSON *obj, const char *prefix, bool top,
+static int check_step_fields(const cJSON *obj, const char *prefix, bool top, bool tensor,
                              kvd_api_error *err)
 {
+    const char *const *fields = tensor ? tensor_step_fields : step_fields;
+    const size_t n_fields = tensor ? NELEM(tensor_step_fields) : NELEM(step_fields);
     uint32_t seen = 0;
     char path[96];
     for (const cJSON *c = obj->child; c; c = c->next) {
         const char *key = c->string ? c->string : "";
         snprintf(path, sizeof path, "%s%s", prefix, key);
         size_t i = 0;
-        while (i < NELEM(step_fields) && strcmp(key, step_fields[i]) != 0)
+        while (i < n_fields && strcmp(key, fields[i]) != 0)
             i++;
-        if (i < NELEM(step_fields)) {
+        if (i < n_fields) {
             if (seen & (UINT32_C(1) << i))
                 return invalid(err, path, "duplicate field");
             seen |= UINT32_C(1) << i;
@@ -604,12 +618,17 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top,
                 continue; /* read (and checked for duplicates) by the caller */
             return invalid(err, path, "only allowed at the top level of the body");
         }
-        if (in_list(key, tensor_fields, NELEM(tensor_fields)))
+        if (!tensor && in_list(key, tensor_fields, NELEM(tensor_fields)))
             return invalid(err, path,
                            "k1, k2, v1, v2 are for tensor attention; this session uses "
                            "standard attention (send k and v)");
+        if (tensor && (strcmp(key, "k") == 0 || strcmp(key, "v") == 0))
+            return invalid(err, path,
+                           "k and v are for standard attention; this session uses tensor "
+                           "attention (send k1, k2, v1, v2)");
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
-                                 "%.80s: unknown field (allowed: layer, k, v, q, mask%s)", path,
+                                 "%.80s: unknown field (allowed: layer, %s, q, mask%s)", path,
+                                 tensor ? "k1, k2, v1, v2" : "k, v",
                                  top ? ", encoding; or steps" : "");
     }
     return 0;
@@ -622,7 +641,8 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
                       kvd_step_layer *st, kvd_api_error *err)
 {
     char path[96], desc[64];
-    if (check_step_fields(obj, prefix, top, err) != 0)
+    const bool tensor = cfg->attention == KVD_ATTN_TENSOR;
+    if (check_step_fields(obj, prefix, top, tensor, err) != 0)
         return -1;
 
     snprintf(path, sizeof path, "%slayer", prefix);
@@ -641,39 +661,46 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
     }
     st->layer = layer ? (uint32_t)layer->valuedouble : 0;
 
-    const cJSON *k = cJSON_GetObjectItemCaseSensitive(obj, "k");
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
-    if (k && !v) {
-        snprintf(path, sizeof path, "%sv", prefix);
-        return invalid(err, path, "missing (k and v come together: the new tokens' keys "
-                       "and values)");
-    }
-    if (v && !k) {
-        snprintf(path, sizeof path, "%sk", prefix);
-        return invalid(err, path, "missing (k and v come together: the new tokens' keys "
-                       "and values)");
-    }
+    /* The new tokens' tensors: k, v (standard) or k1, v1, k2, v2 (tensor),
+     * all present or all absent, each [m][kv_heads][head_dim]. */
+    static const char *const std_names[] = {"k", "v"};
+    static const char *const tensor_names[] = {"k1", "v1", "k2", "v2"};
+    const char *const *names = tensor ? tensor_names : std_names;
+    const size_t n_names = tensor ? 4 : 2;
+    float **dst[4] = {&st->k, &st->v, &st->k2, &st->v2};
+    size_t present = 0;
+    for (size_t i = 0; i < n_names; i++)
+        present += cJSON_GetObjectItemCaseSensitive(obj, names[i]) != NULL;
+    if (present != 0 && present != n_names)
+        for (size_t i = 0; i < n_names; i++)
+            if (!cJSON_GetObjectItemCaseSensitive(obj, names[i])) {
+                snprintf(path, sizeof path, "%s%s", prefix, names[i]);
+                return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
+                                         "%s: missing (%s come together: the new tokens' keys "
+                                         "and values)", path, tensor ? "k1, v1, k2, v2" : "k and v");
+            }
     /* Both bounded by the create limits (1024 * 4096), far from overflow. */
     const size_t row_kv = (size_t)cfg->kv_heads * cfg->head_dim;
     const size_t row_q = (size_t)cfg->heads * cfg->head_dim;
     /* The per-step token bound keeps one step's work and scratch bounded. */
     const size_t max_rows = lim->max_step_tokens > SIZE_MAX ? SIZE_MAX
                                                             : (size_t)lim->max_step_tokens;
-    if (k) {
-        size_t mk = 0, mv = 0;
+    if (present) {
         snprintf(desc, sizeof desc, "kv_heads*head_dim = %" PRIu32 "*%" PRIu32, cfg->kv_heads,
                  cfg->head_dim);
-        snprintf(path, sizeof path, "%sk", prefix);
-        if (kvd_tensor_decode(k, path, row_kv, desc, max_rows, &st->k, &mk, err) != 0)
-            return -1;
-        snprintf(path, sizeof path, "%sv", prefix);
-        if (kvd_tensor_decode(v, path, row_kv, desc, max_rows, &st->v, &mv, err) != 0)
-            return -1;
-        if (mk != mv)
-            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
-                                     "%s: %zu tokens, but k has %zu (k and v must hold the same "
-                                     "number of tokens)", path, mv, mk);
-        st->m = mk;
+        for (size_t i = 0; i < n_names; i++) {
+            size_t rows = 0;
+            snprintf(path, sizeof path, "%s%s", prefix, names[i]);
+            if (kvd_tensor_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
+                                  max_rows, dst[i], &rows, err) != 0)
+                return -1;
+            if (i > 0 && rows != st->m)
+                return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
+                                         "%s: %zu tokens, but %s has %zu (%s must hold the same "
+                                         "number of tokens)", path, rows, names[0], st->m,
+                                         tensor ? "k1, v1, k2, v2" : "k and v");
+            st->m = rows;
+        }
     }
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(obj, "q");
     if (q) {
@@ -714,10 +741,6 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "body must be a JSON object, got %s",
                                  body ? type_name(body) : "nothing");
-    if (cfg->attention != KVD_ATTN_STANDARD)
-        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
-                                 "steps of attention \"%s\" are not yet supported",
-                                 kvd_attention_name(cfg->attention));
     if (cfg->layers == 0 || cfg->heads == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "session has an empty shape");
 
@@ -811,6 +834,8 @@ void kvd_step_request_free(kvd_step_request *req)
     for (size_t i = 0; req->layers && i < req->n_layers; i++) {
         free(req->layers[i].k);
         free(req->layers[i].v);
+        free(req->layers[i].k2);
+        free(req->layers[i].v2);
         free(req->layers[i].q);
     }
     free(req->layers);

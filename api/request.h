@@ -47,7 +47,7 @@ typedef enum { KVD_MASK_CAUSAL, KVD_MASK_BLOCK } kvd_mask;
 
 /* One layer's step. Tensors are owned by the request (freed by
  * kvd_step_request_free). Shapes (row-major f32):
- *   k, v: [m][kv_heads][head_dim]      (standard attention)
+ *   k, v: [m][kv_heads][head_dim]      (standard; tensor: k1, v1, and k2, v2 alike)
  *   q:    [m_q][heads][head_dim]
  * mask: causal requires m_q <= m; query i then sees the cache plus new tokens
  * 0 .. m - m_q + i (the queries belong to the last m_q new tokens); block:
@@ -55,7 +55,8 @@ typedef enum { KVD_MASK_CAUSAL, KVD_MASK_BLOCK } kvd_mask;
 typedef struct kvd_step_layer {
     uint32_t layer;
     size_t m, m_q;
-    float *k, *v;
+    float *k, *v;      /* standard: k, v; tensor: k1, v1 */
+    float *k2, *v2;    /* tensor only: k2, v2 (NULL for standard sessions) */
     float *q;
     kvd_mask mask;
 } kvd_step_layer;

@@ -68,7 +68,11 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
     cJSON_AddNumberToObject(o, "bytes_per_token", tokens ? bytes / (double)tokens : 0.0);
     cJSON_AddNumberToObject(o, "bits_per_coordinate", bits_per_coordinate(s, tokens));
     cJSON_AddStringToObject(o, "dtype", kvd_dtype_name(cfg->cache.dtype));
-    cJSON_AddStringToObject(o, "memory_scaling", "n*d");
+    /* The growth class of the layout (DESIGN.md §5, arXiv 2503.11108): the
+     * two-cache holds n^2 pair rows; everything else O(n) rows. */
+    cJSON_AddStringToObject(o, "memory_scaling", s->pairs ? "n^2*d" : "n*d");
+    if (s->pairs)
+        cJSON_AddNumberToObject(o, "pair_rows", (double)kvd_session_pair_rows(s));
     cJSON_AddItemToObject(o, "layers", layers);
     for (uint32_t l = 0; l < cfg->layers; l++) {
         cJSON *lo = cJSON_CreateObject();
@@ -81,10 +85,14 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
         }
         size_t layer_pages = 0;
         for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-            const kvd_stream *st = &s->streams[(size_t)l * cfg->kv_heads + g];
+            const size_t idx = (size_t)l * cfg->kv_heads + g;
+            const kvd_stream *st = &s->streams[idx];
             cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)st->n_tokens));
             cJSON_AddItemToArray(ev, cJSON_CreateNumber((double)st->evicted));
-            layer_pages += st->n_pages;
+            /* every page of the (layer, kv head): KIVI's f32 residual, tensor
+             * attention's k2/v2 and pair rows included */
+            layer_pages += st->n_pages + (st->residual ? st->residual->n_pages : 0) +
+                           (s->tensor_b ? s->tensor_b[idx].n_pages : 0) + (s->pairs ? s->pairs[idx].n_pages : 0);
         }
         cJSON_AddNumberToObject(lo, "pages", (double)layer_pages);
         cJSON_AddNumberToObject(lo, "bytes", (double)layer_pages * (double)page_bytes);

@@ -15,6 +15,7 @@
 #include <cJSON.h>
 
 #include "attention/attention.h"
+#include "attention/tensor.h"
 #include "cache/evict.h"
 
 /* Scratch a step needs before it may touch the session (all freed together). */
@@ -30,6 +31,7 @@ typedef struct step_plan {
     float *scratch;          /* h2o: [max_tokens] one head's scores */
     float **exact;           /* shadow: [n_layers] each [m_q][heads][head_dim] */
     double *err_sq, *ref_sq, *max_abs; /* shadow: [n_layers] per-entry error terms */
+    float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
 } step_plan;
 
 static void plan_free(step_plan *p, size_t n_layers)
@@ -51,6 +53,8 @@ static void plan_free(step_plan *p, size_t n_layers)
     free(p->err_sq);
     free(p->ref_sq);
     free(p->max_abs);
+    free(p->pair_k);
+    free(p->pair_v);
 }
 
 static int fail(api_job *job, int status, const char *code, const char *msg)
@@ -109,6 +113,51 @@ static bool is_kivi(const kvd_session_config *cfg)
     return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
 }
 
+/* Tensor sessions: pages for k2/v2 (one slot a token, like k1/v1) and for
+ * the two-cache's pair rows ((n + m)^2 - n^2 rows for m new tokens), plus
+ * the scratch that holds one token's 2t+1 new pair rows. */
+static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *req, step_plan *p,
+                       size_t pool_pages, size_t *pages)
+{
+    *pages = 0;
+    size_t max_tokens = 0;
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        const size_t m = p->new_tokens[i];
+        if (!m)
+            continue;
+        kvd_stream *b = &sess->tensor_b[i];
+        /* k2/v2 grow and (with a window) shrink exactly like k1/v1. */
+        size_t need = stream_page_bound(b, req, (uint32_t)(i / sess->config.kv_heads), sess->config.window);
+        if (kvd_stream_reserve_table(b, need) != 0)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
+        *pages += need;
+        const size_t n = sess->streams[i].n_tokens;
+        if (n + m > max_tokens)
+            max_tokens = n + m;
+        if (!sess->pairs)
+            continue;
+        /* n + m <= tokens a pool could ever hold, so the square stays far from
+         * overflow; a plan bigger than the whole pool is refused before the
+         * block table grows for it. */
+        size_t rows = (n + m) * (n + m) - n * n;
+        kvd_stream *pr = &sess->pairs[i];
+        need = kvd_stream_pages_needed(pr, rows);
+        if (need > pool_pages)
+            return -2;
+        if (kvd_stream_reserve_table(pr, need) != 0)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
+        *pages += need;
+    }
+    if (sess->pairs && max_tokens) {
+        const size_t d = sess->config.head_dim;
+        p->pair_k = malloc(2 * max_tokens * d * sizeof(float));
+        p->pair_v = malloc(2 * max_tokens * d * sizeof(float));
+        if (!p->pair_k || !p->pair_v)
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for pair rows");
+    }
+    return 0;
+}
+
 /* Pages the exact f32 shadow copy takes for the request's tokens. */
 static int plan_shadow(api_job *job, kvd_session *shadow, const step_plan *p, size_t *pages)
 {
@@ -155,7 +204,7 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         /* KIVI streams never evict and settle once, after the whole request,
          * so their own count for the request's total is exact. */
         size_t need = is_kivi(cfg) ? kvd_stream_pages_needed(s, p->new_tokens[i])
-                                   : stream_page_bound(s, req, layer, cfg->cache.budget);
+                      : stream_page_bound(s, req, layer, sess->tensor_b ? cfg->window : cfg->cache.budget);
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
@@ -171,6 +220,13 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         p->scratch = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
         if (!p->weights || !p->scratch)
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for h2o scores");
+    }
+    if (sess->tensor_b) {
+        size_t tensor_pages;
+        int rc = plan_tensor(job, sess, req, p, kvd_pool_pages_total(api->pool), &tensor_pages);
+        if (rc == -1)
+            return -1;
+        p->total_pages = rc == -2 ? SIZE_MAX : p->total_pages + tensor_pages;
     }
     kvd_session *shadow = job->session->shadow;
     if (shadow) {
@@ -189,10 +245,14 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         p->total_pages += shadow_pages;
     }
     if (p->total_pages) {
-        p->pages = malloc(p->total_pages * sizeof *p->pages);
-        if (!p->pages)
+        /* More than the whole pool can never be granted: refuse it as full
+         * without allocating a table for it. */
+        bool too_big = p->total_pages > kvd_pool_pages_total(api->pool);
+        if (!too_big && !(p->pages = malloc(p->total_pages * sizeof *p->pages)))
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory planning the step");
-        if (kvd_pool_alloc(api->pool, p->total_pages, p->pages) != 0) {
+        if (too_big || kvd_pool_alloc(api->pool, p->total_pages, p->pages) != 0) {
+            if (too_big)
+                p->total_pages = kvd_pool_pages_total(api->pool) + 1;
             kvd_api_error err;
             kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
                               "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free",
@@ -221,6 +281,62 @@ static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *
         kvd_stream_append(s, api->pool, st->m, st->k + (size_t)g * cfg->head_dim,
                           st->v + (size_t)g * cfg->head_dim, row, p->pages + p->cursor);
         p->cursor += need;
+    }
+}
+
+static size_t visible_tokens(const kvd_step_layer *st, size_t n_before, size_t i);
+
+/* Tensor sessions: k2/v2 of the entry's tokens, and for the two-cache the
+ * 2t+1 pair rows of each new token t, built from the four caches (k1/v1 were
+ * appended by apply_append). Cannot fail. */
+static void apply_tensor_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        size_t idx = (size_t)st->layer * cfg->kv_heads + g;
+        kvd_stream *b = &sess->tensor_b[idx];
+        size_t need = kvd_stream_pages_needed(b, st->m);
+        kvd_stream_append(b, api->pool, st->m, st->k2 + (size_t)g * cfg->head_dim,
+                          st->v2 + (size_t)g * cfg->head_dim, row, p->pages + p->cursor);
+        p->cursor += need;
+        if (!sess->pairs)
+            continue;
+        kvd_stream *pr = &sess->pairs[idx];
+        const kvd_kv_pages a_view = kvd_stream_view(&sess->streams[idx]), b_view = kvd_stream_view(b);
+        for (size_t t = b->n_tokens - st->m; t < b->n_tokens; t++) {
+            size_t rows = kvd_tensor_pair_rows_added(t);
+            kvd_tensor_pair_rows(&a_view, &b_view, t, p->pair_k, p->pair_v);
+            need = kvd_stream_pages_needed(pr, rows);
+            kvd_stream_append(pr, api->pool, rows, p->pair_k, p->pair_v, cfg->head_dim, p->pages + p->cursor);
+            p->cursor += need;
+        }
+    }
+}
+
+/* Tensor attention for every query of one entry (DESIGN.md §5): four
+ * caches, O(n^2 d) per query, or one pass over the n^2 pair rows. */
+static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
+    const uint32_t group = cfg->heads / cfg->kv_heads;
+    const size_t d = cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        size_t idx = (size_t)st->layer * cfg->kv_heads + g;
+        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
+        const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
+        kvd_kv_pages pr;
+        if (sess->pairs)
+            pr = kvd_stream_view(&sess->pairs[idx]);
+        for (size_t i = 0; i < st->m_q; i++) {
+            size_t off = (i * cfg->heads + (size_t)g * group) * d;
+            size_t visible = visible_tokens(st, n_before, i);
+            if (sess->pairs)
+                kern->two(&pr, visible, st->q + off, group, cfg->scale, o + off);
+            else
+                kern->four(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
+        }
     }
 }
 
@@ -332,6 +448,26 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_request 
     kvd_histogram_observe_value(&api->stats.shadow_relative_error, kvd_shadow_error_bounds, rel);
 }
 
+/* A tensor window keeps only the last W tokens of each stream: older ones
+ * can never be seen again, so they leave at the end of the entry, like an
+ * eviction (the four-cache's O(W * d) memory). Returns tokens dropped per
+ * stream. */
+static size_t apply_window(kvd_api *api, kvd_session *sess, const kvd_step_layer *st)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t dropped = 0;
+    for (uint32_t g = 0; cfg->window && g < cfg->kv_heads; g++) {
+        size_t idx = (size_t)st->layer * cfg->kv_heads + g;
+        kvd_stream *a = &sess->streams[idx];
+        if (a->n_tokens <= cfg->window)
+            continue;
+        dropped = a->n_tokens - cfg->window;
+        kvd_stream_drop_oldest(a, api->pool, dropped);
+        kvd_stream_drop_oldest(&sess->tensor_b[idx], api->pool, dropped);
+    }
+    return dropped;
+}
+
 static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, const float *o,
                            size_t tokens, size_t evicted, kvd_encoding enc)
 {
@@ -405,9 +541,13 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         size_t n_before = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         if (st->m)
             apply_append(api, sess, st, &plan);
-        if (st->m_q)
+        if (st->m && sess->tensor_b)
+            apply_tensor_append(api, sess, st, &plan);
+        if (st->m_q && sess->tensor_b)
+            apply_tensor_attention(sess, st, n_before, plan.outputs[i]);
+        else if (st->m_q)
             apply_attention(sess, st, n_before, plan.outputs[i], &plan, plan.weights != NULL);
-        plan.evicted[i] = apply_eviction(api, sess, st, &plan);
+        plan.evicted[i] = sess->tensor_b ? apply_window(api, sess, st) : apply_eviction(api, sess, st, &plan);
         plan.tokens_after[i] = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         tokens_in += st->m;
         if (shadow) {

@@ -76,6 +76,22 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     }
     s->config = *cfg;
     s->n_streams = n_streams;
+    if (cfg->attention == KVD_ATTN_TENSOR) {
+        /* Tensor sessions are f32 (the API refuses other dtypes): k2/v2 and,
+         * for the two-cache, the pair rows are plain f32 streams. */
+        s->tensor_b = calloc(n_streams, sizeof *s->tensor_b);
+        if (cfg->tensor_cache == KVD_TENSOR_CACHE_TWO)
+            s->pairs = calloc(n_streams, sizeof *s->pairs);
+        if (s->tensor_b == NULL || (cfg->tensor_cache == KVD_TENSOR_CACHE_TWO && s->pairs == NULL)) {
+            kvd_session_destroy(s, NULL);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < n_streams; i++) {
+            kvd_stream_init(&s->tensor_b[i], page_bytes, cfg->head_dim);
+            if (s->pairs)
+                kvd_stream_init(&s->pairs[i], page_bytes, cfg->head_dim);
+        }
+    }
     for (size_t i = 0; i < n_streams; i++) {
         const int rc = kvd_stream_init_format(&s->streams[i], page_bytes, cfg->head_dim, &fmt);
         if (rc != 0) { /* -ENOMEM (KIVI's residual), or -EINVAL if it cannot hold f32 */
@@ -101,6 +117,8 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;
+    if (parent->tensor_b)
+        return -ENOTSUP; /* tensor sessions do not fork yet */
     kvd_session *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
@@ -133,9 +151,16 @@ void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
 {
     if (s == NULL)
         return;
-    for (size_t i = 0; i < s->n_streams; i++)
+    for (size_t i = 0; i < s->n_streams; i++) {
         kvd_stream_release(&s->streams[i], pool);
+        if (s->tensor_b)
+            kvd_stream_release(&s->tensor_b[i], pool);
+        if (s->pairs)
+            kvd_stream_release(&s->pairs[i], pool);
+    }
     free(s->streams);
+    free(s->tensor_b);
+    free(s->pairs);
     free(s);
 }
 
@@ -170,6 +195,18 @@ size_t kvd_session_pages(const kvd_session *s)
         n += s->streams[i].n_pages;
         if (s->streams[i].residual != NULL) /* KIVI: the f32 residual's own pages */
             n += s->streams[i].residual->n_pages;
+        if (s->tensor_b)
+            n += s->tensor_b[i].n_pages;
+        if (s->pairs)
+            n += s->pairs[i].n_pages;
     }
+    return n;
+}
+
+size_t kvd_session_pair_rows(const kvd_session *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; s->pairs && i < s->n_streams; i++)
+        n += s->pairs[i].n_tokens;
     return n;
 }

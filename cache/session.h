@@ -35,8 +35,13 @@ typedef struct kvd_session_config {
 
 typedef struct kvd_session {
     kvd_session_config config;
-    kvd_stream *streams;          /* [layers][kv_heads] */
+    kvd_stream *streams;          /* [layers][kv_heads]: k and v; tensor: k1 and v1 */
     size_t n_streams;
+    /* Tensor attention only (NULL otherwise), same [layers][kv_heads] shape,
+     * f32: k2 and v2 of each token, and for tensor_cache "two" the pair rows
+     * k1_j ⊙ k2_k and v1_j ⊙ v2_k in kvd_tensor_pair_row order. */
+    kvd_stream *tensor_b;
+    kvd_stream *pairs;
 } kvd_session;
 
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
@@ -58,10 +63,13 @@ static inline kvd_stream *kvd_session_stream(kvd_session *s, uint32_t layer, uin
     return &s->streams[(size_t)layer * s->config.kv_heads + kv_head];
 }
 
-/* Totals over all streams. */
+/* Totals over all streams. tokens/appended/evicted count tokens once per
+ * (layer, kv head), whatever the layout; pages count every page held. */
 size_t kvd_session_tokens(const kvd_session *s);
 uint64_t kvd_session_appended(const kvd_session *s);
 uint64_t kvd_session_evicted(const kvd_session *s);
 size_t kvd_session_pages(const kvd_session *s);
+/* Two-cache tensor sessions: pair rows held, summed over streams (else 0). */
+size_t kvd_session_pair_rows(const kvd_session *s);
 
 #endif

@@ -449,6 +449,30 @@ void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t
     *spare_used += used;
 }
 
+void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
+{
+    assert(s->fmt.dtype == KVD_DTYPE_F32 && !s->evict && !s->n_shared && "plain f32 streams only");
+    if (k == 0)
+        return;
+    if (k > s->n_tokens)
+        k = s->n_tokens;
+    const size_t d = s->head_dim, left = s->n_tokens - k;
+    /* Slot j takes slot j + k, going up: every source is read before it is
+     * overwritten, and slots never partly overlap. */
+    for (size_t j = 0; j < left; j++) {
+        memcpy(res_key(s, j), res_key(s, j + k), d * sizeof(float));
+        memcpy(res_value(s, j), res_value(s, j + k), d * sizeof(float));
+        *page_meta(s, j) = *page_meta(s, j + k);
+    }
+    s->n_tokens = left;
+    s->evicted += k;
+    const size_t keep = left / s->slots_per_page + (left % s->slots_per_page != 0);
+    if (s->n_pages > keep) {
+        kvd_pool_release(pool, s->pages + keep, s->n_pages - keep);
+        s->n_pages = keep;
+    }
+}
+
 static kvd_kv_pages view_of(const kvd_stream *s)
 {
     /* void * and unsigned char * share representation (C11 6.2.5p28); the

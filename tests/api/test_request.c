@@ -397,12 +397,20 @@ END_TEST
  * says so and names the field. */
 START_TEST(create_not_yet_supported)
 {
-    create_err("{\"attention\": \"tensor\"}", "attention", "not yet supported");
-    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\"}", "attention",
-               "\"tensor\" is not yet supported");
-    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"four\"}", "attention",
+    kvd_session_config t;
+    create_ok("{\"attention\": \"tensor\"}", &t);
+    ck_assert_int_eq(t.tensor_cache, KVD_TENSOR_CACHE_FOUR);
+    create_ok("{\"attention\": \"tensor\", \"tensor_cache\": \"two\"}", &t);
+    ck_assert_int_eq(t.tensor_cache, KVD_TENSOR_CACHE_TWO);
+    create_ok("{\"attention\": \"tensor\", \"window\": 8}", &t);
+    ck_assert_uint_eq(t.window, 8);
+    create_err("{\"window\": 16}", "window", "only used with attention \"tensor\"");
+    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"window\": 16}", "window",
                "not yet supported");
-    create_err("{\"window\": 16}", "window", "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"int8\"}}", "cache.dtype",
+               "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"recency\"}}", "cache.eviction",
+               "not yet supported");
     create_err("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", "cache.eviction",
                "KIVI caches do not evict yet");
     create_err("{\"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",

@@ -335,7 +335,10 @@ START_TEST(create_errors)
                "cache.budget", "less than sink + recent", "budget below the protected tokens");
     bad_create(port, J, "{\"cache\":{\"eviction\":\"lru\"}}", 400, INVALID, "cache.eviction", NULL,
                "eviction lru");
-    bad_create(port, J, "{\"attention\":\"tensor\"}", 400, INVALID, "attention", NYS, "tensor attention");
+    bad_create(port, J, "{\"attention\":\"tensor\",\"tensor_cache\":\"two\",\"window\":8}", 400, INVALID,
+               "window", NYS, "two-cache with a window");
+    bad_create(port, J, "{\"window\":8}", 400, INVALID, "window", "only used with attention",
+               "window on standard attention");
     bad_create(port, J, "{\"attention\":\"linear\"}", 400, INVALID, "attention", NULL, "attention linear");
     bad_create(port, J, "{\"shadow\":\"yes\"}", 400, INVALID, "shadow", NULL, "shadow as a string");
     bad_create(port, "text/plain", "{\"layers\":1}", 415, "unsupported_media_type", NULL, NULL,
