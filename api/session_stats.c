@@ -78,7 +78,9 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
         cJSON *lo = cJSON_CreateObject();
         cJSON *tok = cJSON_AddArrayToObject(lo, "tokens");
         cJSON *ev = cJSON_AddArrayToObject(lo, "evicted");
-        if (!lo || !tok || !ev) {
+        cJSON *first = cJSON_AddArrayToObject(lo, "oldest_position");
+        cJSON *last = cJSON_AddArrayToObject(lo, "newest_position");
+        if (!lo || !tok || !ev || !first || !last) {
             cJSON_Delete(lo);
             cJSON_Delete(o);
             return NULL;
@@ -89,6 +91,17 @@ char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
             const kvd_stream *st = &s->streams[idx];
             cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)st->n_tokens));
             cJSON_AddItemToArray(ev, cJSON_CreateNumber((double)st->evicted));
+            /* Slots keep their original positions (eviction reorders slots,
+             * never renumbers tokens): the kept range, or null when empty.
+             * O(tokens) reads of slot metadata, on an idle session. */
+            int64_t lo_pos = INT64_MAX, hi_pos = -1;
+            for (size_t j = 0; j < st->n_tokens; j++) {
+                int64_t p = kvd_stream_meta(st, j)->position;
+                lo_pos = p < lo_pos ? p : lo_pos;
+                hi_pos = p > hi_pos ? p : hi_pos;
+            }
+            cJSON_AddItemToArray(first, st->n_tokens ? cJSON_CreateNumber((double)lo_pos) : cJSON_CreateNull());
+            cJSON_AddItemToArray(last, st->n_tokens ? cJSON_CreateNumber((double)hi_pos) : cJSON_CreateNull());
             /* every page of the (layer, kv head): KIVI's f32 residual, tensor
              * attention's k2/v2 and pair rows included */
             layer_pages += st->n_pages + (st->residual ? st->residual->n_pages : 0) +

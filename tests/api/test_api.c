@@ -579,6 +579,36 @@ START_TEST(full_pool_evicts_idle_lru_sessions)
 }
 END_TEST
 
+START_TEST(stats_report_kept_positions)
+{
+    /* recency, budget 6, 2 sinks: after 20 tokens the kept positions are
+     * 0, 1 (sinks) and 16..19, so the range is 0..19; with no sink 14..19. */
+    static const struct { const char *body; double oldest, newest; } cases[] = {
+        {"{\"heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\",\"budget\":6,\"sink\":2}}", 0, 19},
+        {"{\"heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\",\"budget\":6,\"sink\":0}}", 14, 19},
+    };
+    for (int c = 0; c < 2; c++) {
+        kvd_api *api = make_api(64 * 1024, 1024, 8);
+        char *id = create(api, cases[c].body);
+        for (int t = 0; t < 20; t++)
+            ck_assert_int_eq(append_tokens(api, id, 1, t + 1), 200);
+        kvd_response r = call(api, KVD_ROUTE_SESSION_GET, id, NULL, 901, 1);
+        cJSON *j = body_json(&r);
+        const cJSON *layer = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "layers"), 0);
+        ck_assert_double_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(layer, "oldest_position"), 0)->valuedouble,
+                            cases[c].oldest);
+        ck_assert_double_eq(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(layer, "newest_position"), 0)->valuedouble,
+                            cases[c].newest);
+        ck_assert_double_eq(num(j, "tokens"), 6);
+        cJSON_Delete(j);
+        free(r.body);
+        free(id);
+        clear_replies();
+        kvd_api_destroy(api);
+    }
+}
+END_TEST
+
 START_TEST(readiness_follows_reclaimable_room)
 {
     for (int mode = 0; mode < 2; mode++) {
@@ -609,6 +639,7 @@ int main(void)
     tcase_add_test(tc, full_pool_rejects);
     tcase_add_test(tc, full_pool_evicts_idle_lru_sessions);
     tcase_add_test(tc, readiness_follows_reclaimable_room);
+    tcase_add_test(tc, stats_report_kept_positions);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK); /* the fake executor's lists are process-global */
