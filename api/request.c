@@ -56,23 +56,6 @@ void kvd_api_limits_default(kvd_api_limits *lim, size_t page_bytes)
 
 /* ---- JSON helpers ------------------------------------------------------ */
 
-static const char *type_name(const cJSON *item)
-{
-    if (cJSON_IsString(item))
-        return "a string";
-    if (cJSON_IsNumber(item))
-        return "a number";
-    if (cJSON_IsBool(item))
-        return "a boolean";
-    if (cJSON_IsNull(item))
-        return "null";
-    if (cJSON_IsArray(item))
-        return "an array";
-    if (cJSON_IsObject(item))
-        return "an object";
-    return "an invalid value";
-}
-
 /* A 400 whose message is "<field>: <what>". */
 static int invalid(kvd_api_error *err, const char *field, const char *what)
 {
@@ -94,7 +77,7 @@ static int get_uint(const cJSON *obj, const char *name, const char *path, uint64
     if (!cJSON_IsNumber(item))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
                                  "%s: expected an integer in %" PRIu64 "..%" PRIu64 ", got %s",
-                                 path, min, max, type_name(item));
+                                 path, min, max, kvd_json_type_name(item));
     const double v = item->valuedouble;
     if (!isfinite(v) || v != floor(v))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
@@ -154,7 +137,7 @@ static int get_enum(const cJSON *obj, const char *name, const char *path,
                                  "%s: expected one of %s, got \"%.48s\"", path, allowed,
                                  item->valuestring);
     return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path, "%s: expected one of %s, got %s",
-                             path, allowed, type_name(item));
+                             path, allowed, kvd_json_type_name(item));
 }
 
 static const char *attention_name(int i) { return kvd_attention_name((kvd_attention_kind)i); }
@@ -238,7 +221,7 @@ cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
     }
     if (!cJSON_IsObject(root)) {
         kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL, "body must be a JSON object, got %s",
-                          type_name(root));
+                          kvd_json_type_name(root));
         cJSON_Delete(root);
         return NULL;
     }
@@ -341,7 +324,7 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
 {
     if (cache && !cJSON_IsObject(cache))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache",
-                                 "cache: expected an object, got %s", type_name(cache));
+                                 "cache: expected an object, got %s", kvd_json_type_name(cache));
     if (cache && check_fields(cache, "cache.", cache_fields, NELEM(cache_fields), err) != 0)
         return -1;
     int e = 0;
@@ -380,7 +363,7 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
         if (!cJSON_IsNumber(d) || !isfinite(d->valuedouble) || !(d->valuedouble > 0))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.delta",
                                      "cache.delta: expected a finite number > 0, got %s",
-                                     cJSON_IsNumber(d) ? "a number <= 0" : type_name(d));
+                                     cJSON_IsNumber(d) ? "a number <= 0" : kvd_json_type_name(d));
         c->cache.delta = d->valuedouble;
     }
     if (get_u32(cache, "cluster_samples", "cache.cluster_samples", 1, SUBGEN_MAX_SAMPLES,
@@ -412,7 +395,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
     if (!cJSON_IsObject(body))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "body must be a JSON object, got %s",
-                                 body ? type_name(body) : "nothing");
+                                 body ? kvd_json_type_name(body) : "nothing");
     if (check_fields(body, "", create_fields, NELEM(create_fields), err) != 0)
         return -1;
 
@@ -464,7 +447,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
     if (s) {
         if (!cJSON_IsNumber(s))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "scale",
-                                     "scale: expected a finite number > 0, got %s", type_name(s));
+                                     "scale: expected a finite number > 0, got %s", kvd_json_type_name(s));
         const double v = s->valuedouble;
         if (!(v > 0 && v <= (double)FLT_MAX) || !((float)v > 0))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "scale",
@@ -478,7 +461,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(body, "shadow");
     if (sh && !cJSON_IsBool(sh))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "shadow",
-                                 "shadow: expected true or false, got %s", type_name(sh));
+                                 "shadow: expected true or false, got %s", kvd_json_type_name(sh));
     c.shadow = sh && cJSON_IsTrue(sh);
 
     const cJSON *seed = cJSON_GetObjectItemCaseSensitive(body, "seed");
@@ -491,7 +474,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
         if (!cJSON_IsNumber(ttl))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "ttl_seconds",
                                      "ttl_seconds: expected a number of seconds in (0, %.0f] "
-                                     "(30 days), got %s", TTL_MAX_SECONDS, type_name(ttl));
+                                     "(30 days), got %s", TTL_MAX_SECONDS, kvd_json_type_name(ttl));
         const double v = ttl->valuedouble;
         if (!(v > 0 && v <= TTL_MAX_SECONDS))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "ttl_seconds",
@@ -657,7 +640,7 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
                                      path, cfg->layers - 1, cfg->layers, layer->valuedouble);
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
                                  "%s: expected an integer in 0..%" PRIu32 ", got %s",
-                                 path, cfg->layers - 1, type_name(layer));
+                                 path, cfg->layers - 1, kvd_json_type_name(layer));
     }
     st->layer = layer ? (uint32_t)layer->valuedouble : 0;
 
@@ -740,7 +723,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
     if (!cJSON_IsObject(body))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "body must be a JSON object, got %s",
-                                 body ? type_name(body) : "nothing");
+                                 body ? kvd_json_type_name(body) : "nothing");
     if (cfg->layers == 0 || cfg->heads == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "session has an empty shape");
 
@@ -781,7 +764,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
         if (!cJSON_IsArray(steps))
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "steps",
                                      "steps: expected an array of step objects, got %s",
-                                     type_name(steps));
+                                     kvd_json_type_name(steps));
         int count = cJSON_GetArraySize(steps);
         if (count <= 0)
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "steps",
@@ -814,7 +797,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
         if (!cJSON_IsObject(s)) {
             snprintf(prefix, sizeof prefix, "steps[%zu]", i);
             kvd_api_error_set(err, 400, KVD_ERR_INVALID, prefix,
-                              "%s: expected a step object, got %s", prefix, type_name(s));
+                              "%s: expected a step object, got %s", prefix, kvd_json_type_name(s));
             goto fail;
         }
         if (parse_step(s, prefix, false, cfg, lim, &req->layers[i], err) != 0)

@@ -210,7 +210,7 @@ int kvd_b64_decode_f32(const char *text, size_t len, float **out, size_t *n)
 
 /* ---- JSON arrays ------------------------------------------------------- */
 
-static const char *json_type_name(const cJSON *item)
+const char *kvd_json_type_name(const cJSON *item)
 {
     if (cJSON_IsString(item))
         return "a string";
@@ -268,7 +268,7 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
                 return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
                                          "%s: expected an array of %zu elements (the tensor "
                                          "must be rectangular), got %s",
-                                         path, w->dims[depth + 1], json_type_name(e));
+                                         path, w->dims[depth + 1], kvd_json_type_name(e));
             }
             if (walk_array(w, e, depth + 1) != 0)
                 return -1;
@@ -277,7 +277,7 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
         if (!cJSON_IsNumber(e)) {
             walk_path(w, depth + 1, path, sizeof path);
             return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
-                                     "%s: expected a number, got %s", path, json_type_name(e));
+                                     "%s: expected a number, got %s", path, kvd_json_type_name(e));
         }
         const double v = e->valuedouble;
         /* Finite as an f32: the value rounded to nearest f32 must be finite.
@@ -382,7 +382,7 @@ int kvd_tensor_decode(const cJSON *item, const char *field, size_t row,
     if (!cJSON_IsArray(item))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                  "%s: expected an array of numbers or a \"b64:...\" string, got %s",
-                                 field, json_type_name(item));
+                                 field, kvd_json_type_name(item));
 
     /* Shape from the first element at each depth; the walk then checks every
      * other element against it. */

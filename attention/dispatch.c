@@ -32,9 +32,10 @@ static int cpu_has_f16c(void)
 }
 #endif
 
-/* How many entries of kernel_tables this CPU can run. Idempotent, so a race
- * between first callers only computes the same value twice. */
-static size_t usable_tables(void)
+/* How many kernel levels this CPU can run: 1 scalar, 2 + AVX2/FMA/F16C,
+ * 3 + AVX-512F. Idempotent, so a race between first callers only computes
+ * the same value twice. Every kernel table (standard, tensor) is indexed by it. */
+size_t kvd__simd_levels(void)
 {
     static atomic_size_t cached; /* 0 = not computed yet; else count */
     size_t n = atomic_load_explicit(&cached, memory_order_relaxed);
@@ -57,19 +58,19 @@ static size_t usable_tables(void)
 
 const kvd_attention_kernels *kvd_attention_kernels_get(void)
 {
-    return &kernel_tables[usable_tables() - 1];
+    return &kernel_tables[kvd__simd_levels() - 1];
 }
 
 const kvd_attention_kernels *kvd_attention_kernels_all(size_t *n)
 {
-    *n = usable_tables();
+    *n = kvd__simd_levels();
     return kernel_tables;
 }
 
 const char *kvd_cpu_features(void)
 {
     /* Features the chosen kernel relies on (static strings: nothing to build). */
-    switch (usable_tables()) {
+    switch (kvd__simd_levels()) {
     case 3:
         return "avx2 fma f16c avx512f";
     case 2:

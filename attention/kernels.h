@@ -78,6 +78,10 @@ void kvd_attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, 
                                                   avx512f CPU; checked anyway) */
 #endif
 
+/* Kernel levels this CPU runs, the same for every kernel family: 1 scalar,
+ * 2 AVX2 + FMA (+ F16C), 3 AVX-512F as well (attention/dispatch.c). */
+size_t kvd__simd_levels(void);
+
 /* Every kernel table this CPU can run, best last (scalar first); *n gets the
  * count. For tests and benchmarks that compare kernels with each other. */
 const kvd_attention_kernels *kvd_attention_kernels_all(size_t *n);

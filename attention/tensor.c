@@ -4,11 +4,11 @@
  * definition in tensor.h literally: one online softmax over the pairs, the
  * output row itself as the accumulator, so they need no scratch at all. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "attention/tensor.h"
+#include "attention/kernels.h"
 
 /* First visible token of n with window W (0 = all). */
 static size_t first_visible(size_t n, size_t window)
@@ -120,7 +120,8 @@ void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t
 
 /* ---- runtime dispatch ------------------------------------------------------ */
 
-/* Scalar first, best last; the prefix this CPU supports is usable. */
+/* Scalar first, best last; the prefix this CPU supports is usable (the
+ * same levels as the standard kernels: attention/dispatch.c decides). */
 static const kvd_tensor_kernels tensor_tables[] = {
     {.name = "scalar", .four = kvd_tensor_four_ref, .two = kvd_tensor_two_ref},
 #if defined(__x86_64__)
@@ -129,34 +130,13 @@ static const kvd_tensor_kernels tensor_tables[] = {
 #endif
 };
 
-/* How many entries of tensor_tables this CPU can run. Idempotent, so a race
- * between first callers only computes the same value twice. */
-static size_t usable_tables(void)
-{
-    static atomic_size_t cached; /* 0 = not computed yet */
-    size_t n = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (n != 0)
-        return n;
-    n = 1;
-#if defined(__x86_64__)
-    __builtin_cpu_init(); /* needed if called before constructors run */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        n = 2;
-        if (__builtin_cpu_supports("avx512f"))
-            n = 3;
-    }
-#endif
-    atomic_store_explicit(&cached, n, memory_order_relaxed);
-    return n;
-}
-
 const kvd_tensor_kernels *kvd_tensor_kernels_get(void)
 {
-    return &tensor_tables[usable_tables() - 1];
+    return &tensor_tables[kvd__simd_levels() - 1];
 }
 
 const kvd_tensor_kernels *kvd_tensor_kernels_all(size_t *n)
 {
-    *n = usable_tables();
+    *n = kvd__simd_levels();
     return tensor_tables;
 }
