@@ -277,14 +277,6 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "window",
                                  "window: only used with attention \"tensor\"");
     }
-    const bool kivi = c->cache.dtype == KVD_DTYPE_KIVI2 || c->cache.dtype == KVD_DTYPE_KIVI4;
-    if (kivi && c->cache.eviction != KVD_EVICT_NONE) {
-        /* Moving a token into another key block would re-quantize that
-         * block; until that is built, KIVI streams only grow. */
-        snprintf(v, sizeof v, "\"%s\" with \"%s\"", kvd_eviction_name(c->cache.eviction),
-                 kvd_dtype_name(c->cache.dtype));
-        return not_yet(err, "cache.eviction", v, "KIVI caches do not evict yet");
-    }
     if (c->cache.eviction == KVD_EVICT_SUBGEN)
         return not_yet(err, "cache.eviction", "\"subgen\"",
                        "none, recency, l2norm and h2o are implemented");

@@ -106,6 +106,33 @@ static size_t stream_page_bound(const kvd_stream *s, const kvd_step_request *req
     return taken;
 }
 
+/* KIVI: pages for the request's entries of `layer`. One entry, or no
+ * eviction: exactly kvd_stream_pages_needed for the total. Several entries
+ * with eviction: each entry may take again what an earlier one's eviction
+ * gave back, so each is bounded on its own — its residual rows (m / spp + 1
+ * pages) and the quantized pages a settle of everything could need — and
+ * what is not used goes back after the step. */
+static size_t kivi_page_bound(const kvd_stream *s, const kvd_step_request *req, uint32_t layer,
+                              const kvd_session_config *cfg)
+{
+    size_t entries = 0, total = 0;
+    for (size_t i = 0; i < req->n_layers; i++)
+        if (req->layers[i].layer == layer) {
+            entries++;
+            total += req->layers[i].m;
+        }
+    if (entries <= 1 || cfg->cache.eviction == KVD_EVICT_NONE)
+        return kvd_stream_pages_needed(s, total);
+    const size_t spp_res = s->residual->slots_per_page, spp_q = s->slots_per_page;
+    const size_t settle_pages = div_up(s->residual->n_tokens + cfg->cache.residual + cfg->cache.group + total,
+                                       spp_q) + 1;
+    size_t bound = 0;
+    for (size_t i = 0; i < req->n_layers; i++)
+        if (req->layers[i].layer == layer)
+            bound += div_up(req->layers[i].m, spp_res) + 1 + settle_pages;
+    return bound;
+}
+
 /* Allocations first; then the pool, all or nothing. Returns 0, or -1 with the
  * job's response set (nothing in the session changed). */
 static bool is_kivi(const kvd_session_config *cfg)
@@ -201,9 +228,10 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
         if (!p->new_tokens[i])
             continue;
         uint32_t layer = (uint32_t)(i / cfg->kv_heads);
-        /* KIVI streams never evict and settle once, after the whole request,
-         * so their own count for the request's total is exact. */
-        size_t need = is_kivi(cfg) ? kvd_stream_pages_needed(s, p->new_tokens[i])
+        /* KIVI streams settle once, after the whole request: their own count
+         * for the request's total is exact, unless eviction between entries
+         * of the same layer frees pages that a later entry takes again. */
+        size_t need = is_kivi(cfg) ? kivi_page_bound(s, req, layer, cfg)
                       : stream_page_bound(s, req, layer, sess->tensor_b ? cfg->window : cfg->cache.budget);
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))

@@ -164,9 +164,8 @@ static int index_norms(kvd_evict_index *ix, const kvd_stream *s)
     float *row = malloc(d * sizeof *row); /* d <= page bytes / 4: no overflow */
     if (row == NULL)
         return -ENOMEM;
-    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
     for (size_t j = 0; j < s->n_tokens; j++) {
-        kvd_dequant_row_ref(kf, kvd__stream_key(s, j), 0, d, s->fmt.group, row);
+        kvd__stream_key_f32(s, j, row); /* KIVI: block token or residual row */
         double sq = 0.0;
         for (size_t i = 0; i < d; i++)
             sq += (double)row[i] * row[i];
@@ -178,13 +177,12 @@ static int index_norms(kvd_evict_index *ix, const kvd_stream *s)
 
 int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg)
 {
-    /* KIVI streams do not evict (the API refuses the combination first):
-     * moving the last token into a victim's hole would put it into another
-     * key block, whose per-channel scales cover only its own tokens, so the
-     * block would have to be re-quantized (and its other tokens' error would
-     * change under them). */
-    if (kvd__stream_is_kivi(s))
-        return cfg->policy == KVD_EVICT_NONE ? 0 : -ENOTSUP;
+    /* KIVI streams evict too: moving the last token into a victim's hole
+     * re-quantizes the hole's key block (kvd__stream_kivi_move_rows says how
+     * and what it costs in error). The index numbers slots across the
+     * quantized part and the residual; l2norm keys are norms of the f32 keys
+     * at append, unaffected by quantization. (Forks of KIVI streams stay
+     * -ENOTSUP: cache/stream.c.) */
     if (cfg->policy == KVD_EVICT_NONE) {
         kvd__evict_free(s->evict);
         s->evict = NULL;
@@ -346,8 +344,12 @@ void kvd__evict_on_append(kvd_stream *s, size_t slot, int64_t position, double k
 static void move_slot(kvd_stream *s, size_t from, size_t to)
 {
     kvd_evict_index *ix = s->evict;
-    memcpy(kvd__stream_key(s, to), kvd__stream_key(s, from), s->k_row_bytes);
-    memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
+    if (kvd__stream_is_kivi(s)) {
+        kvd__stream_kivi_move_rows(s, from, to); /* key blocks re-quantized there */
+    } else {
+        memcpy(kvd__stream_key(s, to), kvd__stream_key(s, from), s->k_row_bytes);
+        memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
+    }
     const kvd_slot_meta meta = *kvd_stream_meta(s, from);
     *kvd_stream_meta(s, to) = meta;
 
@@ -397,8 +399,14 @@ size_t kvd_stream_evict(kvd_stream *s, kvd_pool *pool, size_t target, void *cons
         heap_pop(ix);
         if (victim != last)
             move_slot(s, last, victim);
-        s->n_tokens--;
         evicted++;
+        if (kvd__stream_is_kivi(s)) {
+            /* Residual or quantized tail pages that came free go back at
+             * once (KIVI streams are never shared: forks are refused). */
+            kvd__stream_kivi_drop_last(s, pool);
+            continue;
+        }
+        s->n_tokens--;
         /* Slot `last` was the first of its page: that page is empty now and
          * goes back at once, so n_pages stays ceil(n_tokens / spp). */
         if (s->n_tokens % spp == 0 && s->n_pages > s->n_tokens / spp) {

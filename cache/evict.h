@@ -28,10 +28,11 @@ typedef struct kvd_evict_config {
 
 /* Attaches an eviction index to an empty or populated stream (it indexes the
  * tokens already there; l2norm then takes the norms of the keys as stored).
- * Returns 0, -ENOMEM (stream unchanged), -EINVAL (not a ranking policy) or
- * -ENOTSUP (a KIVI stream: moving a token into another key block would
- * re-quantize that block). A stream with policy none has no index
- * (s->evict == NULL). */
+ * Returns 0, -ENOMEM (stream unchanged) or -EINVAL (not a ranking policy).
+ * KIVI streams are accepted: evicting re-quantizes the key block a moved
+ * token lands in (cache/stream.c, kvd__stream_kivi_move_rows), and a
+ * partial last key block is completed by the next kvd_stream_settle. A
+ * stream with policy none has no index (s->evict == NULL). */
 int kvd_stream_evict_init(kvd_stream *s, const kvd_evict_config *cfg);
 
 /* Grows the index for `extra` more tokens; 0 or -ENOMEM with nothing changed.

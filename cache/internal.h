@@ -60,6 +60,22 @@ int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst);
 void kvd__stream_fork_commit(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 void kvd__stream_fork_abort(kvd_stream *dst);
 
+/* KIVI eviction (stream.c, which knows the residual and its gather
+ * buffer): move_rows writes the rows of the last slot `from` into slot
+ * `to` < from (unified numbering: quantized slots, then the residual),
+ * re-quantizing the key block (and value row) of a hole in the quantized
+ * part; metadata is the caller's. drop_last then forgets the last slot
+ * (n_tokens and, if non-empty, the residual's count) and trims pages. trim
+ * gives back residual pages past its tokens and quantized pages past those
+ * the next kvd_stream_settle fills. Never allocate, cannot fail. */
+void kvd__stream_kivi_move_rows(kvd_stream *s, size_t from, size_t to);
+void kvd__stream_kivi_drop_last(kvd_stream *s, kvd_pool *pool);
+void kvd__stream_kivi_trim(kvd_stream *s, kvd_pool *pool);
+
+/* Key of slot j (unified numbering for KIVI) read back in f32 through the
+ * reference dequantizer (exact for f32 rows and the KIVI residual). */
+void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out);
+
 /* evict.c: true when the index ranks by key norm (l2norm), so append must
  * compute the norm of each key it stores (others pass 0). */
 bool kvd__evict_wants_norm(const kvd_evict_index *ix);

@@ -182,11 +182,26 @@ static size_t grow_for(const kvd_stream *s, size_t slots)
     return pages > s->n_pages ? pages - s->n_pages : 0;
 }
 
-/* KIVI: groups kvd_stream_settle moves once the residual holds n tokens. */
-static size_t settle_groups(const kvd_stream *s, size_t n)
+/* KIVI: tokens in the quantized part once kvd_stream_settle has run on a
+ * stream of nq quantized and nr residual tokens. Settle first completes a
+ * partial last key block (left by eviction, cache/evict.c) with the oldest
+ * G - nq % G residual tokens, then moves whole groups, always keeping at
+ * least `residual` tokens in f32; so the quantized part ends at the largest
+ * multiple of G that is <= nq + nr - residual, or stays at nq when that is
+ * below nq (not enough residual tokens to complete the partial block).
+ * Non-decreasing in nq and in nr, so evicting never raises it. */
+static size_t settled_quantized(const kvd_stream *s, size_t nq, size_t nr)
 {
     const size_t R = s->fmt.residual, G = s->fmt.group;
-    return n >= R && n - R >= G ? (n - R) / G : 0;
+    if (nr <= R)
+        return nq;
+    const size_t whole = (nq + (nr - R)) / G * G;
+    return whole > nq ? whole : nq;
+}
+
+static size_t div_up(size_t a, size_t b)
+{
+    return a / b + (a % b != 0);
 }
 
 size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m)
@@ -198,13 +213,19 @@ size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m)
         if (r == NULL)
             return SIZE_MAX; /* released: re-initialize before use */
         /* The residual holds all r->n_tokens + m between append and settle
-         * (its peak); settle then moves k whole groups into the quantized
-         * part, whose pages the stream may already hold (append attaches
-         * them, see kvd_stream_append), and gives emptied residual pages back. */
+         * (its peak); settle then fills the quantized part up to
+         * settled_quantized(nq, nr) slots (completing a partial last block
+         * first, then whole groups), whose pages the stream may already hold
+         * (append attaches them, see kvd_stream_append), and gives emptied
+         * residual pages back. Eviction between append and settle only
+         * lowers both counts, and settled_quantized is monotone, so it never
+         * needs more; it keeps the quantized pages the settle will fill
+         * (kvd__stream_kivi_trim). A partial last block sits in a page the
+         * stream already holds (pages hold whole blocks), so the count in
+         * slots, rounded up to pages, is the bound either way. */
         const size_t nr = r->n_tokens + m;
-        const size_t k = settle_groups(s, nr);
         const size_t nq = s->n_tokens - r->n_tokens;
-        return kvd_stream_pages_needed(r, m) + grow_for(s, nq + k * s->fmt.group);
+        return kvd_stream_pages_needed(r, m) + grow_for(s, settled_quantized(s, nq, nr));
     }
     if (m == 0)
         return 0;
@@ -332,6 +353,23 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
         const size_t need = kvd_stream_pages_needed(s, m), r_need = kvd_stream_pages_needed(r, m);
         kvd_stream_append(r, pool, m, k, v, row_stride, new_pages);
         attach_pages(s, new_pages + r_need, need - r_need);
+        if (s->evict != NULL) {
+            /* The residual has no index of its own: the stream's index
+             * numbers slots across both parts (quantized first), and the new
+             * tokens are its last slots. Norms as for other dtypes: of the
+             * f32 key as received, in double. */
+            const bool norms = kvd__evict_wants_norm(s->evict);
+            for (size_t t = 0; t < m; t++) {
+                double norm = 0.0;
+                if (norms) {
+                    const float *kt = k + t * row_stride;
+                    for (size_t i = 0; i < s->head_dim; i++)
+                        norm += (double)kt[i] * kt[i];
+                    norm = sqrt(norm);
+                }
+                kvd__evict_on_append(s, s->n_tokens + t, (int64_t)(s->appended + t), norm);
+            }
+        }
         s->n_tokens += m;
         s->appended += m;
         return;
@@ -389,26 +427,67 @@ static float *res_value(const kvd_stream *r, size_t j)
     return (float *)kvd__stream_value(r, j);
 }
 
+/* KIVI: gives back the pages neither part needs: residual pages past its
+ * tokens, and quantized pages past those the next settle fills
+ * (settled_quantized: after a settle, the quantized tokens themselves).
+ * Keeping the latter is what lets a step evict between append and settle
+ * without the settle needing pages the plan did not count. */
+void kvd__stream_kivi_trim(kvd_stream *s, kvd_pool *pool)
+{
+    kvd_stream *r = s->residual;
+    const size_t nr = r->n_tokens, nq = s->n_tokens - nr;
+    const size_t r_keep = div_up(nr, r->slots_per_page);
+    if (r->n_pages > r_keep) {
+        kvd_pool_release(pool, r->pages + r_keep, r->n_pages - r_keep);
+        r->n_pages = r_keep;
+    }
+    const size_t q_keep = div_up(settled_quantized(s, nq, nr), s->slots_per_page);
+    if (s->n_pages > q_keep) {
+        kvd_pool_release(pool, s->pages + q_keep, s->n_pages - q_keep);
+        s->n_pages = q_keep;
+    }
+}
+
 void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare,
                        size_t *spare_used)
 {
     if (!kvd__stream_is_kivi(s) || s->residual == NULL)
         return;
     kvd_stream *r = s->residual;
-    const size_t groups = settle_groups(s, r->n_tokens);
-    if (groups == 0)
-        return;
+    size_t nq = s->n_tokens - r->n_tokens, used = 0, moved = 0;
+    const size_t target = settled_quantized(s, nq, r->n_tokens);
     const size_t G = s->fmt.group, d = s->head_dim, spp = s->slots_per_page;
     const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
     const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
     float *gather = residual_of(s)->gather; /* [G][d] */
-    size_t nq = s->n_tokens - r->n_tokens, used = 0;
 
-    /* The oldest groups * G residual tokens, one key block at a time. nq
-     * is a multiple of G and spp of G, so a block starts a page or fits in
-     * the current one. */
-    size_t done = 0;
-    for (; done < groups; done++, nq += G) {
+    /* A partial last key block (eviction moved its last token away, see
+     * kvd__stream_kivi_move_rows) is completed first with the oldest
+     * residual tokens: its existing keys are read back through the
+     * reference dequantizer, the new ones added in f32, and the whole block
+     * quantized again (its older tokens take one more rounding step, as in
+     * eviction). It already has its page. Only once the residual can give
+     * all G - nq % G tokens and still keep `residual` (target > nq). */
+    if (target > nq && nq % G != 0) {
+        const size_t have = nq % G, fill = G - have, b0 = nq - have;
+        unsigned char *block = kvd__stream_key(s, b0);
+        for (size_t t = 0; t < have; t++)
+            kvd_dequant_row_ref(kf, block, t, d, s->fmt.group, gather + t * d);
+        for (size_t t = 0; t < fill; t++)
+            memcpy(gather + (have + t) * d, res_key(r, t), d * sizeof *gather);
+        kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, block);
+        for (size_t t = 0; t < fill; t++) {
+            kvd_quant_row(vf, res_value(r, t), d, s->fmt.group, kvd__stream_value(s, nq + t));
+            *page_meta(s, nq + t) = *page_meta(r, t);
+        }
+        nq += fill;
+        moved = fill;
+    }
+
+    /* Then whole groups of the oldest residual tokens, one key block at a
+     * time. nq is a multiple of G here and spp of G, so a block starts a
+     * page or fits in the current one. */
+    for (; nq < target; nq += G, moved += G) {
         if (nq / spp >= s->n_pages) { /* normally attached by append already */
             assert(used < n_spare && "kvd_stream_pages_needed undercounted");
             if (used >= n_spare || s->n_pages >= s->cap_pages)
@@ -416,7 +495,7 @@ void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t
             attach_pages(s, spare + used, 1);
             used++;
         }
-        const size_t first = done * G; /* residual slot of the block's oldest token */
+        const size_t first = moved; /* residual slot of the block's oldest token */
         for (size_t t = 0; t < G; t++)
             memcpy(gather + t * d, res_key(r, first + t), d * sizeof *gather);
         kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, kvd__stream_key(s, nq));
@@ -430,23 +509,103 @@ void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t
     /* Shift the remaining residual rows down to slot 0 (oldest first).
      * Slot j takes slot j + moved; going up, every source is read before
      * anything overwrites it, and distinct slots never overlap. O(residual
-     * * d) per settle, the same order as the quantization above. */
-    if (done == 0)
-        return;
-    const size_t moved = done * G, left = r->n_tokens - moved;
-    for (size_t j = 0; j < left; j++) {
-        memcpy(res_key(r, j), res_key(r, j + moved), d * sizeof(float));
-        memcpy(res_value(r, j), res_value(r, j + moved), d * sizeof(float));
-        *page_meta(r, j) = *page_meta(r, j + moved);
+     * * d) per settle, the same order as the quantization above. Unified
+     * slot numbers (quantized first) do not change, so the eviction index
+     * needs no update. */
+    if (moved > 0) {
+        const size_t left = r->n_tokens - moved;
+        for (size_t j = 0; j < left; j++) {
+            memcpy(res_key(r, j), res_key(r, j + moved), d * sizeof(float));
+            memcpy(res_value(r, j), res_value(r, j + moved), d * sizeof(float));
+            *page_meta(r, j) = *page_meta(r, j + moved);
+        }
+        r->n_tokens = left;
     }
-    r->n_tokens = left;
-    /* Emptied tail pages go back at once: n_pages = ceil(n_tokens / spp). */
-    const size_t keep = left / r->slots_per_page + (left % r->slots_per_page != 0);
-    if (r->n_pages > keep) {
-        kvd_pool_release(pool, r->pages + keep, r->n_pages - keep);
-        r->n_pages = keep;
-    }
+    /* Emptied residual pages, and quantized pages a step's eviction left
+     * unneeded, go back at once. */
+    kvd__stream_kivi_trim(s, pool);
     *spare_used += used;
+}
+
+/* KIVI eviction: moving the last slot `from` into the hole `to`.
+ *  - Both in the residual: an f32 row move inside the residual.
+ *  - `to` in the quantized part: its value row is quantized again from the
+ *    moved token's f32 value (per token, kvd_quant_row), or copied byte for
+ *    byte when the moved token is itself quantized (a value row carries its
+ *    own scales, so it means the same in any slot: no new error). Its key
+ *    block b = to / group is quantized again: its tokens are read back
+ *    (kvd_dequant_row_ref) into the residual's gather buffer [group][d]
+ *    (allocated with the stream: eviction never allocates), row to % group
+ *    is overwritten with the moved token's key (in f32 from the residual,
+ *    else read back from its own block first), and kvd_quant_key_block
+ *    runs over the block's count. Re-quantizing compounds the error of the
+ *    block's other tokens by at most one more rounding step: each read-back
+ *    value is rounded again on the new per-channel grid, within half its
+ *    step, i.e. within (new range of the channel over the block) /
+ *    (2 (2^B - 1)) of what it read before (plus f16 rounding of the stored
+ *    scale, which is rounded up so that the bound holds). A moved
+ *    quantized token likewise takes one more step.
+ *  - `from` in the quantized part (the residual is empty): it leaves its
+ *    block, which becomes a partial LAST block (nq no longer a multiple of
+ *    group). That block is not re-quantized: its scales still cover its
+ *    remaining tokens, whose codes are unchanged; kernels read only the
+ *    first n tokens of a segment, so a partial last block reads like a
+ *    partly filled one, and kvd_stream_settle completes it later.
+ * Metadata and index back-pointers are cache/evict.c's (unified slots). */
+void kvd__stream_kivi_move_rows(kvd_stream *s, size_t from, size_t to)
+{
+    kvd_stream *r = s->residual;
+    const size_t nq = s->n_tokens - r->n_tokens, d = s->head_dim, G = s->fmt.group;
+    assert(from + 1 == s->n_tokens && to < from);
+    if (to >= nq) {
+        memcpy(res_key(r, to - nq), res_key(r, from - nq), d * sizeof(float));
+        memcpy(res_value(r, to - nq), res_value(r, from - nq), d * sizeof(float));
+        return;
+    }
+    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
+    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
+    float *scratch = residual_of(s)->gather; /* [G][d] */
+    const size_t b0 = to - to % G;
+    /* Quantized tokens once `from` has left: the block's count excludes it
+     * when it was the block's own last token. */
+    const size_t nq_after = from >= nq ? nq : nq - 1;
+    const size_t count = nq_after - b0 < G ? nq_after - b0 : G;
+    unsigned char *block = kvd__stream_key(s, to);
+    for (size_t t = 0; t < count; t++)
+        kvd_dequant_row_ref(kf, block, t, d, s->fmt.group, scratch + t * d);
+    float *row = scratch + (to - b0) * d;
+    if (from >= nq) {
+        memcpy(row, res_key(r, from - nq), d * sizeof *row);
+        kvd_quant_row(vf, res_value(r, from - nq), d, s->fmt.group, kvd__stream_value(s, to));
+    } else {
+        kvd_dequant_row_ref(kf, kvd__stream_key(s, from), from % G, d, s->fmt.group, row);
+        memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
+    }
+    kvd_quant_key_block(kf, scratch, d, count, d, s->fmt.group, block);
+}
+
+void kvd__stream_kivi_drop_last(kvd_stream *s, kvd_pool *pool)
+{
+    kvd_stream *r = s->residual;
+    if (r->n_tokens > 0)
+        r->n_tokens--;
+    s->n_tokens--;
+    kvd__stream_kivi_trim(s, pool);
+}
+
+void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out)
+{
+    const size_t d = s->head_dim;
+    if (s->residual != NULL) {
+        const size_t nq = kvd__stream_paged_tokens(s);
+        if (j >= nq) {
+            memcpy(out, res_key(s->residual, j - nq), d * sizeof *out);
+            return;
+        }
+    }
+    const size_t t = kvd__stream_is_kivi(s) ? j % s->fmt.group : 0;
+    kvd_dequant_row_ref(kvd_dtype_key_format(s->fmt.dtype), kvd__stream_key(s, j), t, d,
+                        s->fmt.group, out);
 }
 
 void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
@@ -520,7 +679,8 @@ size_t kvd_stream_payload_bytes(const kvd_stream *s)
     if (!kvd__stream_is_kivi(s) || s->residual == NULL)
         return s->n_tokens * rows;
     const size_t nr = s->residual->n_tokens, nq = s->n_tokens - nr;
-    return nq / s->fmt.group * s->k_row_bytes + nq * (size_t)s->v_row_bytes +
+    /* a partial last key block (after eviction) takes a whole block */
+    return div_up(nq, s->fmt.group) * s->k_row_bytes + nq * (size_t)s->v_row_bytes +
            nr * 2 * (size_t)s->head_dim * sizeof(float);
 }
 

@@ -53,7 +53,10 @@ typedef struct kvd_stream {
     uint32_t k_row_bytes, v_row_bytes; /* per token row; KIVI keys: per key block */
     /* KIVI only: the newest tokens, in f32, in their own pages. n_tokens and
      * appended above count them too; the quantized part holds n_tokens -
-     * residual->n_tokens tokens, oldest first. NULL for other dtypes. */
+     * residual->n_tokens tokens (slots 0..nq-1, then the residual's). Without
+     * eviction they are in position order and nq is a multiple of group;
+     * eviction reorders slots and may leave a partial last key block, which
+     * the next kvd_stream_settle completes. NULL for other dtypes. */
     struct kvd_stream *residual;
 } kvd_stream;
 
@@ -76,8 +79,10 @@ int kvd_stream_init_format(kvd_stream *s, size_t page_bytes, uint32_t head_dim,
                            const kvd_stream_format *fmt);
 
 /* KIVI: moves whole key groups out of the f32 residual once it holds at
- * least residual + group tokens (oldest first), quantizing each group as a
- * key block and its values per token. Takes pages for the quantized part
+ * least residual + group tokens (oldest slots first), quantizing each group
+ * as a key block and its values per token; a partial last key block left by
+ * eviction is first completed (re-quantized with the group - nq % group
+ * oldest residual tokens) once the residual holds residual + that many. Takes pages for the quantized part
  * from spare[0..n_spare) in order (adding to *spare_used) and gives emptied
  * residual pages back to the pool. No-op for other dtypes. Call at the end
  * of a step; kvd_stream_pages_needed(s, m) already counts these pages.

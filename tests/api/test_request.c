@@ -411,8 +411,10 @@ START_TEST(create_not_yet_supported)
                "not yet supported");
     create_err("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"recency\"}}", "cache.eviction",
                "not yet supported");
-    create_err("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", "cache.eviction",
-               "KIVI caches do not evict yet");
+    /* KIVI caches evict (cache/evict.c re-quantizes the key block a token moves into) */
+    create_ok("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", &t);
+    ck_assert_int_eq(t.cache.dtype, KVD_DTYPE_KIVI2);
+    ck_assert_int_eq(t.cache.eviction, KVD_EVICT_RECENCY);
     create_err("{\"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",
                "\"subgen\" is not yet supported");
     create_err("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0.1, \"cluster_samples\": 4,"

@@ -487,10 +487,12 @@ START_TEST(test_kivi_session)
     kvd_session_destroy(s, pool);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
 
+    /* KIVI sessions evict (tests/cache/test_kivi_evict.c) */
     c.cache.eviction = KVD_EVICT_RECENCY;
     c.cache.budget = 100;
-    ck_assert_int_eq(kvd_session_create(&c, 4096, &s), -ENOTSUP);
-    ck_assert_ptr_null(s);
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &s), 0);
+    ck_assert_ptr_nonnull(s->streams[0].evict);
+    kvd_session_destroy(s, pool);
     c.cache.eviction = KVD_EVICT_NONE;
     c.cache.group = 0;
     ck_assert_int_eq(kvd_session_create(&c, 4096, &s), -EINVAL);

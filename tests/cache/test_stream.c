@@ -632,8 +632,9 @@ START_TEST(test_evict_quantized_exact_bytes)
 }
 END_TEST
 
-/* KIVI streams neither evict nor fork (cache/evict.h, cache/stream.h). */
-START_TEST(test_kivi_refuses_evict_and_fork)
+/* KIVI streams take an eviction index (cache/evict.h; eviction itself:
+ * tests/cache/test_kivi_evict.c) but do not fork (cache/stream.h). */
+START_TEST(test_kivi_evicts_but_refuses_fork)
 {
     kvd_pool *pool;
     ck_assert_int_eq(kvd_pool_create(64 * 4096, 4096, &pool), 0);
@@ -642,10 +643,12 @@ START_TEST(test_kivi_refuses_evict_and_fork)
     ck_assert_int_eq(kvd_stream_init_format(&s, 4096, 16, &f), 0);
     append_q(&s, pool, 3, 16);
     const kvd_evict_config cfg = {.policy = KVD_EVICT_RECENCY, .sink = 1, .recent = 1};
-    ck_assert_int_eq(kvd_stream_evict_init(&s, &cfg), -ENOTSUP);
-    ck_assert_ptr_null(s.evict);
+    ck_assert_int_eq(kvd_stream_evict_init(&s, &cfg), 0);
+    ck_assert_ptr_nonnull(s.evict);
+    ck_assert_uint_eq(kvd_stream_evictable(&s), 1); /* position 1: not a sink, not recent */
     const kvd_evict_config none = {.policy = KVD_EVICT_NONE};
     ck_assert_int_eq(kvd_stream_evict_init(&s, &none), 0);
+    ck_assert_ptr_null(s.evict);
     const size_t used = kvd_pool_pages_used(pool);
     ck_assert_int_eq(kvd_stream_fork(&s, &c, pool), -ENOTSUP);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), used);
@@ -672,7 +675,7 @@ static Suite *stream_suite(void)
     tcase_add_test(tc, test_format_slots_per_page);
     tcase_add_test(tc, test_append_quantized_roundtrip);
     tcase_add_test(tc, test_evict_quantized_exact_bytes);
-    tcase_add_test(tc, test_kivi_refuses_evict_and_fork);
+    tcase_add_test(tc, test_kivi_evicts_but_refuses_fork);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -321,8 +321,6 @@ START_TEST(create_errors)
     bad_create(port, J, "{\"bogus\":1}", 400, INVALID, "bogus", NULL, "unknown top-level field");
     bad_create(port, J, "{\"cache\":{\"foo\":1}}", 400, INVALID, "cache.foo", NULL, "unknown cache field");
     bad_create(port, J, "{\"cache\":\"f32\"}", 400, INVALID, "cache", NULL, "cache is not an object");
-    bad_create(port, J, "{\"cache\":{\"dtype\":\"kivi2\",\"eviction\":\"h2o\"}}", 400, INVALID,
-               "cache.eviction", NYS, "kivi2 with eviction");
     bad_create(port, J, "{\"cache\":{\"dtype\":\"kivi4\",\"residual\":40}}", 400, INVALID,
                "cache.residual", "multiple of cache.group", "kivi residual not a multiple of group");
     bad_create(port, J, "{\"cache\":{\"dtype\":\"int3\"}}", 400, INVALID, "cache.dtype", NULL, "dtype int3");
