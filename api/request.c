@@ -257,13 +257,14 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
     if (c->attention == KVD_ATTN_TENSOR) {
         /* Tensor streams are f32 and keep their tokens (a slot holds k1, k2,
          * v1, v2; evicting or forking them is not built yet). */
-        if (c->cache.dtype != KVD_DTYPE_F32) {
+        if (c->cache.dtype == KVD_DTYPE_KIVI2 || c->cache.dtype == KVD_DTYPE_KIVI4) {
             snprintf(v, sizeof v, "\"%s\" with tensor attention", kvd_dtype_name(c->cache.dtype));
-            return not_yet(err, "cache.dtype", v, "tensor caches are f32");
+            return not_yet(err, "cache.dtype", v, "tensor caches take the per-token dtypes");
         }
-        if (c->cache.eviction != KVD_EVICT_NONE) {
-            snprintf(v, sizeof v, "\"%s\" with tensor attention", kvd_eviction_name(c->cache.eviction));
-            return not_yet(err, "cache.eviction", v, "tensor caches keep their tokens (use window)");
+        if (c->cache.eviction != KVD_EVICT_NONE && c->window > 0) {
+            snprintf(v, sizeof v, "\"%s\" with window %" PRIu32, kvd_eviction_name(c->cache.eviction),
+                     c->window);
+            return not_yet(err, "cache.eviction", v, "a tensor session takes a window or a policy");
         }
         if (c->shadow)
             return not_yet(err, "shadow", "true with tensor attention", "tensor caches are exact f32");

@@ -32,6 +32,7 @@ typedef struct step_plan {
     float **exact;           /* shadow: [n_layers] each [m_q][heads][head_dim] */
     double *err_sq, *ref_sq, *max_abs; /* shadow: [n_layers] per-entry error terms */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
+    double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */
 } step_plan;
 
 static void plan_free(step_plan *p, size_t n_layers)
@@ -55,6 +56,7 @@ static void plan_free(step_plan *p, size_t n_layers)
     free(p->max_abs);
     free(p->pair_k);
     free(p->pair_v);
+    free(p->norm_factor);
 }
 
 static int fail(api_job *job, int status, const char *code, const char *msg)
@@ -140,6 +142,41 @@ static bool is_kivi(const kvd_session_config *cfg)
     return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
 }
 
+/* Tokens a stream keeps after each entry: the tensor window, else the
+ * eviction budget (0 = no limit). */
+static uint32_t keep_limit(const kvd_session_config *cfg)
+{
+    return cfg->window ? cfg->window : cfg->cache.budget;
+}
+
+/* Pages the two-cache's pair rows can take over the request's entries of
+ * `layer` when the stream starts at n tokens: rows grow to (n + m)^2 per
+ * entry and, with a limit, shrink back to limit^2 after it (the rows are
+ * rebuilt in place), so each entry may take again what an earlier one gave
+ * back. Same worst case as stream_page_bound. */
+static size_t pair_page_bound(const kvd_stream *pr, const kvd_step_request *req, uint32_t layer, size_t n,
+                              uint32_t limit)
+{
+    const size_t spp = pr->slots_per_page;
+    size_t pages = pr->n_pages, taken = 0;
+    for (size_t i = 0; i < req->n_layers; i++) {
+        const kvd_step_layer *st = &req->layers[i];
+        if (st->layer != layer)
+            continue;
+        n += st->m;
+        size_t want = div_up(n * n, spp);
+        if (want > pages) {
+            taken += want - pages;
+            pages = want;
+        }
+        if (limit && n > limit) {
+            n = limit;
+            pages = div_up(n * n, spp);
+        }
+    }
+    return taken;
+}
+
 /* Tensor sessions: pages for k2/v2 (one slot a token, like k1/v1) and for
  * the two-cache's pair rows ((n + m)^2 - n^2 rows for m new tokens), plus
  * the scratch that holds one token's 2t+1 new pair rows. */
@@ -153,8 +190,9 @@ static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *
         if (!m)
             continue;
         kvd_stream *b = &sess->tensor_b[i];
-        /* k2/v2 grow and (with a window) shrink exactly like k1/v1. */
-        size_t need = stream_page_bound(b, req, (uint32_t)(i / sess->config.kv_heads), sess->config.window);
+        /* k2/v2 grow and (with a window or a policy) shrink exactly like k1/v1. */
+        const uint32_t layer = (uint32_t)(i / sess->config.kv_heads);
+        size_t need = stream_page_bound(b, req, layer, keep_limit(&sess->config));
         if (kvd_stream_reserve_table(b, need) != 0)
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
         *pages += need;
@@ -166,14 +204,20 @@ static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *
         /* n + m <= tokens a pool could ever hold, so the square stays far from
          * overflow; a plan bigger than the whole pool is refused before the
          * block table grows for it. */
-        size_t rows = (n + m) * (n + m) - n * n;
         kvd_stream *pr = &sess->pairs[i];
-        need = kvd_stream_pages_needed(pr, rows);
+        need = pair_page_bound(pr, req, layer, n, keep_limit(&sess->config));
         if (need > pool_pages)
             return -2;
         if (kvd_stream_reserve_table(pr, need) != 0)
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
         *pages += need;
+    }
+    if (sess->config.cache.eviction == KVD_EVICT_L2NORM) {
+        size_t max_m = 1;
+        for (size_t i = 0; i < req->n_layers; i++)
+            max_m = req->layers[i].m > max_m ? req->layers[i].m : max_m;
+        if (!(p->norm_factor = malloc(max_m * sizeof *p->norm_factor)))
+            return fail(job, 500, KVD_ERR_INTERNAL, "out of memory for key norms");
     }
     if (sess->pairs && max_tokens) {
         const size_t d = sess->config.head_dim;
@@ -232,7 +276,7 @@ static int plan_step(kvd_api *api, api_job *job, kvd_session *sess, const kvd_st
          * for the request's total is exact, unless eviction between entries
          * of the same layer frees pages that a later entry takes again. */
         size_t need = is_kivi(cfg) ? kivi_page_bound(s, req, layer, cfg)
-                      : stream_page_bound(s, req, layer, sess->tensor_b ? cfg->window : cfg->cache.budget);
+                      : stream_page_bound(s, req, layer, keep_limit(cfg));
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
@@ -328,6 +372,18 @@ static void apply_tensor_append(kvd_api *api, kvd_session *sess, const kvd_step_
         kvd_stream_append(b, api->pool, st->m, st->k2 + (size_t)g * cfg->head_dim,
                           st->v2 + (size_t)g * cfg->head_dim, row, p->pages + p->cursor);
         p->cursor += need;
+        if (p->norm_factor) {
+            /* l2norm ranks a tensor slot by ||k1|| * ||k2|| (DESIGN.md §5):
+             * the index holds ||k1|| from the append; scale by ||k2||. */
+            for (size_t t = 0; t < st->m; t++) {
+                const float *k2 = st->k2 + t * row + (size_t)g * cfg->head_dim;
+                double sq = 0;
+                for (size_t c = 0; c < cfg->head_dim; c++)
+                    sq += (double)k2[c] * k2[c];
+                p->norm_factor[t] = sqrt(sq);
+            }
+            kvd_stream_scale_key_norms(&sess->streams[idx], b->n_tokens - st->m, st->m, p->norm_factor);
+        }
         if (!sess->pairs)
             continue;
         kvd_stream *pr = &sess->pairs[idx];
@@ -344,7 +400,8 @@ static void apply_tensor_append(kvd_api *api, kvd_session *sess, const kvd_step_
 
 /* Tensor attention for every query of one entry (DESIGN.md §5): four
  * caches, O(n^2 d) per query, or one pass over the n^2 pair rows. */
-static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o)
+static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, size_t n_before, float *o,
+                                   step_plan *p)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
@@ -357,14 +414,30 @@ static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, 
         kvd_kv_pages pr;
         if (sess->pairs)
             pr = kvd_stream_view(&sess->pairs[idx]);
+        kvd_stream *s = &sess->streams[idx];
+        if (p->weights)
+            memset(p->weights, 0, s->n_tokens * sizeof(float));
         for (size_t i = 0; i < st->m_q; i++) {
             size_t off = (i * cfg->heads + (size_t)g * group) * d;
             size_t visible = visible_tokens(st, n_before, i);
-            if (sess->pairs)
+            if (sess->pairs && pr.k_format == KVD_ROW_F32) {
                 kern->two(&pr, visible, st->q + off, group, cfg->scale, o + off);
-            else
+            } else if (sess->pairs) {
+                /* quantized pair rows: the two-cache is standard attention
+                 * over them, and the standard kernels read every dtype */
+                const kvd_kv_segment seg = {pr, visible * visible};
+                kvd_attention_kernels_get()->attend(&seg, 1, st->q + off, group, cfg->scale, o + off);
+            } else if (a.k_format == KVD_ROW_F32) {
                 kern->four(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
+            } else {
+                kvd_tensor_four_ref(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
+            }
+            if (p->weights) /* h2o: each pair's weight goes to both its tokens */
+                kvd_tensor_weights_ref(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale,
+                                       p->weights);
         }
+        if (p->weights)
+            kvd_stream_add_weights(s, p->weights, s->n_tokens);
     }
 }
 
@@ -476,6 +549,28 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_request 
     kvd_histogram_observe_value(&api->stats.shadow_relative_error, kvd_shadow_error_bounds, rel);
 }
 
+/* Two-cache after an eviction: the kept tokens' slots were reordered (a
+ * victim's hole takes the last slot, in k1/v1 and k2/v2 alike), so the pair
+ * rows are rebuilt in place for the new slot order and the rest is cut:
+ * O(n^2 d) writes, the order of one two-cache query. */
+static void rebuild_pairs(kvd_api *api, kvd_session *sess, const kvd_step_layer *st, step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)st->layer * cfg->kv_heads + g;
+        const size_t n = sess->streams[idx].n_tokens;
+        kvd_stream *pr = &sess->pairs[idx];
+        if (pr->n_tokens == n * n)
+            continue; /* this head evicted nothing */
+        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]), b = kvd_stream_view(&sess->tensor_b[idx]);
+        for (size_t t = 0; t < n; t++) {
+            kvd_tensor_pair_rows(&a, &b, t, p->pair_k, p->pair_v);
+            kvd_stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
+        }
+        kvd_stream_truncate(pr, api->pool, n * n);
+    }
+}
+
 /* A tensor window keeps only the last W tokens of each stream: older ones
  * can never be seen again, so they leave at the end of the entry, like an
  * eviction (the four-cache's O(W * d) memory). Returns tokens dropped per
@@ -572,10 +667,15 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
         if (st->m && sess->tensor_b)
             apply_tensor_append(api, sess, st, &plan);
         if (st->m_q && sess->tensor_b)
-            apply_tensor_attention(sess, st, n_before, plan.outputs[i]);
+            apply_tensor_attention(sess, st, n_before, plan.outputs[i], &plan);
         else if (st->m_q)
             apply_attention(sess, st, n_before, plan.outputs[i], &plan, plan.weights != NULL);
-        plan.evicted[i] = sess->tensor_b ? apply_window(api, sess, st) : apply_eviction(api, sess, st, &plan);
+        if (sess->tensor_b && sess->config.window)
+            plan.evicted[i] = apply_window(api, sess, st);
+        else
+            plan.evicted[i] = apply_eviction(api, sess, st, &plan);
+        if (sess->pairs && plan.evicted[i])
+            rebuild_pairs(api, sess, st, &plan);
         plan.tokens_after[i] = kvd_session_stream(sess, st->layer, 0)->n_tokens;
         tokens_in += st->m;
         if (shadow) {

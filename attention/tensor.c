@@ -10,6 +10,33 @@
 #include "attention/tensor.h"
 #include "attention/kernels.h"
 
+/* Rows of any per-token format: f32 rows are read in place, others are
+ * dequantized into `buf` ([head_dim] f32) by the reference dequantizer.
+ * The SIMD tensor kernels take f32 only; quantized tensor caches run these
+ * scalar oracles (their O(n^2 d) dequantization is the same order as the
+ * attention itself). */
+#define ROW_MAX 4096 /* head_dim bound of the create body */
+
+static const float *key_row(const kvd_kv_pages *kv, size_t j, float *buf)
+{
+    if (kv->k_format == KVD_ROW_F32)
+        return kvd_kv_key(kv, j);
+    const unsigned char *page = kv->pages[j / kv->slots_per_page];
+    kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + (j % kv->slots_per_page) * kv->k_row_bytes, 0,
+                        kv->head_dim, kv->group, buf);
+    return buf;
+}
+
+static const float *value_row(const kvd_kv_pages *kv, size_t j, float *buf)
+{
+    if (kv->v_format == KVD_ROW_F32)
+        return kvd_kv_value(kv, j);
+    const unsigned char *page = kv->pages[j / kv->slots_per_page];
+    kvd_dequant_row_ref(kv->v_format, page + kv->v_offset + (j % kv->slots_per_page) * kv->v_row_bytes, 0,
+                        kv->head_dim, kv->group, buf);
+    return buf;
+}
+
 /* First visible token of n with window W (0 = all). */
 static size_t first_visible(size_t n, size_t window)
 {
@@ -40,6 +67,48 @@ static void online_fold(float *restrict o, size_t d, float *m, float *l, float s
             o[i] += w * v2[i];
 }
 
+/* scale * sum_l q_l k1_{j,l} k2_{k,l} */
+static float pair_score(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t j, size_t k, const float *q,
+                        size_t d, float scale)
+{
+    float b1[ROW_MAX], b2[ROW_MAX];
+    const float *k1 = key_row(a, j, b1), *k2 = key_row(b, k, b2);
+    float s = 0.0f;
+    for (size_t i = 0; i < d; i++)
+        s += q[i] * k1[i] * k2[i];
+    return scale * s;
+}
+
+void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                            const float *q, size_t n_q, float scale, float *acc)
+{
+    const size_t d = a->head_dim, lo = first_visible(n, window);
+    for (size_t h = 0; h < n_q; h++) {
+        const float *qh = q + h * d;
+        /* pass 1: the softmax's max and normalizer over all visible pairs */
+        float m = -INFINITY, l = 0.0f;
+        for (size_t j = lo; j < n; j++)
+            for (size_t k = lo; k < n; k++) {
+                const float s = pair_score(a, b, j, k, qh, d, scale);
+                if (s > m) {
+                    l *= expf(m - s);
+                    m = s;
+                }
+                l += expf(s - m);
+            }
+        if (l == 0.0f)
+            continue; /* no visible pair */
+        /* pass 2: each pair's weight goes to both of its tokens */
+        for (size_t j = lo; j < n; j++)
+            for (size_t k = lo; k < n; k++) {
+                const float w = expf(pair_score(a, b, j, k, qh, d, scale) - m) / l;
+                acc[j] += w;
+                if (k != j)
+                    acc[k] += w;
+            }
+    }
+}
+
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o)
 {
@@ -51,13 +120,14 @@ void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
         memset(oh, 0, d * sizeof *oh);
         float m = -INFINITY, l = 0.0f;
         for (size_t j = lo; j < n; j++) {
-            const float *k1 = kvd_kv_key(a, j), *v1 = kvd_kv_value(a, j);
+            float bk1[ROW_MAX], bv1[ROW_MAX], bk2[ROW_MAX], bv2[ROW_MAX];
+            const float *k1 = key_row(a, j, bk1), *v1 = value_row(a, j, bv1);
             for (size_t k = lo; k < n; k++) {
-                const float *k2 = kvd_kv_key(b, k);
+                const float *k2 = key_row(b, k, bk2);
                 float s = 0.0f;
                 for (size_t i = 0; i < d; i++)
                     s += qh[i] * k1[i] * k2[i];
-                online_fold(oh, d, &m, &l, scale * s, v1, kvd_kv_value(b, k));
+                online_fold(oh, d, &m, &l, scale * s, v1, value_row(b, k, bv2));
             }
         }
         if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
@@ -108,8 +178,9 @@ void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t
     for (size_t i = 0; i < kvd_tensor_pair_rows_added(t); i++) {
         size_t j, k;
         new_pair(t, i, &j, &k);
-        const float *k1 = kvd_kv_key(a, j), *v1 = kvd_kv_value(a, j);
-        const float *k2 = kvd_kv_key(b, k), *v2 = kvd_kv_value(b, k);
+        float bk1[ROW_MAX], bv1[ROW_MAX], bk2[ROW_MAX], bv2[ROW_MAX];
+        const float *k1 = key_row(a, j, bk1), *v1 = value_row(a, j, bv1);
+        const float *k2 = key_row(b, k, bk2), *v2 = value_row(b, k, bv2);
         float *kr = k_rows + i * d, *vr = v_rows + i * d;
         for (size_t l = 0; l < d; l++) {
             kr[l] = k1[l] * k2[l];

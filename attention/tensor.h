@@ -38,6 +38,14 @@ void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
 void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
                         float scale, float *o);
 
+/* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
+ * the softmax weight of every visible pair token j belongs to — (j, k) and
+ * (k, j), the pair (j, j) once — from each of the n_q query heads, summed
+ * over the heads. Same scores as kvd_tensor_four_ref; two passes over the
+ * pairs (max and sum, then the weights), no scratch. acc: [n] f32. */
+void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                            const float *q, size_t n_q, float scale, float *acc);
+
 /* Row of pair (j, k) in the two-cache append order. Appending token t adds
  * its 2t+1 pairs (t,0),(t,1),...,(t,t),(0,t),(1,t),...,(t-1,t) as rows
  * t^2 .. t^2+2t, so the first n tokens own rows 0 .. n^2-1. */

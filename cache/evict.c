@@ -366,6 +366,39 @@ static void move_slot(kvd_stream *s, size_t from, size_t to)
                  ix->ring_cap] = to;
 }
 
+/* The mirror (tensor k2/v2) repeats a move of slot `from` (its last) into
+ * `to`, then drops its last slot and an emptied tail page, exactly as the
+ * stream it follows did. */
+static void mirror_move(kvd_stream *m, kvd_pool *pool, size_t from, size_t to)
+{
+    if (from != to) {
+        memcpy(kvd__stream_key(m, to), kvd__stream_key(m, from), m->k_row_bytes);
+        memcpy(kvd__stream_value(m, to), kvd__stream_value(m, from), m->v_row_bytes);
+        *kvd_stream_meta(m, to) = *kvd_stream_meta(m, from);
+    }
+    kvd_stream_truncate(m, pool, m->n_tokens - 1);
+    m->evicted++;
+}
+
+void kvd_stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor)
+{
+    kvd_evict_index *ix = s->evict;
+    if (ix == NULL || ix->score == NULL || ix->policy->scores != KVD__SCORE_NORM)
+        return;
+    for (size_t i = 0; i < m; i++) {
+        const size_t slot = first + i;
+        ix->score[slot] *= factor[i];
+        const size_t hp = ix->heap_pos[slot];
+        if (hp == KVD__NOT_IN_HEAP)
+            continue; /* protected now; its key is read when it leaves the window */
+        kvd__evict_entry e = ix->heap[hp];
+        e.key = ix->policy->key(ix, slot);
+        heap_set(ix, hp, e);
+        sift_up(ix, hp);
+        sift_down(ix, ix->heap_pos[slot]);
+    }
+}
+
 size_t kvd_stream_evict_pages_bound(const kvd_stream *s, size_t count)
 {
     /* One hole per eviction, each in one page, and each shared page is copied
@@ -399,6 +432,8 @@ size_t kvd_stream_evict(kvd_stream *s, kvd_pool *pool, size_t target, void *cons
         heap_pop(ix);
         if (victim != last)
             move_slot(s, last, victim);
+        if (s->mirror)
+            mirror_move(s->mirror, pool, last, victim);
         evicted++;
         if (kvd__stream_is_kivi(s)) {
             /* Residual or quantized tail pages that came free go back at

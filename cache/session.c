@@ -77,8 +77,8 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     s->config = *cfg;
     s->n_streams = n_streams;
     if (cfg->attention == KVD_ATTN_TENSOR) {
-        /* Tensor sessions are f32 (the API refuses other dtypes): k2/v2 and,
-         * for the two-cache, the pair rows are plain f32 streams. */
+        /* k2/v2 and, for the two-cache, the pair rows are streams of their
+         * own in the session's dtype. */
         s->tensor_b = calloc(n_streams, sizeof *s->tensor_b);
         if (cfg->tensor_cache == KVD_TENSOR_CACHE_TWO)
             s->pairs = calloc(n_streams, sizeof *s->pairs);
@@ -87,9 +87,14 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
             return -ENOMEM;
         }
         for (size_t i = 0; i < n_streams; i++) {
-            kvd_stream_init(&s->tensor_b[i], page_bytes, cfg->head_dim);
-            if (s->pairs)
-                kvd_stream_init(&s->pairs[i], page_bytes, cfg->head_dim);
+            /* same per-token dtype as k1/v1 (the API refuses KIVI here) */
+            int rc = kvd_stream_init_format(&s->tensor_b[i], page_bytes, cfg->head_dim, &fmt);
+            if (rc == 0 && s->pairs)
+                rc = kvd_stream_init_format(&s->pairs[i], page_bytes, cfg->head_dim, &fmt);
+            if (rc != 0) {
+                kvd_session_destroy(s, NULL);
+                return rc;
+            }
         }
     }
     for (size_t i = 0; i < n_streams; i++) {
@@ -99,6 +104,8 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
             return rc;
         }
     }
+    for (size_t i = 0; s->tensor_b && i < n_streams; i++)
+        s->streams[i].mirror = &s->tensor_b[i]; /* k2/v2 follow k1/v1's slot moves */
     if (cfg->cache.eviction != KVD_EVICT_NONE) {
         const kvd_evict_config ec = {
             .policy = cfg->cache.eviction, .sink = cfg->cache.sink, .recent = cfg->cache.recent};

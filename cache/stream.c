@@ -608,6 +608,29 @@ void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out)
                         s->fmt.group, out);
 }
 
+void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *restrict k,
+                          const float *restrict v, size_t row_stride)
+{
+    assert(!kvd__stream_is_kivi(s) && first + m <= s->n_tokens && !s->n_shared);
+    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
+    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
+    for (size_t t = 0; t < m; t++) {
+        store_row(kf, k + t * row_stride, s->head_dim, s->fmt.group, kvd__stream_key(s, first + t));
+        store_row(vf, v + t * row_stride, s->head_dim, s->fmt.group, kvd__stream_value(s, first + t));
+    }
+}
+
+void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
+{
+    assert(!kvd__stream_is_kivi(s) && !s->evict && !s->n_shared && n <= s->n_tokens);
+    s->n_tokens = n;
+    const size_t keep = n / s->slots_per_page + (n % s->slots_per_page != 0);
+    if (s->n_pages > keep) {
+        kvd_pool_release(pool, s->pages + keep, s->n_pages - keep);
+        s->n_pages = keep;
+    }
+}
+
 void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
 {
     assert(s->fmt.dtype == KVD_DTYPE_F32 && !s->evict && !s->n_shared && "plain f32 streams only");
@@ -623,13 +646,8 @@ void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
         memcpy(res_value(s, j), res_value(s, j + k), d * sizeof(float));
         *page_meta(s, j) = *page_meta(s, j + k);
     }
-    s->n_tokens = left;
     s->evicted += k;
-    const size_t keep = left / s->slots_per_page + (left % s->slots_per_page != 0);
-    if (s->n_pages > keep) {
-        kvd_pool_release(pool, s->pages + keep, s->n_pages - keep);
-        s->n_pages = keep;
-    }
+    kvd_stream_truncate(s, pool, left);
 }
 
 static kvd_kv_pages view_of(const kvd_stream *s)

@@ -58,6 +58,10 @@ typedef struct kvd_stream {
      * eviction reorders slots and may leave a partial last key block, which
      * the next kvd_stream_settle completes. NULL for other dtypes. */
     struct kvd_stream *residual;
+    /* Tensor attention: the stream of k2/v2 that must keep the same slot
+     * order; every eviction move here is repeated there (f32, no index, never
+     * shared). NULL otherwise. */
+    struct kvd_stream *mirror;
 } kvd_stream;
 
 /* Slots of `head_dim` f32 keys and values that fit in one page (with the
@@ -135,6 +139,16 @@ int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
  * order, emptied tail pages go back to the pool. O(n * d) byte moves, which
  * is below the O(n^2 * d) tensor attention it serves. */
 void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k);
+
+/* Rewrites rows first .. first+m-1 (< n_tokens) of a per-token stream with
+ * new keys and values (row t at k + t * row_stride), in place; positions are
+ * kept. For a two-cache rebuilding its pair rows after an eviction. */
+void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *k, const float *v,
+                          size_t row_stride);
+
+/* Keeps the first n slots of an unshared stream with no eviction index and
+ * gives emptied tail pages back to the pool. */
+void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n);
 
 /* Gives every page back to the pool (drops its references) and frees the
  * block table, eviction index and KIVI residual; the stream is empty

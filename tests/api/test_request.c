@@ -407,10 +407,13 @@ START_TEST(create_not_yet_supported)
     create_err("{\"window\": 16}", "window", "only used with attention \"tensor\"");
     create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"window\": 16}", "window",
                "not yet supported");
-    create_err("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"int8\"}}", "cache.dtype",
+    create_err("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"kivi2\"}}", "cache.dtype",
                "not yet supported");
-    create_err("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"recency\"}}", "cache.eviction",
-               "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"window\": 4, \"cache\": {\"eviction\": \"recency\"}}",
+               "cache.eviction", "not yet supported");
+    create_ok("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"int8\", \"eviction\": \"h2o\", "
+              "\"budget\": 16}}", &t);
+    ck_assert_int_eq(t.cache.eviction, KVD_EVICT_H2O);
     /* KIVI caches evict (cache/evict.c re-quantizes the key block a token moves into) */
     create_ok("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", &t);
     ck_assert_int_eq(t.cache.dtype, KVD_DTYPE_KIVI2);

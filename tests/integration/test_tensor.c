@@ -649,12 +649,10 @@ START_TEST(bad_input)
     char body[512];
 
     /* Create: what tensor sessions cannot do yet, and window elsewhere. */
-    snprintf(body, sizeof body, "{%s,\"cache\":{\"dtype\":\"f16\"}}", T);
-    bad_create(port, body, "cache.dtype", NYS, "tensor with f16");
-    snprintf(body, sizeof body, "{%s,\"cache\":{\"dtype\":\"int8\"}}", T);
-    bad_create(port, body, "cache.dtype", NYS, "tensor with int8");
-    snprintf(body, sizeof body, "{%s,\"cache\":{\"eviction\":\"recency\",\"budget\":64}}", T);
-    bad_create(port, body, "cache.eviction", NYS, "tensor with eviction");
+    snprintf(body, sizeof body, "{%s,\"cache\":{\"dtype\":\"kivi4\"}}", T);
+    bad_create(port, body, "cache.dtype", NYS, "tensor with kivi4");
+    snprintf(body, sizeof body, "{%s,\"window\":8,\"cache\":{\"eviction\":\"recency\",\"budget\":64}}", T);
+    bad_create(port, body, "cache.eviction", NYS, "tensor with a window and eviction");
     snprintf(body, sizeof body, "{%s,\"shadow\":true}", T);
     bad_create(port, body, "shadow", NYS, "tensor with shadow");
     snprintf(body, sizeof body, "{%s,\"tensor_cache\":\"two\",\"window\":4}", T);
