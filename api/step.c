@@ -192,7 +192,8 @@ static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *
         kvd_stream *b = &sess->tensor_b[i];
         /* k2/v2 grow and (with a window or a policy) shrink exactly like k1/v1. */
         const uint32_t layer = (uint32_t)(i / sess->config.kv_heads);
-        size_t need = stream_page_bound(b, req, layer, keep_limit(&sess->config));
+        size_t need = is_kivi(&sess->config) ? kivi_page_bound(b, req, layer, &sess->config)
+                                             : stream_page_bound(b, req, layer, keep_limit(&sess->config));
         if (kvd_stream_reserve_table(b, need) != 0)
             return fail(job, 500, KVD_ERR_INTERNAL, "out of memory growing a block table");
         *pages += need;
@@ -205,7 +206,9 @@ static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *
          * overflow; a plan bigger than the whole pool is refused before the
          * block table grows for it. */
         kvd_stream *pr = &sess->pairs[i];
-        need = pair_page_bound(pr, req, layer, n, keep_limit(&sess->config));
+        /* KIVI two-caches take no policy (the API refuses it): rows only grow. */
+        need = is_kivi(&sess->config) ? kvd_stream_pages_needed(pr, (n + m) * (n + m) - n * n)
+                                      : pair_page_bound(pr, req, layer, n, keep_limit(&sess->config));
         if (need > pool_pages)
             return -2;
         if (kvd_stream_reserve_table(pr, need) != 0)
@@ -358,6 +361,14 @@ static void apply_append(kvd_api *api, kvd_session *sess, const kvd_step_layer *
 
 static size_t visible_tokens(const kvd_step_layer *st, size_t n_before, size_t i);
 
+/* All tokens of a stream as tensor attention reads them (KIVI: two segments). */
+static kvd_tensor_view tensor_view(const kvd_stream *s)
+{
+    kvd_tensor_view v;
+    v.n_seg = kvd_stream_segments(s, s->n_tokens, v.seg);
+    return v;
+}
+
 /* Tensor sessions: k2/v2 of the entry's tokens, and for the two-cache the
  * 2t+1 pair rows of each new token t, built from the four caches (k1/v1 were
  * appended by apply_append). Cannot fail. */
@@ -387,10 +398,10 @@ static void apply_tensor_append(kvd_api *api, kvd_session *sess, const kvd_step_
         if (!sess->pairs)
             continue;
         kvd_stream *pr = &sess->pairs[idx];
-        const kvd_kv_pages a_view = kvd_stream_view(&sess->streams[idx]), b_view = kvd_stream_view(b);
+        const kvd_tensor_view a_view = tensor_view(&sess->streams[idx]), b_view = tensor_view(b);
         for (size_t t = b->n_tokens - st->m; t < b->n_tokens; t++) {
             size_t rows = kvd_tensor_pair_rows_added(t);
-            kvd_tensor_pair_rows(&a_view, &b_view, t, p->pair_k, p->pair_v);
+            kvd_tensor_pair_rows_view(&a_view, &b_view, t, p->pair_k, p->pair_v);
             need = kvd_stream_pages_needed(pr, rows);
             kvd_stream_append(pr, api->pool, rows, p->pair_k, p->pair_v, cfg->head_dim, p->pages + p->cursor);
             p->cursor += need;
@@ -411,6 +422,10 @@ static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, 
         size_t idx = (size_t)st->layer * cfg->kv_heads + g;
         const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
         const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
+        const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
+        /* The SIMD tensor kernels read f32 pages; every other dtype (KIVI's
+         * two segments included) runs the reference over dequantized rows. */
+        const bool f32 = sess->config.cache.dtype == KVD_DTYPE_F32;
         kvd_kv_pages pr;
         if (sess->pairs)
             pr = kvd_stream_view(&sess->pairs[idx]);
@@ -420,21 +435,23 @@ static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, 
         for (size_t i = 0; i < st->m_q; i++) {
             size_t off = (i * cfg->heads + (size_t)g * group) * d;
             size_t visible = visible_tokens(st, n_before, i);
-            if (sess->pairs && pr.k_format == KVD_ROW_F32) {
+            if (sess->pairs && f32) {
                 kern->two(&pr, visible, st->q + off, group, cfg->scale, o + off);
             } else if (sess->pairs) {
                 /* quantized pair rows: the two-cache is standard attention
                  * over them, and the standard kernels read every dtype */
-                const kvd_kv_segment seg = {pr, visible * visible};
-                kvd_attention_kernels_get()->attend(&seg, 1, st->q + off, group, cfg->scale, o + off);
-            } else if (a.k_format == KVD_ROW_F32) {
+                kvd_kv_segment seg[2];
+                size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
+                kvd_attention_kernels_get()->attend(seg, n_seg, st->q + off, group, cfg->scale, o + off);
+            } else if (f32) {
                 kern->four(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
             } else {
-                kvd_tensor_four_ref(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
+                kvd_tensor_four_view_ref(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
+                                         o + off);
             }
             if (p->weights) /* h2o: each pair's weight goes to both its tokens */
-                kvd_tensor_weights_ref(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale,
-                                       p->weights);
+                kvd_tensor_weights_view_ref(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
+                                            p->weights);
         }
         if (p->weights)
             kvd_stream_add_weights(s, p->weights, s->n_tokens);
@@ -562,9 +579,9 @@ static void rebuild_pairs(kvd_api *api, kvd_session *sess, const kvd_step_layer 
         kvd_stream *pr = &sess->pairs[idx];
         if (pr->n_tokens == n * n)
             continue; /* this head evicted nothing */
-        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]), b = kvd_stream_view(&sess->tensor_b[idx]);
+        const kvd_tensor_view a = tensor_view(&sess->streams[idx]), b = tensor_view(&sess->tensor_b[idx]);
         for (size_t t = 0; t < n; t++) {
-            kvd_tensor_pair_rows(&a, &b, t, p->pair_k, p->pair_v);
+            kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
             kvd_stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
         }
         kvd_stream_truncate(pr, api->pool, n * n);
@@ -693,10 +710,16 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
      * once per request (the page plan counted exactly this). */
     if (is_kivi(&sess->config))
         for (size_t i = 0; i < sess->n_streams; i++) {
-            size_t used = 0;
-            kvd_stream_settle(&sess->streams[i], api->pool, plan.pages + plan.cursor,
-                              plan.total_pages - plan.cursor, &used);
-            plan.cursor += used;
+            kvd_stream *parts[3] = {&sess->streams[i], sess->tensor_b ? &sess->tensor_b[i] : NULL,
+                                    sess->pairs ? &sess->pairs[i] : NULL};
+            for (int k = 0; k < 3; k++) {
+                size_t used = 0;
+                if (!parts[k])
+                    continue;
+                kvd_stream_settle(parts[k], api->pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor,
+                                  &used);
+                plan.cursor += used;
+            }
         }
     assert(plan.cursor <= plan.total_pages && "stream_page_bound undercounted");
     if (shadow)

@@ -17,24 +17,52 @@
  * attention itself). */
 #define ROW_MAX 4096 /* head_dim bound of the create body */
 
-static const float *key_row(const kvd_kv_pages *kv, size_t j, float *buf)
+/* Row `value ? v : k` of slot i of one view, dequantized into buf unless it
+ * is f32. KIVI keys: the slot's block and its token within it. */
+static const float *pages_row(const kvd_kv_pages *kv, size_t i, int value, float *buf)
 {
-    if (kv->k_format == KVD_ROW_F32)
-        return kvd_kv_key(kv, j);
-    const unsigned char *page = kv->pages[j / kv->slots_per_page];
-    kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + (j % kv->slots_per_page) * kv->k_row_bytes, 0,
+    const kvd_row_format f = value ? kv->v_format : kv->k_format;
+    const unsigned char *page = kv->pages[i / kv->slots_per_page];
+    const size_t in_page = i % kv->slots_per_page;
+    if (f == KVD_ROW_F32)
+        return (const float *)(page + (value ? kv->v_offset : kv->k_offset)) + in_page * kv->head_dim;
+    if (kvd_row_is_block(f)) {
+        kvd_dequant_row_ref(f, page + kv->k_offset + (in_page / kv->group) * kv->k_row_bytes,
+                            in_page % kv->group, kv->head_dim, kv->group, buf);
+        return buf;
+    }
+    const size_t row_bytes = value ? kv->v_row_bytes : kv->k_row_bytes;
+    kvd_dequant_row_ref(f, page + (value ? kv->v_offset : kv->k_offset) + in_page * row_bytes, 0,
                         kv->head_dim, kv->group, buf);
     return buf;
 }
 
-static const float *value_row(const kvd_kv_pages *kv, size_t j, float *buf)
+/* Token j of a view: the segment holding it, then its row. */
+static const float *view_row(const kvd_tensor_view *v, size_t j, int value, float *buf)
 {
-    if (kv->v_format == KVD_ROW_F32)
-        return kvd_kv_value(kv, j);
-    const unsigned char *page = kv->pages[j / kv->slots_per_page];
-    kvd_dequant_row_ref(kv->v_format, page + kv->v_offset + (j % kv->slots_per_page) * kv->v_row_bytes, 0,
-                        kv->head_dim, kv->group, buf);
-    return buf;
+    size_t s = 0;
+    while (s + 1 < v->n_seg && j >= v->seg[s].n)
+        j -= v->seg[s++].n;
+    return pages_row(&v->seg[s].kv, j, value, buf);
+}
+
+static const float *key_row(const kvd_tensor_view *v, size_t j, float *buf)
+{
+    return view_row(v, j, 0, buf);
+}
+
+static const float *value_row(const kvd_tensor_view *v, size_t j, float *buf)
+{
+    return view_row(v, j, 1, buf);
+}
+
+/* One f32-or-per-token view as a one-segment view of n tokens. */
+static kvd_tensor_view one_segment(const kvd_kv_pages *kv, size_t n)
+{
+    kvd_tensor_view v = {.n_seg = 1};
+    v.seg[0].kv = *kv;
+    v.seg[0].n = n;
+    return v;
 }
 
 /* First visible token of n with window W (0 = all). */
@@ -68,7 +96,7 @@ static void online_fold(float *restrict o, size_t d, float *m, float *l, float s
 }
 
 /* scale * sum_l q_l k1_{j,l} k2_{k,l} */
-static float pair_score(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t j, size_t k, const float *q,
+static float pair_score(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t j, size_t k, const float *q,
                         size_t d, float scale)
 {
     float b1[ROW_MAX], b2[ROW_MAX];
@@ -82,7 +110,14 @@ static float pair_score(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t j, 
 void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                             const float *q, size_t n_q, float scale, float *acc)
 {
-    const size_t d = a->head_dim, lo = first_visible(n, window);
+    const kvd_tensor_view va = one_segment(a, n), vb = one_segment(b, n);
+    kvd_tensor_weights_view_ref(&va, &vb, n, window, q, n_q, scale, acc);
+}
+
+void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                                 size_t window, const float *q, size_t n_q, float scale, float *acc)
+{
+    const size_t d = a->seg[0].kv.head_dim, lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * d;
         /* pass 1: the softmax's max and normalizer over all visible pairs */
@@ -112,7 +147,14 @@ void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o)
 {
-    const size_t d = a->head_dim;
+    const kvd_tensor_view va = one_segment(a, n), vb = one_segment(b, n);
+    kvd_tensor_four_view_ref(&va, &vb, n, window, q, n_q, scale, o);
+}
+
+void kvd_tensor_four_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n, size_t window,
+                              const float *q, size_t n_q, float scale, float *o)
+{
+    const size_t d = a->seg[0].kv.head_dim;
     const size_t lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * d;
@@ -174,7 +216,14 @@ static void new_pair(size_t t, size_t i, size_t *j, size_t *k)
 void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t, float *k_rows,
                           float *v_rows)
 {
-    const size_t d = a->head_dim;
+    const kvd_tensor_view va = one_segment(a, t + 1), vb = one_segment(b, t + 1);
+    kvd_tensor_pair_rows_view(&va, &vb, t, k_rows, v_rows);
+}
+
+void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t t, float *k_rows,
+                               float *v_rows)
+{
+    const size_t d = a->seg[0].kv.head_dim;
     for (size_t i = 0; i < kvd_tensor_pair_rows_added(t); i++) {
         size_t j, k;
         new_pair(t, i, &j, &k);

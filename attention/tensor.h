@@ -38,6 +38,24 @@ void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
 void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
                         float scale, float *o);
 
+/* A stream of any dtype as tensor attention reads it: up to two segments
+ * (KIVI: quantized tokens, then the f32 residual), all tokens in slot order;
+ * each segment's n is the tokens it holds. */
+typedef struct kvd_tensor_view {
+    kvd_kv_segment seg[2];
+    size_t n_seg;
+} kvd_tensor_view;
+
+/* The _ref kernels and the pair-row builder over views of any dtype: rows
+ * are dequantized one at a time by the reference dequantizer (the SIMD
+ * tensor kernels take f32 views only). Same contracts as below. */
+void kvd_tensor_four_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n, size_t window,
+                              const float *q, size_t n_q, float scale, float *o);
+void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                                 size_t window, const float *q, size_t n_q, float scale, float *acc);
+void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t t, float *k_rows,
+                               float *v_rows);
+
 /* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
  * the softmax weight of every visible pair token j belongs to — (j, k) and
  * (k, j), the pair (j, j) once — from each of the n_q query heads, summed

@@ -371,12 +371,20 @@ static void move_slot(kvd_stream *s, size_t from, size_t to)
  * stream it follows did. */
 static void mirror_move(kvd_stream *m, kvd_pool *pool, size_t from, size_t to)
 {
+    const bool kivi = kvd__stream_is_kivi(m);
     if (from != to) {
-        memcpy(kvd__stream_key(m, to), kvd__stream_key(m, from), m->k_row_bytes);
-        memcpy(kvd__stream_value(m, to), kvd__stream_value(m, from), m->v_row_bytes);
+        if (kivi) {
+            kvd__stream_kivi_move_rows(m, from, to); /* same block re-quantization as k1/v1 */
+        } else {
+            memcpy(kvd__stream_key(m, to), kvd__stream_key(m, from), m->k_row_bytes);
+            memcpy(kvd__stream_value(m, to), kvd__stream_value(m, from), m->v_row_bytes);
+        }
         *kvd_stream_meta(m, to) = *kvd_stream_meta(m, from);
     }
-    kvd_stream_truncate(m, pool, m->n_tokens - 1);
+    if (kivi)
+        kvd__stream_kivi_drop_last(m, pool);
+    else
+        kvd_stream_truncate(m, pool, m->n_tokens - 1);
     m->evicted++;
 }
 

@@ -407,7 +407,10 @@ START_TEST(create_not_yet_supported)
     create_err("{\"window\": 16}", "window", "only used with attention \"tensor\"");
     create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"window\": 16}", "window",
                "not yet supported");
-    create_err("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"kivi2\"}}", "cache.dtype",
+    create_ok("{\"attention\": \"tensor\", \"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"l2norm\"}}", &t);
+    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"cache\": {\"dtype\": \"kivi2\", "
+               "\"eviction\": \"l2norm\"}}", "cache.eviction", "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"window\": 4, \"cache\": {\"dtype\": \"kivi4\"}}", "window",
                "not yet supported");
     create_err("{\"attention\": \"tensor\", \"window\": 4, \"cache\": {\"eviction\": \"recency\"}}",
                "cache.eviction", "not yet supported");

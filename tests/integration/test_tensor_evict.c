@@ -197,6 +197,70 @@ START_TEST(quantized_tensor_caches)
 }
 END_TEST
 
+/* KIVI tensor caches: a four-cache with eviction (key blocks re-quantized
+ * when a token moves into them, k2/v2 following), and two-caches of pair rows
+ * without eviction, each against exact attention over what it keeps. */
+START_TEST(kivi_tensor_caches)
+{
+    const char *const extra[] = {"--page-bytes", "2048", NULL};
+    kvd_proc *p = kvd_proc_start_ck(extra);
+    int port = kvd_proc_port(p);
+    /* kivi4, group 4: per-channel key blocks over 4 tokens; 0.15 as int4 */
+    char *four = create(port, "four", "{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4,"
+                                       "\"eviction\":\"recency\",\"budget\":9,\"sink\":2}");
+    char *two = create(port, "two", "{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4}");
+    rng r;
+    rng_seed(&r, 33);
+    token kept[MAX_TOKENS], all[MAX_TOKENS];
+    size_t n_kept = 0, n_all = 0;
+    for (int s = 0; s < 14; s++) {
+        size_t m = 1 + (size_t)(s % 3);
+        token t[3];
+        for (size_t i = 0; i < m; i++) {
+            rng_fill(&r, t[i].k1, D, -1, 1);
+            rng_fill(&r, t[i].k2, D, -1, 1);
+            rng_fill(&r, t[i].v1, D, -1, 1);
+            rng_fill(&r, t[i].v2, D, -1, 1);
+            kept[n_kept++] = t[i];
+            all[n_all++] = t[i];
+        }
+        float q[3 * H * D];
+        rng_fill(&r, q, m * H * D, -1, 1);
+        char *b = tensor_step(t, m, q);
+        const char *ids[2] = {four, two};
+        const token *sets[2] = {kept, all};
+        const size_t ns[2] = {n_kept, n_all};
+        for (int c = 0; c < 2; c++) {
+            cJSON *a = kvd_step_ok(port, ids[c], b);
+            float *o;
+            size_t n;
+            ck_assert_int_eq(tensor_from_json(cJSON_GetObjectItemCaseSensitive(a, "o"), &o, &n), 0);
+            double want[D];
+            ref_attend(sets[c], ns[c], q + (m - 1) * H * D, want);
+            for (int l = 0; l < D; l++)
+                ck_assert_msg(fabs(o[(m - 1) * H * D + l] - want[l]) <= 0.15, "kivi %s step %d: o %g want %g",
+                              c ? "two" : "four", s, (double)o[(m - 1) * H * D + l], want[l]);
+            free(o);
+            cJSON_Delete(a);
+        }
+        if (n_kept > BUDGET) {
+            memmove(kept + SINK, kept + n_kept - (BUDGET - SINK), (BUDGET - SINK) * sizeof *kept);
+            n_kept = BUDGET;
+        }
+        free(b);
+    }
+    cJSON *st = kvd_session_stats(port, two);
+    ck_assert_double_eq(kvd_json_num(st, "pair_rows"), (double)(n_all * n_all));
+    cJSON_Delete(st);
+    kvd_delete_session(port, four);
+    kvd_delete_session(port, two);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), 0);
+    free(four);
+    free(two);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("integration/tensor_evict");
@@ -204,6 +268,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, policies_agree_across_layouts);
     tcase_add_test(tc, quantized_tensor_caches);
+    tcase_add_test(tc, kivi_tensor_caches);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
