@@ -262,12 +262,7 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
             snprintf(v, sizeof v, "\"%s\" with a window", kvd_dtype_name(c->cache.dtype));
             return not_yet(err, "window", v, "a KIVI tensor cache does not slide a window");
         }
-        if (kivi && c->tensor_cache == KVD_TENSOR_CACHE_TWO && c->cache.eviction != KVD_EVICT_NONE) {
-            snprintf(v, sizeof v, "\"%s\" with \"%s\" on a two-cache", kvd_dtype_name(c->cache.dtype),
-                     kvd_eviction_name(c->cache.eviction));
-            return not_yet(err, "cache.eviction", v,
-                           "a KIVI two-cache cannot rebuild its pair rows in place after an eviction");
-        }
+
         if (c->cache.eviction != KVD_EVICT_NONE && c->window > 0) {
             snprintf(v, sizeof v, "\"%s\" with window %" PRIu32, kvd_eviction_name(c->cache.eviction),
                      c->window);

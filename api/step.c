@@ -177,6 +177,28 @@ static size_t pair_page_bound(const kvd_stream *pr, const kvd_step_request *req,
     return taken;
 }
 
+/* KIVI two-cache pair rows: the rows the request appends (exact), plus,
+ * with a policy, a rebuild after each entry of the layer — every kept pair
+ * row appended anew, in f32 in the residual until the request's settle, with
+ * its quantized pages attached: at most rows / spp + 1 of each kind. */
+static size_t kivi_pair_page_bound(const kvd_stream *pr, const kvd_step_request *req, uint32_t layer, size_t n,
+                                   const kvd_session_config *cfg)
+{
+    size_t m = 0, entries = 0;
+    for (size_t i = 0; i < req->n_layers; i++)
+        if (req->layers[i].layer == layer) {
+            m += req->layers[i].m;
+            entries++;
+        }
+    size_t need = kvd_stream_pages_needed(pr, (n + m) * (n + m) - n * n);
+    if (cfg->cache.eviction != KVD_EVICT_NONE && cfg->cache.budget) {
+        const size_t rows = (size_t)cfg->cache.budget * cfg->cache.budget;
+        const size_t per_rebuild = div_up(rows, pr->residual->slots_per_page) + 1 + div_up(rows, pr->slots_per_page) + 1;
+        need += entries * (per_rebuild + 2); /* + page rounding of each entry's growth */
+    }
+    return need;
+}
+
 /* Tensor sessions: pages for k2/v2 (one slot a token, like k1/v1) and for
  * the two-cache's pair rows ((n + m)^2 - n^2 rows for m new tokens), plus
  * the scratch that holds one token's 2t+1 new pair rows. */
@@ -206,8 +228,7 @@ static int plan_tensor(api_job *job, kvd_session *sess, const kvd_step_request *
          * overflow; a plan bigger than the whole pool is refused before the
          * block table grows for it. */
         kvd_stream *pr = &sess->pairs[i];
-        /* KIVI two-caches take no policy (the API refuses it): rows only grow. */
-        need = is_kivi(&sess->config) ? kvd_stream_pages_needed(pr, (n + m) * (n + m) - n * n)
+        need = is_kivi(&sess->config) ? kivi_pair_page_bound(pr, req, layer, n, &sess->config)
                                       : pair_page_bound(pr, req, layer, n, keep_limit(&sess->config));
         if (need > pool_pages)
             return -2;
@@ -580,6 +601,19 @@ static void rebuild_pairs(kvd_api *api, kvd_session *sess, const kvd_step_layer 
         if (pr->n_tokens == n * n)
             continue; /* this head evicted nothing */
         const kvd_tensor_view a = tensor_view(&sess->streams[idx]), b = tensor_view(&sess->tensor_b[idx]);
+        if (is_kivi(cfg)) {
+            /* KIVI rows live in key blocks and a residual: rebuilt by
+             * appending anew, into pages the plan reserved for it (settled
+             * with the rest at the end of the request). */
+            kvd_stream_clear(pr, api->pool);
+            for (size_t t = 0; t < n; t++) {
+                const size_t rows = kvd_tensor_pair_rows_added(t), need = kvd_stream_pages_needed(pr, rows);
+                kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
+                kvd_stream_append(pr, api->pool, rows, p->pair_k, p->pair_v, cfg->head_dim, p->pages + p->cursor);
+                p->cursor += need;
+            }
+            continue;
+        }
         for (size_t t = 0; t < n; t++) {
             kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
             kvd_stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);

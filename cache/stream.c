@@ -620,6 +620,22 @@ void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *re
     }
 }
 
+void kvd_stream_clear(kvd_stream *s, kvd_pool *pool)
+{
+    assert(!s->evict && !s->n_shared);
+    kvd_stream *r = s->residual;
+    if (r != NULL) {
+        if (r->n_pages)
+            kvd_pool_release(pool, r->pages, r->n_pages);
+        r->n_pages = 0;
+        r->n_tokens = 0;
+    }
+    if (s->n_pages)
+        kvd_pool_release(pool, s->pages, s->n_pages);
+    s->n_pages = 0;
+    s->n_tokens = 0;
+}
+
 void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
 {
     assert(!kvd__stream_is_kivi(s) && !s->evict && !s->n_shared && n <= s->n_tokens);

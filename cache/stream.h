@@ -146,6 +146,10 @@ void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k);
 void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *k, const float *v,
                           size_t row_stride);
 
+/* Empties a stream with no eviction index and no shared page, any dtype
+ * (KIVI's residual too), giving every page back; it stays initialized. */
+void kvd_stream_clear(kvd_stream *s, kvd_pool *pool);
+
 /* Keeps the first n slots of an unshared stream with no eviction index and
  * gives emptied tail pages back to the pool. */
 void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n);

@@ -649,8 +649,8 @@ START_TEST(bad_input)
     char body[512];
 
     /* Create: what tensor sessions cannot do yet, and window elsewhere. */
-    snprintf(body, sizeof body, "{%s,\"tensor_cache\":\"two\",\"cache\":{\"dtype\":\"kivi4\",\"eviction\":\"h2o\"}}", T);
-    bad_create(port, body, "cache.eviction", NYS, "kivi two-cache with eviction");
+    snprintf(body, sizeof body, "{%s,\"window\":4,\"cache\":{\"dtype\":\"kivi4\"}}", T);
+    bad_create(port, body, "window", NYS, "kivi tensor cache with a window");
     snprintf(body, sizeof body, "{%s,\"window\":8,\"cache\":{\"eviction\":\"recency\",\"budget\":64}}", T);
     bad_create(port, body, "cache.eviction", NYS, "tensor with a window and eviction");
     snprintf(body, sizeof body, "{%s,\"shadow\":true}", T);
