@@ -649,17 +649,18 @@ void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
 
 void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
 {
-    assert(s->fmt.dtype == KVD_DTYPE_F32 && !s->evict && !s->n_shared && "plain f32 streams only");
+    assert(!kvd__stream_is_kivi(s) && !s->evict && !s->n_shared && "per-token streams without a policy");
     if (k == 0)
         return;
     if (k > s->n_tokens)
         k = s->n_tokens;
-    const size_t d = s->head_dim, left = s->n_tokens - k;
+    const size_t left = s->n_tokens - k;
     /* Slot j takes slot j + k, going up: every source is read before it is
-     * overwritten, and slots never partly overlap. */
+     * overwritten, and slots never partly overlap. A per-token row carries
+     * its own scales, so it moves byte for byte. */
     for (size_t j = 0; j < left; j++) {
-        memcpy(res_key(s, j), res_key(s, j + k), d * sizeof(float));
-        memcpy(res_value(s, j), res_value(s, j + k), d * sizeof(float));
+        memcpy(kvd__stream_key(s, j), kvd__stream_key(s, j + k), s->k_row_bytes);
+        memcpy(kvd__stream_value(s, j), kvd__stream_value(s, j + k), s->v_row_bytes);
         *page_meta(s, j) = *page_meta(s, j + k);
     }
     s->evicted += k;

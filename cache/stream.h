@@ -134,8 +134,8 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *k, 
  * share); then nothing changed, dst empty. */
 int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 
-/* Removes the k oldest tokens of an f32 stream with no eviction index and no
- * shared page (a tensor window sliding on): slots k.. move down by k in
+/* Removes the k oldest tokens of a per-token stream (any dtype but KIVI)
+ * with no eviction index and no shared page (a tensor window sliding on): slots k.. move down by k in
  * order, emptied tail pages go back to the pool. O(n * d) byte moves, which
  * is below the O(n^2 * d) tensor attention it serves. */
 void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k);

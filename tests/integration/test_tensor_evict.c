@@ -260,6 +260,64 @@ START_TEST(kivi_tensor_caches)
 }
 END_TEST
 
+/* A window on quantized four-caches: the last W tokens stay (rows move
+ * byte for byte, scales included) and the causal last query sees the last W
+ * of what it can see; compared with exact attention within each format's
+ * bound. */
+START_TEST(quantized_windows)
+{
+    const char *const extra[] = {"--page-bytes", "1024", NULL};
+    kvd_proc *p = kvd_proc_start_ck(extra);
+    int port = kvd_proc_port(p);
+    static const struct { const char *dtype; double tol; } cases[] = {{"f16", 2e-3}, {"int8", 3e-2}, {"int4", 0.15}};
+    enum { W = 4 };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"heads\":%d,\"kv_heads\":1,\"head_dim\":%d,\"attention\":\"tensor\",\"window\":%d,"
+                 "\"cache\":{\"dtype\":\"%s\",\"group\":4}}", H, D, W, cases[c].dtype);
+        char *id = kvd_create_session(port, body, NULL);
+        rng r;
+        rng_seed(&r, 44 + c);
+        token kept[MAX_TOKENS];
+        size_t n_kept = 0;
+        for (int s = 0; s < 12; s++) {
+            size_t m = 1 + (size_t)(s % 3);
+            token t[3];
+            for (size_t i = 0; i < m; i++) {
+                rng_fill(&r, t[i].k1, D, -1, 1);
+                rng_fill(&r, t[i].k2, D, -1, 1);
+                rng_fill(&r, t[i].v1, D, -1, 1);
+                rng_fill(&r, t[i].v2, D, -1, 1);
+                kept[n_kept++] = t[i];
+            }
+            float q[3 * H * D];
+            rng_fill(&r, q, m * H * D, -1, 1);
+            char *b = tensor_step(t, m, q);
+            cJSON *a = kvd_step_ok(port, id, b);
+            float *o;
+            size_t n;
+            ck_assert_int_eq(tensor_from_json(cJSON_GetObjectItemCaseSensitive(a, "o"), &o, &n), 0);
+            const size_t first = n_kept > W ? n_kept - W : 0;
+            double want[D];
+            ref_attend(kept + first, n_kept - first, q + (m - 1) * H * D, want);
+            for (int l = 0; l < D; l++)
+                ck_assert_msg(fabs(o[(m - 1) * H * D + l] - want[l]) <= cases[c].tol, "%s window step %d",
+                              cases[c].dtype, s);
+            ck_assert_double_eq(kvd_json_num(a, "tokens"), (double)(n_kept - first));
+            memmove(kept, kept + first, (n_kept - first) * sizeof *kept);
+            n_kept -= first;
+            free(o);
+            cJSON_Delete(a);
+            free(b);
+        }
+        kvd_delete_session(port, id);
+        free(id);
+    }
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("integration/tensor_evict");
@@ -268,6 +326,7 @@ int main(void)
     tcase_add_test(tc, policies_agree_across_layouts);
     tcase_add_test(tc, quantized_tensor_caches);
     tcase_add_test(tc, kivi_tensor_caches);
+    tcase_add_test(tc, quantized_windows);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
