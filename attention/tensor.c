@@ -107,13 +107,6 @@ static float pair_score(const kvd_tensor_view *a, const kvd_tensor_view *b, size
     return scale * s;
 }
 
-void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
-                            const float *q, size_t n_q, float scale, float *acc)
-{
-    const kvd_tensor_view va = one_segment(a, n), vb = one_segment(b, n);
-    kvd_tensor_weights_view_ref(&va, &vb, n, window, q, n_q, scale, acc);
-}
-
 void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
                                  size_t window, const float *q, size_t n_q, float scale, float *acc)
 {

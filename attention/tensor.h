@@ -51,18 +51,15 @@ typedef struct kvd_tensor_view {
  * tensor kernels take f32 views only). Same contracts as below. */
 void kvd_tensor_four_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n, size_t window,
                               const float *q, size_t n_q, float scale, float *o);
+/* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
+ * the softmax weight of every visible pair token j belongs to — (j, k) and
+ * (k, j), the pair (j, j) once — from each of the n_q query heads, summed
+ * over the heads. Same scores as the four-cache; two passes over the pairs
+ * (max and sum, then the weights), no scratch. acc: [n] f32. */
 void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
                                  size_t window, const float *q, size_t n_q, float scale, float *acc);
 void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t t, float *k_rows,
                                float *v_rows);
-
-/* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
- * the softmax weight of every visible pair token j belongs to — (j, k) and
- * (k, j), the pair (j, j) once — from each of the n_q query heads, summed
- * over the heads. Same scores as kvd_tensor_four_ref; two passes over the
- * pairs (max and sum, then the weights), no scratch. acc: [n] f32. */
-void kvd_tensor_weights_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
-                            const float *q, size_t n_q, float scale, float *acc);
 
 /* Row of pair (j, k) in the two-cache append order. Appending token t adds
  * its 2t+1 pairs (t,0),(t,1),...,(t,t),(0,t),(1,t),...,(t-1,t) as rows

@@ -20,7 +20,6 @@ struct kvd_workers {
     job_fifo todo;            /* guarded by lock */
     job_fifo done;            /* guarded by lock */
     bool stopping;            /* guarded by lock */
-    unsigned in_flight;       /* loop thread only: submitted, not yet completed */
     unsigned n_threads;
     pthread_t *threads;
 };
@@ -77,7 +76,6 @@ static void on_wake(uv_async_t *handle)
     pthread_mutex_unlock(&w->lock);
     kvd_api_job *job;
     while ((job = fifo_pop(&done))) {
-        w->in_flight--;
         kvd_api_job_done(job->api, job); /* may submit the session's next job */
     }
 }
@@ -119,16 +117,10 @@ int kvd_workers_start(uv_loop_t *loop, unsigned threads, kvd_workers **out)
 void kvd_workers_submit(void *workers, kvd_api_job *job)
 {
     kvd_workers *w = workers;
-    w->in_flight++;
     pthread_mutex_lock(&w->lock);
     fifo_push(&w->todo, job);
     pthread_cond_signal(&w->has_work);
     pthread_mutex_unlock(&w->lock);
-}
-
-unsigned kvd_workers_in_flight(const kvd_workers *w)
-{
-    return w->in_flight;
 }
 
 static void on_async_closed(uv_handle_t *handle)

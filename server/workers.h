@@ -19,9 +19,6 @@ int kvd_workers_start(uv_loop_t *loop, unsigned threads, kvd_workers **out);
  * the job itself (intrusive), so queueing allocates nothing. */
 void kvd_workers_submit(void *workers, kvd_api_job *job);
 
-/* Jobs queued or running. */
-unsigned kvd_workers_in_flight(const kvd_workers *w);
-
 /* Finishes queued jobs, joins the threads, closes the async handle (the
  * structure is freed in its close callback). Call on the loop thread when no
  * more jobs will be submitted. */
