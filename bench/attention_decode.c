@@ -19,98 +19,18 @@
 #include "cache/pool.h"
 #include "cache/stream.h"
 
+#include "bench/bench.h"
+
 #define HEADS 32
 #define KV_HEADS 8
 #define HEAD_DIM 128
 #define PAGE_BYTES (16 * 1024)
 #define REPEATS 9 /* odd: the median is one run */
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return t[n / 2];
-}
-
 static float frand(uint64_t *s)
 {
     *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((*s >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-
-/* The read loop: sum every float of the buffer with eight independent vector
- * accumulators, the widest vectors the CPU has. This is what "memory
- * bandwidth" means here: the same bytes, read once, nothing else done. */
-#if defined(__x86_64__)
-#include <immintrin.h>
-__attribute__((target("avx512f"))) static float read_loop_avx512(const float *restrict x, size_t n)
-{
-    __m512 a[8];
-    for (int l = 0; l < 8; l++)
-        a[l] = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 128 <= n; i += 128)
-        for (int l = 0; l < 8; l++)
-            a[l] = _mm512_add_ps(a[l], _mm512_loadu_ps(x + i + 16 * l));
-    for (int l = 1; l < 8; l++)
-        a[0] = _mm512_add_ps(a[0], a[l]);
-    float s = _mm512_reduce_add_ps(a[0]);
-    for (; i < n; i++)
-        s += x[i];
-    return s;
-}
-
-__attribute__((target("avx2"))) static float read_loop_avx2(const float *restrict x, size_t n)
-{
-    __m256 a[8];
-    for (int l = 0; l < 8; l++)
-        a[l] = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int l = 0; l < 8; l++)
-            a[l] = _mm256_add_ps(a[l], _mm256_loadu_ps(x + i + 8 * l));
-    for (int l = 1; l < 8; l++)
-        a[0] = _mm256_add_ps(a[0], a[l]);
-    float t[8], s = 0;
-    _mm256_storeu_ps(t, a[0]);
-    for (int l = 0; l < 8; l++)
-        s += t[l];
-    for (; i < n; i++)
-        s += x[i];
-    return s;
-}
-#endif
-
-static float read_loop(const float *restrict x, size_t n)
-{
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f"))
-        return read_loop_avx512(x, n);
-    if (__builtin_cpu_supports("avx2"))
-        return read_loop_avx2(x, n);
-#endif
-    float acc[16] = {0}, s = 0;
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++)
-            acc[l] += x[i + l];
-    for (int l = 0; l < 16; l++)
-        s += acc[l];
-    for (; i < n; i++)
-        s += x[i];
-    return s;
 }
 
 /* OpenBLAS baseline: per kv head, scores = K q (sgemm over the group's heads),
@@ -183,11 +103,11 @@ static void run(size_t n)
 
     /* Memory bandwidth: read the same number of bytes (K and V of every kv head). */
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now();
-        sink += read_loop(k, kv_bytes / 8) + read_loop(v, kv_bytes / 8);
-        t[r] = now() - t0;
+        double t0 = bench_now();
+        sink += bench_read_floats(k, kv_bytes / 8) + bench_read_floats(v, kv_bytes / 8);
+        t[r] = bench_now() - t0;
     }
-    const double read_gbs = (double)kv_bytes / median(t, REPEATS) / 1e9;
+    const double read_gbs = (double)kv_bytes / bench_median(t, REPEATS) / 1e9;
     printf("n=%zu tokens, %d q heads / %d kv heads, d=%d, KV %.0f MiB\n", n, HEADS, KV_HEADS, HEAD_DIM,
            (double)kv_bytes / (1 << 20));
     printf("  %-22s %8.2f GB/s   1.00 (reference)\n", "read loop", read_gbs);
@@ -197,24 +117,24 @@ static void run(size_t n)
     for (size_t kk = 0; kk < n_kernels; kk++) {
         int reps = strcmp(all[kk].name, "scalar") == 0 ? 3 : REPEATS;
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             for (int g = 0; g < KV_HEADS; g++) {
                 kvd_kv_segment seg = {kvd_stream_view(&streams[g]), n};
                 all[kk].attend(&seg, 1, q + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM, HEADS / KV_HEADS,
                                scale, o + (size_t)g * (HEADS / KV_HEADS) * HEAD_DIM);
             }
-            t[r] = now() - t0;
+            t[r] = bench_now() - t0;
         }
-        double sec = median(t, reps), gbs = (double)kv_bytes / sec / 1e9;
+        double sec = bench_median(t, reps), gbs = (double)kv_bytes / sec / 1e9;
         printf("  kvd %-18s %8.2f GB/s   %.2f of read loop   (%.3f ms per decode token)\n", all[kk].name,
                gbs, gbs / read_gbs, sec * 1e3);
     }
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         blas_decode(k, v, n, q, scores, o, scale);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    double sec = median(t, REPEATS), gbs = (double)kv_bytes / sec / 1e9;
+    double sec = bench_median(t, REPEATS), gbs = (double)kv_bytes / sec / 1e9;
     printf("  %-22s %8.2f GB/s   %.2f of read loop   (%.3f ms per decode token)\n", "openblas sgemm",
            gbs, gbs / read_gbs, sec * 1e3);
     (void)sink;

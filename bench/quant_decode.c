@@ -22,6 +22,8 @@
 #include "cache/quant.h"
 #include "cache/stream.h"
 
+#include "bench/bench.h"
+
 #define HEADS 32
 #define KV_HEADS 8
 #define GROUP_Q (HEADS / KV_HEADS)
@@ -44,19 +46,6 @@ static const kvd_dtype dtypes[] = {KVD_DTYPE_F32,  KVD_DTYPE_F16,   KVD_DTYPE_BF
                                    KVD_DTYPE_KIVI2};
 static const char *const dtype_names[] = {"f32", "f16", "bf16", "int8", "int4", "kivi4", "kivi2"};
 #define N_DTYPES (sizeof dtypes / sizeof *dtypes)
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
@@ -200,9 +189,9 @@ int main(int argc, char **argv)
         decode(&runs[i], n, q, scale, runs[i].o);
     for (int rep = 0; rep < REPEATS; rep++)
         for (size_t i = 0; i < N_DTYPES; i++) {
-            const double t0 = now();
+            const double t0 = bench_now();
             decode(&runs[i], n, q, scale, runs[i].o);
-            runs[i].t[rep] = now() - t0;
+            runs[i].t[rep] = bench_now() - t0;
         }
 
     printf("decode attention, n=%zu tokens, %d q heads / %d kv heads, d=%d, group %d, "
@@ -214,12 +203,12 @@ int main(int argc, char **argv)
     printf("%-6s %10s %10s %9s %12s %10s %9s %11s %10s\n", "dtype", "B/token", "tok/page",
            "vs f32", "tok/GiB", "ms/token", "speedup", "GB/s read", "rel L2 err");
     double page_ratio_int4 = 0.0, speedup_int4 = 0.0;
-    qsort(runs[0].t, REPEATS, sizeof(double), cmp_double);
+    qsort(runs[0].t, REPEATS, sizeof(double), bench_cmp_double);
     const double t_f32 = runs[0].t[REPEATS / 2];
     for (size_t i = 0; i < N_DTYPES; i++) {
         dtype_run *r = &runs[i];
         if (i > 0)
-            qsort(r->t, REPEATS, sizeof(double), cmp_double);
+            qsort(r->t, REPEATS, sizeof(double), bench_cmp_double);
         const double t = r->t[REPEATS / 2];
         double err = 0.0, ref = 0.0;
         for (size_t x = 0; x < HEADS * HEAD_DIM; x++) {

@@ -18,30 +18,13 @@
 #include "attention/attention.h"
 #include "attention/tensor.h"
 
+#include "bench/bench.h"
+
 #define HEADS 4 /* query heads of the one kv head (a GQA group) */
 #define PAGE_BYTES (16 * 1024)
 #define REPEATS 9           /* samples; odd, so the median is one of them */
 #define MIN_SAMPLE_S 0.02   /* each sample repeats the call for at least this long */
 #define PEAK_ITERS 20000000 /* FMA loop iterations per sample (x16 chains) */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-    const double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return t[n / 2];
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
@@ -157,45 +140,6 @@ __attribute__((target("avx2,fma"))) static float fma_loop_avx2(long iters)
     return s;
 }
 
-/* Sum of every float, 8 independent vector accumulators. */
-__attribute__((target("avx512f"))) static float read_avx512(const float *restrict x, size_t n)
-{
-    __m512 a[8];
-    for (int l = 0; l < 8; l++)
-        a[l] = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 128 <= n; i += 128)
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; l++)
-            a[l] = _mm512_add_ps(a[l], _mm512_load_ps(x + i + 16 * l));
-    for (int l = 1; l < 8; l++)
-        a[0] = _mm512_add_ps(a[0], a[l]);
-    float s = _mm512_reduce_add_ps(a[0]);
-    for (; i < n; i++)
-        s += x[i];
-    return s;
-}
-
-__attribute__((target("avx2"))) static float read_avx2(const float *restrict x, size_t n)
-{
-    __m256 a[8];
-    for (int l = 0; l < 8; l++)
-        a[l] = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64)
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; l++)
-            a[l] = _mm256_add_ps(a[l], _mm256_load_ps(x + i + 8 * l));
-    for (int l = 1; l < 8; l++)
-        a[0] = _mm256_add_ps(a[0], a[l]);
-    float t[8], s = 0.0f;
-    _mm256_storeu_ps(t, a[0]);
-    for (int l = 0; l < 8; l++)
-        s += t[l];
-    for (; i < n; i++)
-        s += x[i];
-    return s;
-}
 #endif
 
 /* FLOPs per iteration of the peak loop for the widest level (0: scalar). */
@@ -221,19 +165,6 @@ static double fma_loop(long iters)
     return 8.0 * 2;
 }
 
-static float read_floats(const float *x, size_t n)
-{
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f"))
-        return read_avx512(x, n);
-    if (__builtin_cpu_supports("avx2"))
-        return read_avx2(x, n);
-#endif
-    float s = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        s += x[i];
-    return s;
-}
 
 /* Reads the used part of every page of a view, in block-table order. */
 static float read_view(const bench_view *v, size_t rows)
@@ -242,8 +173,8 @@ static float read_view(const bench_view *v, size_t rows)
     float s = 0.0f;
     for (size_t p = 0; p * spp < rows; p++) {
         const size_t used = rows - p * spp < spp ? rows - p * spp : spp;
-        s += read_floats((const float *)(const void *)(v->table[p] + v->kv.k_offset), used * d);
-        s += read_floats((const float *)(const void *)(v->table[p] + v->kv.v_offset), used * d);
+        s += bench_read_floats((const float *)(const void *)(v->table[p] + v->kv.k_offset), used * d);
+        s += bench_read_floats((const float *)(const void *)(v->table[p] + v->kv.v_offset), used * d);
     }
     return s;
 }
@@ -253,11 +184,11 @@ static double peak_gflops(void)
     double t[REPEATS];
     double flops_per_iter = fma_loop(1000);
     for (int r = 0; r < REPEATS; r++) {
-        const double t0 = now();
+        const double t0 = bench_now();
         flops_per_iter = fma_loop(PEAK_ITERS);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    return flops_per_iter * PEAK_ITERS / median(t, REPEATS) * 1e-9;
+    return flops_per_iter * PEAK_ITERS / bench_median(t, REPEATS) * 1e-9;
 }
 
 /* ---- timing the kernels ---------------------------------------------------- */
@@ -333,21 +264,21 @@ static double time_call(const bench_case *c, int what)
     run_once(c, what); /* warm up (and page in) */
     long reps = 1;
     for (;;) {
-        const double t0 = now();
+        const double t0 = bench_now();
         for (long r = 0; r < reps; r++)
             run_once(c, what);
-        if (now() - t0 >= MIN_SAMPLE_S || reps >= (1L << 24))
+        if (bench_now() - t0 >= MIN_SAMPLE_S || reps >= (1L << 24))
             break;
         reps *= 2;
     }
     double t[REPEATS];
     for (int s = 0; s < REPEATS; s++) {
-        const double t0 = now();
+        const double t0 = bench_now();
         for (long r = 0; r < reps; r++)
             run_once(c, what);
-        t[s] = (now() - t0) / (double)reps;
+        t[s] = (bench_now() - t0) / (double)reps;
     }
-    return median(t, REPEATS);
+    return bench_median(t, REPEATS);
 }
 
 static double max_abs_diff(const float *x, const float *y, size_t count)
