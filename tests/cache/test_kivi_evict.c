@@ -5,7 +5,7 @@
  * widths, two group sizes and residual 0 and 2 * group, and check after
  * every operation (each single eviction included):
  *  - the kept position set equals the policy's reference simulation (the
- *    same plain model as tests/cache/test_evict.c);
+ *    same plain model as tests/cache/test_evict.c, tests/cache/policy_model.h);
  *  - the residual holds its tokens' f32 rows exactly; every quantized value
  *    row is byte for byte the quantizer's output for its token's f32 value
  *    (re-quantized from f32 or copied, never re-rounded);
@@ -40,23 +40,11 @@
 #include "cache/session.h"
 #include "cache/stream.h"
 
+#include "tests/cache/policy_model.h"
+
 #define D 16
 #define PAGE 1024
 #define MAX_POS 8192
-
-#define REQUIRE(cond, ...)                                                                 \
-    do {                                                                                   \
-        if (!(cond))                                                                       \
-            ck_abort_msg(__VA_ARGS__);                                                     \
-    } while (0)
-
-static uint64_t mix(uint64_t x) /* splitmix64 finalizer */
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 /* Key element i of position p: a quarter of the tokens one of four constant
  * rows (equal norms: l2norm ties), some nearly constant, the rest in
@@ -92,98 +80,9 @@ static float weight_of(uint64_t salt, uint64_t step, uint64_t p)
     return (float)(mix(mix(salt ^ step) + p) % 9) / 8.0f;
 }
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-    rng_state = mix(rng_state);
-    return rng_state;
-}
-
 static size_t ceil_div(size_t a, size_t b)
 {
     return (a + b - 1) / b;
-}
-
-/* ---- the reference model (as tests/cache/test_evict.c) -------------------- */
-
-typedef struct ref_tok {
-    int64_t position;
-    double key_norm;
-    double score;
-} ref_tok;
-
-typedef struct ref_model {
-    kvd_eviction policy;
-    uint32_t sink, recent;
-    uint64_t salt, appended, evicted;
-    ref_tok *t;
-    size_t n, cap;
-} ref_model;
-
-static void ref_append(ref_model *r, size_t m)
-{
-    if (r->n + m > r->cap) {
-        r->cap = (r->n + m) * 2;
-        r->t = realloc(r->t, r->cap * sizeof *r->t);
-        ck_assert_ptr_nonnull(r->t);
-    }
-    for (size_t i = 0; i < m; i++, r->appended++)
-        r->t[r->n++] = (ref_tok){(int64_t)r->appended, norm_of(r->salt, r->appended), 0.0};
-}
-
-static bool ref_protected(const ref_model *r, int64_t p)
-{
-    return (uint64_t)p < r->sink || (uint64_t)p + r->recent >= r->appended;
-}
-
-static size_t ref_evictable(const ref_model *r)
-{
-    size_t c = 0;
-    for (size_t i = 0; i < r->n; i++)
-        c += !ref_protected(r, r->t[i].position);
-    return c;
-}
-
-static bool ref_before(const ref_model *r, const ref_tok *a, const ref_tok *b)
-{
-    switch (r->policy) {
-    case KVD_EVICT_L2NORM:
-        if (a->key_norm != b->key_norm)
-            return a->key_norm > b->key_norm;
-        break;
-    case KVD_EVICT_H2O:
-        if (a->score != b->score)
-            return a->score < b->score;
-        break;
-    default:
-        break;
-    }
-    return a->position < b->position;
-}
-
-static size_t ref_evict(ref_model *r, size_t target)
-{
-    size_t count = 0;
-    while (r->n > target) {
-        size_t best = SIZE_MAX;
-        for (size_t i = 0; i < r->n; i++)
-            if (!ref_protected(r, r->t[i].position) &&
-                (best == SIZE_MAX || ref_before(r, &r->t[i], &r->t[best])))
-                best = i;
-        if (best == SIZE_MAX)
-            break;
-        r->t[best] = r->t[--r->n];
-        count++;
-    }
-    r->evicted += count;
-    return count;
-}
-
-static void ref_add_weights(ref_model *r, uint64_t step)
-{
-    for (size_t i = 0; i < r->n; i++)
-        r->t[i].score += (double)weight_of(r->salt, step, (uint64_t)r->t[i].position);
 }
 
 /* ---- a KIVI stream under eviction and what the test knows of it ------------ */
