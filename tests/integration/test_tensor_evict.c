@@ -60,6 +60,24 @@ static void ref_attend(const token *t, size_t n, const float *q, double *o)
         o[l] /= z;
 }
 
+static void random_token(rng *r, token *t)
+{
+    rng_fill(r, t->k1, D, -1, 1);
+    rng_fill(r, t->k2, D, -1, 1);
+    rng_fill(r, t->v1, D, -1, 1);
+    rng_fill(r, t->v2, D, -1, 1);
+}
+
+/* What recency with BUDGET and SINK keeps of tokens in arrival order: the
+ * sinks and the newest BUDGET - SINK. */
+static void recency_keep(token *kept, size_t *n)
+{
+    if (*n <= BUDGET)
+        return;
+    memmove(kept + SINK, kept + *n - (BUDGET - SINK), (BUDGET - SINK) * sizeof *kept);
+    *n = BUDGET;
+}
+
 static char *tensor_step(const token *t, size_t m, const float *q)
 {
     sbuf b;
@@ -106,10 +124,7 @@ static void run(int port, const char *cache, double four_two_tol, double ref_tol
         size_t m = 1 + (size_t)(s % 3);
         token t[3];
         for (size_t i = 0; i < m; i++) {
-            rng_fill(&r, t[i].k1, D, -1, 1);
-            rng_fill(&r, t[i].k2, D, -1, 1);
-            rng_fill(&r, t[i].v1, D, -1, 1);
-            rng_fill(&r, t[i].v2, D, -1, 1);
+            random_token(&r, &t[i]);
         }
         float q[3 * H * D];
         rng_fill(&r, q, m * H * D, -1, 1);
@@ -136,11 +151,7 @@ static void run(int port, const char *cache, double four_two_tol, double ref_tol
             for (int l = 0; l < D; l++)
                 ck_assert_msg(fabs(o4[(m - 1) * H * D + l] - want[l]) <= ref_tol, "%s step %d: o %g want %g", cache,
                               s, (double)o4[(m - 1) * H * D + l], want[l]);
-            /* recency keeps the sinks and the newest BUDGET - SINK */
-            if (n_kept > BUDGET) {
-                memmove(kept + SINK, kept + n_kept - (BUDGET - SINK), (BUDGET - SINK) * sizeof *kept);
-                n_kept = BUDGET;
-            }
+            recency_keep(kept, &n_kept);
         }
         free(o4);
         free(o2);
@@ -219,10 +230,7 @@ START_TEST(kivi_tensor_caches)
         size_t m = 1 + (size_t)(s % 3);
         token t[3];
         for (size_t i = 0; i < m; i++) {
-            rng_fill(&r, t[i].k1, D, -1, 1);
-            rng_fill(&r, t[i].k2, D, -1, 1);
-            rng_fill(&r, t[i].v1, D, -1, 1);
-            rng_fill(&r, t[i].v2, D, -1, 1);
+            random_token(&r, &t[i]);
             kept[n_kept++] = t[i];
         }
         float q[3 * H * D];
@@ -242,10 +250,7 @@ START_TEST(kivi_tensor_caches)
             free(o);
             cJSON_Delete(a);
         }
-        if (n_kept > BUDGET) {
-            memmove(kept + SINK, kept + n_kept - (BUDGET - SINK), (BUDGET - SINK) * sizeof *kept);
-            n_kept = BUDGET;
-        }
+        recency_keep(kept, &n_kept);
         free(b);
     }
     cJSON *st = kvd_session_stats(port, two);
@@ -285,10 +290,7 @@ START_TEST(quantized_windows)
             size_t m = 1 + (size_t)(s % 3);
             token t[3];
             for (size_t i = 0; i < m; i++) {
-                rng_fill(&r, t[i].k1, D, -1, 1);
-                rng_fill(&r, t[i].k2, D, -1, 1);
-                rng_fill(&r, t[i].v1, D, -1, 1);
-                rng_fill(&r, t[i].v2, D, -1, 1);
+                random_token(&r, &t[i]);
                 kept[n_kept++] = t[i];
             }
             float q[3 * H * D];
