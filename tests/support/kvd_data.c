@@ -227,11 +227,11 @@ void sb_step_object(sbuf *b, const step_spec *s, size_t kv_row, size_t q_row)
     sb_puts(b, "}");
 }
 
-char *step_body(const step_spec *s, size_t kv_row, size_t q_row, const char *encoding)
+char *body_one(step_writer w, const void *spec, size_t kv_row, size_t q_row, const char *encoding)
 {
     sbuf b;
     sb_init(&b);
-    sb_step_object(&b, s, kv_row, q_row);
+    w(&b, spec, kv_row, q_row);
     if (encoding) { /* reopen the object to add the field */
         b.len--;
         sb_printf(&b, ",\"encoding\":\"%s\"}", encoding);
@@ -239,7 +239,8 @@ char *step_body(const step_spec *s, size_t kv_row, size_t q_row, const char *enc
     return sb_take(&b);
 }
 
-char *steps_body(const step_spec *s, size_t n, size_t kv_row, size_t q_row, const char *encoding)
+char *body_many(step_writer w, const void *specs, size_t spec_size, size_t n, size_t kv_row, size_t q_row,
+                const char *encoding)
 {
     sbuf b;
     sb_init(&b);
@@ -247,13 +248,28 @@ char *steps_body(const step_spec *s, size_t n, size_t kv_row, size_t q_row, cons
     for (size_t i = 0; i < n; i++) {
         if (i)
             sb_puts(&b, ",");
-        sb_step_object(&b, &s[i], kv_row, q_row);
+        w(&b, (const char *)specs + i * spec_size, kv_row, q_row);
     }
     sb_puts(&b, "]");
     if (encoding)
         sb_printf(&b, ",\"encoding\":\"%s\"", encoding);
     sb_puts(&b, "}");
     return sb_take(&b);
+}
+
+static void write_step(sbuf *b, const void *spec, size_t kv_row, size_t q_row)
+{
+    sb_step_object(b, spec, kv_row, q_row);
+}
+
+char *step_body(const step_spec *s, size_t kv_row, size_t q_row, const char *encoding)
+{
+    return body_one(write_step, s, kv_row, q_row, encoding);
+}
+
+char *steps_body(const step_spec *s, size_t n, size_t kv_row, size_t q_row, const char *encoding)
+{
+    return body_many(write_step, s, sizeof *s, n, kv_row, q_row, encoding);
 }
 
 int tensor_from_json(const cJSON *item, float **out, size_t *n)

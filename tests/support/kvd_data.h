@@ -65,6 +65,14 @@ typedef struct step_spec {
 /* Appends the step object {"layer":..,"k":..,"v":..,"q":..[,"mask":..]}.
  * kv_row = kv_heads*head_dim, q_row = heads*head_dim. */
 void sb_step_object(sbuf *b, const step_spec *s, size_t kv_row, size_t q_row);
+/* Writes one step object of some kind of spec (standard or tensor). */
+typedef void (*step_writer)(sbuf *b, const void *spec, size_t kv_row, size_t q_row);
+/* The body of one step object, or of {"steps": [n objects]} from an array of
+ * specs spec_size bytes apart; encoding NULL leaves "encoding" out. Caller
+ * frees. Every body builder below is one of these. */
+char *body_one(step_writer w, const void *spec, size_t kv_row, size_t q_row, const char *encoding);
+char *body_many(step_writer w, const void *specs, size_t spec_size, size_t n, size_t kv_row, size_t q_row,
+                const char *encoding);
 /* A one-layer body; encoding NULL leaves "encoding" out. Caller frees. */
 char *step_body(const step_spec *s, size_t kv_row, size_t q_row, const char *encoding);
 /* A {"steps":[...]} body. Caller frees. */

@@ -25,31 +25,17 @@ void sb_tensor_step_object(sbuf *b, const tensor_step_spec *s, size_t kv_row, si
     sb_puts(b, "}");
 }
 
+static void write_tensor_step(sbuf *b, const void *spec, size_t kv_row, size_t q_row)
+{
+    sb_tensor_step_object(b, spec, kv_row, q_row);
+}
+
 char *tensor_step_body(const tensor_step_spec *s, size_t kv_row, size_t q_row, const char *encoding)
 {
-    sbuf b;
-    sb_init(&b);
-    sb_tensor_step_object(&b, s, kv_row, q_row);
-    if (encoding) { /* reopen the object to add the field */
-        b.len--;
-        sb_printf(&b, ",\"encoding\":\"%s\"}", encoding);
-    }
-    return sb_take(&b);
+    return body_one(write_tensor_step, s, kv_row, q_row, encoding);
 }
 
 char *tensor_steps_body(const tensor_step_spec *s, size_t n, size_t kv_row, size_t q_row, const char *encoding)
 {
-    sbuf b;
-    sb_init(&b);
-    sb_puts(&b, "{\"steps\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            sb_puts(&b, ",");
-        sb_tensor_step_object(&b, &s[i], kv_row, q_row);
-    }
-    sb_puts(&b, "]");
-    if (encoding)
-        sb_printf(&b, ",\"encoding\":\"%s\"", encoding);
-    sb_puts(&b, "}");
-    return sb_take(&b);
+    return body_many(write_tensor_step, s, sizeof *s, n, kv_row, q_row, encoding);
 }
