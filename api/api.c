@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include <cJSON.h>
@@ -180,16 +179,9 @@ static void registry_remove(kvd_api *api, api_session *s)
 static int new_session_id(char out[KVD_SESSION_ID_HEX + 1])
 {
     unsigned char raw[KVD_SESSION_ID_HEX / 2];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        got += (size_t)n;
-    }
+    int rc = kvd_api_random_bytes(raw, sizeof raw);
+    if (rc != 0)
+        return rc;
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof raw; i++) {
         out[2 * i] = hex[raw[i] >> 4];

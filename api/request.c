@@ -4,6 +4,7 @@
  * request is validated whole before success is returned; on failure nothing
  * stays allocated. No global state: workers call these in parallel. */
 #include "api/request.h"
+#include "api/internal.h"
 
 #include <errno.h>
 #include <float.h>
@@ -297,20 +298,27 @@ static size_t one_slot_bytes(uint32_t head_dim)
     return 2 * row + sizeof(kvd_slot_meta);
 }
 
-static int random_seed(uint64_t *out)
+int kvd_api_random_bytes(void *buf, size_t n)
 {
-    uint64_t v = 0;
-    unsigned char *p = (unsigned char *)&v;
+    unsigned char *p = buf;
     size_t got = 0;
-    while (got < sizeof v) {
-        ssize_t r = getrandom(p + got, sizeof v - got, 0);
+    while (got < n) {
+        ssize_t r = getrandom(p + got, n - got, 0);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            return -1;
+            return -errno;
         }
         got += (size_t)r;
     }
+    return 0;
+}
+
+static int random_seed(uint64_t *out)
+{
+    uint64_t v = 0;
+    if (kvd_api_random_bytes(&v, sizeof v) != 0)
+        return -1;
     *out = v & (SEED_MAX - 1);
     return 0;
 }
