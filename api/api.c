@@ -204,7 +204,7 @@ static bool session_idle(const api_session *s)
 }
 
 /* Refreshes the summary that GET /v1/sessions reads without the queue. */
-static void session_summarize(api_session *s)
+void kvd_api_session_summarize(api_session *s)
 {
     atomic_store(&s->tokens_summary, kvd_session_tokens(s->cache));
     atomic_store(&s->pages_summary, kvd_session_pages(s->cache));
@@ -251,7 +251,7 @@ static api_session *session_register(kvd_api *api, kvd_session *cache, kvd_sessi
     }
     s->created_at = kvd_api_now_unix();
     atomic_store(&s->last_used_at, s->created_at);
-    session_summarize(s);
+    kvd_api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
     return s;
 }
@@ -862,7 +862,7 @@ static size_t reclaim_pages(kvd_api *api, size_t need)
             atomic_fetch_add_explicit(&api->stats.reclaimed_tokens, k, memory_order_relaxed);
             free_pages = kvd_pool_pages_free(api->pool);
         }
-        session_summarize(lru[i]);
+        kvd_api_session_summarize(lru[i]);
     }
     free(lru);
     return free_pages;

@@ -88,6 +88,11 @@ void kvd_api_step_run(kvd_api *api, api_job *job);
 /* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
 char *kvd_api_session_stats_json(const kvd_api *api, const api_session *s);
 
+/* Stores the session's token and page counts (cache and shadow) where
+ * listings and /metrics read them without waiting for its queue. Called by
+ * whoever just changed the session (a step's worker, the loop). */
+void kvd_api_session_summarize(api_session *s);
+
 /* Fills buf with n bytes from the kernel's CSPRNG (getrandom, retried on
  * EINTR and short reads). Returns 0 or a negative errno. */
 int kvd_api_random_bytes(void *buf, size_t n);

@@ -797,10 +797,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
     atomic_store(&s->last_used_at, kvd_api_now_unix());
     atomic_store(&s->last_step_seconds, job->seconds);
-    atomic_store(&s->tokens_summary, kvd_session_tokens(sess));
-    atomic_store(&s->pages_summary, kvd_session_pages(sess));
-    if (shadow)
-        atomic_store(&s->shadow_pages_summary, kvd_session_pages(shadow));
+    kvd_api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.steps, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, tokens_in, memory_order_relaxed);
     kvd_histogram_observe(&api->stats.step_seconds, job->seconds);
