@@ -47,20 +47,6 @@ const char *kvd_route_label(kvd_route r)
     return (unsigned)r < KVD_ROUTE_COUNT ? route_labels[r] : "unknown";
 }
 
-double kvd_api_now_unix(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-double kvd_api_now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* ---- responses ---------------------------------------------------------- */
 
 void kvd_response_json(kvd_response *resp, int status, char *json)
@@ -200,7 +186,7 @@ static void session_free(kvd_api *api, api_session *s)
 
 static bool session_idle(const api_session *s)
 {
-    return !s->running && !s->queue_head && !s->deleted;
+    return !s->running && !s->queue.head && !s->deleted;
 }
 
 /* Refreshes the summary that GET /v1/sessions reads without the queue. */
@@ -249,7 +235,7 @@ static api_session *session_register(kvd_api *api, kvd_session *cache, kvd_sessi
         respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
         return NULL;
     }
-    s->created_at = kvd_api_now_unix();
+    s->created_at = kvd_clock_unix();
     atomic_store(&s->last_used_at, s->created_at);
     kvd_api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
@@ -287,25 +273,13 @@ static void job_free(api_job *job)
 
 static void queue_push(api_session *s, api_job *job)
 {
-    job->queue_next = NULL;
-    if (s->queue_tail)
-        s->queue_tail->queue_next = job;
-    else
-        s->queue_head = job;
-    s->queue_tail = job;
-    s->queued++;
+    kvd_fifo_push(&s->queue, &job->queue_link);
 }
 
 static api_job *queue_pop(api_session *s)
 {
-    api_job *job = s->queue_head;
-    if (job) {
-        s->queue_head = job->queue_next;
-        if (!s->queue_head)
-            s->queue_tail = NULL;
-        s->queued--;
-    }
-    return job;
+    kvd_fifo_link *l = kvd_fifo_pop(&s->queue);
+    return l ? kvd_container_of(l, api_job, queue_link) : NULL;
 }
 
 static void answer_job(kvd_api *api, api_job *job)
@@ -386,7 +360,7 @@ static void session_pump(kvd_api *api, api_session *s)
         }
         }
     }
-    if (s->deleted && !s->running && !s->queue_head)
+    if (s->deleted && !s->running && !s->queue.head)
         free(s);
 }
 
@@ -394,7 +368,7 @@ static void session_pump(kvd_api *api, api_session *s)
 static bool enqueue(kvd_api *api, api_session *s, api_job_kind kind, const kvd_api_request *req,
                     void *reply, kvd_response *resp)
 {
-    if (s->queued >= api->opt.session_queue) {
+    if (s->queue.len >= api->opt.session_queue) {
         atomic_fetch_add_explicit(&api->stats.rejected_queue_full, 1, memory_order_relaxed);
         respond_error(resp, 429, KVD_ERR_BUSY, NULL,
                       "too many requests queued for this session; retry after the pending ones finish");
@@ -409,7 +383,7 @@ static bool enqueue(kvd_api *api, api_session *s, api_job_kind kind, const kvd_a
     job->kind = kind;
     job->session = s;
     job->reply = reply;
-    atomic_store(&s->last_used_at, kvd_api_now_unix()); /* any request keeps it alive */
+    atomic_store(&s->last_used_at, kvd_clock_unix()); /* any request keeps it alive */
     if (kind == JOB_STEP) {
         /* The body is copied: the server frees its buffer once we return. */
         job->body = malloc(req->body_len + 1);
@@ -839,7 +813,7 @@ static int cmp_lru(const void *a, const void *b)
  * sink + recent tokens, until enough pages are free. Returns free pages. */
 static size_t reclaim_pages(kvd_api *api, size_t need)
 {
-    kvd_api_expire(api, kvd_api_now_unix());
+    kvd_api_expire(api, kvd_clock_unix());
     size_t free_pages = kvd_pool_pages_free(api->pool);
     if (free_pages >= need || !api->opt.on_full_evict)
         return free_pages;
@@ -875,7 +849,7 @@ bool kvd_api_ready(const kvd_api *api)
     size_t total = kvd_pool_pages_total(api->pool);
     if (kvd_pool_pages_free(api->pool) * 100 >= total)
         return true;
-    double now = kvd_api_now_unix();
+    double now = kvd_clock_unix();
     for (size_t i = 0; i < api->n_buckets; i++)
         for (const api_session *s = api->buckets[i]; s; s = s->hash_next)
             if (session_expired(s, now) || (api->opt.on_full_evict && session_reclaimable(s)))

@@ -13,8 +13,9 @@
 #include <stdint.h>
 
 #include "api/errors.h"
-#include "api/histogram.h"
+#include "common/histogram.h"
 #include "api/request.h"
+#include "common/fifo.h"
 #include "cache/pool.h"
 
 typedef enum kvd_route {
@@ -94,7 +95,7 @@ typedef struct kvd_api kvd_api;
 /* A unit of deferred work. The API allocates it (inside a larger private
  * struct); the executor may use `next` for its queues while it holds the job. */
 typedef struct kvd_api_job {
-    struct kvd_api_job *next;  /* executor's intrusive queue link */
+    kvd_fifo_link link;        /* the executor's queue link while it holds the job */
     kvd_api *api;              /* pass to kvd_api_job_done */
 } kvd_api_job;
 

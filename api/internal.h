@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 #include "api/api.h"
+#include "common/clock.h"
+#include "common/fifo.h"
 #include "cache/session.h"
 
 #define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
@@ -27,7 +29,7 @@ typedef struct api_job {
     api_job_kind kind;
     api_session *session;
     void *reply;               /* server's handle for the deferred answer */
-    struct api_job *queue_next;
+    kvd_fifo_link queue_link;  /* in its session's queue (loop) */
     char *body;                /* JOB_STEP: copy of the request body (NUL-terminated) */
     size_t body_len;
     kvd_response resp;         /* filled by run, sent by done */
@@ -54,8 +56,7 @@ struct api_session {
     api_shadow_stats shadow_stats;
     api_session *hash_next;    /* registry chain (loop thread) */
     /* Request queue: jobs wait here until the previous one finished (loop). */
-    api_job *queue_head, *queue_tail;
-    unsigned queued;
+    kvd_fifo queue;
     bool running;              /* a job of this session is on a worker (loop) */
     bool deleted;              /* out of the registry; freed after its last job */
     double created_at;         /* unix seconds */
@@ -97,7 +98,5 @@ void kvd_api_session_summarize(api_session *s);
  * EINTR and short reads). Returns 0 or a negative errno. */
 int kvd_api_random_bytes(void *buf, size_t n);
 
-double kvd_api_now_unix(void);
-double kvd_api_now_mono(void);
 
 #endif

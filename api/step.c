@@ -695,7 +695,7 @@ static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
 
 void kvd_api_step_run(kvd_api *api, api_job *job)
 {
-    double t0 = kvd_api_now_mono();
+    double t0 = kvd_clock_mono();
     kvd_session *sess = job->session->cache;
     job->pool_full = false;
     if (parse_once(api, job, sess) != 0)
@@ -761,7 +761,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
         kvd_pool_release(api->pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
     job->applied = true;
-    job->seconds = kvd_api_now_mono() - t0;
+    job->seconds = kvd_clock_mono() - t0;
 
     /* Render. A failure here leaves the step applied and says so. */
     cJSON *out = NULL;
@@ -795,7 +795,7 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
 
     api_session *s = job->session;
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
-    atomic_store(&s->last_used_at, kvd_api_now_unix());
+    atomic_store(&s->last_used_at, kvd_clock_unix());
     atomic_store(&s->last_step_seconds, job->seconds);
     kvd_api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.steps, 1, memory_order_relaxed);

@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/histogram.h"
+#include "common/histogram.h"
 
 /* Statuses kvd answers with; anything else is counted under "other". */
 static const int known_status[] = {200, 201, 204, 400, 401, 404, 405, 409, 413,

@@ -1,7 +1,7 @@
 /* server/workers.c — fixed pool of worker threads running API jobs.
  * Jobs move loop -> `todo` (mutex + condvar) -> a worker -> `done` -> loop
  * (uv_async_send coalesces wake-ups, so the loop drains the whole done-list
- * each time). Both lists are intrusive FIFOs through kvd_api_job.next. */
+ * each time). Both lists are intrusive FIFOs through kvd_api_job.link (common/fifo.h). */
 #include "server/workers.h"
 
 #include <errno.h>
@@ -9,41 +9,28 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-typedef struct job_fifo {
-    kvd_api_job *head, *tail;
-} job_fifo;
+#include "common/fifo.h"
 
 struct kvd_workers {
     uv_async_t wake;          /* loop side: done jobs are waiting */
     pthread_mutex_t lock;
     pthread_cond_t has_work;
-    job_fifo todo;            /* guarded by lock */
-    job_fifo done;            /* guarded by lock */
+    kvd_fifo todo;            /* guarded by lock */
+    kvd_fifo done;            /* guarded by lock */
     bool stopping;            /* guarded by lock */
     unsigned n_threads;
     pthread_t *threads;
 };
 
-static void fifo_push(job_fifo *f, kvd_api_job *job)
+static void fifo_push(kvd_fifo *f, kvd_api_job *job)
 {
-    job->next = NULL;
-    if (f->tail)
-        f->tail->next = job;
-    else
-        f->head = job;
-    f->tail = job;
+    kvd_fifo_push(f, &job->link);
 }
 
-static kvd_api_job *fifo_pop(job_fifo *f)
+static kvd_api_job *fifo_pop(kvd_fifo *f)
 {
-    kvd_api_job *job = f->head;
-    if (job) {
-        f->head = job->next;
-        if (!f->head)
-            f->tail = NULL;
-        job->next = NULL;
-    }
-    return job;
+    kvd_fifo_link *l = kvd_fifo_pop(f);
+    return l ? kvd_container_of(l, kvd_api_job, link) : NULL;
 }
 
 static void *worker_main(void *arg)
@@ -71,7 +58,7 @@ static void on_wake(uv_async_t *handle)
 {
     kvd_workers *w = handle->data;
     pthread_mutex_lock(&w->lock);
-    job_fifo done = w->done;
+    kvd_fifo done = w->done;
     w->done.head = w->done.tail = NULL;
     pthread_mutex_unlock(&w->lock);
     kvd_api_job *job;

@@ -1,8 +1,8 @@
-/* api/histogram.h — a fixed-bucket latency histogram updated with relaxed
+/* common/histogram.h — a fixed-bucket latency histogram updated with relaxed
  * atomics from any thread and rendered by server/metrics.c. Buckets are the
  * upper bounds in seconds (Prometheus "le"), cumulative only when rendered. */
-#ifndef KVD_API_HISTOGRAM_H
-#define KVD_API_HISTOGRAM_H
+#ifndef KVD_COMMON_HISTOGRAM_H
+#define KVD_COMMON_HISTOGRAM_H
 
 #include <stdatomic.h>
 #include <stddef.h>

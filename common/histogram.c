@@ -1,5 +1,5 @@
-/* api/histogram.c — the shared bucket bounds of kvd's latency histograms. */
-#include "api/histogram.h"
+/* common/histogram.c — the shared bucket bounds of kvd's latency histograms. */
+#include "common/histogram.h"
 
 const double kvd_histogram_bounds[KVD_HISTOGRAM_BUCKETS] = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
