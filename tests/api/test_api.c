@@ -13,6 +13,7 @@
 #include <cJSON.h>
 
 #include "api/api.h"
+#include "tests/support/check_main.h"
 
 /* f32 accumulation over <= 64 tokens of unit-scale data: 1e-5 absolute is
  * ~100 ulps of the outputs' magnitude, far below any real mistake. */
@@ -625,7 +626,7 @@ START_TEST(readiness_follows_reclaimable_room)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/api");
     TCase *tc = tcase_create("api");
@@ -641,10 +642,7 @@ int main(void)
     tcase_add_test(tc, readiness_follows_reclaimable_room);
     tcase_add_test(tc, stats_report_kept_positions);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK); /* the fake executor's lists are process-global */
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+KVD_TEST_MAIN_NOFORK(make_suite)

@@ -8,6 +8,7 @@
 #include <cJSON.h>
 
 #include "api/errors.h"
+#include "tests/support/check_main.h"
 
 START_TEST(set_fills_everything)
 {
@@ -138,7 +139,7 @@ START_TEST(json_allocation_failure_is_null)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/errors");
     TCase *tc = tcase_create("errors");
@@ -150,9 +151,7 @@ int main(void)
     tcase_add_test(tc, json_len_may_be_null);
     tcase_add_test(tc, json_allocation_failure_is_null);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

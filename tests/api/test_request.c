@@ -13,6 +13,7 @@
 
 #include "api/request.h"
 #include "cache/stream.h"
+#include "tests/support/check_main.h"
 
 #define PAGE 16384
 
@@ -912,7 +913,7 @@ START_TEST(step_body_not_object)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/request");
     TCase *tc = tcase_create("create");
@@ -946,9 +947,7 @@ int main(void)
     tcase_add_test(ts, step_steps_form);
     tcase_add_test(ts, step_body_not_object);
     suite_add_tcase(s, ts);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

@@ -12,6 +12,7 @@
 #include <cJSON.h>
 
 #include "api/tensor.h"
+#include "tests/support/check_main.h"
 
 #define ASSERT_ERR(err, st, fld, sub)                                                   \
     do {                                                                                \
@@ -468,7 +469,7 @@ START_TEST(encode_allocation_failure_is_null)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/tensor");
     TCase *tc = tcase_create("tensor");
@@ -486,9 +487,7 @@ int main(void)
     tcase_add_test(tc, encode_round_trip_random);
     tcase_add_test(tc, encode_allocation_failure_is_null);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

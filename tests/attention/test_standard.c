@@ -14,6 +14,7 @@
 
 #include "attention/attention.h"
 #include "attention/kernels.h"
+#include "tests/support/check_main.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -524,11 +525,4 @@ static Suite *standard_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(standard_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(standard_suite)

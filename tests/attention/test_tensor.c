@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "attention/tensor.h"
+#include "tests/support/check_main.h"
 
 /* Tolerances. An output is a convex combination of the rows v1_j ⊙ v2_k,
  * so errors are measured against maxv = max |v1_j,l v2_k,l| over visible
@@ -530,11 +531,4 @@ static Suite *tensor_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(tensor_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+KVD_TEST_MAIN(tensor_suite)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "attention/attention.h"
+#include "tests/support/check_main.h"
 
 /* Tolerances. A weight is exp(s_j - max) / sum: expf is within a few ulp,
  * the f32 score of a d <= 130 dot is off by at most d * 2^-24 * S
@@ -285,11 +286,4 @@ static Suite *weights_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(weights_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(weights_suite)

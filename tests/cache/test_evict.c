@@ -18,6 +18,7 @@
 #include "cache/stream.h"
 
 #include "tests/cache/policy_model.h"
+#include "tests/support/check_main.h"
 
 #define PAGE 1024 /* small pages: d = 8 gives 14 slots a page, so many pages */
 #define D 8
@@ -742,11 +743,4 @@ static Suite *evict_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(evict_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(evict_suite)

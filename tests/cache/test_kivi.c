@@ -21,6 +21,7 @@
 #include "cache/quant.h"
 #include "cache/session.h"
 #include "cache/stream.h"
+#include "tests/support/check_main.h"
 
 /* Check logs every passing assertion, so the per-step checks assert only on
  * failure. */
@@ -515,11 +516,4 @@ static Suite *kivi_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(kivi_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(kivi_suite)

@@ -41,6 +41,7 @@
 #include "cache/stream.h"
 
 #include "tests/cache/policy_model.h"
+#include "tests/support/check_main.h"
 
 #define D 16
 #define PAGE 1024
@@ -525,11 +526,4 @@ static Suite *kivi_evict_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(kivi_evict_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(kivi_evict_suite)

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cache/pool.h"
+#include "tests/support/check_main.h"
 
 #define PAGE 4096
 
@@ -315,11 +316,4 @@ static Suite *pool_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(pool_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(pool_suite)

@@ -14,6 +14,7 @@
 
 #include "attention/formats.h"
 #include "cache/quant.h"
+#include "tests/support/check_main.h"
 
 /* ---- named tolerances ------------------------------------------------------
  * f16 (11 significant bits) and bf16 (8) round to nearest: half an ulp,
@@ -539,11 +540,4 @@ static Suite *quant_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(quant_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(quant_suite)

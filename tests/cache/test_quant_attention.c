@@ -18,6 +18,7 @@
 #include "attention/formats.h"
 #include "attention/kernels.h"
 #include "cache/quant.h"
+#include "tests/support/check_main.h"
 
 /* Tolerances against the oracle on the dequantized values: the kernels see
  * exactly those values (dequantization is exact f32 arithmetic, see
@@ -457,11 +458,4 @@ static Suite *quant_attention_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(quant_attention_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(quant_attention_suite)

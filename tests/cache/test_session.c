@@ -12,6 +12,7 @@
 #include "cache/evict.h"
 #include "cache/pool.h"
 #include "cache/session.h"
+#include "tests/support/check_main.h"
 
 #define PAGE 4096
 
@@ -334,11 +335,4 @@ static Suite *session_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(session_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(session_suite)

@@ -20,6 +20,7 @@
 #include "cache/pool.h"
 #include "cache/quant.h"
 #include "cache/stream.h"
+#include "tests/support/check_main.h"
 
 /* Bytes one page needs for spp slots of head_dim: K and V blocks padded to
  * 64, then the metadata array (the layout documented in cache/stream.h). */
@@ -680,11 +681,4 @@ static Suite *stream_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(stream_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    const int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(stream_suite)

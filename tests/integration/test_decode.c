@@ -14,6 +14,7 @@
 #include "tests/support/checked_session.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* Output tolerance, relative to max|v| (the scale of any output, a convex
  * combination of values). kvd computes in f32: each score <q,k> over d = 64
@@ -272,11 +273,4 @@ static Suite *decode_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(decode_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(decode_suite)

@@ -16,6 +16,7 @@
 #include "tests/support/cache_session.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* Output tolerance relative to max|v|, as in test_decode.c: f32 scores over
  * d = 16 err by ~1e-6, an output by about that times max|v| plus ~n * 2^-24
@@ -284,11 +285,4 @@ static Suite *eviction_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(eviction_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(eviction_suite)

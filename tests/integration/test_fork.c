@@ -18,6 +18,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* See test_eviction.c: f32 attention against the double reference. Over
  * n = 10,000 tokens the f32 accumulation error grows to ~n * 2^-24 ~ 6e-4 of
@@ -414,11 +415,4 @@ static Suite *fork_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(fork_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(fork_suite)

@@ -16,6 +16,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* See tests/integration/test_decode.c for the derivation (f32 attention,
  * d <= 32 here, < 50 tokens). */
@@ -539,11 +540,4 @@ static Suite *protocol_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(protocol_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(protocol_suite)

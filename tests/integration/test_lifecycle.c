@@ -20,6 +20,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* See tests/integration/test_decode.c for the derivation. The in-flight step
  * attends over up to 256 tokens: the f32 accumulation bound grows with n but
@@ -526,11 +527,4 @@ static Suite *lifecycle_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(lifecycle_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(lifecycle_suite)

@@ -20,6 +20,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* See test_eviction.c. */
 #define OUTPUT_TOL_REL 1e-4
@@ -625,11 +626,4 @@ static Suite *pressure_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(pressure_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(pressure_suite)

@@ -17,6 +17,7 @@
 #include "tests/support/http_client.h"
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 /* See tests/integration/test_decode.c for the derivation (here d = 128 and
  * fewer than 50 tokens per stream: the same bound holds). */
@@ -301,11 +302,4 @@ static Suite *pool_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(pool_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(pool_suite)

@@ -14,6 +14,7 @@
 #include "tests/support/kvd_data.h"
 #include "tests/support/kvd_proc.h"
 #include "tests/support/ref_attention.h"
+#include "tests/support/check_main.h"
 
 #define HEADS 4
 #define KV_HEADS 2
@@ -301,7 +302,7 @@ START_TEST(kivi_evicts_across_repeated_entries)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration/quant");
     TCase *tc = tcase_create("quant");
@@ -311,9 +312,7 @@ int main(void)
     tcase_add_test(tc, quantized_eviction_and_fork);
     tcase_add_test(tc, kivi_evicts_across_repeated_entries);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

@@ -21,6 +21,7 @@
 #include "tests/support/kvd_proc.h"
 #include "tests/support/ref_tensor.h"
 #include "tests/support/tensor_body.h"
+#include "tests/support/check_main.h"
 
 /* Output tolerance, absolute. Every output is a convex combination of the
  * products v1_j (.) v2_k with |v| <= 1, so it lies in [-1, 1]. kvd computes
@@ -858,11 +859,4 @@ static Suite *tensor_suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(tensor_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+KVD_TEST_MAIN(tensor_suite)

@@ -14,6 +14,7 @@
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_data.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
 
 #define H 2
 #define D 8
@@ -320,7 +321,7 @@ START_TEST(quantized_windows)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration/tensor_evict");
     TCase *tc = tcase_create("tensor_evict");
@@ -330,9 +331,7 @@ int main(void)
     tcase_add_test(tc, kivi_tensor_caches);
     tcase_add_test(tc, quantized_windows);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

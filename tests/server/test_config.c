@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "server/config.h"
+#include "tests/support/check_main.h"
 
 static int parse(kvd_config *cfg, char **argv, int argc)
 {
@@ -86,7 +87,7 @@ START_TEST(rejects_bad_values)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("server/config");
     TCase *tc = tcase_create("config");
@@ -95,9 +96,7 @@ int main(void)
     tcase_add_test(tc, flags_and_env);
     tcase_add_test(tc, rejects_bad_values);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

@@ -19,6 +19,7 @@
 
 #include "server/http.h"
 #include "server/metrics.h"
+#include "tests/support/check_main.h"
 
 #define MAX_BODY 1024u
 #define SLOW_MS 50u
@@ -795,7 +796,7 @@ START_TEST(bad_host_rejected)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("server/http");
@@ -819,9 +820,7 @@ int main(void)
     tcase_add_test(tc, access_log_json);
     tcase_add_test(tc, bad_host_rejected);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)

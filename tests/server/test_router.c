@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "server/router.h"
+#include "tests/support/check_main.h"
 
 static kvd_route match(const char *method, const char *path, char *id, int *rc)
 {
@@ -74,7 +75,7 @@ START_TEST(unknown_paths)
 }
 END_TEST
 
-int main(void)
+static Suite *make_suite(void)
 {
     Suite *s = suite_create("server/router");
     TCase *tc = tcase_create("router");
@@ -82,9 +83,7 @@ int main(void)
     tcase_add_test(tc, method_not_allowed);
     tcase_add_test(tc, unknown_paths);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return s;
 }
+
+KVD_TEST_MAIN(make_suite)
