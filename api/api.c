@@ -16,6 +16,8 @@
 
 #include <cJSON.h>
 
+#include "cache/reclaim.h"
+
 #include "attention/attention.h"
 #include "cache/evict.h"
 
@@ -784,20 +786,11 @@ size_t kvd_api_expire(kvd_api *api, double now)
     return n;
 }
 
-/* Could --on-full evict take tokens from this session? Idle, with a policy,
- * and no page shared with a fork: evicting from shared pages would need
- * copies, i.e. the very pages we are short of. */
+/* Could --on-full evict take tokens from this session? Idle, and the cache
+ * says a page would come free (cache/reclaim.h). */
 static bool session_reclaimable(const api_session *s)
 {
-    if (!session_idle(s) || s->cache->config.cache.eviction == KVD_EVICT_NONE)
-        return false;
-    for (size_t i = 0; i < s->cache->n_streams; i++)
-        if (s->cache->streams[i].n_shared)
-            return false;
-    for (size_t i = 0; i < s->cache->n_streams; i++)
-        if (kvd_stream_evictable(&s->cache->streams[i]) >= s->cache->streams[i].slots_per_page)
-            return true; /* at least one whole page would come free */
-    return false;
+    return session_idle(s) && kvd_session_reclaimable(s->cache);
 }
 
 static int cmp_lru(const void *a, const void *b)
@@ -828,14 +821,10 @@ static size_t reclaim_pages(kvd_api *api, size_t need)
     qsort(lru, n, sizeof *lru, cmp_lru);
     for (size_t i = 0; i < n && free_pages < need; i++) {
         kvd_session *c = lru[i]->cache;
-        for (size_t j = 0; j < c->n_streams && free_pages < need; j++) {
-            size_t used = 0;
-            size_t k = kvd_stream_evict(&c->streams[j], api->pool, 0, NULL, 0, &used);
-            atomic_fetch_add_explicit(&api->stats.evictions[c->config.cache.eviction], k,
-                                      memory_order_relaxed);
-            atomic_fetch_add_explicit(&api->stats.reclaimed_tokens, k, memory_order_relaxed);
-            free_pages = kvd_pool_pages_free(api->pool);
-        }
+        uint64_t k = kvd_session_reclaim(c, api->pool, need);
+        atomic_fetch_add_explicit(&api->stats.evictions[c->config.cache.eviction], k, memory_order_relaxed);
+        atomic_fetch_add_explicit(&api->stats.reclaimed_tokens, k, memory_order_relaxed);
+        free_pages = kvd_pool_pages_free(api->pool);
         kvd_api_session_summarize(lru[i]);
     }
     free(lru);

@@ -79,15 +79,16 @@ typedef struct kvd_api_options {
 typedef struct kvd_api_stats {
     atomic_uint_fast64_t sessions_created;
     atomic_uint_fast64_t step_tokens;       /* new tokens received: m per layer entry */
-    atomic_uint_fast64_t steps;
+    atomic_uint_fast64_t steps;             /* layer entries run (DESIGN.md §1) */
     atomic_uint_fast64_t rejected_pool_full;
     atomic_uint_fast64_t rejected_queue_full;
     atomic_uint_fast64_t rejected_max_sessions;
     atomic_uint_fast64_t sessions_expired;  /* idle past their ttl_seconds */
     atomic_uint_fast64_t evictions[5];      /* tokens evicted, by kvd_eviction policy */
     atomic_uint_fast64_t reclaimed_tokens;  /* evicted under --on-full evict */
-    kvd_histogram step_seconds;             /* standard attention steps */
-    kvd_histogram shadow_relative_error;    /* per request with queries, shadow sessions */
+    kvd_histogram step_seconds[2];          /* compute time of a step request, by
+                                               kvd_attention_kind (standard, tensor) */
+    kvd_histogram shadow_relative_error;    /* per entry with queries, shadow sessions */
 } kvd_api_stats;
 
 typedef struct kvd_api kvd_api;

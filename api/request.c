@@ -624,7 +624,7 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
  * so the caller's free releases whatever was decoded). */
 static int parse_step(const cJSON *obj, const char *prefix, bool top,
                       const kvd_session_config *cfg, const kvd_api_limits *lim,
-                      kvd_step_layer *st, kvd_api_error *err)
+                      kvd_step_entry *st, kvd_api_error *err)
 {
     char path[96], desc[64];
     const bool tensor = cfg->attention == KVD_ATTN_TENSOR;
@@ -653,7 +653,7 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
     static const char *const tensor_names[] = {"k1", "v1", "k2", "v2"};
     const char *const *names = tensor ? tensor_names : std_names;
     const size_t n_names = tensor ? 4 : 2;
-    float **dst[4] = {&st->k, &st->v, &st->k2, &st->v2};
+    const float **dst[4] = {&st->k, &st->v, &st->k2, &st->v2};
     size_t present = 0;
     for (size_t i = 0; i < n_names; i++)
         present += cJSON_GetObjectItemCaseSensitive(obj, names[i]) != NULL;
@@ -677,8 +677,11 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
         for (size_t i = 0; i < n_names; i++) {
             size_t rows = 0;
             snprintf(path, sizeof path, "%s%s", prefix, names[i]);
-            if (kvd_tensor_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
-                                  max_rows, dst[i], &rows, err) != 0)
+            float *decoded = NULL;
+            int rc = kvd_tensor_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
+                                       max_rows, &decoded, &rows, err);
+            *dst[i] = decoded;
+            if (rc != 0)
                 return -1;
             if (i > 0 && rows != st->m)
                 return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
@@ -693,7 +696,10 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
         snprintf(desc, sizeof desc, "heads*head_dim = %" PRIu32 "*%" PRIu32, cfg->heads,
                  cfg->head_dim);
         snprintf(path, sizeof path, "%sq", prefix);
-        if (kvd_tensor_decode(q, path, row_q, desc, max_rows, &st->q, &st->m_q, err) != 0)
+        float *decoded = NULL;
+        int rc = kvd_tensor_decode(q, path, row_q, desc, max_rows, &decoded, &st->m_q, err);
+        st->q = decoded;
+        if (rc != 0)
             return -1;
     }
 
@@ -781,15 +787,15 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
         n = (size_t)count;
     }
 
-    req->layers = calloc(n, sizeof *req->layers);
-    if (!req->layers)
+    req->entries = calloc(n, sizeof *req->entries);
+    if (!req->entries)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL,
                                  "out of memory for %zu steps", n);
-    req->n_layers = n;
+    req->n_entries = n;
     req->encoding = (kvd_encoding)enc;
 
     if (!steps) {
-        if (parse_step(body, "", true, cfg, lim, &req->layers[0], err) != 0)
+        if (parse_step(body, "", true, cfg, lim, &req->entries[0], err) != 0)
             goto fail;
         return 0;
     }
@@ -803,7 +809,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
                               "%s: expected a step object, got %s", prefix, kvd_json_type_name(s));
             goto fail;
         }
-        if (parse_step(s, prefix, false, cfg, lim, &req->layers[i], err) != 0)
+        if (parse_step(s, prefix, false, cfg, lim, &req->entries[i], err) != 0)
             goto fail;
     }
     return 0;
@@ -817,13 +823,13 @@ void kvd_step_request_free(kvd_step_request *req)
 {
     if (!req)
         return;
-    for (size_t i = 0; req->layers && i < req->n_layers; i++) {
-        free(req->layers[i].k);
-        free(req->layers[i].v);
-        free(req->layers[i].k2);
-        free(req->layers[i].v2);
-        free(req->layers[i].q);
+    for (size_t i = 0; req->entries && i < req->n_entries; i++) {
+        free((void *)req->entries[i].k); /* the request owns what it decoded */
+        free((void *)req->entries[i].v);
+        free((void *)req->entries[i].k2);
+        free((void *)req->entries[i].v2);
+        free((void *)req->entries[i].q);
     }
-    free(req->layers);
+    free(req->entries);
     memset(req, 0, sizeof *req);
 }

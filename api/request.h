@@ -14,6 +14,7 @@
 #include "api/errors.h"
 #include "api/tensor.h"
 #include "cache/session.h"
+#include "cache/step.h"
 
 /* Hard limits on shapes (each enforced with a 400 naming the field). The
  * products bound the work and bookkeeping one request can ask for; the body
@@ -43,27 +44,11 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
  * Caller owns the result; NULL on allocation failure. */
 cJSON *kvd_session_config_to_json(const kvd_session_config *cfg);
 
-typedef enum { KVD_MASK_CAUSAL, KVD_MASK_BLOCK } kvd_mask;
-
-/* One layer's step. Tensors are owned by the request (freed by
- * kvd_step_request_free). Shapes (row-major f32):
- *   k, v: [m][kv_heads][head_dim]      (standard; tensor: k1, v1, and k2, v2 alike)
- *   q:    [m_q][heads][head_dim]
- * mask: causal requires m_q <= m; query i then sees the cache plus new tokens
- * 0 .. m - m_q + i (the queries belong to the last m_q new tokens); block:
- * every query sees the cache plus all m new tokens. */
-typedef struct kvd_step_layer {
-    uint32_t layer;
-    size_t m, m_q;
-    float *k, *v;      /* standard: k, v; tensor: k1, v1 */
-    float *k2, *v2;    /* tensor only: k2, v2 (NULL for standard sessions) */
-    float *q;
-    kvd_mask mask;
-} kvd_step_layer;
-
+/* A decoded step body: its entries (cache/step.h) own their tensors, which
+ * kvd_step_request_free frees. */
 typedef struct kvd_step_request {
-    kvd_step_layer *layers;  /* in request order ("steps" array or one) */
-    size_t n_layers;
+    kvd_step_entry *entries; /* in request order ("steps" array or one) */
+    size_t n_entries;
     kvd_encoding encoding;   /* of the response tensors */
 } kvd_step_request;
 

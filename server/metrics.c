@@ -192,7 +192,9 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
 
     const kvd_api_stats *st = kvd_api_stats_get(api);
     header(&t, "kvd_step_duration_seconds", "histogram", "Compute time of a step on a worker.");
-    histogram(&t, "kvd_step_duration_seconds", "attention=\"standard\"", &st->step_seconds,
+    histogram(&t, "kvd_step_duration_seconds", "attention=\"standard\"", &st->step_seconds[KVD_ATTN_STANDARD],
+              kvd_histogram_bounds);
+    histogram(&t, "kvd_step_duration_seconds", "attention=\"tensor\"", &st->step_seconds[KVD_ATTN_TENSOR],
               kvd_histogram_bounds);
     header(&t, "kvd_shadow_relative_error", "histogram",
            "Relative L2 error of a step's outputs against exact attention (shadow sessions).");

@@ -667,8 +667,8 @@ static void step_err(cJSON *body, const char *field, const char *sub)
                   field, err.message);
     ck_assert_msg(strstr(err.message, sub) != NULL, "message \"%s\" lacks \"%s\"", err.message,
                   sub);
-    ck_assert_ptr_null(req.layers);
-    ck_assert_uint_eq(req.n_layers, 0);
+    ck_assert_ptr_null(req.entries);
+    ck_assert_uint_eq(req.n_entries, 0);
     cJSON_Delete(body);
 }
 
@@ -682,9 +682,9 @@ START_TEST(step_single)
     cJSON *b = step(1, 3, 3, NULL);
     kvd_step_request req;
     step_ok(b, &req);
-    ck_assert_uint_eq(req.n_layers, 1);
+    ck_assert_uint_eq(req.n_entries, 1);
     ck_assert_int_eq(req.encoding, KVD_ENCODING_JSON);
-    const kvd_step_layer *st = &req.layers[0];
+    const kvd_step_entry *st = &req.entries[0];
     ck_assert_uint_eq(st->layer, 1);
     ck_assert_uint_eq(st->m, 3);
     ck_assert_uint_eq(st->m_q, 3);
@@ -694,17 +694,17 @@ START_TEST(step_single)
     for (size_t i = 0; i < 96; i++)
         ck_assert(st->q[i] == -1.0f + (float)i);
     kvd_step_request_free(&req);
-    ck_assert_ptr_null(req.layers);
+    ck_assert_ptr_null(req.entries);
     kvd_step_request_free(&req); /* twice is harmless */
     cJSON_Delete(b);
 
     /* Defaults: layer 0; nothing at all is an empty step. */
     b = parse("{}");
     step_ok(b, &req);
-    ck_assert_uint_eq(req.layers[0].layer, 0);
-    ck_assert_uint_eq(req.layers[0].m, 0);
-    ck_assert_uint_eq(req.layers[0].m_q, 0);
-    ck_assert_ptr_null(req.layers[0].k);
+    ck_assert_uint_eq(req.entries[0].layer, 0);
+    ck_assert_uint_eq(req.entries[0].m, 0);
+    ck_assert_uint_eq(req.entries[0].m_q, 0);
+    ck_assert_ptr_null(req.entries[0].k);
     kvd_step_request_free(&req);
     cJSON_Delete(b);
 
@@ -720,10 +720,10 @@ START_TEST(step_single)
     cJSON_AddStringToObject(b, "encoding", "b64");
     step_ok(b, &req);
     ck_assert_int_eq(req.encoding, KVD_ENCODING_B64);
-    ck_assert_uint_eq(req.layers[0].m, 2);
-    ck_assert_uint_eq(req.layers[0].m_q, 1);
-    ck_assert_int_eq(req.layers[0].mask, KVD_MASK_BLOCK); /* m_q != m */
-    ck_assert(req.layers[0].k[31] == 15.5f && req.layers[0].q[31] == 4.0f);
+    ck_assert_uint_eq(req.entries[0].m, 2);
+    ck_assert_uint_eq(req.entries[0].m_q, 1);
+    ck_assert_int_eq(req.entries[0].mask, KVD_MASK_BLOCK); /* m_q != m */
+    ck_assert(req.entries[0].k[31] == 15.5f && req.entries[0].q[31] == 4.0f);
     kvd_step_request_free(&req);
     cJSON_Delete(b);
 }
@@ -745,7 +745,7 @@ START_TEST(step_masks)
         cJSON *b = step(-1, ok[i].m, ok[i].mq, ok[i].mask);
         kvd_step_request req;
         step_ok(b, &req);
-        ck_assert_msg(req.layers[0].mask == ok[i].want, "case %zu", i);
+        ck_assert_msg(req.entries[0].mask == ok[i].want, "case %zu", i);
         kvd_step_request_free(&req);
         cJSON_Delete(b);
     }
@@ -852,17 +852,17 @@ START_TEST(step_steps_form)
     cJSON_AddStringToObject(b, "encoding", "b64");
     kvd_step_request req;
     step_ok(b, &req);
-    ck_assert_uint_eq(req.n_layers, 3);
+    ck_assert_uint_eq(req.n_entries, 3);
     ck_assert_int_eq(req.encoding, KVD_ENCODING_B64);
-    ck_assert_uint_eq(req.layers[0].layer, 0);
-    ck_assert_uint_eq(req.layers[0].m, 2);
-    ck_assert_int_eq(req.layers[0].mask, KVD_MASK_CAUSAL);
-    ck_assert_uint_eq(req.layers[1].layer, 1);
-    ck_assert_uint_eq(req.layers[1].m, 1);
-    ck_assert_uint_eq(req.layers[1].m_q, 0);
-    ck_assert_uint_eq(req.layers[2].m, 0);
-    ck_assert_uint_eq(req.layers[2].m_q, 1);
-    ck_assert_int_eq(req.layers[2].mask, KVD_MASK_BLOCK);
+    ck_assert_uint_eq(req.entries[0].layer, 0);
+    ck_assert_uint_eq(req.entries[0].m, 2);
+    ck_assert_int_eq(req.entries[0].mask, KVD_MASK_CAUSAL);
+    ck_assert_uint_eq(req.entries[1].layer, 1);
+    ck_assert_uint_eq(req.entries[1].m, 1);
+    ck_assert_uint_eq(req.entries[1].m_q, 0);
+    ck_assert_uint_eq(req.entries[2].m, 0);
+    ck_assert_uint_eq(req.entries[2].m_q, 1);
+    ck_assert_int_eq(req.entries[2].mask, KVD_MASK_BLOCK);
     kvd_step_request_free(&req);
 
     /* An error in the last step frees everything decoded before it. */
@@ -888,7 +888,7 @@ START_TEST(step_steps_form)
                   "steps: expected 1..3 step objects, got 4");
     b = parse("{\"steps\": [{}, {}, {}]}");
     step_ok(b, &req);
-    ck_assert_uint_eq(req.n_layers, 3);
+    ck_assert_uint_eq(req.n_entries, 3);
     kvd_step_request_free(&req);
     cJSON_Delete(b);
 }
@@ -907,7 +907,7 @@ START_TEST(step_body_not_object)
     cJSON *j = kvd_json_parse_object(body, sizeof body - 1, &err);
     ck_assert_ptr_nonnull(j);
     ck_assert_int_eq(kvd_step_request_parse(j, &step_cfg, &lim, &req, &err), 0);
-    ck_assert_uint_eq(req.layers[0].m_q, 1);
+    ck_assert_uint_eq(req.entries[0].m_q, 1);
     kvd_step_request_free(&req);
     cJSON_Delete(j);
 }

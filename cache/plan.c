@@ -1,0 +1,319 @@
+/* cache/plan.c — the step engine's plan (cache/plan.h): page bounds per
+ * stream over a request's entries, beside the stream's own page arithmetic
+ * (kvd_stream_pages_needed), and every allocation a step makes, done before
+ * the session is touched. The bounds are exact for ordinary decode and
+ * worst cases (never under) when eviction, windows or forks are involved;
+ * the step gives back what it did not use. */
+#include "cache/plan.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/evict.h"
+#include "cache/stream.h"
+
+static size_t div_up(size_t a, size_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+static bool is_kivi(const kvd_session_config *cfg)
+{
+    return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+}
+
+/* Tokens a stream keeps after each entry: the tensor window, else the
+ * eviction budget (0 = no limit). */
+static uint32_t keep_limit(const kvd_session_config *cfg)
+{
+    return cfg->window ? cfg->window : cfg->cache.budget;
+}
+
+/* Most pages stream `s` can take while the entries for `layer` run: every
+ * page boundary crossed by an append, assuming each eviction frees as much
+ * as the budget allows (more freed now means more to take again later, so
+ * this is the worst case), plus copies of pages shared with a fork that a
+ * write may hit. Exact for ordinary decode. */
+static size_t stream_page_bound(const kvd_stream *s, const kvd_step_entry *e, size_t n_entries, uint32_t layer,
+                                uint32_t budget)
+{
+    size_t n = s->n_tokens, pages = s->n_pages, taken = 0, appended = 0;
+    const size_t spp = s->slots_per_page;
+    for (size_t i = 0; i < n_entries; i++) {
+        if (e[i].layer != layer)
+            continue;
+        size_t want = div_up(n + e[i].m, spp);
+        if (want > pages) {
+            taken += want - pages;
+            pages = want;
+        }
+        n += e[i].m;
+        appended += e[i].m;
+        if (budget && n > budget) {
+            n = budget;
+            pages = div_up(n, spp);
+        }
+    }
+    if (s->n_shared) {
+        /* A shared tail page copied by the first append, and one copy per
+         * eviction at most (a hole written in a shared page). */
+        size_t over = s->n_tokens > budget && budget ? s->n_tokens - budget : 0;
+        size_t writes = 1 + appended + over;
+        taken += writes < s->n_shared ? writes : s->n_shared;
+    }
+    return taken;
+}
+
+/* KIVI: pages for the entries of `layer`. One entry, or no eviction:
+ * exactly kvd_stream_pages_needed for the total. Several entries with
+ * eviction: each entry may take again what an earlier one's eviction gave
+ * back, so each is bounded on its own — its residual rows (m / spp + 1
+ * pages) and the quantized pages a settle of everything could need. */
+static size_t kivi_page_bound(const kvd_stream *s, const kvd_step_entry *e, size_t n_entries, uint32_t layer,
+                              const kvd_session_config *cfg)
+{
+    size_t entries = 0, total = 0;
+    for (size_t i = 0; i < n_entries; i++)
+        if (e[i].layer == layer) {
+            entries++;
+            total += e[i].m;
+        }
+    if (entries <= 1 || cfg->cache.eviction == KVD_EVICT_NONE)
+        return kvd_stream_pages_needed(s, total);
+    const size_t spp_res = s->residual->slots_per_page, spp_q = s->slots_per_page;
+    const size_t settle_pages =
+        div_up(s->residual->n_tokens + cfg->cache.residual + cfg->cache.group + total, spp_q) + 1;
+    size_t bound = 0;
+    for (size_t i = 0; i < n_entries; i++)
+        if (e[i].layer == layer)
+            bound += div_up(e[i].m, spp_res) + 1 + settle_pages;
+    return bound;
+}
+
+/* Pages the two-cache's pair rows can take over the entries of `layer`
+ * when the stream starts at n tokens: rows grow to (n + m)^2 per entry and,
+ * with a limit, shrink back to limit^2 after it (the rows are rebuilt in
+ * place), so each entry may take again what an earlier one gave back. */
+static size_t pair_page_bound(const kvd_stream *pr, const kvd_step_entry *e, size_t n_entries, uint32_t layer,
+                              size_t n, uint32_t limit)
+{
+    const size_t spp = pr->slots_per_page;
+    size_t pages = pr->n_pages, taken = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        if (e[i].layer != layer)
+            continue;
+        n += e[i].m;
+        size_t want = div_up(n * n, spp);
+        if (want > pages) {
+            taken += want - pages;
+            pages = want;
+        }
+        if (limit && n > limit) {
+            n = limit;
+            pages = div_up(n * n, spp);
+        }
+    }
+    return taken;
+}
+
+/* KIVI two-cache pair rows: the rows the request appends (exact), plus,
+ * with a policy, a rebuild after each entry of the layer — every kept pair
+ * row appended anew, in f32 in the residual until the request's settle, with
+ * its quantized pages attached: at most rows / spp + 1 of each kind. */
+static size_t kivi_pair_page_bound(const kvd_stream *pr, const kvd_step_entry *e, size_t n_entries,
+                                   uint32_t layer, size_t n, const kvd_session_config *cfg)
+{
+    size_t m = 0, entries = 0;
+    for (size_t i = 0; i < n_entries; i++)
+        if (e[i].layer == layer) {
+            m += e[i].m;
+            entries++;
+        }
+    size_t need = kvd_stream_pages_needed(pr, (n + m) * (n + m) - n * n);
+    if (cfg->cache.eviction != KVD_EVICT_NONE && cfg->cache.budget) {
+        const size_t rows = (size_t)cfg->cache.budget * cfg->cache.budget;
+        const size_t per_rebuild =
+            div_up(rows, pr->residual->slots_per_page) + 1 + div_up(rows, pr->slots_per_page) + 1;
+        need += entries * (per_rebuild + 2); /* + page rounding of each entry's growth */
+    }
+    return need;
+}
+
+/* Pages one stream (k/v, or a tensor session's k2/v2) can take. */
+static size_t token_stream_bound(const kvd_stream *s, const kvd_step_entry *e, size_t n, uint32_t layer,
+                                 const kvd_session_config *cfg)
+{
+    return is_kivi(cfg) ? kivi_page_bound(s, e, n, layer, cfg) : stream_page_bound(s, e, n, layer, keep_limit(cfg));
+}
+
+/* Tensor sessions: pages for k2/v2 (one slot a token, like k1/v1) and for
+ * the two-cache's pair rows, plus the scratch that holds one token's 2t+1
+ * new pair rows. Adds to *pages; SIZE_MAX when the pair rows alone exceed
+ * the pool (refused before a block table grows for them). */
+static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, const kvd_step_entry *e,
+                       size_t n_entries, size_t *pages)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t max_tokens = 0;
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        const size_t m = p->new_tokens[i];
+        if (!m)
+            continue;
+        kvd_stream *b = &sess->tensor_b[i];
+        const uint32_t layer = (uint32_t)(i / cfg->kv_heads);
+        /* k2/v2 grow and (with a window or a policy) shrink exactly like k1/v1. */
+        size_t need = token_stream_bound(b, e, n_entries, layer, cfg);
+        if (kvd_stream_reserve_table(b, need) != 0)
+            return KVD_STEP_NOMEM;
+        *pages += need;
+        const size_t n = sess->streams[i].n_tokens;
+        if (n + m > max_tokens)
+            max_tokens = n + m;
+        if (!sess->pairs)
+            continue;
+        /* n + m <= tokens a pool could ever hold, so the square stays far
+         * from overflow. */
+        kvd_stream *pr = &sess->pairs[i];
+        need = is_kivi(cfg) ? kivi_pair_page_bound(pr, e, n_entries, layer, n, cfg)
+                            : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg));
+        if (need > pool_pages) {
+            *pages = SIZE_MAX;
+            return KVD_STEP_OK;
+        }
+        if (kvd_stream_reserve_table(pr, need) != 0)
+            return KVD_STEP_NOMEM;
+        *pages += need;
+    }
+    if (cfg->cache.eviction == KVD_EVICT_L2NORM) {
+        size_t max_m = 1;
+        for (size_t i = 0; i < n_entries; i++)
+            max_m = e[i].m > max_m ? e[i].m : max_m;
+        if (!(p->norm_factor = malloc(max_m * sizeof *p->norm_factor)))
+            return KVD_STEP_NOMEM;
+    }
+    if (sess->pairs && max_tokens) {
+        const size_t d = cfg->head_dim;
+        p->pair_k = malloc(2 * max_tokens * d * sizeof(float));
+        p->pair_v = malloc(2 * max_tokens * d * sizeof(float));
+        if (!p->pair_k || !p->pair_v)
+            return KVD_STEP_NOMEM;
+    }
+    return KVD_STEP_OK;
+}
+
+/* The exact f32 shadow copy: its outputs and the pages its tokens take. */
+static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_entry *e, size_t n_entries,
+                       size_t q_row, size_t *pages)
+{
+    if (!(p->exact = calloc(n_entries, sizeof *p->exact)))
+        return KVD_STEP_NOMEM;
+    for (size_t i = 0; i < n_entries; i++)
+        if (e[i].m_q && !(p->exact[i] = malloc(e[i].m_q * q_row * sizeof(float))))
+            return KVD_STEP_NOMEM;
+    for (size_t i = 0; i < shadow->n_streams; i++) {
+        if (!p->new_tokens[i])
+            continue;
+        size_t need = kvd_stream_pages_needed(&shadow->streams[i], p->new_tokens[i]);
+        if (kvd_stream_reserve_table(&shadow->streams[i], need) != 0)
+            return KVD_STEP_NOMEM;
+        *pages += need;
+    }
+    return KVD_STEP_OK;
+}
+
+int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shadow, kvd_pool *pool,
+                        const kvd_step_entry *e, size_t n, size_t *need_pages)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t q_row = (size_t)cfg->heads * cfg->head_dim;
+    memset(p, 0, sizeof *p);
+    *need_pages = 0;
+    p->new_tokens = calloc(sess->n_streams, sizeof *p->new_tokens);
+    p->outputs = calloc(n ? n : 1, sizeof *p->outputs);
+    if (!p->new_tokens || !p->outputs)
+        return KVD_STEP_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        for (uint32_t g = 0; g < cfg->kv_heads; g++)
+            p->new_tokens[(size_t)e[i].layer * cfg->kv_heads + g] += e[i].m;
+        if (e[i].m_q && !(p->outputs[i] = malloc(e[i].m_q * q_row * sizeof(float))))
+            return KVD_STEP_NOMEM;
+    }
+    size_t total = 0, max_tokens = 0;
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        kvd_stream *s = &sess->streams[i];
+        if (!p->new_tokens[i])
+            continue;
+        /* KIVI streams settle once, after the whole request: their own count
+         * for the request's total is exact, unless eviction between entries
+         * of the same layer frees pages that a later entry takes again. */
+        size_t need = token_stream_bound(s, e, n, (uint32_t)(i / cfg->kv_heads), cfg);
+        if (kvd_stream_reserve_table(s, need) != 0 ||
+            (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
+            return KVD_STEP_NOMEM;
+        total += need;
+        if (s->n_tokens + p->new_tokens[i] > max_tokens)
+            max_tokens = s->n_tokens + p->new_tokens[i];
+    }
+    if (cfg->cache.eviction == KVD_EVICT_H2O) {
+        for (size_t i = 0; i < sess->n_streams; i++)
+            if (sess->streams[i].n_tokens > max_tokens)
+                max_tokens = sess->streams[i].n_tokens; /* pure queries score too */
+        p->weights = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
+        p->scratch = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
+        if (!p->weights || !p->scratch)
+            return KVD_STEP_NOMEM;
+    }
+    const size_t pool_pages = kvd_pool_pages_total(pool);
+    if (sess->tensor_b) {
+        size_t tensor_pages = 0;
+        int rc = plan_tensor(p, sess, pool_pages, e, n, &tensor_pages);
+        if (rc != KVD_STEP_OK)
+            return rc;
+        total = tensor_pages == SIZE_MAX ? SIZE_MAX : total + tensor_pages;
+    }
+    if (shadow && total != SIZE_MAX) {
+        size_t shadow_pages = 0;
+        int rc = plan_shadow(p, shadow, e, n, q_row, &shadow_pages);
+        if (rc != KVD_STEP_OK)
+            return rc;
+        total += shadow_pages;
+    }
+    if (!total)
+        return KVD_STEP_OK;
+    if (total > pool_pages) {
+        /* More than the whole pool can never be granted: refused without
+         * allocating a table for it. */
+        *need_pages = total;
+        return KVD_STEP_TOO_BIG;
+    }
+    if (!(p->pages = malloc(total * sizeof *p->pages)))
+        return KVD_STEP_NOMEM;
+    if (kvd_pool_alloc(pool, total, p->pages) != 0) {
+        *need_pages = total;
+        return KVD_STEP_POOL_FULL;
+    }
+    p->total_pages = total;
+    return KVD_STEP_OK;
+}
+
+void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
+{
+    free(p->new_tokens);
+    free(p->pages);
+    if (p->outputs)
+        for (size_t i = 0; i < n_entries; i++)
+            free(p->outputs[i]);
+    free(p->outputs);
+    free(p->weights);
+    free(p->scratch);
+    if (p->exact)
+        for (size_t i = 0; i < n_entries; i++)
+            free(p->exact[i]);
+    free(p->exact);
+    free(p->pair_k);
+    free(p->pair_v);
+    free(p->norm_factor);
+    memset(p, 0, sizeof *p);
+}

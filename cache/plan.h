@@ -1,0 +1,42 @@
+/* cache/plan.h — private to cache/: the step engine's plan. Before a step
+ * touches its session, the plan bounds every page each stream can take over
+ * the request's entries (appends, copies of pages shared with a fork,
+ * KIVI settles, two-cache pair rows, the shadow copy), grows block tables and
+ * eviction indexes for them, allocates the step's scratch and takes all the
+ * pages from the pool at once. Anything that can fail fails here. */
+#ifndef KVD_CACHE_PLAN_H
+#define KVD_CACHE_PLAN_H
+
+#include <stddef.h>
+
+#include "cache/pool.h"
+#include "cache/session.h"
+#include "cache/step.h"
+
+/* Everything a step needs before it may touch the session (freed together). */
+typedef struct kvd__step_plan {
+    size_t *new_tokens;      /* [n_streams] tokens the request appends per stream */
+    void **pages;            /* [total_pages] taken from the pool, used in order */
+    size_t total_pages;
+    size_t cursor;           /* pages[0 .. cursor) placed in streams */
+    float **outputs;         /* [n_entries] each [m_q][heads][head_dim] (NULL if m_q = 0) */
+    float *weights;          /* h2o: [max_tokens] weight received per slot */
+    float *scratch;          /* h2o: [max_tokens] one head's scores */
+    float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
+    float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
+    double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */
+} kvd__step_plan;
+
+/* Fills *p for the entries (p is zeroed first). Returns KVD_STEP_OK, or
+ * KVD_STEP_NOMEM / KVD_STEP_POOL_FULL / KVD_STEP_TOO_BIG with *need_pages
+ * set for the last two; on failure nothing a reader can see changed (block
+ * tables and indexes may have grown), no page is held, and the caller still
+ * frees p with kvd__step_plan_free. */
+int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shadow, kvd_pool *pool,
+                        const kvd_step_entry *entries, size_t n, size_t *need_pages);
+
+/* Frees what the plan allocated (not the pages: the step places them or
+ * gives them back). Outputs handed over to a result are NULL here. */
+void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries);
+
+#endif

@@ -1,0 +1,28 @@
+/* cache/reclaim.h — what a full pool may take back from an idle session
+ * (--on-full evict, DESIGN.md §4 "Memory pressure"): tokens its eviction
+ * policy would give up anyway, each stream down to its protected sink and
+ * recent tokens. Which sessions, and in which order (least recently used
+ * first), is the caller's choice. */
+#ifndef KVD_CACHE_RECLAIM_H
+#define KVD_CACHE_RECLAIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/pool.h"
+#include "cache/session.h"
+
+/* True when reclaiming from s could free at least one whole page: it has a
+ * policy, no page shared with a fork (evicting from shared pages would need
+ * copies, i.e. the very pages the pool is short of), and some stream holds a
+ * page's worth of unprotected tokens. */
+bool kvd_session_reclaimable(const kvd_session *s);
+
+/* Evicts s's streams one after another down to their protected tokens until
+ * the pool has at least `want_free` free pages or s has nothing more to give.
+ * Returns the tokens evicted. Call only when kvd_session_reclaimable(s) (so
+ * no copy-on-write page is needed) and no step of s is running. */
+uint64_t kvd_session_reclaim(kvd_session *s, kvd_pool *pool, size_t want_free);
+
+#endif

@@ -1,0 +1,366 @@
+/* cache/step.c — the step engine (cache/step.h). After the plan has taken
+ * every page and buffer the request could need (cache/plan.c), each entry
+ * runs in order: append its tokens (tensor: k2/v2 and the two-cache's pair
+ * rows too), attend for each query, add h2o weights, evict to the budget or
+ * slide the tensor window, rebuild pair rows after an eviction, and run the
+ * exact shadow copy beside it. KIVI streams settle once at the end. Nothing
+ * after the plan can fail; pages the bounds reserved but the step did not
+ * use go back to the pool. */
+#include "cache/step.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "attention/tensor.h"
+#include "cache/evict.h"
+#include "cache/plan.h"
+#include "cache/stream.h"
+
+static bool is_kivi(const kvd_session_config *cfg)
+{
+    return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+}
+
+/* The next n planned pages (the plan's bounds guarantee they exist). */
+static void *const *take_pages(kvd__step_plan *p, size_t n)
+{
+    void *const *pages = p->pages + p->cursor;
+    p->cursor += n;
+    assert(p->cursor <= p->total_pages && "the plan undercounted pages");
+    return pages;
+}
+
+/* Number of cache slots query i of an entry sees; n_before = stream tokens
+ * before the entry's append (DESIGN.md §3, see kvd_mask). */
+static size_t visible_tokens(const kvd_step_entry *e, size_t n_before, size_t i)
+{
+    return n_before + (e->mask == KVD_MASK_CAUSAL ? e->m - e->m_q + i + 1 : e->m);
+}
+
+/* All tokens of a stream as tensor attention reads them (KIVI: two segments). */
+static kvd_tensor_view tensor_view(const kvd_stream *s)
+{
+    kvd_tensor_view v;
+    v.n_seg = kvd_stream_segments(s, s->n_tokens, v.seg);
+    return v;
+}
+
+/* Appends one entry's tokens to its layer's kv_heads streams (of the
+ * session or of its shadow copy). */
+static void append_tokens(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e, kvd__step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        kvd_stream *s = kvd_session_stream(sess, e->layer, g);
+        void *const *pages = take_pages(p, kvd_stream_pages_needed(s, e->m));
+        kvd_stream_append(s, pool, e->m, e->k + (size_t)g * cfg->head_dim, e->v + (size_t)g * cfg->head_dim,
+                          row, pages);
+    }
+}
+
+/* Tensor sessions: k2/v2 of the entry's tokens, and for the two-cache the
+ * 2t+1 pair rows of each new token t, built from the four caches (k1/v1
+ * went in through append_tokens). */
+static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e, kvd__step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        kvd_stream *b = &sess->tensor_b[idx];
+        void *const *pages = take_pages(p, kvd_stream_pages_needed(b, e->m));
+        kvd_stream_append(b, pool, e->m, e->k2 + (size_t)g * cfg->head_dim, e->v2 + (size_t)g * cfg->head_dim,
+                          row, pages);
+        if (p->norm_factor) {
+            /* l2norm ranks a tensor slot by ||k1|| * ||k2|| (DESIGN.md §5):
+             * the index holds ||k1|| from the append; scale by ||k2||. */
+            for (size_t t = 0; t < e->m; t++) {
+                const float *k2 = e->k2 + t * row + (size_t)g * cfg->head_dim;
+                double sq = 0;
+                for (size_t c = 0; c < cfg->head_dim; c++)
+                    sq += (double)k2[c] * k2[c];
+                p->norm_factor[t] = sqrt(sq);
+            }
+            kvd_stream_scale_key_norms(&sess->streams[idx], b->n_tokens - e->m, e->m, p->norm_factor);
+        }
+        if (!sess->pairs)
+            continue;
+        kvd_stream *pr = &sess->pairs[idx];
+        const kvd_tensor_view a_view = tensor_view(&sess->streams[idx]), b_view = tensor_view(b);
+        for (size_t t = b->n_tokens - e->m; t < b->n_tokens; t++) {
+            const size_t rows = kvd_tensor_pair_rows_added(t);
+            kvd_tensor_pair_rows_view(&a_view, &b_view, t, p->pair_k, p->pair_v);
+            pages = take_pages(p, kvd_stream_pages_needed(pr, rows));
+            kvd_stream_append(pr, pool, rows, p->pair_k, p->pair_v, cfg->head_dim, pages);
+        }
+    }
+}
+
+/* Attention for every query of one entry. Query heads g*group ..
+ * g*group+group-1 share kv head g and are adjacent in q, so one kernel call
+ * serves the group. With `weights` (h2o) each stream also gets the softmax
+ * weight each of its slots received. */
+static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights,
+                            float *scratch)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const kvd_attention_kernels *kern = kvd_attention_kernels_get();
+    const uint32_t group = cfg->heads / cfg->kv_heads;
+    const size_t d = cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        kvd_stream *s = kvd_session_stream(sess, e->layer, g);
+        if (weights)
+            memset(weights, 0, s->n_tokens * sizeof(float));
+        for (size_t i = 0; i < e->m_q; i++) {
+            const size_t off = (i * cfg->heads + (size_t)g * group) * d;
+            kvd_kv_segment seg[2];
+            size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
+            kern->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
+            if (weights)
+                kvd_attention_weights_ref(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
+        }
+        if (weights)
+            kvd_stream_add_weights(s, weights, s->n_tokens);
+    }
+}
+
+/* Tensor attention for every query of one entry (DESIGN.md §5): four
+ * caches, O(n^2 d) per query, or one pass over the n^2 pair rows. */
+static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
+    const uint32_t group = cfg->heads / cfg->kv_heads;
+    const size_t d = cfg->head_dim;
+    /* The SIMD tensor kernels read f32 pages; every other dtype (KIVI's two
+     * segments included) runs the scalar kernel over dequantized rows. */
+    const bool f32 = cfg->cache.dtype == KVD_DTYPE_F32;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
+        const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
+        const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
+        kvd_kv_pages pr;
+        if (sess->pairs)
+            pr = kvd_stream_view(&sess->pairs[idx]);
+        kvd_stream *s = &sess->streams[idx];
+        if (weights)
+            memset(weights, 0, s->n_tokens * sizeof(float));
+        for (size_t i = 0; i < e->m_q; i++) {
+            const size_t off = (i * cfg->heads + (size_t)g * group) * d;
+            const size_t visible = visible_tokens(e, n_before, i);
+            if (sess->pairs && f32) {
+                kern->two(&pr, visible, e->q + off, group, cfg->scale, o + off);
+            } else if (sess->pairs) {
+                /* quantized pair rows: the two-cache is standard attention
+                 * over them, and the standard kernels read every dtype */
+                kvd_kv_segment seg[2];
+                size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
+                kvd_attention_kernels_get()->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
+            } else if (f32) {
+                kern->four(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
+            } else {
+                kvd_tensor_four_view_ref(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
+            }
+            if (weights) /* h2o: each pair's weight goes to both its tokens */
+                kvd_tensor_weights_view_ref(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale,
+                                            weights);
+        }
+        if (weights)
+            kvd_stream_add_weights(s, weights, s->n_tokens);
+    }
+}
+
+/* Evicts each stream of the entry's layer down to the budget (DESIGN.md §4:
+ * at the end of the entry, after its attention). Returns the most evicted
+ * from one stream; adds every evicted token to *total. */
+static size_t evict_to_budget(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e, kvd__step_plan *p,
+                              uint64_t *total)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t most = 0;
+    if (!cfg->cache.budget || cfg->cache.eviction == KVD_EVICT_NONE)
+        return 0;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        kvd_stream *s = kvd_session_stream(sess, e->layer, g);
+        if (s->n_tokens <= cfg->cache.budget)
+            continue;
+        size_t used = 0;
+        size_t n = kvd_stream_evict(s, pool, cfg->cache.budget, p->pages + p->cursor, p->total_pages - p->cursor,
+                                    &used);
+        p->cursor += used;
+        *total += n;
+        if (n > most)
+            most = n;
+    }
+    return most;
+}
+
+/* A tensor window keeps only the last W tokens of each stream: older ones
+ * can never be seen again, so they leave at the end of the entry, like an
+ * eviction (the four-cache's O(W * d) memory). Returns tokens dropped per
+ * stream. */
+static size_t slide_window(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t dropped = 0;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        kvd_stream *a = &sess->streams[idx];
+        if (a->n_tokens <= cfg->window)
+            continue;
+        dropped = a->n_tokens - cfg->window;
+        kvd_stream_drop_oldest(a, pool, dropped);
+        kvd_stream_drop_oldest(&sess->tensor_b[idx], pool, dropped);
+    }
+    return dropped;
+}
+
+/* Two-cache after an eviction: the kept tokens' slots were reordered (a
+ * victim's hole takes the last slot, in k1/v1 and k2/v2 alike), so the pair
+ * rows are rebuilt for the new slot order and the rest is cut: O(n^2 d)
+ * writes, the order of one two-cache query. */
+static void rebuild_pairs(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e, kvd__step_plan *p)
+{
+    const kvd_session_config *cfg = &sess->config;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        const size_t n = sess->streams[idx].n_tokens;
+        kvd_stream *pr = &sess->pairs[idx];
+        if (pr->n_tokens == n * n)
+            continue; /* this head evicted nothing */
+        const kvd_tensor_view a = tensor_view(&sess->streams[idx]), b = tensor_view(&sess->tensor_b[idx]);
+        if (is_kivi(cfg)) {
+            /* KIVI rows live in key blocks and a residual: rebuilt by
+             * appending anew, into pages the plan reserved for it (settled
+             * with the rest at the end of the request). */
+            kvd_stream_clear(pr, pool);
+            for (size_t t = 0; t < n; t++) {
+                const size_t rows = kvd_tensor_pair_rows_added(t);
+                void *const *pages = take_pages(p, kvd_stream_pages_needed(pr, rows));
+                kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
+                kvd_stream_append(pr, pool, rows, p->pair_k, p->pair_v, cfg->head_dim, pages);
+            }
+            continue;
+        }
+        for (size_t t = 0; t < n; t++) {
+            kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
+            kvd_stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
+        }
+        kvd_stream_truncate(pr, pool, n * n);
+    }
+}
+
+/* KIVI: whole key groups past the residual window are quantized now, once
+ * per request (the plan counted exactly this). */
+static void settle_kivi(kvd_session *sess, kvd_pool *pool, kvd__step_plan *p)
+{
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        kvd_stream *parts[3] = {&sess->streams[i], sess->tensor_b ? &sess->tensor_b[i] : NULL,
+                                sess->pairs ? &sess->pairs[i] : NULL};
+        for (int k = 0; k < 3; k++) {
+            size_t used = 0;
+            if (!parts[k])
+                continue;
+            kvd_stream_settle(parts[k], pool, p->pages + p->cursor, p->total_pages - p->cursor, &used);
+            p->cursor += used;
+        }
+    }
+}
+
+/* The entry's outputs against the exact ones, in double: relative L2 error
+ * ||o - e|| / ||e|| (0 when both are zero, inf when only e is) and max |o - e|. */
+static void shadow_compare(const float *o, const float *exact, size_t n, kvd_step_result *r)
+{
+    double err_sq = 0, ref_sq = 0, max_abs = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double diff = (double)o[i] - (double)exact[i];
+        err_sq += diff * diff;
+        ref_sq += (double)exact[i] * exact[i];
+        if (fabs(diff) > max_abs)
+            max_abs = fabs(diff);
+    }
+    r->has_shadow = true;
+    r->relative_error = ref_sq > 0 ? sqrt(err_sq / ref_sq) : (err_sq > 0 ? INFINITY : 0.0);
+    r->max_abs_error = max_abs;
+}
+
+/* One entry on the session, then on its shadow copy. */
+static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *e,
+                      kvd__step_plan *p, float *o, float *exact, kvd_step_result *r, uint64_t *evicted_total)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t n_before = kvd_session_stream(sess, e->layer, 0)->n_tokens;
+    if (e->m)
+        append_tokens(sess, pool, e, p);
+    if (e->m && sess->tensor_b)
+        append_tensor(sess, pool, e, p);
+    if (e->m_q && sess->tensor_b)
+        attend_tensor(sess, e, n_before, o, p->weights);
+    else if (e->m_q)
+        attend_standard(sess, e, n_before, o, p->weights, p->scratch);
+    if (sess->tensor_b && cfg->window)
+        r->evicted = slide_window(sess, pool, e);
+    else
+        r->evicted = evict_to_budget(sess, pool, e, p, evicted_total);
+    if (sess->pairs && r->evicted)
+        rebuild_pairs(sess, pool, e, p);
+    r->tokens = kvd_session_stream(sess, e->layer, 0)->n_tokens;
+    if (!shadow)
+        return;
+    const size_t shadow_before = kvd_session_stream(shadow, e->layer, 0)->n_tokens;
+    if (e->m)
+        append_tokens(shadow, pool, e, p);
+    if (e->m_q) {
+        attend_standard(shadow, e, shadow_before, exact, NULL, NULL);
+        shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
+    }
+}
+
+int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
+                 size_t n, kvd_step_output *out)
+{
+    memset(out, 0, sizeof *out);
+    kvd__step_plan plan;
+    int rc = kvd__step_plan_make(&plan, sess, shadow, pool, entries, n, &out->need_pages);
+    kvd_step_result *results = rc == KVD_STEP_OK ? calloc(n ? n : 1, sizeof *results) : NULL;
+    if (rc == KVD_STEP_OK && !results) {
+        kvd_pool_release(pool, plan.pages, plan.total_pages);
+        rc = KVD_STEP_NOMEM;
+    }
+    if (rc != KVD_STEP_OK) {
+        kvd__step_plan_free(&plan, n);
+        return rc;
+    }
+
+    /* From here on nothing can fail: the step is applied whole. */
+    for (size_t i = 0; i < n; i++) {
+        run_entry(sess, shadow, pool, &entries[i], &plan, plan.outputs[i], plan.exact ? plan.exact[i] : NULL,
+                  &results[i], &out->evicted_total);
+        out->tokens_in += entries[i].m;
+        results[i].o = plan.outputs[i];
+        plan.outputs[i] = NULL; /* handed over to the result */
+    }
+    if (is_kivi(&sess->config))
+        settle_kivi(sess, pool, &plan);
+    if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
+        kvd_pool_release(pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
+    kvd__step_plan_free(&plan, n);
+    out->results = results;
+    out->n_results = n;
+    return KVD_STEP_OK;
+}
+
+void kvd_step_output_free(kvd_step_output *out)
+{
+    if (!out)
+        return;
+    for (size_t i = 0; out->results && i < out->n_results; i++)
+        free(out->results[i].o);
+    free(out->results);
+    memset(out, 0, sizeof *out);
+}
