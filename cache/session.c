@@ -87,7 +87,7 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
             return -ENOMEM;
         }
         for (size_t i = 0; i < n_streams; i++) {
-            /* same per-token dtype as k1/v1 (the API refuses KIVI here) */
+            /* k2/v2 and pair rows in the same dtype as k1/v1 */
             int rc = kvd_stream_init_format(&s->tensor_b[i], page_bytes, cfg->head_dim, &fmt);
             if (rc == 0 && s->pairs)
                 rc = kvd_stream_init_format(&s->pairs[i], page_bytes, cfg->head_dim, &fmt);

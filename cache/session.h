@@ -38,16 +38,17 @@ typedef struct kvd_session {
     kvd_stream *streams;          /* [layers][kv_heads]: k and v; tensor: k1 and v1 */
     size_t n_streams;
     /* Tensor attention only (NULL otherwise), same [layers][kv_heads] shape,
-     * f32: k2 and v2 of each token, and for tensor_cache "two" the pair rows
-     * k1_j ⊙ k2_k and v1_j ⊙ v2_k in kvd_tensor_pair_row order. */
+     * in the session's dtype: k2 and v2 of each token (slot order mirrors
+     * streams[]), and for tensor_cache "two" the pair rows k1_j ⊙ k2_k and
+     * v1_j ⊙ v2_k in kvd_tensor_pair_row order. */
     kvd_stream *tensor_b;
     kvd_stream *pairs;
 } kvd_session;
 
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
- * group and residual. Returns 0, -ENOMEM, -EINVAL if one slot does not fit
- * in a page, or -ENOTSUP for KIVI with an eviction policy. Free with
- * kvd_session_destroy. */
+ * group and residual, with an eviction index per stream when it has a
+ * policy. Returns 0, -ENOMEM, or -EINVAL if one slot does not fit in a page.
+ * Free with kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see
