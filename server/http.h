@@ -11,7 +11,8 @@
 
 #include <uv.h>
 
-#include "api/api.h"
+/* The answer the API fills (api/api.h); the HTTP layer only reads it. */
+typedef struct kvd_response kvd_response;
 
 typedef struct kvd_http_server kvd_http_server;
 typedef struct kvd_http_exchange kvd_http_exchange; /* one request awaiting its response */

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "tests/support/check_main.h"
