@@ -107,6 +107,7 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
     const char *allow;
     int rc = kvd_route_match(req->method, req->path, &route, id, &allow);
     kvd_http_exchange_set_route(ex, kvd_route_label(route));
+    kvd_metrics_observe_received(kvd_route_label(route));
     if (rc == 405) {
         kvd_api_error err;
         kvd_response resp = {0};
