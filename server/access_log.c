@@ -65,5 +65,5 @@ void kvd__access_log(const kvd_http_exchange *ex, int status, size_t bytes)
     }
     if (n > 0)
         fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
-    kvd_metrics_observe_http(ex->route, status, (double)ns / 1e9);
+    kvd__metrics_observe_http(ex->route, status, (double)ns / 1e9);
 }

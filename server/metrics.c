@@ -50,14 +50,14 @@ static size_t status_index(int status)
     return N_STATUS - 1;
 }
 
-void kvd_metrics_observe_http(const char *route_label, int status, double seconds)
+void kvd__metrics_observe_http(const char *route_label, int status, double seconds)
 {
     size_t r = route_index(route_label);
     atomic_fetch_add_explicit(&http_requests[r][status_index(status)], 1, memory_order_relaxed);
     kvd_histogram_observe(&http_seconds[r], seconds);
 }
 
-void kvd_metrics_observe_received(const char *route_label)
+void kvd__metrics_observe_received(const char *route_label)
 {
     atomic_fetch_add_explicit(&http_received[route_index(route_label)], 1, memory_order_relaxed);
 }
@@ -166,7 +166,7 @@ static void process_metrics(text *t)
     put(t, "process_start_time_seconds %.3f\n", process_start_unix);
 }
 
-char *kvd_metrics_render(const kvd_api *api, size_t *len)
+char *kvd__metrics_render(const kvd_api *api, size_t *len)
 {
     text t = {.cap = 16384};
     t.buf = malloc(t.cap);
