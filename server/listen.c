@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include <arpa/inet.h>
-#include <llhttp.h>
 #include <uv.h>
 
 #include "server/http.h"

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/api.h"
+#include "api/errors.h"
+#include "server/http.h"
 #include "server/metrics.h"
 
 static bool is(const char *a, const char *b)
