@@ -28,7 +28,7 @@ const char kvd_usage[] =
     "  --log-format FMT     access log: text or json (default text)\n"
     "  --help, --version\n";
 
-int kvd_parse_size(const char *s, size_t *out)
+int kvd__parse_size(const char *s, size_t *out)
 {
     if (!s || !isdigit((unsigned char)*s))
         return -1;
@@ -106,14 +106,14 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         cfg->port = (int)n;
         return 0;
     case OPT_MEMORY:
-        if (kvd_parse_size(v, &sz) || sz == 0)
+        if (kvd__parse_size(v, &sz) || sz == 0)
             goto bad;
         cfg->memory = sz;
         return 0;
     case OPT_PAGE_BYTES:
         /* The pool checks alignment and minimum; bound it here so a page
          * count is never zero for the sake of a typo. */
-        if (kvd_parse_size(v, &sz) || sz < 1024 || sz % 64 || sz > (1u << 30))
+        if (kvd__parse_size(v, &sz) || sz < 1024 || sz % 64 || sz > (1u << 30))
             goto bad;
         cfg->page_bytes = sz;
         return 0;
@@ -123,7 +123,7 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         cfg->threads = (unsigned)n;
         return 0;
     case OPT_MAX_BODY:
-        if (kvd_parse_size(v, &sz) || sz < 1024 || sz > ((size_t)1 << 32))
+        if (kvd__parse_size(v, &sz) || sz < 1024 || sz > ((size_t)1 << 32))
             goto bad;
         cfg->max_body = sz;
         return 0;

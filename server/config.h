@@ -28,7 +28,7 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
 
 /* Parses "1GiB", "16KiB", "64MiB", "1G", "4096" (bytes; K/M/G and KiB/MiB/GiB
  * are powers of 1024, KB/MB/GB powers of 1000). Returns 0 or -1. */
-int kvd_parse_size(const char *s, size_t *out);
+int kvd__parse_size(const char *s, size_t *out);
 
 /* The --help text. */
 extern const char kvd_usage[];

@@ -1,7 +1,7 @@
-/* server/http.h — HTTP/1.1 over libuv with llhttp: listening, connections,
- * keep-alive, pipelining (responses in request order), Content-Length and
- * chunked bodies, the body-size limit, and the access log. It does not know
- * routes: each complete request goes to the handler, which answers it with
+/* server/http.h — HTTP/1.1 over libuv with llhttp (listen.c, conn.c, parse.c,
+ * response.c, access_log.c): keep-alive, pipelining in request order,
+ * Content-Length and chunked bodies, the body limit, the access log. It knows
+ * no routes: each complete request goes to the handler, which answers it with
  * kvd_http_respond — at once or later, always on the loop thread. */
 #ifndef KVD_SERVER_HTTP_H
 #define KVD_SERVER_HTTP_H
@@ -11,7 +11,8 @@
 
 #include <uv.h>
 
-#include "api/api.h"
+/* The answer the API fills (api/api.h); the HTTP layer only reads it. */
+typedef struct kvd_response kvd_response;
 
 typedef struct kvd_http_server kvd_http_server;
 typedef struct kvd_http_exchange kvd_http_exchange; /* one request awaiting its response */

@@ -6,12 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <uv.h>
 
 #include "api/api.h"
 #include "attention/attention.h"
+#include "common/clock.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -44,9 +44,7 @@ static void on_http_closed(void *arg)
 static void on_expiry_tick(uv_timer_t *t)
 {
     kvd_main *m = t->data;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    size_t n = kvd_api_expire(m->router.api, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    size_t n = kvd_api_expire(m->router.api, kvd_clock_unix());
     if (n)
         fprintf(stderr, "kvd: expired %zu idle session%s\n", n, n == 1 ? "" : "s");
 }

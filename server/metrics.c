@@ -1,6 +1,6 @@
 /* server/metrics.c — the Prometheus registry (text exposition format 0.0.4).
  * HTTP counters and histograms live here in fixed tables of relaxed atomics
- * (route x status); API counters, pool gauges and process_* metrics are read
+ * (route x status, route); API counters, pool gauges and process_* metrics are read
  * at scrape time from their owners. No session id ever becomes a label. */
 #include "server/metrics.h"
 
@@ -11,9 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "api/api.h"
+#include "cache/pool.h"
+#include "cache/types.h"
+#include "common/clock.h"
 #include "common/histogram.h"
 
 /* Statuses kvd answers with; anything else is counted under "other". */
@@ -22,14 +25,13 @@ static const int known_status[] = {200, 201, 204, 400, 401, 404, 405, 409, 413,
 #define N_STATUS (sizeof known_status / sizeof known_status[0] + 1)
 
 static atomic_uint_fast64_t http_requests[KVD_ROUTE_COUNT][N_STATUS];
+static atomic_uint_fast64_t http_received[KVD_ROUTE_COUNT];
 static kvd_histogram http_seconds[KVD_ROUTE_COUNT];
 static double process_start_unix;
 
 void kvd_metrics_init(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    process_start_unix = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    process_start_unix = kvd_clock_unix();
 }
 
 static size_t route_index(const char *label)
@@ -48,11 +50,16 @@ static size_t status_index(int status)
     return N_STATUS - 1;
 }
 
-void kvd_metrics_observe_http(const char *route_label, int status, double seconds)
+void kvd__metrics_observe_http(const char *route_label, int status, double seconds)
 {
     size_t r = route_index(route_label);
     atomic_fetch_add_explicit(&http_requests[r][status_index(status)], 1, memory_order_relaxed);
     kvd_histogram_observe(&http_seconds[r], seconds);
+}
+
+void kvd__metrics_observe_received(const char *route_label)
+{
+    atomic_fetch_add_explicit(&http_received[route_index(route_label)], 1, memory_order_relaxed);
 }
 
 /* A growable text buffer; `failed` sticks after the first allocation failure. */
@@ -159,7 +166,7 @@ static void process_metrics(text *t)
     put(t, "process_start_time_seconds %.3f\n", process_start_unix);
 }
 
-char *kvd_metrics_render(const kvd_api *api, size_t *len)
+char *kvd__metrics_render(const kvd_api *api, size_t *len)
 {
     text t = {.cap = 16384};
     t.buf = malloc(t.cap);
@@ -180,6 +187,14 @@ char *kvd_metrics_render(const kvd_api *api, size_t *len)
                 put(&t, "kvd_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
                     kvd_route_label((kvd_route)r), n);
         }
+    header(&t, "kvd_http_requests_received_total", "counter",
+           "HTTP requests read in full and routed (answered or not yet), by route.");
+    for (size_t r = 0; r < KVD_ROUTE_COUNT; r++) {
+        unsigned long long n = load(&http_received[r]);
+        if (n)
+            put(&t, "kvd_http_requests_received_total{route=\"%s\"} %llu\n",
+                kvd_route_label((kvd_route)r), n);
+    }
     header(&t, "kvd_http_request_duration_seconds", "histogram",
            "Time from a complete request to its response being queued, by route.");
     for (size_t r = 0; r < KVD_ROUTE_COUNT; r++) {

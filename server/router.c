@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/api.h"
+#include "api/errors.h"
+#include "server/http.h"
 #include "server/metrics.h"
 
 static bool is(const char *a, const char *b)
@@ -13,8 +16,8 @@ static bool is(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-int kvd_route_match(const char *method, const char *path, kvd_route *route,
-                    char id[KVD_ROUTER_ID_MAX + 1], const char **allow)
+int kvd__route_match(const char *method, const char *path, kvd_route *route,
+                     char id[KVD_ROUTER_ID_MAX + 1], const char **allow)
 {
     id[0] = '\0';
     *allow = NULL;
@@ -105,8 +108,9 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
     kvd_route route;
     char id[KVD_ROUTER_ID_MAX + 1];
     const char *allow;
-    int rc = kvd_route_match(req->method, req->path, &route, id, &allow);
+    int rc = kvd__route_match(req->method, req->path, &route, id, &allow);
     kvd_http_exchange_set_route(ex, kvd_route_label(route));
+    kvd__metrics_observe_received(kvd_route_label(route));
     if (rc == 405) {
         kvd_api_error err;
         kvd_response resp = {0};
@@ -135,7 +139,7 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
         }
         return;
     case KVD_ROUTE_METRICS: {
-        char *b = kvd_metrics_render(r->api, &len);
+        char *b = kvd__metrics_render(r->api, &len);
         answer_text(ex, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
         return;
     }

@@ -16,8 +16,8 @@
  * ""), and returns 0; or 405 if the path exists but not with this method
  * (the route is still set, *allow names the methods the path takes, for the
  * Allow header). Unknown paths give KVD_ROUTE_UNKNOWN. */
-int kvd_route_match(const char *method, const char *path, kvd_route *route,
-                    char id[KVD_ROUTER_ID_MAX + 1], const char **allow);
+int kvd__route_match(const char *method, const char *path, kvd_route *route,
+                     char id[KVD_ROUTER_ID_MAX + 1], const char **allow);
 
 typedef struct kvd_router {
     kvd_api *api;

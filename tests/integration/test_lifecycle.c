@@ -27,10 +27,9 @@
  * stays far below this. */
 #define OUTPUT_TOL_REL 1e-4
 #define CASE_TIMEOUT_S 120
-/* Pause between sending a step and SIGTERM, so that the server has read the
- * request (it only has to be read, not finished: the step may complete
- * before or after the signal; either way it must be answered). */
-#define INFLIGHT_PAUSE_MS 150
+/* How long the server may take to read a sent request before the test
+ * gives up (a failure bound, not a pause: the test waits for the sign). */
+#define READ_SIGN_TIMEOUT_MS 20000
 #define N_LISTED 7
 #define LIST_PAGE 3
 /* Unix time of 2020-09-13: any real process_start_time_seconds is later. */
@@ -38,10 +37,32 @@
 
 static const char *const server_args[] = {"--page-bytes", "16KiB", "--memory", "16MiB", "--threads", "2", NULL};
 
-static void sleep_ms(int ms)
+static double now_ms(void)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Requests of `route` the server has read in full (0 before the first). */
+static double received(int port, const char *route)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "route=\"%s\"", route);
+    double v = kvd_metric_now(port, "kvd_http_requests_received_total", labels);
+    return isnan(v) ? 0 : v;
+}
+
+/* Polls /metrics on other connections until the server has read more than
+ * `before` requests of `route`: the sign that a request sent is in its hands. */
+static void wait_received(int port, const char *route, double before)
+{
+    double deadline = now_ms() + READ_SIGN_TIMEOUT_MS;
+    while (received(port, route) <= before) {
+        ck_assert_msg(now_ms() < deadline, "kvd never read the %s request", route);
+        struct timespec ts = {0, 1000000L}; /* between polls, not a guess at timing */
+        nanosleep(&ts, NULL);
+    }
 }
 
 static void expect_clean_exit(kvd_proc *p, const char *what)
@@ -107,8 +128,12 @@ START_TEST(sigterm_inflight_step)
     snprintf(path, sizeof path, "/v1/sessions/%s/step", cs.id);
     size_t len;
     char *raw = http_format_request("POST", path, KVD_JSON, NULL, body, strlen(body), &len);
+    /* SIGTERM once the server has read the step (it only has to be read,
+     * not finished: the step may complete before or after the signal;
+     * either way it must be answered). */
+    double before = received(port, "session_step");
     ck_assert_int_eq(http_conn_send(c, raw, len), 0);
-    sleep_ms(INFLIGHT_PAUSE_MS);
+    wait_received(port, "session_step", before);
     kvd_proc_signal(p, SIGTERM);
     r = http_conn_read(c, HTTP_TIMEOUT_MS);
     ck_assert_msg(r->status == 200, "step in flight at SIGTERM: %d %s", r->status, r->status < 0 ? r->error : r->body);
@@ -476,6 +501,12 @@ START_TEST(metrics_and_probes)
                   "two steps counted: %g",
                   kvd_metric(r->body, "kvd_http_requests_total", "route=\"session_step\",code=\"200\""));
     ck_assert_msg(kvd_metric(r->body, "kvd_http_requests_total", "code=\"404\"") >= 1, "the 404 is counted");
+    /* Read counts too (the /metrics request reading them is itself counted). */
+    ck_assert_msg(kvd_metric(r->body, "kvd_http_requests_received_total", "route=\"session_step\"") == 2,
+                  "two steps read: %g",
+                  kvd_metric(r->body, "kvd_http_requests_received_total", "route=\"session_step\""));
+    ck_assert_msg(kvd_metric(r->body, "kvd_http_requests_received_total", "route=\"metrics\"") == 1,
+                  "the scrape counts itself");
     ck_assert_msg(kvd_metric(r->body, "kvd_sessions", NULL) == 1, "kvd_sessions %g",
                   kvd_metric(r->body, "kvd_sessions", NULL));
     double used = kvd_metric(r->body, "kvd_pool_pages", "state=\"used\"");

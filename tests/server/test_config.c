@@ -15,22 +15,22 @@ static int parse(kvd_config *cfg, char **argv, int argc)
 START_TEST(sizes)
 {
     size_t v;
-    ck_assert_int_eq(kvd_parse_size("4096", &v), 0);
+    ck_assert_int_eq(kvd__parse_size("4096", &v), 0);
     ck_assert_uint_eq(v, 4096);
-    ck_assert_int_eq(kvd_parse_size("16KiB", &v), 0);
+    ck_assert_int_eq(kvd__parse_size("16KiB", &v), 0);
     ck_assert_uint_eq(v, 16384);
-    ck_assert_int_eq(kvd_parse_size("1GiB", &v), 0);
+    ck_assert_int_eq(kvd__parse_size("1GiB", &v), 0);
     ck_assert_uint_eq(v, (size_t)1 << 30);
-    ck_assert_int_eq(kvd_parse_size("64M", &v), 0);
+    ck_assert_int_eq(kvd__parse_size("64M", &v), 0);
     ck_assert_uint_eq(v, (size_t)64 << 20);
-    ck_assert_int_eq(kvd_parse_size("2GB", &v), 0);
+    ck_assert_int_eq(kvd__parse_size("2GB", &v), 0);
     ck_assert_uint_eq(v, 2000000000u);
-    ck_assert_int_eq(kvd_parse_size("", &v), -1);
-    ck_assert_int_eq(kvd_parse_size("-1", &v), -1);
-    ck_assert_int_eq(kvd_parse_size("12XB", &v), -1);
-    ck_assert_int_eq(kvd_parse_size("kib", &v), -1);
-    ck_assert_int_eq(kvd_parse_size("99999999999999999999", &v), -1);
-    ck_assert_int_eq(kvd_parse_size("17179869184TiB", &v), -1); /* overflows size_t */
+    ck_assert_int_eq(kvd__parse_size("", &v), -1);
+    ck_assert_int_eq(kvd__parse_size("-1", &v), -1);
+    ck_assert_int_eq(kvd__parse_size("12XB", &v), -1);
+    ck_assert_int_eq(kvd__parse_size("kib", &v), -1);
+    ck_assert_int_eq(kvd__parse_size("99999999999999999999", &v), -1);
+    ck_assert_int_eq(kvd__parse_size("17179869184TiB", &v), -1); /* overflows size_t */
 }
 END_TEST
 

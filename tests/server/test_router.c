@@ -10,7 +10,7 @@ static kvd_route match(const char *method, const char *path, char *id, int *rc)
 {
     kvd_route r;
     const char *allow;
-    *rc = kvd_route_match(method, path, &r, id, &allow);
+    *rc = kvd__route_match(method, path, &r, id, &allow);
     if (*rc == 405)
         ck_assert_ptr_nonnull(allow);
     return r;
