@@ -1,6 +1,6 @@
 /* api/request.c — turns JSON bodies into typed, validated requests: the
  * create body into a resolved kvd_session_config (DESIGN.md §3, §4), the
- * step body into kvd_step_request (tensors decoded by api/tensor.c). A
+ * step body into kvd_step_request (tensors decoded by api/wire.c). A
  * request is validated whole before success is returned; on failure nothing
  * stays allocated. No global state: workers call these in parallel. */
 #include "api/request.h"
@@ -564,8 +564,8 @@ static const char *const step_fields[] = {"layer", "k", "v", "q", "mask"};
 static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask"};
 static const char *const tensor_fields[] = {"k1", "k2", "v1", "v2"};
 static const char *const mask_names[] = {[KVD_MASK_CAUSAL] = "causal", [KVD_MASK_BLOCK] = "block"};
-static const char *const encoding_names[] = {[KVD_ENCODING_JSON] = "json",
-                                             [KVD_ENCODING_B64] = "b64"};
+static const char *const encoding_names[] = {[KVD_WIRE_ENCODING_JSON] = "json",
+                                             [KVD_WIRE_ENCODING_B64] = "b64"};
 
 static const char *mask_name(int i) { return mask_names[i]; }
 static const char *encoding_name(int i) { return encoding_names[i]; }
@@ -677,7 +677,7 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
         for (size_t i = 0; i < n_names; i++) {
             size_t rows = 0;
             snprintf(path, sizeof path, "%s%s", prefix, names[i]);
-            if (kvd_tensor_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
+            if (kvd_wire_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
                                   max_rows, dst[i], &rows, err) != 0)
                 return -1;
             if (i > 0 && rows != st->m)
@@ -693,7 +693,7 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
         snprintf(desc, sizeof desc, "heads*head_dim = %" PRIu32 "*%" PRIu32, cfg->heads,
                  cfg->head_dim);
         snprintf(path, sizeof path, "%sq", prefix);
-        if (kvd_tensor_decode(q, path, row_q, desc, max_rows, &st->q, &st->m_q, err) != 0)
+        if (kvd_wire_decode(q, path, row_q, desc, max_rows, &st->q, &st->m_q, err) != 0)
             return -1;
     }
 
@@ -730,9 +730,9 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
     if (cfg->layers == 0 || cfg->heads == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "session has an empty shape");
 
-    int enc = KVD_ENCODING_JSON;
+    int enc = KVD_WIRE_ENCODING_JSON;
     if (get_enum(body, "encoding", "encoding", encoding_name, (int)NELEM(encoding_names),
-                 KVD_ENCODING_JSON, &enc, err))
+                 KVD_WIRE_ENCODING_JSON, &enc, err))
         return -1;
     int n_enc = 0;
     for (const cJSON *c = body->child; c; c = c->next)
@@ -786,7 +786,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL,
                                  "out of memory for %zu steps", n);
     req->n_layers = n;
-    req->encoding = (kvd_encoding)enc;
+    req->encoding = (kvd_wire_encoding)enc;
 
     if (!steps) {
         if (parse_step(body, "", true, cfg, lim, &req->layers[0], err) != 0)

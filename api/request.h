@@ -12,7 +12,7 @@
 #include <cJSON.h>
 
 #include "api/errors.h"
-#include "api/tensor.h"
+#include "api/wire.h"
 #include "cache/session.h"
 
 /* Hard limits on shapes (each enforced with a 400 naming the field). The
@@ -64,7 +64,7 @@ typedef struct kvd_step_layer {
 typedef struct kvd_step_request {
     kvd_step_layer *layers;  /* in request order ("steps" array or one) */
     size_t n_layers;
-    kvd_encoding encoding;   /* of the response tensors */
+    kvd_wire_encoding encoding;   /* of the response tensors */
 } kvd_step_request;
 
 /* Parses and validates a step body against the session's config: shapes,

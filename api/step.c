@@ -643,11 +643,11 @@ static size_t apply_window(kvd_api *api, kvd_session *sess, const kvd_step_layer
 }
 
 static cJSON *layer_result(const kvd_session *sess, const kvd_step_layer *st, const float *o,
-                           size_t tokens, size_t evicted, kvd_encoding enc)
+                           size_t tokens, size_t evicted, kvd_wire_encoding enc)
 {
     const kvd_session_config *cfg = &sess->config;
     cJSON *r = cJSON_CreateObject();
-    cJSON *ot = kvd_tensor_encode(o, st->m_q * cfg->heads * cfg->head_dim, enc);
+    cJSON *ot = kvd_wire_encode(o, st->m_q * cfg->heads * cfg->head_dim, enc);
     if (!r || !ot) {
         cJSON_Delete(r);
         cJSON_Delete(ot);

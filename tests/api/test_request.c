@@ -683,7 +683,7 @@ START_TEST(step_single)
     kvd_step_request req;
     step_ok(b, &req);
     ck_assert_uint_eq(req.n_layers, 1);
-    ck_assert_int_eq(req.encoding, KVD_ENCODING_JSON);
+    ck_assert_int_eq(req.encoding, KVD_WIRE_ENCODING_JSON);
     const kvd_step_layer *st = &req.layers[0];
     ck_assert_uint_eq(st->layer, 1);
     ck_assert_uint_eq(st->m, 3);
@@ -713,13 +713,13 @@ START_TEST(step_single)
     float k[32];
     for (int i = 0; i < 32; i++)
         k[i] = (float)i * 0.5f;
-    cJSON_AddItemToObject(b, "k", kvd_tensor_encode(k, 32, KVD_ENCODING_B64));
-    cJSON_AddItemToObject(b, "v", kvd_tensor_encode(k, 32, KVD_ENCODING_B64));
+    cJSON_AddItemToObject(b, "k", kvd_wire_encode(k, 32, KVD_WIRE_ENCODING_B64));
+    cJSON_AddItemToObject(b, "v", kvd_wire_encode(k, 32, KVD_WIRE_ENCODING_B64));
     cJSON_AddItemToObject(b, "q", parse("[[[1,1,1,1,1,1,1,1],[2,2,2,2,2,2,2,2],"
                                         "[3,3,3,3,3,3,3,3],[4,4,4,4,4,4,4,4]]]"));
     cJSON_AddStringToObject(b, "encoding", "b64");
     step_ok(b, &req);
-    ck_assert_int_eq(req.encoding, KVD_ENCODING_B64);
+    ck_assert_int_eq(req.encoding, KVD_WIRE_ENCODING_B64);
     ck_assert_uint_eq(req.layers[0].m, 2);
     ck_assert_uint_eq(req.layers[0].m_q, 1);
     ck_assert_int_eq(req.layers[0].mask, KVD_MASK_BLOCK); /* m_q != m */
@@ -853,7 +853,7 @@ START_TEST(step_steps_form)
     kvd_step_request req;
     step_ok(b, &req);
     ck_assert_uint_eq(req.n_layers, 3);
-    ck_assert_int_eq(req.encoding, KVD_ENCODING_B64);
+    ck_assert_int_eq(req.encoding, KVD_WIRE_ENCODING_B64);
     ck_assert_uint_eq(req.layers[0].layer, 0);
     ck_assert_uint_eq(req.layers[0].m, 2);
     ck_assert_int_eq(req.layers[0].mask, KVD_MASK_CAUSAL);
