@@ -14,6 +14,7 @@
 
 #include <cJSON.h>
 
+#include "api/json.h"
 #include "attention/attention.h"
 #include "attention/tensor.h"
 #include "cache/evict.h"
@@ -693,7 +694,7 @@ static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
     return 0;
 }
 
-void kvd_api_step_run(kvd_api *api, api_job *job)
+void kvd__api_step_run(kvd_api *api, api_job *job)
 {
     double t0 = kvd_clock_mono();
     kvd_session *sess = job->session->cache;
@@ -795,9 +796,9 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
 
     api_session *s = job->session;
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
-    atomic_store(&s->last_used_at, kvd_clock_unix());
+    atomic_store(&s->last_used_at, kvd__api_now(api));
     atomic_store(&s->last_step_seconds, job->seconds);
-    kvd_api_session_summarize(s);
+    kvd__api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.steps, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, tokens_in, memory_order_relaxed);
     kvd_histogram_observe(&api->stats.step_seconds, job->seconds);

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/json.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define KVD_BIG_ENDIAN 1
 #else
@@ -210,23 +212,6 @@ int kvd_wire_b64_decode_f32(const char *text, size_t len, float **out, size_t *n
 
 /* ---- JSON arrays ------------------------------------------------------- */
 
-const char *kvd_json_type_name(const cJSON *item)
-{
-    if (cJSON_IsString(item))
-        return "a string";
-    if (cJSON_IsNumber(item))
-        return "a number";
-    if (cJSON_IsBool(item))
-        return "a boolean";
-    if (cJSON_IsNull(item))
-        return "null";
-    if (cJSON_IsArray(item))
-        return "an array";
-    if (cJSON_IsObject(item))
-        return "an object";
-    return "an invalid value";
-}
-
 /* Where the walk over a nested array is: the field name and the index at
  * each depth, formatted only when an error is reported. */
 typedef struct walk {
@@ -268,7 +253,7 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
                 return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
                                          "%s: expected an array of %zu elements (the tensor "
                                          "must be rectangular), got %s",
-                                         path, w->dims[depth + 1], kvd_json_type_name(e));
+                                         path, w->dims[depth + 1], kvd__api_json_type_name(e));
             }
             if (walk_array(w, e, depth + 1) != 0)
                 return -1;
@@ -277,7 +262,8 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
         if (!cJSON_IsNumber(e)) {
             walk_path(w, depth + 1, path, sizeof path);
             return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
-                                     "%s: expected a number, got %s", path, kvd_json_type_name(e));
+                                     "%s: expected a number, got %s", path,
+                                     kvd__api_json_type_name(e));
         }
         const double v = e->valuedouble;
         /* Finite as an f32: the value rounded to nearest f32 must be finite.
@@ -382,7 +368,7 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
     if (!cJSON_IsArray(item))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                  "%s: expected an array of numbers or a \"b64:...\" string, got %s",
-                                 field, kvd_json_type_name(item));
+                                 field, kvd__api_json_type_name(item));
 
     /* Shape from the first element at each depth; the walk then checks every
      * other element against it. */

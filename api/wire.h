@@ -23,10 +23,6 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
                       const char *row_desc, size_t max_rows,
                       float **out, size_t *rows, kvd_api_error *err);
 
-/* "a string", "a number", "a boolean", "null", "an array", "an object" —
- * what an item is, for error messages. */
-const char *kvd_json_type_name(const cJSON *item);
-
 /* Encodes n floats as a cJSON value: a flat number array (JSON) or a
  * "b64:..." string. Returns NULL on allocation failure; caller owns it. */
 cJSON *kvd_wire_encode(const float *x, size_t n, kvd_wire_encoding enc);

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <uv.h>
 
@@ -44,9 +43,7 @@ static void on_http_closed(void *arg)
 static void on_expiry_tick(uv_timer_t *t)
 {
     kvd_main *m = t->data;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    size_t n = kvd_api_expire(m->router.api, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    size_t n = kvd_api_expire(m->router.api);
     if (n)
         fprintf(stderr, "kvd: expired %zu idle session%s\n", n, n == 1 ? "" : "s");
 }

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/pool.h"
+#include "cache/types.h"
 #include "common/histogram.h"
 
 /* Statuses kvd answers with; anything else is counted under "other". */
