@@ -53,8 +53,6 @@ typedef struct kvd_response {
 /* Fills resp with a JSON error body (falls back to a static body if even
  * that allocation fails). */
 void kvd_response_error(kvd_response *resp, const kvd_api_error *err);
-/* Takes ownership of json text (malloc'd) as the body with the status. */
-void kvd_response_json(kvd_response *resp, int status, char *json);
 
 typedef struct kvd_api_request {
     kvd_route route;

@@ -93,12 +93,15 @@ struct kvd_api {
  * kvd_clock_unix): every created_at, last use and expiry reads it. */
 double kvd__api_now(const kvd_api *api);
 
-/* api/response.c: a JSON error body with a fixed message; renders and
- * deletes obj (a failure to render becomes a 500); 201 {"id", "config"[,
- * "parent"]} for a registered session. */
+/* api/response.c: takes ownership of json text (malloc'd) as the body with
+ * the status. */
+void kvd__api_response_json(kvd_response *resp, int status, char *json);
+/* A JSON error body with a fixed message. */
 void kvd__api_respond_error(kvd_response *resp, int status, const char *code,
                             const char *field, const char *message);
+/* Renders and deletes obj; a failure to render becomes a 500. */
 void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj);
+/* 201 {"id", "config"[, "parent"]} for a registered session. */
 void kvd__api_respond_created(api_session *s, const char *parent, kvd_response *resp);
 
 /* api/registry.c (loop thread). find: the live session with this id or

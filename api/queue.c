@@ -56,7 +56,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         case JOB_STATS: {
             char *json = kvd__api_session_stats_json(api, s);
             if (json)
-                kvd_response_json(&job->resp, 200, json);
+                kvd__api_response_json(&job->resp, 200, json);
             else
                 kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
             kvd__api_answer_job(api, job);

@@ -11,7 +11,7 @@
 
 #include "api/create_body.h"
 
-void kvd_response_json(kvd_response *resp, int status, char *json)
+void kvd__api_response_json(kvd_response *resp, int status, char *json)
 {
     resp->status = status;
     resp->content_type = "application/json";
@@ -32,7 +32,7 @@ void kvd_response_error(kvd_response *resp, const kvd_api_error *err)
         if (json)
             memcpy(json, fallback, sizeof fallback);
     }
-    kvd_response_json(resp, json ? err->status : 500, json);
+    kvd__api_response_json(resp, json ? err->status : 500, json);
     if (err->status == 503)
         resp->retry_after_s = 1;
 }
@@ -54,7 +54,7 @@ void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj)
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
         return;
     }
-    kvd_response_json(resp, status, json);
+    kvd__api_response_json(resp, status, json);
 }
 
 /* Answers 201 {"id", "config"[, "parent"]} for a registered session. */

@@ -790,7 +790,7 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     char *json = out ? cJSON_PrintUnformatted(out) : NULL;
     cJSON_Delete(out);
     if (json)
-        kvd_response_json(&job->resp, 200, json);
+        kvd__api_response_json(&job->resp, 200, json);
     else
         fail(job, 500, KVD_ERR_INTERNAL, "out of memory rendering the output; the step was applied");
 
