@@ -96,7 +96,7 @@ typedef struct kvd_api_stats {
 typedef struct kvd_api kvd_api;
 
 /* A unit of deferred work. The API allocates it (inside a larger private
- * struct); the executor may use `next` for its queues while it holds the job. */
+ * struct); the executor may use `link` for its queues while it holds the job. */
 typedef struct kvd_api_job {
     kvd_fifo_link link;        /* the executor's queue link while it holds the job */
     kvd_api *api;              /* pass to kvd_api_job_done */
