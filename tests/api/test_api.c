@@ -2,7 +2,9 @@
  * submitted jobs in a list so the test decides when "workers" run them, which
  * makes per-session ordering, queue limits, delete-while-queued and
  * all-or-nothing steps (pool exhaustion) deterministic to check. Outputs are
- * compared with exact double-precision attention. */
+ * compared with exact double-precision attention; a fake clock drives TTLs.
+ * Over 600 lines on purpose: every case runs through the one fake executor
+ * and request helpers above them, which a split would have to copy. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
