@@ -13,10 +13,12 @@
 #include <stdint.h>
 
 #include "api/errors.h"
-#include "common/histogram.h"
-#include "api/request.h"
+#include "common/clock.h"
 #include "common/fifo.h"
-#include "cache/pool.h"
+#include "common/histogram.h"
+
+/* The page pool (cache/pool.h); the API only hands out a pointer to it. */
+typedef struct kvd_pool kvd_pool;
 
 typedef enum kvd_route {
     KVD_ROUTE_SESSION_CREATE,   /* POST   /v1/sessions */
@@ -51,8 +53,6 @@ typedef struct kvd_response {
 /* Fills resp with a JSON error body (falls back to a static body if even
  * that allocation fails). */
 void kvd_response_error(kvd_response *resp, const kvd_api_error *err);
-/* Takes ownership of json text (malloc'd) as the body with the status. */
-void kvd_response_json(kvd_response *resp, int status, char *json);
 
 typedef struct kvd_api_request {
     kvd_route route;
@@ -73,6 +73,9 @@ typedef struct kvd_api_options {
     double session_ttl;        /* default ttl_seconds of a session (0 = 600) */
     bool on_full_evict;        /* --on-full evict: a full pool takes tokens from
                                   idle LRU sessions with a policy before a 503 */
+    kvd_clock_fn now;          /* the wall clock (unix seconds) of created_at,
+                                  last use and expiry; NULL = kvd_clock_unix */
+    void *now_ctx;             /* passed to now */
 } kvd_api_options;
 
 /* Counters the API keeps for /metrics (read with relaxed atomics). */
@@ -94,7 +97,7 @@ typedef struct kvd_api_stats {
 typedef struct kvd_api kvd_api;
 
 /* A unit of deferred work. The API allocates it (inside a larger private
- * struct); the executor may use `next` for its queues while it holds the job. */
+ * struct); the executor may use `link` for its queues while it holds the job. */
 typedef struct kvd_api_job {
     kvd_fifo_link link;        /* the executor's queue link while it holds the job */
     kvd_api *api;              /* pass to kvd_api_job_done */
@@ -127,9 +130,9 @@ void kvd_api_job_done(kvd_api *api, kvd_api_job *job);  /* loop thread; answers,
  * whose policy could free a page). Loop thread. */
 bool kvd_api_ready(const kvd_api *api);
 
-/* Expires idle sessions whose ttl_seconds have passed (loop thread, called
- * about once a second by the server). Returns how many. */
-size_t kvd_api_expire(kvd_api *api, double now_unix);
+/* Expires idle sessions whose ttl_seconds have passed by the API's clock
+ * (loop thread, called about once a second by the server). Returns how many. */
+size_t kvd_api_expire(kvd_api *api);
 const kvd_pool *kvd_api_pool(const kvd_api *api);
 const kvd_api_stats *kvd_api_stats_get(const kvd_api *api);
 /* Live sessions (loop thread). */

@@ -7,11 +7,17 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include <cJSON.h>
+
 #include "api/api.h"
+#include "api/limits.h"
+#include "api/step_body.h"
 #include "common/clock.h"
 #include "common/fifo.h"
+#include "cache/pool.h"
 #include "cache/session.h"
 
 #define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
@@ -83,20 +89,54 @@ struct kvd_api {
     size_t n_sessions;
 };
 
-/* api/step.c: runs a step job on a worker thread. */
-void kvd_api_step_run(kvd_api *api, api_job *job);
+/* api/api.c: the API's wall clock in unix seconds (opt.now, or
+ * kvd_clock_unix): every created_at, last use and expiry reads it. */
+double kvd__api_now(const kvd_api *api);
 
-/* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
-char *kvd_api_session_stats_json(const kvd_api *api, const api_session *s);
+/* api/response.c: takes ownership of json text (malloc'd) as the body with
+ * the status. */
+void kvd__api_response_json(kvd_response *resp, int status, char *json);
+/* A JSON error body with a fixed message. */
+void kvd__api_respond_error(kvd_response *resp, int status, const char *code,
+                            const char *field, const char *message);
+/* Renders and deletes obj; a failure to render becomes a 500. */
+void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj);
+/* 201 {"id", "config"[, "parent"]} for a registered session. */
+void kvd__api_respond_created(api_session *s, const char *parent, kvd_response *resp);
 
+/* api/registry.c (loop thread). find: the live session with this id or
+ * NULL; remove: out of the registry (not freed). */
+api_session *kvd__api_registry_find(const kvd_api *api, const char *id);
+void kvd__api_registry_remove(kvd_api *api, api_session *s);
+/* Registers a new session around `cache` (and its shadow copy, if any) with
+ * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
+api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
+                                       kvd_response *resp);
+/* Destroys the session's caches (pages back to the pool) and frees it. */
+void kvd__api_session_free(kvd_api *api, api_session *s);
+/* At --max-sessions: counts the rejection, fills resp with a 503, true. */
+bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp);
 /* Stores the session's token and page counts (cache and shadow) where
  * listings and /metrics read them without waiting for its queue. Called by
  * whoever just changed the session (a step's worker, the loop). */
-void kvd_api_session_summarize(api_session *s);
+void kvd__api_session_summarize(api_session *s);
 
-/* Fills buf with n bytes from the kernel's CSPRNG (getrandom, retried on
- * EINTR and short reads). Returns 0 or a negative errno. */
-int kvd_api_random_bytes(void *buf, size_t n);
+/* api/queue.c (loop thread). enqueue: queues a job of `kind` for the
+ * session (a step's body copied) and pumps; false with resp set (429, 500)
+ * if answered now. pump: runs what the queue allows (cheap jobs inline, one
+ * step on a worker); frees a deleted session once its queue is empty. */
+bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
+                      const kvd_api_request *req, void *reply, kvd_response *resp);
+void kvd__api_session_pump(kvd_api *api, api_session *s);
+api_job *kvd__api_queue_pop(api_session *s);
+/* Hands job->resp to the server's respond callback and frees the job. */
+void kvd__api_answer_job(kvd_api *api, api_job *job);
+void kvd__api_job_free(api_job *job);
 
+/* api/step.c: runs a step job on a worker thread. */
+void kvd__api_step_run(kvd_api *api, api_job *job);
+
+/* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
+char *kvd__api_session_stats_json(const kvd_api *api, const api_session *s);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <cJSON.h>
 
+#include "api/create_body.h"
 #include "cache/quant.h"
 
 /* Bits per cached K/V number: payload bytes (codes, scales, KIVI's f32
@@ -28,7 +29,7 @@ static double bits_per_coordinate(const kvd_session *s, size_t tokens)
     return 8.0 * payload / (2.0 * (double)d * (double)tokens);
 }
 
-char *kvd_api_session_stats_json(const kvd_api *api, const api_session *as)
+char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
 {
     const kvd_session *s = as->cache;
     const kvd_session_config *cfg = &s->config;

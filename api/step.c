@@ -9,6 +9,9 @@
 
 #include <cJSON.h>
 
+#include "api/json.h"
+#include "api/step_body.h"
+#include "api/wire.h"
 #include "cache/step.h"
 
 static void fail(api_job *job, int status, const char *code, const char *msg)
@@ -82,10 +85,10 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_output *
 
 /* {"o", "tokens", "evicted"} of one entry, with "shadow" when measured. */
 static cJSON *entry_json(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
-                         kvd_encoding enc)
+                         kvd_wire_encoding enc)
 {
     cJSON *obj = cJSON_CreateObject();
-    cJSON *o = kvd_tensor_encode(r->o, e->m_q * cfg->heads * cfg->head_dim, enc);
+    cJSON *o = kvd_wire_encode(r->o, e->m_q * cfg->heads * cfg->head_dim, enc);
     if (!obj || !o) {
         cJSON_Delete(obj);
         cJSON_Delete(o);
@@ -129,7 +132,7 @@ static cJSON *render(const kvd_session_config *cfg, const kvd_step_request *req,
     return obj;
 }
 
-void kvd_api_step_run(kvd_api *api, api_job *job)
+void kvd__api_step_run(kvd_api *api, api_job *job)
 {
     const double t0 = kvd_clock_mono();
     api_session *s = job->session;
@@ -155,15 +158,15 @@ void kvd_api_step_run(kvd_api *api, api_job *job)
     char *json = body ? cJSON_PrintUnformatted(body) : NULL;
     cJSON_Delete(body);
     if (json)
-        kvd_response_json(&job->resp, 200, json);
+        kvd__api_response_json(&job->resp, 200, json);
     else
         fail(job, 500, KVD_ERR_INTERNAL, "out of memory rendering the output; the step was applied");
 
     /* A step is one layer entry (DESIGN.md §1): a request of n entries counts n. */
     atomic_fetch_add_explicit(&s->steps, req->n_entries, memory_order_relaxed);
-    atomic_store(&s->last_used_at, kvd_clock_unix());
+    atomic_store(&s->last_used_at, kvd__api_now(api));
     atomic_store(&s->last_step_seconds, job->seconds);
-    kvd_api_session_summarize(s);
+    kvd__api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.steps, req->n_entries, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, out.tokens_in, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.evictions[cfg->cache.eviction], out.evicted_total,

@@ -11,7 +11,6 @@
 
 #include "api/api.h"
 #include "attention/attention.h"
-#include "common/clock.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -44,7 +43,7 @@ static void on_http_closed(void *arg)
 static void on_expiry_tick(uv_timer_t *t)
 {
     kvd_main *m = t->data;
-    size_t n = kvd_api_expire(m->router.api, kvd_clock_unix());
+    size_t n = kvd_api_expire(m->router.api);
     if (n)
         fprintf(stderr, "kvd: expired %zu idle session%s\n", n, n == 1 ? "" : "s");
 }

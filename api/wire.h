@@ -1,8 +1,8 @@
-/* api/tensor.h — tensors on the wire: flat (or nested, row-major) JSON number
+/* api/wire.h — tensors on the wire: flat (or nested, row-major) JSON number
  * arrays, or a string "b64:<base64 of little-endian f32>". Every decoded
  * number must be finite as an f32 (NaN, infinity, |x| > FLT_MAX are errors). */
-#ifndef KVD_API_TENSOR_H
-#define KVD_API_TENSOR_H
+#ifndef KVD_API_WIRE_H
+#define KVD_API_WIRE_H
 
 #include <stddef.h>
 
@@ -10,7 +10,7 @@
 
 #include "api/errors.h"
 
-typedef enum { KVD_ENCODING_JSON, KVD_ENCODING_B64 } kvd_encoding;
+typedef enum { KVD_WIRE_ENCODING_JSON, KVD_WIRE_ENCODING_B64 } kvd_wire_encoding;
 
 /* Decodes `item` into a malloc'd f32 array (caller frees) whose element
  * count must be a positive-or-zero multiple of `row` (the product of the
@@ -19,25 +19,21 @@ typedef enum { KVD_ENCODING_JSON, KVD_ENCODING_B64 } kvd_encoding;
  * (numpy's tolist()) is accepted if rectangular and is flattened row-major.
  * rows > max_rows is an error. On error returns -1 with err filled (400,
  * field = `field`, a message naming what was expected and what came). */
-int kvd_tensor_decode(const cJSON *item, const char *field, size_t row,
+int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
                       const char *row_desc, size_t max_rows,
                       float **out, size_t *rows, kvd_api_error *err);
 
-/* "a string", "a number", "a boolean", "null", "an array", "an object" —
- * what an item is, for error messages. */
-const char *kvd_json_type_name(const cJSON *item);
-
 /* Encodes n floats as a cJSON value: a flat number array (JSON) or a
  * "b64:..." string. Returns NULL on allocation failure; caller owns it. */
-cJSON *kvd_tensor_encode(const float *x, size_t n, kvd_encoding enc);
+cJSON *kvd_wire_encode(const float *x, size_t n, kvd_wire_encoding enc);
 
 /* Base64 (RFC 4648, with padding) of little-endian f32s, prefixed "b64:".
  * Returns malloc'd NUL-terminated text or NULL. */
-char *kvd_b64_encode_f32(const float *x, size_t n);
+char *kvd_wire_b64_encode_f32(const float *x, size_t n);
 
 /* Decodes base64 text (without the "b64:" prefix) of len bytes into n
  * floats. Returns 0, or -1 if the text is not valid base64 or its length is
  * not a whole number of f32s (then *n is untouched). *out is malloc'd. */
-int kvd_b64_decode_f32(const char *text, size_t len, float **out, size_t *n);
+int kvd_wire_b64_decode_f32(const char *text, size_t len, float **out, size_t *n);
 
 #endif

@@ -1,4 +1,4 @@
-/* tests/api/test_tensor.c — api/tensor.c: base64 of little-endian f32
+/* tests/api/test_wire.c — api/wire.c: base64 of little-endian f32
  * (known vectors worked by hand, round trips, every rejection), decoding JSON
  * tensors (flat, nested, shape and finiteness errors) and encoding them. */
 #include <check.h>
@@ -11,7 +11,7 @@
 
 #include <cJSON.h>
 
-#include "api/tensor.h"
+#include "api/wire.h"
 #include "tests/support/check_main.h"
 
 #define ASSERT_ERR(err, st, fld, sub)                                                   \
@@ -27,7 +27,7 @@
 
 static void check_encode(const float *x, size_t n, const char *want)
 {
-    char *s = kvd_b64_encode_f32(x, n);
+    char *s = kvd_wire_b64_encode_f32(x, n);
     ck_assert_ptr_nonnull(s);
     ck_assert_str_eq(s, want);
     free(s);
@@ -50,20 +50,20 @@ START_TEST(b64_known_vectors)
 
     float *out = NULL;
     size_t n = 99;
-    ck_assert_int_eq(kvd_b64_decode_f32("AACAPwAAAEA=", 12, &out, &n), 0);
+    ck_assert_int_eq(kvd_wire_b64_decode_f32("AACAPwAAAEA=", 12, &out, &n), 0);
     ck_assert_uint_eq(n, 2);
     ck_assert(out[0] == 1.0f && out[1] == 2.0f);
     free(out);
-    ck_assert_int_eq(kvd_b64_decode_f32("AACAvw==", 8, &out, &n), 0);
+    ck_assert_int_eq(kvd_wire_b64_decode_f32("AACAvw==", 8, &out, &n), 0);
     ck_assert_uint_eq(n, 1);
     ck_assert(out[0] == -1.0f);
     free(out);
-    ck_assert_int_eq(kvd_b64_decode_f32("AACAPwAAAEAAAIA/", 16, &out, &n), 0);
+    ck_assert_int_eq(kvd_wire_b64_decode_f32("AACAPwAAAEAAAIA/", 16, &out, &n), 0);
     ck_assert_uint_eq(n, 3);
     ck_assert(out[2] == 1.0f);
     free(out);
     out = (float *)&n; /* must be replaced */
-    ck_assert_int_eq(kvd_b64_decode_f32("", 0, &out, &n), 0);
+    ck_assert_int_eq(kvd_wire_b64_decode_f32("", 0, &out, &n), 0);
     ck_assert_uint_eq(n, 0);
     ck_assert_ptr_null(out);
 }
@@ -77,14 +77,14 @@ START_TEST(b64_round_trip_lengths)
         float x[9];
         for (size_t i = 0; i < n; i++)
             x[i] = pool[(i * 7 + n) % 9];
-        char *s = kvd_b64_encode_f32(x, n);
+        char *s = kvd_wire_b64_encode_f32(x, n);
         ck_assert_ptr_nonnull(s);
         ck_assert(strncmp(s, "b64:", 4) == 0);
         size_t len = strlen(s) - 4;
         ck_assert_uint_eq(len, (n * 4 + 2) / 3 * 4);
         float *y = NULL;
         size_t m = 99;
-        ck_assert_int_eq(kvd_b64_decode_f32(s + 4, len, &y, &m), 0);
+        ck_assert_int_eq(kvd_wire_b64_decode_f32(s + 4, len, &y, &m), 0);
         ck_assert_uint_eq(m, n);
         if (n)
             ck_assert_int_eq(memcmp(x, y, n * sizeof(float)), 0); /* bit-exact, -0 too */
@@ -98,7 +98,7 @@ static void check_reject(const char *text)
 {
     float *out = (float *)0x1;
     size_t n = 77;
-    ck_assert_msg(kvd_b64_decode_f32(text, strlen(text), &out, &n) == -1, "accepted \"%s\"", text);
+    ck_assert_msg(kvd_wire_b64_decode_f32(text, strlen(text), &out, &n) == -1, "accepted \"%s\"", text);
     ck_assert_uint_eq(n, 77); /* untouched */
     ck_assert_ptr_eq(out, (float *)0x1);
 }
@@ -128,9 +128,9 @@ START_TEST(b64_rejections)
     const char nul[] = "AA\0APw==";
     float *out = NULL;
     size_t n = 77;
-    ck_assert_int_eq(kvd_b64_decode_f32(nul, 8, &out, &n), -1); /* NUL byte */
-    ck_assert_int_eq(kvd_b64_decode_f32("\xc3\xa9\xc3\xa9", 4, &out, &n), -1); /* non-ASCII */
-    ck_assert_int_eq(kvd_b64_decode_f32(NULL, 0, &out, &n), -1);
+    ck_assert_int_eq(kvd_wire_b64_decode_f32(nul, 8, &out, &n), -1); /* NUL byte */
+    ck_assert_int_eq(kvd_wire_b64_decode_f32("\xc3\xa9\xc3\xa9", 4, &out, &n), -1); /* non-ASCII */
+    ck_assert_int_eq(kvd_wire_b64_decode_f32(NULL, 0, &out, &n), -1);
 }
 END_TEST
 
@@ -157,7 +157,7 @@ START_TEST(decode_flat)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 4, "2*2", 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 4, "2*2", 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 3);
     for (size_t i = 0; i < 12; i++)
         ck_assert(out[i] == 0.5f + (float)i);
@@ -173,7 +173,7 @@ START_TEST(decode_nested_row_major)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 6, "kv_heads*head_dim = 2*3", 10, &out, &rows,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 6, "kv_heads*head_dim = 2*3", 10, &out, &rows,
                                        &err), 0);
     ck_assert_uint_eq(rows, 2);
     for (int i = 0; i < 12; i++)
@@ -182,7 +182,7 @@ START_TEST(decode_nested_row_major)
     cJSON_Delete(a);
     /* [m][row] works too, and a 1-row nest. */
     a = parse("[[1,2,3,4,5,6]]");
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 6, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 6, NULL, 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 1);
     ck_assert(out[5] == 6.0f);
     free(out);
@@ -198,7 +198,7 @@ START_TEST(decode_empty_is_zero_rows)
         float *out = (float *)0x1;
         size_t rows = 9;
         kvd_api_error err;
-        ck_assert_int_eq(kvd_tensor_decode(a, "q", 128, "x", 10, &out, &rows, &err), 0);
+        ck_assert_int_eq(kvd_wire_decode(a, "q", 128, "x", 10, &out, &rows, &err), 0);
         ck_assert_uint_eq(rows, 0);
         ck_assert_ptr_null(out);
         cJSON_Delete(a);
@@ -213,7 +213,7 @@ static void decode_err(const char *json, size_t row, size_t max_rows, int status
     float *out = (float *)0x1;
     size_t rows = 9;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", row, "kv_heads*head_dim = 1*2", max_rows, &out,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", row, "kv_heads*head_dim = 1*2", max_rows, &out,
                                        &rows, &err), -1);
     ASSERT_ERR(err, status, "k", want_msg_part);
     ck_assert_ptr_eq(out, (float *)0x1); /* untouched on error */
@@ -228,12 +228,12 @@ START_TEST(decode_shape_errors)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 128, "kv_heads*head_dim = 2*64", 1000, &out,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 128, "kv_heads*head_dim = 2*64", 1000, &out,
                                        &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "x");
     ck_assert_str_eq(err.message,
                      "k: expected a multiple of kv_heads*head_dim = 2*64 = 128 numbers, got 100");
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 128, NULL, 1000, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 128, NULL, 1000, &out, &rows, &err), -1);
     ck_assert_str_eq(err.message, "k: expected a multiple of 128 numbers, got 100");
     cJSON_Delete(a);
 
@@ -255,7 +255,7 @@ START_TEST(decode_shape_errors)
     decode_err("true", 2, 10, 400, "got a boolean");
     decode_err("[1,2]", 0, 10, 500, "row size 0"); /* a bad shape is our bug: 500 */
 
-    ck_assert_int_eq(kvd_tensor_decode(NULL, "v", 2, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(NULL, "v", 2, NULL, 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "v", "v: missing");
 }
 END_TEST
@@ -278,22 +278,22 @@ START_TEST(decode_non_finite)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(-3.5e38));
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(INFINITY));
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 3, cJSON_CreateNumber(NAN));
-    ck_assert_int_eq(kvd_tensor_decode(a, "steps[2].k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "steps[2].k", 2, NULL, 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "steps[2].k", "steps[2].k[3]: not a finite f32");
     /* The f32 extremes themselves are fine. */
     cJSON_ReplaceItemInArray(a, 3, cJSON_CreateNumber((double)FLT_MAX));
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(-(double)FLT_MAX));
     cJSON_ReplaceItemInArray(a, 18, cJSON_CreateNumber(1e-50)); /* underflows to 0: fine */
-    ck_assert_int_eq(kvd_tensor_decode(a, "k", 2, NULL, 100, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), 0);
     ck_assert(out[3] == FLT_MAX && out[17] == -FLT_MAX && out[18] == 0.0f);
     free(out);
     cJSON_Delete(a);
@@ -305,7 +305,7 @@ END_TEST
 
 static cJSON *b64_item(const float *x, size_t n)
 {
-    char *s = kvd_b64_encode_f32(x, n);
+    char *s = kvd_wire_b64_encode_f32(x, n);
     cJSON *j = cJSON_CreateString(s);
     free(s);
     return j;
@@ -318,27 +318,27 @@ START_TEST(decode_b64)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(j, "q", 3, "heads*head_dim = 1*3", 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", 3, "heads*head_dim = 1*3", 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 2);
     ck_assert_int_eq(memcmp(out, x, sizeof x), 0);
     free(out);
     /* Not a multiple of the row; over the row limit. */
-    ck_assert_int_eq(kvd_tensor_decode(j, "q", 4, "heads*head_dim = 1*4", 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", 4, "heads*head_dim = 1*4", 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "q", "q: expected a multiple of heads*head_dim = 1*4 = 4 numbers, got 6");
-    ck_assert_int_eq(kvd_tensor_decode(j, "q", 1, NULL, 5, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", 1, NULL, 5, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "q", "6 rows of 1 numbers, more than the limit of 5");
     cJSON_Delete(j);
 
     /* Non-finite values inside base64. */
     float y[3] = {1, NAN, 2};
     j = b64_item(y, 3);
-    ck_assert_int_eq(kvd_tensor_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[1]: not a finite f32");
     cJSON_Delete(j);
     y[1] = 0;
     y[2] = -INFINITY;
     j = b64_item(y, 3);
-    ck_assert_int_eq(kvd_tensor_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[2]: not a finite f32");
     cJSON_Delete(j);
 
@@ -359,7 +359,7 @@ END_TEST
 START_TEST(encode_json_and_b64)
 {
     const float x[4] = {1.0f, -0.5f, 0.1f, 3.0e38f};
-    cJSON *a = kvd_tensor_encode(x, 4, KVD_ENCODING_JSON);
+    cJSON *a = kvd_wire_encode(x, 4, KVD_WIRE_ENCODING_JSON);
     ck_assert(cJSON_IsArray(a));
     ck_assert_int_eq(cJSON_GetArraySize(a), 4);
     char *text = cJSON_PrintUnformatted(a);
@@ -369,7 +369,7 @@ START_TEST(encode_json_and_b64)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_tensor_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 4);
     ck_assert_int_eq(memcmp(out, x, sizeof x), 0);
     free(out);
@@ -379,10 +379,10 @@ START_TEST(encode_json_and_b64)
 
     /* FLT_MAX's 9-digit decimal is above FLT_MAX: it must still decode. */
     const float big[2] = {FLT_MAX, -FLT_MAX};
-    a = kvd_tensor_encode(big, 2, KVD_ENCODING_JSON);
+    a = kvd_wire_encode(big, 2, KVD_WIRE_ENCODING_JSON);
     text = cJSON_PrintUnformatted(a);
     back = cJSON_Parse(text);
-    ck_assert_int_eq(kvd_tensor_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
     ck_assert(out[0] == FLT_MAX && out[1] == -FLT_MAX);
     ck_assert_str_eq(text, "[3.40282346e+38,-3.40282346e+38]");
     free(out);
@@ -390,17 +390,17 @@ START_TEST(encode_json_and_b64)
     cJSON_free(text);
     cJSON_Delete(a);
 
-    a = kvd_tensor_encode(x, 1, KVD_ENCODING_B64);
+    a = kvd_wire_encode(x, 1, KVD_WIRE_ENCODING_B64);
     ck_assert(cJSON_IsString(a));
     ck_assert_str_eq(a->valuestring, "b64:AACAPw==");
     cJSON_Delete(a);
 
-    a = kvd_tensor_encode(NULL, 0, KVD_ENCODING_JSON);
+    a = kvd_wire_encode(NULL, 0, KVD_WIRE_ENCODING_JSON);
     text = cJSON_PrintUnformatted(a);
     ck_assert_str_eq(text, "[]");
     cJSON_free(text);
     cJSON_Delete(a);
-    a = kvd_tensor_encode(NULL, 0, KVD_ENCODING_B64);
+    a = kvd_wire_encode(NULL, 0, KVD_WIRE_ENCODING_B64);
     ck_assert_str_eq(a->valuestring, "b64:");
     cJSON_Delete(a);
 }
@@ -420,13 +420,13 @@ START_TEST(encode_round_trip_random)
         } while (!isfinite(x[i]));
     }
     for (int enc = 0; enc < 2; enc++) {
-        cJSON *a = kvd_tensor_encode(x, 257, (kvd_encoding)enc);
+        cJSON *a = kvd_wire_encode(x, 257, (kvd_wire_encoding)enc);
         char *text = cJSON_PrintUnformatted(a);
         cJSON *back = cJSON_Parse(text);
         float *out = NULL;
         size_t rows = 0;
         kvd_api_error err;
-        ck_assert_int_eq(kvd_tensor_decode(back, "o", 257, NULL, 1, &out, &rows, &err), 0);
+        ck_assert_int_eq(kvd_wire_decode(back, "o", 257, NULL, 1, &out, &rows, &err), 0);
         ck_assert_uint_eq(rows, 1);
         for (size_t i = 0; i < 257; i++)
             ck_assert_msg(memcmp(&out[i], &x[i], 4) == 0 || (x[i] == 0 && out[i] == 0),
@@ -458,7 +458,7 @@ START_TEST(encode_allocation_failure_is_null)
         int failures = 0;
         for (int budget = 0; budget < 100 && !a; budget++) {
             alloc_budget = budget;
-            a = kvd_tensor_encode(x, 5, (kvd_encoding)enc);
+            a = kvd_wire_encode(x, 5, (kvd_wire_encoding)enc);
             failures += a == NULL;
         }
         cJSON_InitHooks(NULL);
@@ -471,8 +471,8 @@ END_TEST
 
 static Suite *make_suite(void)
 {
-    Suite *s = suite_create("api/tensor");
-    TCase *tc = tcase_create("tensor");
+    Suite *s = suite_create("api/wire");
+    TCase *tc = tcase_create("wire");
     tcase_add_test(tc, b64_known_vectors);
     tcase_add_test(tc, b64_round_trip_lengths);
     tcase_add_test(tc, b64_rejections);

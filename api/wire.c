@@ -1,9 +1,9 @@
-/* api/tensor.c — tensors on the wire (DESIGN.md §3): decoding JSON number
+/* api/wire.c — tensors on the wire (DESIGN.md §3): decoding JSON number
  * arrays (flat or nested, row-major) and "b64:" strings of little-endian f32
  * into malloc'd f32 arrays that the caller owns, with every number checked
  * finite as an f32; and encoding output tensors back the same two ways.
  * Pure functions of their arguments: safe to call from any worker thread. */
-#include "api/tensor.h"
+#include "api/wire.h"
 
 #include <float.h>
 #include <math.h>
@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "api/json.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define KVD_BIG_ENDIAN 1
@@ -66,7 +68,7 @@ static inline unsigned char le_byte(const float *x, size_t i)
 
 /* Returns malloc'd text (caller frees) or NULL on allocation failure or if
  * the encoded length would not fit in size_t. */
-char *kvd_b64_encode_f32(const float *x, size_t n)
+char *kvd_wire_b64_encode_f32(const float *x, size_t n)
 {
     /* 4 output chars per 3 input bytes; bound n so 4n, and the text, fit. */
     if (n > (SIZE_MAX / 4 - B64_PREFIX_LEN - 8) / 2)
@@ -193,8 +195,8 @@ static b64_status b64_decode(const char *text, size_t len, float **out, size_t *
 
 /* *out is malloc'd on success (NULL when *n is 0; caller frees). Returns -1
  * on invalid text and also when the array cannot be allocated (callers that
- * must tell the two apart use kvd_tensor_decode). */
-int kvd_b64_decode_f32(const char *text, size_t len, float **out, size_t *n)
+ * must tell the two apart use kvd_wire_decode). */
+int kvd_wire_b64_decode_f32(const char *text, size_t len, float **out, size_t *n)
 {
     char why[128];
     if (!text || !out || !n)
@@ -209,23 +211,6 @@ int kvd_b64_decode_f32(const char *text, size_t len, float **out, size_t *n)
 }
 
 /* ---- JSON arrays ------------------------------------------------------- */
-
-const char *kvd_json_type_name(const cJSON *item)
-{
-    if (cJSON_IsString(item))
-        return "a string";
-    if (cJSON_IsNumber(item))
-        return "a number";
-    if (cJSON_IsBool(item))
-        return "a boolean";
-    if (cJSON_IsNull(item))
-        return "null";
-    if (cJSON_IsArray(item))
-        return "an array";
-    if (cJSON_IsObject(item))
-        return "an object";
-    return "an invalid value";
-}
 
 /* Where the walk over a nested array is: the field name and the index at
  * each depth, formatted only when an error is reported. */
@@ -268,7 +253,7 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
                 return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
                                          "%s: expected an array of %zu elements (the tensor "
                                          "must be rectangular), got %s",
-                                         path, w->dims[depth + 1], kvd_json_type_name(e));
+                                         path, w->dims[depth + 1], kvd__api_json_type_name(e));
             }
             if (walk_array(w, e, depth + 1) != 0)
                 return -1;
@@ -277,7 +262,8 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
         if (!cJSON_IsNumber(e)) {
             walk_path(w, depth + 1, path, sizeof path);
             return kvd_api_error_set(w->err, 400, KVD_ERR_INVALID, w->field,
-                                     "%s: expected a number, got %s", path, kvd_json_type_name(e));
+                                     "%s: expected a number, got %s", path,
+                                     kvd__api_json_type_name(e));
         }
         const double v = e->valuedouble;
         /* Finite as an f32: the value rounded to nearest f32 must be finite.
@@ -323,7 +309,7 @@ static int check_rows(size_t count, const char *field, size_t row, const char *r
 
 /* On success *out is malloc'd (NULL when *rows is 0) and owned by the
  * caller, who frees it. On error nothing is allocated. */
-int kvd_tensor_decode(const cJSON *item, const char *field, size_t row,
+int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
                       const char *row_desc, size_t max_rows,
                       float **out, size_t *rows, kvd_api_error *err)
 {
@@ -382,7 +368,7 @@ int kvd_tensor_decode(const cJSON *item, const char *field, size_t row,
     if (!cJSON_IsArray(item))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                  "%s: expected an array of numbers or a \"b64:...\" string, got %s",
-                                 field, kvd_json_type_name(item));
+                                 field, kvd__api_json_type_name(item));
 
     /* Shape from the first element at each depth; the walk then checks every
      * other element against it. */
@@ -437,7 +423,7 @@ static double f32_json_value(float x)
     snprintf(buf, sizeof buf, "%.9g", (double)x);
     const double d = strtod(buf, NULL);
     /* Only +-FLT_MAX has a 9-digit decimal above FLT_MAX (3.40282347e+38),
-     * which kvd_tensor_decode refuses. Its exact double would not do either:
+     * which kvd_wire_decode refuses. Its exact double would not do either:
      * cJSON prints 15 digits ("3.40282346638529e+38", also above FLT_MAX).
      * The 9-digit decimal rounded toward zero still reads back as FLT_MAX. */
     if (fabs(d) > (double)FLT_MAX)
@@ -446,10 +432,10 @@ static double f32_json_value(float x)
 }
 
 /* Returns a new cJSON value (caller owns it) or NULL on allocation failure. */
-cJSON *kvd_tensor_encode(const float *x, size_t n, kvd_encoding enc)
+cJSON *kvd_wire_encode(const float *x, size_t n, kvd_wire_encoding enc)
 {
-    if (enc == KVD_ENCODING_B64) {
-        char *text = kvd_b64_encode_f32(x, n);
+    if (enc == KVD_WIRE_ENCODING_B64) {
+        char *text = kvd_wire_b64_encode_f32(x, n);
         if (!text)
             return NULL;
         cJSON *s = cJSON_CreateString(text);

@@ -1,0 +1,176 @@
+/* api/registry.c — the live sessions by id (loop thread): random 128-bit
+ * hex ids, a chained hash that doubles as it fills, registering a new session
+ * (id, created_at, summary) or freeing one, and the per-session summaries
+ * that listings and /metrics read without waiting for a session's queue. */
+#include "api/internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/random.h"
+#include "cache/session.h"
+
+_Static_assert(KVD_DTYPE_COUNT == KVD_DTYPE_KIVI4 + 1, "KVD_DTYPE_COUNT counts every kvd_dtype");
+
+static size_t id_hash(const char *id)
+{
+    /* Ids are uniformly random hex: the first 16 digits are a fine hash. */
+    uint64_t h = 0;
+    for (int i = 0; i < 16 && id[i]; i++)
+        h = (h << 4) | (uint64_t)(id[i] <= '9' ? id[i] - '0' : id[i] - 'a' + 10);
+    return (size_t)h;
+}
+
+api_session *kvd__api_registry_find(const kvd_api *api, const char *id)
+{
+    if (!id || strlen(id) != KVD_SESSION_ID_HEX)
+        return NULL;
+    for (api_session *s = api->buckets[id_hash(id) & (api->n_buckets - 1)]; s; s = s->hash_next)
+        if (memcmp(s->id, id, KVD_SESSION_ID_HEX) == 0)
+            return s;
+    return NULL;
+}
+
+/* Doubles the table when it averages more than one session per bucket. */
+static int registry_grow(kvd_api *api)
+{
+    size_t n = api->n_buckets * 2;
+    api_session **b = calloc(n, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    for (size_t i = 0; i < api->n_buckets; i++) {
+        api_session *s = api->buckets[i];
+        while (s) {
+            api_session *next = s->hash_next;
+            size_t j = id_hash(s->id) & (n - 1);
+            s->hash_next = b[j];
+            b[j] = s;
+            s = next;
+        }
+    }
+    free(api->buckets);
+    api->buckets = b;
+    api->n_buckets = n;
+    return 0;
+}
+
+static int registry_insert(kvd_api *api, api_session *s)
+{
+    if (api->n_sessions >= api->n_buckets && registry_grow(api) != 0)
+        return -ENOMEM;
+    size_t i = id_hash(s->id) & (api->n_buckets - 1);
+    s->hash_next = api->buckets[i];
+    api->buckets[i] = s;
+    api->n_sessions++;
+    return 0;
+}
+
+void kvd__api_registry_remove(kvd_api *api, api_session *s)
+{
+    api_session **p = &api->buckets[id_hash(s->id) & (api->n_buckets - 1)];
+    while (*p && *p != s)
+        p = &(*p)->hash_next;
+    if (*p) {
+        *p = s->hash_next;
+        api->n_sessions--;
+    }
+    s->hash_next = NULL;
+}
+
+static int new_session_id(char out[KVD_SESSION_ID_HEX + 1])
+{
+    unsigned char raw[KVD_SESSION_ID_HEX / 2];
+    int rc = kvd__api_random_bytes(raw, sizeof raw);
+    if (rc != 0)
+        return rc;
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[KVD_SESSION_ID_HEX] = '\0';
+    return 0;
+}
+
+void kvd__api_session_free(kvd_api *api, api_session *s)
+{
+    kvd_session_destroy(s->cache, api->pool);
+    kvd_session_destroy(s->shadow, api->pool);
+    free(s);
+}
+
+/* Refreshes the summary that GET /v1/sessions reads without the queue. */
+void kvd__api_session_summarize(api_session *s)
+{
+    atomic_store(&s->tokens_summary, kvd_session_tokens(s->cache));
+    atomic_store(&s->pages_summary, kvd_session_pages(s->cache));
+    atomic_store(&s->shadow_pages_summary, s->shadow ? kvd_session_pages(s->shadow) : 0);
+}
+
+bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp)
+{
+    if (!api->opt.max_sessions || api->n_sessions < api->opt.max_sessions)
+        return false;
+    atomic_fetch_add_explicit(&api->stats.rejected_max_sessions, 1, memory_order_relaxed);
+    kvd_api_error err;
+    kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
+                      "session limit reached (--max-sessions %" PRIu32 ")", api->opt.max_sessions);
+    kvd_response_error(resp, &err);
+    return true;
+}
+
+/* Registers a new session around `cache` (and its shadow copy, if any) with
+ * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
+api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
+                                       kvd_response *resp)
+{
+    api_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        kvd_session_destroy(cache, api->pool);
+        kvd_session_destroy(shadow, api->pool);
+        kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
+        return NULL;
+    }
+    s->cache = cache;
+    s->shadow = shadow;
+    do {
+        if (new_session_id(s->id) != 0) {
+            kvd__api_session_free(api, s);
+            kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "no randomness for a session id");
+            return NULL;
+        }
+    } while (kvd__api_registry_find(api, s->id)); /* 2^-128 per try, but free to check */
+    if (registry_insert(api, s) != 0) {
+        kvd__api_session_free(api, s);
+        kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
+        return NULL;
+    }
+    s->created_at = kvd__api_now(api);
+    atomic_store(&s->last_used_at, s->created_at);
+    kvd__api_session_summarize(s);
+    atomic_fetch_add_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
+    return s;
+}
+
+size_t kvd_api_session_count(const kvd_api *api)
+{
+    return api->n_sessions;
+}
+
+void kvd_api_cache_totals(const kvd_api *api, double tokens[KVD_DTYPE_COUNT],
+                          double bytes[KVD_DTYPE_COUNT], double *shadow_bytes)
+{
+    for (int d = 0; d < KVD_DTYPE_COUNT; d++)
+        tokens[d] = bytes[d] = 0;
+    *shadow_bytes = 0;
+    const double pb = (double)api->opt.page_bytes;
+    for (size_t i = 0; i < api->n_buckets; i++)
+        for (const api_session *s = api->buckets[i]; s; s = s->hash_next) {
+            int d = (int)s->cache->config.cache.dtype;
+            tokens[d] += (double)atomic_load(&s->tokens_summary);
+            bytes[d] += (double)atomic_load(&s->pages_summary) * pb;
+            *shadow_bytes += (double)atomic_load(&s->shadow_pages_summary) * pb;
+        }
+}

@@ -1,0 +1,38 @@
+/* api/step_body.h — the step body (POST /v1/sessions/{id}/step) as a typed,
+ * validated kvd_step_request: one layer entry or a "steps" array, tensors
+ * decoded to f32. Parsing validates the whole request against the session's
+ * config before anything is returned, so a step can be applied knowing it is
+ * well-formed; nothing here touches a session. */
+#ifndef KVD_API_STEP_BODY_H
+#define KVD_API_STEP_BODY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cJSON.h>
+
+#include "api/errors.h"
+#include "api/limits.h"
+#include "api/wire.h"
+#include "cache/session.h"
+#include "cache/step.h"
+
+/* A decoded step body: its entries (cache/step.h) own their tensors, which
+ * kvd_step_request_free frees. */
+typedef struct kvd_step_request {
+    kvd_step_entry *entries; /* in request order ("steps" array or one) */
+    size_t n_entries;
+    kvd_wire_encoding encoding; /* of the response tensors */
+} kvd_step_request;
+
+/* Parses and validates a step body against the session's config: shapes,
+ * layer index, mask, finiteness, unknown fields. Either the body is one step
+ * ({"layer", "k", "v", "q", "mask", "encoding"}) or {"steps": [...],
+ * "encoding"}. Fields named in errors use the path, e.g. "steps[2].q".
+ * Returns 0 (caller frees with kvd_step_request_free) or -1 with err. */
+int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
+                           const kvd_api_limits *lim, kvd_step_request *req,
+                           kvd_api_error *err);
+void kvd_step_request_free(kvd_step_request *req);
+
+#endif
