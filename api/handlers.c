@@ -81,12 +81,7 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         return;
     }
     if (cfg.shadow) {
-        /* The exact reference: same shape, f32, keeps every token. */
-        kvd_session_config exact = cfg;
-        exact.cache.dtype = KVD_DTYPE_F32;
-        exact.cache.eviction = KVD_EVICT_NONE;
-        exact.cache.budget = 0;
-        exact.shadow = false;
+        const kvd_session_config exact = kvd_session_shadow_config(&cfg);
         if (kvd_session_create(&exact, api->opt.page_bytes, &shadow) != 0) {
             kvd_session_destroy(cache, api->pool);
             kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");

@@ -121,6 +121,16 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     return 0;
 }
 
+kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
+{
+    kvd_session_config exact = *cfg;
+    exact.cache.dtype = KVD_DTYPE_F32;
+    exact.cache.eviction = KVD_EVICT_NONE;
+    exact.cache.budget = 0;
+    exact.shadow = false;
+    return exact;
+}
+
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;

@@ -51,6 +51,11 @@ typedef struct kvd_session {
  * Free with kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
+/* The config of a session's shadow copy (DESIGN.md §3 "shadow"): the same
+ * shape, f32, no policy, so it keeps every token exactly; the step engine
+ * compares the session's outputs against it. */
+kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
+
 /* A copy-on-write fork: same config and tokens, every page shared (see
  * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0,
  * -ENOMEM or -ENOTSUP (KIVI), with nothing changed. */

@@ -252,9 +252,8 @@ START_TEST(shadow_measures_each_entry)
         kvd_session_config c = base_config(1, 4, 2, 32);
         c.cache.dtype = dt ? KVD_DTYPE_INT8 : KVD_DTYPE_F32;
         c.shadow = true;
-        kvd_session_config exact = c;
-        exact.cache.dtype = KVD_DTYPE_F32;
-        exact.shadow = false;
+        const kvd_session_config exact = kvd_session_shadow_config(&c);
+        ck_assert(exact.cache.dtype == KVD_DTYPE_F32 && exact.cache.eviction == KVD_EVICT_NONE && !exact.shadow);
         kvd_session *s, *shadow;
         ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), 0);
         ck_assert_int_eq(kvd_session_create(&exact, PAGE, &shadow), 0);
