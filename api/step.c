@@ -445,34 +445,29 @@ static void apply_tensor_attention(kvd_session *sess, const kvd_step_layer *st, 
         const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
         const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
         /* The SIMD tensor kernels read f32 pages; every other dtype (KIVI's
-         * two segments included) runs the reference over dequantized rows. */
+         * two segments included) runs kvd_tensor_four_view over dequantized rows. */
         const bool f32 = sess->config.cache.dtype == KVD_DTYPE_F32;
-        kvd_kv_pages pr;
-        if (sess->pairs)
-            pr = kvd_stream_view(&sess->pairs[idx]);
         kvd_stream *s = &sess->streams[idx];
         if (p->weights)
             memset(p->weights, 0, s->n_tokens * sizeof(float));
         for (size_t i = 0; i < st->m_q; i++) {
             size_t off = (i * cfg->heads + (size_t)g * group) * d;
             size_t visible = visible_tokens(st, n_before, i);
-            if (sess->pairs && f32) {
-                kern->two(&pr, visible, st->q + off, group, cfg->scale, o + off);
-            } else if (sess->pairs) {
-                /* quantized pair rows: the two-cache is standard attention
-                 * over them, and the standard kernels read every dtype */
+            if (sess->pairs) {
+                /* the two-cache is standard attention over its pair rows,
+                 * and the standard kernels read every dtype */
                 kvd_kv_segment seg[2];
                 size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
                 kvd_attention_kernels_get()->attend(seg, n_seg, st->q + off, group, cfg->scale, o + off);
             } else if (f32) {
                 kern->four(&a, &b, visible, cfg->window, st->q + off, group, cfg->scale, o + off);
             } else {
-                kvd_tensor_four_view_ref(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
-                                         o + off);
+                kvd_tensor_four_view(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
+                                     o + off);
             }
             if (p->weights) /* h2o: each pair's weight goes to both its tokens */
-                kvd_tensor_weights_view_ref(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
-                                            p->weights);
+                kvd_tensor_weights_view(&av, &bv, visible, cfg->window, st->q + off, group, cfg->scale,
+                                        p->weights);
         }
         if (p->weights)
             kvd_stream_add_weights(s, p->weights, s->n_tokens);
@@ -509,8 +504,8 @@ static void apply_attention(kvd_session *sess, const kvd_step_layer *st, size_t 
             size_t n_seg = kvd_stream_segments(s, visible_tokens(st, n_before, i), seg);
             kern->attend(seg, n_seg, st->q + off, group, cfg->scale, o + off);
             if (weights)
-                kvd_attention_weights_ref(seg, n_seg, st->q + off, group, cfg->scale, p->scratch,
-                                          weights);
+                kvd_attention_weights(seg, n_seg, st->q + off, group, cfg->scale, p->scratch,
+                                      weights);
         }
         if (weights)
             kvd_stream_add_weights(s, weights, s->n_tokens);
