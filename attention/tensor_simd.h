@@ -19,6 +19,10 @@
  * LANES score accumulators (AVX-512: 8 + 16 of 32 registers; 8 lanes:
  * 4 + 8 of 16). */
 #define T_QSTEP (KVD_SIMD_W == 16 ? 8 : 4)
+/* Order of the score FMAs within a step: measured fastest per width
+ * (AVX-512: keys innermost; AVX2: a key's T_QSTEP channels innermost, about
+ * 20% faster there than keys innermost). */
+#define T_KEYS_INNER (KVD_SIMD_W == 16)
 /* Value accumulation: T_PV_LANES virtual queries x 4 vectors of
  * accumulators per pass (AVX-512: 16 of 32 registers; 8 lanes: 8 of 16). */
 #define T_PV_LANES (KVD_SIMD_W == 16 ? 4 : 2)
@@ -143,12 +147,25 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
                 _Pragma("GCC unroll 8")
                 for (int i = 0; i < T_QSTEP; i++)
                     qv[i] = v_load(qt + (l + i) * LANES);
-                /* keys innermost: W independent FMAs between dependent ones */
-                _Pragma("GCC unroll 8")
-                for (int i = 0; i < T_QSTEP; i++)
+                if (T_KEYS_INNER) {
+                    /* keys innermost: W independent FMAs between dependent ones */
+                    _Pragma("GCC unroll 8")
+                    for (int i = 0; i < T_QSTEP; i++)
+                        _Pragma("GCC unroll 16")
+                        for (int kk = 0; kk < LANES; kk++)
+                            s[kk] = v_fma(qv[i], v_set1(k2p[kk][l + i]), s[kk]);
+                } else {
+                    /* channels innermost: one key's T_QSTEP numbers in a row */
                     _Pragma("GCC unroll 16")
-                    for (int kk = 0; kk < LANES; kk++)
-                        s[kk] = v_fma(qv[i], v_set1(k2p[kk][l + i]), s[kk]);
+                    for (int kk = 0; kk < LANES; kk++) {
+                        const float *k = k2p[kk] + l;
+                        vf t = s[kk];
+                        _Pragma("GCC unroll 8")
+                        for (int i = 0; i < T_QSTEP; i++)
+                            t = v_fma(qv[i], v_set1(k[i]), t);
+                        s[kk] = t;
+                    }
+                }
             }
             for (; l < d; l++) {
                 const vf qv = v_load(qt + l * LANES);
