@@ -2,8 +2,11 @@
  *
  * This module knows nothing of HTTP, sessions or the pool: it sees a stream as
  * a block table of pages, each holding `slots_per_page` token slots laid out as
- * described by kvd_kv_pages. Every fast kernel has a scalar `_ref` twin that is
- * the oracle in tests (tests/attention/). */
+ * described by kvd_kv_pages. This header owns the view types, the oracle
+ * kvd_attend_ref, the h2o scoring and the kernel table chosen at run time.
+ * `_ref` names only the scalar oracles tests compare against (never run in
+ * production); every kernel tier, scalar included, is tested against them
+ * (tests/attention/). */
 #ifndef KVD_ATTENTION_H
 #define KVD_ATTENTION_H
 
@@ -58,11 +61,13 @@ typedef struct kvd_kv_segment {
  * reading (and dequantizing) each key and value once for the whole group.
  *   q: [n_q][head_dim] f32, o: [n_q][head_dim] f32 (written; may not alias q).
  * No visible slot at all writes zeros: a softmax over no tokens has no mass.
- * This is the scalar reference every faster kernel is tested against. */
+ * This is the oracle every kernel tier is tested against (standard.c: one
+ * key at a time, libm expf); production runs kvd_attention_kernels_get(). */
 void kvd_attend_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                     float scale, float *o);
 
-/* One f32-or-any-format view, first n_visible slots: kvd_attend_ref on one segment. */
+/* One view of any format, first n_visible slots: kvd_attend_ref on one
+ * segment (a test convenience). */
 void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
                           const float *q, size_t n_q, float scale, float *o);
 
@@ -70,9 +75,9 @@ void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
  * counted across the segments in order) receives from each of the n_q query
  * heads (same scores as kvd_attend_ref), summed over the heads.
  * scratch: [total visible] f32. A second pass over the keys, paid only by
- * sessions with eviction h2o. */
-void kvd_attention_weights_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q,
-                               size_t n_q, float scale, float *scratch, float *acc);
+ * sessions with eviction h2o. Scalar, production (weights.c). */
+void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                           float scale, float *scratch, float *acc);
 
 /* The kernel table chosen once at start-up for this CPU (runtime dispatch). */
 typedef struct kvd_attention_kernels {

@@ -122,8 +122,8 @@ static unsigned code_at(const unsigned char *codes, size_t c, unsigned bits)
 
 /* Channels [c0, c1) of row/token t, element by element from the bytes: the
  * definition every faster dequantizer is tested against. */
-void kvd_dequant_range_ref(kvd_row_format f, const unsigned char *unit, size_t t, size_t d,
-                           uint32_t group, size_t c0, size_t c1, float *out)
+void kvd_dequant_range(kvd_row_format f, const unsigned char *unit, size_t t, size_t d,
+                       uint32_t group, size_t c0, size_t c1, float *out)
 {
     switch (f) {
     case KVD_ROW_F32:
@@ -170,8 +170,8 @@ void kvd_dequant_range_ref(kvd_row_format f, const unsigned char *unit, size_t t
     }
 }
 
-void kvd_dequant_row_ref(kvd_row_format f, const unsigned char *unit, size_t t, size_t d,
-                         uint32_t group, float *out)
+void kvd_dequant_row(kvd_row_format f, const unsigned char *unit, size_t t, size_t d,
+                     uint32_t group, float *out)
 {
-    kvd_dequant_range_ref(f, unit, t, d, group, 0, d, out);
+    kvd_dequant_range(f, unit, t, d, group, 0, d, out);
 }

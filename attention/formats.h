@@ -55,10 +55,12 @@ float kvd_f16_to_f32(uint16_t h);
 uint16_t kvd_f32_to_bf16(float x);
 float kvd_bf16_to_f32(uint16_t b);
 
-/* Scalar reference dequantization of row/token `t` of a stored unit into
- * out[0..d): for per-token formats `unit` is the row and t is ignored; for
- * KIVI keys `unit` is the block and t the token within it. */
-void kvd_dequant_row_ref(kvd_row_format f, const unsigned char *unit, size_t t, size_t head_dim,
-                         uint32_t group, float *out);
+/* Scalar dequantization of row/token `t` of a stored unit into out[0..d):
+ * for per-token formats `unit` is the row and t is ignored; for KIVI keys
+ * `unit` is the block and t the token within it. Production code (cache/,
+ * the kernels' tails) and the definition the kernels' in-register decoders
+ * match bit for bit. */
+void kvd_dequant_row(kvd_row_format f, const unsigned char *unit, size_t t, size_t head_dim,
+                     uint32_t group, float *out);
 
 #endif

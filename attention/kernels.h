@@ -1,7 +1,8 @@
-/* attention/kernels.h — private to attention/ and its tests: the SIMD twins of
- * kvd_attend_ref, the constants every attend kernel shares and the slot
- * addressing of the row formats.
- * Only dispatch.c decides which of these runs; callers outside attention/ use
+/* attention/kernels.h — private to attention/ and its tests: the attend
+ * kernels of every tier (one body, standard_simd.h, over each vector layer
+ * attention/simd_*.h), the constants every attend kernel shares, the slot
+ * addressing of the row formats and the CPU levels.
+ * Only dispatch.c decides which kernel runs; callers outside attention/ use
  * kvd_attention_kernels_get(). */
 #ifndef KVD_ATTENTION_KERNELS_H
 #define KVD_ATTENTION_KERNELS_H
@@ -35,9 +36,9 @@
 #define KVD_ATTN_CHUNK 256
 
 /* Scalar dequantization of channels [c0, c1) of row/token t of a stored unit
- * into out[0 .. c1 - c0): kvd_dequant_row_ref restricted to a range of
+ * into out[0 .. c1 - c0): kvd_dequant_row restricted to a range of
  * channels (formats.c; the SIMD kernels use it for tails and odd groups). */
-void kvd_dequant_range_ref(kvd_row_format f, const unsigned char *unit, size_t t,
+void kvd_dequant_range(kvd_row_format f, const unsigned char *unit, size_t t,
                            size_t head_dim, uint32_t group, size_t c0, size_t c1, float *out);
 
 /* Bytes from one key row (or KIVI key block) to the next in a K region. */
@@ -67,10 +68,13 @@ static inline const unsigned char *kvd_kv_unit(const kvd_kv_pages *kv, size_t of
     return region + i * stride;
 }
 
+/* Same contract as kvd_attend_ref, every row format. The scalar tier
+ * (portable C, standard_scalar.c) runs on any CPU; the others are built with
+ * target attributes: call them only if the CPU has the features
+ * (kvd_attention_kernels_get does the check). */
+void kvd_attend_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                       float scale, float *o);
 #if defined(__x86_64__)
-/* Built with target attributes: call only if the CPU has the features
- * (kvd_attention_kernels_get does the check). Same contract as
- * kvd_attend_ref, every row format. */
 void kvd_attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                      float scale, float *o); /* avx2 + fma + f16c */
 void kvd_attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,

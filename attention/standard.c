@@ -1,9 +1,11 @@
 /* attention/standard.c — the scalar reference kernel for standard (softmax)
  * attention over a stream's segments in any row format: kvd_attend_ref, and
- * its one-segment wrapper kvd_attend_group_ref. It is the oracle the SIMD
- * kernels (standard_avx2.c, standard_avx512.c) are tested against, so it
- * favours clarity over speed: one key at a time, element-wise dequantization
- * straight from the page (kvd_dequant_range_ref), libm expf. */
+ * its one-segment wrapper kvd_attend_group_ref. It is the oracle every
+ * kernel tier (standard_scalar.c, standard_avx2.c, standard_avx512.c: one
+ * blocked body, standard_simd.h) is tested against and never runs in
+ * production, so it favours clarity over speed: one key at a time,
+ * element-wise dequantization straight from the page (kvd_dequant_range),
+ * libm expf. */
 #include <math.h>
 #include <string.h>
 
@@ -40,7 +42,7 @@ static void ref_segment(const kvd_kv_pages *kv, size_t n, const float *restrict 
             dot[h] = 0.0f;
         for (size_t c0 = 0; c0 < d; c0 += REF_CHUNK) {
             const size_t c1 = d - c0 < REF_CHUNK ? d : c0 + REF_CHUNK;
-            kvd_dequant_range_ref(kv->k_format, ku, kt, d, kv->group, c0, c1, buf);
+            kvd_dequant_range(kv->k_format, ku, kt, d, kv->group, c0, c1, buf);
             for (size_t h = 0; h < g; h++) {
                 const float *restrict qh = q + h * d;
                 float acc = dot[h];
@@ -69,7 +71,7 @@ static void ref_segment(const kvd_kv_pages *kv, size_t n, const float *restrict 
         }
         for (size_t c0 = 0; c0 < d; c0 += REF_CHUNK) {
             const size_t c1 = d - c0 < REF_CHUNK ? d : c0 + REF_CHUNK;
-            kvd_dequant_range_ref(kv->v_format, vu, vt, d, kv->group, c0, c1, buf);
+            kvd_dequant_range(kv->v_format, vu, vt, d, kv->group, c0, c1, buf);
             for (size_t h = 0; h < g; h++) {
                 float *restrict acc = o + h * d;
                 for (size_t c = c0; c < c1; c++)

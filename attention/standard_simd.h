@@ -1,22 +1,14 @@
-/* attention/standard_simd.h — the body of the SIMD attend kernels, written
- * once and included by standard_avx2.c and standard_avx512.c (private to
- * attention/). Keys and values are taken 16 tokens at a time; f32 rows are
- * read in place, every other format is dequantized into an L1 tile of
- * 16 x KVD_ATTN_CHUNK f32 (a slice of one block, never a copy of the cache)
- * and the same f32 block math runs on the tile. The including file defines
- * the vector layer first:
- *   KVD_SIMD_ATTR (target attribute), KVD_SIMD_FN (kernel name), KVD_SIMD_W
- *   (f32 lanes), vf (vector type), v_zero/v_set1/v_load/v_store/v_add/v_sub/
- *   v_mul/v_fma(a, b, c) = a * b + c/v_hsum, v_exp (exp for x <= 0 that
- *   returns exactly 0 for x = -inf), and the W-lane decoders from bytes:
- *   v_f16 (W halves), v_bf16 (W bfloat16), v_i8 (W int8 as f32), v_u4 (W
- *   4-bit codes, W/2 bytes), v_u2 (W 2-bit codes, W/4 bytes), in the bit
- *   order of attention/formats.h, and for U4G/U2G rows a per-group decoder
- *   vgroup = v_group4/v_group2(s, z) with v_dq4/v_dq2(codes, &vgroup) =
- *   z + s * code, v_sum_lanes (lane b = sum of vector b), v_max, v_hmax.
- *   F16C is available in both targets. */
-#ifndef KVD_SIMD_FN
-#error "define the vector layer before including attention/standard_simd.h"
+/* attention/standard_simd.h — the body of the standard (softmax) attend
+ * kernel, written once over the vector layer (simd_avx2.h, simd_avx512.h,
+ * simd_scalar.h) and included by one thin .c file per layer (standard_avx2.c,
+ * standard_avx512.c, standard_scalar.c), which names it
+ * KVD_SIMD_NAME(kvd_attend_). Private to attention/. Keys and values are
+ * taken 16 tokens at a time; f32 rows are read in place, every other format
+ * is dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
+ * block, never a copy of the cache) and the same f32 block math runs on the
+ * tile. */
+#ifndef KVD_SIMD_LAYER
+#error "include a vector layer (attention/simd_*.h) before attention/standard_simd.h"
 #endif
 
 #include <float.h>
@@ -188,20 +180,6 @@ KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const floa
 
 #define SIMD_INLINE KVD_SIMD_ATTR static inline __attribute__((always_inline))
 
-/* n (even) little-endian halves at p -> out[0..n), 8 or 4 at a time with
- * F16C; reads exactly 2n bytes (a row's scale/min header may be the last
- * bytes before a region boundary). */
-SIMD_INLINE void simd_halves(const unsigned char *restrict p, size_t n, float *restrict out)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
-    for (; i + 4 <= n; i += 4)
-        _mm_storeu_ps(out + i, _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p + 2 * i))));
-    for (; i < n; i++)
-        out[i] = kvd_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
-}
-
 /* Per-channel scale and minimum of the current KIVI key block, decoded once
  * per (block, channel chunk) and reused by its `group` tokens. */
 typedef struct simd_kivi_cache {
@@ -229,7 +207,7 @@ typedef struct simd_chunk {
 } simd_chunk;
 
 /* Channels [c0, c1) of row/token t of `unit` -> out[0..c1-c0), bit for bit
- * what kvd_dequant_range_ref gives: the f16/bf16/int8 decodes are exact,
+ * what kvd_dequant_range gives: the f16/bf16/int8 decodes are exact,
  * and z + s*q rounds once either way because s*q (an 11-bit half times a
  * code of <= 4 bits) is exact in f32. c0 is a multiple of KVD_ATTN_CHUNK, so
  * vectors start on whole bytes of packed codes. Vector paths need U4G/U2G
@@ -298,7 +276,7 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
     case KVD_ROW_KIVI2_KEYS: {
         if (kc->unit != unit || kc->c0 != c0) {
             /* A new block (every `group` tokens): its channels' {s, z}. */
-            simd_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
+            v_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
             for (size_t i = 0; i < c1 - c0; i++) {
                 kc->s[i] = kc->sz[2 * i];
                 kc->z[i] = kc->sz[2 * i + 1];
@@ -321,7 +299,7 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
     }
     }
     if (c < c1)
-        kvd_dequant_range_ref(ch->f, unit, t, ch->d, ch->group, c, c1, out + (c - c0));
+        kvd_dequant_range(ch->f, unit, t, ch->d, ch->group, c, c1, out + (c - c0));
 }
 
 /* ---- the kernel ----------------------------------------------------------- */
@@ -395,7 +373,7 @@ KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char 
     _Alignas(64) float sz[KVD_ATTN_BLOCK * SIMD_SZ_STRIDE];
     if ((ch0.f == KVD_ROW_U4G || ch0.f == KVD_ROW_U2G) && ch0.vector_groups)
         for (size_t b = 0; b < nb; b++)
-            simd_halves(unit[b] + 4 * ch0.g0, 2 * (ch0.g1 - ch0.g0), sz + b * SIMD_SZ_STRIDE);
+            v_halves(unit[b] + 4 * ch0.g0, 2 * (ch0.g1 - ch0.g0), sz + b * SIMD_SZ_STRIDE);
     switch (ch0.f) {
         SIMD_DECODE_ROWS(KVD_ROW_F16)
         SIMD_DECODE_ROWS(KVD_ROW_BF16)
@@ -433,8 +411,8 @@ KVD_SIMD_ATTR static inline void simd_cursor_next(simd_cursor *c, size_t spp, ui
 KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
 {
     for (size_t o = 0; o < n; o += 64)
-        _mm_prefetch((const char *)p + o, _MM_HINT_T0);
-    _mm_prefetch((const char *)p + n - 1, _MM_HINT_T0); /* a row may end in one more line */
+        v_prefetch(p + o);
+    v_prefetch(p + n - 1); /* a row may end in one more line */
 }
 
 /* The bytes slot `c` will be read from: its key row (KIVI: its token's
@@ -568,8 +546,9 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     }
 }
 
-KVD_SIMD_ATTR void KVD_SIMD_FN(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
-                               size_t n_q, float scale, float *restrict o)
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd_attend_)(const kvd_kv_segment *seg, size_t n_seg,
+                                              const float *restrict q, size_t n_q, float scale,
+                                              float *restrict o)
 {
     if (n_seg == 0 || n_q == 0)
         return; /* no view names head_dim: nothing to write */

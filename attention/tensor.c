@@ -1,8 +1,12 @@
-/* attention/tensor.c — tensor attention's scalar oracles (four caches, two
- * caches), the pair rows a two-cache stores, and the runtime choice of the
- * SIMD twins (tensor_avx2.c, tensor_avx512.c). The oracles follow the
- * definition in tensor.h literally: one online softmax over the pairs, the
- * output row itself as the accumulator, so they need no scratch at all. */
+/* attention/tensor.c — tensor attention's scalar code: the oracles
+ * kvd_tensor_four_ref and kvd_tensor_two_ref (tests compare the kernels
+ * against them), the production scalar kvd_tensor_four_view and
+ * kvd_tensor_weights_view for caches of any dtype, the pair rows a
+ * two-cache stores, and the runtime choice of the four-cache kernel
+ * (tensor_scalar.c, tensor_avx2.c, tensor_avx512.c over tensor_simd.h).
+ * The scalar functions follow the definition in tensor.h literally: one
+ * online softmax over the pairs, the output row itself as the accumulator,
+ * so they need no scratch at all. */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -12,9 +16,9 @@
 
 /* Rows of any per-token format: f32 rows are read in place, others are
  * dequantized into `buf` ([head_dim] f32) by the reference dequantizer.
- * The SIMD tensor kernels take f32 only; quantized tensor caches run these
- * scalar oracles (their O(n^2 d) dequantization is the same order as the
- * attention itself). */
+ * The four-cache kernels take f32 only; quantized tensor caches run
+ * kvd_tensor_four_view (its O(n^2 d) dequantization is the same order as
+ * the attention itself). */
 #define ROW_MAX 4096 /* head_dim bound of the create body */
 
 /* Row `value ? v : k` of slot i of one view, dequantized into buf unless it
@@ -27,12 +31,12 @@ static const float *pages_row(const kvd_kv_pages *kv, size_t i, int value, float
     if (f == KVD_ROW_F32)
         return (const float *)(page + (value ? kv->v_offset : kv->k_offset)) + in_page * kv->head_dim;
     if (kvd_row_is_block(f)) {
-        kvd_dequant_row_ref(f, page + kv->k_offset + (in_page / kv->group) * kv->k_row_bytes,
+        kvd_dequant_row(f, page + kv->k_offset + (in_page / kv->group) * kv->k_row_bytes,
                             in_page % kv->group, kv->head_dim, kv->group, buf);
         return buf;
     }
     const size_t row_bytes = value ? kv->v_row_bytes : kv->k_row_bytes;
-    kvd_dequant_row_ref(f, page + (value ? kv->v_offset : kv->k_offset) + in_page * row_bytes, 0,
+    kvd_dequant_row(f, page + (value ? kv->v_offset : kv->k_offset) + in_page * row_bytes, 0,
                         kv->head_dim, kv->group, buf);
     return buf;
 }
@@ -107,8 +111,8 @@ static float pair_score(const kvd_tensor_view *a, const kvd_tensor_view *b, size
     return scale * s;
 }
 
-void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
-                                 size_t window, const float *q, size_t n_q, float scale, float *acc)
+void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                             size_t window, const float *q, size_t n_q, float scale, float *acc)
 {
     const size_t d = a->seg[0].kv.head_dim, lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
@@ -137,15 +141,34 @@ void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view
     }
 }
 
+/* The oracle reads f32 pages directly (kvd_kv_key), apart from the view
+ * machinery kvd_tensor_four_view and the kernels use. */
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o)
 {
-    const kvd_tensor_view va = one_segment(a, n), vb = one_segment(b, n);
-    kvd_tensor_four_view_ref(&va, &vb, n, window, q, n_q, scale, o);
+    const size_t d = a->head_dim;
+    const size_t lo = first_visible(n, window);
+    for (size_t h = 0; h < n_q; h++) {
+        const float *qh = q + h * d;
+        float *oh = o + h * d;
+        memset(oh, 0, d * sizeof *oh);
+        float m = -INFINITY, l = 0.0f;
+        for (size_t j = lo; j < n; j++)
+            for (size_t k = lo; k < n; k++) {
+                const float *k1 = kvd_kv_key(a, j), *k2 = kvd_kv_key(b, k);
+                float s = 0.0f;
+                for (size_t i = 0; i < d; i++)
+                    s += qh[i] * k1[i] * k2[i];
+                online_fold(oh, d, &m, &l, scale * s, kvd_kv_value(a, j), kvd_kv_value(b, k));
+            }
+        if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
+            for (size_t i = 0; i < d; i++)
+                oh[i] /= l;
+    }
 }
 
-void kvd_tensor_four_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n, size_t window,
-                              const float *q, size_t n_q, float scale, float *o)
+void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                          size_t window, const float *q, size_t n_q, float scale, float *o)
 {
     const size_t d = a->seg[0].kv.head_dim;
     const size_t lo = first_visible(n, window);
@@ -234,12 +257,14 @@ void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *
 /* ---- runtime dispatch ------------------------------------------------------ */
 
 /* Scalar first, best last; the prefix this CPU supports is usable (the
- * same levels as the standard kernels: attention/dispatch.c decides). */
+ * same levels as the standard kernels: attention/dispatch.c decides). A
+ * two-cache needs no table of its own: it is standard attention over its
+ * pair rows (kvd_attention_kernels_get()->attend). */
 static const kvd_tensor_kernels tensor_tables[] = {
-    {.name = "scalar", .four = kvd_tensor_four_ref, .two = kvd_tensor_two_ref},
+    {.name = "scalar", .four = kvd_tensor_four_scalar},
 #if defined(__x86_64__)
-    {.name = "avx2", .four = kvd_tensor_four_avx2, .two = kvd_tensor_two_avx2},
-    {.name = "avx512", .four = kvd_tensor_four_avx512, .two = kvd_tensor_two_avx512},
+    {.name = "avx2", .four = kvd_tensor_four_avx2},
+    {.name = "avx512", .four = kvd_tensor_four_avx512},
 #endif
 };
 

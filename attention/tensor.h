@@ -6,9 +6,12 @@
  * For one query head with query q (d numbers) over the visible tokens T:
  *   s_jk = scale * sum_l q_l * k1_{j,l} * k2_{k,l}          (j, k in T)
  *   o    = sum_{j,k} softmax_{jk}(s) * (v1_j ⊙ v2_k)      (softmax over all |T|^2 pairs)
- * Every view here is f32 (kvd_kv_key / kvd_kv_value; the format fields of
- * kvd_kv_pages must be the f32 defaults). Every `_ref` kernel has SIMD twins
- * chosen at run time (kvd_tensor_kernels_get). Kernels never allocate. */
+ * This header owns the definitions, the oracles (`_ref`, what tests compare
+ * against), the production scalar code over views of any dtype, the pair-row
+ * order and builder, and the four-cache kernel table chosen at run time
+ * (kvd_tensor_kernels_get: tensor_simd.h over each vector layer). A
+ * two-cache has no kernel of its own: it is standard attention over its pair
+ * rows (attention.h, kvd_attention_kernels_get). Kernels never allocate. */
 #ifndef KVD_ATTENTION_TENSOR_H
 #define KVD_ATTENTION_TENSOR_H
 
@@ -23,8 +26,9 @@
  *   q: [n_q][d] f32, the query heads of one GQA group sharing this kv head.
  *   o: [n_q][d] f32, written (may not alias q). No visible token writes zeros.
  * O(|T|^2 * d) time per head, O(1) memory besides o: one online softmax over
- * the pairs in order (j outer, k inner) with o as its accumulator. The
- * oracle every SIMD four-cache kernel is tested against. */
+ * the pairs in order (j outer, k inner) with o as its accumulator. f32 views
+ * only (kvd_kv_key / kvd_kv_value). The oracle every four-cache kernel is
+ * tested against. */
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o);
 
@@ -34,7 +38,9 @@ void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
  * n*n rows (online softmax, f32 accumulation):
  *   q, o: [n_q][d] f32 as above; n == 0 writes zeros.
  * No window: the pairs of the last W tokens are not a contiguous run of rows
- * (a windowed two-cache is a four-cache's job: O(W*d) memory vs O(W^2*d)). */
+ * (a windowed two-cache is a four-cache's job: O(W*d) memory vs O(W^2*d)).
+ * The oracle of the two-cache path, which production runs as the standard
+ * kernels over the first n*n pair rows (tests compare them with this). */
 void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
                         float scale, float *o);
 
@@ -46,18 +52,19 @@ typedef struct kvd_tensor_view {
     size_t n_seg;
 } kvd_tensor_view;
 
-/* The _ref kernels and the pair-row builder over views of any dtype: rows
- * are dequantized one at a time by the reference dequantizer (the SIMD
- * tensor kernels take f32 views only). Same contracts as below. */
-void kvd_tensor_four_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n, size_t window,
-                              const float *q, size_t n_q, float scale, float *o);
+/* The four-cache attention and the pair-row builder over views of any
+ * dtype, scalar: rows are dequantized one at a time (kvd_dequant_row); the
+ * four-cache kernels take f32 views only, so production runs this for every
+ * other dtype. Same contracts as kvd_tensor_four_ref / kvd_tensor_pair_rows. */
+void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                          size_t window, const float *q, size_t n_q, float scale, float *o);
 /* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
  * the softmax weight of every visible pair token j belongs to — (j, k) and
  * (k, j), the pair (j, j) once — from each of the n_q query heads, summed
  * over the heads. Same scores as the four-cache; two passes over the pairs
  * (max and sum, then the weights), no scratch. acc: [n] f32. */
-void kvd_tensor_weights_view_ref(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
-                                 size_t window, const float *q, size_t n_q, float scale, float *acc);
+void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                             size_t window, const float *q, size_t n_q, float scale, float *acc);
 void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t t, float *k_rows,
                                float *v_rows);
 
@@ -84,10 +91,9 @@ static inline size_t kvd_tensor_pair_rows_added(size_t t)
 void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t, float *k_rows,
                           float *v_rows);
 
-/* Largest head_dim the SIMD four-cache kernels handle with their fixed
- * on-stack tiles (a [d][16] tile of q ⊙ k1 and a [16][d] tile of partial
- * outputs, 16 KiB each at this bound); a larger d runs kvd_tensor_four_ref.
- * The two-cache kernels keep no d-sized scratch and take any d. */
+/* Largest head_dim the four-cache kernels handle with their fixed on-stack
+ * tiles (a [d][16] tile of q ⊙ k1 and a [16][d] tile of partial outputs,
+ * 16 KiB each at this bound); a larger d runs kvd_tensor_four_view. */
 #define KVD_TENSOR_MAX_FAST_DIM 256
 
 /* Query heads per pass (running max and sum per head on the stack); a
@@ -97,14 +103,11 @@ void kvd_tensor_pair_rows(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t t
 typedef void (*kvd_tensor_four_fn)(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
                                    size_t window, const float *q, size_t n_q, float scale,
                                    float *o);
-typedef void (*kvd_tensor_two_fn)(const kvd_kv_pages *pairs, size_t n, const float *q,
-                                  size_t n_q, float scale, float *o);
 
-/* A kernel table: same contracts as the _ref functions above. */
+/* A kernel table: the same contract as kvd_tensor_four_ref. */
 typedef struct kvd_tensor_kernels {
     const char *name; /* "scalar", "avx2", "avx512" */
     kvd_tensor_four_fn four;
-    kvd_tensor_two_fn two;
 } kvd_tensor_kernels;
 
 /* The fastest table this CPU runs (AVX-512F, else AVX2+FMA, else scalar);
@@ -115,18 +118,19 @@ const kvd_tensor_kernels *kvd_tensor_kernels_get(void);
  * (for tests and benchmarks that compare the levels). */
 const kvd_tensor_kernels *kvd_tensor_kernels_all(size_t *n);
 
+/* The four-cache kernels, one body (tensor_simd.h) per vector layer. The
+ * scalar one runs on any CPU; the others are built with target attributes:
+ * call them only when the CPU has the features (kvd_tensor_kernels_get
+ * checks). Same contract as kvd_tensor_four_ref. */
+void kvd_tensor_four_scalar(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                            size_t window, const float *q, size_t n_q, float scale, float *o);
 #if defined(__x86_64__)
-/* The SIMD twins (built with target attributes: call only when the CPU has
- * the features; kvd_tensor_kernels_get checks). Same contracts as _ref. */
 void kvd_tensor_four_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
-                          const float *q, size_t n_q, float scale, float *o); /* avx2 + fma */
-void kvd_tensor_two_avx2(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
-                         float scale, float *o);
+                          const float *q, size_t n_q, float scale,
+                          float *o); /* avx2 + fma + f16c */
 void kvd_tensor_four_avx512(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
                             size_t window, const float *q, size_t n_q, float scale,
-                            float *o); /* avx512f */
-void kvd_tensor_two_avx512(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
-                           float scale, float *o);
+                            float *o); /* avx512f + f16c */
 #endif
 
 #endif

@@ -1,8 +1,8 @@
 /* attention/weights.c — heavy-hitter scoring for h2o eviction: the softmax
  * weight each cached slot receives from a group of query heads, added into a
  * per-slot accumulator, over a stream's segments in any row format. Scalar
- * reference (kvd_attention_weights_ref); scores are computed from the same
- * dequantized keys kvd_attend_ref sees (kvd_dequant_range_ref). */
+ * production code (kvd_attention_weights, no SIMD tier); scores are computed
+ * from the same dequantized keys the attend kernels see (kvd_dequant_range). */
 #include <math.h>
 
 #include "attention/attention.h"
@@ -22,16 +22,15 @@ static float score(const kvd_kv_pages *kv, size_t ks, size_t j, const float *res
     float dot = 0.0f;
     for (size_t c0 = 0; c0 < d; c0 += WEIGHTS_CHUNK) {
         const size_t c1 = d - c0 < WEIGHTS_CHUNK ? d : c0 + WEIGHTS_CHUNK;
-        kvd_dequant_range_ref(kv->k_format, unit, t, d, kv->group, c0, c1, buf);
+        kvd_dequant_range(kv->k_format, unit, t, d, kv->group, c0, c1, buf);
         for (size_t c = c0; c < c1; c++)
             dot += q[c] * buf[c - c0];
     }
     return scale * dot;
 }
 
-void kvd_attention_weights_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
-                               size_t n_q, float scale, float *restrict scratch,
-                               float *restrict acc)
+void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
+                           size_t n_q, float scale, float *restrict scratch, float *restrict acc)
 {
     size_t total = 0;
     for (size_t s = 0; s < n_seg; s++)

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "attention/attention.h"
+#include "attention/kernels.h"
 #include "attention/tensor.h"
 
 #include "bench/bench.h"
@@ -195,6 +196,7 @@ static double peak_gflops(void)
 
 typedef struct bench_case {
     const kvd_tensor_kernels *k;
+    const kvd_attention_kernels *std; /* the two-cache: standard attention over pair rows */
     bench_view a, b, pairs; /* (k1, v1), (k2, v2), the n^2 pair rows */
     size_t n;
     float *q;               /* [HEADS][d] */
@@ -206,7 +208,8 @@ typedef struct bench_case {
  * appended token by token as cache/ would. */
 static void case_init(bench_case *c, const kvd_tensor_kernels *k, size_t n, size_t d)
 {
-    *c = (bench_case){.k = k, .n = n, .scale = 1.0f / sqrtf((float)d)};
+    *c = (bench_case){.k = k, .std = kvd_attention_kernels_get(), .n = n,
+                      .scale = 1.0f / sqrtf((float)d)};
     view_init(&c->a, n, d);
     view_init(&c->b, n, d);
     for (size_t j = 0; j < n; j++)
@@ -252,8 +255,10 @@ static void run_once(const bench_case *c, int what)
 {
     if (what == 0)
         c->k->four(&c->a.kv, &c->b.kv, c->n, 0, c->q, HEADS, c->scale, c->o);
-    else if (what == 1)
-        c->k->two(&c->pairs.kv, c->n, c->q, HEADS, c->scale, c->o2);
+    else if (what == 1) {
+        const kvd_kv_segment seg = {.kv = c->pairs.kv, .n = c->n * c->n};
+        c->std->attend(&seg, 1, c->q, HEADS, c->scale, c->o2);
+    }
     else
         sink_f = read_view(&c->pairs, c->n * c->n);
 }
@@ -355,15 +360,18 @@ int main(int argc, char **argv)
         printf("\ncrossover: none in the n run: the four-cache is faster at every n (same FLOPs, "
                "n/2 times fewer bytes)\n");
 
-    /* Every kernel level this CPU runs, at one n (the SIMD gain over _ref). */
+    /* Every kernel level this CPU runs, at one n (the SIMD gain over the
+     * scalar tier); the standard tables have the same levels. */
     const size_t n_levels_at = 128;
     size_t n_levels;
     const kvd_tensor_kernels *levels = kvd_tensor_kernels_all(&n_levels);
+    const kvd_attention_kernels *std_levels = kvd_attention_kernels_all(&n_levels);
     bench_case c;
     case_init(&c, k, n_levels_at, d);
     printf("\nkernel levels at n = %zu: per query (%d heads)\n", n_levels_at, HEADS);
     for (size_t i = 0; i < n_levels; i++) {
         c.k = &levels[i];
+        c.std = &std_levels[i];
         const double t4 = time_call(&c, 0), t2 = time_call(&c, 1);
         printf("  %-7s four %10.1f us   two %10.1f us\n", levels[i].name, t4 * 1e6, t2 * 1e6);
     }

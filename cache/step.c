@@ -121,7 +121,7 @@ static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n
             size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
             kern->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
             if (weights)
-                kvd_attention_weights_ref(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
+                kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
         }
         if (weights)
             kvd_stream_add_weights(s, weights, s->n_tokens);
@@ -129,7 +129,8 @@ static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n
 }
 
 /* Tensor attention for every query of one entry (DESIGN.md §5): four
- * caches, O(n^2 d) per query, or one pass over the n^2 pair rows. */
+ * caches, O(n^2 d) per query, or one pass over the n^2 pair rows with the
+ * standard kernels. */
 static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights)
 {
     const kvd_session_config *cfg = &sess->config;
@@ -144,31 +145,26 @@ static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_b
         const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
         const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
         const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
-        kvd_kv_pages pr;
-        if (sess->pairs)
-            pr = kvd_stream_view(&sess->pairs[idx]);
         kvd_stream *s = &sess->streams[idx];
         if (weights)
             memset(weights, 0, s->n_tokens * sizeof(float));
         for (size_t i = 0; i < e->m_q; i++) {
             const size_t off = (i * cfg->heads + (size_t)g * group) * d;
             const size_t visible = visible_tokens(e, n_before, i);
-            if (sess->pairs && f32) {
-                kern->two(&pr, visible, e->q + off, group, cfg->scale, o + off);
-            } else if (sess->pairs) {
-                /* quantized pair rows: the two-cache is standard attention
-                 * over them, and the standard kernels read every dtype */
+            if (sess->pairs) {
+                /* the two-cache is standard attention over its first
+                 * visible^2 pair rows, and the standard kernels read every
+                 * dtype */
                 kvd_kv_segment seg[2];
                 size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
                 kvd_attention_kernels_get()->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
             } else if (f32) {
                 kern->four(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
             } else {
-                kvd_tensor_four_view_ref(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
+                kvd_tensor_four_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
             }
             if (weights) /* h2o: each pair's weight goes to both its tokens */
-                kvd_tensor_weights_view_ref(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale,
-                                            weights);
+                kvd_tensor_weights_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, weights);
         }
         if (weights)
             kvd_stream_add_weights(s, weights, s->n_tokens);

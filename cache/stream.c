@@ -472,7 +472,7 @@ void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t
         const size_t have = nq % G, fill = G - have, b0 = nq - have;
         unsigned char *block = kvd__stream_key(s, b0);
         for (size_t t = 0; t < have; t++)
-            kvd_dequant_row_ref(kf, block, t, d, s->fmt.group, gather + t * d);
+            kvd_dequant_row(kf, block, t, d, s->fmt.group, gather + t * d);
         for (size_t t = 0; t < fill; t++)
             memcpy(gather + (have + t) * d, res_key(r, t), d * sizeof *gather);
         kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, block);
@@ -534,7 +534,7 @@ void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t
  *    byte when the moved token is itself quantized (a value row carries its
  *    own scales, so it means the same in any slot: no new error). Its key
  *    block b = to / group is quantized again: its tokens are read back
- *    (kvd_dequant_row_ref) into the residual's gather buffer [group][d]
+ *    (kvd_dequant_row) into the residual's gather buffer [group][d]
  *    (allocated with the stream: eviction never allocates), row to % group
  *    is overwritten with the moved token's key (in f32 from the residual,
  *    else read back from its own block first), and kvd_quant_key_block
@@ -572,13 +572,13 @@ void kvd__stream_kivi_move_rows(kvd_stream *s, size_t from, size_t to)
     const size_t count = nq_after - b0 < G ? nq_after - b0 : G;
     unsigned char *block = kvd__stream_key(s, to);
     for (size_t t = 0; t < count; t++)
-        kvd_dequant_row_ref(kf, block, t, d, s->fmt.group, scratch + t * d);
+        kvd_dequant_row(kf, block, t, d, s->fmt.group, scratch + t * d);
     float *row = scratch + (to - b0) * d;
     if (from >= nq) {
         memcpy(row, res_key(r, from - nq), d * sizeof *row);
         kvd_quant_row(vf, res_value(r, from - nq), d, s->fmt.group, kvd__stream_value(s, to));
     } else {
-        kvd_dequant_row_ref(kf, kvd__stream_key(s, from), from % G, d, s->fmt.group, row);
+        kvd_dequant_row(kf, kvd__stream_key(s, from), from % G, d, s->fmt.group, row);
         memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
     }
     kvd_quant_key_block(kf, scratch, d, count, d, s->fmt.group, block);
@@ -604,7 +604,7 @@ void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out)
         }
     }
     const size_t t = kvd__stream_is_kivi(s) ? j % s->fmt.group : 0;
-    kvd_dequant_row_ref(kvd_dtype_key_format(s->fmt.dtype), kvd__stream_key(s, j), t, d,
+    kvd_dequant_row(kvd_dtype_key_format(s->fmt.dtype), kvd__stream_key(s, j), t, d,
                         s->fmt.group, out);
 }
 

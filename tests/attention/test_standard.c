@@ -1,6 +1,7 @@
 /* tests/attention/test_standard.c — standard attention kernels on f32 caches
  * against an independent double-precision oracle (plain two-pass softmax),
- * the SIMD kernels against kvd_attend_ref, and a cache split into several
+ * every kernel tier (scalar, avx2, avx512) against the oracle kvd_attend_ref,
+ * printing which tiers ran, and a cache split into several
  * segments against the same cache as one. Caches are built here by hand over
  * malloc'd 64-byte-aligned pages, so this test depends on attention/ only
  * (quantized formats: tests/cache/test_quant_attention.c). */
@@ -14,6 +15,7 @@
 
 #include "attention/attention.h"
 #include "attention/kernels.h"
+#include "tests/attention/tiers.h"
 #include "tests/support/check_main.h"
 
 #if defined(__x86_64__)
@@ -220,7 +222,8 @@ static const size_t head_dims[] = {1, 3, 8, 17, 64, 128, 130};
 static const size_t group_sizes[] = {1, 2, 4, 8};
 static const size_t pages_spp[] = {1, 5, 16};
 
-/* Every kernel this CPU offers (scalar _ref first) against the oracle over
+/* The scalar oracle kvd_attend_ref and every kernel tier this CPU offers
+ * (the portable scalar tier first) against the double-precision oracle over
  * shapes, GQA groups, page geometries, visible counts and scales. */
 START_TEST(test_kernels_match_oracle)
 {
@@ -242,10 +245,12 @@ START_TEST(test_kernels_match_oracle)
                 for (size_t gi = 0; gi < sizeof group_sizes / sizeof *group_sizes; gi++) {
                     const size_t n_q = group_sizes[gi];
                     float *q = random_queries(n_q, d, -1.0f, 1.0f);
-                    for (size_t sc = 0; sc < sizeof scales / sizeof *scales; sc++)
+                    for (size_t sc = 0; sc < sizeof scales / sizeof *scales; sc++) {
+                        check_kernel("ref", kvd_attend_ref, &c, q, n_q, scales[sc], 0);
                         for (size_t ki = 0; ki < n_kernels; ki++)
                             check_kernel(kernels[ki].name, kernels[ki].attend, &c, q,
                                          n_q, scales[sc], 0);
+                    }
                     free(q);
                 }
                 cache_free(&c);
@@ -364,8 +369,9 @@ START_TEST(test_zero_visible_writes_zeros)
 }
 END_TEST
 
-/* SIMD kernels agree with kvd_attend_ref (their scalar twin), and the
- * one-segment wrapper kvd_attend_group_ref is kvd_attend_ref exactly. */
+/* Every kernel tier (the portable scalar one included) agrees with the
+ * oracle kvd_attend_ref, and the one-segment wrapper kvd_attend_group_ref
+ * is kvd_attend_ref exactly. */
 START_TEST(test_kernels_agree_with_ref)
 {
     size_t n_kernels;
@@ -384,7 +390,7 @@ START_TEST(test_kernels_agree_with_ref)
         kvd_attend_ref(&seg, 1, q, n_q, scale, ref);
         kvd_attend_group_ref(&c.kv, n, q, n_q, scale, o);
         ck_assert_mem_eq(o, ref, n_q * d * sizeof *o);
-        for (size_t ki = 1; ki < n_kernels; ki++) {
+        for (size_t ki = 0; ki < n_kernels; ki++) {
             kernels[ki].attend(&seg, 1, q, n_q, scale, o);
             for (size_t h = 0; h < n_q; h++) {
                 const double tol = KERNEL_VS_REF_FACTOR * error_bound(&c, q + h * d, scale, 0);
@@ -481,6 +487,8 @@ START_TEST(test_dispatch)
 #else
     ck_assert_str_eq(k->name, "scalar");
 #endif
+    ck_assert_ptr_eq(all[0].attend, kvd_attend_scalar); /* never the oracle */
+    tiers_print("attention/standard");
 }
 END_TEST
 
@@ -491,8 +499,10 @@ START_TEST(test_avx2_direct)
 {
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-          && cpu_has_f16c()))
+          && cpu_has_f16c())) {
+        printf("attention/standard avx2 direct: skipped, CPU lacks avx2, fma or f16c\n");
         return; /* nothing to test on this CPU */
+    }
     for (size_t di = 0; di < sizeof head_dims / sizeof *head_dims; di++) {
         test_cache c;
         cache_build(&c, 53, head_dims[di], 9, -1.0f, 1.0f);

@@ -1,9 +1,11 @@
-/* tests/attention/test_tensor.c — tensor attention (attention/tensor.c and
- * its SIMD twins): four-cache and two-cache kernels against an independent
- * double-precision brute force over pairs and against each other, windows,
- * GQA groups, large scores, every SIMD level against the _ref, the pair rows
- * a two-cache stores (order and exact values) and their n^2 growth. Caches
- * are built here by hand over 64-byte-aligned pages, so this test depends on
+/* tests/attention/test_tensor.c — tensor attention (attention/tensor.c,
+ * tensor_simd.h): the four-cache kernels of every tier and the two-cache as
+ * production computes it (the standard kernels over the pair rows) against
+ * an independent double-precision brute force over pairs, against the
+ * oracles kvd_tensor_four_ref / kvd_tensor_two_ref and against each other,
+ * windows, GQA groups, large scores, the pair rows a two-cache stores (order
+ * and exact values) and their n^2 growth. Prints which tiers ran. Caches are
+ * built here by hand over 64-byte-aligned pages, so this test depends on
  * attention/ only. */
 #include <check.h>
 #include <math.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "attention/tensor.h"
+#include "tests/attention/tiers.h"
 #include "tests/support/check_main.h"
 
 /* Tolerances. An output is a convex combination of the rows v1_j ⊙ v2_k,
@@ -253,8 +256,33 @@ static float *new_output(size_t n_q, size_t d)
     return o;
 }
 
-/* Every kernel level, four-cache and two-cache, on one case and window,
- * against the oracle and each other. */
+/* A copy of o [n_q][d] as doubles, the `want` of check_close. */
+static double *as_doubles(const float *o, size_t n)
+{
+    double *x = malloc((n + 1) * sizeof *x);
+    ck_assert_ptr_nonnull(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = o[i];
+    return x;
+}
+
+/* The two-cache as production computes it: the standard kernel of tier t
+ * over the first rows = w*w pair rows. */
+static void two_by_standard(size_t t, const test_view *pairs, size_t w, const float *q,
+                            size_t n_q, float scale, float *o)
+{
+    size_t n_std;
+    const kvd_attention_kernels *std = kvd_attention_kernels_all(&n_std);
+    ck_assert_uint_lt(t, n_std);
+    const kvd_kv_segment seg = {.kv = pairs->kv, .n = w * w};
+    std[t].attend(&seg, 1, q, n_q, scale, o);
+}
+
+/* On one case and window: the oracles kvd_tensor_four_ref and
+ * kvd_tensor_two_ref, and every tier's four-cache kernel and standard
+ * kernel over the pair rows, against the double-precision brute force and
+ * each other (every tier's four against four_ref and against its own two,
+ * every tier's two against two_ref). */
 static void check_case(const tensor_case *c, size_t window, size_t n_q, float qlo, float qhi,
                        float scale, double score_tol, int exact_scores)
 {
@@ -269,38 +297,39 @@ static void check_case(const tensor_case *c, size_t window, size_t n_q, float ql
 
     test_view pairs;
     pairs_build(&pairs, c, lo, 7);
+    float *ref4 = new_output(n_q, d), *ref2 = new_output(n_q, d);
+    kvd_tensor_four_ref(&c->a.kv, &c->b.kv, n, window, q, n_q, scale, ref4);
+    kvd_tensor_two_ref(&pairs.kv, n - lo, q, n_q, scale, ref2);
+    check_close("four_ref", c, window, n_q, ref4, want, bound, 1.0);
+    check_close("two_ref", c, window, n_q, ref2, want, bound, 1.0);
+    double *ref4_d = as_doubles(ref4, n_q * d), *ref2_d = as_doubles(ref2, n_q * d);
+
     size_t n_tables;
     const kvd_tensor_kernels *tables = kvd_tensor_kernels_all(&n_tables);
-    float *ref4 = NULL;
     for (size_t t = 0; t < n_tables; t++) {
         char what[64];
         float *o4 = new_output(n_q, d), *o2 = new_output(n_q, d);
         tables[t].four(&c->a.kv, &c->b.kv, n, window, q, n_q, scale, o4);
-        tables[t].two(&pairs.kv, n - lo, q, n_q, scale, o2);
+        two_by_standard(t, &pairs, n - lo, q, n_q, scale, o2);
         snprintf(what, sizeof what, "%s four", tables[t].name);
         check_close(what, c, window, n_q, o4, want, bound, 1.0);
-        snprintf(what, sizeof what, "%s two", tables[t].name);
+        snprintf(what, sizeof what, "%s two (standard kernel)", tables[t].name);
         check_close(what, c, window, n_q, o2, want, bound, 1.0);
-        /* four vs two, and this level vs the _ref (tables[0]) */
-        double *as_d = malloc((n_q * d + 1) * sizeof *as_d);
-        ck_assert_ptr_nonnull(as_d);
-        for (size_t i = 0; i < n_q * d; i++)
-            as_d[i] = o2[i];
+        double *o2_d = as_doubles(o2, n_q * d);
         snprintf(what, sizeof what, "%s four vs two", tables[t].name);
-        check_close(what, c, window, n_q, o4, as_d, bound, PAIR_FACTOR);
-        if (t == 0) {
-            ref4 = o4;
-        } else {
-            for (size_t i = 0; i < n_q * d; i++)
-                as_d[i] = ref4[i];
-            snprintf(what, sizeof what, "%s four vs ref", tables[t].name);
-            check_close(what, c, window, n_q, o4, as_d, bound, PAIR_FACTOR);
-            free(o4);
-        }
-        free(as_d);
+        check_close(what, c, window, n_q, o4, o2_d, bound, PAIR_FACTOR);
+        snprintf(what, sizeof what, "%s four vs four_ref", tables[t].name);
+        check_close(what, c, window, n_q, o4, ref4_d, bound, PAIR_FACTOR);
+        snprintf(what, sizeof what, "%s two vs two_ref", tables[t].name);
+        check_close(what, c, window, n_q, o2, ref2_d, bound, PAIR_FACTOR);
+        free(o2_d);
+        free(o4);
         free(o2);
     }
+    free(ref4_d);
+    free(ref2_d);
     free(ref4);
+    free(ref2);
     view_free(&pairs);
     free(q);
     free(want);
@@ -332,7 +361,7 @@ END_TEST
 
 /* Sharper softmax (scale 2 on [-2, 2] queries: scores up to ~4d), other
  * page sizes, wide heads (the SIMD chunking, d above the fast bound runs
- * the _ref), odd groups and a group larger than KVD_TENSOR_MAX_GROUP. */
+ * kvd_tensor_four_view), odd groups and a group larger than KVD_TENSOR_MAX_GROUP. */
 START_TEST(test_shapes_and_groups)
 {
     static const struct {
@@ -385,7 +414,7 @@ START_TEST(test_empty_writes_zeros)
         for (size_t w = 0; w < 3; w++) {
             float *o4 = new_output(3, 16), *o2 = new_output(3, 16);
             tables[t].four(&c.a.kv, &c.b.kv, 0, w, q, 3, 0.25f, o4);
-            tables[t].two(&pairs.kv, 0, q, 3, 0.25f, o2);
+            two_by_standard(t, &pairs, 0, q, 3, 0.25f, o2);
             for (size_t i = 0; i < 3 * 16; i++) {
                 ck_assert_msg(o4[i] == 0.0f, "%s four: o[%zu] = %g", tables[t].name, i,
                               (double)o4[i]);
@@ -501,8 +530,7 @@ START_TEST(test_dispatch)
     ck_assert_uint_ge(n, 1);
     ck_assert_ptr_eq(best, &all[n - 1]);
     ck_assert_str_eq(all[0].name, "scalar");
-    ck_assert_ptr_eq(all[0].four, kvd_tensor_four_ref);
-    ck_assert_ptr_eq(all[0].two, kvd_tensor_two_ref);
+    ck_assert_ptr_eq(all[0].four, kvd_tensor_four_scalar);
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         ck_assert_uint_ge(n, 2);
@@ -511,6 +539,7 @@ START_TEST(test_dispatch)
         ck_assert_str_eq(best->name, "avx512");
 #endif
     printf("tensor kernels: %s (%zu levels)\n", best->name, n);
+    tiers_print("attention/tensor");
 }
 END_TEST
 

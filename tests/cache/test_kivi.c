@@ -114,13 +114,13 @@ static void read_slot(const kvd_kv_pages *kv, size_t j, float *key, float *val)
     const size_t v_row = kv->v_row_bytes ? kv->v_row_bytes : kv->head_dim * 4;
     if (kvd_row_is_block(kv->k_format)) {
         REQUIRE(is_block_slot_ok(kv), "blocks straddle pages");
-        kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + i / kv->group * k_row,
+        kvd_dequant_row(kv->k_format, page + kv->k_offset + i / kv->group * k_row,
                             i % kv->group, kv->head_dim, kv->group, key);
     } else {
-        kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + i * k_row, 0, kv->head_dim,
+        kvd_dequant_row(kv->k_format, page + kv->k_offset + i * k_row, 0, kv->head_dim,
                             kv->group, key);
     }
-    kvd_dequant_row_ref(kv->v_format, page + kv->v_offset + i * v_row, 0, kv->head_dim, kv->group,
+    kvd_dequant_row(kv->v_format, page + kv->v_offset + i * v_row, 0, kv->head_dim, kv->group,
                         val);
 }
 
@@ -152,11 +152,11 @@ static void expected_slot(const run *r, expect *e, size_t j, float *key, float *
         kvd_quant_key_block(kf, e->rows, d, G, d, r->f.group, e->block);
         e->cached = b0;
     }
-    kvd_dequant_row_ref(kf, e->block, j - b0, d, r->f.group, key);
+    kvd_dequant_row(kf, e->block, j - b0, d, r->f.group, key);
     for (size_t i = 0; i < d; i++)
         e->rows[i] = qval(j, i);
     kvd_quant_row(vf, e->rows, d, r->f.group, e->vrow);
-    kvd_dequant_row_ref(vf, e->vrow, 0, d, r->f.group, val);
+    kvd_dequant_row(vf, e->vrow, 0, d, r->f.group, val);
 }
 
 /* Everything the stream holds against the model. */
@@ -204,7 +204,7 @@ static void check_run(run *r)
                                    b0 % q.slots_per_page / G * q.k_row_bytes;
         REQUIRE(memcmp(got, e.block, q.k_row_bytes) == 0, "key block at %zu differs", b0);
         for (size_t t = 0; t < G; t++)
-            kvd_dequant_row_ref(kf, got, t, d, r->f.group, kback + t * d);
+            kvd_dequant_row(kf, got, t, d, r->f.group, kback + t * d);
         for (size_t c = 0; c < d; c++) {
             double mn = e.rows[c], mx = mn, amax = 0.0;
             for (size_t t = 0; t < G; t++) {
@@ -227,7 +227,7 @@ static void check_run(run *r)
             const unsigned char *vgot = q.pages[j / q.slots_per_page] + q.v_offset +
                                         j % q.slots_per_page * q.v_row_bytes;
             REQUIRE(memcmp(vgot, e.vrow, q.v_row_bytes) == 0, "value row %zu differs", j);
-            kvd_dequant_row_ref(vf, vgot, 0, d, r->f.group, back);
+            kvd_dequant_row(vf, vgot, 0, d, r->f.group, back);
             for (size_t c = 0; c < d; c++) {
                 /* value groups run over channels: c's group is [g0, g1) */
                 const size_t g0 = c / G * G, g1 = g0 + G < d ? g0 + G : d;

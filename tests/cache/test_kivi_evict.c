@@ -212,12 +212,12 @@ static void read_slot(const kvd_kv_pages *kv, size_t i, float *key, float *val)
     const unsigned char *page = kv->pages[i / kv->slots_per_page];
     const size_t in = i % kv->slots_per_page;
     if (kvd_row_is_block(kv->k_format))
-        kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + in / kv->group * kv->k_row_bytes,
+        kvd_dequant_row(kv->k_format, page + kv->k_offset + in / kv->group * kv->k_row_bytes,
                             in % kv->group, kv->head_dim, kv->group, key);
     else
-        kvd_dequant_row_ref(kv->k_format, page + kv->k_offset + in * (kv->k_row_bytes ? kv->k_row_bytes : kv->head_dim * 4), 0,
+        kvd_dequant_row(kv->k_format, page + kv->k_offset + in * (kv->k_row_bytes ? kv->k_row_bytes : kv->head_dim * 4), 0,
                             kv->head_dim, kv->group, key);
-    kvd_dequant_row_ref(kv->v_format, page + kv->v_offset + in * (kv->v_row_bytes ? kv->v_row_bytes : kv->head_dim * 4), 0,
+    kvd_dequant_row(kv->v_format, page + kv->v_offset + in * (kv->v_row_bytes ? kv->v_row_bytes : kv->head_dim * 4), 0,
                         kv->head_dim, kv->group, val);
 }
 
@@ -339,7 +339,7 @@ static void check(run *r, bool settled)
         REQUIRE(memcmp(vrow, value_row(s, j), s->v_row_bytes) == 0,
                 "value row of slot %zu (position %zu) is not its quantized value", j, p);
         const unsigned char *block = key_block(s, j);
-        kvd_dequant_row_ref(kf, block, j % G, D, G, key);
+        kvd_dequant_row(kf, block, j % G, D, G, key);
         /* the budget: fresh from f32, unchanged, or one more step */
         const bool fresh = r->snap_slot[p] == SIZE_MAX || !r->snap_quant[p];
         const bool same = !fresh && r->snap_slot[p] == j &&

@@ -3,7 +3,7 @@
  * round-trips, ties go to even, f16 saturates), then every row format's
  * round-trip error within its analytic bound (DESIGN.md §4) on random,
  * constant, zero, huge, tiny and ragged (head_dim not a multiple of group)
- * vectors, read back through kvd_dequant_row_ref. */
+ * vectors, read back through kvd_dequant_row. */
 #include <check.h>
 #include <float.h>
 #include <math.h>
@@ -251,7 +251,7 @@ static void check_row(kvd_row_format f, const float *x, size_t d, uint32_t group
     ck_assert_uint_eq(row[bytes], 0xa5);
     kvd_quant_row(f, x, d, group, again);
     ck_assert_msg(memcmp(row, again, bytes) == 0, "%s: not deterministic", what);
-    kvd_dequant_row_ref(f, row, 0, d, group, y);
+    kvd_dequant_row(f, row, 0, d, group, y);
 
     double amax = 0.0;
     for (size_t c = 0; c < d; c++)
@@ -324,7 +324,7 @@ static void check_key_block(kvd_row_format f, const float *x, size_t count, size
         check_params(blk + 4 * c, mn, mx, levels, what);
     }
     for (size_t t = 0; t < count; t++) {
-        kvd_dequant_row_ref(f, blk, t, d, group, y);
+        kvd_dequant_row(f, blk, t, d, group, y);
         for (size_t c = 0; c < d; c++) {
             double mn = INFINITY, mx = -INFINITY;
             for (size_t u = 0; u < count; u++) {
@@ -436,7 +436,7 @@ START_TEST(test_group_endpoints_and_constants)
     float y[50];
     ck_assert_uint_le(kvd_row_bytes(KVD_ROW_U4G, 50, 32), sizeof row);
     kvd_quant_row(KVD_ROW_U4G, x, 50, 32, row);
-    kvd_dequant_row_ref(KVD_ROW_U4G, row, 0, 50, 32, y);
+    kvd_dequant_row(KVD_ROW_U4G, row, 0, 50, 32, y);
     /* integers with step (11 - -20)/15 = 2.0667 and 17/15: min exact (f16) */
     ck_assert_float_eq(y[0], -20.0f);
     ck_assert_float_eq(y[32], 12.0f);
@@ -451,7 +451,7 @@ START_TEST(test_group_endpoints_and_constants)
     ck_assert_uint_eq(load_u16(row + 4), 0);
     for (size_t i = 8; i < kvd_row_bytes(KVD_ROW_U2G, 50, 32); i++)
         ck_assert_uint_eq(row[i], 0);
-    kvd_dequant_row_ref(KVD_ROW_U2G, row, 0, 50, 32, y);
+    kvd_dequant_row(KVD_ROW_U2G, row, 0, 50, 32, y);
     ck_assert_float_eq(y[0], kvd_f16_to_f32(kvd_f32_to_f16(1.0f / 3.0f)));
     ck_assert_float_eq(y[40], -7.0f);
 
@@ -471,7 +471,7 @@ START_TEST(test_group_endpoints_and_constants)
     float y8[5];
     kvd_quant_row(KVD_ROW_I8, v, 5, 32, r8);
     ck_assert_int_eq((int8_t)r8[4], -127);
-    kvd_dequant_row_ref(KVD_ROW_I8, r8, 0, 5, 32, y8);
+    kvd_dequant_row(KVD_ROW_I8, r8, 0, 5, 32, y8);
     ck_assert(fabsf(y8[0] + 3.0f) <= 3.0f * 0x1p-22f);
     ck_assert_float_eq(y8[3], 0.0f);
 }

@@ -127,16 +127,16 @@ static void qcache_build(qcache *c, kvd_row_format kf, kvd_row_format vf, size_t
         unsigned char *page = c->pages[j / spp];
         const size_t i = j % spp;
         kvd_quant_row(vf, c->v + j * d, d, group, page + v_off + i * vrb);
-        kvd_dequant_row_ref(vf, page + v_off + i * vrb, 0, d, group, c->vq + j * d);
+        kvd_dequant_row(vf, page + v_off + i * vrb, 0, d, group, c->vq + j * d);
         if (!kvd_row_is_block(kf)) {
             kvd_quant_row(kf, c->k + j * d, d, group, page + k_off + i * krb);
-            kvd_dequant_row_ref(kf, page + k_off + i * krb, 0, d, group, c->kq + j * d);
+            kvd_dequant_row(kf, page + k_off + i * krb, 0, d, group, c->kq + j * d);
         } else if (i % group == 0) { /* first token of a block: the whole block */
             const size_t count = n - j < group ? n - j : group;
             unsigned char *blk = page + k_off + (i / group) * krb;
             kvd_quant_key_block(kf, c->k + j * d, d, count, d, group, blk);
             for (size_t t = 0; t < count; t++)
-                kvd_dequant_row_ref(kf, blk, t, d, group, c->kq + (j + t) * d);
+                kvd_dequant_row(kf, blk, t, d, group, c->kq + (j + t) * d);
         }
     }
 }
@@ -363,7 +363,7 @@ START_TEST(test_kivi_then_f32_segments)
                 for (size_t j = 0; j <= n; j++)
                     acc[j] = 0.25f;
                 const float scale = 1.0f / sqrtf((float)d);
-                kvd_attention_weights_ref(seg, 2, q, n_q, scale, scratch, acc);
+                kvd_attention_weights(seg, 2, q, n_q, scale, scratch, acc);
                 double smax = 0.0;
                 for (size_t h = 0; h < n_q; h++) {
                     double *s = malloc((n + 1) * sizeof *s), mx = -INFINITY, sum = 0.0;

@@ -451,12 +451,12 @@ static void check_token(const kvd_stream *s, size_t j, uint64_t p)
         ck_abort_msg("slot %zu (position %llu): key bytes differ", j, (unsigned long long)p);
     if (memcmp(view_value(&kv, j), want + kv.k_row_bytes, kv.v_row_bytes) != 0)
         ck_abort_msg("slot %zu (position %llu): value bytes differ", j, (unsigned long long)p);
-    kvd_dequant_row_ref(kf, view_key(&kv, j), 0, d, kv.group, back);
+    kvd_dequant_row(kf, view_key(&kv, j), 0, d, kv.group, back);
     for (size_t i = 0; i < d; i++)
         if (!(fabs((double)back[i] - x[i]) <= elem_bound(kf, x, d, kv.group, i)))
             ck_abort_msg("slot %zu key[%zu]: %.9g read back as %.9g", j, i, (double)x[i],
                          (double)back[i]);
-    kvd_dequant_row_ref(vf, view_value(&kv, j), 0, d, kv.group, back);
+    kvd_dequant_row(vf, view_value(&kv, j), 0, d, kv.group, back);
     for (size_t i = 0; i < d; i++)
         if (!(fabs((double)back[i] - y[i]) <= elem_bound(vf, y, d, kv.group, i)))
             ck_abort_msg("slot %zu value[%zu]: %.9g read back as %.9g", j, i, (double)y[i],
