@@ -13,31 +13,16 @@
 
 #include "api/create_body.h"
 #include "cache/stream.h"
+#include "tests/support/api_asserts.h"
 #include "tests/support/check_main.h"
 
 #define PAGE 16384
-
-#define ASSERT_ERR(err, st, fld, sub)                                                   \
-    do {                                                                                \
-        ck_assert_int_eq((err).status, (st));                                           \
-        ck_assert_str_eq((err).code, (st) == 400 ? KVD_ERR_INVALID : KVD_ERR_INTERNAL); \
-        ck_assert_str_eq((err).field, (fld));                                           \
-        ck_assert_msg(strstr((err).message, (sub)) != NULL, "message \"%s\" lacks \"%s\"", \
-                      (err).message, (sub));                                            \
-    } while (0)
 
 static kvd_api_limits lim;
 
 static void setup(void)
 {
     kvd_api_limits_default(&lim, PAGE);
-}
-
-static cJSON *parse(const char *text)
-{
-    cJSON *j = cJSON_Parse(text);
-    ck_assert_msg(j != NULL, "bad test JSON: %s", text);
-    return j;
 }
 
 /* ---- create body ---- */

@@ -6,16 +6,8 @@
 #include <cJSON.h>
 
 #include "api/json.h"
+#include "tests/support/api_asserts.h"
 #include "tests/support/check_main.h"
-
-#define ASSERT_ERR(err, st, fld, sub)                                                   \
-    do {                                                                                \
-        ck_assert_int_eq((err).status, (st));                                           \
-        ck_assert_str_eq((err).code, (st) == 400 ? KVD_ERR_INVALID : KVD_ERR_INTERNAL); \
-        ck_assert_str_eq((err).field, (fld));                                           \
-        ck_assert_msg(strstr((err).message, (sub)) != NULL, "message \"%s\" lacks \"%s\"", \
-                      (err).message, (sub));                                            \
-    } while (0)
 
 START_TEST(json_body)
 {

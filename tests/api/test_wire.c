@@ -12,16 +12,8 @@
 #include <cJSON.h>
 
 #include "api/wire.h"
+#include "tests/support/api_asserts.h"
 #include "tests/support/check_main.h"
-
-#define ASSERT_ERR(err, st, fld, sub)                                                   \
-    do {                                                                                \
-        ck_assert_int_eq((err).status, (st));                                           \
-        ck_assert_str_eq((err).code, (st) == 400 ? KVD_ERR_INVALID : KVD_ERR_INTERNAL); \
-        ck_assert_str_eq((err).field, (fld));                                           \
-        ck_assert_msg(strstr((err).message, (sub)) != NULL, "message \"%s\" lacks \"%s\"", \
-                      (err).message, (sub));                                            \
-    } while (0)
 
 /* ---- base64 ---- */
 
@@ -135,13 +127,6 @@ START_TEST(b64_rejections)
 END_TEST
 
 /* ---- decoding JSON tensors ---- */
-
-static cJSON *parse(const char *text)
-{
-    cJSON *j = cJSON_Parse(text);
-    ck_assert_msg(j != NULL, "bad test JSON: %s", text);
-    return j;
-}
 
 static cJSON *float_array(size_t n, float base)
 {
