@@ -16,6 +16,7 @@
 #include "attention/formats.h"
 
 #define KVD_SIMD_ATTR __attribute__((target("avx2,fma,f16c")))
+#include "attention/simd_f16c.h" /* v_halves */
 #define KVD_SIMD_W 8
 #define KVD_SIMD_NAME(prefix) prefix##avx2 /* kvd_attend_ + avx2 */
 
@@ -164,21 +165,6 @@ KVD_SIMD_ATTR static inline void v_prefetch(const void *p)
 KVD_SIMD_ATTR static inline vf v_f16(const unsigned char *p)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-/* n (even) little-endian halves at p -> out[0..n), 8 or 4 at a time with
- * F16C; reads exactly 2n bytes (a row's scale/min header may be the last
- * bytes before a region boundary). */
-KVD_SIMD_ATTR static inline void v_halves(const unsigned char *restrict p, size_t n,
-                                          float *restrict out)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
-    for (; i + 4 <= n; i += 4)
-        _mm_storeu_ps(out + i, _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p + 2 * i))));
-    for (; i < n; i++)
-        out[i] = kvd_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
 }
 
 /* bfloat16 is the top half of an f32: widen and shift into place. */
