@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 DEB_DEPS   := libuv1-dev libcjson-dev libopenblas-dev check pkg-config cmake gcc make node-llhttp
 RUN_ARGS   ?=
 
-.PHONY: all deps build build-asan run test test-unit test-asan bench clean
+.PHONY: all deps build build-asan run test test-unit test-asan check-layers bench clean
 
 all: build
 
@@ -28,7 +28,8 @@ build-asan: deps $(BUILD_ASAN)/Makefile
 run: build
 	./$(BUILD)/kvd $(RUN_ARGS)
 
-# Every test, then the same suite again under ASan+UBSan; fails if any fails.
+# Every test, then the same suite again under ASan+UBSan; fails if any fails. Both include
+# the layer check (ctest check_layers: scripts/check_includes.c on this tree).
 test: test-unit test-asan
 
 test-unit: build
@@ -40,6 +41,10 @@ test-asan: build-asan
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+
+# The layer check alone: every include that points up a layer or closes a cycle.
+check-layers: build
+	./$(BUILD)/check_includes .
 
 bench: build
 	@for b in $(BUILD)/bench_*; do echo "== $$b"; $$b || exit 1; done

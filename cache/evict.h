@@ -11,8 +11,8 @@
 #include <stdint.h>
 
 #include "cache/pool.h"
-#include "cache/session.h"
 #include "cache/stream.h"
+#include "cache/types.h"
 
 /* Protection, exact: a token with position p is protected when p < sink (the
  * oldest tokens ever appended, StreamingLLM's attention sinks) or

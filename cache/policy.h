@@ -10,7 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cache/evict.h"
 #include "cache/stream.h"
 
 #define KVD__NOT_IN_HEAP SIZE_MAX /* heap_pos of a protected slot */

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "attention/formats.h"
-#include "cache/session.h"
+#include "cache/types.h"
 
 /* Writes x[0..d) into one row of per-token format f (kvd_row_bytes bytes at
  * dst). Not for the KIVI key formats. */
