@@ -89,7 +89,7 @@ struct kvd_api {
     size_t n_sessions;
 };
 
-/* api/api.c: the API's wall clock in unix seconds (opt.now, or
+/* api/instance.c: the API's wall clock in unix seconds (opt.now, or
  * kvd_clock_unix): every created_at, last use and expiry reads it. */
 double kvd__api_now(const kvd_api *api);
 

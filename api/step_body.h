@@ -15,7 +15,7 @@
 #include "api/limits.h"
 #include "api/wire.h"
 #include "cache/session.h"
-#include "cache/step.h"
+#include "cache/entry.h"
 
 /* A decoded step body: its entries (cache/step.h) own their tensors, which
  * kvd_step_request_free frees. */

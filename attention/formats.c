@@ -2,7 +2,6 @@
  * conversions and the scalar reference dequantizer that defines what every
  * stored byte means (attention/formats.h has the layouts). */
 #include "attention/formats.h"
-#include "attention/kernels.h"
 
 #include <math.h>
 #include <string.h>

@@ -63,4 +63,9 @@ float kvd_bf16_to_f32(uint16_t b);
 void kvd_dequant_row(kvd_row_format f, const unsigned char *unit, size_t t, size_t head_dim,
                      uint32_t group, float *out);
 
+/* kvd_dequant_row restricted to channels [c0, c1): out[0 .. c1 - c0). The
+ * SIMD kernels use it for tails and odd groups. */
+void kvd_dequant_range(kvd_row_format f, const unsigned char *unit, size_t t, size_t head_dim, uint32_t group,
+                       size_t c0, size_t c1, float *out);
+
 #endif

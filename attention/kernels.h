@@ -35,12 +35,6 @@
  * A multiple of 16 so every chunk but the last is whole vectors. */
 #define KVD_ATTN_CHUNK 256
 
-/* Scalar dequantization of channels [c0, c1) of row/token t of a stored unit
- * into out[0 .. c1 - c0): kvd_dequant_row restricted to a range of
- * channels (formats.c; the SIMD kernels use it for tails and odd groups). */
-void kvd_dequant_range(kvd_row_format f, const unsigned char *unit, size_t t,
-                           size_t head_dim, uint32_t group, size_t c0, size_t c1, float *out);
-
 /* Bytes from one key row (or KIVI key block) to the next in a K region. */
 static inline size_t kvd_kv_k_stride(const kvd_kv_pages *kv)
 {

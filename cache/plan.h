@@ -9,9 +9,9 @@
 
 #include <stddef.h>
 
+#include "cache/entry.h"
 #include "cache/pool.h"
 #include "cache/session.h"
-#include "cache/step.h"
 
 /* Everything a step needs before it may touch the session (freed together). */
 typedef struct kvd__step_plan {

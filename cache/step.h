@@ -12,29 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cache/entry.h"
 #include "cache/pool.h"
 #include "cache/session.h"
-
-/* Which new tokens a query sees (DESIGN.md §3). causal requires m_q <= m:
- * query i belongs to new token m - m_q + i and sees the cache plus new
- * tokens 0 .. m - m_q + i. block: every query sees the cache plus all m new
- * tokens (one VAR scale, or a pure query when m = 0). */
-typedef enum { KVD_MASK_CAUSAL, KVD_MASK_BLOCK } kvd_mask;
-
-/* One layer's entry of a step, already decoded and validated against the
- * session's config (shapes, layer < layers, causal => m_q <= m). Buffers are
- * the caller's, row-major f32:
- *   k, v:   [m][kv_heads][head_dim]   (tensor sessions: k1, v1)
- *   k2, v2: [m][kv_heads][head_dim]   (tensor sessions only, else NULL)
- *   q:      [m_q][heads][head_dim] */
-typedef struct kvd_step_entry {
-    uint32_t layer;
-    size_t m, m_q;
-    const float *k, *v;
-    const float *k2, *v2;
-    const float *q;
-    kvd_mask mask;
-} kvd_step_entry;
 
 /* What one entry produced. */
 typedef struct kvd_step_result {
@@ -57,15 +37,6 @@ typedef struct kvd_step_output {
     /* Set when kvd_step_run returns KVD_STEP_POOL_FULL or KVD_STEP_TOO_BIG. */
     size_t need_pages;         /* pages the step asked for at once */
 } kvd_step_output;
-
-/* kvd_step_run's outcomes. Every failure leaves the session, its shadow and
- * the pool exactly as they were. */
-enum {
-    KVD_STEP_OK = 0,
-    KVD_STEP_NOMEM = -1,     /* scratch or block-table memory (malloc) failed */
-    KVD_STEP_POOL_FULL = -2, /* the pool has fewer free pages than need_pages */
-    KVD_STEP_TOO_BIG = -3,   /* need_pages exceeds the whole pool: retrying cannot help */
-};
 
 /* Runs entries[0 .. n) in order on sess (and on shadow, an exact f32 copy of
  * sess with no policy, or NULL). On KVD_STEP_OK, out holds one result per

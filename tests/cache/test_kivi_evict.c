@@ -399,7 +399,7 @@ static void do_append(run *r, size_t m)
  * settle; checks after each. A step evicts at most the tokens it appended,
  * which all sit in the residual, so the last slot is never quantized then;
  * `budget` below the tokens held before the step (as memory pressure's
- * reclaim does, api/api.c: down to the protected tokens) empties the
+ * reclaim does, cache/reclaim.c: down to the protected tokens) empties the
  * residual and then moves quantized tokens, leaving partial last blocks. */
 static void step(run *r, size_t m, size_t budget, uint64_t step_no, bool attention)
 {

@@ -1,4 +1,4 @@
-/* api/api.c — the kvd_api object: made from its options (pool, limits,
+/* api/instance.c — the kvd_api object: made from its options (pool, limits,
  * registry, the injected clock), destroyed with every session and queued
  * job, and the accessors the server reads. The rest of the API is split by
  * job: handlers, registry, queue, lifetime, response, step. */
