@@ -384,11 +384,11 @@ static void mirror_move(kvd_stream *m, kvd_pool *pool, size_t from, size_t to)
     if (kivi)
         kvd__stream_kivi_drop_last(m, pool);
     else
-        kvd_stream_truncate(m, pool, m->n_tokens - 1);
+        kvd__stream_truncate(m, pool, m->n_tokens - 1);
     m->evicted++;
 }
 
-void kvd_stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor)
+void kvd__stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor)
 {
     kvd_evict_index *ix = s->evict;
     if (ix == NULL || ix->score == NULL || ix->policy->scores != KVD__SCORE_NORM)

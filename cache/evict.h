@@ -61,7 +61,7 @@ size_t kvd_stream_evict(kvd_stream *s, kvd_pool *pool, size_t target, void *cons
 /* l2norm on a tensor stream ranks by ||k1|| * ||k2||: multiplies the key
  * norms of slots first .. first+m-1 (just appended) by factor[0..m) and
  * re-sorts them among the candidates. No-op for other policies. */
-void kvd_stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor);
+void kvd__stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor);
 
 /* Tokens kvd_stream_evict could remove right now (unprotected count). */
 size_t kvd_stream_evictable(const kvd_stream *s);

@@ -208,7 +208,7 @@ unsigned kvd_pool_refcount(const kvd_pool *pool, const void *page)
     return n;
 }
 
-void kvd_pool_count_copy(kvd_pool *pool)
+void kvd__pool_count_copy(kvd_pool *pool)
 {
     atomic_fetch_add_explicit(&pool->copies, 1, memory_order_relaxed);
 }

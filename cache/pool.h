@@ -44,7 +44,7 @@ unsigned kvd_pool_refcount(const kvd_pool *pool, const void *page);
 
 /* Copy-on-write bookkeeping: streams call count_copy once per page they copy
  * because it was shared; copies() is the running total (for /metrics). */
-void kvd_pool_count_copy(kvd_pool *pool);
+void kvd__pool_count_copy(kvd_pool *pool);
 unsigned long long kvd_pool_copies(const kvd_pool *pool);
 
 #endif

@@ -85,7 +85,7 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
                     sq += (double)k2[c] * k2[c];
                 p->norm_factor[t] = sqrt(sq);
             }
-            kvd_stream_scale_key_norms(&sess->streams[idx], b->n_tokens - e->m, e->m, p->norm_factor);
+            kvd__stream_scale_key_norms(&sess->streams[idx], b->n_tokens - e->m, e->m, p->norm_factor);
         }
         if (!sess->pairs)
             continue;
@@ -210,8 +210,8 @@ static size_t slide_window(kvd_session *sess, kvd_pool *pool, const kvd_step_ent
         if (a->n_tokens <= cfg->window)
             continue;
         dropped = a->n_tokens - cfg->window;
-        kvd_stream_drop_oldest(a, pool, dropped);
-        kvd_stream_drop_oldest(&sess->tensor_b[idx], pool, dropped);
+        kvd__stream_drop_oldest(a, pool, dropped);
+        kvd__stream_drop_oldest(&sess->tensor_b[idx], pool, dropped);
     }
     return dropped;
 }
@@ -234,7 +234,7 @@ static void rebuild_pairs(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
             /* KIVI rows live in key blocks and a residual: rebuilt by
              * appending anew, into pages the plan reserved for it (settled
              * with the rest at the end of the request). */
-            kvd_stream_clear(pr, pool);
+            kvd__stream_clear(pr, pool);
             for (size_t t = 0; t < n; t++) {
                 const size_t rows = kvd_tensor_pair_rows_added(t);
                 void *const *pages = take_pages(p, kvd_stream_pages_needed(pr, rows));
@@ -245,9 +245,9 @@ static void rebuild_pairs(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
         }
         for (size_t t = 0; t < n; t++) {
             kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
-            kvd_stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
+            kvd__stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
         }
-        kvd_stream_truncate(pr, pool, n * n);
+        kvd__stream_truncate(pr, pool, n * n);
     }
 }
 

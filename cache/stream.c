@@ -2,10 +2,10 @@
  * page layout (K region, V region, slot metadata, each 64-byte aligned, row
  * sizes from attention/formats.h), append of new tokens (quantized into
  * their slots by cache/quant.c) into pages the caller took from the pool
- * (copying a tail page shared with a fork first), KIVI's f32 residual and the
- * settling of whole key groups out of it, copy-on-write forks, and the
- * read-only views the attention kernels use. Pages come from and go back to
- * cache/pool.c; the eviction index belongs to cache/evict.c. */
+ * (copying a tail page shared with a fork first), in-place rewrites and
+ * truncation, copy-on-write forks, and the read-only views the attention
+ * kernels use. KIVI's residual, settle and row moves are
+ * cache/stream_kivi.c's; the eviction index belongs to cache/evict.c. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -24,16 +24,6 @@ static size_t align_up(size_t x)
 {
     return (x + (ALIGN - 1)) & ~(size_t)(ALIGN - 1);
 }
-
-/* KIVI's residual sub-stream, allocated with a gather buffer so settle
- * never allocates: the `group` oldest residual keys may straddle residual
- * pages, and kvd_quant_key_block wants them as one strided array. The
- * buffer ([group][head_dim] f32) lives outside the pool, like block tables
- * and eviction indexes: bookkeeping, not cached tokens. */
-typedef struct kivi_residual {
-    kvd_stream s; /* first member: s->residual points here */
-    float gather[];
-} kivi_residual;
 
 static bool dtype_is_kivi(kvd_dtype d)
 {
@@ -141,9 +131,9 @@ int kvd_stream_init_format(kvd_stream *s, size_t page_bytes, uint32_t head_dim,
         size_t gather;
         if (__builtin_mul_overflow((size_t)fmt->group, (size_t)head_dim, &gather) ||
             __builtin_mul_overflow(gather, sizeof(float), &gather) ||
-            __builtin_add_overflow(gather, sizeof(kivi_residual), &gather))
+            __builtin_add_overflow(gather, sizeof(kvd__kivi_residual), &gather))
             return -ENOMEM;
-        kivi_residual *r = malloc(gather);
+        kvd__kivi_residual *r = malloc(gather);
         if (r == NULL)
             return -ENOMEM;
         kvd_stream_init(&r->s, page_bytes, head_dim);
@@ -158,11 +148,6 @@ void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim)
     const int rc = kvd_stream_init_format(s, page_bytes, head_dim, &f32);
     assert(rc == 0 && "a slot must fit in a page (check before init)");
     (void)rc; /* on failure: spp 0, unusable; pages_needed reports it */
-}
-
-static kivi_residual *residual_of(const kvd_stream *s)
-{
-    return (kivi_residual *)s->residual; /* its first member */
 }
 
 /* Index of the existing page the next appended token goes into, if that page
@@ -182,23 +167,6 @@ static size_t grow_for(const kvd_stream *s, size_t slots)
     return pages > s->n_pages ? pages - s->n_pages : 0;
 }
 
-/* KIVI: tokens in the quantized part once kvd_stream_settle has run on a
- * stream of nq quantized and nr residual tokens. Settle first completes a
- * partial last key block (left by eviction, cache/evict.c) with the oldest
- * G - nq % G residual tokens, then moves whole groups, always keeping at
- * least `residual` tokens in f32; so the quantized part ends at the largest
- * multiple of G that is <= nq + nr - residual, or stays at nq when that is
- * below nq (not enough residual tokens to complete the partial block).
- * Non-decreasing in nq and in nr, so evicting never raises it. */
-static size_t settled_quantized(const kvd_stream *s, size_t nq, size_t nr)
-{
-    const size_t R = s->fmt.residual, G = s->fmt.group;
-    if (nr <= R)
-        return nq;
-    const size_t whole = (nq + (nr - R)) / G * G;
-    return whole > nq ? whole : nq;
-}
-
 static size_t div_up(size_t a, size_t b)
 {
     return a / b + (a % b != 0);
@@ -214,7 +182,7 @@ size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m)
             return SIZE_MAX; /* released: re-initialize before use */
         /* The residual holds all r->n_tokens + m between append and settle
          * (its peak); settle then fills the quantized part up to
-         * settled_quantized(nq, nr) slots (completing a partial last block
+         * kvd__stream_kivi_settled(nq, nr) slots (completing a partial last block
          * first, then whole groups), whose pages the stream may already hold
          * (append attaches them, see kvd_stream_append), and gives emptied
          * residual pages back. Eviction between append and settle only
@@ -225,7 +193,7 @@ size_t kvd_stream_pages_needed(const kvd_stream *s, size_t m)
          * slots, rounded up to pages, is the bound either way. */
         const size_t nr = r->n_tokens + m;
         const size_t nq = s->n_tokens - r->n_tokens;
-        return kvd_stream_pages_needed(r, m) + grow_for(s, settled_quantized(s, nq, nr));
+        return kvd_stream_pages_needed(r, m) + grow_for(s, kvd__stream_kivi_settled(s, nq, nr));
     }
     if (m == 0)
         return 0;
@@ -278,21 +246,14 @@ int kvd_stream_reserve_table(kvd_stream *s, size_t extra_pages)
     return reserve_one(s->residual, extra_pages);
 }
 
-/* Metadata of slot j of the stream's own pages. */
-static kvd_slot_meta *page_meta(const kvd_stream *s, size_t j)
-{
-    unsigned char *page = s->pages[j / s->slots_per_page];
-    return (kvd_slot_meta *)(page + s->meta_offset) + j % s->slots_per_page;
-}
-
 kvd_slot_meta *kvd_stream_meta(const kvd_stream *s, size_t j)
 {
     if (s->residual != NULL) { /* KIVI: the newest tokens are the residual's */
         const size_t paged = kvd__stream_paged_tokens(s);
         if (j >= paged)
-            return page_meta(s->residual, j - paged);
+            return kvd__stream_page_meta(s->residual, j - paged);
     }
-    return page_meta(s, j);
+    return kvd__stream_page_meta(s, j);
 }
 
 int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
@@ -310,7 +271,7 @@ int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
         memcpy(spare, old, kvd_pool_page_bytes(pool));
         s->pages[i] = spare;
         kvd_pool_release(pool, &old, 1);
-        kvd_pool_count_copy(pool);
+        kvd__pool_count_copy(pool);
         used = 1;
     }
     s->shared[i] = 0;
@@ -328,8 +289,7 @@ static void store_row(kvd_row_format f, const float *x, size_t d, uint32_t group
         kvd_quant_row(f, x, d, group, dst);
 }
 
-/* Puts pages[0..n) at the end of the table (reserved by the caller). */
-static void attach_pages(kvd_stream *s, void *const *pages, size_t n)
+void kvd__stream_attach_pages(kvd_stream *s, void *const *pages, size_t n)
 {
     assert(s->n_pages + n <= s->cap_pages && "reserve_table before append");
     for (size_t i = 0; i < n; i++) {
@@ -352,7 +312,7 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
         assert(r != NULL && "KIVI stream used after release");
         const size_t need = kvd_stream_pages_needed(s, m), r_need = kvd_stream_pages_needed(r, m);
         kvd_stream_append(r, pool, m, k, v, row_stride, new_pages);
-        attach_pages(s, new_pages + r_need, need - r_need);
+        kvd__stream_attach_pages(s, new_pages + r_need, need - r_need);
         if (s->evict != NULL) {
             /* The residual has no index of its own: the stream's index
              * numbers slots across both parts (quantized first), and the new
@@ -385,7 +345,7 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
             kvd_pool_release(pool, new_pages, 1);
         taken = 1;
     }
-    attach_pages(s, new_pages + taken, kvd_stream_pages_needed(s, m)); /* growth only now */
+    kvd__stream_attach_pages(s, new_pages + taken, kvd_stream_pages_needed(s, m)); /* growth only now */
 
     const size_t d = s->head_dim;
     const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
@@ -397,7 +357,7 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
         const float *restrict vt = v + t * row_stride;
         store_row(kf, kt, d, s->fmt.group, kvd__stream_key(s, j));
         store_row(vf, vt, d, s->fmt.group, kvd__stream_value(s, j));
-        kvd_slot_meta *meta = page_meta(s, j);
+        kvd_slot_meta *meta = kvd__stream_page_meta(s, j);
         meta->position = (int64_t)(s->appended + t);
         if (s->evict == NULL)
             continue;
@@ -416,190 +376,13 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *res
     s->appended += m;
 }
 
-/* Residual slot j's f32 key and value rows. */
-static float *res_key(const kvd_stream *r, size_t j)
-{
-    return (float *)kvd__stream_key(r, j);
-}
-
-static float *res_value(const kvd_stream *r, size_t j)
-{
-    return (float *)kvd__stream_value(r, j);
-}
-
-/* KIVI: gives back the pages neither part needs: residual pages past its
- * tokens, and quantized pages past those the next settle fills
- * (settled_quantized: after a settle, the quantized tokens themselves).
- * Keeping the latter is what lets a step evict between append and settle
- * without the settle needing pages the plan did not count. */
-void kvd__stream_kivi_trim(kvd_stream *s, kvd_pool *pool)
-{
-    kvd_stream *r = s->residual;
-    const size_t nr = r->n_tokens, nq = s->n_tokens - nr;
-    const size_t r_keep = div_up(nr, r->slots_per_page);
-    if (r->n_pages > r_keep) {
-        kvd_pool_release(pool, r->pages + r_keep, r->n_pages - r_keep);
-        r->n_pages = r_keep;
-    }
-    const size_t q_keep = div_up(settled_quantized(s, nq, nr), s->slots_per_page);
-    if (s->n_pages > q_keep) {
-        kvd_pool_release(pool, s->pages + q_keep, s->n_pages - q_keep);
-        s->n_pages = q_keep;
-    }
-}
-
-void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare,
-                       size_t *spare_used)
-{
-    if (!kvd__stream_is_kivi(s) || s->residual == NULL)
-        return;
-    kvd_stream *r = s->residual;
-    size_t nq = s->n_tokens - r->n_tokens, used = 0, moved = 0;
-    const size_t target = settled_quantized(s, nq, r->n_tokens);
-    const size_t G = s->fmt.group, d = s->head_dim, spp = s->slots_per_page;
-    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
-    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
-    float *gather = residual_of(s)->gather; /* [G][d] */
-
-    /* A partial last key block (eviction moved its last token away, see
-     * kvd__stream_kivi_move_rows) is completed first with the oldest
-     * residual tokens: its existing keys are read back through the
-     * reference dequantizer, the new ones added in f32, and the whole block
-     * quantized again (its older tokens take one more rounding step, as in
-     * eviction). It already has its page. Only once the residual can give
-     * all G - nq % G tokens and still keep `residual` (target > nq). */
-    if (target > nq && nq % G != 0) {
-        const size_t have = nq % G, fill = G - have, b0 = nq - have;
-        unsigned char *block = kvd__stream_key(s, b0);
-        for (size_t t = 0; t < have; t++)
-            kvd_dequant_row(kf, block, t, d, s->fmt.group, gather + t * d);
-        for (size_t t = 0; t < fill; t++)
-            memcpy(gather + (have + t) * d, res_key(r, t), d * sizeof *gather);
-        kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, block);
-        for (size_t t = 0; t < fill; t++) {
-            kvd_quant_row(vf, res_value(r, t), d, s->fmt.group, kvd__stream_value(s, nq + t));
-            *page_meta(s, nq + t) = *page_meta(r, t);
-        }
-        nq += fill;
-        moved = fill;
-    }
-
-    /* Then whole groups of the oldest residual tokens, one key block at a
-     * time. nq is a multiple of G here and spp of G, so a block starts a
-     * page or fits in the current one. */
-    for (; nq < target; nq += G, moved += G) {
-        if (nq / spp >= s->n_pages) { /* normally attached by append already */
-            assert(used < n_spare && "kvd_stream_pages_needed undercounted");
-            if (used >= n_spare || s->n_pages >= s->cap_pages)
-                break; /* no page or table room: the rest stays in f32 */
-            attach_pages(s, spare + used, 1);
-            used++;
-        }
-        const size_t first = moved; /* residual slot of the block's oldest token */
-        for (size_t t = 0; t < G; t++)
-            memcpy(gather + t * d, res_key(r, first + t), d * sizeof *gather);
-        kvd_quant_key_block(kf, gather, d, G, d, s->fmt.group, kvd__stream_key(s, nq));
-        for (size_t t = 0; t < G; t++) {
-            kvd_quant_row(vf, res_value(r, first + t), d, s->fmt.group,
-                          kvd__stream_value(s, nq + t));
-            *page_meta(s, nq + t) = *page_meta(r, first + t);
-        }
-    }
-
-    /* Shift the remaining residual rows down to slot 0 (oldest first).
-     * Slot j takes slot j + moved; going up, every source is read before
-     * anything overwrites it, and distinct slots never overlap. O(residual
-     * * d) per settle, the same order as the quantization above. Unified
-     * slot numbers (quantized first) do not change, so the eviction index
-     * needs no update. */
-    if (moved > 0) {
-        const size_t left = r->n_tokens - moved;
-        for (size_t j = 0; j < left; j++) {
-            memcpy(res_key(r, j), res_key(r, j + moved), d * sizeof(float));
-            memcpy(res_value(r, j), res_value(r, j + moved), d * sizeof(float));
-            *page_meta(r, j) = *page_meta(r, j + moved);
-        }
-        r->n_tokens = left;
-    }
-    /* Emptied residual pages, and quantized pages a step's eviction left
-     * unneeded, go back at once. */
-    kvd__stream_kivi_trim(s, pool);
-    *spare_used += used;
-}
-
-/* KIVI eviction: moving the last slot `from` into the hole `to`.
- *  - Both in the residual: an f32 row move inside the residual.
- *  - `to` in the quantized part: its value row is quantized again from the
- *    moved token's f32 value (per token, kvd_quant_row), or copied byte for
- *    byte when the moved token is itself quantized (a value row carries its
- *    own scales, so it means the same in any slot: no new error). Its key
- *    block b = to / group is quantized again: its tokens are read back
- *    (kvd_dequant_row) into the residual's gather buffer [group][d]
- *    (allocated with the stream: eviction never allocates), row to % group
- *    is overwritten with the moved token's key (in f32 from the residual,
- *    else read back from its own block first), and kvd_quant_key_block
- *    runs over the block's count. Re-quantizing compounds the error of the
- *    block's other tokens by at most one more rounding step: each read-back
- *    value is rounded again on the new per-channel grid, within half its
- *    step, i.e. within (new range of the channel over the block) /
- *    (2 (2^B - 1)) of what it read before (plus f16 rounding of the stored
- *    scale, which is rounded up so that the bound holds). A moved
- *    quantized token likewise takes one more step.
- *  - `from` in the quantized part (the residual is empty): it leaves its
- *    block, which becomes a partial LAST block (nq no longer a multiple of
- *    group). That block is not re-quantized: its scales still cover its
- *    remaining tokens, whose codes are unchanged; kernels read only the
- *    first n tokens of a segment, so a partial last block reads like a
- *    partly filled one, and kvd_stream_settle completes it later.
- * Metadata and index back-pointers are cache/evict.c's (unified slots). */
-void kvd__stream_kivi_move_rows(kvd_stream *s, size_t from, size_t to)
-{
-    kvd_stream *r = s->residual;
-    const size_t nq = s->n_tokens - r->n_tokens, d = s->head_dim, G = s->fmt.group;
-    assert(from + 1 == s->n_tokens && to < from);
-    if (to >= nq) {
-        memcpy(res_key(r, to - nq), res_key(r, from - nq), d * sizeof(float));
-        memcpy(res_value(r, to - nq), res_value(r, from - nq), d * sizeof(float));
-        return;
-    }
-    const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
-    const kvd_row_format vf = kvd_dtype_value_format(s->fmt.dtype);
-    float *scratch = residual_of(s)->gather; /* [G][d] */
-    const size_t b0 = to - to % G;
-    /* Quantized tokens once `from` has left: the block's count excludes it
-     * when it was the block's own last token. */
-    const size_t nq_after = from >= nq ? nq : nq - 1;
-    const size_t count = nq_after - b0 < G ? nq_after - b0 : G;
-    unsigned char *block = kvd__stream_key(s, to);
-    for (size_t t = 0; t < count; t++)
-        kvd_dequant_row(kf, block, t, d, s->fmt.group, scratch + t * d);
-    float *row = scratch + (to - b0) * d;
-    if (from >= nq) {
-        memcpy(row, res_key(r, from - nq), d * sizeof *row);
-        kvd_quant_row(vf, res_value(r, from - nq), d, s->fmt.group, kvd__stream_value(s, to));
-    } else {
-        kvd_dequant_row(kf, kvd__stream_key(s, from), from % G, d, s->fmt.group, row);
-        memcpy(kvd__stream_value(s, to), kvd__stream_value(s, from), s->v_row_bytes);
-    }
-    kvd_quant_key_block(kf, scratch, d, count, d, s->fmt.group, block);
-}
-
-void kvd__stream_kivi_drop_last(kvd_stream *s, kvd_pool *pool)
-{
-    kvd_stream *r = s->residual;
-    if (r->n_tokens > 0)
-        r->n_tokens--;
-    s->n_tokens--;
-    kvd__stream_kivi_trim(s, pool);
-}
-
 void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out)
 {
     const size_t d = s->head_dim;
     if (s->residual != NULL) {
         const size_t nq = kvd__stream_paged_tokens(s);
         if (j >= nq) {
-            memcpy(out, res_key(s->residual, j - nq), d * sizeof *out);
+            memcpy(out, kvd__stream_key(s->residual, j - nq), d * sizeof *out); /* f32 */
             return;
         }
     }
@@ -608,8 +391,8 @@ void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out)
                         s->fmt.group, out);
 }
 
-void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *restrict k,
-                          const float *restrict v, size_t row_stride)
+void kvd__stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *restrict k,
+                           const float *restrict v, size_t row_stride)
 {
     assert(!kvd__stream_is_kivi(s) && first + m <= s->n_tokens && !s->n_shared);
     const kvd_row_format kf = kvd_dtype_key_format(s->fmt.dtype);
@@ -620,7 +403,7 @@ void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *re
     }
 }
 
-void kvd_stream_clear(kvd_stream *s, kvd_pool *pool)
+void kvd__stream_clear(kvd_stream *s, kvd_pool *pool)
 {
     assert(!s->evict && !s->n_shared);
     kvd_stream *r = s->residual;
@@ -636,7 +419,7 @@ void kvd_stream_clear(kvd_stream *s, kvd_pool *pool)
     s->n_tokens = 0;
 }
 
-void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
+void kvd__stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
 {
     assert(!kvd__stream_is_kivi(s) && !s->evict && !s->n_shared && n <= s->n_tokens);
     s->n_tokens = n;
@@ -647,7 +430,7 @@ void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n)
     }
 }
 
-void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
+void kvd__stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
 {
     assert(!kvd__stream_is_kivi(s) && !s->evict && !s->n_shared && "per-token streams without a policy");
     if (k == 0)
@@ -661,10 +444,10 @@ void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k)
     for (size_t j = 0; j < left; j++) {
         memcpy(kvd__stream_key(s, j), kvd__stream_key(s, j + k), s->k_row_bytes);
         memcpy(kvd__stream_value(s, j), kvd__stream_value(s, j + k), s->v_row_bytes);
-        *page_meta(s, j) = *page_meta(s, j + k);
+        *kvd__stream_page_meta(s, j) = *kvd__stream_page_meta(s, j + k);
     }
     s->evicted += k;
-    kvd_stream_truncate(s, pool, left);
+    kvd__stream_truncate(s, pool, left);
 }
 
 static kvd_kv_pages view_of(const kvd_stream *s)
@@ -795,7 +578,7 @@ void kvd_stream_release(kvd_stream *s, kvd_pool *pool)
     kvd__evict_free(s->evict);
     if (s->residual != NULL) {
         kvd_stream_release(s->residual, pool);
-        free(residual_of(s));
+        free(s->residual); /* the kvd__kivi_residual, its first member */
     }
     /* Empty again, same shape: as if freshly initialized, except that a
      * KIVI stream has no residual any more (init_format it again). */

@@ -60,8 +60,8 @@ typedef struct kvd_stream {
      * the next kvd_stream_settle completes. NULL for other dtypes. */
     struct kvd_stream *residual;
     /* Tensor attention: the stream of k2/v2 that must keep the same slot
-     * order; every eviction move here is repeated there (f32, no index, never
-     * shared). NULL otherwise. */
+     * order; every eviction move here is repeated there (same dtype, no
+     * index, never shared). NULL otherwise. */
     struct kvd_stream *mirror;
 } kvd_stream;
 
@@ -135,26 +135,6 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *k, 
  * share); then nothing changed, dst empty. */
 int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 
-/* Removes the k oldest tokens of a per-token stream (any dtype but KIVI)
- * with no eviction index and no shared page (a tensor window sliding on): slots k.. move down by k in
- * order, emptied tail pages go back to the pool. O(n * d) byte moves, which
- * is below the O(n^2 * d) tensor attention it serves. */
-void kvd_stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k);
-
-/* Rewrites rows first .. first+m-1 (< n_tokens) of a per-token stream with
- * new keys and values (row t at k + t * row_stride), in place; positions are
- * kept. For a two-cache rebuilding its pair rows after an eviction. */
-void kvd_stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *k, const float *v,
-                          size_t row_stride);
-
-/* Empties a stream with no eviction index and no shared page, any dtype
- * (KIVI's residual too), giving every page back; it stays initialized. */
-void kvd_stream_clear(kvd_stream *s, kvd_pool *pool);
-
-/* Keeps the first n slots of an unshared stream with no eviction index and
- * gives emptied tail pages back to the pool. */
-void kvd_stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n);
-
 /* Gives every page back to the pool (drops its references) and frees the
  * block table, eviction index and KIVI residual; the stream is empty
  * afterwards (a KIVI stream needs kvd_stream_init_format before reuse). */
@@ -198,6 +178,14 @@ static inline unsigned char *kvd__stream_key(const kvd_stream *s, size_t j)
     return page + s->k_offset + i * s->k_row_bytes;
 }
 
+/* Metadata of slot j of the stream's own pages (KIVI: j < paged tokens;
+ * kvd_stream_meta takes the unified numbering). */
+static inline kvd_slot_meta *kvd__stream_page_meta(const kvd_stream *s, size_t j)
+{
+    unsigned char *page = s->pages[j / s->slots_per_page];
+    return (kvd_slot_meta *)(page + s->meta_offset) + j % s->slots_per_page;
+}
+
 /* Value row of slot j (v_row_bytes bytes). */
 static inline unsigned char *kvd__stream_value(const kvd_stream *s, size_t j)
 {
@@ -222,8 +210,32 @@ int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst);
 void kvd__stream_fork_commit(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 void kvd__stream_fork_abort(kvd_stream *dst);
 
-/* KIVI eviction (stream.c, which knows the residual and its gather
- * buffer): move_rows writes the rows of the last slot `from` into slot
+/* KIVI's residual sub-stream, allocated with a gather buffer so settle and
+ * eviction never allocate: the `group` oldest residual keys may straddle
+ * residual pages, and kvd_quant_key_block wants them as one strided array.
+ * The buffer ([group][head_dim] f32) lives outside the pool, like block
+ * tables and eviction indexes: bookkeeping, not cached tokens. */
+typedef struct kvd__kivi_residual {
+    kvd_stream s; /* first member: s->residual points here */
+    float gather[];
+} kvd__kivi_residual;
+
+static inline float *kvd__stream_kivi_gather(const kvd_stream *s)
+{
+    return ((kvd__kivi_residual *)s->residual)->gather; /* its first member */
+}
+
+/* Puts pages[0..n) at the end of the block table (room reserved by the
+ * caller), not shared. */
+void kvd__stream_attach_pages(kvd_stream *s, void *const *pages, size_t n);
+
+/* KIVI (cache/stream_kivi.c): tokens in the quantized part once
+ * kvd_stream_settle has run on a stream of nq quantized and nr residual
+ * tokens (the pages it will need). */
+size_t kvd__stream_kivi_settled(const kvd_stream *s, size_t nq, size_t nr);
+
+/* KIVI eviction (cache/stream_kivi.c, which knows the residual and its
+ * gather buffer): move_rows writes the rows of the last slot `from` into slot
  * `to` < from (unified numbering: quantized slots, then the residual),
  * re-quantizing the key block (and value row) of a hole in the quantized
  * part; metadata is the caller's. drop_last then forgets the last slot
@@ -237,5 +249,27 @@ void kvd__stream_kivi_trim(kvd_stream *s, kvd_pool *pool);
 /* Key of slot j (unified numbering for KIVI) read back in f32 through the
  * reference dequantizer (exact for f32 rows and the KIVI residual). */
 void kvd__stream_key_f32(const kvd_stream *s, size_t j, float *out);
+
+/* For the step engine (cache/step.c): tensor windows and two-cache pair rows. */
+
+/* Removes the k oldest tokens of a per-token stream (any dtype but KIVI)
+ * with no eviction index and no shared page (a tensor window sliding on): slots k.. move down by k in
+ * order, emptied tail pages go back to the pool. O(n * d) byte moves, which
+ * is below the O(n^2 * d) tensor attention it serves. */
+void kvd__stream_drop_oldest(kvd_stream *s, kvd_pool *pool, size_t k);
+
+/* Rewrites rows first .. first+m-1 (< n_tokens) of a per-token stream with
+ * new keys and values (row t at k + t * row_stride), in place; positions are
+ * kept. For a two-cache rebuilding its pair rows after an eviction. */
+void kvd__stream_overwrite(kvd_stream *s, size_t first, size_t m, const float *k, const float *v,
+                           size_t row_stride);
+
+/* Empties a stream with no eviction index and no shared page, any dtype
+ * (KIVI's residual too), giving every page back; it stays initialized. */
+void kvd__stream_clear(kvd_stream *s, kvd_pool *pool);
+
+/* Keeps the first n slots of an unshared stream with no eviction index and
+ * gives emptied tail pages back to the pool. */
+void kvd__stream_truncate(kvd_stream *s, kvd_pool *pool, size_t n);
 
 #endif
