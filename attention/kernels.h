@@ -36,19 +36,19 @@
 #define KVD_ATTN_CHUNK 256
 
 /* Bytes from one key row (or KIVI key block) to the next in a K region. */
-static inline size_t kvd_kv_k_stride(const kvd_kv_pages *kv)
+static inline size_t kvd__kv_k_stride(const kvd_kv_pages *kv)
 {
     return kv->k_row_bytes ? kv->k_row_bytes : kvd_row_bytes(kv->k_format, kv->head_dim, kv->group);
 }
 
-static inline size_t kvd_kv_v_stride(const kvd_kv_pages *kv)
+static inline size_t kvd__kv_v_stride(const kvd_kv_pages *kv)
 {
     return kv->v_row_bytes ? kv->v_row_bytes : kvd_row_bytes(kv->v_format, kv->head_dim, kv->group);
 }
 
 /* Where slot j of a region lives: the unit (row, or KIVI block) and the
  * token within it (0 for per-token rows). attention.h gives the layout. */
-static inline const unsigned char *kvd_kv_unit(const kvd_kv_pages *kv, size_t offset,
+static inline const unsigned char *kvd__kv_unit(const kvd_kv_pages *kv, size_t offset,
                                                kvd_row_format f, size_t stride, size_t j,
                                                size_t *t)
 {
@@ -66,14 +66,29 @@ static inline const unsigned char *kvd_kv_unit(const kvd_kv_pages *kv, size_t of
  * (portable C, standard_scalar.c) runs on any CPU; the others are built with
  * target attributes: call them only if the CPU has the features
  * (kvd_attention_kernels_get does the check). */
-void kvd_attend_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+void kvd__attend_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                        float scale, float *o);
 #if defined(__x86_64__)
-void kvd_attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+void kvd__attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                      float scale, float *o); /* avx2 + fma + f16c */
-void kvd_attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+void kvd__attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                        float scale, float *o); /* avx512f (+ f16c, implied by every
                                                   avx512f CPU; checked anyway) */
+#endif
+
+/* The four-cache kernels, one body (tensor_simd.h) per vector layer. The
+ * scalar one runs on any CPU; the others are built with target attributes:
+ * call them only when the CPU has the features (kvd_tensor_kernels_get
+ * checks). Same contract as kvd_tensor_four_ref. */
+void kvd__tensor_four_scalar(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                            size_t window, const float *q, size_t n_q, float scale, float *o);
+#if defined(__x86_64__)
+void kvd__tensor_four_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                          const float *q, size_t n_q, float scale,
+                          float *o); /* avx2 + fma + f16c */
+void kvd__tensor_four_avx512(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                            size_t window, const float *q, size_t n_q, float scale,
+                            float *o); /* avx512f + f16c */
 #endif
 
 /* Kernel levels this CPU runs, the same for every kernel family: 1 scalar,

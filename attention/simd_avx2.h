@@ -18,7 +18,7 @@
 #define KVD_SIMD_ATTR __attribute__((target("avx2,fma,f16c")))
 #include "attention/simd_f16c.h" /* v_halves */
 #define KVD_SIMD_W 8
-#define KVD_SIMD_NAME(prefix) prefix##avx2 /* kvd_attend_ + avx2 */
+#define KVD_SIMD_NAME(prefix) prefix##avx2 /* kvd__attend_ + avx2 */
 
 typedef __m256 vf;
 typedef __m256i vmask; /* lanes all-ones (in) or zero (out) */

@@ -28,7 +28,7 @@ static void ref_segment(const kvd_kv_pages *kv, size_t n, const float *restrict 
                         float scale, float *restrict o, ref_state *st)
 {
     const size_t d = kv->head_dim;
-    const size_t ks = kvd_kv_k_stride(kv), vs = kvd_kv_v_stride(kv);
+    const size_t ks = kvd__kv_k_stride(kv), vs = kvd__kv_v_stride(kv);
     float buf[REF_CHUNK];          /* one chunk of the current key or value */
     float dot[KVD_ATTN_MAX_GROUP]; /* <q[h], k_j> per head, then weights */
 
@@ -36,8 +36,8 @@ static void ref_segment(const kvd_kv_pages *kv, size_t n, const float *restrict 
      * chunk of heads, which for any real GQA group means once. */
     for (size_t j = 0; j < n; j++) {
         size_t kt, vt;
-        const unsigned char *ku = kvd_kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &kt);
-        const unsigned char *vu = kvd_kv_unit(kv, kv->v_offset, kv->v_format, vs, j, &vt);
+        const unsigned char *ku = kvd__kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &kt);
+        const unsigned char *vu = kvd__kv_unit(kv, kv->v_offset, kv->v_format, vs, j, &vt);
         for (size_t h = 0; h < g; h++)
             dot[h] = 0.0f;
         for (size_t c0 = 0; c0 < d; c0 += REF_CHUNK) {

@@ -1,4 +1,4 @@
-/* attention/standard_avx512.c — kvd_attend_avx512: the attend kernel body
+/* attention/standard_avx512.c — kvd__attend_avx512: the attend kernel body
  * (standard_simd.h) over the AVX-512F (+ F16C) vector layer
  * (simd_avx512.h). Only this file's functions are compiled for AVX-512
  * (target attribute); dispatch.c calls it only when the CPU has avx512f and

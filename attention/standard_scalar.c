@@ -1,4 +1,4 @@
-/* attention/standard_scalar.c — kvd_attend_scalar: the attend kernel body
+/* attention/standard_scalar.c — kvd__attend_scalar: the attend kernel body
  * (standard_simd.h) over the portable vector layer (simd_scalar.h), the
  * production kernel of CPUs without AVX2 and of arm64. Same blocked
  * algorithm and exp polynomial as the SIMD tiers; tested like them against

@@ -2,7 +2,7 @@
  * kernel, written once over the vector layer (simd_avx2.h, simd_avx512.h,
  * simd_scalar.h) and included by one thin .c file per layer (standard_avx2.c,
  * standard_avx512.c, standard_scalar.c), which names it
- * KVD_SIMD_NAME(kvd_attend_). Private to attention/. Keys and values are
+ * KVD_SIMD_NAME(kvd__attend_). Private to attention/. Keys and values are
  * taken 16 tokens at a time; f32 rows are read in place, every other format
  * is dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
  * block, never a copy of the cache) and the same f32 block math runs on the
@@ -444,7 +444,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                                        simd_state *restrict st)
 {
     const size_t d = kv->head_dim, spp = kv->slots_per_page;
-    const size_t ks = kvd_kv_k_stride(kv), vs = kvd_kv_v_stride(kv);
+    const size_t ks = kvd__kv_k_stride(kv), vs = kvd__kv_v_stride(kv);
     const int k_block = kvd_row_is_block(kv->k_format), v_block = kvd_row_is_block(kv->v_format);
     st->kc.unit = NULL; /* block headers of another segment are stale */
     st->vc.unit = NULL;
@@ -546,7 +546,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     }
 }
 
-KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd_attend_)(const kvd_kv_segment *seg, size_t n_seg,
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t n_seg,
                                               const float *restrict q, size_t n_q, float scale,
                                               float *restrict o)
 {

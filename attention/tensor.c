@@ -261,10 +261,10 @@ void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *
  * two-cache needs no table of its own: it is standard attention over its
  * pair rows (kvd_attention_kernels_get()->attend). */
 static const kvd_tensor_kernels tensor_tables[] = {
-    {.name = "scalar", .four = kvd_tensor_four_scalar},
+    {.name = "scalar", .four = kvd__tensor_four_scalar},
 #if defined(__x86_64__)
-    {.name = "avx2", .four = kvd_tensor_four_avx2},
-    {.name = "avx512", .four = kvd_tensor_four_avx512},
+    {.name = "avx2", .four = kvd__tensor_four_avx2},
+    {.name = "avx512", .four = kvd__tensor_four_avx512},
 #endif
 };
 

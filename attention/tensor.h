@@ -118,19 +118,4 @@ const kvd_tensor_kernels *kvd_tensor_kernels_get(void);
  * (for tests and benchmarks that compare the levels). */
 const kvd_tensor_kernels *kvd_tensor_kernels_all(size_t *n);
 
-/* The four-cache kernels, one body (tensor_simd.h) per vector layer. The
- * scalar one runs on any CPU; the others are built with target attributes:
- * call them only when the CPU has the features (kvd_tensor_kernels_get
- * checks). Same contract as kvd_tensor_four_ref. */
-void kvd_tensor_four_scalar(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
-                            size_t window, const float *q, size_t n_q, float scale, float *o);
-#if defined(__x86_64__)
-void kvd_tensor_four_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
-                          const float *q, size_t n_q, float scale,
-                          float *o); /* avx2 + fma + f16c */
-void kvd_tensor_four_avx512(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
-                            size_t window, const float *q, size_t n_q, float scale,
-                            float *o); /* avx512f + f16c */
-#endif
-
 #endif

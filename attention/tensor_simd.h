@@ -2,7 +2,7 @@
  * (tensor.h), written once over the vector layer (simd_avx2.h,
  * simd_avx512.h, simd_scalar.h) and included by one thin .c file per layer
  * (tensor_avx2.c, tensor_avx512.c, tensor_scalar.c), which names it
- * KVD_SIMD_NAME(kvd_tensor_four_). Private to attention/. f32 views; a
+ * KVD_SIMD_NAME(kvd__tensor_four_). Private to attention/. f32 views; a
  * head_dim above KVD_TENSOR_MAX_FAST_DIM runs kvd_tensor_four_view. */
 #ifndef KVD_SIMD_LAYER
 #error "include a vector layer (attention/simd_*.h) before attention/tensor_simd.h"
@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "attention/kernels.h"
 #include "attention/tensor.h"
 
 #define LANES KVD_SIMD_W /* virtual queries per tile; keys per block */
@@ -268,7 +269,7 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
     }
 }
 
-KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd_tensor_four_)(const kvd_kv_pages *a, const kvd_kv_pages *b,
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__tensor_four_)(const kvd_kv_pages *a, const kvd_kv_pages *b,
                                                   size_t n, size_t window, const float *q,
                                                   size_t n_q, float scale, float *o)
 {

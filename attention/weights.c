@@ -18,7 +18,7 @@ static float score(const kvd_kv_pages *kv, size_t ks, size_t j, const float *res
     const size_t d = kv->head_dim;
     float buf[WEIGHTS_CHUNK];
     size_t t;
-    const unsigned char *unit = kvd_kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &t);
+    const unsigned char *unit = kvd__kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &t);
     float dot = 0.0f;
     for (size_t c0 = 0; c0 < d; c0 += WEIGHTS_CHUNK) {
         const size_t c1 = d - c0 < WEIGHTS_CHUNK ? d : c0 + WEIGHTS_CHUNK;
@@ -46,7 +46,7 @@ void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float 
         float mx = -INFINITY;
         for (size_t s = 0, j0 = 0; s < n_seg; j0 += seg[s].n, s++) {
             const kvd_kv_pages *kv = &seg[s].kv;
-            const size_t ks = seg[s].n ? kvd_kv_k_stride(kv) : 0;
+            const size_t ks = seg[s].n ? kvd__kv_k_stride(kv) : 0;
             for (size_t j = 0; j < seg[s].n; j++) {
                 scratch[j0 + j] = score(kv, ks, j, qh, scale);
                 if (scratch[j0 + j] > mx)

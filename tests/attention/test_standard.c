@@ -487,7 +487,7 @@ START_TEST(test_dispatch)
 #else
     ck_assert_str_eq(k->name, "scalar");
 #endif
-    ck_assert_ptr_eq(all[0].attend, kvd_attend_scalar); /* never the oracle */
+    ck_assert_ptr_eq(all[0].attend, kvd__attend_scalar); /* never the oracle */
     tiers_print("attention/standard");
 }
 END_TEST
@@ -507,7 +507,7 @@ START_TEST(test_avx2_direct)
         test_cache c;
         cache_build(&c, 53, head_dims[di], 9, -1.0f, 1.0f);
         float *q = random_queries(4, head_dims[di], -1.0f, 1.0f);
-        check_kernel("avx2", kvd_attend_avx2, &c, q, 4, 0.7f, 0);
+        check_kernel("avx2", kvd__attend_avx2, &c, q, 4, 0.7f, 0);
         free(q);
         cache_free(&c);
     }

@@ -530,7 +530,7 @@ START_TEST(test_dispatch)
     ck_assert_uint_ge(n, 1);
     ck_assert_ptr_eq(best, &all[n - 1]);
     ck_assert_str_eq(all[0].name, "scalar");
-    ck_assert_ptr_eq(all[0].four, kvd_tensor_four_scalar);
+    ck_assert_ptr_eq(all[0].four, kvd__tensor_four_scalar);
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         ck_assert_uint_ge(n, 2);
