@@ -1,6 +1,7 @@
 /* attention/kernels.h — private to attention/ and its tests: the attend
- * kernels of every tier (one body, standard_simd.h, over each vector layer
- * attention/simd_*.h), the constants every attend kernel shares, the slot
+ * kernels and the four-cache tensor kernels of every tier (one body each,
+ * standard_simd.h and tensor_simd.h, over each vector layer
+ * attention/simd_*.h), the constants the attend kernels share, the slot
  * addressing of the row formats and the CPU levels.
  * Only dispatch.c decides which kernel runs; callers outside attention/ use
  * kvd_attention_kernels_get(). */
