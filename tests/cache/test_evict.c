@@ -4,7 +4,9 @@
  * key_norm, score} with O(n^2) selection and the same tie rules): the kept
  * token set must match exactly, every kept slot must hold its own token's K
  * and V rows, and the pool must hold exactly the stream's pages. (Streams
- * here are f32; quantized rows under eviction: tests/cache/test_stream.c.) */
+ * here are f32; quantized rows under eviction: tests/cache/test_stream.c.)
+ * Over 600 lines: every policy and the copy-on-write paths run against the
+ * one reference model defined here. */
 #include <check.h>
 #include <errno.h>
 #include <math.h>

@@ -5,7 +5,9 @@
  * exact bytes, within the format's error bound of the f32 input through the
  * reference dequantizer), quantized rows under eviction, pages_needed,
  * block-table growth and release. KIVI's residual and settle:
- * tests/cache/test_kivi.c. */
+ * tests/cache/test_kivi.c.
+ * Over 600 lines: one suite per stream operation, sharing the fixture that
+ * builds a stream in every dtype. */
 #include <check.h>
 #include <errno.h>
 #include <math.h>

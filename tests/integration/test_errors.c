@@ -5,7 +5,9 @@
  * error body with error.code (and error.field where one field is at fault);
  * a bad step must leave its session exactly as it was (DESIGN.md §3: a step
  * is validated whole before anything is appended), and the server must keep
- * serving: a correct step checked against the reference closes each case. */
+ * serving: a correct step checked against the reference closes each case.
+ * Over 600 lines: one case per kind of bad input, each with its own body and
+ * expected answer; they share the snapshot-and-compare helpers defined here. */
 #define _GNU_SOURCE
 #include <float.h>
 #include <math.h>

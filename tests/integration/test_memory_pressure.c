@@ -6,7 +6,9 @@
  * used idle sessions with a policy lose their unprotected tokens (exactly the
  * ones the test predicts) and still answer exactly; /readyz follows the
  * 1%-free-and-nothing-reclaimable rule. Also idle sessions expiring after
- * their ttl. Each test case runs its own kvd. */
+ * their ttl. Each test case runs its own kvd.
+ * Over 600 lines: the two --on-full modes share one fill-and-check model of
+ * the pool (the test's page math), which splitting would copy. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>

@@ -7,7 +7,9 @@
  * (W = 1, 3, 8) with the end-of-request drop; memory growth n*d versus n^2*d
  * with exact page counts; and bad input (the 400s with their fields) and a
  * full pool (503 with the session unchanged, then a smaller step that fits).
- * Each test case runs its own kvd. */
+ * Each test case runs its own kvd.
+ * Over 600 lines: every case shares the four-vs-two-vs-reference harness
+ * (one session of each layout fed identical steps) defined here. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>

@@ -3,7 +3,9 @@
  * libuv loop on a background thread serves a test handler (echo, deferred
  * "/slow" answers from a timer); the test thread speaks raw HTTP over
  * blocking sockets and checks framing, ordering, limits, errors and
- * shutdown. Framing split at every offset is in test_conn.c (no socket). */
+ * shutdown. Framing split at every offset is in test_conn.c (no socket).
+ * Over 600 lines: every socket-level case shares the background server
+ * thread and the raw-HTTP client defined here. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
