@@ -15,6 +15,7 @@
 #include "cache/stream.h"
 #include "tests/support/api_asserts.h"
 #include "tests/support/check_main.h"
+#include "tests/support/failing_alloc.h"
 
 #define PAGE 16384
 
@@ -499,29 +500,19 @@ START_TEST(config_to_json)
 }
 END_TEST
 
-static int alloc_budget;
-static void *failing_malloc(size_t n)
-{
-    if (alloc_budget <= 0)
-        return NULL;
-    alloc_budget--;
-    return malloc(n);
-}
-
 START_TEST(config_to_json_allocation_failure)
 {
     kvd_session_config c;
     create_ok("{}", &c);
-    cJSON_Hooks hooks = {.malloc_fn = failing_malloc, .free_fn = free};
-    cJSON_InitHooks(&hooks);
+    failing_alloc_install();
     cJSON *o = NULL;
     int failures = 0;
     for (int budget = 0; budget < 200 && !o; budget++) {
-        alloc_budget = budget;
+        failing_alloc_budget(budget);
         o = kvd_session_config_to_json(&c);
         failures += o == NULL;
     }
-    cJSON_InitHooks(NULL);
+    failing_alloc_uninstall();
     ck_assert_ptr_nonnull(o);
     ck_assert_int_gt(failures, 20); /* every field's allocation failed once */
     cJSON_Delete(o);

@@ -9,6 +9,7 @@
 
 #include "api/errors.h"
 #include "tests/support/check_main.h"
+#include "tests/support/failing_alloc.h"
 
 START_TEST(set_fills_everything)
 {
@@ -108,31 +109,19 @@ START_TEST(json_len_may_be_null)
 }
 END_TEST
 
-/* Fault injection (as sqlite's test_malloc.c): the next `budget` cJSON
- * allocations succeed, then every one fails. Single-threaded test only. */
-static int alloc_budget;
-static void *failing_malloc(size_t n)
-{
-    if (alloc_budget <= 0)
-        return NULL;
-    alloc_budget--;
-    return malloc(n);
-}
-
 START_TEST(json_allocation_failure_is_null)
 {
     kvd_api_error err;
     kvd_api_error_set(&err, 400, KVD_ERR_INVALID, "k", "bad k");
-    cJSON_Hooks hooks = {.malloc_fn = failing_malloc, .free_fn = free};
-    cJSON_InitHooks(&hooks);
+    failing_alloc_install();
     int failures = 0;
     char *s = NULL;
     for (int budget = 0; budget < 100 && !s; budget++) {
-        alloc_budget = budget;
+        failing_alloc_budget(budget);
         s = kvd_api_error_json(&err, NULL);
         failures += s == NULL;
     }
-    cJSON_InitHooks(NULL);
+    failing_alloc_uninstall();
     ck_assert_ptr_nonnull(s);
     ck_assert_int_gt(failures, 3); /* several distinct failure points were hit */
     free(s);

@@ -14,6 +14,7 @@
 #include "api/wire.h"
 #include "tests/support/api_asserts.h"
 #include "tests/support/check_main.h"
+#include "tests/support/failing_alloc.h"
 
 /* ---- base64 ---- */
 
@@ -424,29 +425,19 @@ START_TEST(encode_round_trip_random)
 }
 END_TEST
 
-static int alloc_budget;
-static void *failing_malloc(size_t n)
-{
-    if (alloc_budget <= 0)
-        return NULL;
-    alloc_budget--;
-    return malloc(n);
-}
-
 START_TEST(encode_allocation_failure_is_null)
 {
     const float x[5] = {1, 2, 3, 4, 5};
-    cJSON_Hooks hooks = {.malloc_fn = failing_malloc, .free_fn = free};
     for (int enc = 0; enc < 2; enc++) {
-        cJSON_InitHooks(&hooks);
+        failing_alloc_install();
         cJSON *a = NULL;
         int failures = 0;
         for (int budget = 0; budget < 100 && !a; budget++) {
-            alloc_budget = budget;
+            failing_alloc_budget(budget);
             a = kvd_wire_encode(x, 5, (kvd_wire_encoding)enc);
             failures += a == NULL;
         }
-        cJSON_InitHooks(NULL);
+        failing_alloc_uninstall();
         ck_assert_ptr_nonnull(a);
         ck_assert_int_gt(failures, 0);
         cJSON_Delete(a);
