@@ -71,6 +71,8 @@ kvd__conn *kvd__conn_new(kvd_http_server *srv)
     srv->conns = conn;
     llhttp_init(&conn->parser, HTTP_REQUEST, &srv->settings);
     conn->parser.data = conn;
+    conn->head_scan = true;
+    conn->head_line1 = true;
     return conn;
 }
 
@@ -330,6 +332,10 @@ static void conn_parse_error(kvd__conn *conn, llhttp_errno_t err)
         kvd__exchange_answer_error(ex, 500, KVD_ERR_INTERNAL, "out of memory");
         break;
     default: {
+        if (conn->fail_reason) {
+            kvd__exchange_answer_error(ex, 400, KVD_ERR_INVALID, conn->fail_reason);
+            break;
+        }
         const char *reason = llhttp_get_error_reason(&conn->parser);
         snprintf(msg, sizeof msg, "bad HTTP request: %s",
                  reason ? reason : llhttp_errno_name(err));
@@ -351,6 +357,11 @@ static void conn_feed(kvd__conn *conn, const char *data, size_t len)
     while (len > 0 && !conn->stopped && !conn->closing) {
         if (conn->queue.len >= max_queue)
             break;
+        if (kvd__parse_scan_head(conn, data, len) != 0) {
+            conn_parse_error(conn, HPE_STRICT);
+            len = 0;
+            break;
+        }
         llhttp_errno_t err = llhttp_execute(&conn->parser, data, len);
         if (err == HPE_OK) {
             len = 0;

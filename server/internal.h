@@ -76,6 +76,15 @@ struct kvd__conn {
     kvd__buf *value_target;        /* where the current header value goes, or NULL */
     size_t header_bytes;           /* request line + headers of cur so far */
     int fail_status;               /* status for an error raised in a callback */
+    const char *fail_reason;       /* its message (static), or NULL for llhttp's */
+    /* The strict scan of a request head (parse.c) that llhttp's parser does
+     * not do: every LF preceded by CR, no bare CR, one space between the
+     * parts of the request line, no obs-fold. Runs ahead of llhttp over the head only. */
+    bool head_scan;                /* scanning (a head is expected or under way) */
+    bool head_text;                /* a byte other than CR/LF seen in this head */
+    bool head_line1;               /* still in the request line */
+    unsigned head_crlf;            /* CR/LF bytes in a row ending the head so far */
+    char head_prev;                /* the byte before */
     char *pending;                 /* unparsed bytes kept while paused */
     size_t pending_len;
     unsigned refs;                 /* 1 for the open handle + 1 per exchange */
@@ -119,6 +128,10 @@ void kvd__buf_free(kvd__buf *b);
 
 /* Fills settings with the request callbacks (parser->data is the kvd__conn). */
 void kvd__parse_settings_init(llhttp_settings_t *settings);
+/* Scans data[0..len) of conn's request head for what the strict parser lets
+ * through (bare LF or CR, extra spaces in the request line). Returns 0, or
+ * -1 with conn->fail_status and fail_reason set. */
+int kvd__parse_scan_head(kvd__conn *conn, const char *data, size_t len);
 
 /* ---- conn.c: one connection ---- */
 

@@ -80,6 +80,13 @@ static int cb_fail(llhttp_t *p, int status)
     return -1;
 }
 
+static int cb_reject(llhttp_t *p, const char *reason)
+{
+    kvd__conn *conn = p->data;
+    conn->fail_reason = reason;
+    return cb_fail(p, 400);
+}
+
 static int count_header_bytes(llhttp_t *p, size_t n)
 {
     kvd__conn *conn = p->data;
@@ -91,6 +98,51 @@ static int count_header_bytes(llhttp_t *p, size_t n)
     return 0;
 }
 
+int kvd__parse_scan_head(kvd__conn *conn, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && conn->head_scan; i++) {
+        char c = data[i], prev = conn->head_prev;
+        conn->head_prev = c;
+        const char *bad = NULL;
+        if (c == '\n' && prev != '\r')
+            bad = "bad HTTP request: LF without CR";
+        else if (prev == '\r' && c != '\n')
+            bad = "bad HTTP request: CR without LF";
+        else if (prev == '\n' && conn->head_text && (c == ' ' || c == '\t'))
+            bad = "bad HTTP request: folded header line (obs-fold)";
+        else if (conn->head_line1 && conn->head_text &&
+                 (c == '\t' || (c == ' ' && prev == ' ')))
+            bad = "bad HTTP request: extra whitespace in the request line";
+        if (bad) {
+            conn->fail_status = 400;
+            conn->fail_reason = bad;
+            conn->head_scan = false;
+            return -1;
+        }
+        if (c == '\r' || c == '\n') {
+            if (conn->head_text) {
+                conn->head_line1 = false;
+                if (++conn->head_crlf == 4)
+                    conn->head_scan = false; /* the blank line: the head ends */
+            }
+        } else {
+            conn->head_text = true;
+            conn->head_crlf = 0;
+        }
+    }
+    return 0;
+}
+
+/* The next bytes start a request head. */
+static void head_scan_reset(kvd__conn *conn)
+{
+    conn->head_scan = true;
+    conn->head_text = false;
+    conn->head_line1 = true;
+    conn->head_crlf = 0;
+    conn->head_prev = '\0';
+}
+
 static int on_message_begin(llhttp_t *p)
 {
     kvd__conn *conn = p->data;
@@ -99,6 +151,7 @@ static int on_message_begin(llhttp_t *p)
     conn->field_long = false;
     conn->value_target = NULL;
     conn->fail_status = 0;
+    conn->fail_reason = NULL;
     conn->cur = kvd__exchange_new(conn);
     if (!conn->cur)
         return cb_fail(p, 500);
@@ -142,6 +195,8 @@ static int on_header_field_complete(llhttp_t *p)
     kvd__conn *conn = p->data;
     kvd_http_exchange *ex = conn->cur;
     conn->value_target = NULL;
+    if (conn->field_len == 0 && !conn->field_long)
+        return cb_reject(p, "bad HTTP request: empty header name");
     if (ex->headers_done) /* a chunked trailer: not ours to use */
         return 0;
     /* A repeated header: the last one wins. */
@@ -165,6 +220,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     kvd__conn *conn = p->data;
     if (count_header_bytes(p, n) != 0)
         return cb_fail(p, 431);
+    /* The strict parser still joins obs-fold lines (RFC 9112 §5.2: reject). */
+    if (memchr(at, '\r', n) || memchr(at, '\n', n))
+        return cb_reject(p, "bad HTTP request: folded header line (obs-fold)");
     if (conn->value_target &&
         kvd__buf_append(conn->value_target, at, n, KVD__HTTP_MAX_HEADER_BYTES) != 0)
         return cb_fail(p, 500);
@@ -193,6 +251,8 @@ static int on_headers_complete(llhttp_t *p)
     kvd_http_server *srv = conn->srv;
     kvd_http_exchange *ex = conn->cur;
     ex->headers_done = true;
+    if (p->http_major != 1 || p->http_minor > 1)
+        return cb_reject(p, "bad HTTP request: only HTTP/1.0 and HTTP/1.1 are spoken");
     ex->req.method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
     ex->is_head = llhttp_get_method(p) == HTTP_HEAD;
 
@@ -262,6 +322,7 @@ static int on_message_complete(llhttp_t *p)
     ex->keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
     conn->ready = ex;
     conn->cur = NULL;
+    head_scan_reset(conn);
     /* One request per llhttp_execute: the caller dispatches it, then
      * decides whether to parse on (back-pressure, close, drain). */
     return HPE_PAUSED;
