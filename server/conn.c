@@ -252,9 +252,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     kvd__conn *conn = s->data;
-    if (nread < 0) {
-        /* EOF or error: the client is gone (or half-closed; answers to a
-         * half-closed client are dropped too). */
+    if (nread == UV_EOF) {
+        kvd__conn_on_eof(conn);
+        return;
+    }
+    if (nread < 0) { /* a reset or error: the client is gone */
         kvd__conn_close(conn);
         return;
     }
@@ -414,6 +416,25 @@ static void conn_feed(kvd__conn *conn, const char *data, size_t len)
         conn_read_stop(conn);
     else
         kvd__conn_read_start(conn);
+    kvd__conn_check_idle(conn);
+}
+
+/* The client half-closed (shutdown(SHUT_WR)) or closed: every request read
+ * in full before it is still answered, the last answer says
+ * Connection: close, then the connection closes. A request cut short by
+ * the EOF is dropped (it can never complete). */
+void kvd__conn_on_eof(kvd__conn *conn)
+{
+    if (conn->closing)
+        return;
+    conn_read_stop(conn);
+    conn->eof = true;
+    conn->stopped = true;
+    if (conn->cur) {
+        kvd__exchange_free(conn->cur);
+        conn->cur = NULL;
+        conn->refs--; /* the handle's ref keeps conn alive */
+    }
     kvd__conn_check_idle(conn);
 }
 

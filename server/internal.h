@@ -91,6 +91,7 @@ struct kvd__conn {
     bool closing;                  /* close started */
     bool reading;
     bool stopped;                  /* parse nothing more on this connection */
+    bool eof;                      /* the client half-closed: answer, then close */
     bool in_feed;                  /* inside the parse loop (guards re-entry) */
     bool cont_inflight;            /* a 100 Continue write is queued */
     uv_write_t cont_req;
@@ -143,6 +144,8 @@ void kvd__conn_discard(kvd__conn *conn);
 void kvd__conn_read_start(kvd__conn *conn);
 /* Bytes read from the peer: parses, dispatches, applies back-pressure. */
 void kvd__conn_on_bytes(kvd__conn *conn, const char *data, size_t len);
+/* The peer sent EOF: answers what was read in full, then closes. */
+void kvd__conn_on_eof(kvd__conn *conn);
 /* Starts closing (idempotent); the connection is freed once its handle is
  * closed and no exchange refers to it. */
 void kvd__conn_close(kvd__conn *conn);

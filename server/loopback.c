@@ -27,6 +27,8 @@ struct kvd__sink {
     uv_close_cb close_cb;      /* set by kvd__sink_close */
     bool close_pending;
     bool closed;
+    bool eof;                  /* the peer sent EOF after the inbox */
+    bool eof_delivered;
 };
 
 struct kvd__loopback {
@@ -115,6 +117,12 @@ void kvd__loopback_run(kvd__loopback *lb)
             kvd__buf_free(&read);
             continue;
         }
+        if (s->eof && !s->eof_delivered && s->inbox.len == 0 && s->conn && !s->conn->closing &&
+            s->conn->reading) {
+            s->eof_delivered = true;
+            kvd__conn_on_eof(s->conn);
+            continue;
+        }
         return;
     }
 }
@@ -123,6 +131,12 @@ void kvd__loopback_feed(kvd__loopback *lb, const char *data, size_t len)
 {
     if (kvd__buf_append(&lb->sink.inbox, data, len, SIZE_MAX) != 0)
         abort(); /* a test seam: out of memory here is the test's failure */
+    kvd__loopback_run(lb);
+}
+
+void kvd__loopback_eof(kvd__loopback *lb)
+{
+    lb->sink.eof = true;
     kvd__loopback_run(lb);
 }
 

@@ -23,6 +23,10 @@ kvd__loopback *kvd__loopback_open(const kvd_http_options *opt, kvd_http_handler 
  * in a socket's receive buffer, and are never read once it stops for good. */
 void kvd__loopback_feed(kvd__loopback *lb, const char *data, size_t len);
 
+/* The peer half-closes after what it has sent: delivered as EOF once the
+ * connection has read everything before it (as a socket would). */
+void kvd__loopback_eof(kvd__loopback *lb);
+
 /* Runs pending write callbacks, the close callback, and reads of waiting
  * bytes, until none is left: what the event loop would do next. */
 void kvd__loopback_run(kvd__loopback *lb);

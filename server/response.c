@@ -49,10 +49,10 @@ void kvd__exchange_answer(kvd_http_exchange *ex, int status, const char *ctype, 
     }
     if (!ctype || strlen(ctype) > 128)
         ctype = "application/json";
-    /* When draining, the last queued answer of a connection with nothing
+    /* When draining or after the client's EOF, the last queued answer of a connection with nothing
      * else under way tells the client to go away. */
-    if (!ex->keep_alive || (srv->draining && &ex->link == conn->queue.tail && !conn->cur &&
-                            conn->pending_len == 0))
+    bool last = &ex->link == conn->queue.tail && !conn->cur && conn->pending_len == 0;
+    if (!ex->keep_alive || (last && (srv->draining || conn->eof)))
         ex->close_after = true;
     if (ex->close_after)
         conn->stopped = true;

@@ -34,7 +34,7 @@ int kvd__route_match(const char *method, const char *path, kvd_route *route,
     } else if (is(path, "/v1/batch")) {
         *route = KVD_ROUTE_BATCH, want = "POST";
     } else if (is(path, "/v1/sessions")) {
-        *allow = "GET, POST";
+        *allow = "GET, HEAD, POST";
         if (is(method, "POST"))
             *route = KVD_ROUTE_SESSION_CREATE;
         else
@@ -49,7 +49,7 @@ int kvd__route_match(const char *method, const char *path, kvd_route *route,
             return 0;
         const char *rest = slash ? slash : "";
         if (is(rest, "")) {
-            *allow = "GET, DELETE";
+            *allow = "GET, HEAD, DELETE";
             if (is(method, "DELETE"))
                 *route = KVD_ROUTE_SESSION_DELETE;
             else
@@ -66,9 +66,12 @@ int kvd__route_match(const char *method, const char *path, kvd_route *route,
         memcpy(id, seg, len);
         id[len] = '\0';
     }
-    if (want && !is(method, want)) {
+    /* HEAD is GET without the body (the HTTP layer drops it and keeps its
+     * Content-Length), so every GET route takes it. */
+    bool get = want && is(want, "GET");
+    if (want && !is(method, want) && !(get && is(method, "HEAD"))) {
         if (!*allow)
-            *allow = want;
+            *allow = get ? "GET, HEAD" : want;
         return 405;
     }
     return 0;

@@ -294,6 +294,42 @@ START_TEST(back_pressure_pauses_reading)
 }
 END_TEST
 
+/* Issue 10 bug 6: a client that sends complete requests and then
+ * half-closes gets every answer (the last with Connection: close), then the
+ * connection closes; a request cut short by the EOF is dropped. */
+START_TEST(eof_after_complete_requests_is_answered)
+{
+    static const char reqs[] = "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+                               "GET /defer HTTP/1.1\r\n\r\n"
+                               "POST /echo HTTP/1.1\r\nContent-Length: 9\r\n\r\ncut";
+    fake f = {0};
+    kvd_http_options opt = {.max_body = MAX_BODY, .max_pipelined = 8};
+    int saved = quiet_begin();
+    kvd__loopback *lb = kvd__loopback_open(&opt, fake_handler, &f);
+    ck_assert_ptr_nonnull(lb);
+    kvd__loopback_feed(lb, reqs, sizeof reqs - 1);
+    kvd__loopback_eof(lb);
+    ck_assert(!kvd__loopback_closed(lb)); /* the deferred answer is still owed */
+    ck_assert(answer_deferred(&f));
+    kvd__loopback_run(lb);
+    size_t len;
+    const char *out = kvd__loopback_output(lb, &len);
+    char *copy = strndup(out, len);
+    quiet_end(saved);
+    ck_assert_ptr_nonnull(copy);
+    ck_assert_msg(strstr(copy, "n=2:hi") != NULL, "first answer missing:\n%s", copy);
+    const char *d = strstr(copy, "deferred /defer");
+    ck_assert_msg(d != NULL, "deferred answer missing:\n%s", copy);
+    const char *second = strstr(copy + 1, "HTTP/1.1 200");
+    ck_assert_ptr_nonnull(second);
+    ck_assert_msg(strstr(second, "Connection: close\r\n") != NULL, "last answer keeps alive");
+    ck_assert_int_eq(f.handled, 2); /* the cut request never reached the handler */
+    ck_assert(kvd__loopback_closed(lb));
+    free(copy);
+    ck_assert(kvd__loopback_free(lb));
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server/conn");
@@ -303,6 +339,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, split_at_every_offset);
     tcase_add_test(tc, byte_at_a_time);
     tcase_add_test(tc, back_pressure_pauses_reading);
+    tcase_add_test(tc, eof_after_complete_requests_is_answered);
     suite_add_tcase(s, tc);
     return s;
 }

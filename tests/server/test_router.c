@@ -34,6 +34,14 @@ START_TEST(routes)
         {"GET", "/healthz", KVD_ROUTE_HEALTHZ, ""},
         {"GET", "/readyz", KVD_ROUTE_READYZ, ""},
         {"GET", "/metrics", KVD_ROUTE_METRICS, ""},
+        /* HEAD is answered like GET (issue 10) */
+        {"HEAD", "/healthz", KVD_ROUTE_HEALTHZ, ""},
+        {"HEAD", "/readyz", KVD_ROUTE_READYZ, ""},
+        {"HEAD", "/metrics", KVD_ROUTE_METRICS, ""},
+        {"HEAD", "/v1/info", KVD_ROUTE_INFO, ""},
+        {"HEAD", "/v1/sessions", KVD_ROUTE_SESSION_LIST, ""},
+        {"HEAD", "/v1/sessions/abc", KVD_ROUTE_SESSION_GET, "abc"},
+        {"HEAD", "/v1/sessions/abc/snapshot", KVD_ROUTE_SESSION_SNAPSHOT, "abc"},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         kvd_route r = match(ok[i].method, ok[i].path, id, &rc);
@@ -50,11 +58,19 @@ START_TEST(method_not_allowed)
     static const char *const bad[][2] = {
         {"PUT", "/v1/sessions"},     {"POST", "/healthz"},           {"GET", "/v1/sessions/a/step"},
         {"PUT", "/v1/sessions/a"},   {"DELETE", "/metrics"},         {"GET", "/v1/batch"},
+        {"HEAD", "/v1/sessions/a/step"}, {"HEAD", "/v1/batch"},     {"HEAD", "/v1/sessions/restore"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         match(bad[i][0], bad[i][1], id, &rc);
         ck_assert_msg(rc == 405, "%s %s", bad[i][0], bad[i][1]);
     }
+    /* Allow names HEAD wherever GET is allowed */
+    kvd_route r;
+    const char *allow;
+    ck_assert_int_eq(kvd__route_match("POST", "/healthz", &r, id, &allow), 405);
+    ck_assert_str_eq(allow, "GET, HEAD");
+    ck_assert_int_eq(kvd__route_match("PUT", "/v1/sessions/a", &r, id, &allow), 405);
+    ck_assert_str_eq(allow, "GET, HEAD, DELETE");
 }
 END_TEST
 
