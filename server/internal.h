@@ -182,6 +182,10 @@ void kvd__exchange_answer_error(kvd_http_exchange *ex, int status, const char *c
 
 /* ---- access_log.c ---- */
 
+/* Writes s[0..n) into out[0..cap) as JSON string content (quotes,
+ * backslashes and control bytes escaped; bytes that are not well-formed
+ * UTF-8 as \u00XX); stops before overflowing. Returns the bytes written. */
+size_t kvd__log_json_escape(char *out, size_t cap, const char *s, size_t n);
 /* One access-log line on stderr and the request metrics for ex's answer. */
 void kvd__access_log(const kvd_http_exchange *ex, int status, size_t bytes);
 

@@ -3,7 +3,8 @@
  * (chunk data without CRLF, spaces in header names, HTTP/0.9 and unknown
  * versions, Content-Length with Transfer-Encoding, duplicate lengths,
  * obs-fold, bare LF and CR, ...) gets 400 and close, and never reaches the
- * handler; a well-formed request on the same code path still succeeds. */
+ * handler; a well-formed request on the same code path still succeeds.
+ * Also the JSON access log's escaping of bytes that are not UTF-8. */
 #include <check.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "api/api.h"
 #include "server/http.h"
+#include "server/internal.h"
 #include "server/loopback.h"
 #include "tests/support/check_main.h"
 
@@ -93,6 +95,7 @@ static const bad_case k_bad[] = {
     {"unknown method", "FOO /x HTTP/1.1\r\nHost: t\r\n\r\n"},
     {"lower-case method", "get /x HTTP/1.1\r\nHost: t\r\n\r\n"},
     {"empty header name", "GET /x HTTP/1.1\r\nHost: t\r\n: v\r\n\r\n"},
+    {"byte over 0x7f in the target", "GET /a\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n"},
     {"header line without a colon", "GET /x HTTP/1.1\r\nHost: t\r\nnocolon\r\n\r\n"},
 };
 
@@ -204,6 +207,30 @@ START_TEST(nothing_after_close)
 }
 END_TEST
 
+/* Issue 10 bug 8: bytes that are not UTF-8 never reach a JSON log line raw. */
+START_TEST(json_log_escapes_invalid_utf8)
+{
+    static const struct { const char *in, *want; } cases[] = {
+        {"/plain", "/plain"},
+        {"/caf\xc3\xa9", "/caf\xc3\xa9"},                 /* well-formed: kept */
+        {"/\xe2\x82\xac\xf0\x9f\x98\x80", "/\xe2\x82\xac\xf0\x9f\x98\x80"},
+        {"/a\xff" "b", "/a\\u00ffb"},                        /* not UTF-8 */
+        {"/\xc3", "/\\u00c3"},                            /* truncated */
+        {"/\xc0\xaf", "/\\u00c0\\u00af"},                /* overlong */
+        {"/\xed\xa0\x80", "/\\u00ed\\u00a0\\u0080"},    /* a surrogate */
+        {"/\xf4\x90\x80\x80", "/\\u00f4\\u0090\\u0080\\u0080"}, /* past U+10FFFF */
+        {"/q\"\\\x01\x7f", "/q\\\"\\\\\\u0001\\u007f"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[256];
+        size_t n = kvd__log_json_escape(out, sizeof out, cases[i].in, strlen(cases[i].in));
+        out[n] = '\0';
+        ck_assert_msg(strcmp(out, cases[i].want) == 0, "case %zu: got %s want %s", i, out,
+                      cases[i].want);
+    }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server_strict");
@@ -212,6 +239,7 @@ static Suite *make_suite(void)
                         (int)(sizeof k_bad / sizeof k_bad[0]));
     tcase_add_test(tc, well_formed_requests_still_work);
     tcase_add_test(tc, nothing_after_close);
+    tcase_add_test(tc, json_log_escapes_invalid_utf8);
     suite_add_tcase(s, tc);
     return s;
 }
