@@ -26,6 +26,17 @@ const char kvd_usage[] =
     "  --on-full MODE       pool full: reject (503 at once) or evict (take tokens\n"
     "                       from idle LRU sessions with a policy first) (default reject)\n"
     "  --log-format FMT     access log: text or json (default text)\n"
+    "  --max-connections N  open connections; past it a new one gets 503 and\n"
+    "                       close (default 1024)\n"
+    "  --max-inflight-bytes SIZE  request body bytes read but not yet answered,\n"
+    "                       all connections; past it 503 + Retry-After and close\n"
+    "                       (default 256MiB, at least --max-body)\n"
+    "  --header-timeout SECS  receive a request's head (from accept or its first\n"
+    "                       byte) within this, or the connection closes (default 10)\n"
+    "  --body-timeout SECS  longest gap between bytes of a request body (default 30)\n"
+    "  --idle-timeout SECS  keep-alive connection with nothing under way (default 60)\n"
+    "  --write-timeout SECS client taking no response bytes for this long (default 30)\n"
+    "  --drain-seconds SECS on SIGTERM, close what is still open after this (default 30)\n"
     "  --help, --version\n";
 
 int kvd__parse_size(const char *s, size_t *out)
@@ -75,7 +86,9 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 }
 
 typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_MAX_BODY,
-               OPT_MAX_SESSIONS, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT, OPT_COUNT } opt_id;
+               OPT_MAX_SESSIONS, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
+               OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
+               OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS, OPT_COUNT } opt_id;
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -88,7 +101,26 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_SESSION_TTL] = {"session-ttl", "KVD_SESSION_TTL"},
     [OPT_ON_FULL] = {"on-full", "KVD_ON_FULL"},
     [OPT_LOG_FORMAT] = {"log-format", "KVD_LOG_FORMAT"},
+    [OPT_MAX_CONNECTIONS] = {"max-connections", "KVD_MAX_CONNECTIONS"},
+    [OPT_MAX_INFLIGHT] = {"max-inflight-bytes", "KVD_MAX_INFLIGHT_BYTES"},
+    [OPT_HEADER_TIMEOUT] = {"header-timeout", "KVD_HEADER_TIMEOUT"},
+    [OPT_BODY_TIMEOUT] = {"body-timeout", "KVD_BODY_TIMEOUT"},
+    [OPT_IDLE_TIMEOUT] = {"idle-timeout", "KVD_IDLE_TIMEOUT"},
+    [OPT_WRITE_TIMEOUT] = {"write-timeout", "KVD_WRITE_TIMEOUT"},
+    [OPT_DRAIN_SECONDS] = {"drain-seconds", "KVD_DRAIN_SECONDS"},
 };
+
+/* Seconds in (0, 1 day], fractions allowed (tests use short ones). */
+static int parse_seconds(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double t = strtod(v, &end);
+    if (errno || end == v || *end || !(t > 0 && t <= 86400.0))
+        return -1;
+    *out = t;
+    return 0;
+}
 
 static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t err_len)
 {
@@ -158,6 +190,36 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         else
             goto bad;
         return 0;
+    case OPT_MAX_CONNECTIONS:
+        if (parse_uint(v, 1000000, &n) || n == 0)
+            goto bad;
+        cfg->max_connections = (size_t)n;
+        return 0;
+    case OPT_MAX_INFLIGHT:
+        if (kvd__parse_size(v, &sz) || sz < 1024)
+            goto bad;
+        cfg->max_inflight_bytes = sz;
+        return 0;
+    case OPT_HEADER_TIMEOUT:
+        if (parse_seconds(v, &cfg->header_timeout))
+            goto bad;
+        return 0;
+    case OPT_BODY_TIMEOUT:
+        if (parse_seconds(v, &cfg->body_timeout))
+            goto bad;
+        return 0;
+    case OPT_IDLE_TIMEOUT:
+        if (parse_seconds(v, &cfg->idle_timeout))
+            goto bad;
+        return 0;
+    case OPT_WRITE_TIMEOUT:
+        if (parse_seconds(v, &cfg->write_timeout))
+            goto bad;
+        return 0;
+    case OPT_DRAIN_SECONDS:
+        if (parse_seconds(v, &cfg->drain_seconds))
+            goto bad;
+        return 0;
     case OPT_COUNT:
         break;
     }
@@ -177,6 +239,13 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
     cfg->threads = cores > 0 ? (unsigned)cores : 1;
     cfg->max_body = (size_t)64 << 20;
     cfg->session_ttl = 600;
+    cfg->header_timeout = 10;
+    cfg->body_timeout = 30;
+    cfg->idle_timeout = 60;
+    cfg->write_timeout = 30;
+    cfg->drain_seconds = 30;
+    cfg->max_connections = 1024;
+    cfg->max_inflight_bytes = (size_t)256 << 20;
 
     for (int id = 0; id < OPT_COUNT; id++) {
         const char *v = getenv(options[id].env);
@@ -213,6 +282,13 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
         continue;
     unknown:
         snprintf(err, err_len, "kvd: unknown option '%s' (see --help)", a);
+        return -1;
+    }
+    if (cfg->max_inflight_bytes < cfg->max_body) {
+        snprintf(err, err_len,
+                 "kvd: --max-inflight-bytes (%zu) is smaller than --max-body (%zu): a body "
+                 "within --max-body would never be accepted", cfg->max_inflight_bytes,
+                 cfg->max_body);
         return -1;
     }
     if (cfg->memory < cfg->page_bytes) {

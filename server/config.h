@@ -19,6 +19,14 @@ typedef struct kvd_config {
     double session_ttl;    /* default ttl_seconds of new sessions */
     bool on_full_evict;    /* --on-full evict (default reject) */
     bool log_json;
+    /* Connection limits and deadlines (seconds), issue 10 */
+    double header_timeout; /* --header-timeout, default 10 */
+    double body_timeout;   /* --body-timeout, default 30 */
+    double idle_timeout;   /* --idle-timeout, default 60 */
+    double write_timeout;  /* --write-timeout, default 30 */
+    double drain_seconds;  /* --drain-seconds, default 30 */
+    size_t max_connections;    /* --max-connections, default 1024 */
+    size_t max_inflight_bytes; /* --max-inflight-bytes, default 256MiB, >= max_body */
     bool help, version;    /* print and exit */
 } kvd_config;
 

@@ -45,6 +45,7 @@ kvd_http_exchange *kvd__exchange_new(kvd__conn *conn)
 
 void kvd__exchange_free(kvd_http_exchange *ex)
 {
+    kvd__exchange_uncount(ex);
     kvd__buf_free(&ex->url);
     kvd__buf_free(&ex->ctype);
     kvd__buf_free(&ex->auth);
@@ -110,6 +111,11 @@ static void on_conn_closed(uv_handle_t *h)
     conn_unref(h->data);
 }
 
+static void on_timer_closed(uv_handle_t *h)
+{
+    conn_unref(h->data);
+}
+
 /* Drops what nobody will read (unparsed bytes, the partial request, answers
  * not yet written). Exchanges the handler still holds stay until answered;
  * writes in flight finish (or fail with UV_ECANCELED) before the close
@@ -145,6 +151,7 @@ void kvd__conn_close(kvd__conn *conn)
         l = next;
     }
     conn->tcp.data = conn;
+    kvd__conn_deadline_close(conn, on_timer_closed);
     if (conn->sink)
         kvd__sink_close(conn->sink, on_conn_closed);
     else
@@ -211,8 +218,9 @@ void kvd__conn_flush(kvd__conn *conn)
         }
         ex->written = true;
         if (ex->close_after)
-            return;
+            break;
     }
+    kvd__conn_deadline_update(conn);
 }
 
 /* ---- the public face of an exchange ---- */
@@ -333,6 +341,12 @@ static void conn_parse_error(kvd__conn *conn, llhttp_errno_t err)
     case 500:
         kvd__exchange_answer_error(ex, 500, KVD_ERR_INTERNAL, "out of memory");
         break;
+    case 503:
+        snprintf(msg, sizeof msg,
+                 "request bodies in flight would exceed --max-inflight-bytes (%zu bytes); "
+                 "retry later", srv->opt.max_inflight_bytes);
+        kvd__exchange_answer_error_retry(ex, 503, KVD_ERR_UNAVAILABLE, msg, 1);
+        break;
     default: {
         if (conn->fail_reason) {
             kvd__exchange_answer_error(ex, 400, KVD_ERR_INVALID, conn->fail_reason);
@@ -405,6 +419,7 @@ static void conn_feed(kvd__conn *conn, const char *data, size_t len)
         }
         conn->pending_len = len;
         conn_read_stop(conn);
+        kvd__conn_deadline_update(conn);
         return;
     }
     free(conn->pending);
@@ -417,6 +432,7 @@ static void conn_feed(kvd__conn *conn, const char *data, size_t len)
     else
         kvd__conn_read_start(conn);
     kvd__conn_check_idle(conn);
+    kvd__conn_deadline_update(conn);
 }
 
 /* The client half-closed (shutdown(SHUT_WR)) or closed: every request read
@@ -436,6 +452,7 @@ void kvd__conn_on_eof(kvd__conn *conn)
         conn->refs--; /* the handle's ref keeps conn alive */
     }
     kvd__conn_check_idle(conn);
+    kvd__conn_deadline_update(conn);
 }
 
 void kvd__conn_on_bytes(kvd__conn *conn, const char *data, size_t len)
@@ -461,6 +478,7 @@ static void on_written(uv_write_t *req, int status)
             else if (!conn->stopped)
                 kvd__conn_read_start(conn);
             kvd__conn_check_idle(conn);
+            kvd__conn_deadline_update(conn);
         }
     }
     conn_unref(conn);

@@ -37,6 +37,16 @@ typedef struct kvd_http_options {
     size_t max_body;           /* larger bodies get 413 */
     unsigned max_pipelined;    /* pending requests per connection before reading pauses */
     bool log_json;             /* access log as JSON lines instead of text */
+    /* Deadlines in milliseconds, 0 = none (a loopback server has no loop:
+     * its connections have no timers). Each closes only its connection. */
+    unsigned header_timeout_ms; /* accept or a request's first byte -> end of its head */
+    unsigned body_timeout_ms;  /* longest wait for the next byte of a request body */
+    unsigned idle_timeout_ms;  /* keep-alive: nothing asked, nothing owed */
+    unsigned write_timeout_ms; /* longest wait for the client to take response bytes */
+    unsigned drain_ms;         /* after shutdown starts, close every connection */
+    size_t max_connections;    /* past it a new connection gets 503 and close; 0 = no cap */
+    size_t max_inflight_bytes; /* body bytes read but not answered, all connections;
+                                * past it 503 + Retry-After and close; 0 = no cap */
 } kvd_http_options;
 
 /* Binds and listens. Returns 0 or a libuv error code. */
@@ -55,7 +65,8 @@ void kvd_http_exchange_set_route(kvd_http_exchange *ex, const char *route_label)
 void kvd_http_respond(kvd_http_exchange *ex, kvd_response *resp);
 
 /* Stops accepting, closes idle connections, lets in-flight exchanges finish
- * and their responses flush, then closes everything and calls on_closed.
+ * and their responses flush (for at most opt.drain_ms, then every
+ * connection is closed and late answers dropped), then calls on_closed.
  * The server is freed after on_closed returns. */
 void kvd_http_server_shutdown(kvd_http_server *srv, void (*on_closed)(void *arg), void *arg);
 

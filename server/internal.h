@@ -53,6 +53,7 @@ struct kvd_http_exchange {
     bool answered;             /* response built, waiting for its turn */
     bool written;              /* write issued */
     bool close_after;          /* close the connection once this is written */
+    size_t counted;            /* body bytes counted in srv->inflight_bytes */
     char *resp_body;           /* owned unless resp_static */
     size_t resp_body_len;
     bool resp_static;
@@ -95,6 +96,14 @@ struct kvd__conn {
     bool in_feed;                  /* inside the parse loop (guards re-entry) */
     bool cont_inflight;            /* a 100 Continue write is queued */
     uv_write_t cont_req;
+    /* Deadlines (deadline.c); the timer exists for socket connections only. */
+    uv_timer_t timer;
+    bool timer_init;
+    int phase;                     /* what the armed deadline is for */
+    uint64_t phase_key;            /* restart when it changes (progress) */
+    uint64_t req_seq;              /* requests begun */
+    uint64_t body_seen;            /* body bytes received (progress) */
+    size_t write_left;             /* write queue bytes when the write deadline armed */
 };
 
 struct kvd_http_server {
@@ -111,6 +120,10 @@ struct kvd_http_server {
     bool listener_closed;
     bool finished;
     bool spare_busy;
+    bool drain_busy;               /* drain timer open (closed before finishing) */
+    bool drain_closing;
+    uv_timer_t drain;              /* opt.drain_ms after shutdown: close everything */
+    size_t inflight_bytes;         /* request body bytes read, not yet answered */
     uv_tcp_t spare;                /* accepts and drops a client when calloc fails */
     void (*on_closed)(void *arg);
     void *closed_arg;
@@ -162,6 +175,17 @@ kvd_http_exchange *kvd__exchange_new(kvd__conn *conn);
 /* Frees the exchange; the caller then drops its connection reference. */
 void kvd__exchange_free(kvd_http_exchange *ex);
 
+/* ---- deadline.c: per-connection timeouts ---- */
+
+/* Re-arms conn's deadline for what it is doing now (reading a head, a
+ * body, idle keep-alive, a write the client does not take, or nothing we
+ * wait on). Cheap; called after every change of state. */
+void kvd__conn_deadline_update(kvd__conn *conn);
+/* Closes conn's timer (if any) with conn's reference; part of closing. */
+void kvd__conn_deadline_close(kvd__conn *conn, uv_close_cb cb);
+/* Takes ex's counted body bytes off the server's in-flight total. */
+void kvd__exchange_uncount(kvd_http_exchange *ex);
+
 /* ---- listen.c: the server ---- */
 
 /* Calls on_closed and frees srv once draining has closed everything. */
@@ -179,6 +203,9 @@ void kvd__exchange_answer(kvd_http_exchange *ex, int status, const char *ctype, 
  * and logs it. */
 void kvd__exchange_answer_error(kvd_http_exchange *ex, int status, const char *code,
                                 const char *message);
+/* The same with a Retry-After header (seconds, 0 for none). */
+void kvd__exchange_answer_error_retry(kvd_http_exchange *ex, int status, const char *code,
+                                      const char *message, unsigned retry_after_s);
 
 /* ---- access_log.c ---- */
 

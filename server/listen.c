@@ -1,22 +1,39 @@
 /* server/listen.c — the HTTP server's life: binding and listening, accepting
- * a connection (or dropping it when out of memory), and the graceful drain
- * that stops accepting, lets in-flight exchanges finish, closes everything
- * and then frees the server. */
+ * a connection (503 past --max-connections, dropped when out of memory), and
+ * the graceful drain that stops accepting, lets in-flight exchanges finish
+ * (until the drain deadline), closes everything and then frees the server. */
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
 #include <uv.h>
 
+#include "api/errors.h"
+#include "common/fifo.h"
 #include "server/http.h"
 #include "server/internal.h"
+
+static void on_drain_closed(uv_handle_t *h)
+{
+    kvd_http_server *srv = h->data;
+    srv->drain_busy = false;
+    kvd__server_maybe_finish(srv);
+}
 
 void kvd__server_maybe_finish(kvd_http_server *srv)
 {
     if (!srv->draining || !srv->listener_closed || srv->nconns != 0 || srv->spare_busy ||
         srv->finished)
         return;
+    if (srv->drain_busy) { /* everything closed before the deadline */
+        if (!srv->drain_closing) {
+            srv->drain_closing = true;
+            uv_close((uv_handle_t *)&srv->drain, on_drain_closed);
+        }
+        return;
+    }
     srv->finished = true;
     if (srv->on_closed)
         srv->on_closed(srv->closed_arg);
@@ -42,11 +59,38 @@ static void reject_connection(kvd_http_server *srv)
     uv_close((uv_handle_t *)&srv->spare, on_spare_closed);
 }
 
+/* Connections past --max-connections still get a 503 (cheap: a small
+ * answer, then close); past this many more they are dropped unanswered. */
+#define OVER_CAP_ANSWERED 64u
+
+/* A connection over the cap: 503 + Retry-After, nothing read, then close. */
+static void refuse_over_cap(kvd__conn *conn)
+{
+    conn->stopped = true;
+    kvd_http_exchange *ex = kvd__exchange_new(conn);
+    if (!ex) {
+        kvd__conn_close(conn);
+        return;
+    }
+    ex->close_after = true;
+    kvd_fifo_push(&conn->queue, &ex->link);
+    char msg[128];
+    snprintf(msg, sizeof msg, "too many connections (--max-connections %zu); retry later",
+             conn->srv->opt.max_connections);
+    kvd__exchange_answer_error_retry(ex, 503, KVD_ERR_UNAVAILABLE, msg, 1);
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     kvd_http_server *srv = listener->data;
     if (status < 0 || srv->draining)
         return;
+    size_t cap = srv->opt.max_connections;
+    bool over = cap != 0 && srv->nconns >= cap;
+    if (over && srv->nconns >= cap + OVER_CAP_ANSWERED) {
+        reject_connection(srv);
+        return;
+    }
     kvd__conn *conn = kvd__conn_new(srv);
     if (!conn) {
         reject_connection(srv);
@@ -63,7 +107,12 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(&conn->tcp, 1);
+    if (over) {
+        refuse_over_cap(conn);
+        return;
+    }
     kvd__conn_read_start(conn);
+    kvd__conn_deadline_update(conn);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -132,6 +181,22 @@ int kvd_http_server_port(const kvd_http_server *srv)
     return srv->port;
 }
 
+/* The drain deadline: connections still open (a response the client does
+ * not read, a request never finished) are closed; answers still owed are
+ * dropped when they come. */
+static void on_drain_deadline(uv_timer_t *t)
+{
+    kvd_http_server *srv = t->data;
+    size_t n = 0;
+    for (kvd__conn *conn = srv->conns; conn; n++) {
+        kvd__conn *next = conn->next; /* closing unlinks conn */
+        kvd__conn_close(conn);
+        conn = next;
+    }
+    if (n)
+        fprintf(stderr, "kvd: drain deadline: closed %zu connection%s\n", n, n == 1 ? "" : "s");
+}
+
 void kvd_http_server_shutdown(kvd_http_server *srv, void (*on_closed)(void *arg), void *arg)
 {
     if (srv->draining)
@@ -140,6 +205,11 @@ void kvd_http_server_shutdown(kvd_http_server *srv, void (*on_closed)(void *arg)
     srv->on_closed = on_closed;
     srv->closed_arg = arg;
     uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    if (srv->opt.drain_ms > 0 && uv_timer_init(srv->loop, &srv->drain) == 0) {
+        srv->drain.data = srv;
+        srv->drain_busy = true;
+        uv_timer_start(&srv->drain, on_drain_deadline, srv->opt.drain_ms, 0);
+    }
     kvd__conn *conn = srv->conns;
     while (conn) {
         kvd__conn *next = conn->next; /* closing unlinks conn */

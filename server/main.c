@@ -1,6 +1,7 @@
 /* server/main.c — kvd's entry point: reads the configuration, wires the pool,
  * API, workers and HTTP server onto one libuv loop, and on SIGTERM/SIGINT
- * stops accepting, lets in-flight requests finish, and exits 0. The only
+ * stops accepting, lets in-flight requests finish (for at most
+ * --drain-seconds, then closes what is left), and exits 0. The only
  * place that exits the process. */
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@ typedef struct kvd_main {
     kvd_workers *workers;
     kvd_router router;
     int shutting_down;
+    unsigned drain_ms;
 } kvd_main;
 
 static void on_http_closed(void *arg)
@@ -53,8 +55,9 @@ static void on_signal(uv_signal_t *h, int signum)
     kvd_main *m = h->data;
     if (m->shutting_down++)
         return;
-    fprintf(stderr, "kvd: %s: draining (in-flight requests finish, new ones get 503)\n",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    fprintf(stderr, "kvd: %s: draining (in-flight requests finish, new ones get 503; "
+            "what is still open after %u ms is closed)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", m->drain_ms);
     m->router.draining = true;
     kvd_http_server_shutdown(m->http, on_http_closed, m);
 }
@@ -108,7 +111,15 @@ int main(int argc, char **argv)
         .max_body = cfg.max_body,
         .max_pipelined = 64,
         .log_json = cfg.log_json,
+        .header_timeout_ms = (unsigned)(cfg.header_timeout * 1000 + 0.5),
+        .body_timeout_ms = (unsigned)(cfg.body_timeout * 1000 + 0.5),
+        .idle_timeout_ms = (unsigned)(cfg.idle_timeout * 1000 + 0.5),
+        .write_timeout_ms = (unsigned)(cfg.write_timeout * 1000 + 0.5),
+        .drain_ms = (unsigned)(cfg.drain_seconds * 1000 + 0.5),
+        .max_connections = cfg.max_connections,
+        .max_inflight_bytes = cfg.max_inflight_bytes,
     };
+    m.drain_ms = hopt.drain_ms;
     rc = kvd_http_server_start(m.loop, &hopt, kvd_router_handle, &m.router, &m.http);
     if (rc != 0) {
         fprintf(stderr, "kvd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, uv_strerror(rc));

@@ -155,6 +155,7 @@ static int on_message_begin(llhttp_t *p)
     conn->cur = kvd__exchange_new(conn);
     if (!conn->cur)
         return cb_fail(p, 500);
+    conn->req_seq++;
     return 0;
 }
 
@@ -245,6 +246,15 @@ static void on_continue_written(uv_write_t *req, int status)
     conn->cont_inflight = false;
 }
 
+/* The request bodies read and not yet answered, with n more bytes, would
+ * pass --max-inflight-bytes. A Content-Length body is counted whole before
+ * its first byte is read, so concurrent uploads cannot overshoot together. */
+static bool over_budget(kvd_http_server *srv, uint64_t n)
+{
+    size_t max = srv->opt.max_inflight_bytes;
+    return max != 0 && (n > max || srv->inflight_bytes > max - n);
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     kvd__conn *conn = p->data;
@@ -273,6 +283,11 @@ static int on_headers_complete(llhttp_t *p)
         /* Known size: refuse before reading a byte of it. */
         if (p->content_length > srv->opt.max_body)
             return cb_fail(p, 413);
+        /* The in-flight budget: refuse before reading a byte of it. */
+        if (over_budget(srv, p->content_length))
+            return cb_fail(p, 503);
+        srv->inflight_bytes += (size_t)p->content_length;
+        ex->counted = (size_t)p->content_length;
         size_t first = (size_t)p->content_length;
         if (first > BODY_INITIAL_MAX)
             first = BODY_INITIAL_MAX;
@@ -304,6 +319,13 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
      * than max_body. */
     if (n > max || ex->body.len > max - n)
         return cb_fail(p, 413);
+    conn->body_seen += n;
+    if (!(p->flags & F_CONTENT_LENGTH)) { /* chunked: counted as it comes */
+        if (over_budget(conn->srv, n))
+            return cb_fail(p, 503);
+        conn->srv->inflight_bytes += n;
+        ex->counted += n;
+    }
     if (kvd__buf_append(&ex->body, at, n, max) != 0)
         return cb_fail(p, 500);
     return 0;

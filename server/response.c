@@ -75,6 +75,13 @@ void kvd__exchange_answer(kvd_http_exchange *ex, int status, const char *ctype, 
     n += snprintf(ex->head + n, sizeof ex->head - (size_t)n, "\r\n");
     ex->head_len = (size_t)n; /* at most ~350 bytes: ctype is bounded above */
 
+    /* The request body is done with: free it now, not when the answer is
+     * written (a client that does not read would hold it), and take it off
+     * the in-flight budget. */
+    kvd__buf_free(&ex->body);
+    ex->req.body = "";
+    ex->req.body_len = 0;
+    kvd__exchange_uncount(ex);
     ex->resp_body = body;
     ex->resp_body_len = body_len;
     ex->resp_static = body_static;
@@ -85,6 +92,12 @@ void kvd__exchange_answer(kvd_http_exchange *ex, int status, const char *ctype, 
 void kvd__exchange_answer_error(kvd_http_exchange *ex, int status, const char *code,
                                 const char *message)
 {
+    kvd__exchange_answer_error_retry(ex, status, code, message, 0);
+}
+
+void kvd__exchange_answer_error_retry(kvd_http_exchange *ex, int status, const char *code,
+                                      const char *message, unsigned retry_after_s)
+{
     static char fallback[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
     kvd_api_error err;
     kvd_api_error_set(&err, status, code, NULL, "%s", message);
@@ -92,8 +105,9 @@ void kvd__exchange_answer_error(kvd_http_exchange *ex, int status, const char *c
     char *json = kvd_api_error_json(&err, &len);
     kvd__access_log(ex, status, json ? len : sizeof fallback - 1);
     if (json)
-        kvd__exchange_answer(ex, status, "application/json", json, len, false, 0, NULL);
+        kvd__exchange_answer(ex, status, "application/json", json, len, false, retry_after_s,
+                             NULL);
     else
         kvd__exchange_answer(ex, status, "application/json", fallback, sizeof fallback - 1, true,
-                             0, NULL);
+                             retry_after_s, NULL);
 }
