@@ -87,6 +87,43 @@ START_TEST(rejects_bad_values)
 }
 END_TEST
 
+/* Issue 10: connection limits and deadlines, flag and environment. */
+START_TEST(limits_and_timeouts)
+{
+    kvd_config c;
+    char *argv0[] = {"kvd"};
+    ck_assert_int_eq(parse(&c, argv0, 1), 0);
+    ck_assert(c.header_timeout == 10 && c.body_timeout == 30 && c.idle_timeout == 60);
+    ck_assert(c.write_timeout == 30 && c.drain_seconds == 30);
+    ck_assert_uint_eq(c.max_connections, 1024);
+    ck_assert_uint_eq(c.max_inflight_bytes, (size_t)256 << 20);
+
+    setenv("KVD_IDLE_TIMEOUT", "5", 1);
+    setenv("KVD_MAX_CONNECTIONS", "7", 1);
+    char *argv[] = {"kvd", "--header-timeout", "1.5", "--body-timeout=2", "--write-timeout", "3",
+                    "--drain-seconds", "0.25", "--max-inflight-bytes", "128MiB",
+                    "--max-connections", "9"};
+    ck_assert_int_eq(parse(&c, argv, 12), 0);
+    unsetenv("KVD_IDLE_TIMEOUT");
+    unsetenv("KVD_MAX_CONNECTIONS");
+    ck_assert(c.header_timeout == 1.5 && c.body_timeout == 2 && c.write_timeout == 3);
+    ck_assert(c.drain_seconds == 0.25 && c.idle_timeout == 5);
+    ck_assert_uint_eq(c.max_connections, 9);
+    ck_assert_uint_eq(c.max_inflight_bytes, (size_t)128 << 20);
+
+    static const char *const bad[][2] = {
+        {"--header-timeout", "0"},  {"--idle-timeout", "-1"},   {"--body-timeout", "x"},
+        {"--write-timeout", "1e9"}, {"--drain-seconds", "nan"}, {"--max-connections", "0"},
+        {"--max-inflight-bytes", "1"},
+        {"--max-inflight-bytes", "32MiB"}, /* below the default --max-body */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *a[] = {"kvd", (char *)bad[i][0], (char *)bad[i][1]};
+        ck_assert_msg(parse(&c, a, 3) == -1, "%s %s accepted", bad[i][0], bad[i][1]);
+    }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server/config");
@@ -95,6 +132,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, defaults);
     tcase_add_test(tc, flags_and_env);
     tcase_add_test(tc, rejects_bad_values);
+    tcase_add_test(tc, limits_and_timeouts);
     suite_add_tcase(s, tc);
     return s;
 }
