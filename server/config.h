@@ -19,6 +19,10 @@ typedef struct kvd_config {
     double session_ttl;    /* default ttl_seconds of new sessions */
     bool on_full_evict;    /* --on-full evict (default reject) */
     bool log_json;
+    const char *api_key_file; /* --api-key-file, or NULL; points into argv/environ */
+    const char *api_key;      /* KVD_API_KEY, or NULL: environment only, so a key
+                                 never shows in a process listing */
+    bool metrics_auth;        /* --metrics-auth: /metrics needs a key too */
     bool help, version;    /* print and exit */
 } kvd_config;
 
