@@ -83,6 +83,7 @@ int kvd_auth_keys_load_file(kvd_auth_keys *keys, const char *path, char *err, si
         snprintf(err, err_len, "cannot read --api-key-file %s: %s", path, strerror(errno));
         return -1;
     }
+    setvbuf(f, NULL, _IONBF, 0); /* no stdio buffer keeps a copy of the keys */
     /* Bounded: KVD_AUTH_KEYS_MAX keys of KVD_AUTH_KEY_MAX bytes plus comments
      * fit far below this; a bigger file is the wrong file. */
     const size_t cap = (size_t)16 << 20;
