@@ -19,6 +19,8 @@
 
 /* The page pool (cache/pool.h); the API only hands out a pointer to it. */
 typedef struct kvd_pool kvd_pool;
+/* API keys (api/auth.h). */
+typedef struct kvd_auth_keys kvd_auth_keys;
 
 typedef enum kvd_route {
     KVD_ROUTE_SESSION_CREATE,   /* POST   /v1/sessions */
@@ -59,6 +61,7 @@ typedef struct kvd_api_request {
     const char *session_id;    /* the {id} path segment, NUL-terminated, or NULL */
     const char *query;         /* after '?', NUL-terminated, "" if none */
     const char *content_type;  /* header value or NULL */
+    const char *authorization; /* header value or NULL; checked when keys are set (api/auth.h) */
     const char *body;
     size_t body_len;
 } kvd_api_request;
@@ -76,6 +79,10 @@ typedef struct kvd_api_options {
     kvd_clock_fn now;          /* the wall clock (unix seconds) of created_at,
                                   last use and expiry; NULL = kvd_clock_unix */
     void *now_ctx;             /* passed to now */
+    const kvd_auth_keys *keys; /* NULL or empty: no authentication; else every
+                                  request needs one of them and a session is
+                                  its creator's (api/auth.h). Borrowed: must
+                                  outlive the API */
 } kvd_api_options;
 
 /* Counters the API keeps for /metrics (read with relaxed atomics). */

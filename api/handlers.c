@@ -9,6 +9,7 @@
 
 #include <cJSON.h>
 
+#include "api/auth.h"
 #include "api/create_body.h"
 #include "api/json.h"
 #include "attention/attention.h"
@@ -54,7 +55,7 @@ static bool content_type_is(const char *ct, const char *want)
     return c == '\0' || c == ';' || c == ' ' || c == '\t'; /* parameters allowed */
 }
 
-static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response *resp)
+static void handle_create(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp)
 {
     if (req->body_len > KVD_CREATE_BODY_MAX) {
         kvd__api_respond_error(resp, 413, KVD_ERR_TOO_LARGE, NULL, "create body over 64 KiB");
@@ -89,8 +90,10 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         }
     }
     api_session *s = kvd__api_session_register(api, cache, shadow, resp);
-    if (s)
+    if (s) {
+        s->owner = owner;
         kvd__api_respond_created(s, NULL, resp);
+    }
 }
 
 static int cmp_session_id(const void *a, const void *b)
@@ -121,7 +124,7 @@ static bool query_param(const char *query, const char *name, char *out, size_t c
 
 /* GET /v1/sessions?limit=&after= — ids in ascending order, so `after` (the
  * last id of the previous page) is a stable cursor. */
-static void handle_list(kvd_api *api, const kvd_api_request *req, kvd_response *resp)
+static void handle_list(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp)
 {
     char buf[64];
     long limit = KVD_LIST_DEFAULT_LIMIT;
@@ -149,7 +152,8 @@ static void handle_list(kvd_api *api, const kvd_api_request *req, kvd_response *
     size_t n = 0;
     for (size_t i = 0; i < api->n_buckets; i++)
         for (api_session *s = api->buckets[i]; s; s = s->hash_next)
-            all[n++] = s;
+            if (s->owner == owner) /* another key's sessions are not there for it */
+                all[n++] = s;
     qsort(all, n, sizeof *all, cmp_session_id);
     long emitted = 0;
     const char *last = NULL;
@@ -245,6 +249,11 @@ static bool fork_body_ok(const kvd_api_request *req, kvd_response *resp)
 bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
 {
     memset(resp, 0, sizeof *resp);
+    const uint32_t owner = kvd_api_owner(api, req->authorization);
+    if (owner == KVD_OWNER_DENIED) {
+        kvd_api_respond_unauthenticated(resp, req->authorization);
+        return true;
+    }
     /* A fork needs no body; if it has one, it is JSON like every POST. */
     bool needs_json = req->route == KVD_ROUTE_SESSION_CREATE || req->route == KVD_ROUTE_SESSION_STEP ||
                       req->route == KVD_ROUTE_BATCH ||
@@ -255,10 +264,10 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
     }
     switch (req->route) {
     case KVD_ROUTE_SESSION_CREATE:
-        handle_create(api, req, resp);
+        handle_create(api, req, owner, resp);
         return true;
     case KVD_ROUTE_SESSION_LIST:
-        handle_list(api, req, resp);
+        handle_list(api, req, owner, resp);
         return true;
     case KVD_ROUTE_INFO:
         handle_info(api, resp);
@@ -268,7 +277,7 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
     case KVD_ROUTE_SESSION_FORK:
     case KVD_ROUTE_SESSION_STEP: {
         api_session *s = kvd__api_registry_find(api, req->session_id);
-        if (!s) {
+        if (!s || s->owner != owner) { /* another key's session: as if none */
             kvd__api_respond_error(resp, 404, KVD_ERR_NOT_FOUND, "id", "no such session");
             return true;
         }

@@ -66,6 +66,8 @@ struct api_session {
     bool running;              /* a job of this session is on a worker (loop) */
     bool deleted;              /* out of the registry; freed after its last job */
     double created_at;         /* unix seconds */
+    uint32_t owner;            /* the key that created it (api/auth.h); only
+                                  requests with that key see the session */
     /* Written by the job that runs, read by the loop for listings. */
     _Atomic double last_used_at;
     atomic_uint_fast64_t steps;

@@ -103,6 +103,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
             }
             api_session *c = kvd__api_session_register(api, child, child_shadow, &job->resp);
             if (c) {
+                c->owner = s->owner; /* the forker: only the owner reaches the parent */
                 c->shadow_stats = s->shadow_stats;
                 kvd__api_respond_created(c, s->id, &job->resp);
             }

@@ -1,7 +1,8 @@
 /* server/access_log.c — one line per answered request on stderr (text or,
  * with --log-json, a JSON object), written with a single fwrite so lines
  * never interleave, and the HTTP request metrics observed at the same
- * moment (route, status, time since the request's first byte). */
+ * moment (route, status, time since the request's first byte). The path is
+ * logged redacted (server/redact.h): no session id; no header is logged. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #include "server/internal.h"
 #include "server/metrics.h"
+#include "server/redact.h"
 
 /* Longest path written to the access log (longer ones are cut). */
 #define LOG_PATH_MAX 512u
@@ -72,10 +74,13 @@ void kvd__access_log(const kvd_http_exchange *ex, int status, size_t bytes)
 {
     uint64_t ns = uv_hrtime() - ex->start_ns;
     const char *method = ex->req.method[0] ? ex->req.method : "-";
-    const char *path = ex->req.path[0] ? ex->req.path : "-";
-    size_t plen = strlen(path);
-    if (plen > LOG_PATH_MAX)
-        plen = LOG_PATH_MAX;
+    char redacted[LOG_PATH_MAX + 1];
+    const char *path = "-";
+    size_t plen = 1;
+    if (ex->req.path[0]) {
+        plen = kvd__log_path(redacted, sizeof redacted, ex->req.path);
+        path = redacted;
+    }
     /* One write per line so lines from other threads never interleave. */
     char line[LOG_PATH_MAX * 6 + 256];
     int n;

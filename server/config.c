@@ -16,6 +16,10 @@ const char kvd_usage[] =
     "usage: kvd [options]   (each option also from the environment, e.g. KVD_PORT)\n"
     "  --host ADDR          listen address (default 127.0.0.1; IPv6 allowed)\n"
     "  --port N             TCP port, 0 = ephemeral (default 8080)\n"
+    "  --api-key-file F     API keys, one a line ('#' comments); with keys (this\n"
+    "                       and/or KVD_API_KEY, the union) every /v1 request needs\n"
+    "                       Authorization: Bearer <key> (default: no keys, open)\n"
+    "  --metrics-auth       /metrics needs a key too (default: public)\n"
     "  --memory SIZE        KV pool bytes, e.g. 1GiB, 512MiB (default 1GiB)\n"
     "  --page-bytes SIZE    page size, multiple of 64, >= 1KiB (default 16KiB)\n"
     "  --threads N          attention worker threads (default: online cores)\n"
@@ -88,7 +92,8 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_MAX_BODY,
                OPT_MAX_SESSIONS, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
                OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
-               OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS, OPT_COUNT } opt_id;
+               OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS,
+               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_COUNT } opt_id;
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -108,6 +113,8 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_IDLE_TIMEOUT] = {"idle-timeout", "KVD_IDLE_TIMEOUT"},
     [OPT_WRITE_TIMEOUT] = {"write-timeout", "KVD_WRITE_TIMEOUT"},
     [OPT_DRAIN_SECONDS] = {"drain-seconds", "KVD_DRAIN_SECONDS"},
+    [OPT_API_KEY_FILE] = {"api-key-file", "KVD_API_KEY_FILE"},
+    [OPT_METRICS_AUTH] = {"metrics-auth", "KVD_METRICS_AUTH"},
 };
 
 /* Seconds in (0, 1 day], fractions allowed (tests use short ones). */
@@ -220,6 +227,19 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         if (parse_seconds(v, &cfg->drain_seconds))
             goto bad;
         return 0;
+    case OPT_API_KEY_FILE:
+        if (!*v)
+            goto bad;
+        cfg->api_key_file = v;
+        return 0;
+    case OPT_METRICS_AUTH: /* a switch: bare on the command line, a boolean in the environment */
+        if (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0)
+            cfg->metrics_auth = true;
+        else if (strcmp(v, "0") == 0 || strcmp(v, "false") == 0 || strcmp(v, "no") == 0)
+            cfg->metrics_auth = false;
+        else
+            goto bad;
+        return 0;
     case OPT_COUNT:
         break;
     }
@@ -252,6 +272,7 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
         if (v && apply(cfg, (opt_id)id, v, err, err_len))
             return -1;
     }
+    cfg->api_key = getenv("KVD_API_KEY"); /* checked (never echoed) by server/auth.c */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -272,7 +293,7 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
                 break;
         if (id == OPT_COUNT)
             goto unknown;
-        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        const char *v = eq ? eq + 1 : id == OPT_METRICS_AUTH ? "true" : (i + 1 < argc ? argv[++i] : NULL);
         if (!v) {
             snprintf(err, err_len, "kvd: --%s needs a value", options[id].flag);
             return -1;

@@ -27,6 +27,10 @@ typedef struct kvd_config {
     double drain_seconds;  /* --drain-seconds, default 30 */
     size_t max_connections;    /* --max-connections, default 1024 */
     size_t max_inflight_bytes; /* --max-inflight-bytes, default 256MiB, >= max_body */
+    const char *api_key_file; /* --api-key-file, or NULL; points into argv/environ */
+    const char *api_key;      /* KVD_API_KEY, or NULL: environment only, so a key
+                                 never shows in a process listing */
+    bool metrics_auth;        /* --metrics-auth: /metrics needs a key too */
     bool help, version;    /* print and exit */
 } kvd_config;
 

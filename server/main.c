@@ -12,6 +12,7 @@
 
 #include "api/api.h"
 #include "attention/attention.h"
+#include "server/auth.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -78,6 +79,14 @@ int main(int argc, char **argv)
         printf("kvd %s\n", KVD_VERSION);
         return 0;
     }
+    static kvd_auth_keys keys; /* outlives the API, which borrows it */
+    if (kvd__auth_load(&cfg, &keys, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    const char *warning = kvd__auth_warning(&cfg, &keys);
+    if (warning)
+        fprintf(stderr, "%s\n", warning);
     signal(SIGPIPE, SIG_IGN); /* a peer that hangs up is a write error, not death */
     kvd_metrics_init();
 
@@ -96,6 +105,7 @@ int main(int argc, char **argv)
         .max_sessions = cfg.max_sessions,
         .session_ttl = cfg.session_ttl,
         .on_full_evict = cfg.on_full_evict,
+        .keys = &keys,
     };
     kvd_api *api;
     rc = kvd_api_create(&aopt, kvd_workers_submit, m.workers, kvd_router_respond, &api);
@@ -105,6 +115,7 @@ int main(int argc, char **argv)
         return 1;
     }
     m.router.api = api;
+    m.router.metrics_auth = cfg.metrics_auth;
     kvd_http_options hopt = {
         .host = cfg.host,
         .port = cfg.port,
@@ -146,6 +157,7 @@ int main(int argc, char **argv)
 
     uv_run(m.loop, UV_RUN_DEFAULT);
     kvd_api_destroy(api);
+    kvd_auth_keys_free(&keys);
     uv_loop_close(m.loop);
     fprintf(stderr, "kvd: stopped\n");
     return 0;

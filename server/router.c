@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/auth.h"
 #include "api/errors.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -105,6 +106,18 @@ static char *dup_str(const char *s, size_t *len)
     return p;
 }
 
+/* With API keys, everything under /v1 — known routes, 405s and unknown
+ * paths alike, so nothing about the API shows without a key — and, with
+ * --metrics-auth, /metrics. /healthz and /readyz stay public for probes. */
+static bool needs_key(const kvd_router *r, kvd_route route, const char *path)
+{
+    if (!kvd_api_auth_enabled(r->api))
+        return false;
+    if (route == KVD_ROUTE_METRICS)
+        return r->metrics_auth;
+    return strcmp(path, "/v1") == 0 || strncmp(path, "/v1/", 4) == 0;
+}
+
 void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request *req)
 {
     kvd_router *r = ctx;
@@ -114,6 +127,12 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
     int rc = kvd__route_match(req->method, req->path, &route, id, &allow);
     kvd_http_exchange_set_route(ex, kvd_route_label(route));
     kvd__metrics_observe_received(kvd_route_label(route));
+    if (needs_key(r, route, req->path) && kvd_api_owner(r->api, req->authorization) == KVD_OWNER_DENIED) {
+        kvd_response resp = {0};
+        kvd_api_respond_unauthenticated(&resp, req->authorization);
+        kvd_http_respond(ex, &resp);
+        return;
+    }
     if (rc == 405) {
         kvd_api_error err;
         kvd_response resp = {0};
@@ -161,6 +180,7 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
         .session_id = id[0] ? id : NULL,
         .query = req->query,
         .content_type = req->content_type,
+        .authorization = req->authorization,
         .body = req->body,
         .body_len = req->body_len,
     };

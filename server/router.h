@@ -22,6 +22,7 @@ int kvd__route_match(const char *method, const char *path, kvd_route *route,
 typedef struct kvd_router {
     kvd_api *api;
     bool draining;   /* /readyz 503 and new work refused while shutting down */
+    bool metrics_auth; /* --metrics-auth: /metrics needs an API key too */
 } kvd_router;
 
 /* kvd_http_handler: ctx is a kvd_router. */

@@ -772,7 +772,8 @@ START_TEST(access_log_json)
     close(fds[0]);
     ck_assert_int_gt(n, 0);
     log[n] = '\0';
-    ck_assert_msg(strstr(log, "{\"method\":\"POST\",\"path\":\"/logged\",\"route\":\"test\","
+    /* "logged" is no API word, so the log shows its hash (server/redact.h). */
+    ck_assert_msg(strstr(log, "{\"method\":\"POST\",\"path\":\"/~7baa9965\",\"route\":\"test\","
                               "\"status\":200,\"bytes\":"), "log: %s", log);
     ck_assert_ptr_nonnull(strstr(log, ",\"us\":"));
 }
