@@ -7,6 +7,7 @@
  * case runs its own kvd. */
 #define _GNU_SOURCE
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,6 +247,104 @@ START_TEST(impossible_step_is_413)
 }
 END_TEST
 
+/* ---- bug 8: UTF-8 in error bodies, leading zeros ---- */
+
+/* True if s[0..n) is valid UTF-8 (RFC 3629). Written apart from kvd's. */
+static bool valid_utf8(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], len, cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if ((c & 0xE0) == 0xC0)
+            len = 2, cp = c & 0x1F;
+        else if ((c & 0xF0) == 0xE0)
+            len = 3, cp = c & 0x0F;
+        else if ((c & 0xF8) == 0xF0)
+            len = 4, cp = c & 0x07;
+        else
+            return false;
+        if (i + len > n)
+            return false;
+        for (unsigned k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Sends body to path; expects a 400 whose body is valid UTF-8 JSON. */
+static void expect_clean_400(int port, const char *path, const char *body, const char *field, const char *what)
+{
+    http_response *r = http_request_n(port, "POST", path, KVD_JSON, body, strlen(body), NULL);
+    kvd_expect_error(r, 400, "invalid_argument", field, NULL, what);
+    ck_assert_msg(valid_utf8((const unsigned char *)r->body, r->body_len), "%s: error body is not UTF-8: %s", what,
+                  r->body);
+    http_response_free(r);
+}
+
+START_TEST(error_bodies_are_utf8)
+{
+    const char *const args[] = {"--threads", "2", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    /* An unknown field named with bytes that are not UTF-8 (a lone
+     * continuation byte, an overlong '/', a surrogate, a cut sequence). */
+    expect_clean_400(port, "/v1/sessions", "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8,\"x\x80\xc0\xaf\xed\xa0\x80\xe2\x82\":1}",
+                     NULL, "unknown field with invalid UTF-8");
+    /* A string value echoed in an enum error. */
+    expect_clean_400(port, "/v1/sessions", "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8,\"attention\":\"t\xff\xfe\"}",
+                     "attention", "enum value with invalid UTF-8");
+    /* Valid UTF-8 in a name comes back as it was. */
+    http_response *r = http_request(port, "POST", "/v1/sessions", KVD_JSON,
+                                    "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8,\"h\xc3\xa9" "ads\":1}");
+    kvd_expect_error(r, 400, "invalid_argument", NULL, "h\xc3\xa9" "ads", "valid UTF-8 kept");
+    http_response_free(r);
+    char *id = kvd_create_session(port, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":2}", NULL);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    expect_clean_400(port, path, "{\"\xf5\x80\":1}", NULL, "fork option with invalid UTF-8");
+    free(id);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
+/* "0001" is not a JSON number (cJSON takes it): a 400 naming the field,
+ * for scalars, nested fields and tensor elements alike; "0", "0.5", "-0"
+ * and "1e05" stay numbers. */
+START_TEST(leading_zeros_refused)
+{
+    const char *const args[] = {"--threads", "2", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    expect_clean_400(port, "/v1/sessions", "{\"heads\":0001,\"kv_heads\":1,\"head_dim\":8}", "heads", "heads 0001");
+    expect_clean_400(port, "/v1/sessions",
+                     "{\"heads\":1,\"kv_heads\":1,\"head_dim\":8,\"cache\":{\"eviction\":\"recency\",\"sink\":-01}}",
+                     "cache.sink", "cache.sink -01");
+    char *id = kvd_create_session(port, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":2}", NULL);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s/step", id);
+    expect_clean_400(port, path, "{\"layer\":0,\"k\":[[0.5,00.5]],\"v\":[[1,2]],\"q\":[1,2]}", "k", "k 00.5");
+    expect_clean_400(port, path, "{\"steps\":[{\"layer\":0,\"k\":[1,2],\"v\":[1,2],\"q\":[]},"
+                                 "{\"layer\":0,\"k\":[1,2],\"v\":[1,2],\"q\":[1,02]}]}",
+                     "steps[1].q", "steps[1].q 02");
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert_msg(kvd_json_num(st, "tokens") == 0, "a refused step changed the session");
+    cJSON_Delete(st);
+    cJSON_Delete(kvd_step_ok(port, id, "{\"layer\":0,\"k\":[0,-0],\"v\":[0.5,1e05],\"q\":[-0.0,1E-05]}"));
+    free(id);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_hardening_api");
@@ -253,6 +352,8 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, CASE_TIMEOUT_S);
     tcase_add_test(tc, reclaim_rebuilds_two_cache_pairs);
     tcase_add_test(tc, impossible_step_is_413);
+    tcase_add_test(tc, error_bodies_are_utf8);
+    tcase_add_test(tc, leading_zeros_refused);
     suite_add_tcase(s, tc);
     return s;
 }
