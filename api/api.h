@@ -59,7 +59,10 @@ typedef struct kvd_api_request {
     const char *session_id;    /* the {id} path segment, NUL-terminated, or NULL */
     const char *query;         /* after '?', NUL-terminated, "" if none */
     const char *content_type;  /* header value or NULL */
-    const char *body;
+    char *body;                /* malloc'd, NUL-terminated at body_len, or NULL
+                                  when empty: kvd_api_handle takes ownership
+                                  (a queued step keeps it without a copy; it
+                                  is freed once parsed, or at once otherwise) */
     size_t body_len;
 } kvd_api_request;
 
@@ -119,7 +122,9 @@ void kvd_api_destroy(kvd_api *api);
 
 /* Handles one request on the loop thread. Returns true with *resp filled when
  * answered now; false when deferred: `respond(reply, ...)` will be called
- * later with the answer (reply is the server's opaque handle). */
+ * later with the answer (reply is the server's opaque handle). Always takes
+ * req->body (see kvd_api_request). Every route but a step refuses a body
+ * over KVD_SMALL_BODY_MAX with 413 before parsing it. */
 bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp);
 
 void kvd_api_job_run(kvd_api_job *job);                 /* worker thread */

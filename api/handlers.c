@@ -56,10 +56,6 @@ static bool content_type_is(const char *ct, const char *want)
 
 static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response *resp)
 {
-    if (req->body_len > KVD_CREATE_BODY_MAX) {
-        kvd__api_respond_error(resp, 413, KVD_ERR_TOO_LARGE, NULL, "create body over 64 KiB");
-        return;
-    }
     if (kvd__api_session_limit_reached(api, resp))
         return;
     kvd_api_error err;
@@ -242,9 +238,18 @@ static bool fork_body_ok(const kvd_api_request *req, kvd_response *resp)
     return first == NULL;
 }
 
-bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
+static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response *resp)
 {
-    memset(resp, 0, sizeof *resp);
+    if (req->body_len > KVD_SMALL_BODY_MAX && req->route != KVD_ROUTE_SESSION_STEP &&
+        req->route != KVD_ROUTE_BATCH) {
+        /* Refused before any parse (or any lookup): what --max-body allows
+         * a step is not a create's or a fork's to spend. */
+        kvd_api_error err;
+        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL, "%s body over 64 KiB (%zu bytes)",
+                          kvd_route_label(req->route), req->body_len);
+        kvd_response_error(resp, &err);
+        return true;
+    }
     /* A fork needs no body; if it has one, it is JSON like every POST. */
     bool needs_json = req->route == KVD_ROUTE_SESSION_CREATE || req->route == KVD_ROUTE_SESSION_STEP ||
                       req->route == KVD_ROUTE_BATCH ||
@@ -305,4 +310,13 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
     }
     kvd__api_respond_error(resp, 404, KVD_ERR_NOT_FOUND, NULL, "no such path");
     return true;
+}
+
+bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    kvd_api_request r = *req;
+    const bool answered = handle(api, &r, reply, resp);
+    free(r.body); /* NULL when a queued step took it */
+    return answered;
 }

@@ -22,9 +22,10 @@
 
 #define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
 
-/* Create bodies are a few hundred bytes; the bound keeps JSON parsing on the
- * loop thread short whatever --max-body is. */
-#define KVD_CREATE_BODY_MAX (64u * 1024u)
+/* Every route but a step takes no body or a small one (create: a few
+ * hundred bytes; fork: {}), parsed on the loop thread: the bound keeps that
+ * short whatever --max-body is. */
+#define KVD_SMALL_BODY_MAX (64u * 1024u)
 
 typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK } api_job_kind;
 
@@ -36,7 +37,8 @@ typedef struct api_job {
     api_session *session;
     void *reply;               /* server's handle for the deferred answer */
     kvd_fifo_link queue_link;  /* in its session's queue (loop) */
-    char *body;                /* JOB_STEP: copy of the request body (NUL-terminated) */
+    char *body;                /* JOB_STEP: the request's body, taken from the server
+                                  (NUL-terminated), freed once parsed */
     size_t body_len;
     kvd_response resp;         /* filled by run, sent by done */
     kvd_step_request req;      /* JOB_STEP: the parsed body, once parsed */
@@ -122,11 +124,11 @@ bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp);
 void kvd__api_session_summarize(api_session *s);
 
 /* api/queue.c (loop thread). enqueue: queues a job of `kind` for the
- * session (a step's body copied) and pumps; false with resp set (429, 500)
+ * session (a step takes req->body, setting it NULL) and pumps; false with resp set (429, 500)
  * if answered now. pump: runs what the queue allows (cheap jobs inline, one
  * step on a worker); frees a deleted session once its queue is empty. */
 bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
-                      const kvd_api_request *req, void *reply, kvd_response *resp);
+                      kvd_api_request *req, void *reply, kvd_response *resp);
 void kvd__api_session_pump(kvd_api *api, api_session *s);
 api_job *kvd__api_queue_pop(api_session *s);
 /* Hands job->resp to the server's respond callback and frees the job. */

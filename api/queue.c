@@ -117,7 +117,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
 
 /* Queues a job for the session (or 429s). Returns false if answered now. */
 bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
-                      const kvd_api_request *req, void *reply, kvd_response *resp)
+                      kvd_api_request *req, void *reply, kvd_response *resp)
 {
     if (s->queue.len >= api->opt.session_queue) {
         atomic_fetch_add_explicit(&api->stats.rejected_queue_full, 1, memory_order_relaxed);
@@ -136,16 +136,10 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
     job->reply = reply;
     atomic_store(&s->last_used_at, kvd__api_now(api)); /* any request keeps it alive */
     if (kind == JOB_STEP) {
-        /* The body is copied: the server frees its buffer once we return. */
-        job->body = malloc(req->body_len + 1);
-        if (!job->body) {
-            free(job);
-            kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
-            return false;
-        }
-        memcpy(job->body, req->body, req->body_len);
-        job->body[req->body_len] = '\0';
+        /* The server's buffer itself, not a copy: held once while queued. */
+        job->body = req->body;
         job->body_len = req->body_len;
+        req->body = NULL;
     }
     queue_push(s, job);
     kvd__api_session_pump(api, s);

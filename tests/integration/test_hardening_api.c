@@ -345,6 +345,45 @@ START_TEST(leading_zeros_refused)
 }
 END_TEST
 
+/* ---- bug 2: small-body routes are capped like create ---- */
+
+/* A body over 64 KiB on any route but a step is a 413 before it is parsed
+ * (a 32 MiB fork body was parsed on the loop thread); the session is
+ * untouched and a small fork body still works. */
+START_TEST(small_body_routes_capped)
+{
+    const char *const args[] = {"--threads", "2", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    char *id = kvd_create_session(port, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":2}", NULL);
+    const size_t n = 64 * 1024 + 1;
+    char *big = malloc(n + 1);
+    /* a valid JSON object: {"a":"xxxx..."} */
+    memset(big, 'x', n);
+    memcpy(big, "{\"a\":\"", 6);
+    memcpy(big + n - 2, "\"}", 2);
+    big[n] = '\0';
+    char path[128];
+    static const char *const routes[][2] = {{"POST", "/fork"}, {"DELETE", ""}, {"POST", ""}};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, i == 2 ? "/v1/sessions" : "/v1/sessions/%s%s", id, routes[i][1]);
+        http_response *r = http_request_n(port, routes[i][0], path, KVD_JSON, big, n, NULL);
+        kvd_expect_error(r, 413, "payload_too_large", NULL, "over 64 KiB", path);
+        http_response_free(r);
+    }
+    free(big);
+    cJSON *list = kvd_get_json(port, "/v1/sessions", 200);
+    ck_assert_msg(kvd_json_num(list, "total") == 1, "a refused request changed the sessions");
+    cJSON_Delete(list);
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    http_response *r = http_request(port, "POST", path, KVD_JSON, "{}");
+    ck_assert_int_eq(r->status, 201);
+    http_response_free(r);
+    free(id);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_hardening_api");
@@ -353,6 +392,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, reclaim_rebuilds_two_cache_pairs);
     tcase_add_test(tc, impossible_step_is_413);
     tcase_add_test(tc, error_bodies_are_utf8);
+    tcase_add_test(tc, small_body_routes_capped);
     tcase_add_test(tc, leading_zeros_refused);
     suite_add_tcase(s, tc);
     return s;
