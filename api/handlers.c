@@ -89,12 +89,6 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, kvd_response
         kvd__api_respond_created(s, NULL, resp);
 }
 
-static int cmp_session_id(const void *a, const void *b)
-{
-    const api_session *const *x = a, *const *y = b;
-    return memcmp((*x)->id, (*y)->id, KVD_SESSION_ID_HEX);
-}
-
 /* Reads `name=` from a query string into out (at most cap-1 chars). */
 static bool query_param(const char *query, const char *name, char *out, size_t cap)
 {
@@ -133,47 +127,35 @@ static void handle_list(kvd_api *api, const kvd_api_request *req, kvd_response *
     char after[KVD_SESSION_ID_HEX + 2] = "";
     query_param(req->query, "after", after, sizeof after);
 
-    api_session **all = malloc((api->n_sessions ? api->n_sessions : 1) * sizeof *all);
     cJSON *out = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(out, "sessions");
-    if (!all || !out || !arr) {
-        free(all);
+    if (!out || !arr) {
         cJSON_Delete(out);
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
         return;
     }
-    size_t n = 0;
-    for (size_t i = 0; i < api->n_buckets; i++)
-        for (api_session *s = api->buckets[i]; s; s = s->hash_next)
-            all[n++] = s;
-    qsort(all, n, sizeof *all, cmp_session_id);
+    /* The registry keeps ids sorted: O(log n + limit) per page. */
+    const size_t n = api->n_sessions;
+    size_t i = kvd__api_registry_first_after(api, after);
     long emitted = 0;
     const char *last = NULL;
-    bool more = false;
-    for (size_t i = 0; i < n; i++) {
-        if (after[0] && strcmp(all[i]->id, after) <= 0)
-            continue;
-        if (emitted == limit) {
-            more = true;
-            break;
-        }
+    for (; i < n && emitted < limit; i++) {
+        const api_session *s = api->sorted[i];
         cJSON *e = cJSON_CreateObject();
         if (!e)
             break;
-        cJSON_AddStringToObject(e, "id", all[i]->id);
-        cJSON_AddNumberToObject(e, "tokens", (double)atomic_load(&all[i]->tokens_summary));
-        cJSON_AddNumberToObject(e, "bytes",
-                                (double)atomic_load(&all[i]->pages_summary) * (double)api->opt.page_bytes);
+        cJSON_AddStringToObject(e, "id", s->id);
+        cJSON_AddNumberToObject(e, "tokens", (double)atomic_load(&s->tokens_summary));
+        cJSON_AddNumberToObject(e, "bytes", (double)atomic_load(&s->pages_summary) * (double)api->opt.page_bytes);
         cJSON_AddItemToArray(arr, e);
-        last = all[i]->id;
+        last = s->id;
         emitted++;
     }
-    if (more && last)
+    if (i < n && last)
         cJSON_AddStringToObject(out, "next_after", last);
     else
         cJSON_AddNullToObject(out, "next_after");
     cJSON_AddNumberToObject(out, "total", (double)n);
-    free(all);
     kvd__api_respond_cjson(resp, 200, out);
 }
 

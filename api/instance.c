@@ -41,6 +41,7 @@ int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *e
     int rc = kvd_pool_create(opt->memory_bytes, opt->page_bytes, &api->pool);
     if (rc != 0) {
         free(api->buckets);
+    free(api->sorted);
         free(api);
         return rc;
     }
@@ -64,6 +65,7 @@ void kvd_api_destroy(kvd_api *api)
         }
     }
     free(api->buckets);
+    free(api->sorted);
     kvd_pool_destroy(api->pool);
     free(api);
 }

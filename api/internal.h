@@ -89,6 +89,11 @@ struct kvd_api {
     api_session **buckets;
     size_t n_buckets;          /* power of two */
     size_t n_sessions;
+    /* The same sessions in ascending id order, for listings: a page is a
+     * binary search for `after` and `limit` reads, never a sort. Kept on
+     * insert and remove (one memmove of pointers each). [cap_sorted] */
+    api_session **sorted;
+    size_t cap_sorted;
 };
 
 /* api/instance.c: the API's wall clock in unix seconds (opt.now, or
@@ -107,9 +112,14 @@ void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj);
 void kvd__api_respond_created(api_session *s, const char *parent, kvd_response *resp);
 
 /* api/registry.c (loop thread). find: the live session with this id or
- * NULL; remove: out of the registry (not freed). */
+ * NULL; remove: out of the registry (not freed); unlist: out of the sorted
+ * order only (for a caller that unlinked it from its hash chain itself).
+ * first_after: index in api->sorted of the first id greater than `after`
+ * ("" = 0). */
 api_session *kvd__api_registry_find(const kvd_api *api, const char *id);
 void kvd__api_registry_remove(kvd_api *api, api_session *s);
+void kvd__api_registry_unlist(kvd_api *api, const api_session *s);
+size_t kvd__api_registry_first_after(const kvd_api *api, const char *after);
 /* Registers a new session around `cache` (and its shadow copy, if any) with
  * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
 api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
@@ -138,7 +148,8 @@ void kvd__api_job_free(api_job *job);
 /* api/step.c: runs a step job on a worker thread. */
 void kvd__api_step_run(kvd_api *api, api_job *job);
 
-/* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
+/* api/session_stats.c: the GET /v1/sessions/{id} body (a worker, while the
+ * session's queue holds everything else back). */
 char *kvd__api_session_stats_json(const kvd_api *api, const api_session *s);
 
 #endif

@@ -1,7 +1,7 @@
 /* api/queue.c — each session's request queue (loop thread): jobs wait in
- * arrival order and run one at a time. Cheap jobs (stats, delete, fork) run
- * inline when the queue reaches them, so they see whole steps; a step goes to
- * a worker through the server's submit. Completion is api/lifetime.c's. */
+ * arrival order and run one at a time. Cheap jobs (delete, fork) run inline
+ * when the queue reaches them, so they see whole steps; a step and a stats
+ * request (O(tokens)) go to a worker through the server's submit. Completion is api/lifetime.c's. */
 #include "api/internal.h"
 
 #include <errno.h>
@@ -53,15 +53,12 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
             s->running = true;
             api->submit(api->executor, &job->base);
             return;
-        case JOB_STATS: {
-            char *json = kvd__api_session_stats_json(api, s);
-            if (json)
-                kvd__api_response_json(&job->resp, 200, json);
-            else
-                kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
-            kvd__api_answer_job(api, job);
-            break;
-        }
+        case JOB_STATS:
+            /* O(tokens) (the kept positions): on a worker in the session's
+             * order, never on the loop thread. */
+            s->running = true;
+            api->submit(api->executor, &job->base);
+            return;
         case JOB_DELETE: {
             size_t pages = kvd_session_pages(s->cache);
             cJSON *o = cJSON_CreateObject();
@@ -149,6 +146,13 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
 void kvd_api_job_run(kvd_api_job *base)
 {
     api_job *job = (api_job *)base;
-    /* Only steps are ever submitted to workers. */
+    if (job->kind == JOB_STATS) {
+        char *json = kvd__api_session_stats_json(job->base.api, job->session);
+        if (json)
+            kvd__api_response_json(&job->resp, 200, json);
+        else
+            kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
+        return;
+    }
     kvd__api_step_run(job->base.api, job);
 }

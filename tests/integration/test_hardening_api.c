@@ -384,6 +384,87 @@ START_TEST(small_body_routes_capped)
 }
 END_TEST
 
+/* ---- bug 4: listing from a sorted registry, stats on a worker ---- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Pages of `limit` ids through ?after= return every live id exactly once, in
+ * ascending order, after creates, deletes and expiry-free churn; stats of a
+ * session with evictions still report its kept positions exactly. */
+START_TEST(listing_and_stats_exact)
+{
+    const char *const args[] = {"--threads", "2", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    enum { N = 30, LIMIT = 7 };
+    char *ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = kvd_create_session(port, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":2}", NULL);
+    for (int i = 0; i < N; i += 3) { /* delete every third */
+        kvd_delete_session(port, ids[i]);
+        free(ids[i]);
+        ids[i] = NULL;
+    }
+    char *live[N];
+    size_t n_live = 0;
+    for (int i = 0; i < N; i++)
+        if (ids[i])
+            live[n_live++] = ids[i];
+    qsort(live, n_live, sizeof *live, cmp_str);
+    char after[64] = "";
+    size_t seen = 0;
+    for (int page = 0; page < N; page++) {
+        char path[160];
+        snprintf(path, sizeof path, "/v1/sessions?limit=%d%s%s", LIMIT, after[0] ? "&after=" : "", after);
+        cJSON *j = kvd_get_json(port, path, 200);
+        ck_assert_msg(kvd_json_num(j, "total") == (double)n_live, "total %g", kvd_json_num(j, "total"));
+        const cJSON *arr = kvd_json_at(j, "sessions");
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr)
+        {
+            const char *id = kvd_json_str(e, "id");
+            ck_assert_msg(seen < n_live && strcmp(id, live[seen]) == 0, "page %d: id %s, want %s", page, id,
+                          seen < n_live ? live[seen] : "(none)");
+            seen++;
+        }
+        const cJSON *next = kvd_json_at(j, "next_after");
+        const bool more = cJSON_IsString(next);
+        ck_assert_msg(more == (seen < n_live), "next_after %s with %zu of %zu seen", more ? "set" : "null", seen,
+                      n_live);
+        if (more)
+            snprintf(after, sizeof after, "%s", next->valuestring);
+        cJSON_Delete(j);
+        if (!more)
+            break;
+    }
+    ck_assert_uint_eq(seen, n_live);
+
+    /* Stats (now a worker job) after evictions: kept positions exact. */
+    char *id = kvd_create_session(
+        port, "{\"heads\":1,\"kv_heads\":1,\"head_dim\":2,\"cache\":{\"budget\":4,\"eviction\":\"recency\",\"sink\":1}}",
+        NULL);
+    cJSON_Delete(kvd_step_ok(port, id, "{\"layer\":0,\"k\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20],"
+                                       "\"v\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20],\"q\":[]}"));
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert_msg(kvd_json_num(st, "tokens") == 4 && kvd_json_num(st, "evicted") == 6, "tokens %g evicted %g",
+                  kvd_json_num(st, "tokens"), kvd_json_num(st, "evicted"));
+    const cJSON *lo = cJSON_GetArrayItem(kvd_json_at(cJSON_GetArrayItem(kvd_json_at(st, "layers"), 0),
+                                                     "oldest_position"), 0);
+    const cJSON *hi = cJSON_GetArrayItem(kvd_json_at(cJSON_GetArrayItem(kvd_json_at(st, "layers"), 0),
+                                                     "newest_position"), 0);
+    ck_assert_msg(cJSON_IsNumber(lo) && lo->valuedouble == 0 && cJSON_IsNumber(hi) && hi->valuedouble == 9,
+                  "kept positions %g..%g, want 0..9", lo ? lo->valuedouble : -1, hi ? hi->valuedouble : -1);
+    cJSON_Delete(st);
+    free(id);
+    for (size_t i = 0; i < n_live; i++)
+        free(live[i]);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_hardening_api");
@@ -393,6 +474,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, impossible_step_is_413);
     tcase_add_test(tc, error_bodies_are_utf8);
     tcase_add_test(tc, small_body_routes_capped);
+    tcase_add_test(tc, listing_and_stats_exact);
     tcase_add_test(tc, leading_zeros_refused);
     suite_add_tcase(s, tc);
     return s;
