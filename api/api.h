@@ -66,12 +66,15 @@ typedef struct kvd_api_request {
     size_t body_len;
 } kvd_api_request;
 
+/* The least --max-sessions 0 derives (see kvd_api_options.max_sessions). */
+#define KVD_MIN_DEFAULT_SESSIONS 1024u
+
 typedef struct kvd_api_options {
     size_t memory_bytes;
     size_t page_bytes;
     unsigned threads;
     size_t max_body;
-    uint32_t max_sessions;     /* 0 = limited only by memory */
+    uint32_t max_sessions;     /* 0 = derived: max(pool pages, KVD_MIN_DEFAULT_SESSIONS) */
     unsigned session_queue;    /* pending requests per session before 429 */
     double session_ttl;        /* default ttl_seconds of a session (0 = 600) */
     bool on_full_evict;        /* --on-full evict: a full pool takes tokens from

@@ -465,6 +465,29 @@ START_TEST(listing_and_stats_exact)
 }
 END_TEST
 
+/* ---- security: --max-sessions has a finite default ---- */
+
+/* --max-sessions 0 (the default) is one session per pool page, at least
+ * 1024 (it was unlimited); an explicit value is kept. */
+START_TEST(max_sessions_default_is_finite)
+{
+    static const struct {
+        const char *memory, *max;
+        double want;
+    } cases[] = {{"64MiB", NULL, 16384}, {"256KiB", NULL, 1024}, {"256KiB", "7", 7}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[] = {"--page-bytes", "4096", "--memory", cases[i].memory, "--threads", "2",
+                              cases[i].max ? "--max-sessions" : NULL, cases[i].max, NULL};
+        kvd_proc *p = kvd_proc_start_ck(args);
+        cJSON *info = kvd_get_json(kvd_proc_port(p), "/v1/info", 200);
+        ck_assert_msg(kvd_json_num(info, "limits.max_sessions") == cases[i].want, "--memory %s: max_sessions %g, want %g",
+                      cases[i].memory, kvd_json_num(info, "limits.max_sessions"), cases[i].want);
+        cJSON_Delete(info);
+        kvd_proc_stop_ck(p);
+    }
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_hardening_api");
@@ -475,6 +498,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, error_bodies_are_utf8);
     tcase_add_test(tc, small_body_routes_capped);
     tcase_add_test(tc, listing_and_stats_exact);
+    tcase_add_test(tc, max_sessions_default_is_finite);
     tcase_add_test(tc, leading_zeros_refused);
     suite_add_tcase(s, tc);
     return s;
