@@ -62,16 +62,22 @@ typedef struct kvd_api_request {
     const char *query;         /* after '?', NUL-terminated, "" if none */
     const char *content_type;  /* header value or NULL */
     const char *authorization; /* header value or NULL; checked when keys are set (api/auth.h) */
-    const char *body;
+    char *body;                /* malloc'd, NUL-terminated at body_len, or NULL
+                                  when empty: kvd_api_handle takes ownership
+                                  (a queued step keeps it without a copy; it
+                                  is freed once parsed, or at once otherwise) */
     size_t body_len;
 } kvd_api_request;
+
+/* The least --max-sessions 0 derives (see kvd_api_options.max_sessions). */
+#define KVD_MIN_DEFAULT_SESSIONS 1024u
 
 typedef struct kvd_api_options {
     size_t memory_bytes;
     size_t page_bytes;
     unsigned threads;
     size_t max_body;
-    uint32_t max_sessions;     /* 0 = limited only by memory */
+    uint32_t max_sessions;     /* 0 = derived: max(pool pages, KVD_MIN_DEFAULT_SESSIONS) */
     unsigned session_queue;    /* pending requests per session before 429 */
     double session_ttl;        /* default ttl_seconds of a session (0 = 600) */
     bool on_full_evict;        /* --on-full evict: a full pool takes tokens from
@@ -126,7 +132,9 @@ void kvd_api_destroy(kvd_api *api);
 
 /* Handles one request on the loop thread. Returns true with *resp filled when
  * answered now; false when deferred: `respond(reply, ...)` will be called
- * later with the answer (reply is the server's opaque handle). */
+ * later with the answer (reply is the server's opaque handle). Always takes
+ * req->body (see kvd_api_request). Every route but a step refuses a body
+ * over KVD_SMALL_BODY_MAX with 413 before parsing it. */
 bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp);
 
 void kvd_api_job_run(kvd_api_job *job);                 /* worker thread */

@@ -57,10 +57,6 @@ static bool content_type_is(const char *ct, const char *want)
 
 static void handle_create(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp)
 {
-    if (req->body_len > KVD_CREATE_BODY_MAX) {
-        kvd__api_respond_error(resp, 413, KVD_ERR_TOO_LARGE, NULL, "create body over 64 KiB");
-        return;
-    }
     if (kvd__api_session_limit_reached(api, resp))
         return;
     kvd_api_error err;
@@ -94,12 +90,6 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, uint32_t own
         s->owner = owner;
         kvd__api_respond_created(s, NULL, resp);
     }
-}
-
-static int cmp_session_id(const void *a, const void *b)
-{
-    const api_session *const *x = a, *const *y = b;
-    return memcmp((*x)->id, (*y)->id, KVD_SESSION_ID_HEX);
 }
 
 /* Reads `name=` from a query string into out (at most cap-1 chars). */
@@ -140,48 +130,48 @@ static void handle_list(kvd_api *api, const kvd_api_request *req, uint32_t owner
     char after[KVD_SESSION_ID_HEX + 2] = "";
     query_param(req->query, "after", after, sizeof after);
 
-    api_session **all = malloc((api->n_sessions ? api->n_sessions : 1) * sizeof *all);
     cJSON *out = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(out, "sessions");
-    if (!all || !out || !arr) {
-        free(all);
+    if (!out || !arr) {
         cJSON_Delete(out);
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
         return;
     }
-    size_t n = 0;
-    for (size_t i = 0; i < api->n_buckets; i++)
-        for (api_session *s = api->buckets[i]; s; s = s->hash_next)
-            if (s->owner == owner) /* another key's sessions are not there for it */
-                all[n++] = s;
-    qsort(all, n, sizeof *all, cmp_session_id);
+    /* The registry keeps ids sorted: a page starts with a binary search. With
+     * API keys another key's sessions are not there for the caller: they are
+     * skipped and "total" counts only the caller's (O(n) pointer reads, no
+     * sort). */
+    const size_t n = api->n_sessions;
+    size_t i = kvd__api_registry_first_after(api, after);
     long emitted = 0;
     const char *last = NULL;
-    bool more = false;
-    for (size_t i = 0; i < n; i++) {
-        if (after[0] && strcmp(all[i]->id, after) <= 0)
+    for (; i < n && emitted < limit; i++) {
+        const api_session *s = api->sorted[i];
+        if (s->owner != owner)
             continue;
-        if (emitted == limit) {
-            more = true;
-            break;
-        }
         cJSON *e = cJSON_CreateObject();
         if (!e)
             break;
-        cJSON_AddStringToObject(e, "id", all[i]->id);
-        cJSON_AddNumberToObject(e, "tokens", (double)atomic_load(&all[i]->tokens_summary));
-        cJSON_AddNumberToObject(e, "bytes",
-                                (double)atomic_load(&all[i]->pages_summary) * (double)api->opt.page_bytes);
+        cJSON_AddStringToObject(e, "id", s->id);
+        cJSON_AddNumberToObject(e, "tokens", (double)atomic_load(&s->tokens_summary));
+        cJSON_AddNumberToObject(e, "bytes", (double)atomic_load(&s->pages_summary) * (double)api->opt.page_bytes);
         cJSON_AddItemToArray(arr, e);
-        last = all[i]->id;
+        last = s->id;
         emitted++;
     }
-    if (more && last)
+    while (i < n && api->sorted[i]->owner != owner)
+        i++; /* is there one more of the caller's? */
+    if (i < n && last)
         cJSON_AddStringToObject(out, "next_after", last);
     else
         cJSON_AddNullToObject(out, "next_after");
-    cJSON_AddNumberToObject(out, "total", (double)n);
-    free(all);
+    size_t total = n;
+    if (kvd_api_auth_enabled(api)) {
+        total = 0;
+        for (size_t j = 0; j < n; j++)
+            total += api->sorted[j]->owner == owner;
+    }
+    cJSON_AddNumberToObject(out, "total", (double)total);
     kvd__api_respond_cjson(resp, 200, out);
 }
 
@@ -246,12 +236,21 @@ static bool fork_body_ok(const kvd_api_request *req, kvd_response *resp)
     return first == NULL;
 }
 
-bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
+static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response *resp)
 {
-    memset(resp, 0, sizeof *resp);
     const uint32_t owner = kvd_api_owner(api, req->authorization);
-    if (owner == KVD_OWNER_DENIED) {
+    if (owner == KVD_OWNER_DENIED) { /* before anything else: a stranger learns nothing */
         kvd_api_respond_unauthenticated(resp, req->authorization);
+        return true;
+    }
+    if (req->body_len > KVD_SMALL_BODY_MAX && req->route != KVD_ROUTE_SESSION_STEP &&
+        req->route != KVD_ROUTE_BATCH) {
+        /* Refused before any parse (or any lookup): what --max-body allows
+         * a step is not a create's or a fork's to spend. */
+        kvd_api_error err;
+        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL, "%s body over 64 KiB (%zu bytes)",
+                          kvd_route_label(req->route), req->body_len);
+        kvd_response_error(resp, &err);
         return true;
     }
     /* A fork needs no body; if it has one, it is JSON like every POST. */
@@ -314,4 +313,13 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
     }
     kvd__api_respond_error(resp, 404, KVD_ERR_NOT_FOUND, NULL, "no such path");
     return true;
+}
+
+bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    kvd_api_request r = *req;
+    const bool answered = handle(api, &r, reply, resp);
+    free(r.body); /* NULL when a queued step took it */
+    return answered;
 }

@@ -44,6 +44,15 @@ int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *e
         free(api);
         return rc;
     }
+    if (!api->opt.max_sessions) {
+        /* --max-sessions 0 (the default): one session per pool page, at
+         * least KVD_MIN_DEFAULT_SESSIONS — a session that holds nothing
+         * still costs heap (its streams' tables), so the count is finite. */
+        const size_t pages = kvd_pool_pages_total(api->pool);
+        api->opt.max_sessions = pages < KVD_MIN_DEFAULT_SESSIONS ? KVD_MIN_DEFAULT_SESSIONS
+                                : pages > UINT32_MAX           ? UINT32_MAX
+                                                               : (uint32_t)pages;
+    }
     *out = api;
     return 0;
 }
@@ -64,6 +73,7 @@ void kvd_api_destroy(kvd_api *api)
         }
     }
     free(api->buckets);
+    free(api->sorted);
     kvd_pool_destroy(api->pool);
     free(api);
 }

@@ -22,9 +22,10 @@
 
 #define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
 
-/* Create bodies are a few hundred bytes; the bound keeps JSON parsing on the
- * loop thread short whatever --max-body is. */
-#define KVD_CREATE_BODY_MAX (64u * 1024u)
+/* Every route but a step takes no body or a small one (create: a few
+ * hundred bytes; fork: {}), parsed on the loop thread: the bound keeps that
+ * short whatever --max-body is. */
+#define KVD_SMALL_BODY_MAX (64u * 1024u)
 
 typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK } api_job_kind;
 
@@ -36,7 +37,8 @@ typedef struct api_job {
     api_session *session;
     void *reply;               /* server's handle for the deferred answer */
     kvd_fifo_link queue_link;  /* in its session's queue (loop) */
-    char *body;                /* JOB_STEP: copy of the request body (NUL-terminated) */
+    char *body;                /* JOB_STEP: the request's body, taken from the server
+                                  (NUL-terminated), freed once parsed */
     size_t body_len;
     kvd_response resp;         /* filled by run, sent by done */
     kvd_step_request req;      /* JOB_STEP: the parsed body, once parsed */
@@ -89,6 +91,11 @@ struct kvd_api {
     api_session **buckets;
     size_t n_buckets;          /* power of two */
     size_t n_sessions;
+    /* The same sessions in ascending id order, for listings: a page is a
+     * binary search for `after` and `limit` reads, never a sort. Kept on
+     * insert and remove (one memmove of pointers each). [cap_sorted] */
+    api_session **sorted;
+    size_t cap_sorted;
 };
 
 /* api/instance.c: the API's wall clock in unix seconds (opt.now, or
@@ -107,9 +114,14 @@ void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj);
 void kvd__api_respond_created(api_session *s, const char *parent, kvd_response *resp);
 
 /* api/registry.c (loop thread). find: the live session with this id or
- * NULL; remove: out of the registry (not freed). */
+ * NULL; remove: out of the registry (not freed); unlist: out of the sorted
+ * order only (for a caller that unlinked it from its hash chain itself).
+ * first_after: index in api->sorted of the first id greater than `after`
+ * ("" = 0). */
 api_session *kvd__api_registry_find(const kvd_api *api, const char *id);
 void kvd__api_registry_remove(kvd_api *api, api_session *s);
+void kvd__api_registry_unlist(kvd_api *api, const api_session *s);
+size_t kvd__api_registry_first_after(const kvd_api *api, const char *after);
 /* Registers a new session around `cache` (and its shadow copy, if any) with
  * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
 api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
@@ -124,11 +136,11 @@ bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp);
 void kvd__api_session_summarize(api_session *s);
 
 /* api/queue.c (loop thread). enqueue: queues a job of `kind` for the
- * session (a step's body copied) and pumps; false with resp set (429, 500)
+ * session (a step takes req->body, setting it NULL) and pumps; false with resp set (429, 500)
  * if answered now. pump: runs what the queue allows (cheap jobs inline, one
  * step on a worker); frees a deleted session once its queue is empty. */
 bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
-                      const kvd_api_request *req, void *reply, kvd_response *resp);
+                      kvd_api_request *req, void *reply, kvd_response *resp);
 void kvd__api_session_pump(kvd_api *api, api_session *s);
 api_job *kvd__api_queue_pop(api_session *s);
 /* Hands job->resp to the server's respond callback and frees the job. */
@@ -138,7 +150,8 @@ void kvd__api_job_free(api_job *job);
 /* api/step.c: runs a step job on a worker thread. */
 void kvd__api_step_run(kvd_api *api, api_job *job);
 
-/* api/session_stats.c: the GET /v1/sessions/{id} body (loop thread, idle session). */
+/* api/session_stats.c: the GET /v1/sessions/{id} body (a worker, while the
+ * session's queue holds everything else back). */
 char *kvd__api_session_stats_json(const kvd_api *api, const api_session *s);
 
 #endif

@@ -155,6 +155,94 @@ bool kvd__api_json_in_list(const char *key, const char *const *list, size_t n)
 
 /* ---- JSON body --------------------------------------------------------- */
 
+/* Path of a value for error messages while scanning the text: object keys
+ * joined by '.', with the index of each array crossed between objects
+ * ("steps[1].q"); arrays after the last key (a tensor's rows) are left out,
+ * the way tensor errors name their field. */
+#define SCAN_DEPTH 16
+typedef struct scan_frame {
+    bool object;
+    char key[40];
+    size_t index;
+} scan_frame;
+
+static void scan_path(const scan_frame *f, size_t depth, char *out, size_t cap)
+{
+    size_t last = depth; /* the innermost object frame holding a key */
+    for (size_t d = depth; d-- > 0;)
+        if (f[d].object) {
+            last = d;
+            break;
+        }
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t d = 0; last < depth && d <= last && used < cap; d++) {
+        int k = f[d].object ? snprintf(out + used, cap - used, "%s%s", used ? "." : "", f[d].key)
+                            : snprintf(out + used, cap - used, "[%zu]", f[d].index);
+        if (k < 0)
+            break;
+        used += (size_t)k;
+    }
+}
+
+/* cJSON accepts numbers with leading zeros ("0001", "-01.5"); JSON does
+ * not. Scans text that cJSON has already parsed (so it is well formed
+ * otherwise) for such a number; 0 or -1 with a 400 naming its field. */
+static int refuse_leading_zeros(const char *t, size_t len, kvd_api_error *err)
+{
+    scan_frame f[SCAN_DEPTH];
+    size_t depth = 0;       /* frames in use; deeper nesting is scanned, not named */
+    size_t nest = 0;        /* actual nesting */
+    bool want_key = false;  /* in an object, before a key */
+    for (size_t i = 0; i < len; i++) {
+        const char c = t[i];
+        if (c == '"') {
+            const size_t start = ++i;
+            while (i < len && t[i] != '"')
+                i += t[i] == '\\' ? 2 : 1;
+            if (want_key && nest == depth && depth > 0) {
+                size_t n = i - start < sizeof f[0].key - 1 ? i - start : sizeof f[0].key - 1;
+                memcpy(f[depth - 1].key, t + start, n);
+                f[depth - 1].key[n] = '\0';
+            }
+            want_key = false;
+        } else if (c == '{' || c == '[') {
+            if (nest++ == depth && depth < SCAN_DEPTH) {
+                f[depth] = (scan_frame){.object = c == '{', .index = 0};
+                depth++;
+            }
+            want_key = c == '{';
+        } else if (c == '}' || c == ']') {
+            if (nest-- == depth && depth > 0)
+                depth--;
+            want_key = false;
+        } else if (c == ',') {
+            if (nest == depth && depth > 0) {
+                if (f[depth - 1].object)
+                    want_key = true;
+                else
+                    f[depth - 1].index++;
+            }
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            const size_t start = i;
+            if (t[i] == '-')
+                i++;
+            const bool zero_lead = i + 1 < len && t[i] == '0' && t[i + 1] >= '0' && t[i + 1] <= '9';
+            while (i + 1 < len && (strchr("0123456789+-.eE", t[i + 1]) != NULL))
+                i++;
+            if (zero_lead) {
+                char path[128];
+                scan_path(f, depth, path, sizeof path);
+                const int n = (int)(i + 1 - start < 32 ? i + 1 - start : 32);
+                return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path[0] ? path : NULL,
+                                         "%s%s%.*s is not a JSON number (leading zeros are not allowed)",
+                                         path, path[0] ? ": " : "", n, t + start);
+            }
+        }
+    }
+    return 0;
+}
+
 /* Returns the parsed object (caller frees with cJSON_Delete) or NULL with
  * err filled. body[len] must be readable (the server NUL-terminates it). */
 cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
@@ -195,6 +283,10 @@ cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
     if (!cJSON_IsObject(root)) {
         kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL, "body must be a JSON object, got %s",
                           kvd__api_json_type_name(root));
+        cJSON_Delete(root);
+        return NULL;
+    }
+    if (refuse_leading_zeros(body, len, err) != 0) {
         cJSON_Delete(root);
         return NULL;
     }

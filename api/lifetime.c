@@ -33,6 +33,7 @@ size_t kvd_api_expire(kvd_api *api)
                 continue;
             }
             *p = s->hash_next; /* unlink here: registry_remove would rescan */
+            kvd__api_registry_unlist(api, s);
             api->n_sessions--;
             kvd__api_session_free(api, s);
             n++;

@@ -1,7 +1,7 @@
 /* api/queue.c — each session's request queue (loop thread): jobs wait in
- * arrival order and run one at a time. Cheap jobs (stats, delete, fork) run
- * inline when the queue reaches them, so they see whole steps; a step goes to
- * a worker through the server's submit. Completion is api/lifetime.c's. */
+ * arrival order and run one at a time. Cheap jobs (delete, fork) run inline
+ * when the queue reaches them, so they see whole steps; a step and a stats
+ * request (O(tokens)) go to a worker through the server's submit. Completion is api/lifetime.c's. */
 #include "api/internal.h"
 
 #include <errno.h>
@@ -53,15 +53,12 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
             s->running = true;
             api->submit(api->executor, &job->base);
             return;
-        case JOB_STATS: {
-            char *json = kvd__api_session_stats_json(api, s);
-            if (json)
-                kvd__api_response_json(&job->resp, 200, json);
-            else
-                kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
-            kvd__api_answer_job(api, job);
-            break;
-        }
+        case JOB_STATS:
+            /* O(tokens) (the kept positions): on a worker in the session's
+             * order, never on the loop thread. */
+            s->running = true;
+            api->submit(api->executor, &job->base);
+            return;
         case JOB_DELETE: {
             size_t pages = kvd_session_pages(s->cache);
             cJSON *o = cJSON_CreateObject();
@@ -118,7 +115,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
 
 /* Queues a job for the session (or 429s). Returns false if answered now. */
 bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
-                      const kvd_api_request *req, void *reply, kvd_response *resp)
+                      kvd_api_request *req, void *reply, kvd_response *resp)
 {
     if (s->queue.len >= api->opt.session_queue) {
         atomic_fetch_add_explicit(&api->stats.rejected_queue_full, 1, memory_order_relaxed);
@@ -137,16 +134,10 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
     job->reply = reply;
     atomic_store(&s->last_used_at, kvd__api_now(api)); /* any request keeps it alive */
     if (kind == JOB_STEP) {
-        /* The body is copied: the server frees its buffer once we return. */
-        job->body = malloc(req->body_len + 1);
-        if (!job->body) {
-            free(job);
-            kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
-            return false;
-        }
-        memcpy(job->body, req->body, req->body_len);
-        job->body[req->body_len] = '\0';
+        /* The server's buffer itself, not a copy: held once while queued. */
+        job->body = req->body;
         job->body_len = req->body_len;
+        req->body = NULL;
     }
     queue_push(s, job);
     kvd__api_session_pump(api, s);
@@ -156,6 +147,13 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
 void kvd_api_job_run(kvd_api_job *base)
 {
     api_job *job = (api_job *)base;
-    /* Only steps are ever submitted to workers. */
+    if (job->kind == JOB_STATS) {
+        char *json = kvd__api_session_stats_json(job->base.api, job->session);
+        if (json)
+            kvd__api_response_json(&job->resp, 200, json);
+        else
+            kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
+        return;
+    }
     kvd__api_step_run(job->base.api, job);
 }

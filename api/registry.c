@@ -56,10 +56,50 @@ static int registry_grow(kvd_api *api)
     return 0;
 }
 
+/* Index of the first session in api->sorted whose id compares greater than
+ * (or, with or_equal, equal to) id. */
+static size_t sorted_lower(const kvd_api *api, const char *id, bool or_equal)
+{
+    size_t lo = 0, hi = api->n_sessions;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        const int c = strncmp(api->sorted[mid]->id, id, KVD_SESSION_ID_HEX);
+        if (c < 0 || (c == 0 && !or_equal))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+size_t kvd__api_registry_first_after(const kvd_api *api, const char *after)
+{
+    return after[0] ? sorted_lower(api, after, false) : 0;
+}
+
+void kvd__api_registry_unlist(kvd_api *api, const api_session *s)
+{
+    /* Called with n_sessions still counting s. */
+    const size_t i = sorted_lower(api, s->id, true);
+    if (i < api->n_sessions && api->sorted[i] == s)
+        memmove(&api->sorted[i], &api->sorted[i + 1], (api->n_sessions - i - 1) * sizeof *api->sorted);
+}
+
 static int registry_insert(kvd_api *api, api_session *s)
 {
     if (api->n_sessions >= api->n_buckets && registry_grow(api) != 0)
         return -ENOMEM;
+    if (api->n_sessions >= api->cap_sorted) {
+        const size_t cap = api->cap_sorted ? 2 * api->cap_sorted : 64;
+        api_session **p = realloc(api->sorted, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        api->sorted = p;
+        api->cap_sorted = cap;
+    }
+    const size_t at = sorted_lower(api, s->id, true);
+    memmove(&api->sorted[at + 1], &api->sorted[at], (api->n_sessions - at) * sizeof *api->sorted);
+    api->sorted[at] = s;
     size_t i = id_hash(s->id) & (api->n_buckets - 1);
     s->hash_next = api->buckets[i];
     api->buckets[i] = s;
@@ -74,6 +114,7 @@ void kvd__api_registry_remove(kvd_api *api, api_session *s)
         p = &(*p)->hash_next;
     if (*p) {
         *p = s->hash_next;
+        kvd__api_registry_unlist(api, s);
         api->n_sessions--;
     }
     s->hash_next = NULL;

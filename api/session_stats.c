@@ -1,6 +1,7 @@
 /* api/session_stats.c — GET /v1/sessions/{id}: what a session holds and what
- * it costs (DESIGN.md §3 "Session stats"). Runs on the loop thread while the
- * session is idle, so the numbers describe whole steps. */
+ * it costs (DESIGN.md §3 "Session stats"). Runs on a worker as a job in the
+ * session's queue (O(tokens): the kept positions), so the numbers describe
+ * whole steps and the loop thread never walks slots. */
 #include "api/internal.h"
 
 #include <stdlib.h>
@@ -105,8 +106,11 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
             cJSON_AddItemToArray(last, st->n_tokens ? cJSON_CreateNumber((double)hi_pos) : cJSON_CreateNull());
             /* every page of the (layer, kv head): KIVI's f32 residual, tensor
              * attention's k2/v2 and pair rows included */
-            layer_pages += st->n_pages + (st->residual ? st->residual->n_pages : 0) +
-                           (s->tensor_b ? s->tensor_b[idx].n_pages : 0) + (s->pairs ? s->pairs[idx].n_pages : 0);
+            const kvd_stream *parts[3] = {st, s->tensor_b ? &s->tensor_b[idx] : NULL,
+                                          s->pairs ? &s->pairs[idx] : NULL};
+            for (int k = 0; k < 3; k++)
+                if (parts[k])
+                    layer_pages += parts[k]->n_pages + (parts[k]->residual ? parts[k]->residual->n_pages : 0);
         }
         cJSON_AddNumberToObject(lo, "pages", (double)layer_pages);
         cJSON_AddNumberToObject(lo, "bytes", (double)layer_pages * (double)page_bytes);

@@ -45,7 +45,11 @@ static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
     return 0;
 }
 
-/* The engine's refusal as the API's answer; nothing changed. */
+/* The engine's refusal as the API's answer; nothing changed. A step that
+ * needs more pages than the whole pool has can never succeed: 413 with both
+ * counts and no Retry-After, not counted as rejected for a full pool (no
+ * reclaim is tried for it). One that fits the pool but not its free pages is
+ * a 503 with Retry-After, and --on-full evict may reclaim and retry it. */
 static void refuse(kvd_api *api, api_job *job, int rc, size_t need_pages)
 {
     if (rc == KVD_STEP_NOMEM) {
@@ -53,9 +57,15 @@ static void refuse(kvd_api *api, api_job *job, int rc, size_t need_pages)
         return;
     }
     const size_t total = kvd_pool_pages_total(api->pool);
-    if (rc == KVD_STEP_TOO_BIG)
-        need_pages = total + 1; /* more than the pool: no reclaim can make room */
     kvd_api_error err;
+    if (rc == KVD_STEP_TOO_BIG) {
+        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL,
+                          "this step needs %zu pages of %zu bytes, more than the %zu pages the whole pool "
+                          "has: send fewer tokens per request",
+                          need_pages, api->opt.page_bytes, total);
+        kvd_response_error(&job->resp, &err);
+        return;
+    }
     kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
                       "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free", need_pages,
                       kvd_pool_pages_free(api->pool), total);

@@ -19,6 +19,12 @@ static size_t div_up(size_t a, size_t b)
     return a / b + (a % b != 0);
 }
 
+/* a + b, SIZE_MAX if that overflows (a count past the pool is refused anyway). */
+static size_t sat_add(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
 static bool is_kivi(const kvd_session_config *cfg)
 {
     return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
@@ -150,10 +156,11 @@ static size_t token_stream_bound(const kvd_stream *s, const kvd_step_entry *e, s
 
 /* Tensor sessions: pages for k2/v2 (one slot a token, like k1/v1) and for
  * the two-cache's pair rows, plus the scratch that holds one token's 2t+1
- * new pair rows. Adds to *pages; SIZE_MAX when the pair rows alone exceed
- * the pool (refused before a block table grows for them). */
+ * new pair rows. Adds to *pages (saturating); sets *too_big when the pair
+ * rows of one stream alone exceed the pool (refused before a block table
+ * grows for them, with their count still added so the answer can say it). */
 static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, const kvd_step_entry *e,
-                       size_t n_entries, size_t *pages)
+                       size_t n_entries, size_t *pages, bool *too_big)
 {
     const kvd_session_config *cfg = &sess->config;
     size_t max_tokens = 0;
@@ -178,14 +185,17 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
         kvd_stream *pr = &sess->pairs[i];
         need = is_kivi(cfg) ? kivi_pair_page_bound(pr, e, n_entries, layer, n, cfg)
                             : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg));
-        if (need > pool_pages) {
-            *pages = SIZE_MAX;
-            return KVD_STEP_OK;
+        if (need > pool_pages || *too_big) {
+            *too_big = true; /* no table grows now; the rest is only counted */
+            *pages = sat_add(*pages, need);
+            continue;
         }
         if (kvd_stream_reserve_table(pr, need) != 0)
             return KVD_STEP_NOMEM;
         *pages += need;
     }
+    if (*too_big)
+        return KVD_STEP_OK;
     if (cfg->cache.eviction == KVD_EVICT_L2NORM) {
         size_t max_m = 1;
         for (size_t i = 0; i < n_entries; i++)
@@ -268,23 +278,30 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
     const size_t pool_pages = kvd_pool_pages_total(pool);
     if (sess->tensor_b) {
         size_t tensor_pages = 0;
-        int rc = plan_tensor(p, sess, pool_pages, e, n, &tensor_pages);
+        bool too_big = false;
+        int rc = plan_tensor(p, sess, pool_pages, e, n, &tensor_pages, &too_big);
         if (rc != KVD_STEP_OK)
             return rc;
-        total = tensor_pages == SIZE_MAX ? SIZE_MAX : total + tensor_pages;
+        total = sat_add(total, tensor_pages);
+        if (too_big) {
+            *need_pages = total;
+            return KVD_STEP_TOO_BIG;
+        }
     }
-    if (shadow && total != SIZE_MAX) {
+    if (shadow) {
         size_t shadow_pages = 0;
         int rc = plan_shadow(p, shadow, e, n, q_row, &shadow_pages);
         if (rc != KVD_STEP_OK)
             return rc;
-        total += shadow_pages;
+        total = sat_add(total, shadow_pages);
     }
     if (!total)
         return KVD_STEP_OK;
     if (total > pool_pages) {
         /* More than the whole pool can never be granted: refused without
-         * allocating a table for it. */
+         * allocating a table for it. (Pages the session already holds are
+         * not counted against it: such a step gets a 503 and may succeed
+         * once the session is smaller.) */
         *need_pages = total;
         return KVD_STEP_TOO_BIG;
     }

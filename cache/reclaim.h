@@ -15,14 +15,20 @@
 
 /* True when reclaiming from s could free at least one whole page: it has a
  * policy, no page shared with a fork (evicting from shared pages would need
- * copies, i.e. the very pages the pool is short of), and some stream holds a
- * page's worth of unprotected tokens. */
+ * copies, i.e. the very pages the pool is short of), is not a KIVI tensor
+ * two-cache (rebuilding its pair rows appends them anew: pages again), and
+ * some stream holds a page's worth of unprotected tokens. Every other kind
+ * stays consistent: a tensor session's k2/v2 follow k1/v1's slot moves, and
+ * a two-cache's pair rows are rebuilt in place (no page needed). */
 bool kvd_session_reclaimable(const kvd_session *s);
 
 /* Evicts s's streams one after another down to their protected tokens until
- * the pool has at least `want_free` free pages or s has nothing more to give.
- * Returns the tokens evicted. Call only when kvd_session_reclaimable(s) (so
- * no copy-on-write page is needed) and no step of s is running. */
+ * the pool has at least `want_free` free pages or s has nothing more to give;
+ * a two-cache's pair rows are rebuilt for each stream that evicted (scratch
+ * of 2 * tokens * head_dim f32 twice, malloc'd: if that fails nothing is
+ * evicted). Returns the tokens evicted. Call only when
+ * kvd_session_reclaimable(s) (so no copy-on-write page is needed) and no
+ * step of s is running. */
 uint64_t kvd_session_reclaim(kvd_session *s, kvd_pool *pool, size_t want_free);
 
 #endif

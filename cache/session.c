@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/internal.h"
 #include "cache/session.h"
@@ -205,17 +206,21 @@ uint64_t kvd_session_evicted(const kvd_session *s)
     return n;
 }
 
+/* A stream's pages and, for KIVI, its f32 residual's own pages. */
+static size_t stream_pages(const kvd_stream *st)
+{
+    return st->n_pages + (st->residual != NULL ? st->residual->n_pages : 0);
+}
+
 size_t kvd_session_pages(const kvd_session *s)
 {
     size_t n = 0;
     for (size_t i = 0; i < s->n_streams; i++) {
-        n += s->streams[i].n_pages;
-        if (s->streams[i].residual != NULL) /* KIVI: the f32 residual's own pages */
-            n += s->streams[i].residual->n_pages;
-        if (s->tensor_b)
-            n += s->tensor_b[i].n_pages;
+        n += stream_pages(&s->streams[i]);
+        if (s->tensor_b) /* a KIVI tensor session's k2/v2 and pair rows have residuals too */
+            n += stream_pages(&s->tensor_b[i]);
         if (s->pairs)
-            n += s->pairs[i].n_pages;
+            n += stream_pages(&s->pairs[i]);
     }
     return n;
 }
@@ -226,4 +231,20 @@ size_t kvd_session_pair_rows(const kvd_session *s)
     for (size_t i = 0; s->pairs && i < s->n_streams; i++)
         n += s->pairs[i].n_tokens;
     return n;
+}
+
+void kvd__session_rebuild_pairs(kvd_session *s, kvd_pool *pool, size_t idx, float *pair_k, float *pair_v)
+{
+    const size_t n = s->streams[idx].n_tokens;
+    kvd_stream *pr = &s->pairs[idx];
+    if (pr->n_tokens == n * n)
+        return;
+    kvd_tensor_view a, b;
+    a.n_seg = kvd_stream_segments(&s->streams[idx], n, a.seg);
+    b.n_seg = kvd_stream_segments(&s->tensor_b[idx], n, b.seg);
+    for (size_t t = 0; t < n; t++) {
+        kvd_tensor_pair_rows_view(&a, &b, t, pair_k, pair_v);
+        kvd__stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), pair_k, pair_v, s->config.head_dim);
+    }
+    kvd__stream_truncate(pr, pool, n * n);
 }

@@ -78,4 +78,13 @@ size_t kvd_session_pages(const kvd_session *s);
 /* Two-cache tensor sessions: pair rows held, summed over streams (else 0). */
 size_t kvd_session_pair_rows(const kvd_session *s);
 
+/* ---- Private to cache/ (the step engine and reclaim). ---- */
+
+/* Two-cache, any per-token dtype (not KIVI): after streams[idx] (and its
+ * k2/v2 mirror) evicted, rewrites the pair rows in the new slot order in
+ * place and cuts the rest, giving emptied pages back: pairs[idx] holds
+ * n^2 rows again (n = tokens kept). Needs no page, only scratch pair_k and
+ * pair_v of [2 * n][head_dim] f32 each. No-op when the rows already match. */
+void kvd__session_rebuild_pairs(kvd_session *s, kvd_pool *pool, size_t idx, float *pair_k, float *pair_v);
+
 #endif

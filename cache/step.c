@@ -229,8 +229,8 @@ static void rebuild_pairs(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
         kvd_stream *pr = &sess->pairs[idx];
         if (pr->n_tokens == n * n)
             continue; /* this head evicted nothing */
-        const kvd_tensor_view a = tensor_view(&sess->streams[idx]), b = tensor_view(&sess->tensor_b[idx]);
         if (is_kivi(cfg)) {
+            const kvd_tensor_view a = tensor_view(&sess->streams[idx]), b = tensor_view(&sess->tensor_b[idx]);
             /* KIVI rows live in key blocks and a residual: rebuilt by
              * appending anew, into pages the plan reserved for it (settled
              * with the rest at the end of the request). */
@@ -243,11 +243,7 @@ static void rebuild_pairs(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
             }
             continue;
         }
-        for (size_t t = 0; t < n; t++) {
-            kvd_tensor_pair_rows_view(&a, &b, t, p->pair_k, p->pair_v);
-            kvd__stream_overwrite(pr, t * t, kvd_tensor_pair_rows_added(t), p->pair_k, p->pair_v, cfg->head_dim);
-        }
-        kvd__stream_truncate(pr, pool, n * n);
+        kvd__session_rebuild_pairs(sess, pool, idx, p->pair_k, p->pair_v);
     }
 }
 

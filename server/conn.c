@@ -43,6 +43,18 @@ kvd_http_exchange *kvd__exchange_new(kvd__conn *conn)
     return ex;
 }
 
+char *kvd_http_exchange_take_body(kvd_http_exchange *ex, size_t *len)
+{
+    char *p = ex->body.len ? ex->body.p : NULL;
+    *len = p ? ex->body.len : 0;
+    if (!p)
+        kvd__buf_free(&ex->body);
+    memset(&ex->body, 0, sizeof ex->body);
+    ex->req.body = k_empty;
+    ex->req.body_len = 0;
+    return p;
+}
+
 void kvd__exchange_free(kvd_http_exchange *ex)
 {
     kvd__exchange_uncount(ex);

@@ -56,6 +56,11 @@ int kvd_http_server_start(uv_loop_t *loop, const kvd_http_options *opt,
 /* The bound port (useful with port 0). */
 int kvd_http_server_port(const kvd_http_server *srv);
 
+/* Hands the request's body buffer (malloc'd, NUL-terminated at *len; NULL
+ * when empty) to the caller, who frees it: the exchange no longer holds it
+ * and req->body becomes "". Lets the API keep a queued body without a copy. */
+char *kvd_http_exchange_take_body(kvd_http_exchange *ex, size_t *len);
+
 /* Sets the route label used by the access log and request metrics. */
 void kvd_http_exchange_set_route(kvd_http_exchange *ex, const char *route_label);
 

@@ -181,9 +181,8 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
         .query = req->query,
         .content_type = req->content_type,
         .authorization = req->authorization,
-        .body = req->body,
-        .body_len = req->body_len,
     };
+    areq.body = kvd_http_exchange_take_body(ex, &areq.body_len); /* the API frees it */
     kvd_response resp;
     if (kvd_api_handle(r->api, &areq, ex, &resp))
         kvd_http_respond(ex, &resp);

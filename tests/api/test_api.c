@@ -100,8 +100,9 @@ static kvd_api *make_api(size_t memory, size_t page_bytes, unsigned queue)
 static kvd_response call(kvd_api *api, kvd_route route, const char *id, const char *body, int tag,
                          int run)
 {
+    /* kvd_api_handle takes ownership of a malloc'd body. */
     kvd_api_request req = {.route = route, .session_id = id, .query = "",
-                           .content_type = "application/json", .body = body ? body : "",
+                           .content_type = "application/json", .body = body ? strdup(body) : NULL,
                            .body_len = body ? strlen(body) : 0};
     kvd_response resp;
     if (kvd_api_handle(api, &req, (void *)(intptr_t)tag, &resp))
@@ -306,8 +307,18 @@ START_TEST(pool_exhaustion_changes_nothing)
     ck_assert_int_eq(r.status, 200);
     free(r.body);
     size_t used = kvd_pool_pages_used(kvd_api_pool(api));
-    /* 200 more tokens cannot fit in 8 pages: refused whole. */
+    /* 200 more tokens need 15 pages, more than the whole pool: 413, no
+     * Retry-After (issue 10, bug 5). */
     b = step_body(buf, buf + 2048, 200 * D, buf, D, "block");
+    r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 2, 1);
+    free(b);
+    ck_assert_int_eq(r.status, 413);
+    ck_assert_uint_eq(r.retry_after_s, 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "payload_too_large"));
+    free(r.body);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), used);
+    /* 110 more need 8 new pages: the pool has 8, 7 are free: refused whole. */
+    b = step_body(buf, buf + 2048, 110 * D, buf, D, "block");
     r = call(api, KVD_ROUTE_SESSION_STEP, id, b, 2, 1);
     free(b);
     ck_assert_int_eq(r.status, 503);
@@ -336,19 +347,26 @@ START_TEST(session_queue_order_limit_and_delete)
     float kv[D] = {1, 2, 3, 4, 5, 6, 7, 8};
     char *b = step_body(kv, kv, D, NULL, 0, NULL);
     kvd_api_request req = {.route = KVD_ROUTE_SESSION_STEP, .session_id = id, .query = "",
-                           .content_type = "application/json", .body = b, .body_len = strlen(b)};
+                           .content_type = "application/json", .body = NULL, .body_len = strlen(b)};
     kvd_response resp;
-    /* First step goes to a worker; two more wait in the queue (limit 2). */
+    /* First step goes to a worker; two more wait in the queue (limit 2).
+     * Each call hands over its own malloc'd copy of the body. */
+    req.body = strdup(b);
     ck_assert(!kvd_api_handle(api, &req, (void *)10, &resp));
+    req.body = strdup(b);
     ck_assert(!kvd_api_handle(api, &req, (void *)11, &resp));
+    req.body = strdup(b);
     ck_assert(!kvd_api_handle(api, &req, (void *)12, &resp));
     ck_assert_int_eq(n_pending, 1); /* one at a time per session */
+    req.body = strdup(b);
     ck_assert(kvd_api_handle(api, &req, (void *)13, &resp));
     ck_assert_int_eq(resp.status, 429);
     free(resp.body);
     /* Delete while steps are queued: later requests see 404 at once. */
     kvd_api_request del = {.route = KVD_ROUTE_SESSION_DELETE, .session_id = id, .query = ""};
     req.route = KVD_ROUTE_SESSION_GET;
+    req.body = NULL;
+    req.body_len = 0;
     ck_assert(kvd_api_handle(api, &req, (void *)15, &resp)); /* queue full: 429 */
     free(resp.body);
     run_one(api); /* step 10 done, step 11 starts: room for the delete */
@@ -397,7 +415,7 @@ START_TEST(bad_requests_leave_state_alone)
         free(r.body);
     }
     kvd_api_request req = {.route = KVD_ROUTE_SESSION_STEP, .session_id = id, .query = "",
-                           .content_type = "text/plain", .body = "{}", .body_len = 2};
+                           .content_type = "text/plain", .body = strdup("{}"), .body_len = 2};
     kvd_response r;
     ck_assert(kvd_api_handle(api, &req, NULL, &r));
     ck_assert_int_eq(r.status, 415);

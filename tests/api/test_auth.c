@@ -178,7 +178,8 @@ static kvd_api *make_api(void)
 static kvd_response call(kvd_api *api, kvd_route route, const char *id, const char *auth, const char *body)
 {
     kvd_api_request req = {.route = route, .session_id = id, .query = "", .content_type = "application/json",
-                           .authorization = auth, .body = body ? body : "", .body_len = body ? strlen(body) : 0};
+                           .authorization = auth, .body = body ? strdup(body) : NULL, /* the API takes it */
+                           .body_len = body ? strlen(body) : 0};
     kvd_response resp;
     n_replies = 0;
     if (kvd_api_handle(api, &req, NULL, &resp))

@@ -11,6 +11,7 @@
 
 #include <check.h>
 
+#include "cache/evict.h"
 #include "cache/pool.h"
 #include "cache/reclaim.h"
 #include "cache/session.h"
@@ -440,6 +441,103 @@ START_TEST(fork_blocks_reclaim_and_unused_pages_return)
 }
 END_TEST
 
+/* One step of m tokens (k1, v1, k2, v2 random) with m_q block queries on a
+ * tensor session; the output is the caller's (kvd_step_output_free). */
+static void tensor_step(kvd_session *s, kvd_pool *pool, rng *r, size_t m, size_t m_q, kvd_step_output *out)
+{
+    const kvd_session_config *c = &s->config;
+    entry_data d;
+    kvd_step_entry e = make_entry(r, c, 0, m, m_q, KVD_MASK_BLOCK, &d);
+    const size_t row = (size_t)c->kv_heads * c->head_dim;
+    float *k2 = m ? rng_tensor(r, m * row, -1, 1) : NULL, *v2 = m ? rng_tensor(r, m * row, -1, 1) : NULL;
+    e.k2 = k2;
+    e.v2 = v2;
+    ck_assert_int_eq(kvd_step_run(s, NULL, pool, &e, 1, out), KVD_STEP_OK);
+    free(k2);
+    free(v2);
+    free_data(&d, 1);
+}
+
+/* Issue 10 bug 1: reclaim on a tensor two-cache left tokens 3 and pair_rows
+ * 3600, so the next query read stale rows and the next append overflowed its
+ * pages. Reclaim now rebuilds the pair rows (tokens^2 again, answering like
+ * a four-cache reclaimed alike), keeps k2/v2 in step for both layouts, and
+ * refuses the KIVI two-cache, whose rebuild would need pages (see
+ * cache/reclaim.h). The same seed drives both sessions. */
+START_TEST(reclaim_keeps_tensor_sessions_consistent)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(4096 * PAGE, PAGE, &pool), 0);
+    kvd_session_config c = base_config(1, 2, 1, 8);
+    c.attention = KVD_ATTN_TENSOR;
+    c.cache.eviction = KVD_EVICT_RECENCY;
+    c.cache.sink = 1;
+    c.cache.recent = 2;
+    kvd_session *four, *two;
+    c.tensor_cache = KVD_TENSOR_CACHE_FOUR;
+    ck_assert_int_eq(kvd_session_create(&c, PAGE, &four), 0);
+    c.tensor_cache = KVD_TENSOR_CACHE_TWO;
+    ck_assert_int_eq(kvd_session_create(&c, PAGE, &two), 0);
+    kvd_session *both[2] = {four, two};
+    for (int i = 0; i < 2; i++) {
+        rng r;
+        rng_seed(&r, 18);
+        kvd_step_output out;
+        tensor_step(both[i], pool, &r, 60, 0, &out);
+        kvd_step_output_free(&out);
+        ck_assert(kvd_session_reclaimable(both[i]));
+        ck_assert_uint_eq(kvd_session_reclaim(both[i], pool, SIZE_MAX), 57);
+        ck_assert_uint_eq(both[i]->streams[0].n_tokens, 3);
+        ck_assert_uint_eq(both[i]->tensor_b[0].n_tokens, 3);
+    }
+    ck_assert_uint_eq(kvd_session_pair_rows(two), 9);
+    kvd_step_output a, b;
+    for (int round = 0; round < 2; round++) { /* a query, then an append that grows the pair rows */
+        rng r;
+        rng_seed(&r, 19 + round);
+        tensor_step(four, pool, &r, 5, 1, &a);
+        rng_seed(&r, 19 + round);
+        tensor_step(two, pool, &r, 5, 1, &b);
+        for (size_t j = 0; j < 2 * 8; j++)
+            ck_assert_msg(fabsf(a.results[0].o[j] - b.results[0].o[j]) <= 1e-5f, "round %d: %g vs %g", round,
+                          a.results[0].o[j], b.results[0].o[j]);
+        kvd_step_output_free(&a);
+        kvd_step_output_free(&b);
+        const size_t n = 3 + 5 * (size_t)(round + 1);
+        ck_assert_uint_eq(kvd_session_pair_rows(two), n * n);
+    }
+    assert_pages_balanced(pool, four, two, "tensor reclaim");
+    kvd_session_destroy(four, pool);
+    kvd_session_destroy(two, pool);
+
+    /* KIVI: a four-cache reclaims (k2/v2 follow as a mirror), a two-cache
+     * does not. */
+    c.cache.dtype = KVD_DTYPE_KIVI4;
+    for (int i = 0; i < 2; i++) {
+        c.tensor_cache = i ? KVD_TENSOR_CACHE_TWO : KVD_TENSOR_CACHE_FOUR;
+        kvd_session *k;
+        ck_assert_int_eq(kvd_session_create(&c, PAGE, &k), 0);
+        rng r;
+        rng_seed(&r, 21);
+        kvd_step_output out;
+        tensor_step(k, pool, &r, 250, 0, &out); /* over a page (192 slots) evictable */
+        kvd_step_output_free(&out);
+        ck_assert_msg(kvd_session_reclaimable(k) == !i, "spp %u evictable %zu", k->streams[0].slots_per_page, kvd_stream_evictable(&k->streams[0]));
+        if (!i) {
+            ck_assert_uint_eq(kvd_session_reclaim(k, pool, SIZE_MAX), 247);
+            ck_assert_uint_eq(k->tensor_b[0].n_tokens, 3);
+            tensor_step(k, pool, &r, 40, 1, &out);
+            kvd_step_output_free(&out);
+            ck_assert_uint_eq(k->tensor_b[0].n_tokens, k->streams[0].n_tokens);
+        }
+        assert_pages_balanced(pool, k, NULL, "KIVI tensor reclaim");
+        kvd_session_destroy(k, pool);
+    }
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("cache/step");
@@ -451,6 +549,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, two_cache_pair_rows_follow_eviction);
     tcase_add_test(tc, reclaim_takes_unprotected_tokens);
     tcase_add_test(tc, fork_blocks_reclaim_and_unused_pages_return);
+    tcase_add_test(tc, reclaim_keeps_tensor_sessions_consistent);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -71,8 +71,9 @@ static void expect_exhausted(const http_response *r, const char *what)
 }
 
 /* Sends specs without touching the reference; on 200 applies them to the
- * reference and verifies the answer. Returns the status (200 or 503, else
- * the test fails); *resp (if non-NULL) keeps the response. */
+ * reference and verifies the answer. Returns the status (200, 503, or 413
+ * for more pages than the whole pool has, else the test fails); *resp (if
+ * non-NULL) keeps the response. */
 static int try_steps(checked_session *cs, const step_spec *specs, size_t n, bool multi, const char *what,
                      http_response **resp)
 {
@@ -80,7 +81,7 @@ static int try_steps(checked_session *cs, const step_spec *specs, size_t n, bool
                        : step_body(specs, cs->kv_row, cs->q_row, NULL);
     http_response *r = kvd_step(cs->port, cs->id, body);
     free(body);
-    ck_assert_msg(r->status == 200 || r->status == 503, "%s: status %d: %s", what, r->status,
+    ck_assert_msg(r->status == 200 || r->status == 503 || r->status == 413, "%s: status %d: %s", what, r->status,
                   r->status < 0 ? r->error : r->body);
     int status = r->status;
     if (status == 200) {
@@ -256,8 +257,10 @@ START_TEST(steps_fail_whole)
     step_spec s[2] = {cs_spec(&a, 0, spp * (POOL_PAGES - 1), 1, NULL, true), cs_spec(&a, 1, 2 * spp, 1, NULL, true)};
     snapshot before = take_snapshot(port, a.id);
     http_response *r;
-    ck_assert_int_eq(try_steps(&a, s, 2, true, "steps over the pool by one page", &r), 503);
-    expect_exhausted(r, "steps over the pool by one page");
+    /* More than the whole pool: 413, no Retry-After (issue 10, bug 5). */
+    ck_assert_int_eq(try_steps(&a, s, 2, true, "steps over the pool by one page", &r), 413);
+    kvd_expect_error(r, 413, "payload_too_large", NULL, "needs 17 pages", "steps over the pool by one page");
+    ck_assert_msg(http_header_get(r, "Retry-After") == NULL, "a 413 with Retry-After");
     http_response_free(r);
     assert_unchanged(port, a.id, &before, "the refused steps request");
     expect_pool(port, 0, "after the refused steps request");

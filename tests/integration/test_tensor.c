@@ -808,6 +808,27 @@ static void tg_expect_full(tgroup *tg, const tentry *e, size_t n, const char *wh
     free(body);
 }
 
+/* Like tg_expect_full for a step over the whole pool: 413, the pool's page
+ * count in the message, no Retry-After. */
+static void tg_expect_too_big(tgroup *tg, const tentry *e, size_t n, const char *what)
+{
+    ref_tensor *saved = tg->ref;
+    tg->ref = ref_tensor_new(tg->layers, tg->heads, tg->kv_heads, tg->head_dim, 0, tg->window);
+    tdata d[MAX_ENTRIES];
+    char *body = tg_prepare(tg, e, n, n > 1, true, NULL, d);
+    ref_tensor_free(tg->ref);
+    tg->ref = saved;
+    snapshot before = take_snapshot(tg->port, tg->ids[0]);
+    http_response *r = kvd_step(tg->port, tg->ids[0], body);
+    kvd_expect_error(r, 413, "payload_too_large", NULL, "the 64 pages the whole pool has", what);
+    ck_assert_msg(http_header_get(r, "Retry-After") == NULL, "%s: a 413 with Retry-After", what);
+    http_response_free(r);
+    assert_unchanged(tg->port, tg->ids[0], &before, what);
+    for (size_t i = 0; i < n; i++)
+        tdata_free(&d[i]);
+    free(body);
+}
+
 START_TEST(two_cache_pool_full)
 {
     /* 64 pages of 4 KiB; head_dim 8 gives 56 slots a page. One stream (one
@@ -827,8 +848,10 @@ START_TEST(two_cache_pool_full)
 
     const tentry grow20 = {0, 20, 1, NULL};
     tg_expect_full(&tg, &grow20, 1, "m=20: pair rows for n=60 need 38 pages, 33 free");
+    /* More than the whole pool: 413 naming the counts, no Retry-After
+     * (issue 10, bug 5). */
     const tentry grow40 = {0, 40, 40, NULL};
-    tg_expect_full(&tg, &grow40, 1, "m=40: n=80 needs more pages than the pool has");
+    tg_expect_too_big(&tg, &grow40, 1, "m=40: n=80 needs more pages than the pool has");
     const tentry two_entries[2] = {{0, 2, 1, NULL}, {0, 18, 1, NULL}};
     tg_expect_full(&tg, two_entries, 2, "steps m=2 (fits) then m=18 (does not): refused whole");
     tg_check_all_stats(&tg, "after the refusals");
