@@ -145,6 +145,30 @@ static kvd_evict_index *index_alloc(const kvd__policy *policy, uint32_t sink, ui
     return ix;
 }
 
+/* Heap an index of `cap` slots and a ring of ring_cap holds: the struct,
+ * its per-slot arrays (heap entry, heap_pos and, with scores, a score per
+ * slot) and the ring. */
+static size_t index_bytes(size_t cap, size_t ring_cap, bool scores)
+{
+    const size_t per_slot = sizeof(kvd__evict_entry) + sizeof(size_t) + (scores ? sizeof(double) : 0);
+    return sizeof(kvd_evict_index) + cap * per_slot + ring_cap * sizeof(size_t);
+}
+
+/* At capacity, not use: the arrays grow by doubling and never shrink. */
+size_t kvd__evict_heap_bytes(const kvd_evict_index *ix)
+{
+    return ix == NULL ? 0 : index_bytes(ix->cap, ix->ring_cap, ix->score != NULL);
+}
+
+size_t kvd__evict_heap_bytes_new(kvd_eviction policy, uint32_t recent)
+{
+    const kvd__policy *p = policy_of(policy);
+    if (p == NULL)
+        return 0; /* no index */
+    return index_bytes(INITIAL_CAP, recent < INITIAL_CAP ? recent : INITIAL_CAP,
+                       p->scores != KVD__SCORE_NONE); /* as index_alloc on an empty stream */
+}
+
 static bool is_protected(const kvd_evict_index *ix, uint64_t appended, int64_t position)
 {
     const uint64_t p = (uint64_t)position;

@@ -63,6 +63,11 @@ size_t kvd_stream_evict(kvd_stream *s, kvd_pool *pool, size_t target, void *cons
  * re-sorts them among the candidates. No-op for other policies. */
 void kvd__stream_scale_key_norms(kvd_stream *s, size_t first, size_t m, const double *factor);
 
+/* Heap bytes kvd_stream_evict_init allocates for an empty stream's index
+ * with this policy (0 for none): the size the session's heap account
+ * predicts before it creates anything (cache/session.c). */
+size_t kvd__evict_heap_bytes_new(kvd_eviction policy, uint32_t recent);
+
 /* Tokens kvd_stream_evict could remove right now (unprotected count). */
 size_t kvd_stream_evictable(const kvd_stream *s);
 

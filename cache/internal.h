@@ -25,5 +25,7 @@ void kvd__evict_on_append(kvd_stream *s, size_t slot, int64_t position, double k
  * *out NULL) and free (NULL is a no-op). */
 int kvd__evict_clone(const kvd_evict_index *src, size_t n_tokens, kvd_evict_index **out);
 void kvd__evict_free(kvd_evict_index *ix);
+/* evict.c: heap bytes the index holds at its capacity (0 for NULL). */
+size_t kvd__evict_heap_bytes(const kvd_evict_index *ix);
 
 #endif

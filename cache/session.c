@@ -233,6 +233,51 @@ size_t kvd_session_pair_rows(const kvd_session *s)
     return n;
 }
 
+size_t kvd_session_heap_bytes(const kvd_session *s)
+{
+    const size_t arrays = 1 + (s->tensor_b != NULL) + (s->pairs != NULL);
+    size_t n = sizeof *s + arrays * s->n_streams * sizeof *s->streams;
+    for (size_t i = 0; i < s->n_streams; i++) {
+        n += kvd_stream_heap_bytes(&s->streams[i]);
+        if (s->tensor_b)
+            n += kvd_stream_heap_bytes(&s->tensor_b[i]);
+        if (s->pairs)
+            n += kvd_stream_heap_bytes(&s->pairs[i]);
+    }
+    return n;
+}
+
+size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
+{
+    /* As kvd_session_create allocates: the struct, one stream array (three
+     * for a tensor two-cache), each stream's init_format allocation (KIVI)
+     * and, with a policy, an empty eviction index on streams[] only. */
+    const kvd_stream_format fmt = {
+        .dtype = cfg->cache.dtype, .group = cfg->cache.group, .residual = cfg->cache.residual};
+    const size_t streams = (size_t)cfg->layers * cfg->kv_heads; /* both < 2^32: no overflow */
+    const size_t arrays = cfg->attention != KVD_ATTN_TENSOR                ? 1
+                          : cfg->tensor_cache == KVD_TENSOR_CACHE_TWO ? 3
+                                                                      : 2;
+    const size_t per_stream = sizeof(kvd_stream) + kvd__stream_heap_bytes_init(cfg->head_dim, &fmt);
+    return sizeof(kvd_session) + streams * (arrays * per_stream +
+                                            kvd__evict_heap_bytes_new(cfg->cache.eviction, cfg->cache.recent));
+}
+
+size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
+{
+    /* As kvd_session_fork and kvd__stream_fork_prepare allocate: the struct,
+     * one stream array, each table and its flags trimmed to the pages held,
+     * each index cloned at its capacity. */
+    if (parent->tensor_b != NULL || kvd__stream_is_kivi(&parent->streams[0]))
+        return 0;
+    size_t n = sizeof *parent + parent->n_streams * sizeof *parent->streams;
+    for (size_t i = 0; i < parent->n_streams; i++) {
+        const kvd_stream *st = &parent->streams[i];
+        n += st->n_pages * (sizeof *st->pages + sizeof *st->shared) + kvd__evict_heap_bytes(st->evict);
+    }
+    return n;
+}
+
 void kvd__session_rebuild_pairs(kvd_session *s, kvd_pool *pool, size_t idx, float *pair_k, float *pair_v)
 {
     const size_t n = s->streams[idx].n_tokens;

@@ -78,6 +78,28 @@ size_t kvd_session_pages(const kvd_session *s);
 /* Two-cache tensor sessions: pair rows held, summed over streams (else 0). */
 size_t kvd_session_pair_rows(const kvd_session *s);
 
+/* Ordinary heap (outside the pool) the session holds now, in bytes of the
+ * allocations' requested sizes (malloc's own overhead not counted): the
+ * session struct, its stream arrays (streams, and tensor_b / pairs for
+ * tensor sessions), and each stream's kvd_stream_heap_bytes (block table
+ * and shared flags at capacity, eviction index at capacity, KIVI residual
+ * and gather buffer). An empty session costs sizeof(kvd_session) +
+ * streams * sizeof(kvd_stream) per array plus its indexes; it grows as
+ * steps add pages (block tables: <= 2 * (sizeof(void *) + 1) bytes a page,
+ * doubling) and tokens (indexes: <= 2 * (24 + 8 [+ 8 with a score]) bytes
+ * a token, doubling), and never shrinks before destroy. */
+size_t kvd_session_heap_bytes(const kvd_session *s);
+
+/* What kvd_session_create(cfg, ...) allocates: kvd_session_heap_bytes of
+ * the empty session it would make, known before anything is allocated. */
+size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg);
+
+/* What kvd_session_fork(parent, ...) would allocate for the child (tables
+ * trimmed to the parent's pages, indexes at the parent's capacity): its
+ * kvd_session_heap_bytes right after the fork. 0 when the fork would be
+ * refused with -ENOTSUP (tensor, KIVI). */
+size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
+
 /* ---- Private to cache/ (the step engine and reclaim). ---- */
 
 /* Two-cache, any per-token dtype (not KIVI): after streams[idx] (and its

@@ -142,6 +142,23 @@ int kvd_stream_init_format(kvd_stream *s, size_t page_bytes, uint32_t head_dim,
     return 0;
 }
 
+size_t kvd__stream_heap_bytes_init(uint32_t head_dim, const kvd_stream_format *fmt)
+{
+    if (!dtype_is_kivi(fmt->dtype))
+        return 0;
+    /* The residual and its gather buffer, one allocation (init_format). */
+    return sizeof(kvd__kivi_residual) + (size_t)fmt->group * head_dim * sizeof(float);
+}
+
+size_t kvd_stream_heap_bytes(const kvd_stream *s)
+{
+    /* The block table and its shared flags grow together to cap_pages. */
+    size_t n = s->cap_pages * (sizeof *s->pages + sizeof *s->shared) + kvd__evict_heap_bytes(s->evict);
+    if (s->residual != NULL)
+        n += kvd__stream_heap_bytes_init(s->head_dim, &s->fmt) + kvd_stream_heap_bytes(s->residual);
+    return n;
+}
+
 void kvd_stream_init(kvd_stream *s, size_t page_bytes, uint32_t head_dim)
 {
     const kvd_stream_format f32 = {.dtype = KVD_DTYPE_F32};

@@ -140,6 +140,12 @@ int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
  * afterwards (a KIVI stream needs kvd_stream_init_format before reuse). */
 void kvd_stream_release(kvd_stream *s, kvd_pool *pool);
 
+/* Heap (outside the pool) the stream holds beyond its own struct: block
+ * table and shared flags at capacity, eviction index, and for KIVI the
+ * residual sub-stream with its gather buffer and table. Grows with pages
+ * (the table) and tokens (the index); never shrinks until release. */
+size_t kvd_stream_heap_bytes(const kvd_stream *s);
+
 /* Read-only view for attention kernels. Valid until the stream changes. */
 kvd_kv_pages kvd_stream_view(const kvd_stream *s);
 
@@ -224,6 +230,10 @@ static inline float *kvd__stream_kivi_gather(const kvd_stream *s)
 {
     return ((kvd__kivi_residual *)s->residual)->gather; /* its first member */
 }
+
+/* Heap kvd_stream_init_format allocates for this format (KIVI's residual
+ * and gather buffer; 0 for the other dtypes). */
+size_t kvd__stream_heap_bytes_init(uint32_t head_dim, const kvd_stream_format *fmt);
 
 /* Puts pages[0..n) at the end of the block table (room reserved by the
  * caller), not shared. */

@@ -2,7 +2,9 @@
  * back to the pool), stream indexing [layer][kv_head], totals over streams,
  * -EINVAL when a slot does not fit in a page, an eviction index on every
  * stream when the config has a policy, streams in the config's dtype,
- * copy-on-write forks of a whole session, and the API names of enums.
+ * copy-on-write forks of a whole session, the heap a session holds outside
+ * the pool (by hand, as it grows, predicted before create and fork), and
+ * the API names of enums.
  * (KIVI sessions: tests/cache/test_kivi.c.) */
 #include <check.h>
 #include <errno.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 
 #include "cache/evict.h"
+#include "cache/policy.h"
 #include "cache/pool.h"
 #include "cache/session.h"
 #include "tests/support/check_main.h"
@@ -298,6 +301,150 @@ START_TEST(test_create_quantized)
 }
 END_TEST
 
+/* Bytes of an eviction index of `cap` slots by hand: its struct, a heap
+ * entry (key, position, slot: 24 bytes) and a heap_pos (8) per slot, a
+ * score (8) per slot for l2norm and h2o, and a ring of min(recent, cap). */
+static size_t index_by_hand(size_t cap, size_t recent, bool scores)
+{
+    return sizeof(kvd_evict_index) + cap * (24 + 8 + (scores ? 8 : 0)) + (recent < cap ? recent : cap) * 8;
+}
+
+/* The heap of a small f32 session counted by hand: empty, then as appends
+ * grow block tables (4 entries, then doubling; a pointer and a shared flag
+ * each) and eviction indexes (16 slots, then doubling). */
+START_TEST(test_heap_bytes_by_hand)
+{
+    _Static_assert(sizeof(void *) == 8, "the hand counts below assume 8-byte pointers");
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(1024 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = default_config(); /* 3 layers x 2 kv heads = 6 streams */
+    kvd_session *s;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    const size_t empty = sizeof(kvd_session) + 6 * sizeof(kvd_stream);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), empty);
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), empty);
+    const size_t spp = s->streams[0].slots_per_page;
+    append(&s->streams[0], pool, 1, 1.0f); /* 1 page: a table of 4 */
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), empty + 4 * 9);
+    append(&s->streams[0], pool, 4 * spp, 1.0f); /* 5 pages: 8 */
+    ck_assert_uint_eq(s->streams[0].n_pages, 5);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), empty + 8 * 9);
+    append(&s->streams[5], pool, 2 * spp, 1.0f); /* 2 pages: 4 */
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), empty + 8 * 9 + 4 * 9);
+    kvd_session_destroy(s, pool);
+
+    /* h2o with recent 3: an index of 16 slots with scores on each stream. */
+    cfg.cache.eviction = KVD_EVICT_H2O;
+    cfg.cache.sink = 1;
+    cfg.cache.recent = 3;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    const size_t with_index = empty + 6 * index_by_hand(16, 3, true);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), with_index);
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), with_index);
+    ck_assert_uint_lt(20, spp); /* 20 tokens fit one page */
+    append(&s->streams[2], pool, 20, 1.0f); /* index 16 -> 32, table 4 */
+    ck_assert_uint_eq(kvd_session_heap_bytes(s),
+                      with_index + 4 * 9 + index_by_hand(32, 3, true) - index_by_hand(16, 3, true));
+    /* Eviction frees pages but not capacity: the heap stays. */
+    const size_t grown = kvd_session_heap_bytes(s);
+    size_t used = 0;
+    ck_assert_uint_gt(kvd_stream_evict(&s->streams[2], pool, 4, NULL, 0, &used), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), grown);
+    kvd_session_destroy(s, pool);
+
+    /* recency keeps no score; recent 40 > cap: the ring is the cap's size. */
+    cfg.cache.eviction = KVD_EVICT_RECENCY;
+    cfg.cache.recent = 40;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), empty + 6 * index_by_hand(16, 40, false));
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), kvd_session_heap_bytes(s));
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
+/* Every kind of session: the prediction made before create is what create
+ * allocates; KIVI adds a residual with a [group][head_dim] f32 gather
+ * buffer per stream, tensor sessions two or three stream arrays. */
+START_TEST(test_heap_bytes_new_matches_create)
+{
+    kvd_session_config cfg = default_config();
+    kvd_session *s;
+    const size_t streams = 6, base = sizeof(kvd_session);
+
+    cfg.cache.dtype = KVD_DTYPE_KIVI2;
+    cfg.cache.group = 8;
+    cfg.cache.residual = 16;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    const size_t kivi = base + streams * (sizeof(kvd_stream) + sizeof(kvd__kivi_residual) + 8 * 16 * 4);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), kivi);
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), kivi);
+    ck_assert_uint_eq(kvd_session_fork_heap_bytes(s), 0); /* KIVI does not fork */
+    kvd_session_destroy(s, NULL);
+
+    cfg = default_config();
+    cfg.attention = KVD_ATTN_TENSOR;
+    cfg.tensor_cache = KVD_TENSOR_CACHE_FOUR;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), base + 2 * streams * sizeof(kvd_stream));
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), kvd_session_heap_bytes(s));
+    ck_assert_uint_eq(kvd_session_fork_heap_bytes(s), 0); /* tensor does not fork */
+    kvd_session_destroy(s, NULL);
+    cfg.tensor_cache = KVD_TENSOR_CACHE_TWO;
+    cfg.cache.eviction = KVD_EVICT_L2NORM; /* an index on k1/v1 only */
+    cfg.cache.recent = 2;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s),
+                      base + 3 * streams * sizeof(kvd_stream) + streams * index_by_hand(16, 2, true));
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), kvd_session_heap_bytes(s));
+    kvd_session_destroy(s, NULL);
+
+    /* The largest shape the API allows, as the issue measured it: 8.5 MiB
+     * of stream structs for an empty f32 session. */
+    cfg = default_config();
+    cfg.layers = 1024;
+    cfg.heads = cfg.kv_heads = 64;
+    cfg.head_dim = 8;
+    ck_assert_uint_eq(kvd_session_heap_bytes_new(&cfg), base + 65536 * sizeof(kvd_stream));
+    ck_assert_uint_gt(kvd_session_heap_bytes_new(&cfg), 8u << 20);
+}
+END_TEST
+
+/* A fork's heap is predicted exactly before it is made: tables trimmed to
+ * the parent's pages, indexes cloned at the parent's capacity. */
+START_TEST(test_heap_bytes_fork)
+{
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(1024 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = default_config();
+    cfg.cache.eviction = KVD_EVICT_L2NORM;
+    cfg.cache.recent = 2;
+    kvd_session *p, *c;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &p), 0);
+    const size_t spp = p->streams[0].slots_per_page;
+    append(&p->streams[1], pool, 3 * spp, 1.0f); /* 3 pages (table 4), index 16 -> 128 */
+    const size_t predicted = kvd_session_fork_heap_bytes(p);
+    const size_t by_hand = sizeof(kvd_session) + 6 * sizeof(kvd_stream) + 3 * 9 +
+                           5 * index_by_hand(16, 2, true) + index_by_hand(p->streams[1].evict->cap, 2, true);
+    ck_assert_uint_ge(p->streams[1].evict->cap, 3 * spp);
+    ck_assert_uint_eq(predicted, by_hand);
+    const size_t parent_heap = kvd_session_heap_bytes(p);
+    ck_assert_uint_eq(parent_heap, by_hand - 3 * 9 + 4 * 9); /* the parent's table has room for 4 */
+    ck_assert_int_eq(kvd_session_fork(p, pool, &c), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(c), predicted);
+    ck_assert_uint_eq(kvd_session_heap_bytes(p), parent_heap); /* the parent's heap is unchanged */
+    /* The child grows on its own: a copied tail page, a bigger table. */
+    append(&c->streams[1], pool, 2 * spp, 2.0f);
+    ck_assert_uint_gt(kvd_session_heap_bytes(c), predicted);
+    ck_assert_uint_eq(kvd_session_heap_bytes(p), parent_heap);
+    kvd_session_destroy(p, pool);
+    kvd_session_destroy(c, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 START_TEST(test_names)
 {
     ck_assert_str_eq(kvd_dtype_name(KVD_DTYPE_F32), "f32");
@@ -330,6 +477,9 @@ static Suite *session_suite(void)
     tcase_add_test(tc, test_create_with_eviction);
     tcase_add_test(tc, test_fork);
     tcase_add_test(tc, test_create_quantized);
+    tcase_add_test(tc, test_heap_bytes_by_hand);
+    tcase_add_test(tc, test_heap_bytes_new_matches_create);
+    tcase_add_test(tc, test_heap_bytes_fork);
     tcase_add_test(tc, test_names);
     suite_add_tcase(s, tc);
     return s;
