@@ -71,6 +71,9 @@ typedef struct kvd_api_request {
 
 /* The least --max-sessions 0 derives (see kvd_api_options.max_sessions). */
 #define KVD_MIN_DEFAULT_SESSIONS 1024u
+/* The least --max-session-heap 0 derives (see kvd_api_options.max_session_heap):
+ * room for seven empty sessions of the largest shape (8.5 MiB each). */
+#define KVD_MIN_SESSION_HEAP ((size_t)64 << 20)
 
 typedef struct kvd_api_options {
     size_t memory_bytes;
@@ -78,6 +81,11 @@ typedef struct kvd_api_options {
     unsigned threads;
     size_t max_body;
     uint32_t max_sessions;     /* 0 = derived: max(pool pages, KVD_MIN_DEFAULT_SESSIONS) */
+    size_t max_session_heap;   /* bytes of ordinary heap all sessions may hold outside
+                                  the pool (kvd_session_heap_bytes, shadow copies and
+                                  registry entries); a create or fork that would pass
+                                  it is refused. 0 = derived: max(KVD_MIN_SESSION_HEAP,
+                                  memory_bytes / 4) */
     unsigned session_queue;    /* pending requests per session before 429 */
     double session_ttl;        /* default ttl_seconds of a session (0 = 600) */
     bool on_full_evict;        /* --on-full evict: a full pool takes tokens from
@@ -99,6 +107,7 @@ typedef struct kvd_api_stats {
     atomic_uint_fast64_t rejected_pool_full;
     atomic_uint_fast64_t rejected_queue_full;
     atomic_uint_fast64_t rejected_max_sessions;
+    atomic_uint_fast64_t rejected_session_heap; /* creates and forks past --max-session-heap */
     atomic_uint_fast64_t sessions_expired;  /* idle past their ttl_seconds */
     atomic_uint_fast64_t evictions[5];      /* tokens evicted, by kvd_eviction policy */
     atomic_uint_fast64_t reclaimed_tokens;  /* evicted under --on-full evict */
@@ -152,6 +161,11 @@ const kvd_pool *kvd_api_pool(const kvd_api *api);
 const kvd_api_stats *kvd_api_stats_get(const kvd_api *api);
 /* Live sessions (loop thread). */
 size_t kvd_api_session_count(const kvd_api *api);
+/* Heap held outside the pool by all live sessions, as last summarized
+ * (any thread), and the budget it is checked against (--max-session-heap,
+ * resolved). */
+size_t kvd_api_session_heap_bytes(const kvd_api *api);
+size_t kvd_api_session_heap_budget(const kvd_api *api);
 
 /* Cached tokens and page bytes summed over live sessions, by cache dtype
  * (index kvd_dtype, KVD_DTYPE_COUNT entries), and the bytes of shadow copies

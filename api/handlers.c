@@ -72,6 +72,15 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, uint32_t own
         kvd_response_error(resp, &err);
         return;
     }
+    /* The heap the new session would hold, known before anything is
+     * allocated: refused here, it costs nothing. */
+    size_t need = sizeof(api_session) + kvd_session_heap_bytes_new(&cfg);
+    if (cfg.shadow) {
+        const kvd_session_config exact = kvd_session_shadow_config(&cfg);
+        need += kvd_session_heap_bytes_new(&exact);
+    }
+    if (kvd__api_session_heap_refused(api, need, resp))
+        return;
     kvd_session *cache, *shadow = NULL;
     if (kvd_session_create(&cfg, api->opt.page_bytes, &cache) != 0) {
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");
@@ -205,6 +214,7 @@ static void handle_info(kvd_api *api, kvd_response *resp)
     cJSON_AddNumberToObject(pool, "pages_free", (double)kvd_pool_pages_free(api->pool));
     cJSON_AddNumberToObject(lim, "max_body", (double)api->opt.max_body);
     cJSON_AddNumberToObject(lim, "max_sessions", api->opt.max_sessions);
+    cJSON_AddNumberToObject(lim, "max_session_heap", (double)api->opt.max_session_heap);
     cJSON_AddNumberToObject(lim, "max_layers", api->limits.max_layers);
     cJSON_AddNumberToObject(lim, "max_heads", api->limits.max_heads);
     cJSON_AddNumberToObject(lim, "max_head_dim", api->limits.max_head_dim);

@@ -53,6 +53,13 @@ int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *e
                                 : pages > UINT32_MAX           ? UINT32_MAX
                                                                : (uint32_t)pages;
     }
+    if (!api->opt.max_session_heap) {
+        /* --max-session-heap 0 (the default): a quarter of --memory, at
+         * least KVD_MIN_SESSION_HEAP, so that sessions' bookkeeping can add
+         * at most that much to the pool before creates are refused. */
+        const size_t quarter = opt->memory_bytes / 4;
+        api->opt.max_session_heap = quarter > KVD_MIN_SESSION_HEAP ? quarter : KVD_MIN_SESSION_HEAP;
+    }
     *out = api;
     return 0;
 }

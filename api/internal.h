@@ -77,6 +77,9 @@ struct api_session {
     atomic_size_t tokens_summary;  /* kvd_session_tokens after the last step */
     atomic_size_t pages_summary;   /* kvd_session_pages after the last step */
     atomic_size_t shadow_pages_summary; /* pages of the shadow copy */
+    atomic_size_t heap_summary;    /* kvd__api_session_heap at the last summary: its
+                                      share of *heap_account (0 once unaccounted) */
+    atomic_size_t *heap_account;   /* the API's heap_bytes (set at register) */
 };
 
 struct kvd_api {
@@ -96,6 +99,10 @@ struct kvd_api {
      * insert and remove (one memmove of pointers each). [cap_sorted] */
     api_session **sorted;
     size_t cap_sorted;
+    /* Sum of the live sessions' heap_summary: ordinary heap they hold outside
+     * the pool, checked against opt.max_session_heap on create and fork.
+     * Steps (workers) update it through kvd__api_session_summarize. */
+    atomic_size_t heap_bytes;
 };
 
 /* api/instance.c: the API's wall clock in unix seconds (opt.now, or
@@ -131,9 +138,21 @@ void kvd__api_session_free(kvd_api *api, api_session *s);
 /* At --max-sessions: counts the rejection, fills resp with a 503, true. */
 bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp);
 /* Stores the session's token and page counts (cache and shadow) where
- * listings and /metrics read them without waiting for its queue. Called by
- * whoever just changed the session (a step's worker, the loop). */
+ * listings and /metrics read them without waiting for its queue, and its
+ * heap in the API's heap account. Called by whoever just changed the
+ * session (a step's worker, the loop). */
 void kvd__api_session_summarize(api_session *s);
+/* The heap a session holds outside the pool: kvd_session_heap_bytes of its
+ * cache and shadow copy plus its registry entry (the caller owns s now). */
+size_t kvd__api_session_heap(const api_session *s);
+/* Takes the session's share out of the heap account (before its caches are
+ * destroyed; kvd__api_session_free does it too). */
+void kvd__api_session_unaccount(api_session *s);
+/* A new session needing `need` bytes of heap (kvd_session_heap_bytes_new,
+ * kvd_session_fork_heap_bytes, plus the entry) would pass
+ * --max-session-heap: counts it, fills resp (503 + Retry-After; 413 when
+ * need alone is over the budget, which no wait can fix), true. */
+bool kvd__api_session_heap_refused(kvd_api *api, size_t need, kvd_response *resp);
 
 /* api/queue.c (loop thread). enqueue: queues a job of `kind` for the
  * session (a step takes req->body, setting it NULL) and pumps; false with resp set (429, 500)

@@ -68,6 +68,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
                 cJSON_AddNumberToObject(o, "pages_freed", (double)pages);
             }
             kvd__api_respond_cjson(&job->resp, 200, o);
+            kvd__api_session_unaccount(s);
             kvd_session_destroy(s->cache, api->pool);
             kvd_session_destroy(s->shadow, api->pool);
             s->cache = NULL;
@@ -80,6 +81,15 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
              * the fork copies block tables, not pages (O(pages) on the loop). */
             kvd_session *child, *child_shadow = NULL;
             if (kvd__api_session_limit_reached(api, &job->resp)) {
+                kvd__api_answer_job(api, job);
+                break;
+            }
+            /* The child's heap, known before the fork (0: it cannot fork,
+             * answered below); refused here, the parent is untouched. */
+            size_t need = kvd_session_fork_heap_bytes(s->cache);
+            if (need && s->shadow)
+                need += kvd_session_fork_heap_bytes(s->shadow);
+            if (need && kvd__api_session_heap_refused(api, need + sizeof(api_session), &job->resp)) {
                 kvd__api_answer_job(api, job);
                 break;
             }

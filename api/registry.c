@@ -1,7 +1,8 @@
 /* api/registry.c — the live sessions by id (loop thread): random 128-bit
  * hex ids, a chained hash that doubles as it fills, registering a new session
- * (id, created_at, summary) or freeing one, and the per-session summaries
- * that listings and /metrics read without waiting for a session's queue. */
+ * (id, created_at, summary) or freeing one, the per-session summaries
+ * that listings and /metrics read without waiting for a session's queue,
+ * and the account of heap sessions hold outside the pool (--max-session-heap). */
 #include "api/internal.h"
 
 #include <errno.h>
@@ -137,9 +138,16 @@ static int new_session_id(char out[KVD_SESSION_ID_HEX + 1])
 
 void kvd__api_session_free(kvd_api *api, api_session *s)
 {
+    kvd__api_session_unaccount(s);
     kvd_session_destroy(s->cache, api->pool);
     kvd_session_destroy(s->shadow, api->pool);
     free(s);
+}
+
+size_t kvd__api_session_heap(const api_session *s)
+{
+    return sizeof *s + (s->cache ? kvd_session_heap_bytes(s->cache) : 0) +
+           (s->shadow ? kvd_session_heap_bytes(s->shadow) : 0);
 }
 
 /* Refreshes the summary that GET /v1/sessions reads without the queue. */
@@ -148,6 +156,43 @@ void kvd__api_session_summarize(api_session *s)
     atomic_store(&s->tokens_summary, kvd_session_tokens(s->cache));
     atomic_store(&s->pages_summary, kvd_session_pages(s->cache));
     atomic_store(&s->shadow_pages_summary, s->shadow ? kvd_session_pages(s->shadow) : 0);
+    /* The account moves by the difference; adding before subtracting
+     * keeps it from wrapping below zero in between. */
+    const size_t heap = kvd__api_session_heap(s);
+    const size_t old = atomic_exchange(&s->heap_summary, heap);
+    if (s->heap_account) {
+        atomic_fetch_add(s->heap_account, heap);
+        atomic_fetch_sub(s->heap_account, old);
+    }
+}
+
+void kvd__api_session_unaccount(api_session *s)
+{
+    const size_t old = atomic_exchange(&s->heap_summary, 0);
+    if (s->heap_account)
+        atomic_fetch_sub(s->heap_account, old);
+}
+
+bool kvd__api_session_heap_refused(kvd_api *api, size_t need, kvd_response *resp)
+{
+    const size_t budget = api->opt.max_session_heap;
+    const size_t held = atomic_load(&api->heap_bytes);
+    if (need <= budget && held <= budget - need)
+        return false;
+    kvd_api_error err;
+    if (need > budget) {
+        /* Never fits, however many sessions go away: no Retry-After. */
+        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL,
+                          "this session needs %zu bytes of heap outside the pool, more than the "
+                          "whole --max-session-heap (%zu bytes)", need, budget);
+    } else {
+        atomic_fetch_add_explicit(&api->stats.rejected_session_heap, 1, memory_order_relaxed);
+        kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
+                          "session heap budget reached (--max-session-heap %zu bytes: %zu held by "
+                          "live sessions, this session needs %zu)", budget, held, need);
+    }
+    kvd_response_error(resp, &err);
+    return true;
 }
 
 bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp)
@@ -176,6 +221,7 @@ api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_ses
     }
     s->cache = cache;
     s->shadow = shadow;
+    s->heap_account = &api->heap_bytes; /* summarized below, once registered */
     do {
         if (new_session_id(s->id) != 0) {
             kvd__api_session_free(api, s);
@@ -198,6 +244,16 @@ api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_ses
 size_t kvd_api_session_count(const kvd_api *api)
 {
     return api->n_sessions;
+}
+
+size_t kvd_api_session_heap_bytes(const kvd_api *api)
+{
+    return atomic_load(&api->heap_bytes);
+}
+
+size_t kvd_api_session_heap_budget(const kvd_api *api)
+{
+    return api->opt.max_session_heap;
 }
 
 void kvd_api_cache_totals(const kvd_api *api, double tokens[KVD_DTYPE_COUNT],

@@ -63,6 +63,9 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     /* Pages that may still be shared with a fork (copied on first write). */
     cJSON_AddNumberToObject(o, "shared_pages", (double)shared);
     cJSON_AddNumberToObject(o, "bytes", bytes);
+    /* Ordinary heap outside the pool (cache, shadow copy, registry entry):
+     * its share of --max-session-heap. */
+    cJSON_AddNumberToObject(o, "heap_bytes", (double)kvd__api_session_heap(as));
     cJSON_AddNumberToObject(o, "shadow_bytes",
                             as->shadow ? (double)kvd_session_pages(as->shadow) * (double)page_bytes : 0.0);
     /* Everything the session holds per cached token: payload, slot metadata

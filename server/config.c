@@ -26,6 +26,9 @@ const char kvd_usage[] =
     "  --max-body SIZE      largest request body (default 64MiB)\n"
     "  --max-sessions N     live sessions allowed; 0 = one per pool page, at least 1024\n"
     "                       (default 0)\n"
+    "  --max-session-heap SIZE  ordinary heap all sessions may hold outside the pool\n"
+    "                       (stream tables, eviction indexes); a create or fork past\n"
+    "                       it gets 503; 0 = max(64MiB, --memory / 4) (default 0)\n"
     "  --session-ttl SECS   idle seconds before a session expires, unless its\n"
     "                       create body sets ttl_seconds (default 600)\n"
     "  --on-full MODE       pool full: reject (503 at once) or evict (take tokens\n"
@@ -91,7 +94,7 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 }
 
 typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_MAX_BODY,
-               OPT_MAX_SESSIONS, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
+               OPT_MAX_SESSIONS, OPT_MAX_SESSION_HEAP, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
                OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
                OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS,
                OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_COUNT } opt_id;
@@ -104,6 +107,7 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_THREADS] = {"threads", "KVD_THREADS"},
     [OPT_MAX_BODY] = {"max-body", "KVD_MAX_BODY"},
     [OPT_MAX_SESSIONS] = {"max-sessions", "KVD_MAX_SESSIONS"},
+    [OPT_MAX_SESSION_HEAP] = {"max-session-heap", "KVD_MAX_SESSION_HEAP"},
     [OPT_SESSION_TTL] = {"session-ttl", "KVD_SESSION_TTL"},
     [OPT_ON_FULL] = {"on-full", "KVD_ON_FULL"},
     [OPT_LOG_FORMAT] = {"log-format", "KVD_LOG_FORMAT"},
@@ -171,6 +175,14 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         if (parse_uint(v, UINT32_MAX, &n))
             goto bad;
         cfg->max_sessions = (uint32_t)n;
+        return 0;
+    case OPT_MAX_SESSION_HEAP:
+        /* 0 derives it from --memory; otherwise at least 1 MiB, which holds
+         * an empty session of a typical shape, so a typo is not a server
+         * that refuses every create. */
+        if (kvd__parse_size(v, &sz) || (sz != 0 && sz < ((size_t)1 << 20)))
+            goto bad;
+        cfg->max_session_heap = sz;
         return 0;
     case OPT_SESSION_TTL: {
         /* Same bounds as a create body's ttl_seconds: (0, 30 days]. */

@@ -15,7 +15,8 @@ typedef struct kvd_config {
     size_t page_bytes;
     unsigned threads;      /* workers; default = online cores */
     size_t max_body;
-    uint32_t max_sessions; /* 0 = unlimited (memory is the limit) */
+    uint32_t max_sessions; /* 0 = derived: one per pool page, at least 1024 */
+    size_t max_session_heap; /* --max-session-heap; 0 = derived: max(64MiB, memory / 4) */
     double session_ttl;    /* default ttl_seconds of new sessions */
     bool on_full_evict;    /* --on-full evict (default reject) */
     bool log_json;

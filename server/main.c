@@ -103,6 +103,7 @@ int main(int argc, char **argv)
         .threads = cfg.threads,
         .max_body = cfg.max_body,
         .max_sessions = cfg.max_sessions,
+        .max_session_heap = cfg.max_session_heap,
         .session_ttl = cfg.session_ttl,
         .on_full_evict = cfg.on_full_evict,
         .keys = &keys,

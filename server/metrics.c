@@ -220,6 +220,10 @@ char *kvd__metrics_render(const kvd_api *api, size_t *len)
     put(&t, "kvd_steps_total %llu\n", load(&st->steps));
     header(&t, "kvd_sessions", "gauge", "Live sessions.");
     put(&t, "kvd_sessions %zu\n", kvd_api_session_count(api));
+    header(&t, "kvd_session_heap_bytes", "gauge",
+           "Ordinary heap live sessions hold outside the pool (stream tables, eviction indexes, ...), "
+           "checked against --max-session-heap.");
+    put(&t, "kvd_session_heap_bytes %zu\n", kvd_api_session_heap_bytes(api));
     header(&t, "kvd_sessions_created_total", "counter", "Sessions created.");
     put(&t, "kvd_sessions_created_total %llu\n", load(&st->sessions_created));
     header(&t, "kvd_sessions_expired_total", "counter", "Sessions freed after ttl_seconds idle.");
@@ -246,6 +250,7 @@ char *kvd__metrics_render(const kvd_api *api, size_t *len)
     put(&t, "kvd_rejected_total{reason=\"pool_full\"} %llu\n", load(&st->rejected_pool_full));
     put(&t, "kvd_rejected_total{reason=\"queue_full\"} %llu\n", load(&st->rejected_queue_full));
     put(&t, "kvd_rejected_total{reason=\"max_sessions\"} %llu\n", load(&st->rejected_max_sessions));
+    put(&t, "kvd_rejected_total{reason=\"session_heap\"} %llu\n", load(&st->rejected_session_heap));
 
     const kvd_pool *pool = kvd_api_pool(api);
     size_t total = kvd_pool_pages_total(pool), free_pages = kvd_pool_pages_free(pool);
