@@ -77,10 +77,12 @@ static double fake_clock(void *ctx)
     return *(const double *)ctx;
 }
 
-static kvd_api *make_api_opt(size_t memory, size_t page_bytes, unsigned queue, bool on_full_evict)
+static kvd_api *make_api_heap(size_t memory, size_t page_bytes, unsigned queue, bool on_full_evict,
+                               size_t max_session_heap)
 {
     kvd_api_options opt = {.memory_bytes = memory, .page_bytes = page_bytes, .threads = 1,
                            .max_body = 1 << 20, .session_queue = queue,
+                           .max_session_heap = max_session_heap,
                            .on_full_evict = on_full_evict, .now = fake_clock, .now_ctx = &fake_now};
     fake_now = 1.7e9;
     kvd_api *api;
@@ -88,6 +90,11 @@ static kvd_api *make_api_opt(size_t memory, size_t page_bytes, unsigned queue, b
     n_pending = 0;
     n_replies = 0;
     return api;
+}
+
+static kvd_api *make_api_opt(size_t memory, size_t page_bytes, unsigned queue, bool on_full_evict)
+{
+    return make_api_heap(memory, page_bytes, queue, on_full_evict, 0);
 }
 
 static kvd_api *make_api(size_t memory, size_t page_bytes, unsigned queue)
@@ -661,6 +668,146 @@ START_TEST(stats_report_kept_positions)
 }
 END_TEST
 
+/* --max-session-heap: the heap sessions hold outside the pool is an
+ * account (the sum of their heap_bytes) that creates and forks may not push
+ * past the budget; a refusal is a 503 naming the budget and changes nothing;
+ * a session that alone is over the budget is a 413; deletes and expiry take
+ * their share out, back to zero. */
+#define HEAP_BUDGET (1u << 20)
+#define HEAP_SHAPE "{\"layers\":64,\"heads\":16,\"kv_heads\":16,\"head_dim\":8}" /* 1024 streams */
+
+static double list_total(kvd_api *api)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_LIST, NULL, NULL, 901, 1);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = body_json(&r);
+    double total = num(j, "total");
+    cJSON_Delete(j);
+    free(r.body);
+    return total;
+}
+
+START_TEST(session_heap_budget)
+{
+    kvd_api *api = make_api_heap(64 * 1024, 1024, 8, false, HEAP_BUDGET);
+    const kvd_api_stats *st = kvd_api_stats_get(api);
+    ck_assert_uint_eq(kvd_api_session_heap_budget(api), HEAP_BUDGET);
+    ck_assert_uint_eq(kvd_api_session_heap_bytes(api), 0);
+    kvd_response r = call(api, KVD_ROUTE_INFO, NULL, NULL, 1, 1);
+    cJSON *j = body_json(&r);
+    ck_assert_double_eq(num(cJSON_GetObjectItemCaseSensitive(j, "limits"), "max_session_heap"), HEAP_BUDGET);
+    cJSON_Delete(j);
+    free(r.body);
+
+    /* Fill the budget with sessions of 1024 streams (~140 KB each). */
+    char *ids[16];
+    size_t n = 0;
+    double sum = 0, one = 0;
+    for (;;) {
+        r = call(api, KVD_ROUTE_SESSION_CREATE, NULL, HEAP_SHAPE, 2, 1);
+        if (r.status != 201)
+            break;
+        j = body_json(&r);
+        ck_assert_uint_lt(n, 16);
+        ids[n] = strdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+        cJSON_Delete(j);
+        free(r.body);
+        one = stat(api, ids[n], "heap_bytes");
+        sum += one;
+        n++;
+        ck_assert_double_eq(sum, (double)kvd_api_session_heap_bytes(api));
+    }
+    /* Refused exactly when the next one would pass the budget. */
+    ck_assert_uint_ge(n, 2);
+    ck_assert_double_gt(one, 1024 * 100.0); /* at least the stream structs */
+    ck_assert_double_le(sum, HEAP_BUDGET);
+    ck_assert_double_gt(sum + one, HEAP_BUDGET);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_uint_eq(r.retry_after_s, 1);
+    ck_assert_ptr_nonnull(strstr(r.body, "resource_exhausted"));
+    ck_assert_ptr_nonnull(strstr(r.body, "--max-session-heap"));
+    free(r.body);
+    ck_assert_uint_eq(st->rejected_session_heap, 1);
+    /* Nothing changed: no session, no heap, no page. */
+    ck_assert_uint_eq(kvd_api_session_count(api), n);
+    ck_assert_double_eq(list_total(api), (double)n);
+    ck_assert_double_eq((double)kvd_api_session_heap_bytes(api), sum);
+    ck_assert_uint_eq(st->sessions_created, n);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+
+    /* A fork of one of them is refused the same way, the parent untouched. */
+    r = call(api, KVD_ROUTE_SESSION_FORK, ids[0], NULL, 3, 1);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_uint_eq(r.retry_after_s, 1);
+    ck_assert_ptr_nonnull(strstr(r.body, "--max-session-heap"));
+    free(r.body);
+    ck_assert_uint_eq(st->rejected_session_heap, 2);
+    ck_assert_uint_eq(kvd_api_session_count(api), n);
+    ck_assert_double_eq((double)kvd_api_session_heap_bytes(api), sum);
+    ck_assert_double_eq(stat(api, ids[0], "shared_pages"), 0);
+
+    /* A session that alone is over the budget can never fit: 413, no retry. */
+    r = call(api, KVD_ROUTE_SESSION_CREATE, NULL, "{\"layers\":1024,\"heads\":64,\"head_dim\":8}", 4, 1);
+    ck_assert_int_eq(r.status, 413);
+    ck_assert_uint_eq(r.retry_after_s, 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "--max-session-heap"));
+    free(r.body);
+    ck_assert_uint_eq(st->rejected_session_heap, 2);
+    ck_assert_uint_eq(kvd_api_session_count(api), n);
+
+    /* A delete makes room: the create and a fork fit again. */
+    r = call(api, KVD_ROUTE_SESSION_DELETE, ids[n - 1], NULL, 5, 1);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    free(ids[--n]);
+    ck_assert_double_eq((double)kvd_api_session_heap_bytes(api), sum - one);
+    r = call(api, KVD_ROUTE_SESSION_FORK, ids[0], NULL, 6, 1);
+    ck_assert_int_eq(r.status, 201); /* an empty parent's child: the same heap */
+    j = body_json(&r);
+    ids[n++] = strdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    cJSON_Delete(j);
+    free(r.body);
+    ck_assert_double_eq(stat(api, ids[n - 1], "heap_bytes"), one);
+    ck_assert_double_eq((double)kvd_api_session_heap_bytes(api), sum);
+
+    /* Everything deleted: the account is back to zero. */
+    while (n > 0) {
+        r = call(api, KVD_ROUTE_SESSION_DELETE, ids[n - 1], NULL, 7, 1);
+        ck_assert_int_eq(r.status, 200);
+        free(r.body);
+        free(ids[--n]);
+    }
+    ck_assert_uint_eq(kvd_api_session_heap_bytes(api), 0);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
+/* Steps grow a session's heap (block table, eviction index) and the
+ * account follows them; expiry takes the share out. */
+START_TEST(session_heap_follows_steps_and_expiry)
+{
+    kvd_api *api = make_api(256 * 1024, 1024, 8);
+    ck_assert_uint_eq(kvd_api_session_heap_budget(api), KVD_MIN_SESSION_HEAP); /* max(64 MiB, memory / 4) */
+    char *id = create(api, "{\"heads\":1,\"head_dim\":8,\"ttl_seconds\":5,"
+                           "\"cache\":{\"eviction\":\"h2o\",\"sink\":1}}");
+    const double empty = stat(api, id, "heap_bytes");
+    ck_assert_double_eq(empty, (double)kvd_api_session_heap_bytes(api));
+    ck_assert_int_eq(append_tokens(api, id, 100, 1), 200); /* 8 pages, 100 index slots */
+    const double grown = stat(api, id, "heap_bytes");
+    /* At least a table of 8 pages (9 bytes each) and an index grown from
+     * 16 to 128 slots of 40 bytes. */
+    ck_assert_double_ge(grown - empty, 8 * 9 + (128 - 16) * 40);
+    ck_assert_double_eq(grown, (double)kvd_api_session_heap_bytes(api));
+    fake_now += 10;
+    ck_assert_uint_eq(kvd_api_expire(api), 1);
+    ck_assert_uint_eq(kvd_api_session_heap_bytes(api), 0);
+    free(id);
+    clear_replies();
+    kvd_api_destroy(api);
+}
+END_TEST
+
 START_TEST(readiness_follows_reclaimable_room)
 {
     for (int mode = 0; mode < 2; mode++) {
@@ -693,6 +840,8 @@ static Suite *make_suite(void)
     tcase_add_test(tc, full_pool_evicts_idle_lru_sessions);
     tcase_add_test(tc, readiness_follows_reclaimable_room);
     tcase_add_test(tc, stats_report_kept_positions);
+    tcase_add_test(tc, session_heap_budget);
+    tcase_add_test(tc, session_heap_follows_steps_and_expiry);
     suite_add_tcase(s, tc);
     return s;
 }
