@@ -7,6 +7,8 @@
 #include "api/json.h"
 
 #include <locale.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ typedef struct scan {
     size_t off;
     size_t depth;
     char decimal_point;
+    size_t number_limit;
     bool root_is_object;
     size_t values;  /* cJSON values the blanked text will hold */
     size_t arrays;  /* arrays the blanked text will hold, in document order */
@@ -70,26 +73,57 @@ static void skip_ws(scan *s)
 
 static bool scan_value(scan *s, place where);
 
-/* cJSON's parse_number: up to 63 bytes of [0-9+-eE.] through strtod. */
+/* How many bytes of a number cJSON hands to strtod: 63 in cJSON 1.7.15 as
+ * released, all of them where the number buffer is allocated (1.7.18, and
+ * distributions that backported it). Probed once, the answer is fixed. */
+static _Atomic size_t number_limit;
+
+static size_t cjson_number_limit(void)
+{
+    size_t lim = atomic_load_explicit(&number_limit, memory_order_relaxed);
+    if (lim)
+        return lim;
+    char probe[80] = "[";
+    memset(probe + 1, '1', 70);
+    probe[71] = ']';
+    probe[72] = '\0';
+    cJSON *j = cJSON_ParseWithLength(probe, 73);
+    lim = j ? SIZE_MAX : 63;
+    cJSON_Delete(j);
+    atomic_store_explicit(&number_limit, lim, memory_order_relaxed);
+    return lim;
+}
+
+/* cJSON's parse_number: the run of [0-9+-eE.] (up to its limit) through
+ * strtod, '.' as the locale's decimal point. */
 static bool scan_number(scan *s, double *out)
 {
-    char buf[64];
-    size_t i;
-    for (i = 0; i < sizeof buf - 1 && can_access(s, i); i++) {
-        const char c = s->t[s->off + i];
-        if ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == 'e' || c == 'E')
-            buf[i] = c;
-        else if (c == '.')
-            buf[i] = s->decimal_point;
-        else
+    size_t n = 0;
+    while (n < s->number_limit && can_access(s, n)) {
+        const char c = s->t[s->off + n];
+        if (!((c >= '0' && c <= '9') || c == '+' || c == '-' || c == 'e' || c == 'E' || c == '.'))
             break;
+        n++;
     }
-    buf[i] = '\0';
+    char small[64];
+    char *buf = n < sizeof small ? small : malloc(n + 1);
+    if (!buf) {
+        s->nomem = true;
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char c = s->t[s->off + i];
+        buf[i] = c == '.' ? s->decimal_point : c;
+    }
+    buf[n] = '\0';
     char *end;
     const double v = strtod(buf, &end);
-    if (end == buf)
+    const size_t used = (size_t)(end - buf);
+    if (buf != small)
+        free(buf);
+    if (used == 0)
         return false;
-    s->off += (size_t)(end - buf);
+    s->off += used;
     *out = v;
     return true;
 }
@@ -590,7 +624,8 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
     kvd_api_error zeros;
     const bool has_zeros = kvd__api_json_refuse_leading_zeros(body, len, &zeros) != 0;
 
-    scan s = {.t = body, .length = len + 1, .decimal_point = localeconv()->decimal_point[0]};
+    scan s = {.t = body, .length = len + 1, .decimal_point = localeconv()->decimal_point[0],
+              .number_limit = cjson_number_limit()};
     if (s.length >= 5 && strncmp(body, "\xEF\xBB\xBF", 3) == 0)
         s.off = 3; /* cJSON skips a UTF-8 byte order mark */
     skip_ws(&s);
