@@ -1,9 +1,8 @@
-/* api/json_text.c — a step body's text before cJSON sees it (issue 10):
- * one pass that accepts exactly what cJSON 1.7 accepts (and fails at the
- * byte cJSON fails at), decodes each array in a tensor position straight to
- * f32 with the shape and first error api/wire.c's walk would find, and
- * blanks its text to "[]" so cJSON builds a node per field, not per number.
- * No global state: workers parse bodies in parallel. */
+/* api/json_text.c — a step body's text before cJSON sees it (issue 10): one pass that
+ * accepts exactly what cJSON accepts (failing at the byte cJSON fails at), decodes each
+ * array in a tensor position straight to f32 with the first error api/wire.c's walk would
+ * report, and blanks it to "[]" so cJSON builds a node per field, not per number. Over 600
+ * lines because it is one grammar, cJSON's, mirrored whole. No global state but a probe. */
 #include "api/json.h"
 
 #include <locale.h>

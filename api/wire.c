@@ -224,17 +224,23 @@ typedef struct walk {
     kvd_api_error *err;
 } walk;
 
-/* Formats field[i0][i1]..[i(depth-1)] into buf. */
-static void walk_path(const walk *w, size_t depth, char *buf, size_t len)
+/* field[idx0]..[idx(n-1)] into buf. */
+static void index_path(const char *field, const size_t *idx, size_t n, char *buf, size_t len)
 {
-    int k = snprintf(buf, len, "%s", w->field);
+    int k = snprintf(buf, len, "%s", field);
     size_t used = k > 0 ? (size_t)k : 0;
-    for (size_t d = 0; d < depth && used < len; d++) {
-        k = snprintf(buf + used, len - used, "[%zu]", w->idx[d]);
+    for (size_t d = 0; d < n && used < len; d++) {
+        k = snprintf(buf + used, len - used, "[%zu]", idx[d]);
         if (k < 0)
             break;
         used += (size_t)k;
     }
+}
+
+/* Formats field[i0][i1]..[i(depth-1)] into buf. */
+static void walk_path(const walk *w, size_t depth, char *buf, size_t len)
+{
+    index_path(w->field, w->idx, depth, buf, len);
 }
 
 /* Walks `arr` (at `depth`) checking it has the rectangular shape w->dims and
@@ -407,19 +413,6 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
     *out = dst;
     *rows = count / row;
     return 0;
-}
-
-/* field[idx0]..[idx(n-1)] into buf. */
-static void index_path(const char *field, const size_t *idx, size_t n, char *buf, size_t len)
-{
-    int k = snprintf(buf, len, "%s", field);
-    size_t used = k > 0 ? (size_t)k : 0;
-    for (size_t d = 0; d < n && used < len; d++) {
-        k = snprintf(buf + used, len - used, "[%zu]", idx[d]);
-        if (k < 0)
-            break;
-        used += (size_t)k;
-    }
 }
 
 /* The errors walk_array reports, from what the text pass recorded. */
