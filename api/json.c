@@ -188,7 +188,7 @@ static void scan_path(const scan_frame *f, size_t depth, char *out, size_t cap)
 /* cJSON accepts numbers with leading zeros ("0001", "-01.5"); JSON does
  * not. Scans text that cJSON has already parsed (so it is well formed
  * otherwise) for such a number; 0 or -1 with a 400 naming its field. */
-static int refuse_leading_zeros(const char *t, size_t len, kvd_api_error *err)
+int kvd__api_json_refuse_leading_zeros(const char *t, size_t len, kvd_api_error *err)
 {
     scan_frame f[SCAN_DEPTH];
     size_t depth = 0;       /* frames in use; deeper nesting is scanned, not named */
@@ -243,6 +243,20 @@ static int refuse_leading_zeros(const char *t, size_t len, kvd_api_error *err)
     return 0;
 }
 
+void kvd__api_json_syntax_error(const char *body, size_t len, size_t off, kvd_api_error *err)
+{
+    if (off >= len)
+        kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
+                          "invalid JSON: unexpected end of body at byte offset %zu", len);
+    else if ((unsigned char)body[off] >= 0x20 && (unsigned char)body[off] < 0x7f)
+        kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
+                          "invalid JSON at byte offset %zu (near '%c')", off, body[off]);
+    else
+        kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
+                          "invalid JSON at byte offset %zu (byte 0x%02x)", off,
+                          (unsigned)(unsigned char)body[off]);
+}
+
 /* Returns the parsed object (caller frees with cJSON_Delete) or NULL with
  * err filled. body[len] must be readable (the server NUL-terminates it). */
 cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
@@ -267,17 +281,7 @@ cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len + 1, &end, 1);
     if (!root) {
-        size_t off = end && end >= body ? (size_t)(end - body) : 0;
-        if (off >= len)
-            kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
-                              "invalid JSON: unexpected end of body at byte offset %zu", len);
-        else if ((unsigned char)body[off] >= 0x20 && (unsigned char)body[off] < 0x7f)
-            kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
-                              "invalid JSON at byte offset %zu (near '%c')", off, body[off]);
-        else
-            kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
-                              "invalid JSON at byte offset %zu (byte 0x%02x)", off,
-                              (unsigned)(unsigned char)body[off]);
+        kvd__api_json_syntax_error(body, len, end && end >= body ? (size_t)(end - body) : 0, err);
         return NULL;
     }
     if (!cJSON_IsObject(root)) {
@@ -286,7 +290,7 @@ cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
         cJSON_Delete(root);
         return NULL;
     }
-    if (refuse_leading_zeros(body, len, err) != 0) {
+    if (kvd__api_json_refuse_leading_zeros(body, len, err) != 0) {
         cJSON_Delete(root);
         return NULL;
     }

@@ -18,7 +18,74 @@
  * Returns the object (caller cJSON_Deletes) or NULL with err. */
 cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err);
 
+/* ---- step bodies: number arrays decoded from the text (api/json_text.c) --- */
+
+/* Most dims a tensor may nest (api/wire.c refuses deeper). */
+#define KVD_JSON_TENSOR_MAX_DIMS 16
+
+/* What the first problem of a pre-decoded array was, in the order a walk
+ * over its elements (api/wire.c) meets them. */
+typedef enum {
+    KVD_JSON_TENSOR_OK,
+    KVD_JSON_TENSOR_DEEP,      /* nested deeper than KVD_JSON_TENSOR_MAX_DIMS */
+    KVD_JSON_TENSOR_NOT_ARRAY, /* at idx[0..depth]: expected an array of `expected` */
+    KVD_JSON_TENSOR_NOT_NUMBER,/* at idx[0..depth]: expected a number */
+    KVD_JSON_TENSOR_NOT_FINITE,/* at idx[0..depth]: |value| beyond f32 */
+    KVD_JSON_TENSOR_COUNT,     /* the array at idx[0..depth): `got` elements, not `expected` */
+} kvd_json_tensor_error;
+
+/* A JSON array value of a step body, decoded to f32 straight from the text
+ * (no cJSON node per number). In the cJSON tree it is an empty array that
+ * kvd_json_doc_tensor maps back to this. */
+typedef struct kvd_json_tensor {
+    const cJSON *node;    /* its placeholder in the tree */
+    float *data;          /* count numbers in row-major order (NULL after an error) */
+    size_t count;
+    size_t nd;            /* dims from the first element at each depth */
+    size_t dims[KVD_JSON_TENSOR_MAX_DIMS];
+    kvd_json_tensor_error error;
+    size_t depth;         /* where: idx[0..depth] (idx[0..depth) for COUNT) */
+    size_t idx[KVD_JSON_TENSOR_MAX_DIMS];
+    size_t expected, got;
+    const char *type;     /* "a string", ... for NOT_ARRAY / NOT_NUMBER */
+    double value;         /* for NOT_FINITE */
+    size_t ordinal;       /* among the text's arrays in document order (internal) */
+} kvd_json_tensor;
+
+/* A parsed step body: the cJSON tree of everything but its arrays' contents,
+ * and those arrays decoded. */
+typedef struct kvd_json_doc {
+    cJSON *root;
+    kvd_json_tensor *tensors;
+    size_t n_tensors;
+} kvd_json_doc;
+
+/* Parses a step body of len bytes (body[len] == '\0'), rewriting it in
+ * place: every array that is an object member's value (other than the root's
+ * "steps") or an element of the root's "steps" is decoded to f32 and its text
+ * blanked to "[]" before cJSON parses the rest, so a number costs 4 bytes,
+ * not a cJSON node. Syntax errors, their byte offsets, leading zeros and the
+ * root type are reported exactly as kvd_json_parse_object reports them. A
+ * text whose tree would hold more than max_values cJSON values is refused
+ * (400) before any is allocated. Returns 0 (kvd_json_doc_free frees) or -1
+ * with err (doc left empty). */
+int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json_doc *doc,
+                             kvd_api_error *err);
+void kvd_json_doc_free(kvd_json_doc *doc);
+
+/* The decoded array whose placeholder is item, or NULL (item is then an
+ * ordinary cJSON value). doc may be NULL. */
+kvd_json_tensor *kvd_json_doc_tensor(const kvd_json_doc *doc, const cJSON *item);
+
 /* ---- api-internal -------------------------------------------------------- */
+
+/* The 400 for a text cJSON cannot parse, failing at byte offset off
+ * (kvd_json_parse_object's message; api/json_text.c reports the same). */
+void kvd__api_json_syntax_error(const char *body, size_t len, size_t off, kvd_api_error *err);
+
+/* The 400 for a number with leading zeros ("0001") anywhere in a text that
+ * is otherwise valid JSON: 0, or -1 with err naming its field. */
+int kvd__api_json_refuse_leading_zeros(const char *t, size_t len, kvd_api_error *err);
 
 /* "a string", "a number", "a boolean", "null", "an array", "an object" —
  * what an item is, for error messages. */

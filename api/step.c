@@ -27,14 +27,10 @@ static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
     if (job->parsed)
         return 0;
     kvd_api_error err;
-    cJSON *body = kvd_json_parse_object(job->body, job->body_len, &err);
-    if (!body) {
-        kvd_response_error(&job->resp, &err);
-        return -1;
-    }
-    job->multi = cJSON_GetObjectItemCaseSensitive(body, "steps") != NULL;
-    int rc = kvd_step_request_parse(body, &sess->config, &api->limits, &job->req, &err);
-    cJSON_Delete(body);
+    /* Parsed from the text in place: number arrays go straight to f32
+     * (kvd_step_request_parse_text bounds the parse to ~2x the body). */
+    int rc = kvd_step_request_parse_text(job->body, job->body_len, &sess->config, &api->limits,
+                                         &job->req, &job->multi, &err);
     free(job->body); /* may be 64 MiB: not kept while attention runs */
     job->body = NULL;
     if (rc != 0) {

@@ -69,7 +69,20 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
 
 /* Parses one step object into *st (tensors owned by *st even on failure,
  * so the caller's free releases whatever was decoded). */
-static int parse_step(const cJSON *obj, const char *prefix, bool top,
+/* A tensor field: from the numbers the text pass decoded when item is one
+ * of its arrays, from the cJSON value otherwise (b64 strings, trees built
+ * by hand). */
+static int decode(const kvd_json_doc *doc, const cJSON *item, const char *field, size_t row,
+                  const char *row_desc, size_t max_rows, float **out, size_t *rows,
+                  kvd_api_error *err)
+{
+    kvd_json_tensor *t = kvd_json_doc_tensor(doc, item);
+    if (t)
+        return kvd_wire_decode_tensor(t, field, row, row_desc, max_rows, out, rows, err);
+    return kvd_wire_decode(item, field, row, row_desc, max_rows, out, rows, err);
+}
+
+static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *prefix, bool top,
                       const kvd_session_config *cfg, const kvd_api_limits *lim,
                       kvd_step_entry *st, kvd_api_error *err)
 {
@@ -125,8 +138,8 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
             size_t rows = 0;
             snprintf(path, sizeof path, "%s%s", prefix, names[i]);
             float *decoded = NULL;
-            int rc = kvd_wire_decode(cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv, desc,
-                                     max_rows, &decoded, &rows, err);
+            int rc = decode(doc, cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv,
+                            desc, max_rows, &decoded, &rows, err);
             *dst[i] = decoded;
             if (rc != 0)
                 return -1;
@@ -144,7 +157,7 @@ static int parse_step(const cJSON *obj, const char *prefix, bool top,
                  cfg->head_dim);
         snprintf(path, sizeof path, "%sq", prefix);
         float *decoded = NULL;
-        int rc = kvd_wire_decode(q, path, row_q, desc, max_rows, &decoded, &st->m_q, err);
+        int rc = decode(doc, q, path, row_q, desc, max_rows, &decoded, &st->m_q, err);
         st->q = decoded;
         if (rc != 0)
             return -1;
@@ -175,6 +188,37 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
                            const kvd_api_limits *lim, kvd_step_request *req,
                            kvd_api_error *err)
 {
+    const kvd_json_doc doc = {.root = (cJSON *)body};
+    return kvd_step_request_parse_doc(&doc, cfg, lim, req, err);
+}
+
+size_t kvd_step_body_max_values(const kvd_api_limits *lim)
+{
+    /* The root, "encoding" and "steps", then per step its object and at
+     * most seven members (layer, mask, q and four tensors); slack for the
+     * single form. */
+    return 8 * (size_t)lim->max_steps_per_request + 64;
+}
+
+int kvd_step_request_parse_text(char *text, size_t len, const kvd_session_config *cfg,
+                                const kvd_api_limits *lim, kvd_step_request *req, bool *multi,
+                                kvd_api_error *err)
+{
+    memset(req, 0, sizeof *req);
+    kvd_json_doc doc;
+    if (kvd_json_parse_step_text(text, len, kvd_step_body_max_values(lim), &doc, err) != 0)
+        return -1;
+    *multi = cJSON_GetObjectItemCaseSensitive(doc.root, "steps") != NULL;
+    int rc = kvd_step_request_parse_doc(&doc, cfg, lim, req, err);
+    kvd_json_doc_free(&doc);
+    return rc;
+}
+
+int kvd_step_request_parse_doc(const kvd_json_doc *doc, const kvd_session_config *cfg,
+                               const kvd_api_limits *lim, kvd_step_request *req,
+                               kvd_api_error *err)
+{
+    const cJSON *body = doc->root;
     memset(req, 0, sizeof *req);
     if (!cJSON_IsObject(body))
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
@@ -242,7 +286,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
     req->encoding = (kvd_wire_encoding)enc;
 
     if (!steps) {
-        if (parse_step(body, "", true, cfg, lim, &req->entries[0], err) != 0)
+        if (parse_step(doc, body, "", true, cfg, lim, &req->entries[0], err) != 0)
             goto fail;
         return 0;
     }
@@ -257,7 +301,7 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
                               kvd__api_json_type_name(s));
             goto fail;
         }
-        if (parse_step(s, prefix, false, cfg, lim, &req->entries[i], err) != 0)
+        if (parse_step(doc, s, prefix, false, cfg, lim, &req->entries[i], err) != 0)
             goto fail;
     }
     return 0;

@@ -6,12 +6,14 @@
 #ifndef KVD_API_STEP_BODY_H
 #define KVD_API_STEP_BODY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cJSON.h>
 
 #include "api/errors.h"
+#include "api/json.h"
 #include "api/limits.h"
 #include "api/wire.h"
 #include "cache/session.h"
@@ -33,6 +35,28 @@ typedef struct kvd_step_request {
 int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
                            const kvd_api_limits *lim, kvd_step_request *req,
                            kvd_api_error *err);
+
+/* kvd_step_request_parse over a tree whose tensor arrays were decoded from
+ * the text (kvd_json_parse_step_text): the same checks and messages; a
+ * decoded array's numbers move into the request (doc keeps the rest). */
+int kvd_step_request_parse_doc(const kvd_json_doc *doc, const kvd_session_config *cfg,
+                               const kvd_api_limits *lim, kvd_step_request *req,
+                               kvd_api_error *err);
+
+/* The whole path for a body the caller owns: text (len bytes, NUL after
+ * them) is rewritten in place, parsed with kvd_json_parse_step_text and
+ * validated; *multi says whether it used "steps". The parse holds at most
+ * about 2x len bytes besides the text (4-byte f32 per number of >= 2 bytes
+ * of text, cJSON's copy of strings, at most kvd_step_body_max_values nodes).
+ * Returns 0 or -1 with err; req as kvd_step_request_parse. */
+int kvd_step_request_parse_text(char *text, size_t len, const kvd_session_config *cfg,
+                                const kvd_api_limits *lim, kvd_step_request *req, bool *multi,
+                                kvd_api_error *err);
+
+/* Most cJSON values a valid step body's tree can need under lim (arrays in
+ * tensor positions count one each). */
+size_t kvd_step_body_max_values(const kvd_api_limits *lim);
+
 void kvd_step_request_free(kvd_step_request *req);
 
 #endif

@@ -24,7 +24,7 @@
 /* Tensors on the API have at most 3 dims ([m][heads][head_dim]); deeper
  * nesting is accepted up to this bound so the shape fits in a fixed array
  * (no allocation while validating) and recursion depth stays small. */
-#define TENSOR_MAX_DIMS 16
+#define TENSOR_MAX_DIMS KVD_JSON_TENSOR_MAX_DIMS
 
 #define B64_PREFIX "b64:"
 #define B64_PREFIX_LEN 4
@@ -224,17 +224,23 @@ typedef struct walk {
     kvd_api_error *err;
 } walk;
 
-/* Formats field[i0][i1]..[i(depth-1)] into buf. */
-static void walk_path(const walk *w, size_t depth, char *buf, size_t len)
+/* field[idx0]..[idx(n-1)] into buf. */
+static void index_path(const char *field, const size_t *idx, size_t n, char *buf, size_t len)
 {
-    int k = snprintf(buf, len, "%s", w->field);
+    int k = snprintf(buf, len, "%s", field);
     size_t used = k > 0 ? (size_t)k : 0;
-    for (size_t d = 0; d < depth && used < len; d++) {
-        k = snprintf(buf + used, len - used, "[%zu]", w->idx[d]);
+    for (size_t d = 0; d < n && used < len; d++) {
+        k = snprintf(buf + used, len - used, "[%zu]", idx[d]);
         if (k < 0)
             break;
         used += (size_t)k;
     }
+}
+
+/* Formats field[i0][i1]..[i(depth-1)] into buf. */
+static void walk_path(const walk *w, size_t depth, char *buf, size_t len)
+{
+    index_path(w->field, w->idx, depth, buf, len);
 }
 
 /* Walks `arr` (at `depth`) checking it has the rectangular shape w->dims and
@@ -406,6 +412,54 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
     }
     *out = dst;
     *rows = count / row;
+    return 0;
+}
+
+/* The errors walk_array reports, from what the text pass recorded. */
+int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, size_t row,
+                           const char *row_desc, size_t max_rows, float **out, size_t *rows,
+                           kvd_api_error *err)
+{
+    if (!field)
+        field = "tensor";
+    if (row == 0)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: row size 0 (bad session shape)", field);
+    char path[160];
+    switch (t->error) {
+    case KVD_JSON_TENSOR_OK:
+        break;
+    case KVD_JSON_TENSOR_DEEP:
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: nested deeper than %d arrays", field, TENSOR_MAX_DIMS);
+    case KVD_JSON_TENSOR_NOT_ARRAY:
+        index_path(field, t->idx, t->depth + 1, path, sizeof path);
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: expected an array of %zu elements (the tensor "
+                                 "must be rectangular), got %s",
+                                 path, t->expected, t->type);
+    case KVD_JSON_TENSOR_NOT_NUMBER:
+        index_path(field, t->idx, t->depth + 1, path, sizeof path);
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: expected a number, got %s", path, t->type);
+    case KVD_JSON_TENSOR_NOT_FINITE:
+        index_path(field, t->idx, t->depth + 1, path, sizeof path);
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: not a finite f32 (got %g)", path, t->value);
+    case KVD_JSON_TENSOR_COUNT:
+        index_path(field, t->idx, t->depth, path, sizeof path);
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                                 "%s: expected %zu elements (the tensor must be rectangular), "
+                                 "got %zu", path, t->expected, t->got);
+    }
+    if (check_rows(t->count, field, row, row_desc, max_rows, err) != 0)
+        return -1;
+    *out = t->count ? t->data : NULL;
+    *rows = t->count / row;
+    if (t->count == 0)
+        free(t->data);
+    t->data = NULL;
+    t->count = 0;
     return 0;
 }
 

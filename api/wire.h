@@ -9,6 +9,7 @@
 #include <cJSON.h>
 
 #include "api/errors.h"
+#include "api/json.h"
 
 typedef enum { KVD_WIRE_ENCODING_JSON, KVD_WIRE_ENCODING_B64 } kvd_wire_encoding;
 
@@ -22,6 +23,14 @@ typedef enum { KVD_WIRE_ENCODING_JSON, KVD_WIRE_ENCODING_B64 } kvd_wire_encoding
 int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
                       const char *row_desc, size_t max_rows,
                       float **out, size_t *rows, kvd_api_error *err);
+
+/* kvd_wire_decode for an array decoded from the body's text
+ * (kvd_json_parse_step_text): the same checks, limits and messages, in the
+ * same order. On success *out takes t's numbers (t keeps none); on error
+ * nothing changes but err. */
+int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, size_t row,
+                           const char *row_desc, size_t max_rows, float **out, size_t *rows,
+                           kvd_api_error *err);
 
 /* Encodes n floats as a cJSON value: a flat number array (JSON) or a
  * "b64:..." string. Returns NULL on allocation failure; caller owns it. */

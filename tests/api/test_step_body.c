@@ -330,6 +330,107 @@ START_TEST(step_body_not_object)
 }
 END_TEST
 
+/* The handler's path (kvd_step_request_parse_text: arrays decoded from the
+ * text) answers every body exactly as the tree path does. */
+static void same_both_ways(const char *json)
+{
+    kvd_step_request r1, r2;
+    kvd_api_error e1, e2;
+    cJSON *tree = kvd_json_parse_object(json, strlen(json), &e1);
+    int rc1 = tree ? kvd_step_request_parse(tree, &step_cfg, &lim, &r1, &e1) : -1;
+    char *text = strdup(json);
+    bool multi = false;
+    int rc2 = kvd_step_request_parse_text(text, strlen(text), &step_cfg, &lim, &r2, &multi, &e2);
+    free(text);
+    ck_assert_msg(rc1 == rc2, "%s: tree %d, text %d (%s)", json, rc1, rc2,
+                  rc2 ? e2.message : e1.message);
+    if (rc1 != 0) {
+        ck_assert_int_eq(e1.status, e2.status);
+        ck_assert_str_eq(e1.field, e2.field);
+        ck_assert_str_eq(e1.message, e2.message);
+    } else {
+        ck_assert(multi == (cJSON_GetObjectItemCaseSensitive(tree, "steps") != NULL));
+        ck_assert_uint_eq(r1.n_entries, r2.n_entries);
+        ck_assert_int_eq(r1.encoding, r2.encoding);
+        for (size_t i = 0; i < r1.n_entries; i++) {
+            const kvd_step_entry *a = &r1.entries[i], *b = &r2.entries[i];
+            ck_assert_uint_eq(a->layer, b->layer);
+            ck_assert_uint_eq(a->m, b->m);
+            ck_assert_uint_eq(a->m_q, b->m_q);
+            ck_assert_int_eq(a->mask, b->mask);
+            const size_t kv = a->m * step_cfg.kv_heads * step_cfg.head_dim * sizeof(float);
+            const size_t q = a->m_q * step_cfg.heads * step_cfg.head_dim * sizeof(float);
+            ck_assert(kv == 0 || memcmp(a->k, b->k, kv) == 0);
+            ck_assert(kv == 0 || memcmp(a->v, b->v, kv) == 0);
+            ck_assert(q == 0 || memcmp(a->q, b->q, q) == 0);
+        }
+        kvd_step_request_free(&r1);
+        kvd_step_request_free(&r2);
+    }
+    cJSON_Delete(tree);
+}
+
+#define ROW16 "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15"
+#define ROW32 ROW16 "," ROW16
+
+START_TEST(step_text_path_same_as_tree)
+{
+    static const char *const bodies[] = {
+        "{\"k\":[" ROW16 "],\"v\":[" ROW16 "],\"q\":[" ROW32 "]}",
+        "{\"k\":[[" ROW16 "]],\"v\":[[[0,1,2,3,4,5,6,7],[8,9,10,11,12,13,14,15]]],\"q\":[" ROW32 "]}",
+        "{\"layer\":1,\"q\":[" ROW32 "],\"mask\":\"block\",\"encoding\":\"b64\"}",
+        "{\"k\":[" ROW16 ",1],\"v\":[" ROW16 "]}",
+        "{\"k\":[" ROW16 "],\"v\":[" ROW16 ",\"x\"]}",
+        "{\"k\":[[1,2],[3]],\"v\":[]}",
+        "{\"q\":[1e39," ROW16 "]}",
+        "{\"q\":[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}",
+        "{\"layer\":[1,2,3,4,5,6,7,8,9],\"q\":[1]}",
+        "{\"mask\":[1,2,3,4,5,6,7,8,9]}",
+        "{\"encoding\":[1,2,3,4,5,6,7,8,9]}",
+        "{\"extra\":[1,2,3,4,5,6,7,8,9],\"q\":[" ROW32 "]}",
+        "{\"k1\":[1,2,3,4,5,6,7,8,9]}",
+        "{\"q\":[" ROW32 "],\"q\":[" ROW32 "]}",
+        "{\"q\":\"[1,2]\",\"k\":[\"]\"]}",
+        "{\"q\":\"b64:AACAPw==\"}",
+        "{\"steps\":[[1,2,3,4,5,6,7,8,9]]}",
+        "{\"steps\":[1,2,3]}",
+        "{\"steps\":[]}",
+        "{\"steps\":[{\"q\":[" ROW32 "]},{\"layer\":1,\"k\":[" ROW16 "],\"v\":[" ROW16 "]}]}",
+        "{\"steps\":[{\"q\":[" ROW32 "]},{\"q\":[[1,2],[3,4,5]]}]}",
+        "{\"steps\":[{\"q\":[" ROW32 "]}],\"steps\":[[1]]}",
+        "{\"st\\u0065ps\":[{\"q\":[" ROW32 "]}]}",
+        "{\"steps\":[{\"q\":[" ROW32 "],\"encoding\":[1]}]}",
+        "{\"q\":[01," ROW16 "]}",
+        "{\"q\":[" ROW32 "],}",
+        "{\"k\":[" ROW16 "],\"v\":[" ROW16 "],\"q\":[" ROW32 "," ROW32 "],\"mask\":\"causal\"}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
+        same_both_ways(bodies[i]);
+    lim.max_steps_per_request = 2;
+    same_both_ways("{\"steps\":[{},{},{}]}");
+}
+END_TEST
+
+START_TEST(step_text_caps_values_outside_tensors)
+{
+    /* A valid body needs at most 8 values a step; more is refused before
+     * cJSON builds them (here: the root's "steps" full of numbers). */
+    lim.max_steps_per_request = 2;
+    ck_assert_uint_eq(kvd_step_body_max_values(&lim), 80);
+    char text[1024] = "{\"steps\":[0";
+    for (int i = 0; i < 100; i++)
+        strcat(text, ",0");
+    strcat(text, "]}");
+    kvd_step_request req;
+    kvd_api_error err;
+    bool multi;
+    ck_assert_int_eq(kvd_step_request_parse_text(text, strlen(text), &step_cfg, &lim, &req, &multi,
+                                                 &err), -1);
+    ASSERT_ERR(err, 400, "", "body has 103 JSON values besides the numbers of its arrays, "
+                             "more than the 80 a step body can need");
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/step_body");
@@ -342,6 +443,8 @@ static Suite *make_suite(void)
     tcase_add_test(ts, step_fields);
     tcase_add_test(ts, step_steps_form);
     tcase_add_test(ts, step_body_not_object);
+    tcase_add_test(ts, step_text_path_same_as_tree);
+    tcase_add_test(ts, step_text_caps_values_outside_tensors);
     suite_add_tcase(s, ts);
     return s;
 }
