@@ -250,8 +250,10 @@ START_TEST(pipelined_steps)
         }
         http_response_free(r);
     }
-    http_conn_close(c);
+    /* The writer ends on its own: every request sent, or a send failing
+     * once kvd closed after its 503. Only then may the connection go. */
     pthread_join(th, NULL);
+    http_conn_close(c);
     free(req);
     ck_assert_int_eq(ok + refused, refused ? ok + 1 : PIPE_N);
     kvd_assert_healthy(port);
