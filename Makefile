@@ -49,5 +49,11 @@ check-layers: build
 bench: build
 	@for b in $(BUILD)/bench_*; do echo "== $$b"; $$b || exit 1; done
 
+# Scale-out (README "Scale-out"): deploy/k8s linted and cross-checked, nginx -t on
+# deploy/nginx/kvd-router.conf, then 3 kvd replicas behind that router on loopback.
+.PHONY: test-router
+test-router: build
+	@bash scripts/test-router.sh
+
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -75,6 +75,15 @@ typedef struct kvd_api_request {
  * room for seven empty sessions of the largest shape (8.5 MiB each). */
 #define KVD_MIN_SESSION_HEAP ((size_t)64 << 20)
 
+/* --id-prefix (kvd_api_options.id_prefix): with a prefix P a session id is
+ * "P-" followed by the 32 hex digits, so a router can send every request
+ * naming a session to the replica that made it (deploy/nginx). P is 1 to
+ * KVD_ID_PREFIX_MAX of [a-z0-9-]; the longest id is KVD_SESSION_ID_MAX. */
+#define KVD_ID_PREFIX_MAX 31
+#define KVD_SESSION_ID_MAX (KVD_ID_PREFIX_MAX + 1 + 32)
+/* True if p is a valid non-empty id prefix. */
+bool kvd_api_id_prefix_valid(const char *p);
+
 typedef struct kvd_api_options {
     size_t memory_bytes;
     size_t page_bytes;
@@ -97,6 +106,8 @@ typedef struct kvd_api_options {
                                   request needs one of them and a session is
                                   its creator's (api/auth.h). Borrowed: must
                                   outlive the API */
+    const char *id_prefix;     /* NULL or "": ids are 32 hex digits; else
+                                  "<id_prefix>-<32 hex>" (copied at create) */
 } kvd_api_options;
 
 /* Counters the API keeps for /metrics (read with relaxed atomics). */

@@ -136,7 +136,7 @@ static void handle_list(kvd_api *api, const kvd_api_request *req, uint32_t owner
             return;
         }
     }
-    char after[KVD_SESSION_ID_HEX + 2] = "";
+    char after[KVD_SESSION_ID_MAX + 2] = "";
     query_param(req->query, "after", after, sizeof after);
 
     cJSON *out = cJSON_CreateObject();

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cache/pool.h"
 
@@ -20,10 +21,15 @@ double kvd__api_now(const kvd_api *api)
 int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *executor,
                    kvd_api_respond_fn respond, kvd_api **out)
 {
+    if (opt->id_prefix && opt->id_prefix[0] && !kvd_api_id_prefix_valid(opt->id_prefix))
+        return -EINVAL;
     kvd_api *api = calloc(1, sizeof *api);
     if (!api)
         return -ENOMEM;
     api->opt = *opt;
+    if (opt->id_prefix)
+        strcpy(api->id_prefix, opt->id_prefix); /* length checked above */
+    api->opt.id_prefix = api->id_prefix;
     if (!api->opt.session_queue)
         api->opt.session_queue = KVD_DEFAULT_SESSION_QUEUE;
     kvd_api_limits_default(&api->limits, opt->page_bytes);

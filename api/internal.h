@@ -20,7 +20,8 @@
 #include "cache/pool.h"
 #include "cache/session.h"
 
-#define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex */
+#define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex, after
+                                 the optional "<--id-prefix>-" (api.h) */
 
 /* Every route but a step takes no body or a small one (create: a few
  * hundred bytes; fork: {}), parsed on the loop thread: the bound keeps that
@@ -58,7 +59,7 @@ typedef struct api_shadow_stats {
 } api_shadow_stats;
 
 struct api_session {
-    char id[KVD_SESSION_ID_HEX + 1];
+    char id[KVD_SESSION_ID_MAX + 1];
     kvd_session *cache;
     kvd_session *shadow;       /* "shadow": true: an exact f32 copy, no eviction; else NULL */
     api_shadow_stats shadow_stats;
@@ -84,6 +85,7 @@ struct api_session {
 
 struct kvd_api {
     kvd_api_options opt;
+    char id_prefix[KVD_ID_PREFIX_MAX + 1]; /* opt.id_prefix, copied; "" = none */
     kvd_api_limits limits;
     kvd_pool *pool;
     kvd_api_submit_fn submit;

@@ -1,5 +1,5 @@
 /* api/registry.c — the live sessions by id (loop thread): random 128-bit
- * hex ids, a chained hash that doubles as it fills, registering a new session
+ * hex ids (after the --id-prefix and a dash, if any), a chained hash that doubles as it fills, registering a new session
  * (id, created_at, summary) or freeing one, the per-session summaries
  * that listings and /metrics read without waiting for a session's queue,
  * and the account of heap sessions hold outside the pool (--max-session-heap). */
@@ -13,11 +13,27 @@
 #include "api/random.h"
 #include "cache/session.h"
 
+_Static_assert(KVD_SESSION_ID_MAX == KVD_ID_PREFIX_MAX + 1 + KVD_SESSION_ID_HEX,
+               "the longest id is a prefix, a dash and the random hex");
 _Static_assert(KVD_DTYPE_COUNT == KVD_DTYPE_KIVI4 + 1, "KVD_DTYPE_COUNT counts every kvd_dtype");
 
+bool kvd_api_id_prefix_valid(const char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0 || n > KVD_ID_PREFIX_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '-'))
+            return false;
+    return true;
+}
+
+/* Called with ids of KVD_SESSION_ID_HEX..KVD_SESSION_ID_MAX characters. */
 static size_t id_hash(const char *id)
 {
-    /* Ids are uniformly random hex: the first 16 digits are a fine hash. */
+    /* The last 32 digits are uniformly random hex (a prefix is the same for
+     * every id of this process): 16 of them are a fine hash. */
+    id += strlen(id) - KVD_SESSION_ID_HEX;
     uint64_t h = 0;
     for (int i = 0; i < 16 && id[i]; i++)
         h = (h << 4) | (uint64_t)(id[i] <= '9' ? id[i] - '0' : id[i] - 'a' + 10);
@@ -26,10 +42,13 @@ static size_t id_hash(const char *id)
 
 api_session *kvd__api_registry_find(const kvd_api *api, const char *id)
 {
-    if (!id || strlen(id) != KVD_SESSION_ID_HEX)
+    if (!id)
+        return NULL;
+    const size_t len = strlen(id);
+    if (len < KVD_SESSION_ID_HEX || len > KVD_SESSION_ID_MAX)
         return NULL;
     for (api_session *s = api->buckets[id_hash(id) & (api->n_buckets - 1)]; s; s = s->hash_next)
-        if (memcmp(s->id, id, KVD_SESSION_ID_HEX) == 0)
+        if (strcmp(s->id, id) == 0)
             return s;
     return NULL;
 }
@@ -64,7 +83,7 @@ static size_t sorted_lower(const kvd_api *api, const char *id, bool or_equal)
     size_t lo = 0, hi = api->n_sessions;
     while (lo < hi) {
         const size_t mid = lo + (hi - lo) / 2;
-        const int c = strncmp(api->sorted[mid]->id, id, KVD_SESSION_ID_HEX);
+        const int c = strcmp(api->sorted[mid]->id, id);
         if (c < 0 || (c == 0 && !or_equal))
             lo = mid + 1;
         else
@@ -121,18 +140,24 @@ void kvd__api_registry_remove(kvd_api *api, api_session *s)
     s->hash_next = NULL;
 }
 
-static int new_session_id(char out[KVD_SESSION_ID_HEX + 1])
+/* "<prefix>-<32 hex>" with --id-prefix, else the 32 hex digits alone. */
+static int new_session_id(const kvd_api *api, char out[KVD_SESSION_ID_MAX + 1])
 {
     unsigned char raw[KVD_SESSION_ID_HEX / 2];
     int rc = kvd__api_random_bytes(raw, sizeof raw);
     if (rc != 0)
         return rc;
+    size_t at = strlen(api->id_prefix);
+    if (at) {
+        memcpy(out, api->id_prefix, at);
+        out[at++] = '-';
+    }
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof raw; i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 15];
+        out[at + 2 * i] = hex[raw[i] >> 4];
+        out[at + 2 * i + 1] = hex[raw[i] & 15];
     }
-    out[KVD_SESSION_ID_HEX] = '\0';
+    out[at + KVD_SESSION_ID_HEX] = '\0';
     return 0;
 }
 
@@ -223,7 +248,7 @@ api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_ses
     s->shadow = shadow;
     s->heap_account = &api->heap_bytes; /* summarized below, once registered */
     do {
-        if (new_session_id(s->id) != 0) {
+        if (new_session_id(api, s->id) != 0) {
             kvd__api_session_free(api, s);
             kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "no randomness for a session id");
             return NULL;

@@ -12,6 +12,12 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "api/api.h"
+#include "server/router.h"
+
+/* The longest id (with the longest --id-prefix) must fit the router's id segment. */
+_Static_assert(KVD_SESSION_ID_MAX <= KVD_ROUTER_ID_MAX, "a prefixed session id fits the router");
+
 const char kvd_usage[] =
     "usage: kvd [options]   (each option also from the environment, e.g. KVD_PORT)\n"
     "  --host ADDR          listen address (default 127.0.0.1; IPv6 allowed)\n"
@@ -45,6 +51,9 @@ const char kvd_usage[] =
     "  --idle-timeout SECS  keep-alive connection with nothing under way (default 60)\n"
     "  --write-timeout SECS client taking no response bytes for this long (default 30)\n"
     "  --drain-seconds SECS on SIGTERM, close what is still open after this (default 30)\n"
+    "  --id-prefix P        session ids become P-<32 hex> (P: 1-31 of a-z 0-9 -),\n"
+    "                       for a router that sends each id to its replica (default:\n"
+    "                       none, ids are 32 hex digits)\n"
     "  --help, --version\n";
 
 int kvd__parse_size(const char *s, size_t *out)
@@ -97,7 +106,7 @@ typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_
                OPT_MAX_SESSIONS, OPT_MAX_SESSION_HEAP, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
                OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
                OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS,
-               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_COUNT } opt_id;
+               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_ID_PREFIX, OPT_COUNT } opt_id;
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -120,6 +129,7 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_DRAIN_SECONDS] = {"drain-seconds", "KVD_DRAIN_SECONDS"},
     [OPT_API_KEY_FILE] = {"api-key-file", "KVD_API_KEY_FILE"},
     [OPT_METRICS_AUTH] = {"metrics-auth", "KVD_METRICS_AUTH"},
+    [OPT_ID_PREFIX] = {"id-prefix", "KVD_ID_PREFIX"},
 };
 
 /* Seconds in (0, 1 day], fractions allowed (tests use short ones). */
@@ -252,6 +262,11 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
             cfg->metrics_auth = false;
         else
             goto bad;
+        return 0;
+    case OPT_ID_PREFIX: /* "" (e.g. KVD_ID_PREFIX= in a manifest) means none */
+        if (*v && !kvd_api_id_prefix_valid(v))
+            goto bad;
+        cfg->id_prefix = v;
         return 0;
     case OPT_COUNT:
         break;

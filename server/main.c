@@ -107,6 +107,7 @@ int main(int argc, char **argv)
         .session_ttl = cfg.session_ttl,
         .on_full_evict = cfg.on_full_evict,
         .keys = &keys,
+        .id_prefix = cfg.id_prefix,
     };
     kvd_api *api;
     rc = kvd_api_create(&aopt, kvd_workers_submit, m.workers, kvd_router_respond, &api);

@@ -16,7 +16,7 @@
 
 typedef struct checked_session {
     int port;
-    char *id;                 /* 32 hex chars, malloc'd */
+    char *id;                 /* [<--id-prefix>-]<32 hex>, malloc'd */
     size_t layers, heads, kv_heads, head_dim;
     size_t kv_row, q_row;     /* kv_heads*head_dim, heads*head_dim */
     ref_session *ref;

@@ -32,6 +32,21 @@ bool kvd_is_session_id(const char *s)
     return true;
 }
 
+bool kvd_is_any_session_id(const char *s)
+{
+    if (!s)
+        return false;
+    size_t n = strlen(s);
+    if (n == KVD_SESSION_ID_LEN)
+        return kvd_is_session_id(s);
+    if (n < KVD_SESSION_ID_LEN + 2 || n > KVD_SESSION_ID_LEN + 32 || s[n - KVD_SESSION_ID_LEN - 1] != '-')
+        return false;
+    for (size_t i = 0; i + KVD_SESSION_ID_LEN + 1 < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return kvd_is_session_id(s + n - KVD_SESSION_ID_LEN);
+}
+
 char *kvd_create_session(int port, const char *body, cJSON **resp_json)
 {
     http_response *r = http_request(port, "POST", "/v1/sessions", KVD_JSON, body);
@@ -39,7 +54,7 @@ char *kvd_create_session(int port, const char *body, cJSON **resp_json)
     cJSON *j = http_response_json(r);
     ck_assert_msg(cJSON_IsObject(j), "create: body is not a JSON object: %.*s", BODY_SNIPPET, snippet(r));
     const char *id = kvd_json_str(j, "id");
-    ck_assert_msg(kvd_is_session_id(id), "create: id is not 32 lowercase hex: %.*s", BODY_SNIPPET, snippet(r));
+    ck_assert_msg(kvd_is_any_session_id(id), "create: id is not [<prefix>-]<32 lowercase hex>: %.*s", BODY_SNIPPET, snippet(r));
     ck_assert_msg(cJSON_IsObject(kvd_json_at(j, "config")), "create: no config object: %.*s", BODY_SNIPPET,
                   snippet(r));
     char *out = strdup(id);

@@ -18,8 +18,11 @@
 
 /* True if s is 32 lowercase hex characters. */
 bool kvd_is_session_id(const char *s);
+/* True if s is a session id with or without an --id-prefix: 32 lowercase hex,
+ * or "<1-31 of a-z 0-9 ->-<32 lowercase hex>". */
+bool kvd_is_any_session_id(const char *s);
 
-/* POST /v1/sessions with body; asserts 201 and a well-formed id. Returns
+/* POST /v1/sessions with body; asserts 201 and a well-formed id (prefixed or not). Returns
  * the id (caller frees); *resp_json (if non-NULL) gets the whole response
  * (caller cJSON_Deletes). */
 char *kvd_create_session(int port, const char *body, cJSON **resp_json);
