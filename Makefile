@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 DEB_DEPS   := libuv1-dev libcjson-dev libopenblas-dev check pkg-config cmake gcc make node-llhttp
 RUN_ARGS   ?=
 
-.PHONY: all deps build build-asan run test test-unit test-asan check-layers bench clean
+.PHONY: all deps build build-asan run test test-unit test-asan check-layers bench clean test-deploy
 
 all: build
 
@@ -45,6 +45,11 @@ test-asan: build-asan
 # The layer check alone: every include that points up a layer or closes a cycle.
 check-layers: build
 	./$(BUILD)/check_includes .
+
+# deploy/ (compose, Prometheus config, alert rules and their unit tests, Grafana) checked
+# with promtool, yamllint and jq (installed with apt-get when missing) against a live kvd.
+test-deploy: build
+	@bash scripts/test-deploy.sh $(BUILD)
 
 bench: build
 	@for b in $(BUILD)/bench_*; do echo "== $$b"; $$b || exit 1; done

@@ -166,7 +166,7 @@ static void process_metrics(text *t)
     put(t, "process_start_time_seconds %.3f\n", process_start_unix);
 }
 
-char *kvd__metrics_render(const kvd_api *api, size_t *len)
+char *kvd__metrics_render(const kvd_api *api, bool ready, size_t *len)
 {
     text t = {.cap = 16384};
     t.buf = malloc(t.cap);
@@ -264,6 +264,9 @@ char *kvd__metrics_render(const kvd_api *api, size_t *len)
     put(&t, "kvd_kv_cache_usage_ratio %.6f\n", total ? (double)used / (double)total : 0.0);
     header(&t, "kvd_pool_cow_copies_total", "counter", "Pages copied because a write hit a page shared with a fork.");
     put(&t, "kvd_pool_cow_copies_total %llu\n", kvd_pool_copies(pool));
+    header(&t, "kvd_ready", "gauge",
+           "1 if /readyz answers 200 now, 0 if 503 (draining, or pool exhausted with nothing to reclaim).");
+    put(&t, "kvd_ready %d\n", ready ? 1 : 0);
     header(&t, "kvd_cache_config_info", "gauge", "Pool configuration.");
     put(&t, "kvd_cache_config_info{page_bytes=\"%zu\",pages=\"%zu\"} 1\n", pb, total);
 

@@ -5,6 +5,7 @@
 #ifndef KVD_SERVER_METRICS_H
 #define KVD_SERVER_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct kvd_api kvd_api; /* api/api.h */
@@ -18,8 +19,9 @@ void kvd__metrics_observe_http(const char *route_label, int status, double secon
  * client (or a test) can wait for that the server has the request. */
 void kvd__metrics_observe_received(const char *route_label);
 
-/* Renders the exposition text; malloc'd, caller frees; NULL on failure. */
-char *kvd__metrics_render(const kvd_api *api, size_t *len);
+/* Renders the exposition text; malloc'd, caller frees; NULL on failure.
+ * ready is what /readyz would answer now (true = 200), exported as kvd_ready. */
+char *kvd__metrics_render(const kvd_api *api, bool ready, size_t *len);
 
 /* Records the process start time (call once from main). */
 void kvd_metrics_init(void);

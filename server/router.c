@@ -161,7 +161,7 @@ void kvd_router_handle(void *ctx, kvd_http_exchange *ex, const kvd_http_request 
         }
         return;
     case KVD_ROUTE_METRICS: {
-        char *b = kvd__metrics_render(r->api, &len);
+        char *b = kvd__metrics_render(r->api, !r->draining && kvd_api_ready(r->api), &len);
         answer_text(ex, 200, "text/plain; version=0.0.4; charset=utf-8", b, len);
         return;
     }
