@@ -7,6 +7,7 @@ DEB_DEPS   := libuv1-dev libcjson-dev libopenblas-dev check pkg-config cmake gcc
 RUN_ARGS   ?=
 
 .PHONY: all deps build build-asan run test test-unit test-asan check-layers bench clean test-deploy
+.PHONY: test-clients
 
 all: build
 
@@ -41,6 +42,11 @@ test-asan: build-asan
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+
+# The Python client (clients/python) and examples/tiny_decoder.py against a kvd on
+# an ephemeral loopback port (scripts/test-clients.sh; installs python3 if missing).
+test-clients: build
+	@bash scripts/test-clients.sh $(BUILD)
 
 # The layer check alone: every include that points up a layer or closes a cycle.
 check-layers: build

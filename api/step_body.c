@@ -15,8 +15,8 @@
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-static const char *const step_fields[] = {"layer", "k", "v", "q", "mask"};
-static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask"};
+static const char *const step_fields[] = {"layer", "k", "v", "q", "mask", "m"};
+static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask", "m"};
 static const char *const tensor_fields[] = {"k1", "k2", "v1", "v2"};
 static const char *const mask_names[] = {[KVD_MASK_CAUSAL] = "causal", [KVD_MASK_BLOCK] = "block"};
 static const char *const encoding_names[] = {[KVD_WIRE_ENCODING_JSON] = "json",
@@ -60,7 +60,7 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
                            "k and v are for standard attention; this session uses tensor "
                            "attention (send k1, k2, v1, v2)");
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
-                                 "%.80s: unknown field (allowed: layer, %s, q, mask%s)", path,
+                                 "%.80s: unknown field (allowed: layer, %s, q, mask, m%s)", path,
                                  tensor ? "k1, k2, v1, v2" : "k, v",
                                  top ? ", encoding; or steps" : "");
     }
@@ -72,21 +72,21 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
 /* A tensor field: from the numbers the text pass decoded when item is one
  * of its arrays, from the cJSON value otherwise (b64 strings, trees built
  * by hand). */
-static int decode(const kvd_json_doc *doc, const cJSON *item, const char *field, size_t row,
-                  const char *row_desc, size_t max_rows, float **out, size_t *rows,
+static int decode(const kvd_json_doc *doc, const cJSON *item, const char *field,
+                  const kvd_wire_shape *shape, size_t max_rows, float **out, size_t *rows,
                   kvd_api_error *err)
 {
     kvd_json_tensor *t = kvd_json_doc_tensor(doc, item);
     if (t)
-        return kvd_wire_decode_tensor(t, field, row, row_desc, max_rows, out, rows, err);
-    return kvd_wire_decode(item, field, row, row_desc, max_rows, out, rows, err);
+        return kvd_wire_decode_tensor(t, field, shape, max_rows, out, rows, err);
+    return kvd_wire_decode(item, field, shape, max_rows, out, rows, err);
 }
 
 static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *prefix, bool top,
                       const kvd_session_config *cfg, const kvd_api_limits *lim,
                       kvd_step_entry *st, kvd_api_error *err)
 {
-    char path[96], desc[64];
+    char path[96];
     const bool tensor = cfg->attention == KVD_ATTN_TENSOR;
     if (check_step_fields(obj, prefix, top, tensor, err) != 0)
         return -1;
@@ -107,6 +107,16 @@ static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *pre
     }
     st->layer = layer ? (uint32_t)layer->valuedouble : 0;
 
+    /* "m": the client's own count of new tokens, checked against k/v below
+     * (a flat array of the wrong head count would otherwise be read as
+     * more tokens). */
+    const uint64_t max_m = lim->max_step_tokens;
+    uint64_t m_given = 0;
+    const cJSON *m_item = cJSON_GetObjectItemCaseSensitive(obj, "m");
+    snprintf(path, sizeof path, "%sm", prefix);
+    if (m_item && kvd__api_json_get_uint(obj, "m", path, 0, max_m, 0, &m_given, err) != 0)
+        return -1;
+
     /* The new tokens' tensors: k, v (standard) or k1, v1, k2, v2 (tensor),
      * all present or all absent, each [m][kv_heads][head_dim]. */
     static const char *const std_names[] = {"k", "v"};
@@ -125,21 +135,20 @@ static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *pre
                                          "%s: missing (%s come together: the new tokens' keys "
                                          "and values)", path, tensor ? "k1, v1, k2, v2" : "k and v");
             }
-    /* Both bounded by the create limits (1024 * 4096), far from overflow. */
-    const size_t row_kv = (size_t)cfg->kv_heads * cfg->head_dim;
-    const size_t row_q = (size_t)cfg->heads * cfg->head_dim;
+    const kvd_wire_shape shape_kv = {.heads = cfg->kv_heads, .head_dim = cfg->head_dim,
+                                     .rows_name = "m", .heads_name = "kv_heads"};
+    const kvd_wire_shape shape_q = {.heads = cfg->heads, .head_dim = cfg->head_dim,
+                                    .rows_name = "m_q", .heads_name = "heads"};
     /* The per-step token bound keeps one step's work and scratch bounded. */
     const size_t max_rows = lim->max_step_tokens > SIZE_MAX ? SIZE_MAX
                                                             : (size_t)lim->max_step_tokens;
     if (present) {
-        snprintf(desc, sizeof desc, "kv_heads*head_dim = %" PRIu32 "*%" PRIu32, cfg->kv_heads,
-                 cfg->head_dim);
         for (size_t i = 0; i < n_names; i++) {
             size_t rows = 0;
             snprintf(path, sizeof path, "%s%s", prefix, names[i]);
             float *decoded = NULL;
-            int rc = decode(doc, cJSON_GetObjectItemCaseSensitive(obj, names[i]), path, row_kv,
-                            desc, max_rows, &decoded, &rows, err);
+            int rc = decode(doc, cJSON_GetObjectItemCaseSensitive(obj, names[i]), path,
+                            &shape_kv, max_rows, &decoded, &rows, err);
             *dst[i] = decoded;
             if (rc != 0)
                 return -1;
@@ -151,13 +160,24 @@ static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *pre
             st->m = rows;
         }
     }
+    if (m_item && m_given != st->m) {
+        snprintf(path, sizeof path, "%sm", prefix);
+        if (!present)
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
+                                     "%s: %" PRIu64 " new tokens given, but the step has no %s "
+                                     "(0 new tokens)", path, m_given, tensor ? "k1, v1, k2, v2"
+                                                                             : "k and v");
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
+                                 "%s: %" PRIu64 " new tokens given, but %s%s holds %zu (rows of "
+                                 "kv_heads*head_dim = %" PRIu32 "*%" PRIu32 " numbers)",
+                                 path, m_given, prefix, names[0], st->m, cfg->kv_heads,
+                                 cfg->head_dim);
+    }
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(obj, "q");
     if (q) {
-        snprintf(desc, sizeof desc, "heads*head_dim = %" PRIu32 "*%" PRIu32, cfg->heads,
-                 cfg->head_dim);
         snprintf(path, sizeof path, "%sq", prefix);
         float *decoded = NULL;
-        int rc = decode(doc, q, path, row_q, desc, max_rows, &decoded, &st->m_q, err);
+        int rc = decode(doc, q, path, &shape_q, max_rows, &decoded, &st->m_q, err);
         st->q = decoded;
         if (rc != 0)
             return -1;
@@ -195,9 +215,9 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
 size_t kvd_step_body_max_values(const kvd_api_limits *lim)
 {
     /* The root, "encoding" and "steps", then per step its object and at
-     * most seven members (layer, mask, q and four tensors); slack for the
+     * most eight members (layer, mask, m, q and four tensors); slack for the
      * single form. */
-    return 8 * (size_t)lim->max_steps_per_request + 64;
+    return 9 * (size_t)lim->max_steps_per_request + 64;
 }
 
 int kvd_step_request_parse_text(char *text, size_t len, const kvd_session_config *cfg,

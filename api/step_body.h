@@ -28,9 +28,10 @@ typedef struct kvd_step_request {
 } kvd_step_request;
 
 /* Parses and validates a step body against the session's config: shapes,
- * layer index, mask, finiteness, unknown fields. Either the body is one step
- * ({"layer", "k", "v", "q", "mask", "encoding"}) or {"steps": [...],
- * "encoding"}. Fields named in errors use the path, e.g. "steps[2].q".
+ * layer index, mask, finiteness, unknown fields, the shape rules of
+ * api/wire.h and the optional "m" (must equal k/v's token count). Either the
+ * body is one step ({"layer", "k", "v", "q", "mask", "m", "encoding"}) or
+ * {"steps": [...], "encoding"}. Fields named in errors use the path, e.g. "steps[2].q".
  * Returns 0 (caller frees with kvd_step_request_free) or -1 with err. */
 int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
                            const kvd_api_limits *lim, kvd_step_request *req,

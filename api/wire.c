@@ -1,7 +1,8 @@
 /* api/wire.c — tensors on the wire (DESIGN.md §3): decoding JSON number
- * arrays (flat or nested, row-major) and "b64:" strings of little-endian f32
- * into malloc'd f32 arrays that the caller owns, with every number checked
- * finite as an f32; and encoding output tensors back the same two ways.
+ * arrays (flat, or nested exactly [m, heads, head_dim] / [m, heads*head_dim])
+ * and "b64:" strings of little-endian f32 into malloc'd f32 arrays that the
+ * caller owns, with every number checked finite as an f32 and the shape rules
+ * of wire.h; and encoding output tensors back the same two ways.
  * Pure functions of their arguments: safe to call from any worker thread. */
 #include "api/wire.h"
 
@@ -293,12 +294,23 @@ static int walk_array(walk *w, const cJSON *arr, size_t depth)
     return 0;
 }
 
+/* The row of a shape (heads*head_dim, bounded by the create limits) and its
+ * description for messages ("kv_heads*head_dim = 2*64"; "" without names). */
+static size_t shape_row(const kvd_wire_shape *sh, char *desc, size_t len)
+{
+    if (sh->heads_name)
+        snprintf(desc, len, "%s*head_dim = %zu*%zu", sh->heads_name, sh->heads, sh->head_dim);
+    else
+        desc[0] = '\0';
+    return sh->heads * sh->head_dim;
+}
+
 /* Checks the decoded element count against the row size and the row limit. */
 static int check_rows(size_t count, const char *field, size_t row, const char *row_desc,
                       size_t max_rows, kvd_api_error *err)
 {
     if (count % row != 0) {
-        if (row_desc)
+        if (row_desc[0])
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                      "%s: expected a multiple of %s = %zu numbers, got %zu",
                                      field, row_desc, row, count);
@@ -313,14 +325,42 @@ static int check_rows(size_t count, const char *field, size_t row, const char *r
     return 0;
 }
 
+/* The shape rule for an array nd deep with dims (rectangular already): flat
+ * (nd 1) takes any count, checked by check_rows; nested must be exactly
+ * [rows, heads, head_dim] or [rows, heads*head_dim], so a tensor of another
+ * head count is never read as more tokens. */
+static int check_nesting(const char *field, const kvd_wire_shape *sh, size_t nd,
+                         const size_t *dims, kvd_api_error *err)
+{
+    const size_t row = sh->heads * sh->head_dim;
+    if (nd <= 1 || (nd == 2 && dims[1] == row)
+        || (nd == 3 && dims[1] == sh->heads && dims[2] == sh->head_dim))
+        return 0;
+    char got[128];
+    size_t used = 0;
+    for (size_t d = 0; d < nd && used < sizeof got; d++) {
+        int k = snprintf(got + used, sizeof got - used, d ? ", %zu" : "%zu", dims[d]);
+        if (k < 0)
+            break;
+        used += (size_t)k;
+    }
+    const char *rn = sh->rows_name ? sh->rows_name : "m";
+    const char *hn = sh->heads_name ? sh->heads_name : "heads";
+    return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                             "%s: expected [%s, %zu, %zu], got [%s] (a nested tensor is [%s, %s, "
+                             "head_dim] or [%s, %s*head_dim] = [%s, %zu])",
+                             field, rn, sh->heads, sh->head_dim, got, rn, hn, rn, hn, rn, row);
+}
+
 /* On success *out is malloc'd (NULL when *rows is 0) and owned by the
  * caller, who frees it. On error nothing is allocated. */
-int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
-                      const char *row_desc, size_t max_rows,
-                      float **out, size_t *rows, kvd_api_error *err)
+int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
+                    size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
     if (!field)
         field = "tensor";
+    char row_desc[96];
+    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
     if (row == 0)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
                                  "%s: row size 0 (bad session shape)", field);
@@ -392,7 +432,7 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
         else
             count *= d;
     }
-    if (walk_array(&w, item, 0) != 0)
+    if (walk_array(&w, item, 0) != 0 || check_nesting(field, shape, w.nd, w.dims, err) != 0)
         return -1;
     /* A rectangular array that passed the walk has exactly `count` leaves,
      * all in memory already, so the product cannot really overflow. */
@@ -416,12 +456,13 @@ int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
 }
 
 /* The errors walk_array reports, from what the text pass recorded. */
-int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, size_t row,
-                           const char *row_desc, size_t max_rows, float **out, size_t *rows,
-                           kvd_api_error *err)
+int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire_shape *shape,
+                           size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
     if (!field)
         field = "tensor";
+    char row_desc[96];
+    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
     if (row == 0)
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
                                  "%s: row size 0 (bad session shape)", field);
@@ -452,7 +493,8 @@ int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, size_t row,
                                  "%s: expected %zu elements (the tensor must be rectangular), "
                                  "got %zu", path, t->expected, t->got);
     }
-    if (check_rows(t->count, field, row, row_desc, max_rows, err) != 0)
+    if (check_nesting(field, shape, t->nd, t->dims, err) != 0
+        || check_rows(t->count, field, row, row_desc, max_rows, err) != 0)
         return -1;
     *out = t->count ? t->data : NULL;
     *rows = t->count / row;

@@ -1,5 +1,5 @@
-/* api/wire.h — tensors on the wire: flat (or nested, row-major) JSON number
- * arrays, or a string "b64:<base64 of little-endian f32>". Every decoded
+/* api/wire.h — tensors on the wire: flat or [m, heads, head_dim]-nested JSON
+ * number arrays, or a string "b64:<base64 of little-endian f32>". Every decoded
  * number must be finite as an f32 (NaN, infinity, |x| > FLT_MAX are errors). */
 #ifndef KVD_API_WIRE_H
 #define KVD_API_WIRE_H
@@ -13,24 +13,36 @@
 
 typedef enum { KVD_WIRE_ENCODING_JSON, KVD_WIRE_ENCODING_B64 } kvd_wire_encoding;
 
-/* Decodes `item` into a malloc'd f32 array (caller frees) whose element
- * count must be a positive-or-zero multiple of `row` (the product of the
- * trailing dims, e.g. kv_heads*head_dim, described by row_desc such as
- * "kv_heads*head_dim = 2*64"); sets *rows = count / row. A nested array
- * (numpy's tolist()) is accepted if rectangular and is flattened row-major.
+/* The shape a tensor field must have: [rows, heads, head_dim], rows free
+ * (m new tokens for k/v, m_q queries for q). Names are for messages. */
+typedef struct kvd_wire_shape {
+    size_t heads;           /* kv_heads for k, v, k1, k2, v1, v2; heads for q */
+    size_t head_dim;
+    const char *rows_name;  /* "m" or "m_q" (NULL: "m") */
+    const char *heads_name; /* "kv_heads" or "heads" (NULL: no names in messages) */
+} kvd_wire_shape;
+
+/* Decodes `item` into a malloc'd f32 array (caller frees) and sets *rows.
+ * The accepted forms (the shape rules; both decode paths apply them, with
+ * the same messages, in the same order):
+ * - "b64:..." or a flat number array: any multiple of heads*head_dim
+ *   numbers; rows = count / (heads*head_dim);
+ * - a nested array (numpy's tolist()), first rectangular (every element
+ *   checked against the first at each depth) and then exactly
+ *   [rows, heads, head_dim] (3 deep) or [rows, heads*head_dim] (2 deep);
+ *   anything else — [m, heads, head_dim] sent for k, 4 deep, [1, 0] — is a
+ *   400 naming both shapes ("k: expected [m, 2, 64], got [3, 8, 64] ...").
  * rows > max_rows is an error. On error returns -1 with err filled (400,
  * field = `field`, a message naming what was expected and what came). */
-int kvd_wire_decode(const cJSON *item, const char *field, size_t row,
-                      const char *row_desc, size_t max_rows,
-                      float **out, size_t *rows, kvd_api_error *err);
+int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
+                    size_t max_rows, float **out, size_t *rows, kvd_api_error *err);
 
 /* kvd_wire_decode for an array decoded from the body's text
  * (kvd_json_parse_step_text): the same checks, limits and messages, in the
  * same order. On success *out takes t's numbers (t keeps none); on error
  * nothing changes but err. */
-int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, size_t row,
-                           const char *row_desc, size_t max_rows, float **out, size_t *rows,
-                           kvd_api_error *err);
+int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire_shape *shape,
+                           size_t max_rows, float **out, size_t *rows, kvd_api_error *err);
 
 /* Encodes n floats as a cJSON value: a flat number array (JSON) or a
  * "b64:..." string. Returns NULL on allocation failure; caller owns it. */

@@ -17,12 +17,23 @@
 #include "tests/support/check_main.h"
 
 static const char *cur; /* the text under test, for failure messages */
+/* Nested arrays accepted, and refused by the shape rules: both reached. */
+static size_t n_shape_ok, n_shape_refused;
 
 static void compare_decode(const cJSON *a, const kvd_json_tensor *t)
 {
-    static const size_t rows_of[] = {1, 2, 3};
+    /* Shapes [m, h, d] that make the random arrays (up to 6 wide, 5 deep)
+     * meet every shape rule: flat, [m, h, d], [m, h*d], and the refusals. */
+    static const kvd_wire_shape shapes[] = {
+        {.heads = 1, .head_dim = 1, .heads_name = "kv_heads"},
+        {.heads = 1, .head_dim = 2},
+        {.heads = 2, .head_dim = 1, .rows_name = "m_q", .heads_name = "heads"},
+        {.heads = 1, .head_dim = 3, .heads_name = "kv_heads"},
+        {.heads = 2, .head_dim = 2, .heads_name = "kv_heads"},
+    };
     static const size_t max_of[] = {1000000, 1};
-    for (size_t r = 0; r < 3; r++) {
+    for (size_t r = 0; r < sizeof shapes / sizeof *shapes; r++) {
+        const size_t row = shapes[r].heads * shapes[r].head_dim;
         for (size_t m = 0; m < 2; m++) {
             kvd_json_tensor copy = *t;
             if (t->data) {
@@ -32,14 +43,14 @@ static void compare_decode(const cJSON *a, const kvd_json_tensor *t)
             float *o1 = (float *)0x1, *o2 = (float *)0x1;
             size_t n1 = 7, n2 = 7;
             kvd_api_error e1, e2;
-            int r1 = kvd_wire_decode(a, "f", rows_of[r], "d", max_of[m], &o1, &n1, &e1);
-            int r2 = kvd_wire_decode_tensor(&copy, "f", rows_of[r], "d", max_of[m], &o2, &n2, &e2);
+            int r1 = kvd_wire_decode(a, "f", &shapes[r], max_of[m], &o1, &n1, &e1);
+            int r2 = kvd_wire_decode_tensor(&copy, "f", &shapes[r], max_of[m], &o2, &n2, &e2);
             ck_assert_msg(r1 == r2, "decode rc %d vs %d for %s", r1, r2, cur);
             if (r1 == 0) {
                 ck_assert_uint_eq(n1, n2);
                 ck_assert_msg((o1 == NULL) == (o2 == NULL), "NULL-ness differs for %s", cur);
                 if (o1)
-                    ck_assert(memcmp(o1, o2, n1 * rows_of[r] * sizeof(float)) == 0);
+                    ck_assert(memcmp(o1, o2, n1 * row * sizeof(float)) == 0);
                 free(o1);
                 free(o2);
             } else {
@@ -50,6 +61,8 @@ static void compare_decode(const cJSON *a, const kvd_json_tensor *t)
                 ck_assert_uint_eq(n2, 7);
             }
             free(copy.data);
+            n_shape_ok += r1 == 0 && a->child && cJSON_IsArray(a->child);
+            n_shape_refused += r1 != 0 && strstr(e1.message, "a nested tensor is") != NULL;
         }
     }
 }
@@ -294,6 +307,8 @@ START_TEST(random_texts)
     ck_assert_uint_gt(n_accepted, 1000);
     ck_assert_uint_gt(n_refused, 1000);
     ck_assert_uint_gt(n_decoded, 1000);
+    ck_assert_uint_gt(n_shape_ok, 100);
+    ck_assert_uint_gt(n_shape_refused, 100);
 }
 END_TEST
 

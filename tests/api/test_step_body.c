@@ -18,6 +18,9 @@
 #include "tests/support/check_main.h"
 
 #define PAGE 16384
+#define ROW8 "0,1,2,3,4,5,6,7"
+#define ROW16 "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15"
+#define ROW32 ROW16 "," ROW16
 
 static kvd_api_limits lim;
 
@@ -311,6 +314,55 @@ START_TEST(step_steps_form)
 }
 END_TEST
 
+/* Issue 12: nested tensors must have the session's dims, and "m", when
+ * given, must equal the new tokens (2 kv heads x 8 here; q 4 heads x 8). */
+START_TEST(step_nested_shapes_and_m)
+{
+    /* k as q's shape [1, 4, 8]: flat it would be 2 tokens; nested it is refused. */
+    step_err_text("{\"k\": [[[" ROW8 "],[" ROW8 "],[" ROW8 "],[" ROW8 "]]], \"v\": [" ROW16 "," ROW16 "]}",
+                  "k", "k: expected [m, 2, 8], got [1, 4, 8]");
+    step_err_text("{\"k\": [" ROW16 "], \"v\": [[" ROW8 "],[" ROW8 "]]}", "v",
+                  "v: expected [m, 2, 8], got [2, 8]");
+    step_err_text("{\"q\": [[[" ROW8 "],[" ROW8 "]]]}", "q",
+                  "q: expected [m_q, 4, 8], got [1, 2, 8] (a nested tensor is [m_q, heads, "
+                  "head_dim] or [m_q, heads*head_dim] = [m_q, 32])");
+    step_err_text("{\"steps\": [{}, {\"k\": [[[" ROW16 "]]], \"v\": [" ROW16 "]}]}",
+                  "steps[1].k", "steps[1].k: expected [m, 2, 8], got [1, 1, 16]");
+    /* The accepted forms: flat, [m, 2, 8], [m, 16]; m matching each. */
+    static const char *const ok[] = {
+        "{\"m\": 1, \"k\": [" ROW16 "], \"v\": [[[" ROW8 "],[" ROW8 "]]], \"q\": [[" ROW16 "," ROW16 "]]}",
+        "{\"m\": 2, \"k\": [[" ROW16 "],[" ROW16 "]], \"v\": [" ROW16 "," ROW16 "]}",
+        "{\"m\": 0, \"q\": [" ROW16 "," ROW16 "]}",
+        "{\"m\": 0, \"k\": [], \"v\": []}",
+        "{\"steps\": [{\"m\": 1, \"k\": [" ROW16 "], \"v\": [" ROW16 "]}, {\"layer\": 1}]}",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        cJSON *b = parse(ok[i]);
+        kvd_step_request req;
+        step_ok(b, &req);
+        kvd_step_request_free(&req);
+        cJSON_Delete(b);
+    }
+    /* m against the count. */
+    step_err_text("{\"m\": 2, \"k\": [" ROW16 "], \"v\": [" ROW16 "]}", "m",
+                  "m: 2 new tokens given, but k holds 1 (rows of kv_heads*head_dim = 2*8 numbers)");
+    step_err_text("{\"m\": 1, \"k\": [" ROW16 "," ROW16 "], \"v\": [" ROW16 "," ROW16 "]}", "m",
+                  "m: 1 new tokens given, but k holds 2");
+    step_err_text("{\"m\": 1, \"q\": [" ROW16 "," ROW16 "]}", "m",
+                  "m: 1 new tokens given, but the step has no k and v (0 new tokens)");
+    step_err_text("{\"steps\": [{\"m\": 0}, {\"m\": 3, \"k\": [" ROW16 "], \"v\": [" ROW16 "]}]}",
+                  "steps[1].m", "steps[1].m: 3 new tokens given, but steps[1].k holds 1");
+    step_err_text("{\"m\": -1}", "m", "m: must be in 0..");
+    step_err_text("{\"m\": 1.5}", "m", "m: expected an integer");
+    step_err_text("{\"m\": \"1\"}", "m", "m: expected an integer in 0..1048576, got a string");
+    step_err_text("{\"m\": 1, \"m\": 1}", "m", "m: duplicate field");
+    step_err_text("{\"steps\": [{}], \"m\": 1}", "m", "m: not allowed beside \"steps\"");
+    /* A shape error in k comes before m's check: it says more. */
+    step_err_text("{\"m\": 1, \"k\": [[[" ROW16 "]]], \"v\": [" ROW16 "]}", "k",
+                  "k: expected [m, 2, 8], got [1, 1, 16]");
+}
+END_TEST
+
 START_TEST(step_body_not_object)
 {
     step_err_text("[]", "", "body must be a JSON object");
@@ -318,9 +370,10 @@ START_TEST(step_body_not_object)
     kvd_api_error err;
     ck_assert_int_eq(kvd_step_request_parse(NULL, &step_cfg, &lim, &req, &err), -1);
     ASSERT_ERR(err, 400, "", "body must be a JSON object");
-    /* Through the body parser, as the handler does. */
-    const char body[] = "{\"layer\": 1, \"q\": [[0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0],"
-                        "[0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0]]}";
+    /* Through the body parser, as the handler does: one query, [1, 4, 8]
+     * ([4, 8] alone is refused since issue 12: its first dim is m_q). */
+    const char body[] = "{\"layer\": 1, \"q\": [[[0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0],"
+                        "[0,0,0,0,0,0,0,0],[0,0,0,0,0,0,0,0]]]}";
     cJSON *j = kvd_json_parse_object(body, sizeof body - 1, &err);
     ck_assert_ptr_nonnull(j);
     ck_assert_int_eq(kvd_step_request_parse(j, &step_cfg, &lim, &req, &err), 0);
@@ -370,8 +423,6 @@ static void same_both_ways(const char *json)
     cJSON_Delete(tree);
 }
 
-#define ROW16 "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15"
-#define ROW32 ROW16 "," ROW16
 
 START_TEST(step_text_path_same_as_tree)
 {
@@ -382,6 +433,16 @@ START_TEST(step_text_path_same_as_tree)
         "{\"k\":[" ROW16 ",1],\"v\":[" ROW16 "]}",
         "{\"k\":[" ROW16 "],\"v\":[" ROW16 ",\"x\"]}",
         "{\"k\":[[1,2],[3]],\"v\":[]}",
+        "{\"k\":[[[" ROW8 "],[" ROW8 "],[" ROW8 "],[" ROW8 "]]],\"v\":[" ROW16 "," ROW16 "]}",
+        "{\"k\":[[" ROW8 "],[" ROW8 "]],\"v\":[" ROW16 "]}",
+        "{\"k\":[[[[" ROW8 "],[" ROW8 "]]]],\"v\":[" ROW16 "]}",
+        "{\"k\":[[]],\"v\":[[]]}",
+        "{\"q\":[[[" ROW8 "],[" ROW8 "],[" ROW8 "],[" ROW8 "]]]}",
+        "{\"q\":[[" ROW8 "],[" ROW8 "],[" ROW8 "],[" ROW8 "]]}",
+        "{\"m\":1,\"k\":[[[" ROW8 "],[" ROW8 "]]],\"v\":[[" ROW16 "]]}",
+        "{\"m\":2,\"k\":[[[" ROW8 "],[" ROW8 "]]],\"v\":[[" ROW16 "]]}",
+        "{\"m\":[1],\"k\":[" ROW16 "],\"v\":[" ROW16 "]}",
+        "{\"steps\":[{\"m\":1,\"k\":[" ROW16 "],\"v\":[" ROW16 "]},{\"m\":1}]}",
         "{\"q\":[1e39," ROW16 "]}",
         "{\"q\":[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}",
         "{\"layer\":[1,2,3,4,5,6,7,8,9],\"q\":[1]}",
@@ -413,10 +474,10 @@ END_TEST
 
 START_TEST(step_text_caps_values_outside_tensors)
 {
-    /* A valid body needs at most 8 values a step; more is refused before
+    /* A valid body needs at most 9 values a step (8 members with "m"); more is refused before
      * cJSON builds them (here: the root's "steps" full of numbers). */
     lim.max_steps_per_request = 2;
-    ck_assert_uint_eq(kvd_step_body_max_values(&lim), 80);
+    ck_assert_uint_eq(kvd_step_body_max_values(&lim), 82);
     char text[1024] = "{\"steps\":[0";
     for (int i = 0; i < 100; i++)
         strcat(text, ",0");
@@ -427,7 +488,7 @@ START_TEST(step_text_caps_values_outside_tensors)
     ck_assert_int_eq(kvd_step_request_parse_text(text, strlen(text), &step_cfg, &lim, &req, &multi,
                                                  &err), -1);
     ASSERT_ERR(err, 400, "", "body has 103 JSON values besides the numbers of its arrays, "
-                             "more than the 80 a step body can need");
+                             "more than the 82 a step body can need");
 }
 END_TEST
 
@@ -442,6 +503,7 @@ static Suite *make_suite(void)
     tcase_add_test(ts, step_layer);
     tcase_add_test(ts, step_fields);
     tcase_add_test(ts, step_steps_form);
+    tcase_add_test(ts, step_nested_shapes_and_m);
     tcase_add_test(ts, step_body_not_object);
     tcase_add_test(ts, step_text_path_same_as_tree);
     tcase_add_test(ts, step_text_caps_values_outside_tensors);

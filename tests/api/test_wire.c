@@ -16,6 +16,12 @@
 #include "tests/support/check_main.h"
 #include "tests/support/failing_alloc.h"
 
+/* [rows, h, d] with names (messages say "kv_heads*head_dim = h*d"), and
+ * without (messages give the row size alone). */
+#define SH(h, d) (&(kvd_wire_shape){.heads = (h), .head_dim = (d), .heads_name = "kv_heads"})
+#define Q(h, d) (&(kvd_wire_shape){.heads = (h), .head_dim = (d), .rows_name = "m_q", .heads_name = "heads"})
+#define SH_ANON(h, d) (&(kvd_wire_shape){.heads = (h), .head_dim = (d)})
+
 /* ---- base64 ---- */
 
 static void check_encode(const float *x, size_t n, const char *want)
@@ -143,7 +149,7 @@ START_TEST(decode_flat)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 4, "2*2", 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(2, 2), 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 3);
     for (size_t i = 0; i < 12; i++)
         ck_assert(out[i] == 0.5f + (float)i);
@@ -159,7 +165,7 @@ START_TEST(decode_nested_row_major)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 6, "kv_heads*head_dim = 2*3", 10, &out, &rows,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(2, 3), 10, &out, &rows,
                                        &err), 0);
     ck_assert_uint_eq(rows, 2);
     for (int i = 0; i < 12; i++)
@@ -168,7 +174,7 @@ START_TEST(decode_nested_row_major)
     cJSON_Delete(a);
     /* [m][row] works too, and a 1-row nest. */
     a = parse("[[1,2,3,4,5,6]]");
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 6, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH_ANON(2, 3), 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 1);
     ck_assert(out[5] == 6.0f);
     free(out);
@@ -178,17 +184,94 @@ END_TEST
 
 START_TEST(decode_empty_is_zero_rows)
 {
-    const char *empties[] = {"[]", "[[]]", "[[],[]]", "\"b64:\""};
+    const char *empties[] = {"[]", "\"b64:\""};
     for (size_t i = 0; i < sizeof empties / sizeof *empties; i++) {
         cJSON *a = parse(empties[i]);
         float *out = (float *)0x1;
         size_t rows = 9;
         kvd_api_error err;
-        ck_assert_int_eq(kvd_wire_decode(a, "q", 128, "x", 10, &out, &rows, &err), 0);
+        ck_assert_int_eq(kvd_wire_decode(a, "q", SH(2, 64), 10, &out, &rows, &err), 0);
         ck_assert_uint_eq(rows, 0);
         ck_assert_ptr_null(out);
         cJSON_Delete(a);
     }
+}
+END_TEST
+
+/* The shape rules: flat any multiple of the row; nested exactly
+ * [m, heads, head_dim] or [m, heads*head_dim]; nothing else. */
+static void shape_ok(const char *json, size_t want_rows)
+{
+    cJSON *a = parse(json);
+    float *out = NULL;
+    size_t rows = 9;
+    kvd_api_error err;
+    int rc = kvd_wire_decode(a, "k", SH(2, 3), 10, &out, &rows, &err);
+    ck_assert_msg(rc == 0, "%s: %s", json, err.message);
+    ck_assert_uint_eq(rows, want_rows);
+    for (size_t i = 0; i < rows * 6; i++)
+        ck_assert(out[i] == (float)(i + 1));
+    free(out);
+    cJSON_Delete(a);
+}
+
+static void shape_bad(const char *json, const char *want_msg)
+{
+    cJSON *a = parse(json);
+    float *out = (float *)0x1;
+    size_t rows = 9;
+    kvd_api_error err;
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(2, 3), 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(err.status, 400);
+    ck_assert_str_eq(err.field, "k");
+    ck_assert_str_eq(err.message, want_msg);
+    ck_assert_ptr_eq(out, (float *)0x1);
+    ck_assert_uint_eq(rows, 9);
+    cJSON_Delete(a);
+}
+
+#define NEST_HELP " (a nested tensor is [m, kv_heads, head_dim] or [m, kv_heads*head_dim] = [m, 6])"
+
+START_TEST(decode_nested_shape_rules)
+{
+    shape_ok("[1,2,3,4,5,6,7,8,9,10,11,12]", 2);           /* flat */
+    shape_ok("[[[1,2,3],[4,5,6]],[[7,8,9],[10,11,12]]]", 2); /* [2, 2, 3] */
+    shape_ok("[[1,2,3,4,5,6],[7,8,9,10,11,12]]", 2);       /* [2, 6] */
+    shape_ok("[[[1,2,3],[4,5,6]]]", 1);
+    /* Three query-head rows sent as k: read flat they would be 1.5 tokens;
+     * [1, 3, 2] or [2, 3, 2] (the head count of q) is never more tokens. */
+    shape_bad("[[[1,2],[3,4],[5,6]]]", "k: expected [m, 2, 3], got [1, 3, 2]" NEST_HELP);
+    shape_bad("[[[1,2,3],[4,5,6],[7,8,9],[10,11,12]]]",
+              "k: expected [m, 2, 3], got [1, 4, 3]" NEST_HELP);
+    shape_bad("[[1,2,3],[4,5,6]]", "k: expected [m, 2, 3], got [2, 3]" NEST_HELP);
+    shape_bad("[[1,2,3,4,5,6,7,8,9,10,11,12]]", "k: expected [m, 2, 3], got [1, 12]" NEST_HELP);
+    shape_bad("[[[[1,2,3],[4,5,6]]]]", "k: expected [m, 2, 3], got [1, 1, 2, 3]" NEST_HELP);
+    shape_bad("[[]]", "k: expected [m, 2, 3], got [1, 0]" NEST_HELP);
+    shape_bad("[[],[]]", "k: expected [m, 2, 3], got [2, 0]" NEST_HELP);
+    shape_bad("[[[]]]", "k: expected [m, 2, 3], got [1, 1, 0]" NEST_HELP);
+    /* Rectangularity and finiteness are reported first, as before. */
+    shape_bad("[[[1,2],[3,4],[5]]]",
+              "k[0][2]: expected 2 elements (the tensor must be rectangular), got 1");
+    /* q names its own dims; the message of the issue, for heads 2, head_dim 64. */
+    cJSON *a = cJSON_CreateArray();
+    for (int t = 0; t < 3; t++) {
+        cJSON *h = cJSON_CreateArray();
+        for (int i = 0; i < 8; i++)
+            cJSON_AddItemToArray(h, float_array(64, 0.0f));
+        cJSON_AddItemToArray(a, h);
+    }
+    float *out = NULL;
+    size_t rows = 0;
+    kvd_api_error err;
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(2, 64), 10, &out, &rows, &err), -1);
+    ASSERT_ERR(err, 400, "k", "k: expected [m, 2, 64], got [3, 8, 64]");
+    ck_assert_int_eq(kvd_wire_decode(a, "q", Q(4, 64), 10, &out, &rows, &err), -1);
+    ASSERT_ERR(err, 400, "q", "q: expected [m_q, 4, 64], got [3, 8, 64] (a nested tensor is "
+                              "[m_q, heads, head_dim] or [m_q, heads*head_dim] = [m_q, 256])");
+    ck_assert_int_eq(kvd_wire_decode(a, "q", Q(8, 64), 10, &out, &rows, &err), 0);
+    ck_assert_uint_eq(rows, 3);
+    free(out);
+    cJSON_Delete(a);
 }
 END_TEST
 
@@ -199,7 +282,7 @@ static void decode_err(const char *json, size_t row, size_t max_rows, int status
     float *out = (float *)0x1;
     size_t rows = 9;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(a, "k", row, "kv_heads*head_dim = 1*2", max_rows, &out,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(1, row), max_rows, &out,
                                        &rows, &err), -1);
     ASSERT_ERR(err, status, "k", want_msg_part);
     ck_assert_ptr_eq(out, (float *)0x1); /* untouched on error */
@@ -214,12 +297,12 @@ START_TEST(decode_shape_errors)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 128, "kv_heads*head_dim = 2*64", 1000, &out,
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(2, 64), 1000, &out,
                                        &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "x");
     ck_assert_str_eq(err.message,
                      "k: expected a multiple of kv_heads*head_dim = 2*64 = 128 numbers, got 100");
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 128, NULL, 1000, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH_ANON(2, 64), 1000, &out, &rows, &err), -1);
     ck_assert_str_eq(err.message, "k: expected a multiple of 128 numbers, got 100");
     cJSON_Delete(a);
 
@@ -241,7 +324,7 @@ START_TEST(decode_shape_errors)
     decode_err("true", 2, 10, 400, "got a boolean");
     decode_err("[1,2]", 0, 10, 500, "row size 0"); /* a bad shape is our bug: 500 */
 
-    ck_assert_int_eq(kvd_wire_decode(NULL, "v", 2, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(NULL, "v", SH(1, 2), 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "v", "v: missing");
 }
 END_TEST
@@ -264,22 +347,22 @@ START_TEST(decode_non_finite)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(1, 2), 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(-3.5e38));
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(1, 2), 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(INFINITY));
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(1, 2), 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[17]: not a finite f32");
     cJSON_ReplaceItemInArray(a, 3, cJSON_CreateNumber(NAN));
-    ck_assert_int_eq(kvd_wire_decode(a, "steps[2].k", 2, NULL, 100, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(a, "steps[2].k", SH(1, 2), 100, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "steps[2].k", "steps[2].k[3]: not a finite f32");
     /* The f32 extremes themselves are fine. */
     cJSON_ReplaceItemInArray(a, 3, cJSON_CreateNumber((double)FLT_MAX));
     cJSON_ReplaceItemInArray(a, 17, cJSON_CreateNumber(-(double)FLT_MAX));
     cJSON_ReplaceItemInArray(a, 18, cJSON_CreateNumber(1e-50)); /* underflows to 0: fine */
-    ck_assert_int_eq(kvd_wire_decode(a, "k", 2, NULL, 100, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(a, "k", SH(1, 2), 100, &out, &rows, &err), 0);
     ck_assert(out[3] == FLT_MAX && out[17] == -FLT_MAX && out[18] == 0.0f);
     free(out);
     cJSON_Delete(a);
@@ -304,27 +387,27 @@ START_TEST(decode_b64)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(j, "q", 3, "heads*head_dim = 1*3", 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", Q(1, 3), 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 2);
     ck_assert_int_eq(memcmp(out, x, sizeof x), 0);
     free(out);
     /* Not a multiple of the row; over the row limit. */
-    ck_assert_int_eq(kvd_wire_decode(j, "q", 4, "heads*head_dim = 1*4", 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", Q(1, 4), 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "q", "q: expected a multiple of heads*head_dim = 1*4 = 4 numbers, got 6");
-    ck_assert_int_eq(kvd_wire_decode(j, "q", 1, NULL, 5, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "q", SH(1, 1), 5, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "q", "6 rows of 1 numbers, more than the limit of 5");
     cJSON_Delete(j);
 
     /* Non-finite values inside base64. */
     float y[3] = {1, NAN, 2};
     j = b64_item(y, 3);
-    ck_assert_int_eq(kvd_wire_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "k", SH(1, 1), 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[1]: not a finite f32");
     cJSON_Delete(j);
     y[1] = 0;
     y[2] = -INFINITY;
     j = b64_item(y, 3);
-    ck_assert_int_eq(kvd_wire_decode(j, "k", 1, NULL, 10, &out, &rows, &err), -1);
+    ck_assert_int_eq(kvd_wire_decode(j, "k", SH(1, 1), 10, &out, &rows, &err), -1);
     ASSERT_ERR(err, 400, "k", "k[2]: not a finite f32");
     cJSON_Delete(j);
 
@@ -355,7 +438,7 @@ START_TEST(encode_json_and_b64)
     float *out = NULL;
     size_t rows = 0;
     kvd_api_error err;
-    ck_assert_int_eq(kvd_wire_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(back, "o", SH(1, 1), 10, &out, &rows, &err), 0);
     ck_assert_uint_eq(rows, 4);
     ck_assert_int_eq(memcmp(out, x, sizeof x), 0);
     free(out);
@@ -368,7 +451,7 @@ START_TEST(encode_json_and_b64)
     a = kvd_wire_encode(big, 2, KVD_WIRE_ENCODING_JSON);
     text = cJSON_PrintUnformatted(a);
     back = cJSON_Parse(text);
-    ck_assert_int_eq(kvd_wire_decode(back, "o", 1, NULL, 10, &out, &rows, &err), 0);
+    ck_assert_int_eq(kvd_wire_decode(back, "o", SH(1, 1), 10, &out, &rows, &err), 0);
     ck_assert(out[0] == FLT_MAX && out[1] == -FLT_MAX);
     ck_assert_str_eq(text, "[3.40282346e+38,-3.40282346e+38]");
     free(out);
@@ -412,7 +495,7 @@ START_TEST(encode_round_trip_random)
         float *out = NULL;
         size_t rows = 0;
         kvd_api_error err;
-        ck_assert_int_eq(kvd_wire_decode(back, "o", 257, NULL, 1, &out, &rows, &err), 0);
+        ck_assert_int_eq(kvd_wire_decode(back, "o", SH(1, 257), 1, &out, &rows, &err), 0);
         ck_assert_uint_eq(rows, 1);
         for (size_t i = 0; i < 257; i++)
             ck_assert_msg(memcmp(&out[i], &x[i], 4) == 0 || (x[i] == 0 && out[i] == 0),
@@ -455,6 +538,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, decode_flat);
     tcase_add_test(tc, decode_nested_row_major);
     tcase_add_test(tc, decode_empty_is_zero_rows);
+    tcase_add_test(tc, decode_nested_shape_rules);
     tcase_add_test(tc, decode_shape_errors);
     tcase_add_test(tc, decode_non_number_elements);
     tcase_add_test(tc, decode_non_finite);
