@@ -101,9 +101,11 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "window",
                                  "window: only used with attention \"tensor\"");
     }
-    if (c->cache.eviction == KVD_EVICT_SUBGEN && c->attention == KVD_ATTN_TENSOR)
-        return not_yet(err, "cache.eviction", "\"subgen\" with attention \"tensor\"",
-                       "SubGen4Cache and SubGen2Cache are not built yet; standard attention is");
+    if (c->cache.eviction == KVD_EVICT_SUBGEN && c->attention == KVD_ATTN_TENSOR &&
+        c->tensor_cache == KVD_TENSOR_CACHE_TWO)
+        return not_yet(err, "cache.eviction", "\"subgen\" with tensor_cache \"two\"",
+                       "SubGen2Cache would need the pair rows of every sketched token with each new "
+                       "token, i.e. every token's keys; use tensor_cache \"four\" (SubGen4Cache)");
     if (c->cache.eviction == KVD_EVICT_SUBGEN && c->cache.dtype != KVD_DTYPE_F32) {
         snprintf(v, sizeof v, "\"subgen\" with dtype \"%s\"", kvd_dtype_name(c->cache.dtype));
         return not_yet(err, "cache.dtype", v,

@@ -36,8 +36,11 @@ static double bits_per_coordinate(const kvd_session *s, size_t tokens)
         for (size_t i = 0; i < s->n_streams; i++) {
             payload += (double)kvd_subgen_payload_bytes(&s->subgen[i]);
             represented += (double)(s->streams[i].n_tokens + s->subgen[i].items);
+            if (s->subgen_b) /* SubGen4Cache: k2/v2 and their sketch; 4 * d numbers a token */
+                payload += (double)(kvd_stream_payload_bytes(&s->tensor_b[i]) +
+                                    kvd_subgen_payload_bytes(&s->subgen_b[i]));
         }
-        return 8.0 * payload / (2.0 * (double)d * represented);
+        return 8.0 * payload / ((s->subgen_b ? 4.0 : 2.0) * (double)d * represented);
     }
     return 8.0 * payload / (2.0 * (double)d * (double)tokens);
 }
@@ -50,7 +53,7 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     size_t tokens = kvd_session_tokens(s), pages = kvd_session_pages(s);
     size_t n_clusters = 0;
     for (size_t i = 0; s->subgen && i < s->n_streams; i++)
-        n_clusters += s->subgen[i].n_clusters;
+        n_clusters += s->subgen[i].n_clusters + (s->subgen_b ? s->subgen_b[i].n_clusters : 0);
     double bytes = (double)pages * (double)page_bytes;
 
     cJSON *o = cJSON_CreateObject();
@@ -117,9 +120,12 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
             cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)st->n_tokens));
             cJSON_AddItemToArray(ev, cJSON_CreateNumber((double)st->evicted));
             if (s->subgen) {
-                cJSON_AddItemToArray(clusters, cJSON_CreateNumber((double)s->subgen[idx].n_clusters));
+                /* SubGen4Cache: k1 clusters + k2 clusters */
+                const kvd_subgen *b = s->subgen_b ? &s->subgen_b[idx] : NULL;
+                cJSON_AddItemToArray(clusters, cJSON_CreateNumber(
+                                                   (double)(s->subgen[idx].n_clusters + (b ? b->n_clusters : 0))));
                 cJSON_AddItemToArray(sketched, cJSON_CreateNumber((double)s->subgen[idx].items));
-                layer_pages += kvd_subgen_pages(&s->subgen[idx]);
+                layer_pages += kvd_subgen_pages(&s->subgen[idx]) + (b ? kvd_subgen_pages(b) : 0);
             }
             /* Slots keep their original positions (eviction reorders slots,
              * never renumbers tokens): the kept range, or null when empty.

@@ -217,8 +217,9 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
 
 /* subgen: each stream sketches at most the tokens it holds plus those the
  * request appends (every one may open a cluster: a centre, a count and t
- * reservoir rows; the first also lays out the s samples). Grows the sketch
- * tables and adds the pages to *pages; the victim and numerator scratch. */
+ * reservoir rows; the first also lays out the s samples), in each of its
+ * sketches (SubGen4Cache: k1 and k2). Grows the sketch tables and adds the
+ * pages to *pages; the victim, numerator and q (.) k scratch. */
 static int plan_subgen(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, size_t *pages)
 {
     size_t max_tokens = 1;
@@ -228,15 +229,19 @@ static int plan_subgen(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
             max_tokens = items;
         if (!p->new_tokens[i])
             continue; /* no append: the stream is already within its window */
-        *pages = sat_add(*pages, kvd_subgen_pages_bound(&sess->subgen[i], items));
-        if (*pages > pool_pages)
-            continue; /* refused as too big by the caller: no table grows for it */
-        if (kvd_subgen_reserve(&sess->subgen[i], items) != 0)
-            return KVD_STEP_NOMEM;
+        kvd_subgen *sk[2] = {&sess->subgen[i], sess->subgen_b ? &sess->subgen_b[i] : NULL};
+        for (int b = 0; b < 2 && sk[b]; b++) {
+            *pages = sat_add(*pages, kvd_subgen_pages_bound(sk[b], items));
+            if (*pages > pool_pages)
+                continue; /* refused as too big by the caller: no table grows for it */
+            if (kvd_subgen_reserve(sk[b], items) != 0)
+                return KVD_STEP_NOMEM;
+        }
     }
     p->victims = malloc(max_tokens * sizeof *p->victims);
     p->sg_num = malloc((size_t)sess->config.head_dim * sizeof *p->sg_num);
-    return p->victims && p->sg_num ? KVD_STEP_OK : KVD_STEP_NOMEM;
+    p->sg_qk = malloc((size_t)sess->config.head_dim * sizeof *p->sg_qk);
+    return p->victims && p->sg_num && p->sg_qk ? KVD_STEP_OK : KVD_STEP_NOMEM;
 }
 
 /* The exact f32 shadow copy: its outputs and the pages its tokens take. */
@@ -365,5 +370,6 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->norm_factor);
     free(p->victims);
     free(p->sg_num);
+    free(p->sg_qk);
     memset(p, 0, sizeof *p);
 }

@@ -30,6 +30,7 @@ typedef struct kvd__step_plan {
      * [head_dim] one query's numerator in double. */
     struct kvd__subgen_victim *victims;
     double *sg_num;
+    float *sg_qk;            /* subgen tensor: [head_dim] q (.) k of one token */
 } kvd__step_plan;
 
 /* A token leaving a subgen stream's protected window (sketched oldest first). */

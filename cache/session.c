@@ -108,18 +108,26 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     for (size_t i = 0; s->tensor_b && i < n_streams; i++)
         s->streams[i].mirror = &s->tensor_b[i]; /* k2/v2 follow k1/v1's slot moves */
     if (cfg->cache.eviction == KVD_EVICT_SUBGEN) {
-        if (cfg->attention != KVD_ATTN_STANDARD || cfg->cache.dtype != KVD_DTYPE_F32 ||
+        const bool four = cfg->attention == KVD_ATTN_TENSOR && cfg->tensor_cache == KVD_TENSOR_CACHE_FOUR;
+        if ((cfg->attention != KVD_ATTN_STANDARD && !four) || cfg->window || cfg->cache.dtype != KVD_DTYPE_F32 ||
             cfg->cache.value_samples == 0 || cfg->cache.cluster_samples == 0 || !(cfg->cache.delta > 0)) {
             kvd_session_destroy(s, NULL);
             return -EINVAL; /* the API refuses these combinations first (api/create_body.c) */
         }
-        if (!(s->subgen = calloc(n_streams, sizeof *s->subgen))) {
+        s->subgen = calloc(n_streams, sizeof *s->subgen);
+        if (four)
+            s->subgen_b = calloc(n_streams, sizeof *s->subgen_b);
+        if (!s->subgen || (four && !s->subgen_b)) {
             kvd_session_destroy(s, NULL);
             return -ENOMEM;
         }
-        for (size_t i = 0; i < n_streams; i++)
+        for (size_t i = 0; i < n_streams; i++) {
             kvd_subgen_init(&s->subgen[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
                             cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, i);
+            if (four) /* its own random sequence: the two samplers must be independent */
+                kvd_subgen_init(&s->subgen_b[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
+                                cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, n_streams + i);
+        }
     }
     if (cfg->cache.eviction != KVD_EVICT_NONE) {
         /* subgen: the stream's tokens leave it oldest unprotected first (a
@@ -194,8 +202,11 @@ void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
             kvd_stream_release(&s->pairs[i], pool);
         if (s->subgen)
             kvd_subgen_release(&s->subgen[i], pool);
+        if (s->subgen_b)
+            kvd_subgen_release(&s->subgen_b[i], pool);
     }
     free(s->subgen);
+    free(s->subgen_b);
     free(s->streams);
     free(s->tensor_b);
     free(s->pairs);
@@ -243,6 +254,8 @@ size_t kvd_session_pages(const kvd_session *s)
             n += stream_pages(&s->pairs[i]);
         if (s->subgen)
             n += kvd_subgen_pages(&s->subgen[i]);
+        if (s->subgen_b)
+            n += kvd_subgen_pages(&s->subgen_b[i]);
     }
     return n;
 }
@@ -261,6 +274,8 @@ size_t kvd_session_heap_bytes(const kvd_session *s)
     size_t n = sizeof *s + arrays * s->n_streams * sizeof *s->streams;
     if (s->subgen)
         n += s->n_streams * sizeof *s->subgen;
+    if (s->subgen_b)
+        n += s->n_streams * sizeof *s->subgen_b;
     for (size_t i = 0; i < s->n_streams; i++) {
         n += kvd_stream_heap_bytes(&s->streams[i]);
         if (s->tensor_b)
@@ -269,6 +284,8 @@ size_t kvd_session_heap_bytes(const kvd_session *s)
             n += kvd_stream_heap_bytes(&s->pairs[i]);
         if (s->subgen)
             n += kvd_subgen_heap_bytes(&s->subgen[i]);
+        if (s->subgen_b)
+            n += kvd_subgen_heap_bytes(&s->subgen_b[i]);
     }
     return n;
 }
@@ -288,7 +305,8 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
     const bool subgen = cfg->cache.eviction == KVD_EVICT_SUBGEN; /* a recency index and a sketch */
     const size_t index = kvd__evict_heap_bytes_new(subgen ? KVD_EVICT_RECENCY : cfg->cache.eviction,
                                                    cfg->cache.recent);
-    return sizeof(kvd_session) + streams * (arrays * per_stream + index + (subgen ? sizeof(kvd_subgen) : 0));
+    const size_t sketches = subgen ? (cfg->attention == KVD_ATTN_TENSOR ? 2 : 1) : 0; /* SubGen4Cache: two */
+    return sizeof(kvd_session) + streams * (arrays * per_stream + index + sketches * sizeof(kvd_subgen));
 }
 
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent)

@@ -48,6 +48,9 @@ typedef struct kvd_session {
      * sketch of each stream's tokens that left its sink + recent window;
      * streams[] then hold exactly the protected tokens (DESIGN.md §4). */
     kvd_subgen *subgen;
+    /* Tensor attention, four caches, subgen (SubGen4Cache): subgen[] sketches
+     * (k1, v1) and subgen_b[] (k2, v2) of the same tokens, separately. */
+    kvd_subgen *subgen_b;
 } kvd_session;
 
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,

@@ -175,7 +175,10 @@ void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *cons
 
     /* l2 samplers: each keeps its pick with probability 1 - w/F, so token j
      * is its pick at the end with probability (w_j/F_j) prod_{i>j}(1 -
-     * w_i/F_i) = w_j / F. A token with v = 0 is never picked (weight 0). */
+     * w_i/F_i) = w_j / F. A token with v = 0 is never picked (weight 0).
+     * The s independent Bernoulli(p) trials are drawn as geometric gaps
+     * between successes (the same distribution), O(1 + successes) draws
+     * instead of s: most tokens replace no sample once F is large. */
     if (g->samples.n_rows == 0)
         rows_grow(&g->samples, g->s, spare, n_spare, used);
     double w = 0;
@@ -186,12 +189,15 @@ void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *cons
         return;
     g->f += w;
     const double p = w / g->f;
-    for (uint32_t i = 0; i < g->s; i++) {
-        if (uniform(&g->rng) < p) {
-            float *r = row(&g->samples, i);
-            memcpy(r, k, key);
-            memcpy(r + d, v, key);
-        }
+    const double log_miss = log1p(-p); /* -inf when p == 1: every sampler takes it */
+    for (double i = -1;;) {
+        const double u = ((double)(next_u64(&g->rng) >> 11) + 0.5) * 0x1.0p-53; /* (0, 1) */
+        i += 1 + floor(log(u) / log_miss);
+        if (!(i < (double)g->s))
+            break;
+        float *r = row(&g->samples, (size_t)i);
+        memcpy(r, k, key);
+        memcpy(r + d, v, key);
     }
 }
 
@@ -227,6 +233,15 @@ void kvd_subgen_acc_exact(kvd_subgen_acc *a, double x, const float *v)
         a->num[i] += e * v[i];
 }
 
+void kvd_subgen_acc_exact2(kvd_subgen_acc *a, double x, const float *v1, const float *v2)
+{
+    raise_max(a, x);
+    const double e = exp(x - a->max);
+    a->den += e;
+    for (size_t i = 0; i < a->d; i++)
+        a->num[i] += e * v1[i] * v2[i];
+}
+
 static double dot(const float *a, const float *b, size_t d)
 {
     double acc = 0;
@@ -235,30 +250,68 @@ static double dot(const float *a, const float *b, size_t d)
     return acc;
 }
 
-void kvd_subgen_attend(const kvd_subgen *g, const float *q, float scale, kvd_subgen_acc *a)
+void kvd_subgen_terms(const kvd_subgen *g, const float *q, float scale, double w_den, double w_num,
+                      const float *vmul, kvd_subgen_acc *a)
 {
     const size_t d = g->head_dim;
-    for (size_t c = 0; c < g->n_clusters; c++) {
+    for (size_t c = 0; w_den > 0 && c < g->n_clusters; c++) {
         const uint64_t n = *(const uint64_t *)row(&g->counts, c);
         const size_t r = n < g->t ? (size_t)n : g->t;
-        const double w = (double)n / (double)r;
+        const double w = w_den * (double)n / (double)r;
         for (size_t j = 0; j < r; j++) {
             const double x = (double)scale * dot(q, row(&g->reservoir, c * g->t + j), d);
             raise_max(a, x);
             a->den += w * exp(x - a->max);
         }
     }
-    if (!(g->f > 0))
+    if (!(w_num > 0) || !(g->f > 0))
         return; /* every value so far is zero: so is the numerator */
-    const double fs = g->f / (double)g->s;
+    const double fs = w_num * g->f / (double)g->s;
     for (uint32_t i = 0; i < g->s; i++) {
         const float *k = row(&g->samples, i), *v = k + d;
         const double vv = dot(v, v, d);
         const double x = (double)scale * dot(q, k, d);
         raise_max(a, x);
         const double e = fs / vv * exp(x - a->max);
-        for (size_t j = 0; j < d; j++)
-            a->num[j] += e * v[j];
+        if (vmul)
+            for (size_t j = 0; j < d; j++)
+                a->num[j] += e * v[j] * vmul[j];
+        else
+            for (size_t j = 0; j < d; j++)
+                a->num[j] += e * v[j];
+    }
+}
+
+void kvd_subgen_attend(const kvd_subgen *g, const float *q, float scale, kvd_subgen_acc *a)
+{
+    kvd_subgen_terms(g, q, scale, 1.0, 1.0, NULL, a);
+}
+
+void kvd_subgen_attend_pairs(const kvd_subgen *g1, const kvd_subgen *g2, const float *q, float scale,
+                             float *qk, kvd_subgen_acc *a)
+{
+    const size_t d = g1->head_dim;
+    /* denominator: every reservoir key a of a k1 cluster (weight n_c1 / |R_c1|)
+     * against the k2 sketch's reservoirs, query q (.) a */
+    for (size_t c = 0; c < g1->n_clusters; c++) {
+        const uint64_t n = *(const uint64_t *)row(&g1->counts, c);
+        const size_t r = n < g1->t ? (size_t)n : g1->t;
+        for (size_t j = 0; j < r; j++) {
+            const float *k1 = row(&g1->reservoir, c * g1->t + j);
+            for (size_t i = 0; i < d; i++)
+                qk[i] = q[i] * k1[i];
+            kvd_subgen_terms(g2, qk, scale, (double)n / (double)r, 0.0, NULL, a);
+        }
+    }
+    /* numerator: every k1 sample i (weight F1 / (s1 ||v1_i||^2)) against
+     * every k2 sample: all s1 * s2 pairs of two independent samplers */
+    if (!(g1->f > 0))
+        return;
+    for (uint32_t i = 0; i < g1->s; i++) {
+        const float *k1 = row(&g1->samples, i), *v1 = k1 + d;
+        for (size_t c = 0; c < d; c++)
+            qk[c] = q[c] * k1[c];
+        kvd_subgen_terms(g2, qk, scale, 0.0, g1->f / ((double)g1->s * dot(v1, v1, d)), v1, a);
     }
 }
 

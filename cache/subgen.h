@@ -75,10 +75,25 @@ typedef struct kvd_subgen_acc {
 void kvd_subgen_acc_reset(kvd_subgen_acc *a, double *num, size_t d);
 /* An exact token: adds exp(x) to den and exp(x) * v to num. */
 void kvd_subgen_acc_exact(kvd_subgen_acc *a, double x, const float *v);
+/* An exact pair of tensor attention: exp(x) to den, exp(x) * (v1 (.) v2) to num. */
+void kvd_subgen_acc_exact2(kvd_subgen_acc *a, double x, const float *v1, const float *v2);
 /* Adds the sketch's terms for query q (head_dim f32):
  *   den += sum_c (n_c / |R_c|) sum_{k in R_c} exp(scale <q, k>)
  *   num += (F / s) sum_i exp(scale <q, k_i>) v_i / ||v_i||^2. */
 void kvd_subgen_attend(const kvd_subgen *g, const float *q, float scale, kvd_subgen_acc *a);
+/* The same terms with the denominator's scaled by w_den and the
+ * numerator's by w_num (0 leaves that part out), each sampled value
+ * multiplied elementwise by vmul (head_dim f32, or NULL). Tensor attention
+ * uses it with q (.) k of one side as the query. */
+void kvd_subgen_terms(const kvd_subgen *g, const float *q, float scale, double w_den, double w_num,
+                      const float *vmul, kvd_subgen_acc *a);
+/* SubGen4Cache's sketched x sketched pairs (tensor attention, scores
+ * scale <q, k1_j (.) k2_k>), from the k1 sketch g1 and the k2 sketch g2:
+ *   den += sum_{c1,c2} (n_c1 n_c2 / (|R_c1| |R_c2|)) sum_{a in R_c1, b in R_c2} exp(scale <q (.) a, b>)
+ *   num += (F1 F2 / (s1 s2)) sum_{i,l} exp(scale <q (.) k1_i, k2_l>) (v1_i (.) v2_l) / (||v1_i||^2 ||v2_l||^2)
+ * over every pair of the two independent samplers. qk: [head_dim] scratch. */
+void kvd_subgen_attend_pairs(const kvd_subgen *g1, const kvd_subgen *g2, const float *q, float scale,
+                             float *qk, kvd_subgen_acc *a);
 /* o = num / den as f32, or zeros when there was no term. */
 void kvd_subgen_acc_finish(const kvd_subgen_acc *a, float *o);
 

@@ -361,8 +361,12 @@ START_TEST(create_not_yet_supported)
                "not used with cache.eviction \"subgen\"");
     create_err("{\"cache\": {\"eviction\": \"subgen\", \"dtype\": \"int8\"}}", "cache.dtype",
                "\"subgen\" with dtype \"int8\" is not yet supported");
-    create_err("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",
-               "not yet supported");
+    create_ok("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"subgen\"}}", &t);
+    ck_assert(t.attention == KVD_ATTN_TENSOR && t.cache.eviction == KVD_EVICT_SUBGEN);
+    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"cache\": {\"eviction\": \"subgen\"}}",
+               "cache.eviction", "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"window\": 8, \"cache\": {\"eviction\": \"subgen\"}}",
+               "cache.eviction", "a window or a policy");
 }
 END_TEST
 

@@ -39,8 +39,8 @@ START_TEST(test_create_and_bad_input)
     bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"value_samples\":65537}}", "cache.value_samples", "65536");
     bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"budget\":16}}", "cache.budget", "subgen");
     bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"dtype\":\"int4\"}}", "cache.dtype", "not yet supported");
-    bad(port, "{\"attention\":\"tensor\",\"cache\":{\"eviction\":\"subgen\"}}", "cache.eviction",
-        "not yet supported");
+    bad(port, "{\"attention\":\"tensor\",\"tensor_cache\":\"two\",\"cache\":{\"eviction\":\"subgen\"}}",
+        "cache.eviction", "not yet supported");
     bad(port, "{\"cache\":{\"eviction\":\"h2o\",\"value_samples\":4}}", "cache.value_samples", "subgen");
     cJSON *list = kvd_get_json(port, "/v1/sessions", 200); /* nothing was created */
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(list, "sessions")), 0);
