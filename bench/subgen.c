@@ -7,7 +7,9 @@
  * ||o - o*|| / ||o*|| (median, worst) and SubGen's additive measure
  * ||o - o*|| / (||softmax||_2 ||V||_op) (median; ||V||_op by power
  * iteration). Ends with the issue-13 memory check (2k -> 16k clustered:
- * bytes < 3x, median rel <= 0.2, worst <= 0.5); exits 1 if it fails.
+ * bytes < 3x, median rel <= 0.2, worst <= 0.5); then SubGen4Cache against
+ * the exact four-cache (tensor attention) for n = 1k .. 16k with the same
+ * check. Exits 1 if a check fails.
  * Usage: bench_subgen [max_n_unclustered]  (default 16384: the clustering
  * scan is O(clusters) per token, so unclustered keys cost O(n^2 d)). */
 #include <math.h>
@@ -290,6 +292,121 @@ static void run(key_set ks, size_t max_n, kvd_pool *pool, float *k, float *v, fl
     kvd_session_destroy(sh, pool);
 }
 
+/* SubGen4Cache against the exact four-cache (tensor attention): k1 and k2
+ * each from 8 centres (independent per token, spread 0.05), v1, v2 = a mean
+ * per cluster + 0.3 noise; TQUERIES queries answered by both sessions. The
+ * exact side costs O(n^2 d) per query, which bounds n here. */
+#define TQUERIES 8
+#define T_MAX_N 16384
+
+static int tensor_feed(kvd_session *s, kvd_pool *pool, const float *k1, const float *k2, const float *v1,
+                       const float *v2, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i += CHUNK) {
+        const size_t m = i + CHUNK <= to ? CHUNK : to - i;
+        kvd_step_entry e = {.layer = 0, .m = m, .k = k1 + i * D, .v = v1 + i * D, .k2 = k2 + i * D,
+                            .v2 = v2 + i * D, .mask = KVD_MASK_BLOCK};
+        kvd_step_output out;
+        if (kvd_step_run(s, NULL, pool, &e, 1, &out) != KVD_STEP_OK)
+            return -1;
+        kvd_step_output_free(&out);
+    }
+    return 0;
+}
+
+static bool run_tensor(kvd_pool *pool)
+{
+    float *k1 = malloc((size_t)T_MAX_N * D * sizeof(float)), *k2 = malloc((size_t)T_MAX_N * D * sizeof(float));
+    float *v1 = malloc((size_t)T_MAX_N * D * sizeof(float)), *v2 = malloc((size_t)T_MAX_N * D * sizeof(float));
+    float q[TQUERIES * D];
+    rng64 r = {3};
+    double c1[CENTRES][D], c2[CENTRES][D], m1[CENTRES][D], m2[CENTRES][D];
+    for (int c = 0; c < CENTRES; c++)
+        for (int i = 0; i < D; i++) {
+            c1[c][i] = gauss(&r);
+            c2[c][i] = gauss(&r);
+            m1[c][i] = gauss(&r);
+            m2[c][i] = gauss(&r);
+        }
+    for (size_t j = 0; j < T_MAX_N; j++) {
+        const int a = (int)(unif(&r) * CENTRES), b = (int)(unif(&r) * CENTRES);
+        for (int i = 0; i < D; i++) {
+            k1[j * D + i] = (float)(c1[a][i] + SPREAD * gauss(&r));
+            k2[j * D + i] = (float)(c2[b][i] + SPREAD * gauss(&r));
+            v1[j * D + i] = (float)(m1[a][i] + VALUE_NOISE * gauss(&r));
+            v2[j * D + i] = (float)(m2[b][i] + VALUE_NOISE * gauss(&r));
+        }
+    }
+    for (int i = 0; i < TQUERIES * D; i++)
+        q[i] = (float)gauss(&r);
+    kvd_session_config c = config(KVD_EVICT_SUBGEN, 0);
+    c.attention = KVD_ATTN_TENSOR;
+    c.tensor_cache = KVD_TENSOR_CACHE_FOUR;
+    kvd_session_config ec = kvd_session_shadow_config(&c); /* exact f32 four-cache, no policy */
+    kvd_session *s, *x;
+    if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&ec, PAGE, &x) != 0) {
+        fprintf(stderr, "bench: tensor sessions\n");
+        exit(2);
+    }
+    printf("\ntensor attention, SubGen4Cache vs the exact four-cache (k1, k2 from 8 centres each, spread 0.05, "
+           "values = mean + 0.3 noise, %d queries)\n", TQUERIES);
+    printf("%7s | %12s %9s %8s %8s | %12s\n", "n", "subgen4 B", "clusters", "rel med", "rel max", "exact four B");
+    size_t have = 0, bytes_2k = 0, bytes_16k = 0;
+    double worst_check = 0, med_check = 0;
+    for (size_t n = 1024; n <= T_MAX_N; n *= 2) {
+        if (tensor_feed(s, pool, k1, k2, v1, v2, have, n) != 0 || tensor_feed(x, pool, k1, k2, v1, v2, have, n) != 0) {
+            fprintf(stderr, "bench: pool full at n = %zu\n", n);
+            exit(2);
+        }
+        have = n;
+        double rel[TQUERIES];
+        for (int i = 0; i < TQUERIES; i++) {
+            kvd_step_entry e = {.layer = 0, .m_q = 1, .q = q + i * D, .mask = KVD_MASK_BLOCK};
+            kvd_step_output a, b;
+            if (kvd_step_run(s, NULL, pool, &e, 1, &a) != KVD_STEP_OK ||
+                kvd_step_run(x, NULL, pool, &e, 1, &b) != KVD_STEP_OK) {
+                fprintf(stderr, "bench: tensor query failed\n");
+                exit(2);
+            }
+            double diff = 0, ref = 0;
+            for (int c2i = 0; c2i < D; c2i++) {
+                const double dd = (double)a.results[0].o[c2i] - b.results[0].o[c2i];
+                diff += dd * dd;
+                ref += (double)b.results[0].o[c2i] * b.results[0].o[c2i];
+            }
+            rel[i] = sqrt(diff / ref);
+            kvd_step_output_free(&a);
+            kvd_step_output_free(&b);
+        }
+        qsort(rel, TQUERIES, sizeof *rel, cmp_d);
+        const double med = (rel[TQUERIES / 2 - 1] + rel[TQUERIES / 2]) / 2, worst = rel[TQUERIES - 1];
+        const size_t bytes = kvd_session_pages(s) * PAGE;
+        printf("%7zu | %12zu %9zu %8.3f %8.3f | %12zu\n", n, bytes,
+               s->subgen[0].n_clusters + s->subgen_b[0].n_clusters, med, worst, kvd_session_pages(x) * PAGE);
+        fflush(stdout);
+        if (n == 2048)
+            bytes_2k = bytes;
+        if (n == 2048 || n == 16384) {
+            worst_check = fmax(worst_check, worst);
+            med_check = fmax(med_check, med);
+        }
+        if (n == 16384)
+            bytes_16k = bytes;
+    }
+    const double growth = bytes_2k ? (double)bytes_16k / (double)bytes_2k : INFINITY;
+    const bool ok = growth < 3 && med_check <= 0.2 && worst_check <= 0.5;
+    printf("\nmemory check (SubGen4Cache, 2k -> 16k tokens): bytes x%.2f (< 3), median rel <= %.3f (<= 0.2), worst "
+           "%.3f (<= 0.5): %s\n",
+           growth, med_check, worst_check, ok ? "PASS" : "FAIL");
+    kvd_session_destroy(s, pool);
+    kvd_session_destroy(x, pool);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    return ok;
+}
+
 static void cpu_name(char *out, size_t len)
 {
     snprintf(out, len, "unknown CPU");
@@ -352,9 +469,10 @@ int main(int argc, char **argv)
     printf("\nmemory check (clustered, 2k -> 16k tokens): bytes x%.2f (< 3), median rel %.3f / %.3f (<= 0.2), "
            "worst %.3f / %.3f (<= 0.5): %s\n",
            growth, a->e.rel_median, b->e.rel_median, a->e.rel_worst, b->e.rel_worst, ok ? "PASS" : "FAIL");
-    kvd_pool_destroy(pool);
     free(k);
     free(v);
     free(q);
-    return ok ? 0 : 1;
+    const bool tensor_ok = run_tensor(pool);
+    kvd_pool_destroy(pool);
+    return ok && tensor_ok ? 0 : 1;
 }
