@@ -1,8 +1,8 @@
 /* tests/integration/test_subgen.c — eviction "subgen" over HTTP: the config
  * echoed with its parameters, out-of-range parameters and refused
  * combinations as 400s naming their field, stats with clusters per stream
- * and honest bits per coordinate, shadow error, fork refused, and a step the
- * pool cannot hold answered 503 with nothing changed. */
+ * and honest bits per coordinate, shadow error, fork refused, a step the
+ * pool cannot hold answered 503 with nothing changed, and SubGen4Cache. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +16,7 @@
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_data.h"
 #include "tests/support/kvd_proc.h"
+#include "tests/support/tensor_body.h"
 
 #define J "application/json"
 #define D 16
@@ -150,6 +151,63 @@ START_TEST(test_pool_full_503)
 }
 END_TEST
 
+/* SubGen4Cache over HTTP: a tensor four-cache session with subgen keeps
+ * sink + recent tokens, reports k1 + k2 clusters, and answers queries; the
+ * sketched tokens all alike make its output exact tensor attention. */
+START_TEST(test_tensor_four)
+{
+    kvd_proc *p = kvd_proc_start_ck(NULL);
+    const int port = kvd_proc_port(p);
+    char *id = kvd_create_session(port,
+                                  "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"seed\":2,"
+                                  "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":1,"
+                                  "\"cluster_samples\":64,\"value_samples\":8}}",
+                                  NULL);
+    enum { N = 20, DT = 4 };
+    float k1[N * DT], k2[N * DT], v1[N * DT], v2[N * DT], q[DT] = {0.5f, -1, 0.25f, 1};
+    for (int j = 0; j < N; j++) /* token 0 and N-1 differ; 1 .. N-2 alike */
+        for (int c = 0; c < DT; c++) {
+            const int t = j == 0 ? 0 : j == N - 1 ? 2 : 1;
+            k1[j * DT + c] = 0.3f * (float)(t + c) - 0.5f;
+            k2[j * DT + c] = 0.2f * (float)(t * c) - 0.3f;
+            v1[j * DT + c] = 1.0f + 0.5f * (float)(t - c);
+            v2[j * DT + c] = -0.5f + 0.25f * (float)(t + 2 * c);
+        }
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = N, .mask = "block"};
+    char *body = tensor_step_body(&s, DT, DT, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    ck_assert(kvd_json_num(o, "tokens") == 2 && kvd_json_num(o, "evicted") == N - 2);
+    cJSON_Delete(o);
+    free(body);
+    tensor_step_spec qs = {.layer = 0, .q = q, .m_q = 1, .mask = "block"};
+    body = tensor_step_body(&qs, DT, DT, NULL);
+    o = kvd_step_ok(port, id, body);
+    /* exact tensor attention over all N tokens, in double */
+    double want[DT] = {0}, den = 0;
+    for (int j = 0; j < N; j++)
+        for (int k = 0; k < N; k++) {
+            double x = 0;
+            for (int c = 0; c < DT; c++)
+                x += (double)q[c] * k1[j * DT + c] * k2[k * DT + c];
+            const double e = exp(0.5 * x); /* scale 1/sqrt(4) */
+            den += e;
+            for (int c = 0; c < DT; c++)
+                want[c] += e * v1[j * DT + c] * v2[k * DT + c];
+        }
+    for (int c = 0; c < DT; c++)
+        want[c] /= den;
+    kvd_check_tensor(cJSON_GetObjectItemCaseSensitive(o, "o"), want, DT, 1e-5, "SubGen4Cache output");
+    cJSON_Delete(o);
+    free(body);
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert(kvd_json_num(st, "clusters") == 2); /* one k1 cluster, one k2 cluster */
+    cJSON_Delete(st);
+    kvd_delete_session(port, id);
+    free(id);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_subgen");
@@ -157,6 +215,7 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_create_and_bad_input);
     tcase_add_test(tc, test_pool_full_503);
+    tcase_add_test(tc, test_tensor_four);
     suite_add_tcase(s, tc);
     return s;
 }
