@@ -29,10 +29,15 @@
 #define GROUP_MAX 4096u
 /* KIVI keeps the newest `residual` tokens in f32; bounded like one step. */
 #define RESIDUAL_MAX (1u << 20)
-/* SubGen (arXiv 2402.06082) parameters. The defaults are placeholders until
- * the subgen policy exists; its author should revisit them. */
+/* SubGen (arXiv 2402.06082) parameters (docs/subgen.md). delta is a
+ * distance between keys after `scale`; 0.5 keeps exp(scale <q, k>) within
+ * a factor e^(0.5 ||q||) across a cluster. t = 32 reservoir keys per cluster
+ * and s = 256 value samples give a few percent relative error on clustered
+ * keys (bench/subgen.c). Both bounded so one step's sketch scratch and a
+ * cluster's reservoir stay small (a cluster lays out all t rows at once). */
 #define SUBGEN_DEFAULT_DELTA 0.5
-#define SUBGEN_DEFAULT_SAMPLES 32u
+#define SUBGEN_DEFAULT_CLUSTER_SAMPLES 32u
+#define SUBGEN_DEFAULT_VALUE_SAMPLES 256u
 #define SUBGEN_MAX_SAMPLES 65536u
 
 #define N_ATTENTION (KVD_ATTN_TENSOR + 1)
@@ -96,9 +101,17 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "window",
                                  "window: only used with attention \"tensor\"");
     }
-    if (c->cache.eviction == KVD_EVICT_SUBGEN)
-        return not_yet(err, "cache.eviction", "\"subgen\"",
-                       "none, recency, l2norm and h2o are implemented");
+    if (c->cache.eviction == KVD_EVICT_SUBGEN && c->attention == KVD_ATTN_TENSOR &&
+        c->tensor_cache == KVD_TENSOR_CACHE_TWO)
+        return not_yet(err, "cache.eviction", "\"subgen\" with tensor_cache \"two\"",
+                       "SubGen2Cache would need the pair rows of every sketched token with each new "
+                       "token, i.e. every token's keys; use tensor_cache \"four\" (SubGen4Cache)");
+    if (c->cache.eviction == KVD_EVICT_SUBGEN && c->cache.dtype != KVD_DTYPE_F32) {
+        snprintf(v, sizeof v, "\"subgen\" with dtype \"%s\"", kvd_dtype_name(c->cache.dtype));
+        return not_yet(err, "cache.dtype", v,
+                       "the sketch and its protected window are f32; a quantized window would "
+                       "save little next to the sketch");
+    }
     return 0;
 }
 /* ==== end NOT YET SUPPORTED ============================================= */
@@ -176,12 +189,19 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
         c->cache.delta = d->valuedouble;
     }
     if (kvd__api_json_get_u32(cache, "cluster_samples", "cache.cluster_samples", 1,
-                              SUBGEN_MAX_SAMPLES, SUBGEN_DEFAULT_SAMPLES,
+                              SUBGEN_MAX_SAMPLES, SUBGEN_DEFAULT_CLUSTER_SAMPLES,
                               &c->cache.cluster_samples, err)
         || kvd__api_json_get_u32(cache, "value_samples", "cache.value_samples", 1,
-                                 SUBGEN_MAX_SAMPLES, SUBGEN_DEFAULT_SAMPLES,
+                                 SUBGEN_MAX_SAMPLES, SUBGEN_DEFAULT_VALUE_SAMPLES,
                                  &c->cache.value_samples, err))
         return -1;
+    /* SubGen keeps sink + recent exactly and sketches everything else: there
+     * is no token budget to evict down to. */
+    if (subgen && c->cache.budget > 0)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.budget",
+                                 "cache.budget: not used with cache.eviction \"subgen\" (sink + "
+                                 "recent tokens stay exact, the rest goes into the sketch), got %"
+                                 PRIu32, c->cache.budget);
 
     /* A budget is reached by evicting, and sinks and recent tokens are never
      * evicted (DESIGN.md §4): a budget needs a policy and room above them. */

@@ -27,6 +27,21 @@ static double bits_per_coordinate(const kvd_session *s, size_t tokens)
     double payload = 0;
     for (size_t i = 0; i < s->n_streams; i++)
         payload += (double)kvd_stream_payload_bytes(&s->streams[i]);
+    if (s->subgen) {
+        /* SubGen: the exact window plus every sketch row laid out (centres,
+         * counts, all t reservoir rows of each cluster, the s samples) over
+         * every token the cache stands for, sketched ones included; far
+         * below 1 bit when keys cluster, far above 32 when they do not. */
+        double represented = 0;
+        for (size_t i = 0; i < s->n_streams; i++) {
+            payload += (double)kvd_subgen_payload_bytes(&s->subgen[i]);
+            represented += (double)(s->streams[i].n_tokens + s->subgen[i].items);
+            if (s->subgen_b) /* SubGen4Cache: k2/v2 and their sketch; 4 * d numbers a token */
+                payload += (double)(kvd_stream_payload_bytes(&s->tensor_b[i]) +
+                                    kvd_subgen_payload_bytes(&s->subgen_b[i]));
+        }
+        return 8.0 * payload / ((s->subgen_b ? 4.0 : 2.0) * (double)d * represented);
+    }
     return 8.0 * payload / (2.0 * (double)d * (double)tokens);
 }
 
@@ -36,6 +51,9 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     const kvd_session_config *cfg = &s->config;
     size_t page_bytes = api->opt.page_bytes;
     size_t tokens = kvd_session_tokens(s), pages = kvd_session_pages(s);
+    size_t n_clusters = 0;
+    for (size_t i = 0; s->subgen && i < s->n_streams; i++)
+        n_clusters += s->subgen[i].n_clusters + (s->subgen_b ? s->subgen_b[i].n_clusters : 0);
     double bytes = (double)pages * (double)page_bytes;
 
     cJSON *o = cJSON_CreateObject();
@@ -78,6 +96,8 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     cJSON_AddStringToObject(o, "memory_scaling", s->pairs ? "n^2*d" : "n*d");
     if (s->pairs)
         cJSON_AddNumberToObject(o, "pair_rows", (double)kvd_session_pair_rows(s));
+    if (s->subgen) /* summed over streams; per kv head under "layers" */
+        cJSON_AddNumberToObject(o, "clusters", (double)n_clusters);
     cJSON_AddItemToObject(o, "layers", layers);
     for (uint32_t l = 0; l < cfg->layers; l++) {
         cJSON *lo = cJSON_CreateObject();
@@ -85,7 +105,10 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
         cJSON *ev = cJSON_AddArrayToObject(lo, "evicted");
         cJSON *first = cJSON_AddArrayToObject(lo, "oldest_position");
         cJSON *last = cJSON_AddArrayToObject(lo, "newest_position");
-        if (!lo || !tok || !ev || !first || !last) {
+        /* subgen: clusters and sketched tokens per kv head */
+        cJSON *clusters = s->subgen ? cJSON_AddArrayToObject(lo, "clusters") : NULL;
+        cJSON *sketched = s->subgen ? cJSON_AddArrayToObject(lo, "sketched") : NULL;
+        if (!lo || !tok || !ev || !first || !last || (s->subgen && (!clusters || !sketched))) {
             cJSON_Delete(lo);
             cJSON_Delete(o);
             return NULL;
@@ -96,6 +119,14 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
             const kvd_stream *st = &s->streams[idx];
             cJSON_AddItemToArray(tok, cJSON_CreateNumber((double)st->n_tokens));
             cJSON_AddItemToArray(ev, cJSON_CreateNumber((double)st->evicted));
+            if (s->subgen) {
+                /* SubGen4Cache: k1 clusters + k2 clusters */
+                const kvd_subgen *b = s->subgen_b ? &s->subgen_b[idx] : NULL;
+                cJSON_AddItemToArray(clusters, cJSON_CreateNumber(
+                                                   (double)(s->subgen[idx].n_clusters + (b ? b->n_clusters : 0))));
+                cJSON_AddItemToArray(sketched, cJSON_CreateNumber((double)s->subgen[idx].items));
+                layer_pages += kvd_subgen_pages(&s->subgen[idx]) + (b ? kvd_subgen_pages(b) : 0);
+            }
             /* Slots keep their original positions (eviction reorders slots,
              * never renumbers tokens): the kept range, or null when empty.
              * O(tokens) reads of slot metadata, on an idle session. */

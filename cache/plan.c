@@ -34,6 +34,8 @@ static bool is_kivi(const kvd_session_config *cfg)
  * eviction budget (0 = no limit). */
 static uint32_t keep_limit(const kvd_session_config *cfg)
 {
+    if (cfg->cache.eviction == KVD_EVICT_SUBGEN) /* the protected window; the rest is sketched */
+        return cfg->cache.sink + cfg->cache.recent;
     return cfg->window ? cfg->window : cfg->cache.budget;
 }
 
@@ -213,6 +215,35 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
     return KVD_STEP_OK;
 }
 
+/* subgen: each stream sketches at most the tokens it holds plus those the
+ * request appends (every one may open a cluster: a centre, a count and t
+ * reservoir rows; the first also lays out the s samples), in each of its
+ * sketches (SubGen4Cache: k1 and k2). Grows the sketch tables and adds the
+ * pages to *pages; the victim, numerator and q (.) k scratch. */
+static int plan_subgen(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, size_t *pages)
+{
+    size_t max_tokens = 1;
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        const size_t items = sess->streams[i].n_tokens + p->new_tokens[i];
+        if (items > max_tokens)
+            max_tokens = items;
+        if (!p->new_tokens[i])
+            continue; /* no append: the stream is already within its window */
+        kvd_subgen *sk[2] = {&sess->subgen[i], sess->subgen_b ? &sess->subgen_b[i] : NULL};
+        for (int b = 0; b < 2 && sk[b]; b++) {
+            *pages = sat_add(*pages, kvd_subgen_pages_bound(sk[b], items));
+            if (*pages > pool_pages)
+                continue; /* refused as too big by the caller: no table grows for it */
+            if (kvd_subgen_reserve(sk[b], items) != 0)
+                return KVD_STEP_NOMEM;
+        }
+    }
+    p->victims = malloc(max_tokens * sizeof *p->victims);
+    p->sg_num = malloc((size_t)sess->config.head_dim * sizeof *p->sg_num);
+    p->sg_qk = malloc((size_t)sess->config.head_dim * sizeof *p->sg_qk);
+    return p->victims && p->sg_num && p->sg_qk ? KVD_STEP_OK : KVD_STEP_NOMEM;
+}
+
 /* The exact f32 shadow copy: its outputs and the pages its tokens take. */
 static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_entry *e, size_t n_entries,
                        size_t q_row, size_t *pages)
@@ -288,6 +319,11 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
             return KVD_STEP_TOO_BIG;
         }
     }
+    if (sess->subgen) {
+        int rc = plan_subgen(p, sess, pool_pages, &total);
+        if (rc != KVD_STEP_OK)
+            return rc;
+    }
     if (shadow) {
         size_t shadow_pages = 0;
         int rc = plan_shadow(p, shadow, e, n, q_row, &shadow_pages);
@@ -332,5 +368,8 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->pair_k);
     free(p->pair_v);
     free(p->norm_factor);
+    free(p->victims);
+    free(p->sg_num);
+    free(p->sg_qk);
     memset(p, 0, sizeof *p);
 }

@@ -8,6 +8,7 @@
 #define KVD_CACHE_PLAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cache/entry.h"
 #include "cache/pool.h"
@@ -25,7 +26,18 @@ typedef struct kvd__step_plan {
     float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
     double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */
+    /* subgen: [max_tokens] the slots leaving a stream's window, and
+     * [head_dim] one query's numerator in double. */
+    struct kvd__subgen_victim *victims;
+    double *sg_num;
+    float *sg_qk;            /* subgen tensor: [head_dim] q (.) k of one token */
 } kvd__step_plan;
+
+/* A token leaving a subgen stream's protected window (sketched oldest first). */
+typedef struct kvd__subgen_victim {
+    int64_t position;
+    size_t slot;
+} kvd__subgen_victim;
 
 /* Fills *p for the entries (p is zeroed first). Returns KVD_STEP_OK, or
  * KVD_STEP_NOMEM / KVD_STEP_POOL_FULL / KVD_STEP_TOO_BIG with *need_pages

@@ -18,6 +18,10 @@ bool kvd_session_reclaimable(const kvd_session *s)
 {
     if (s->config.cache.eviction == KVD_EVICT_NONE)
         return false;
+    /* subgen streams hold only their protected window already; sketching
+     * it would need pages (clusters, samples), not free them. */
+    if (s->subgen)
+        return false;
     /* A KIVI two-cache rebuilds its pair rows by appending them anew into
      * the f32 residual and settling them (cache/step.c): pages that a full
      * pool does not have. Skipped, so it never loses tokens without them. */

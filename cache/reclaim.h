@@ -16,7 +16,8 @@
 /* True when reclaiming from s could free at least one whole page: it has a
  * policy, no page shared with a fork (evicting from shared pages would need
  * copies, i.e. the very pages the pool is short of), is not a KIVI tensor
- * two-cache (rebuilding its pair rows appends them anew: pages again), and
+ * two-cache (rebuilding its pair rows appends them anew: pages again), is
+ * not subgen (its streams hold only protected tokens; sketching takes pages), and
  * some stream holds a page's worth of unprotected tokens. Every other kind
  * stays consistent: a tensor session's k2/v2 follow k1/v1's slot moves, and
  * a two-cache's pair rows are rebuilt in place (no page needed). */

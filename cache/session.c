@@ -107,9 +107,34 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     }
     for (size_t i = 0; s->tensor_b && i < n_streams; i++)
         s->streams[i].mirror = &s->tensor_b[i]; /* k2/v2 follow k1/v1's slot moves */
+    if (cfg->cache.eviction == KVD_EVICT_SUBGEN) {
+        const bool four = cfg->attention == KVD_ATTN_TENSOR && cfg->tensor_cache == KVD_TENSOR_CACHE_FOUR;
+        if ((cfg->attention != KVD_ATTN_STANDARD && !four) || cfg->window || cfg->cache.dtype != KVD_DTYPE_F32 ||
+            cfg->cache.value_samples == 0 || cfg->cache.cluster_samples == 0 || !(cfg->cache.delta > 0)) {
+            kvd_session_destroy(s, NULL);
+            return -EINVAL; /* the API refuses these combinations first (api/create_body.c) */
+        }
+        s->subgen = calloc(n_streams, sizeof *s->subgen);
+        if (four)
+            s->subgen_b = calloc(n_streams, sizeof *s->subgen_b);
+        if (!s->subgen || (four && !s->subgen_b)) {
+            kvd_session_destroy(s, NULL);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < n_streams; i++) {
+            kvd_subgen_init(&s->subgen[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
+                            cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, i);
+            if (four) /* its own random sequence: the two samplers must be independent */
+                kvd_subgen_init(&s->subgen_b[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
+                                cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, n_streams + i);
+        }
+    }
     if (cfg->cache.eviction != KVD_EVICT_NONE) {
+        /* subgen: the stream's tokens leave it oldest unprotected first (a
+         * recency index), into the sketch (cache/step.c). */
         const kvd_evict_config ec = {
-            .policy = cfg->cache.eviction, .sink = cfg->cache.sink, .recent = cfg->cache.recent};
+            .policy = cfg->cache.eviction == KVD_EVICT_SUBGEN ? KVD_EVICT_RECENCY : cfg->cache.eviction,
+            .sink = cfg->cache.sink, .recent = cfg->cache.recent};
         for (size_t i = 0; i < n_streams; i++) {
             const int rc = kvd_stream_evict_init(&s->streams[i], &ec);
             if (rc != 0) {
@@ -135,8 +160,8 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;
-    if (parent->tensor_b)
-        return -ENOTSUP; /* tensor sessions do not fork yet */
+    if (parent->tensor_b || parent->subgen)
+        return -ENOTSUP; /* tensor and subgen sessions do not fork yet */
     kvd_session *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
@@ -175,7 +200,13 @@ void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
             kvd_stream_release(&s->tensor_b[i], pool);
         if (s->pairs)
             kvd_stream_release(&s->pairs[i], pool);
+        if (s->subgen)
+            kvd_subgen_release(&s->subgen[i], pool);
+        if (s->subgen_b)
+            kvd_subgen_release(&s->subgen_b[i], pool);
     }
+    free(s->subgen);
+    free(s->subgen_b);
     free(s->streams);
     free(s->tensor_b);
     free(s->pairs);
@@ -221,6 +252,10 @@ size_t kvd_session_pages(const kvd_session *s)
             n += stream_pages(&s->tensor_b[i]);
         if (s->pairs)
             n += stream_pages(&s->pairs[i]);
+        if (s->subgen)
+            n += kvd_subgen_pages(&s->subgen[i]);
+        if (s->subgen_b)
+            n += kvd_subgen_pages(&s->subgen_b[i]);
     }
     return n;
 }
@@ -237,12 +272,20 @@ size_t kvd_session_heap_bytes(const kvd_session *s)
 {
     const size_t arrays = 1 + (s->tensor_b != NULL) + (s->pairs != NULL);
     size_t n = sizeof *s + arrays * s->n_streams * sizeof *s->streams;
+    if (s->subgen)
+        n += s->n_streams * sizeof *s->subgen;
+    if (s->subgen_b)
+        n += s->n_streams * sizeof *s->subgen_b;
     for (size_t i = 0; i < s->n_streams; i++) {
         n += kvd_stream_heap_bytes(&s->streams[i]);
         if (s->tensor_b)
             n += kvd_stream_heap_bytes(&s->tensor_b[i]);
         if (s->pairs)
             n += kvd_stream_heap_bytes(&s->pairs[i]);
+        if (s->subgen)
+            n += kvd_subgen_heap_bytes(&s->subgen[i]);
+        if (s->subgen_b)
+            n += kvd_subgen_heap_bytes(&s->subgen_b[i]);
     }
     return n;
 }
@@ -259,8 +302,11 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
                           : cfg->tensor_cache == KVD_TENSOR_CACHE_TWO ? 3
                                                                       : 2;
     const size_t per_stream = sizeof(kvd_stream) + kvd__stream_heap_bytes_init(cfg->head_dim, &fmt);
-    return sizeof(kvd_session) + streams * (arrays * per_stream +
-                                            kvd__evict_heap_bytes_new(cfg->cache.eviction, cfg->cache.recent));
+    const bool subgen = cfg->cache.eviction == KVD_EVICT_SUBGEN; /* a recency index and a sketch */
+    const size_t index = kvd__evict_heap_bytes_new(subgen ? KVD_EVICT_RECENCY : cfg->cache.eviction,
+                                                   cfg->cache.recent);
+    const size_t sketches = subgen ? (cfg->attention == KVD_ATTN_TENSOR ? 2 : 1) : 0; /* SubGen4Cache: two */
+    return sizeof(kvd_session) + streams * (arrays * per_stream + index + sketches * sizeof(kvd_subgen));
 }
 
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
@@ -268,7 +314,7 @@ size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
     /* As kvd_session_fork and kvd__stream_fork_prepare allocate: the struct,
      * one stream array, each table and its flags trimmed to the pages held,
      * each index cloned at its capacity. */
-    if (parent->tensor_b != NULL || kvd__stream_is_kivi(&parent->streams[0]))
+    if (parent->tensor_b != NULL || parent->subgen != NULL || kvd__stream_is_kivi(&parent->streams[0]))
         return 0;
     size_t n = sizeof *parent + parent->n_streams * sizeof *parent->streams;
     for (size_t i = 0; i < parent->n_streams; i++) {

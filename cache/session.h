@@ -11,6 +11,7 @@
 
 #include "cache/pool.h"
 #include "cache/stream.h"
+#include "cache/subgen.h"
 #include "cache/types.h"
 
 /* The resolved create body (DESIGN.md §3): every default filled in. */
@@ -43,6 +44,13 @@ typedef struct kvd_session {
      * v1_j ⊙ v2_k in kvd_tensor_pair_row order. */
     kvd_stream *tensor_b;
     kvd_stream *pairs;
+    /* Eviction "subgen" only (NULL otherwise), [layers][kv_heads]: the
+     * sketch of each stream's tokens that left its sink + recent window;
+     * streams[] then hold exactly the protected tokens (DESIGN.md §4). */
+    kvd_subgen *subgen;
+    /* Tensor attention, four caches, subgen (SubGen4Cache): subgen[] sketches
+     * (k1, v1) and subgen_b[] (k2, v2) of the same tokens, separately. */
+    kvd_subgen *subgen_b;
 } kvd_session;
 
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
@@ -58,7 +66,8 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see
  * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0,
- * -ENOMEM or -ENOTSUP (KIVI), with nothing changed. */
+ * -ENOMEM or -ENOTSUP (KIVI, tensor, subgen: a sketch's samplers would
+ * need copy-on-write of every page they may rewrite), with nothing changed. */
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
 
 /* Releases every page to the pool and frees the session. NULL is a no-op. */
@@ -97,7 +106,7 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg);
 /* What kvd_session_fork(parent, ...) would allocate for the child (tables
  * trimmed to the parent's pages, indexes at the parent's capacity): its
  * kvd_session_heap_bytes right after the fork. 0 when the fork would be
- * refused with -ENOTSUP (tensor, KIVI). */
+ * refused with -ENOTSUP (tensor, KIVI, subgen). */
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
 
 /* ---- Private to cache/ (the step engine and reclaim). ---- */

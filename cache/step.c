@@ -18,6 +18,7 @@
 #include "cache/evict.h"
 #include "cache/plan.h"
 #include "cache/stream.h"
+#include "cache/subgen.h"
 
 static bool is_kivi(const kvd_session_config *cfg)
 {
@@ -126,6 +127,142 @@ static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n
         if (weights)
             kvd_stream_add_weights(s, weights, s->n_tokens);
     }
+}
+
+/* subgen (DESIGN.md §4): each query head of group g reads kv head g's
+ * sketch plus the stream's exact tokens (its protected window and the
+ * entry's new tokens it may see), one running max over all the terms:
+ *   o = (nu_sketch + nu_exact) / (tau_sketch + tau_exact). */
+static void attend_subgen(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, double *num)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const uint32_t group = cfg->heads / cfg->kv_heads;
+    const size_t d = cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        const kvd_kv_pages kv = kvd_stream_view(&sess->streams[idx]);
+        for (size_t i = 0; i < e->m_q; i++) {
+            const size_t visible = visible_tokens(e, n_before, i);
+            for (uint32_t h = 0; h < group; h++) {
+                const size_t off = (i * cfg->heads + (size_t)g * group + h) * d;
+                const float *q = e->q + off;
+                kvd_subgen_acc acc;
+                kvd_subgen_acc_reset(&acc, num, d);
+                for (size_t j = 0; j < visible; j++) {
+                    const float *k = kvd_kv_key(&kv, j);
+                    double x = 0;
+                    for (size_t c = 0; c < d; c++)
+                        x += (double)q[c] * k[c];
+                    kvd_subgen_acc_exact(&acc, (double)cfg->scale * x, kvd_kv_value(&kv, j));
+                }
+                kvd_subgen_attend(&sess->subgen[idx], q, cfg->scale, &acc);
+                kvd_subgen_acc_finish(&acc, o + off);
+            }
+        }
+    }
+}
+
+/* SubGen4Cache (tensor attention, four caches, subgen): over the pairs of
+ * E (the exact tokens the query sees) and S (the sketched ones), scores
+ * scale <q, k1_j (.) k2_k>, values v1_j (.) v2_k, one running max:
+ * E x E exact; E x S from the k2 sketch with query q (.) k1_j and values
+ * times v1_j; S x E from the k1 sketch with q (.) k2_k, values times v2_k;
+ * S x S over cluster pairs and sample pairs (kvd_subgen_attend_pairs). */
+static void attend_subgen_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o,
+                                 double *num, float *qk)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const uint32_t group = cfg->heads / cfg->kv_heads;
+    const size_t d = cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]), b = kvd_stream_view(&sess->tensor_b[idx]);
+        const kvd_subgen *s1 = &sess->subgen[idx], *s2 = &sess->subgen_b[idx];
+        for (size_t i = 0; i < e->m_q; i++) {
+            const size_t visible = visible_tokens(e, n_before, i);
+            for (uint32_t h = 0; h < group; h++) {
+                const size_t off = (i * cfg->heads + (size_t)g * group + h) * d;
+                const float *q = e->q + off;
+                kvd_subgen_acc acc;
+                kvd_subgen_acc_reset(&acc, num, d);
+                for (size_t j = 0; j < visible; j++) {
+                    const float *k1 = kvd_kv_key(&a, j), *v1 = kvd_kv_value(&a, j);
+                    for (size_t c = 0; c < d; c++)
+                        qk[c] = q[c] * k1[c];
+                    for (size_t k = 0; k < visible; k++) {
+                        const float *k2 = kvd_kv_key(&b, k);
+                        double x = 0;
+                        for (size_t c = 0; c < d; c++)
+                            x += (double)qk[c] * k2[c];
+                        kvd_subgen_acc_exact2(&acc, (double)cfg->scale * x, v1, kvd_kv_value(&b, k));
+                    }
+                    kvd_subgen_terms(s2, qk, cfg->scale, 1.0, 1.0, v1, &acc);
+                }
+                for (size_t k = 0; k < visible; k++) {
+                    const float *k2 = kvd_kv_key(&b, k);
+                    for (size_t c = 0; c < d; c++)
+                        qk[c] = q[c] * k2[c];
+                    kvd_subgen_terms(s1, qk, cfg->scale, 1.0, 1.0, kvd_kv_value(&b, k), &acc);
+                }
+                kvd_subgen_attend_pairs(s1, s2, q, cfg->scale, qk, &acc);
+                kvd_subgen_acc_finish(&acc, o + off);
+            }
+        }
+    }
+}
+
+static int by_position(const void *a, const void *b)
+{
+    const int64_t x = ((const kvd__subgen_victim *)a)->position, y = ((const kvd__subgen_victim *)b)->position;
+    return (x > y) - (x < y);
+}
+
+/* subgen: every token of the entry's layer that left the protected window
+ * (position >= sink and < appended - recent) goes into the stream's sketch,
+ * oldest first (so the sketch, and its random draws, depend only on the
+ * token sequence, not on how it was split into steps); then the recency
+ * index evicts exactly those slots. Returns the most sketched from one
+ * stream; adds every sketched token to *total. */
+static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_entry *e, kvd__step_plan *p,
+                            uint64_t *total)
+{
+    const kvd_session_config *cfg = &sess->config;
+    size_t most = 0;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        kvd_stream *s = &sess->streams[idx];
+        const int64_t recent_from = (int64_t)s->appended - (int64_t)cfg->cache.recent;
+        size_t n = 0;
+        for (size_t j = 0; j < s->n_tokens; j++) {
+            const int64_t pos = kvd_stream_meta(s, j)->position;
+            if (pos >= (int64_t)cfg->cache.sink && pos < recent_from)
+                p->victims[n++] = (kvd__subgen_victim){pos, j};
+        }
+        if (!n)
+            continue;
+        qsort(p->victims, n, sizeof *p->victims, by_position);
+        const kvd_kv_pages kv = kvd_stream_view(s);
+        size_t used = 0;
+        for (size_t i = 0; i < n; i++)
+            kvd_subgen_insert(&sess->subgen[idx], kvd_kv_key(&kv, p->victims[i].slot),
+                              kvd_kv_value(&kv, p->victims[i].slot), p->pages + p->cursor,
+                              p->total_pages - p->cursor, &used);
+        if (sess->subgen_b) { /* SubGen4Cache: (k2, v2) of the same tokens, same slots */
+            const kvd_kv_pages kb = kvd_stream_view(&sess->tensor_b[idx]);
+            for (size_t i = 0; i < n; i++)
+                kvd_subgen_insert(&sess->subgen_b[idx], kvd_kv_key(&kb, p->victims[i].slot),
+                                  kvd_kv_value(&kb, p->victims[i].slot), p->pages + p->cursor,
+                                  p->total_pages - p->cursor, &used);
+        }
+        p->cursor += used;
+        used = 0;
+        const size_t gone = kvd_stream_evict(s, pool, 0, p->pages + p->cursor, p->total_pages - p->cursor, &used);
+        assert(gone == n && "the recency index evicts exactly the unprotected tokens");
+        p->cursor += used;
+        *total += gone;
+        most = gone > most ? gone : most;
+    }
+    return most;
 }
 
 /* Tensor attention for every query of one entry (DESIGN.md §5): four
@@ -291,12 +428,18 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
         append_tokens(sess, pool, e, p);
     if (e->m && sess->tensor_b)
         append_tensor(sess, pool, e, p);
-    if (e->m_q && sess->tensor_b)
+    if (e->m_q && sess->tensor_b && sess->subgen)
+        attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
+    else if (e->m_q && sess->tensor_b)
         attend_tensor(sess, e, n_before, o, p->weights);
+    else if (e->m_q && sess->subgen)
+        attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
         attend_standard(sess, e, n_before, o, p->weights, p->scratch);
     if (sess->tensor_b && cfg->window)
         r->evicted = slide_window(sess, pool, e);
+    else if (sess->subgen)
+        r->evicted = sketch_window(sess, pool, e, p, evicted_total);
     else
         r->evicted = evict_to_budget(sess, pool, e, p, evicted_total);
     if (sess->pairs && r->evicted)

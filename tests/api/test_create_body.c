@@ -344,10 +344,29 @@ START_TEST(create_not_yet_supported)
     create_ok("{\"cache\": {\"dtype\": \"kivi2\", \"eviction\": \"recency\"}}", &t);
     ck_assert_int_eq(t.cache.dtype, KVD_DTYPE_KIVI2);
     ck_assert_int_eq(t.cache.eviction, KVD_EVICT_RECENCY);
-    create_err("{\"cache\": {\"eviction\": \"subgen\"}}", "cache.eviction",
-               "\"subgen\" is not yet supported");
-    create_err("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0.1, \"cluster_samples\": 4,"
-               " \"value_samples\": 4}}", "cache.eviction", "not yet supported");
+    /* subgen (issue 13): defaults, explicit parameters, and the combinations
+     * it refuses, each naming its field. */
+    create_ok("{\"cache\": {\"eviction\": \"subgen\"}}", &t);
+    ck_assert_int_eq(t.cache.eviction, KVD_EVICT_SUBGEN);
+    ck_assert(t.cache.delta == 0.5 && t.cache.cluster_samples == 32 && t.cache.value_samples == 256);
+    create_ok("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0.1, \"cluster_samples\": 4,"
+              " \"value_samples\": 65536, \"sink\": 2, \"recent\": 8}}", &t);
+    ck_assert(t.cache.delta == 0.1 && t.cache.cluster_samples == 4 && t.cache.value_samples == 65536);
+    create_err("{\"cache\": {\"eviction\": \"subgen\", \"delta\": 0}}", "cache.delta", "> 0");
+    create_err("{\"cache\": {\"eviction\": \"subgen\", \"cluster_samples\": 65537}}",
+               "cache.cluster_samples", "65536");
+    create_err("{\"cache\": {\"eviction\": \"subgen\", \"value_samples\": 0}}", "cache.value_samples",
+               "value_samples");
+    create_err("{\"cache\": {\"eviction\": \"subgen\", \"budget\": 64}}", "cache.budget",
+               "not used with cache.eviction \"subgen\"");
+    create_err("{\"cache\": {\"eviction\": \"subgen\", \"dtype\": \"int8\"}}", "cache.dtype",
+               "\"subgen\" with dtype \"int8\" is not yet supported");
+    create_ok("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"subgen\"}}", &t);
+    ck_assert(t.attention == KVD_ATTN_TENSOR && t.cache.eviction == KVD_EVICT_SUBGEN);
+    create_err("{\"attention\": \"tensor\", \"tensor_cache\": \"two\", \"cache\": {\"eviction\": \"subgen\"}}",
+               "cache.eviction", "not yet supported");
+    create_err("{\"attention\": \"tensor\", \"window\": 8, \"cache\": {\"eviction\": \"subgen\"}}",
+               "cache.eviction", "a window or a policy");
 }
 END_TEST
 

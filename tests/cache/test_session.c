@@ -153,7 +153,7 @@ START_TEST(test_create_einval)
 END_TEST
 
 /* A policy puts an index on every stream, with sink and recent from the
- * config; none puts none; subgen is not a per-token ranking (-EINVAL). */
+ * config; none puts none; subgen puts a recency index beside its sketch. */
 START_TEST(test_create_with_eviction)
 {
     kvd_pool *pool;
@@ -184,7 +184,19 @@ START_TEST(test_create_with_eviction)
     kvd_session_destroy(s, pool);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
 
+    /* subgen: a recency index (tokens leave the window oldest first) and a
+     * sketch per stream; refused with a quantized dtype or no samples. */
     cfg.cache.eviction = KVD_EVICT_SUBGEN;
+    cfg.cache.delta = 0.5;
+    cfg.cache.cluster_samples = 4;
+    cfg.cache.value_samples = 8;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_ptr_nonnull(s->subgen);
+    for (size_t i = 0; i < s->n_streams; i++)
+        ck_assert_ptr_nonnull(s->streams[i].evict);
+    ck_assert_uint_eq(kvd_session_heap_bytes(s), kvd_session_heap_bytes_new(&cfg));
+    kvd_session_destroy(s, pool);
+    cfg.cache.value_samples = 0;
     s = (kvd_session *)&cfg;
     ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
     ck_assert_ptr_null(s);

@@ -328,8 +328,8 @@ START_TEST(create_errors)
                "cache.residual", "multiple of cache.group", "kivi residual not a multiple of group");
     bad_create(port, J, "{\"cache\":{\"dtype\":\"int3\"}}", 400, INVALID, "cache.dtype", NULL, "dtype int3");
     bad_create(port, J, "{\"cache\":{\"dtype\":4}}", 400, INVALID, "cache.dtype", NULL, "dtype as a number");
-    bad_create(port, J, "{\"cache\":{\"eviction\":\"subgen\"}}", 400, INVALID, "cache.eviction", NYS,
-               "eviction subgen");
+    bad_create(port, J, "{\"cache\":{\"eviction\":\"subgen\",\"dtype\":\"f16\"}}", 400, INVALID,
+               "cache.dtype", NYS, "eviction subgen with a quantized dtype");
     bad_create(port, J, "{\"cache\":{\"budget\":64}}", 400, INVALID, "cache.budget",
                "needs an eviction policy", "budget without a policy");
     bad_create(port, J, "{\"cache\":{\"eviction\":\"h2o\",\"budget\":8,\"recent\":8}}", 400, INVALID,

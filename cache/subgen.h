@@ -1,0 +1,109 @@
+/* cache/subgen.h — the SubGen sketch of one stream (Zandieh et al. 2024,
+ * arXiv 2402.06082; DESIGN.md §4 "subgen"): the tokens that left a stream's
+ * protected window (sink + recent), replaced by keys clustered online with a
+ * count and a uniform reservoir per cluster (softmax denominator) and
+ * value_samples l2 samplers of (k, v) (numerator). All of it in pool pages;
+ * the bookkeeping (page tables, counters, RNG state) on the heap.
+ * Not thread-safe: one step of a session at a time, like its streams. */
+#ifndef KVD_CACHE_SUBGEN_H
+#define KVD_CACHE_SUBGEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/pool.h"
+
+/* A flat array of fixed-size rows in pool pages: row i is in page
+ * i / rows_per_page. Rows only ever get appended (a sketch never shrinks). */
+typedef struct kvd__subgen_rows {
+    void **pages;            /* block table: n_pages pool pages */
+    size_t n_pages, cap_pages;
+    size_t n_rows;
+    uint32_t row_bytes, rows_per_page;
+} kvd__subgen_rows;
+
+typedef struct kvd_subgen {
+    uint32_t head_dim;
+    uint32_t t;              /* cluster_samples: reservoir size per cluster */
+    uint32_t s;              /* value_samples: independent l2 samplers */
+    /* Cluster radius on raw keys: delta is a distance between keys after
+     * `scale` (||scale*k - scale*c|| <= delta), i.e. ||k - c||^2 <= radius_sq
+     * with radius_sq = (delta / scale)^2. */
+    double radius_sq;
+    uint64_t rng;            /* splitmix64 state, from the session seed and stream */
+    double f;                /* F = sum of ||v||^2 over every sketched token */
+    uint64_t items;          /* tokens sketched */
+    size_t n_clusters;
+    kvd__subgen_rows centres;   /* [n_clusters][head_dim] f32 */
+    kvd__subgen_rows counts;    /* [n_clusters] uint64_t n_c */
+    kvd__subgen_rows reservoir; /* [n_clusters][t][head_dim] f32; min(n_c, t) rows used */
+    kvd__subgen_rows samples;   /* [s][2][head_dim] f32 (k then v); 0 rows before the first token */
+} kvd_subgen;
+
+/* An empty sketch (no page). `stream` (the stream's index in its session)
+ * and seed give each stream its own reproducible random sequence. */
+void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double delta, float scale,
+                     uint32_t cluster_samples, uint32_t value_samples, uint64_t seed, size_t stream);
+
+/* Most pages kvd_subgen_insert can take for `items` more tokens: each may
+ * open a cluster (a centre, a count and t reservoir rows); the first token
+ * also lays out the s sample rows. */
+size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t items);
+
+/* Grows the page tables for kvd_subgen_pages_bound(g, items) more pages.
+ * 0 or -ENOMEM, with nothing a reader can see changed. */
+int kvd_subgen_reserve(kvd_subgen *g, size_t items);
+
+/* Sketches one token (key k, value v, head_dim f32 each): the first cluster
+ * (in opening order) whose centre is within the radius counts it and offers
+ * it to its reservoir (Algorithm R), else a new cluster opens with centre k;
+ * then each of the s samplers takes (k, v) with probability ||v||^2 / F.
+ * Pages come from spare[*used ..) (tables reserved by kvd_subgen_reserve).
+ * Cannot fail given kvd_subgen_pages_bound pages. */
+void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *const *spare, size_t n_spare,
+                       size_t *used);
+
+/* One query's softmax terms in double with one running max: every term
+ * w * exp(x) is held as w * exp(x - max) (den) and likewise for the
+ * numerator vector, so nothing overflows. num: [head_dim]. */
+typedef struct kvd_subgen_acc {
+    double max, den;
+    double *num;
+    size_t d;
+} kvd_subgen_acc;
+
+void kvd_subgen_acc_reset(kvd_subgen_acc *a, double *num, size_t d);
+/* An exact token: adds exp(x) to den and exp(x) * v to num. */
+void kvd_subgen_acc_exact(kvd_subgen_acc *a, double x, const float *v);
+/* An exact pair of tensor attention: exp(x) to den, exp(x) * (v1 (.) v2) to num. */
+void kvd_subgen_acc_exact2(kvd_subgen_acc *a, double x, const float *v1, const float *v2);
+/* Adds the sketch's terms for query q (head_dim f32):
+ *   den += sum_c (n_c / |R_c|) sum_{k in R_c} exp(scale <q, k>)
+ *   num += (F / s) sum_i exp(scale <q, k_i>) v_i / ||v_i||^2. */
+void kvd_subgen_attend(const kvd_subgen *g, const float *q, float scale, kvd_subgen_acc *a);
+/* The same terms with the denominator's scaled by w_den and the
+ * numerator's by w_num (0 leaves that part out), each sampled value
+ * multiplied elementwise by vmul (head_dim f32, or NULL). Tensor attention
+ * uses it with q (.) k of one side as the query. */
+void kvd_subgen_terms(const kvd_subgen *g, const float *q, float scale, double w_den, double w_num,
+                      const float *vmul, kvd_subgen_acc *a);
+/* SubGen4Cache's sketched x sketched pairs (tensor attention, scores
+ * scale <q, k1_j (.) k2_k>), from the k1 sketch g1 and the k2 sketch g2:
+ *   den += sum_{c1,c2} (n_c1 n_c2 / (|R_c1| |R_c2|)) sum_{a in R_c1, b in R_c2} exp(scale <q (.) a, b>)
+ *   num += (F1 F2 / (s1 s2)) sum_{i,l} exp(scale <q (.) k1_i, k2_l>) (v1_i (.) v2_l) / (||v1_i||^2 ||v2_l||^2)
+ * over every pair of the two independent samplers. qk: [head_dim] scratch. */
+void kvd_subgen_attend_pairs(const kvd_subgen *g1, const kvd_subgen *g2, const float *q, float scale,
+                             float *qk, kvd_subgen_acc *a);
+/* o = num / den as f32, or zeros when there was no term. */
+void kvd_subgen_acc_finish(const kvd_subgen_acc *a, float *o);
+
+/* Pages held, payload bytes in use (centres, counts, used reservoir rows,
+ * sample rows), heap beyond the struct (page tables). */
+size_t kvd_subgen_pages(const kvd_subgen *g);
+size_t kvd_subgen_payload_bytes(const kvd_subgen *g);
+size_t kvd_subgen_heap_bytes(const kvd_subgen *g);
+
+/* Gives every page back and frees the tables; the sketch is empty after. */
+void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool);
+
+#endif

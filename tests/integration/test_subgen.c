@@ -1,0 +1,223 @@
+/* tests/integration/test_subgen.c — eviction "subgen" over HTTP: the config
+ * echoed with its parameters, out-of-range parameters and refused
+ * combinations as 400s naming their field, stats with clusters per stream
+ * and honest bits per coordinate, shadow error, fork refused, a step the
+ * pool cannot hold answered 503 with nothing changed, and SubGen4Cache. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "tests/support/check_main.h"
+#include "tests/support/http_client.h"
+#include "tests/support/kvd_client.h"
+#include "tests/support/kvd_data.h"
+#include "tests/support/kvd_proc.h"
+#include "tests/support/tensor_body.h"
+
+#define J "application/json"
+#define D 16
+
+static const char *const small_pool[] = {"--memory", "64KiB", "--page-bytes", "4096", "--threads", "2", NULL};
+
+static void bad(int port, const char *body, const char *field, const char *msg)
+{
+    http_response *r = http_request(port, "POST", "/v1/sessions", J, body);
+    kvd_expect_error(r, 400, "invalid_argument", field, msg, body);
+    http_response_free(r);
+}
+
+START_TEST(test_create_and_bad_input)
+{
+    kvd_proc *p = kvd_proc_start_ck(NULL);
+    const int port = kvd_proc_port(p);
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"delta\":0}}", "cache.delta", "> 0");
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"delta\":-0.5}}", "cache.delta", "> 0");
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"cluster_samples\":0}}", "cache.cluster_samples", NULL);
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"value_samples\":65537}}", "cache.value_samples", "65536");
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"budget\":16}}", "cache.budget", "subgen");
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"dtype\":\"int4\"}}", "cache.dtype", "not yet supported");
+    bad(port, "{\"attention\":\"tensor\",\"tensor_cache\":\"two\",\"cache\":{\"eviction\":\"subgen\"}}",
+        "cache.eviction", "not yet supported");
+    bad(port, "{\"cache\":{\"eviction\":\"h2o\",\"value_samples\":4}}", "cache.value_samples", "subgen");
+    cJSON *list = kvd_get_json(port, "/v1/sessions", 200); /* nothing was created */
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(list, "sessions")), 0);
+    cJSON_Delete(list);
+
+    cJSON *resp = NULL;
+    char *id = kvd_create_session(port,
+                                  "{\"heads\":2,\"kv_heads\":1,\"head_dim\":16,\"shadow\":true,\"seed\":5,"
+                                  "\"cache\":{\"eviction\":\"subgen\",\"delta\":0.75,\"cluster_samples\":8,"
+                                  "\"value_samples\":256,\"sink\":1,\"recent\":3}}",
+                                  &resp);
+    ck_assert_str_eq(kvd_json_str(resp, "config.cache.eviction"), "subgen");
+    ck_assert(kvd_json_num(resp, "config.cache.delta") == 0.75);
+    ck_assert(kvd_json_num(resp, "config.cache.cluster_samples") == 8);
+    ck_assert(kvd_json_num(resp, "config.cache.value_samples") == 256);
+    cJSON_Delete(resp);
+
+    /* 8 clusters' worth of keys, 200 tokens, then a query */
+    rng r;
+    rng_seed(&r, 4);
+    float centres[8][D], *k = malloc(200 * D * sizeof *k), *v = malloc(200 * D * sizeof *v), q[2 * D];
+    for (int c = 0; c < 8; c++)
+        rng_fill(&r, centres[c], D, -3, 3);
+    for (int j = 0; j < 200; j++)
+        for (int c = 0; c < D; c++) {
+            k[j * D + c] = centres[j % 8][c] + (float)rng_uniform(&r, -0.02, 0.02);
+            v[j * D + c] = centres[j % 8][c] + (float)rng_uniform(&r, -0.3, 0.3);
+        }
+    rng_fill(&r, q, 2 * D, -0.3f, 0.3f);
+    step_spec s = {.layer = 0, .k = k, .v = v, .m = 200, .mask = "block", .b64 = true};
+    char *body = step_body(&s, D, 2 * D, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    ck_assert(kvd_json_num(o, "tokens") == 4 && kvd_json_num(o, "evicted") == 196);
+    cJSON_Delete(o);
+    free(body);
+    step_spec qs = {.layer = 0, .q = q, .m_q = 1, .mask = "block"};
+    body = step_body(&qs, D, 2 * D, NULL);
+    o = kvd_step_ok(port, id, body);
+    const double rel = kvd_json_num(o, "shadow.relative_error");
+    ck_assert_msg(rel > 0 && rel < 0.2, "relative error %g", rel);
+    cJSON_Delete(o);
+    free(body);
+
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert(kvd_json_num(st, "clusters") == 8);
+    const cJSON *cl = kvd_json_at(st, "layers");
+    ck_assert(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cl, 0), "clusters"), 0)
+                  ->valuedouble == 8);
+    /* (4 exact tokens * 2 * 16 * 4 + 8 * (16 * 4 * 9 + 8) + 256 * 2 * 16 * 4) * 8 bits / (2 * 16 * 200) */
+    const double bits = 8.0 * (4 * 128 + 8 * (64 * 9 + 8) + 256 * 128) / (2.0 * 16 * 200);
+    ck_assert_double_eq_tol(kvd_json_num(st, "bits_per_coordinate"), bits, 1e-9);
+    ck_assert(kvd_json_num(st, "bytes") > 0 && kvd_json_num(st, "shadow.steps") == 1);
+    cJSON_Delete(st);
+
+    char path[96];
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    http_response *fr = http_request(port, "POST", path, J, "{}");
+    kvd_expect_error(fr, 400, "invalid_argument", NULL, "subgen", "fork of a subgen session");
+    http_response_free(fr);
+    kvd_delete_session(port, id);
+    free(id);
+    free(k);
+    free(v);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
+/* A 16-page pool: a step whose clusters the pool cannot hold is a 503 and
+ * the session is exactly as it was. */
+START_TEST(test_pool_full_503)
+{
+    kvd_proc *p = kvd_proc_start_ck(small_pool);
+    const int port = kvd_proc_port(p);
+    char *id = kvd_create_session(port,
+                                  "{\"heads\":1,\"head_dim\":16,\"seed\":1,\"cache\":{\"eviction\":\"subgen\","
+                                  "\"delta\":0.1,\"cluster_samples\":16,\"value_samples\":8}}",
+                                  NULL);
+    rng r;
+    rng_seed(&r, 2);
+    float *k = rng_tensor(&r, 400 * D, -3, 3), *v = rng_tensor(&r, 400 * D, -1, 1);
+    step_spec s = {.layer = 0, .k = k, .v = v, .m = 8, .mask = "block", .b64 = true};
+    char *body = step_body(&s, D, D, NULL);
+    cJSON_Delete(kvd_step_ok(port, id, body));
+    free(body);
+    cJSON *before = kvd_session_stats(port, id);
+    s.k = k + 8 * D;
+    s.v = v + 8 * D;
+    /* up to 44 more clusters of 16 reservoir rows (1 KiB) each: 11 pages of
+     * reservoir and a page of window, more than the 11 left, fewer than 16 */
+    s.m = 40;
+    body = step_body(&s, D, D, NULL);
+    http_response *resp = kvd_step(port, id, body);
+    kvd_expect_error(resp, 503, "resource_exhausted", NULL, NULL, "a sketch the pool cannot hold");
+    http_response_free(resp);
+    free(body);
+    cJSON *after = kvd_session_stats(port, id);
+    const char *fields[] = {"tokens", "appended", "evicted", "pages", "clusters", "steps", "bits_per_coordinate"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+        ck_assert_msg(kvd_json_num(before, fields[i]) == kvd_json_num(after, fields[i]), "%s changed", fields[i]);
+    cJSON_Delete(before);
+    cJSON_Delete(after);
+    kvd_delete_session(port, id);
+    free(id);
+    free(k);
+    free(v);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
+/* SubGen4Cache over HTTP: a tensor four-cache session with subgen keeps
+ * sink + recent tokens, reports k1 + k2 clusters, and answers queries; the
+ * sketched tokens all alike make its output exact tensor attention. */
+START_TEST(test_tensor_four)
+{
+    kvd_proc *p = kvd_proc_start_ck(NULL);
+    const int port = kvd_proc_port(p);
+    char *id = kvd_create_session(port,
+                                  "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"seed\":2,"
+                                  "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":1,"
+                                  "\"cluster_samples\":64,\"value_samples\":8}}",
+                                  NULL);
+    enum { N = 20, DT = 4 };
+    float k1[N * DT], k2[N * DT], v1[N * DT], v2[N * DT], q[DT] = {0.5f, -1, 0.25f, 1};
+    for (int j = 0; j < N; j++) /* token 0 and N-1 differ; 1 .. N-2 alike */
+        for (int c = 0; c < DT; c++) {
+            const int t = j == 0 ? 0 : j == N - 1 ? 2 : 1;
+            k1[j * DT + c] = 0.3f * (float)(t + c) - 0.5f;
+            k2[j * DT + c] = 0.2f * (float)(t * c) - 0.3f;
+            v1[j * DT + c] = 1.0f + 0.5f * (float)(t - c);
+            v2[j * DT + c] = -0.5f + 0.25f * (float)(t + 2 * c);
+        }
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = N, .mask = "block"};
+    char *body = tensor_step_body(&s, DT, DT, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    ck_assert(kvd_json_num(o, "tokens") == 2 && kvd_json_num(o, "evicted") == N - 2);
+    cJSON_Delete(o);
+    free(body);
+    tensor_step_spec qs = {.layer = 0, .q = q, .m_q = 1, .mask = "block"};
+    body = tensor_step_body(&qs, DT, DT, NULL);
+    o = kvd_step_ok(port, id, body);
+    /* exact tensor attention over all N tokens, in double */
+    double want[DT] = {0}, den = 0;
+    for (int j = 0; j < N; j++)
+        for (int k = 0; k < N; k++) {
+            double x = 0;
+            for (int c = 0; c < DT; c++)
+                x += (double)q[c] * k1[j * DT + c] * k2[k * DT + c];
+            const double e = exp(0.5 * x); /* scale 1/sqrt(4) */
+            den += e;
+            for (int c = 0; c < DT; c++)
+                want[c] += e * v1[j * DT + c] * v2[k * DT + c];
+        }
+    for (int c = 0; c < DT; c++)
+        want[c] /= den;
+    kvd_check_tensor(cJSON_GetObjectItemCaseSensitive(o, "o"), want, DT, 1e-5, "SubGen4Cache output");
+    cJSON_Delete(o);
+    free(body);
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert(kvd_json_num(st, "clusters") == 2); /* one k1 cluster, one k2 cluster */
+    cJSON_Delete(st);
+    kvd_delete_session(port, id);
+    free(id);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("integration_subgen");
+    TCase *tc = tcase_create("http");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_create_and_bad_input);
+    tcase_add_test(tc, test_pool_full_503);
+    tcase_add_test(tc, test_tensor_four);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+KVD_TEST_MAIN(make_suite)
