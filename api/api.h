@@ -160,6 +160,20 @@ bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_r
 void kvd_api_job_run(kvd_api_job *job);                 /* worker thread */
 void kvd_api_job_done(kvd_api *api, kvd_api_job *job);  /* loop thread; answers, frees */
 
+/* --state-dir (api/snapshot.c, loop thread, no job running or queued: after
+ * the drain). snapshot_each calls fn once per live session with its
+ * snapshot bytes (the owner's key digest inside, so a restart gives it back
+ * to the same key), or with NULL/0 when it cannot be written (out of memory,
+ * or a kind the format cannot hold yet); returns how many calls failed (fn
+ * returned non-zero). */
+typedef int (*kvd_api_snapshot_fn)(void *ctx, const char *id, const void *bytes, size_t len);
+int kvd_api_snapshot_each(kvd_api *api, kvd_api_snapshot_fn fn, void *ctx);
+/* Restores one snapshot with its id and its owner (by key digest; a
+ * snapshot whose key is no longer configured is refused). 0 and the id in
+ * id[id_len], or -1 with the reason (status and error body) in why. */
+int kvd_api_restore(kvd_api *api, const void *bytes, size_t len, char *id, size_t id_len, char *why,
+                    size_t why_len);
+
 /* Readiness: false while fewer than 1% of pool pages are free and nothing can
  * be reclaimed (no expired session; with --on-full evict, no idle session
  * whose policy could free a page). Loop thread. */

@@ -1,6 +1,6 @@
 /* api/handlers.c — kvd_api_handle: routes a request on the loop thread and
- * answers what needs no queue at once (create, list, info, errors), queueing
- * the rest on their session (get, delete, fork, step). */
+ * answers what needs no queue at once (create, list, info, restore, errors),
+ * queueing the rest on their session (get, delete, fork, snapshot, step). */
 #include "api/internal.h"
 
 #include <stdlib.h>
@@ -246,6 +246,14 @@ static bool fork_body_ok(const kvd_api_request *req, kvd_response *resp)
     return first == NULL;
 }
 
+/* POST /v1/sessions/restore: the body is a snapshot (api/snapshot.c),
+ * bounded by --max-body rather than the small-body cap. Checked and copied
+ * on the loop thread: O(body), at most --max-body bytes once. */
+static void handle_restore_route(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp)
+{
+    kvd__api_handle_restore(api, req, owner, resp);
+}
+
 static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response *resp)
 {
     const uint32_t owner = kvd_api_owner(api, req->authorization);
@@ -254,7 +262,7 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
         return true;
     }
     if (req->body_len > KVD_SMALL_BODY_MAX && req->route != KVD_ROUTE_SESSION_STEP &&
-        req->route != KVD_ROUTE_BATCH) {
+        req->route != KVD_ROUTE_BATCH && req->route != KVD_ROUTE_SESSION_RESTORE) {
         /* Refused before any parse (or any lookup): what --max-body allows
          * a step is not a create's or a fork's to spend. */
         kvd_api_error err;
@@ -271,7 +279,16 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
         kvd__api_respond_error(resp, 415, KVD_ERR_MEDIA_TYPE, NULL, "Content-Type must be application/json");
         return true;
     }
+    if (req->route == KVD_ROUTE_SESSION_RESTORE &&
+        !content_type_is(req->content_type, "application/octet-stream")) {
+        kvd__api_respond_error(resp, 415, KVD_ERR_MEDIA_TYPE, NULL,
+                               "Content-Type must be application/octet-stream (a snapshot's bytes)");
+        return true;
+    }
     switch (req->route) {
+    case KVD_ROUTE_SESSION_RESTORE:
+        handle_restore_route(api, req, owner, resp);
+        return true;
     case KVD_ROUTE_SESSION_CREATE:
         handle_create(api, req, owner, resp);
         return true;
@@ -284,6 +301,7 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
     case KVD_ROUTE_SESSION_GET:
     case KVD_ROUTE_SESSION_DELETE:
     case KVD_ROUTE_SESSION_FORK:
+    case KVD_ROUTE_SESSION_SNAPSHOT:
     case KVD_ROUTE_SESSION_STEP: {
         api_session *s = kvd__api_registry_find(api, req->session_id);
         if (!s || s->owner != owner) { /* another key's session: as if none */
@@ -293,6 +311,7 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
         api_job_kind kind = req->route == KVD_ROUTE_SESSION_STEP   ? JOB_STEP
                             : req->route == KVD_ROUTE_SESSION_GET  ? JOB_STATS
                             : req->route == KVD_ROUTE_SESSION_FORK ? JOB_FORK
+                            : req->route == KVD_ROUTE_SESSION_SNAPSHOT ? JOB_SNAPSHOT
                                                                    : JOB_DELETE;
         if (kind == JOB_FORK && !fork_body_ok(req, resp))
             return true;
@@ -308,8 +327,6 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
         }
         return !kvd__api_enqueue(api, s, kind, req, reply, resp);
     }
-    case KVD_ROUTE_SESSION_SNAPSHOT:
-    case KVD_ROUTE_SESSION_RESTORE:
     case KVD_ROUTE_BATCH:
         kvd__api_respond_error(resp, 501, "unimplemented", NULL,
                                "this endpoint is not yet supported by this build");

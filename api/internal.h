@@ -28,7 +28,7 @@
  * short whatever --max-body is. */
 #define KVD_SMALL_BODY_MAX (64u * 1024u)
 
-typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK } api_job_kind;
+typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK, JOB_SNAPSHOT } api_job_kind;
 
 typedef struct api_session api_session;
 
@@ -135,6 +135,10 @@ size_t kvd__api_registry_first_after(const kvd_api *api, const char *after);
  * a fresh id. Returns it, or NULL with resp set (both are then destroyed). */
 api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
                                        kvd_response *resp);
+/* The same with the given id (a restore keeps its id); the caller has
+ * checked that no live session has it. */
+api_session *kvd__api_session_register_as(kvd_api *api, kvd_session *cache, kvd_session *shadow,
+                                          const char *id, kvd_response *resp);
 /* Destroys the session's caches (pages back to the pool) and frees it. */
 void kvd__api_session_free(kvd_api *api, api_session *s);
 /* At --max-sessions: counts the rejection, fills resp with a 503, true. */
@@ -170,6 +174,12 @@ void kvd__api_job_free(api_job *job);
 
 /* api/step.c: runs a step job on a worker thread. */
 void kvd__api_step_run(kvd_api *api, api_job *job);
+
+/* api/snapshot.c: GET .../snapshot on a worker (job->resp gets the bytes,
+ * application/octet-stream), and POST /v1/sessions/restore on the loop
+ * thread (the restoring key owns the session). */
+void kvd__api_snapshot_run(kvd_api *api, api_job *job);
+void kvd__api_handle_restore(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp);
 
 /* api/session_stats.c: the GET /v1/sessions/{id} body (a worker, while the
  * session's queue holds everything else back). */

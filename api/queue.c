@@ -1,7 +1,7 @@
 /* api/queue.c — each session's request queue (loop thread): jobs wait in
  * arrival order and run one at a time. Cheap jobs (delete, fork) run inline
  * when the queue reaches them, so they see whole steps; a step and a stats
- * request (O(tokens)) go to a worker through the server's submit. Completion is api/lifetime.c's. */
+ * request (O(tokens)) and a snapshot (O(bytes)) go to a worker through the server's submit. Completion is api/lifetime.c's. */
 #include "api/internal.h"
 
 #include <errno.h>
@@ -54,7 +54,8 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
             api->submit(api->executor, &job->base);
             return;
         case JOB_STATS:
-            /* O(tokens) (the kept positions): on a worker in the session's
+        case JOB_SNAPSHOT:
+            /* O(tokens) (a snapshot: O(bytes)) (the kept positions): on a worker in the session's
              * order, never on the loop thread. */
             s->running = true;
             api->submit(api->executor, &job->base);
@@ -163,6 +164,10 @@ void kvd_api_job_run(kvd_api_job *base)
             kvd__api_response_json(&job->resp, 200, json);
         else
             kvd__api_respond_error(&job->resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    if (job->kind == JOB_SNAPSHOT) {
+        kvd__api_snapshot_run(job->base.api, job);
         return;
     }
     kvd__api_step_run(job->base.api, job);

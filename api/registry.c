@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -237,6 +238,13 @@ bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp)
 api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_session *shadow,
                                        kvd_response *resp)
 {
+    return kvd__api_session_register_as(api, cache, shadow, NULL, resp);
+}
+
+/* id NULL: a fresh random one. */
+api_session *kvd__api_session_register_as(kvd_api *api, kvd_session *cache, kvd_session *shadow,
+                                          const char *id, kvd_response *resp)
+{
     api_session *s = calloc(1, sizeof *s);
     if (!s) {
         kvd_session_destroy(cache, api->pool);
@@ -247,13 +255,17 @@ api_session *kvd__api_session_register(kvd_api *api, kvd_session *cache, kvd_ses
     s->cache = cache;
     s->shadow = shadow;
     s->heap_account = &api->heap_bytes; /* summarized below, once registered */
-    do {
+    if (id)
+        snprintf(s->id, sizeof s->id, "%s", id);
+    while (!id) {
         if (new_session_id(api, s->id) != 0) {
             kvd__api_session_free(api, s);
             kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "no randomness for a session id");
             return NULL;
         }
-    } while (kvd__api_registry_find(api, s->id)); /* 2^-128 per try, but free to check */
+        if (!kvd__api_registry_find(api, s->id)) /* 2^-128 per try, but free to check */
+            break;
+    }
     if (registry_insert(api, s) != 0) {
         kvd__api_session_free(api, s);
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory creating the session");

@@ -54,6 +54,10 @@ const char kvd_usage[] =
     "  --id-prefix P        session ids become P-<32 hex> (P: 1-31 of a-z 0-9 -),\n"
     "                       for a router that sends each id to its replica (default:\n"
     "                       none, ids are 32 hex digits)\n"
+    "  --state-dir DIR      on SIGTERM, after in-flight requests finish, write every\n"
+    "                       session to DIR/<id>.kvds (temp file, fsync, rename);\n"
+    "                       on start restore every DIR/*.kvds and delete it\n"
+    "                       (default: none, sessions end with the process)\n"
     "  --help, --version\n";
 
 int kvd__parse_size(const char *s, size_t *out)
@@ -106,7 +110,7 @@ typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_
                OPT_MAX_SESSIONS, OPT_MAX_SESSION_HEAP, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
                OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
                OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS,
-               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_ID_PREFIX, OPT_COUNT } opt_id;
+               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_ID_PREFIX, OPT_STATE_DIR, OPT_COUNT } opt_id;
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -130,6 +134,7 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_API_KEY_FILE] = {"api-key-file", "KVD_API_KEY_FILE"},
     [OPT_METRICS_AUTH] = {"metrics-auth", "KVD_METRICS_AUTH"},
     [OPT_ID_PREFIX] = {"id-prefix", "KVD_ID_PREFIX"},
+    [OPT_STATE_DIR] = {"state-dir", "KVD_STATE_DIR"},
 };
 
 /* Seconds in (0, 1 day], fractions allowed (tests use short ones). */
@@ -267,6 +272,9 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
         if (*v && !kvd_api_id_prefix_valid(v))
             goto bad;
         cfg->id_prefix = v;
+        return 0;
+    case OPT_STATE_DIR: /* "" (KVD_STATE_DIR= in a manifest) means none; checked at start */
+        cfg->state_dir = v;
         return 0;
     case OPT_COUNT:
         break;

@@ -34,6 +34,8 @@ typedef struct kvd_config {
     bool metrics_auth;        /* --metrics-auth: /metrics needs a key too */
     const char *id_prefix;    /* --id-prefix: session ids "<prefix>-<hex>" (deploy/nginx
                                  routes on it); NULL or "" = none; points into argv/environ */
+    const char *state_dir;    /* --state-dir: sessions written there on SIGTERM, restored
+                                 on start; NULL or "" = none; points into argv/environ */
     bool help, version;    /* print and exit */
 } kvd_config;
 

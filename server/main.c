@@ -1,7 +1,8 @@
 /* server/main.c — kvd's entry point: reads the configuration, wires the pool,
  * API, workers and HTTP server onto one libuv loop, and on SIGTERM/SIGINT
  * stops accepting, lets in-flight requests finish (for at most
- * --drain-seconds, then closes what is left), and exits 0. The only
+ * --drain-seconds, then closes what is left), writes every session to
+ * --state-dir if set (restored from it at start), and exits 0. The only
  * place that exits the process. */
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/router.h"
+#include "server/state.h"
 #include "server/workers.h"
 
 typedef struct kvd_main {
@@ -87,6 +89,11 @@ int main(int argc, char **argv)
     const char *warning = kvd__auth_warning(&cfg, &keys);
     if (warning)
         fprintf(stderr, "%s\n", warning);
+    const char *state_dir = cfg.state_dir && cfg.state_dir[0] ? cfg.state_dir : NULL;
+    if (state_dir && kvd_state_prepare(state_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN); /* a peer that hangs up is a write error, not death */
     kvd_metrics_init();
 
@@ -116,6 +123,8 @@ int main(int argc, char **argv)
                 cfg.page_bytes, strerror(-rc));
         return 1;
     }
+    if (state_dir) /* before listening: no create can take a saved id first */
+        kvd_state_restore(api, state_dir);
     m.router.api = api;
     m.router.metrics_auth = cfg.metrics_auth;
     kvd_http_options hopt = {
@@ -158,9 +167,12 @@ int main(int argc, char **argv)
     fflush(stderr);
 
     uv_run(m.loop, UV_RUN_DEFAULT);
+    /* The drain is over and the workers have stopped: every session is
+     * whole steps, and nothing else runs. */
+    size_t unsaved = state_dir ? kvd_state_save(api, state_dir) : 0;
     kvd_api_destroy(api);
     kvd_auth_keys_free(&keys);
     uv_loop_close(m.loop);
     fprintf(stderr, "kvd: stopped\n");
-    return 0;
+    return unsaved ? 1 : 0;
 }

@@ -199,7 +199,7 @@ START_TEST(spec_refs_resolve)
     /* The error statuses of the README's Errors paragraph, each with its code. */
     static const struct { const char *schema, *code; } errs[] = {
         {"Error400", "invalid_argument"}, {"Error401", "unauthenticated"},
-        {"Error404", "not_found"}, {"Error405", "method_not_allowed"},
+        {"Error404", "not_found"}, {"Error405", "method_not_allowed"}, {"Error409", "conflict"},
         {"Error413", "payload_too_large"}, {"Error415", "unsupported_media_type"},
         {"Error429", "too_many_requests"}, {"Error501", "unimplemented"},
         {"Error503", "resource_exhausted"}, {"Error503", "unavailable"},

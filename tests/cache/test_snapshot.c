@@ -1,0 +1,352 @@
+/* tests/cache/test_snapshot.c — cache/snapshot.c: for every dtype, policy and
+ * tensor layout (and a shadow copy), a session stepped until it evicts is
+ * snapshotted, restored into another pool (same and different page size),
+ * and both are stepped with the same input: the outputs must be equal bit
+ * for bit, and so must a second snapshot. Every truncation and every single
+ * flipped byte of a snapshot is refused with the pool untouched; foreign
+ * bytes, another version, subgen and a pool too small are refused cleanly. */
+#include <check.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/snapshot.h"
+#include "cache/step.h"
+#include "tests/support/check_main.h"
+
+typedef struct lcg {
+    uint64_t s;
+} lcg;
+
+static float rnd(lcg *r)
+{
+    r->s = r->s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((r->s >> 40) / (double)(1u << 24)) * 2.0f - 1.0f;
+}
+
+static float *rand_buf(lcg *r, size_t n)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    ck_assert_ptr_nonnull(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rnd(r);
+    return x;
+}
+
+/* Runs one step of m tokens and m queries on every layer; returns the
+ * concatenated outputs (caller frees) of *n floats. */
+static float *step(kvd_session *s, kvd_session *shadow, kvd_pool *pool, uint64_t seed, size_t m, size_t *n)
+{
+    const kvd_session_config *c = &s->config;
+    lcg r = {seed};
+    const size_t kv = m * c->kv_heads * c->head_dim, q = m * c->heads * c->head_dim;
+    kvd_step_entry e[4];
+    float *bufs[4][5] = {{0}};
+    ck_assert_uint_le(c->layers, 4);
+    for (uint32_t l = 0; l < c->layers; l++) {
+        for (int b = 0; b < 5; b++)
+            bufs[l][b] = rand_buf(&r, b == 4 ? q : kv);
+        const bool t = c->attention == KVD_ATTN_TENSOR;
+        e[l] = (kvd_step_entry){.layer = l, .m = m, .m_q = m, .k = bufs[l][0], .v = bufs[l][1],
+                                .k2 = t ? bufs[l][2] : NULL, .v2 = t ? bufs[l][3] : NULL, .q = bufs[l][4],
+                                .mask = KVD_MASK_CAUSAL};
+    }
+    kvd_step_output out;
+    ck_assert_int_eq(kvd_step_run(s, shadow, pool, e, c->layers, &out), KVD_STEP_OK);
+    float *o = malloc(c->layers * q * sizeof *o);
+    for (uint32_t l = 0; l < c->layers; l++)
+        memcpy(o + l * q, out.results[l].o, q * sizeof *o);
+    *n = c->layers * q;
+    kvd_step_output_free(&out);
+    for (uint32_t l = 0; l < c->layers; l++)
+        for (int b = 0; b < 5; b++)
+            free(bufs[l][b]);
+    return o;
+}
+
+static kvd_session_config base_config(void)
+{
+    kvd_session_config c = {.layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .scale = 0.25f,
+                            .ttl_seconds = 600, .seed = 7};
+    c.cache.group = 8;
+    c.cache.residual = 8;
+    return c;
+}
+
+static kvd_snapshot_meta meta_of(const char *id)
+{
+    kvd_snapshot_meta m = {.created_at = 1.5, .last_used_at = 2.5, .steps = 9, .shadow_steps = 3,
+                           .shadow_last_rel = 0.25};
+    strcpy(m.id, id);
+    m.owner_digest[0] = 0xab;
+    return m;
+}
+
+/* Makes a session, steps it `steps` times, snapshots, restores into a pool
+ * of page size pb2, steps both once more and compares bytes. */
+static void roundtrip(kvd_session_config c, size_t pb2, int steps, size_t m)
+{
+    kvd_pool *p1, *p2;
+    ck_assert_int_eq(kvd_pool_create(4 << 20, 4096, &p1), 0);
+    ck_assert_int_eq(kvd_pool_create(4 << 20, pb2, &p2), 0);
+    kvd_session *a, *ash = NULL;
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &a), 0);
+    if (c.shadow) {
+        const kvd_session_config x = kvd_session_shadow_config(&c);
+        ck_assert_int_eq(kvd_session_create(&x, 4096, &ash), 0);
+    }
+    size_t n;
+    for (int i = 0; i < steps; i++)
+        free(step(a, ash, p1, 100 + (uint64_t)i, m, &n));
+    const kvd_snapshot_meta meta = meta_of("0123456789abcdef0123456789abcdef");
+    void *bytes;
+    size_t len;
+    ck_assert_int_eq(kvd_session_snapshot(a, ash, &meta, 4096, &bytes, &len), 0);
+    const size_t free_before = kvd_pool_pages_free(p2);
+    kvd_session *b, *bsh;
+    kvd_snapshot_meta got;
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p2, &got, &b, &bsh), 0);
+    ck_assert_mem_eq(&got, &meta, sizeof got);
+    ck_assert_uint_eq(kvd_session_tokens(b), kvd_session_tokens(a));
+    ck_assert_uint_eq(kvd_session_appended(b), kvd_session_appended(a));
+    ck_assert_uint_eq(kvd_session_evicted(b), kvd_session_evicted(a));
+    ck_assert_uint_eq(kvd_pool_pages_free(p2), free_before - kvd_session_pages(b) - (bsh ? kvd_session_pages(bsh) : 0));
+    ck_assert(c.shadow == (bsh != NULL));
+    if (pb2 == 4096) { /* same page size: same pages and a byte-identical second snapshot */
+        ck_assert_uint_eq(kvd_session_pages(b), kvd_session_pages(a));
+        void *again;
+        size_t len2;
+        ck_assert_int_eq(kvd_session_snapshot(b, bsh, &meta, 4096, &again, &len2), 0);
+        ck_assert_uint_eq(len2, len);
+        ck_assert_mem_eq(again, bytes, len);
+        free(again);
+    }
+    for (int i = 0; i < 2; i++) { /* the next steps, bit for bit */
+        size_t na, nb;
+        float *oa = step(a, ash, p1, 900 + (uint64_t)i, m, &na);
+        float *ob = step(b, bsh, p2, 900 + (uint64_t)i, m, &nb);
+        ck_assert_uint_eq(na, nb);
+        ck_assert_mem_eq(oa, ob, na * sizeof *oa);
+        free(oa);
+        free(ob);
+    }
+    ck_assert_uint_eq(kvd_session_evicted(b), kvd_session_evicted(a));
+    free(bytes);
+    kvd_session_destroy(a, p1);
+    kvd_session_destroy(ash, p1);
+    kvd_session_destroy(b, p2);
+    kvd_session_destroy(bsh, p2);
+    ck_assert_uint_eq(kvd_pool_pages_free(p2), kvd_pool_pages_total(p2));
+    kvd_pool_destroy(p1);
+    kvd_pool_destroy(p2);
+}
+
+static const kvd_dtype dtypes[] = {KVD_DTYPE_F32, KVD_DTYPE_F16, KVD_DTYPE_BF16, KVD_DTYPE_INT8,
+                                   KVD_DTYPE_INT4, KVD_DTYPE_KIVI2, KVD_DTYPE_KIVI4};
+static const kvd_eviction policies[] = {KVD_EVICT_NONE, KVD_EVICT_RECENCY, KVD_EVICT_L2NORM, KVD_EVICT_H2O};
+
+START_TEST(standard_every_dtype_and_policy)
+{
+    const kvd_dtype d = dtypes[_i % 7];
+    const kvd_eviction e = policies[_i / 7];
+    kvd_session_config c = base_config();
+    c.cache.dtype = d;
+    c.cache.eviction = e;
+    if (e != KVD_EVICT_NONE) {
+        c.cache.budget = 40;
+        c.cache.sink = 2;
+        c.cache.recent = e == KVD_EVICT_H2O ? 20 : 6;
+    }
+    c.shadow = _i % 3 == 0;
+    roundtrip(c, 4096, 7, 9);  /* 63 tokens: pages, evictions, a partial KIVI block */
+    roundtrip(c, 8192, 5, 11); /* re-paged into bigger pages */
+}
+END_TEST
+
+START_TEST(tensor_layouts)
+{
+    kvd_session_config c = base_config();
+    c.layers = 1;
+    c.head_dim = 8;
+    c.attention = KVD_ATTN_TENSOR;
+    c.tensor_cache = _i & 1 ? KVD_TENSOR_CACHE_TWO : KVD_TENSOR_CACHE_FOUR;
+    c.cache.dtype = _i & 2 ? KVD_DTYPE_F16 : KVD_DTYPE_F32;
+    if (_i & 4) {
+        c.cache.eviction = KVD_EVICT_L2NORM;
+        c.cache.budget = 10;
+        c.cache.sink = 1;
+        c.cache.recent = 2;
+    } else {
+        c.window = 9;
+    }
+    roundtrip(c, 4096, 4, 4);
+    roundtrip(c, 2048, 4, 3);
+}
+END_TEST
+
+/* A small h2o session's snapshot for the corruption cases. */
+static void small_snapshot(void **bytes, size_t *len)
+{
+    kvd_session_config c = base_config();
+    c.layers = 1;
+    c.head_dim = 4;
+    c.cache.dtype = KVD_DTYPE_INT8;
+    c.cache.eviction = KVD_EVICT_H2O;
+    c.cache.budget = 6;
+    c.cache.sink = 1;
+    c.cache.recent = 2;
+    c.shadow = true;
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    kvd_session *a, *sh;
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &a), 0);
+    const kvd_session_config x = kvd_session_shadow_config(&c);
+    ck_assert_int_eq(kvd_session_create(&x, 4096, &sh), 0);
+    size_t n;
+    for (int i = 0; i < 3; i++)
+        free(step(a, sh, p, 5 + (uint64_t)i, 3, &n));
+    const kvd_snapshot_meta meta = meta_of("abc-0123456789abcdef0123456789abcdef");
+    ck_assert_int_eq(kvd_session_snapshot(a, sh, &meta, 4096, bytes, len), 0);
+    kvd_session_destroy(a, p);
+    kvd_session_destroy(sh, p);
+    kvd_pool_destroy(p);
+}
+
+START_TEST(every_flip_and_truncation_refused)
+{
+    void *bytes;
+    size_t len;
+    small_snapshot(&bytes, &len);
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    const size_t total = kvd_pool_pages_total(p);
+    kvd_session *s, *sh;
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), 0);
+    kvd_session_destroy(s, p);
+    kvd_session_destroy(sh, p);
+    uint8_t *b = bytes;
+    for (size_t i = 0; i < len; i++) {
+        for (int bit = 0; bit < 8; bit += 3) {
+            b[i] ^= (uint8_t)(1u << bit);
+            const int rc = kvd_session_restore(bytes, len, p, NULL, &s, &sh);
+            ck_assert_msg(rc < 0, "flip of byte %zu bit %d accepted", i, bit);
+            ck_assert_ptr_null(s);
+            ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+            b[i] ^= (uint8_t)(1u << bit);
+        }
+    }
+    for (size_t n = 0; n < len; n++) {
+        const int rc = kvd_session_restore(bytes, n, p, NULL, &s, &sh);
+        ck_assert_msg(rc == KVD_SNAPSHOT_ETRUNC, "truncated to %zu: %d", n, rc);
+        ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+    }
+    ck_assert_int_eq(kvd_session_restore("GIF89a..", 8, p, NULL, &s, &sh), KVD_SNAPSHOT_EMAGIC);
+    /* Another version, with a valid checksum: refused for its version. */
+    b[8] = 2;
+    const uint32_t crc = kvd_crc32c(0, b, len - 4);
+    memcpy(b + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), KVD_SNAPSHOT_EVERSION);
+    ck_assert_int_eq(kvd_snapshot_peek(bytes, len, NULL, NULL), KVD_SNAPSHOT_EVERSION);
+    free(bytes);
+    kvd_pool_destroy(p);
+}
+END_TEST
+
+/* Corruption with a recomputed checksum (what a fuzzer makes): the structure
+ * checks alone must refuse or accept without harm, and leave the pool whole. */
+START_TEST(forged_checksums_are_safe)
+{
+    void *bytes;
+    size_t len;
+    small_snapshot(&bytes, &len);
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    const size_t total = kvd_pool_pages_total(p);
+    uint8_t *b = bytes;
+    for (size_t i = KVD_SNAPSHOT_HEADER_BYTES; i < len - 4; i++) {
+        static const uint8_t vals[] = {0x00, 0xff, 0x01, 0x80, 0x7f};
+        for (size_t k = 0; k < sizeof vals; k++) {
+            const uint8_t old = b[i];
+            b[i] = vals[k];
+            const uint32_t crc = kvd_crc32c(0, b, len - 4);
+            memcpy(b + len - 4, &crc, 4);
+            kvd_session *s, *sh;
+            if (kvd_session_restore(bytes, len, p, NULL, &s, &sh) == 0) {
+                kvd_session_destroy(s, p);
+                kvd_session_destroy(sh, p);
+            }
+            ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+            b[i] = old;
+        }
+    }
+    free(bytes);
+    kvd_pool_destroy(p);
+}
+END_TEST
+
+START_TEST(pool_too_small_and_subgen)
+{
+    kvd_session_config c = base_config();
+    kvd_pool *p, *tiny;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    ck_assert_int_eq(kvd_pool_create(4096 * 3, 4096, &tiny), 0);
+    kvd_session *a;
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &a), 0);
+    size_t n;
+    free(step(a, NULL, p, 1, 40, &n));
+    const kvd_snapshot_meta meta = meta_of("0123456789abcdef0123456789abcdef");
+    void *bytes;
+    size_t len;
+    ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), 0);
+    kvd_session *b, *bsh;
+    ck_assert_int_eq(kvd_session_restore(bytes, len, tiny, NULL, &b, &bsh), KVD_SNAPSHOT_ENOSPC);
+    ck_assert_uint_eq(kvd_pool_pages_free(tiny), 3);
+    /* A page too small for one slot of head_dim 16 is named as such. */
+    free(bytes);
+    /* subgen cannot be written, and a snapshot claiming it cannot be read. */
+    a->config.cache.eviction = KVD_EVICT_SUBGEN;
+    ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), -ENOTSUP);
+    a->config.cache.eviction = KVD_EVICT_NONE;
+    ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), 0);
+    /* config's eviction field: header, id length byte, id, digest, 4 f64 + 2 u64 ... */
+    const size_t ev = KVD_SNAPSHOT_HEADER_BYTES + 1 + 32 + 32 + 7 * 8 + 10 * 4;
+    uint8_t *u = bytes;
+    ck_assert_uint_eq(u[ev], KVD_EVICT_NONE);
+    u[ev] = KVD_EVICT_SUBGEN;
+    const uint32_t crc = kvd_crc32c(0, u, len - 4);
+    memcpy(u + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), KVD_SNAPSHOT_EKIND);
+    free(bytes);
+    kvd_session_destroy(a, p);
+    ck_assert_uint_eq(kvd_pool_pages_free(p), kvd_pool_pages_total(p));
+    kvd_pool_destroy(p);
+    kvd_pool_destroy(tiny);
+}
+END_TEST
+
+START_TEST(crc32c_known_answer)
+{
+    /* RFC 3720 B.4: 32 bytes of zeros -> 0x8a9136aa; "123456789" -> 0xe3069283. */
+    uint8_t z[32] = {0};
+    ck_assert_uint_eq(kvd_crc32c(0, z, sizeof z), 0x8a9136aau);
+    ck_assert_uint_eq(kvd_crc32c(0, "123456789", 9), 0xe3069283u);
+    ck_assert_uint_eq(kvd_crc32c(kvd_crc32c(0, "1234", 4), "56789", 5), 0xe3069283u);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("snapshot");
+    TCase *tc = tcase_create("snapshot");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, standard_every_dtype_and_policy, 0, 28);
+    tcase_add_loop_test(tc, tensor_layouts, 0, 8);
+    tcase_add_test(tc, every_flip_and_truncation_refused);
+    tcase_add_test(tc, forged_checksums_are_safe);
+    tcase_add_test(tc, pool_too_small_and_subgen);
+    tcase_add_test(tc, crc32c_known_answer);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+KVD_TEST_MAIN(make_suite)
