@@ -20,6 +20,8 @@
 #define SOAK_SLOTS 2
 /* Unexpected answers printed in full before only counting them. */
 #define SOAK_PRINT_MAX 10
+/* Recently deleted ids kept to ask for again (each must be a 404). */
+#define SOAK_GONE 64
 
 typedef enum {
     K_CREATE, K_STEP, K_STEPS, K_FORK, K_DELETE, K_STATS, K_LIST, K_METRICS, K_HEALTHZ, K_COUNT
@@ -67,6 +69,7 @@ typedef struct client {
     req_kind kind;
     int slot;               /* own session it is about, or -1 */
     bool foreign;           /* about another client's session: a raced 404 is fine */
+    bool gone;              /* about a deleted session: only a 404 is right */
     char foreign_id[SOAK_ID_MAX];
     int foreign_cfg;
     double *want;           /* expected "o" of every entry, concatenated; NULL if unchecked */
@@ -82,6 +85,7 @@ typedef struct client {
 typedef struct lat_rec {
     float *ms;
     size_t n, cap;
+    double max_ms, max_at; /* the slowest and when it finished (s into the run) */
 } lat_rec;
 
 typedef enum { PH_RUN, PH_PAUSE, PH_CLEANUP, PH_DONE } soak_phase;
@@ -91,6 +95,7 @@ typedef struct soak {
     int pid;
     size_t n_clients;
     double seconds;
+    double t0;              /* monotonic start of the run */
     uint64_t seed;
     int epfd;
     soak_phase phase;
@@ -104,7 +109,9 @@ typedef struct soak {
     lat_rec lat[K_COUNT];
     unsigned long status[K_COUNT][6]; /* by class: [0] other, [1..5] 1xx..5xx */
     unsigned long exhausted[K_COUNT]; /* 503 resource_exhausted (counted, allowed) */
-    unsigned long raced_404;
+    unsigned long raced_404, gone_404;
+    char gone[SOAK_GONE][SOAK_ID_MAX];
+    size_t n_gone;
     unsigned long unexpected;
     unsigned long conn_errors;
     unsigned long run_requests; /* answered while the run phase lasted */
@@ -118,7 +125,7 @@ typedef struct soak {
 extern soak S;
 
 double soak_now(void);
-void lat_add(lat_rec *l, double ms);
+void lat_add(lat_rec *l, double ms, double at);
 /* The p-quantile (0..1) of l (sorts it). */
 double lat_quantile(lat_rec *l, double p);
 
@@ -150,6 +157,7 @@ size_t traffic_sessions(const client *c);
 /* probe.c: kvd seen from outside. */
 long probe_rss_kib(int pid);          /* VmRSS, -1 if unreadable */
 long probe_fds(int pid);              /* entries of /proc/PID/fd, -1 if unreadable */
+double probe_cpu_s(int pid);          /* user + system CPU seconds of PID, NAN if unreadable */
 /* Page accounting at a quiescent moment: every listed session's pages against
  * pool used. Prints the figures; true if they balance. */
 bool probe_accounting(int port, size_t expect_sessions, bool final);

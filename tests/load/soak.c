@@ -36,8 +36,10 @@ double soak_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void lat_add(lat_rec *l, double ms)
+void lat_add(lat_rec *l, double ms, double at)
 {
+    if (ms > l->max_ms)
+        l->max_ms = ms, l->max_at = at;
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 4096;
         l->ms = realloc(l->ms, l->cap * sizeof *l->ms);
@@ -139,7 +141,8 @@ static void on_event(client *c)
         if (rc == 0)
             return;
         if (S.phase == PH_RUN || S.phase == PH_PAUSE) {
-            lat_add(&S.lat[c->kind], (soak_now() - c->t_start) * 1e3);
+            double now = soak_now();
+            lat_add(&S.lat[c->kind], (now - c->t_start) * 1e3, now - S.t0);
             S.run_requests++;
         }
         traffic_answer(c, status, body, body_len);
@@ -246,6 +249,7 @@ int main(int argc, char **argv)
 
     const long fd_base = probe_fds(S.pid);
     long fd_peak = fd_base;
+    const double kvd_cpu0 = probe_cpu_s(S.pid);
     if (fd_base < 0 || !probe_healthy(S.port)) {
         fprintf(stderr, "soak: kvd (pid %d, port %d) is not there\n", S.pid, S.port);
         return 1;
@@ -257,7 +261,7 @@ int main(int argc, char **argv)
     if (!rss || S.epfd < 0 || !S.clients)
         abort();
 
-    const double t0 = soak_now(), t_mid = t0 + S.seconds / 2, t_end = t0 + S.seconds;
+    const double t0 = S.t0 = soak_now(), t_mid = t0 + S.seconds / 2, t_end = t0 + S.seconds;
     const double hard = t_end + HARD_EXTRA_S;
     rss[n_samples++] = (sample){0, probe_rss_kib(S.pid)};
     double next_sample = t0 + 1, pause_s = 0, run_end = 0;
@@ -313,6 +317,11 @@ int main(int argc, char **argv)
     }
     const double run_s = (run_end > 0 ? run_end - t0 : S.seconds) - pause_s;
     const long rss_after_run = rss[n_samples - 1].kib;
+    const double kvd_cpu = probe_cpu_s(S.pid) - kvd_cpu0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const double own_cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
     for (size_t i = 0; i < S.n_clients; i++)
         wire_close(&S.clients[i]);
     bool end_ok = !timed_out && probe_accounting(S.port, 0, true);
@@ -327,16 +336,20 @@ int main(int argc, char **argv)
     /* The report. */
     printf("soak: %zu connections, %.0f s of traffic (%.1f s paused for accounting), kvd pid %d\n", S.n_clients,
            run_s + pause_s, pause_s, S.pid);
-    printf("soak: %lu requests answered, %.0f requests/s\n", S.run_requests, (double)S.run_requests / run_s);
-    printf("soak: %-8s %9s %9s %9s %9s   %s\n", "kind", "count", "p50 ms", "p99 ms", "max ms", "2xx 4xx 5xx (clean-up too)");
+    printf("soak: %lu requests answered, %.0f requests/s; CPU seconds: kvd %.1f, this generator %.1f\n",
+           S.run_requests, (double)S.run_requests / run_s, kvd_cpu, own_cpu);
+    printf("soak: %-8s %9s %9s %9s %9s %7s   %s\n", "kind", "count", "p50 ms", "p99 ms", "max ms", "max at",
+           "2xx 4xx 5xx (clean-up too)");
     for (int k = 0; k < K_COUNT; k++) {
         lat_rec *l = &S.lat[k];
-        printf("soak: %-8s %9zu %9.2f %9.2f %9.2f   %lu %lu %lu\n", soak_kind_name[k], l->n, lat_quantile(l, 0.5),
-               lat_quantile(l, 0.99), lat_quantile(l, 1.0), S.status[k][2], S.status[k][4], S.status[k][5]);
+        printf("soak: %-8s %9zu %9.2f %9.2f %9.2f %6.1fs   %lu %lu %lu\n", soak_kind_name[k], l->n,
+               lat_quantile(l, 0.5), lat_quantile(l, 0.99), l->max_ms, l->max_at, S.status[k][2], S.status[k][4],
+               S.status[k][5]);
     }
     printf("soak: 503 resource_exhausted (allowed, counted): create %lu, step %lu, steps %lu, fork %lu; "
-           "raced 404 (another client's session deleted meanwhile): %lu\n",
-           S.exhausted[K_CREATE], S.exhausted[K_STEP], S.exhausted[K_STEPS], S.exhausted[K_FORK], S.raced_404);
+           "raced 404 (another client's session deleted meanwhile): %lu; deleted ids asked for again: %lu, each a 404\n",
+           S.exhausted[K_CREATE], S.exhausted[K_STEP], S.exhausted[K_STEPS], S.exhausted[K_FORK], S.raced_404,
+           S.gone_404);
     printf("soak: connections opened %lu; provoked closes: recycled %lu, half a request %lu, step then close %lu; "
            "closed by kvd %lu; connection errors %lu\n",
            S.conns_opened, S.recycled, S.half_sent, S.fire_and_close, S.server_closes, S.conn_errors);

@@ -108,7 +108,7 @@ static void begin(client *c, req_kind kind, int slot)
 {
     c->kind = kind;
     c->slot = slot;
-    c->foreign = false;
+    c->foreign = c->gone = false;
     c->abandon = AB_NONE;
     free(c->want);
     c->want = NULL;
@@ -193,7 +193,8 @@ static void build_delete(client *c, int slot)
 {
     soak_session *s = &c->sess[slot];
     begin(c, K_DELETE, slot);
-    reg_remove(s);
+    /* It stays in the registry until the answer, so other clients' requests
+     * may race the delete (a 404 for them). */
     s->deleting = true;
     char path[160];
     snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
@@ -281,8 +282,15 @@ bool traffic_next(client *c)
         char path[160];
         snprintf(path, sizeof path, "/v1/sessions/%s/fork", c->sess[0].id);
         set_request(c, "POST", path, uni(c) < 0.5 ? "{}" : NULL);
-    } else if (u < 0.12 && build_foreign(c)) {
+    } else if (u < 0.13 && build_foreign(c)) {
         /* built */
+    } else if (u < 0.14 && S.n_gone > 0) {
+        /* a session deleted a moment ago must stay gone */
+        begin(c, K_STATS, -1);
+        c->foreign = c->gone = true;
+        char path[160];
+        snprintf(path, sizeof path, "/v1/sessions/%s", S.gone[pick(c, S.n_gone < SOAK_GONE ? S.n_gone : SOAK_GONE)]);
+        set_request(c, "GET", path, NULL);
     } else {
         int slot = c->sess[1].id[0] && u < 0.25 ? 1 : 0;
         build_step(c, slot);
@@ -443,6 +451,7 @@ void traffic_answer(client *c, int status, const char *body, size_t len)
     }
     case K_DELETE:
         if (status == 200 && strstr(body, "\"deleted\":true")) {
+            snprintf(S.gone[S.n_gone++ % SOAK_GONE], SOAK_ID_MAX, "%s", c->sess[c->slot].id);
             clear_slot(c, c->slot);
             S.live--;
         } else {
@@ -451,7 +460,12 @@ void traffic_answer(client *c, int status, const char *body, size_t len)
         }
         break;
     case K_STATS:
-        if (status == 404 && c->foreign)
+        if (c->gone) {
+            if (status == 404)
+                S.gone_404++;
+            else
+                unexpected(c, status, body, len, "a deleted session answered");
+        } else if (status == 404 && c->foreign)
             S.raced_404++;
         else if (status != 200 || !strstr(body, "\"pages\""))
             unexpected(c, status, body, len, "stats");
