@@ -151,6 +151,8 @@ bool traffic_next(client *c);
 void traffic_answer(client *c, int status, const char *body, size_t body_len);
 /* The request was sent and abandoned on purpose (no answer will come). */
 void traffic_abandoned(client *c);
+/* The connection failed before the answer (counted as an error elsewhere). */
+void traffic_lost(client *c);
 void traffic_free(client *c);
 size_t traffic_sessions(const client *c);
 
@@ -162,5 +164,7 @@ double probe_cpu_s(int pid);          /* user + system CPU seconds of PID, NAN i
  * pool used. Prints the figures; true if they balance. */
 bool probe_accounting(int port, size_t expect_sessions, bool final);
 bool probe_healthy(int port);
+/* TcpExt ListenOverflows of this network namespace (/proc/net/netstat), -1 if unreadable. */
+long probe_listen_overflows(void);
 
 #endif

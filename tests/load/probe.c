@@ -67,6 +67,32 @@ double probe_cpu_s(int pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+long probe_listen_overflows(void)
+{
+    FILE *f = fopen("/proc/net/netstat", "r");
+    if (!f)
+        return -1;
+    /* Pairs of lines: "TcpExt: Name1 Name2 ..." then "TcpExt: v1 v2 ...". */
+    static char names[8192], values[8192];
+    long out = -1;
+    while (out < 0 && fgets(names, sizeof names, f) && fgets(values, sizeof values, f)) {
+        if (strncmp(names, "TcpExt:", 7) != 0)
+            continue;
+        char *sn, *sv;
+        char *n = strtok_r(names, " \n", &sn), *v = strtok_r(values, " \n", &sv);
+        while (n && v) {
+            if (strcmp(n, "ListenOverflows") == 0) {
+                out = atol(v);
+                break;
+            }
+            n = strtok_r(NULL, " \n", &sn);
+            v = strtok_r(NULL, " \n", &sv);
+        }
+    }
+    fclose(f);
+    return out;
+}
+
 bool probe_healthy(int port)
 {
     http_response *r = http_request(port, "GET", "/healthz", NULL, NULL);

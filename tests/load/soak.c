@@ -84,6 +84,7 @@ static void issue(client *c)
     int rc = wire_send(c);
     if (rc < 0) {
         S.conn_errors++;
+        traffic_lost(c);
         reconnect(c);
     } else if (rc == 0) {
         c->st = ST_SENDING;
@@ -117,6 +118,7 @@ static void on_event(client *c)
         int rc = wire_send(c);
         if (rc < 0) {
             S.conn_errors++;
+            traffic_lost(c);
             reconnect(c);
         } else if (rc == 1 && c->abandon != AB_NONE) {
             traffic_abandoned(c);
@@ -135,6 +137,7 @@ static void on_event(client *c)
         int rc = wire_read(c, &status, &body, &body_len, &close_after);
         if (rc < 0) {
             S.conn_errors++;
+            traffic_lost(c);
             reconnect(c);
             return;
         }
@@ -250,6 +253,7 @@ int main(int argc, char **argv)
     const long fd_base = probe_fds(S.pid);
     long fd_peak = fd_base;
     const double kvd_cpu0 = probe_cpu_s(S.pid);
+    const long overflows0 = probe_listen_overflows();
     if (fd_base < 0 || !probe_healthy(S.port)) {
         fprintf(stderr, "soak: kvd (pid %d, port %d) is not there\n", S.pid, S.port);
         return 1;
@@ -384,6 +388,8 @@ int main(int argc, char **argv)
            "(limit +-%.0f%%); first/last sample %.1f/%.1f MiB (%+.2f%%)\n",
            k, t_first, t_last, slope, 100 * rel, 100 * RSS_FLAT_TOL, first_h / 1024.0, last_h / 1024.0,
            first_h > 0 ? 100.0 * (double)(last_h - first_h) / (double)first_h : 0);
+    printf("soak: listen queue overflows during the run (TcpExt ListenOverflows, this network namespace): %ld\n",
+           probe_listen_overflows() - overflows0);
     printf("soak: kvd fds: baseline %ld, peak %ld, after the clients closed %ld\n", fd_base, fd_peak, fd_after);
 
     struct { bool ok; const char *what; } checks[] = {

@@ -499,6 +499,14 @@ void traffic_abandoned(client *c)
     c->want = NULL;
 }
 
+void traffic_lost(client *c)
+{
+    if (c->kind == K_DELETE && c->slot >= 0)
+        c->sess[c->slot].deleting = false; /* try again: the clean-up must not wait for it */
+    free(c->want);
+    c->want = NULL;
+}
+
 void traffic_free(client *c)
 {
     for (int i = 0; i < SOAK_SLOTS; i++)

@@ -121,8 +121,9 @@ int wire_read(client *c, int *status, const char **body, size_t *body_len, bool 
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
-        fprintf(stderr, "soak: client %d: %s while awaiting a %s answer (%zu bytes in)\n", c->idx,
-                n == 0 ? "EOF" : strerror(errno), soak_kind_name[c->kind], c->in_len);
+        fprintf(stderr, "soak: client %d: %s while awaiting a %s answer (%zu bytes in, %.1f s into the run, "
+                "%.2f s after sending)\n", c->idx, n == 0 ? "EOF" : strerror(errno), soak_kind_name[c->kind],
+                c->in_len, soak_now() - S.t0, soak_now() - c->t_start);
         return -1;
     }
     c->in[c->in_len] = '\0';
