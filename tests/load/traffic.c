@@ -115,7 +115,7 @@ static void begin(client *c, req_kind kind, int slot)
     c->n_entries = 0;
 }
 
-/* One step request for session `slot`: a prefill first (JSON numbers), then
+/* One step request for session `slot`: a prefill first (some in JSON numbers), then
  * decode steps (b64 both ways), multi-layer "steps" bodies and pure queries. */
 static void build_step(client *c, int slot)
 {
@@ -130,7 +130,9 @@ static void build_step(client *c, int slot)
     if (first) {
         n = cf->layers;
         m[0] = m[1] = mq[0] = mq[1] = cf->tensor ? 4 + pick(c, 5) : 8 + pick(c, 17);
-        b64 = false;
+        /* A quarter of the prefills as JSON numbers (the text pass); printing
+         * every one would make this generator the bottleneck of the start. */
+        b64 = uni(c) >= 0.25;
     } else if (cf->layers > 1 && u < 0.3) {
         n = 2;
         if (uni(c) < 0.3)
