@@ -117,10 +117,10 @@ static void on_connection(uv_stream_t *listener, int status)
 
 /* The accept queue must hold a burst of every connection kvd allows, plus the
  * ones it answers over the cap: with the old fixed 511, 512 clients connecting
- * at once while the loop was busy overflowed it (the soak saw it: the kernel
- * drops the handshake's last ACK, the client's request waits out TCP
- * retransmit back-off and can meet the header timeout with nothing read).
- * The kernel clamps it to net.core.somaxconn. */
+ * at once while the loop was busy overflowed it (the soak saw it), and the
+ * surplus got EOF or a reset with nothing answered
+ * (tests/integration/test_listen_backlog.c). The kernel clamps it to
+ * net.core.somaxconn. */
 #define BACKLOG_MIN 511
 #define BACKLOG_UNCAPPED 4096
 
