@@ -66,5 +66,12 @@ bench: build
 test-router: build
 	@bash scripts/test-router.sh
 
+# The soak (tests/load/, README "Load and soak"): 512 connections of mixed traffic for
+# SOAK_SECONDS (default 60) against one release-build kvd (scripts/test-soak.sh).
+.PHONY: test-soak
+SOAK_SECONDS ?= 60
+test-soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/test-soak.sh $(BUILD)
+
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

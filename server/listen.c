@@ -115,6 +115,23 @@ static void on_connection(uv_stream_t *listener, int status)
     kvd__conn_deadline_update(conn);
 }
 
+/* The accept queue must hold a burst of every connection kvd allows, plus the
+ * ones it answers over the cap: with the old fixed 511, 512 clients connecting
+ * at once while the loop was busy overflowed it (the soak saw it), and the
+ * surplus got EOF or a reset with nothing answered
+ * (tests/integration/test_listen_backlog.c). The kernel clamps it to
+ * net.core.somaxconn. */
+#define BACKLOG_MIN 511
+#define BACKLOG_UNCAPPED 4096
+
+static int listen_backlog(size_t max_connections)
+{
+    if (max_connections == 0)
+        return BACKLOG_UNCAPPED;
+    size_t want = max_connections + OVER_CAP_ANSWERED;
+    return want < BACKLOG_MIN ? BACKLOG_MIN : want > 65535 ? 65535 : (int)want;
+}
+
 static void on_listener_closed(uv_handle_t *h)
 {
     kvd_http_server *srv = h->data;
@@ -158,7 +175,7 @@ int kvd_http_server_start(uv_loop_t *loop, const kvd_http_options *opt,
     srv->listener.data = srv;
     r = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
     if (r == 0)
-        r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+        r = uv_listen((uv_stream_t *)&srv->listener, listen_backlog(opt->max_connections), on_connection);
     struct sockaddr_storage bound;
     int blen = (int)sizeof bound;
     if (r == 0)
