@@ -9,6 +9,7 @@
 #include <cJSON.h>
 
 #include "api/create_body.h"
+#include "api/json.h"
 #include "cache/quant.h"
 
 /* Bits per cached K/V number: payload bytes (codes, scales, KIVI's f32
@@ -38,6 +39,7 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     size_t tokens = kvd_session_tokens(s), pages = kvd_session_pages(s);
     double bytes = (double)pages * (double)page_bytes;
 
+    kvd__api_json_oom_reset(); /* a member that failed to allocate fails the whole */
     cJSON *o = cJSON_CreateObject();
     cJSON *conf = kvd_session_config_to_json(cfg);
     cJSON *layers = cJSON_CreateArray();
@@ -48,7 +50,12 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
         return NULL;
     }
     cJSON_AddStringToObject(o, "id", as->id);
-    cJSON_AddItemToObject(o, "config", conf);
+    if (!cJSON_AddItemToObject(o, "config", conf)) { /* not attached: ours to free */
+        cJSON_Delete(o);
+        cJSON_Delete(conf);
+        cJSON_Delete(layers);
+        return NULL;
+    }
     cJSON_AddNumberToObject(o, "steps", (double)atomic_load(&as->steps));
     cJSON_AddNumberToObject(o, "created_at", as->created_at);
     cJSON_AddNumberToObject(o, "last_used_at", atomic_load(&as->last_used_at));
@@ -78,7 +85,11 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     cJSON_AddStringToObject(o, "memory_scaling", s->pairs ? "n^2*d" : "n*d");
     if (s->pairs)
         cJSON_AddNumberToObject(o, "pair_rows", (double)kvd_session_pair_rows(s));
-    cJSON_AddItemToObject(o, "layers", layers);
+    if (!cJSON_AddItemToObject(o, "layers", layers)) {
+        cJSON_Delete(o);
+        cJSON_Delete(layers);
+        return NULL;
+    }
     for (uint32_t l = 0; l < cfg->layers; l++) {
         cJSON *lo = cJSON_CreateObject();
         cJSON *tok = cJSON_AddArrayToObject(lo, "tokens");
@@ -132,5 +143,9 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     }
     char *json = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    if (json && kvd__api_json_oom()) {
+        free(json);
+        return NULL;
+    }
     return json;
 }
