@@ -5,7 +5,9 @@
  * the pool's pages must add up to the live sessions'; a bystander session's
  * stats and next output must be bit-identical to the clean run's; and after
  * deleting everything the pool is empty (LSan checks the heap in the ASan
- * build). The API runs without HTTP, on a synchronous fake executor. */
+ * build). The API runs without HTTP, on a synchronous fake executor.
+ * Over 600 lines on purpose: the scenarios share one harness (executor,
+ * bodies, normalization, the checks of a run) that a split would scatter. */
 #include <check.h>
 #include <stdarg.h>
 #include <stdint.h>
