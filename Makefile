@@ -73,5 +73,23 @@ SOAK_SECONDS ?= 60
 test-soak: build
 	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/test-soak.sh $(BUILD)
 
+# ThreadSanitizer (README "Testing"): kvd built with -fsanitize=thread in
+# $(BUILD_TSAN), the tests/integration programs run against it. A race makes kvd
+# stop at once (halt_on_error) with exit code 66, so the test driving it fails;
+# every report also goes to $(BUILD_TSAN)/tsan-logs, and any report there fails
+# the target even if no test noticed.
+.PHONY: test-tsan
+BUILD_TSAN ?= build-tsan
+TSAN_OPTIONS_KVD ?= halt_on_error=1 exitcode=66 second_deadlock_stack=1 log_path=$(CURDIR)/$(BUILD_TSAN)/tsan-logs/report
+test-tsan: deps
+	@cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVD_SANITIZE=thread >/dev/null
+	@cmake --build $(BUILD_TSAN) -j $(JOBS) --target integration_tests
+	@rm -rf $(BUILD_TSAN)/tsan-logs && mkdir -p $(BUILD_TSAN)/tsan-logs
+	@echo "== kvd: integration tests against a ThreadSanitizer kvd"
+	cd $(BUILD_TSAN) && TSAN_OPTIONS="$(TSAN_OPTIONS_KVD)" \
+	  ctest --output-on-failure -j $(JOBS) -R '^integration/'
+	@if ls $(BUILD_TSAN)/tsan-logs/report* >/dev/null 2>&1; then \
+	  cat $(BUILD_TSAN)/tsan-logs/report*; echo "ThreadSanitizer reported the above"; exit 1; fi
+
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN)

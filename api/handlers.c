@@ -98,6 +98,8 @@ static void handle_create(kvd_api *api, const kvd_api_request *req, uint32_t own
     if (s) {
         s->owner = owner;
         kvd__api_respond_created(s, NULL, resp);
+        if (resp->status != 201) /* nobody would learn its id: it must not live */
+            kvd__api_session_drop(api, s);
     }
 }
 
@@ -201,6 +203,8 @@ static void handle_info(kvd_api *api, kvd_response *resp)
     cJSON_AddStringToObject(build, "compiler", __VERSION__);
 #ifdef KVD_SANITIZED
     cJSON_AddStringToObject(build, "sanitize", "address,undefined");
+#elif defined(KVD_SANITIZED_THREAD)
+    cJSON_AddStringToObject(build, "sanitize", "thread");
 #else
     cJSON_AddStringToObject(build, "sanitize", "none");
 #endif
@@ -345,6 +349,7 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
 bool kvd_api_handle(kvd_api *api, const kvd_api_request *req, void *reply, kvd_response *resp)
 {
     memset(resp, 0, sizeof *resp);
+    kvd__api_json_oom_reset(); /* kvd__api_respond_cjson checks it */
     kvd_api_request r = *req;
     const bool answered = handle(api, &r, reply, resp);
     free(r.body); /* NULL when a queued step took it */

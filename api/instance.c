@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/json.h"
 #include "cache/pool.h"
 
 /* Requests one session may have waiting before the next gets a 429. */
@@ -23,6 +24,9 @@ int kvd_api_create(const kvd_api_options *opt, kvd_api_submit_fn submit, void *e
 {
     if (opt->id_prefix && opt->id_prefix[0] && !kvd_api_id_prefix_valid(opt->id_prefix))
         return -EINVAL;
+    /* cJSON allocation failures become visible (api/json.h); before any
+     * worker exists. */
+    kvd__api_json_hooks_install();
     kvd_api *api = calloc(1, sizeof *api);
     if (!api)
         return -ENOMEM;

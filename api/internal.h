@@ -141,6 +141,9 @@ api_session *kvd__api_session_register_as(kvd_api *api, kvd_session *cache, kvd_
                                           const char *id, kvd_response *resp);
 /* Destroys the session's caches (pages back to the pool) and frees it. */
 void kvd__api_session_free(kvd_api *api, api_session *s);
+/* Takes a just-registered session whose 201 could not be rendered back out
+ * of the registry and frees it, so a 500 create or fork leaves nothing. */
+void kvd__api_session_drop(kvd_api *api, api_session *s);
 /* At --max-sessions: counts the rejection, fills resp with a 503, true. */
 bool kvd__api_session_limit_reached(kvd_api *api, kvd_response *resp);
 /* Stores the session's token and page counts (cache and shadow) where

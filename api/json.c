@@ -7,7 +7,34 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+static _Thread_local bool json_oom;
+
+static void *json_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (!p)
+        json_oom = true;
+    return p;
+}
+
+void kvd__api_json_hooks_install(void)
+{
+    cJSON_Hooks hooks = {.malloc_fn = json_malloc, .free_fn = free};
+    cJSON_InitHooks(&hooks);
+}
+
+void kvd__api_json_oom_reset(void)
+{
+    json_oom = false;
+}
+
+bool kvd__api_json_oom(void)
+{
+    return json_oom;
+}
 
 const char *kvd__api_json_type_name(const cJSON *item)
 {
@@ -279,7 +306,13 @@ cJSON *kvd_json_parse_object(const char *body, size_t len, kvd_api_error *err)
      * terminator to be there. The parse end is returned to us, not kept in
      * cJSON's global error pointer, so workers can parse in parallel. */
     const char *end = NULL;
+    kvd__api_json_oom_reset();
     cJSON *root = cJSON_ParseWithLengthOpts(body, len + 1, &end, 1);
+    if (!root && kvd__api_json_oom()) {
+        /* Valid or not, the client is not to blame: a 500, never a 400. */
+        kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "out of memory parsing the body");
+        return NULL;
+    }
     if (!root) {
         kvd__api_json_syntax_error(body, len, end && end >= body ? (size_t)(end - body) : 0, err);
         return NULL;

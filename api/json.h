@@ -79,6 +79,15 @@ kvd_json_tensor *kvd_json_doc_tensor(const kvd_json_doc *doc, const cJSON *item)
 
 /* ---- api-internal -------------------------------------------------------- */
 
+/* cJSON's allocations, seen (issue 11): kvd_api_create routes them through a
+ * malloc that notes a failure in a thread-local flag, because cJSON reports
+ * one as a syntax error (a parse) or not at all (cJSON_Add*ToObject returns
+ * NULL and the member is silently missing). reset clears the flag before a
+ * parse or a response is built; oom says whether an allocation failed since. */
+void kvd__api_json_hooks_install(void);
+void kvd__api_json_oom_reset(void);
+bool kvd__api_json_oom(void);
+
 /* The 400 for a text cJSON cannot parse, failing at byte offset off
  * (kvd_json_parse_object's message; api/json_text.c reports the same). */
 void kvd__api_json_syntax_error(const char *body, size_t len, size_t off, kvd_api_error *err);

@@ -671,7 +671,12 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
                                  s.values, max_values);
     }
     const char *end = NULL;
+    kvd__api_json_oom_reset();
     doc->root = cJSON_ParseWithLengthOpts(body, len + 1, &end, 1);
+    if (!doc->root && kvd__api_json_oom()) {
+        kvd_json_doc_free(doc);
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "out of memory parsing the body");
+    }
     if (!doc->root) {
         /* The pass above accepted what cJSON refuses: a bug, not the client's. */
         kvd_json_doc_free(doc);

@@ -10,6 +10,7 @@
 
 #include <cJSON.h>
 
+#include "api/json.h"
 #include "cache/session.h"
 
 void kvd__api_job_free(api_job *job)
@@ -48,6 +49,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         api_job *job = kvd__api_queue_pop(s);
         if (!job)
             break;
+        kvd__api_json_oom_reset(); /* an inline job's answer is built from here */
         switch (job->kind) {
         case JOB_STEP:
             s->running = true;
@@ -114,6 +116,8 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
                 c->owner = s->owner; /* the forker: only the owner reaches the parent */
                 c->shadow_stats = s->shadow_stats;
                 kvd__api_respond_created(c, s->id, &job->resp);
+                if (job->resp.status != 201) /* the 500 stands: no child lives */
+                    kvd__api_session_drop(api, c);
             }
             kvd__api_answer_job(api, job);
             break;
@@ -158,6 +162,7 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
 void kvd_api_job_run(kvd_api_job *base)
 {
     api_job *job = (api_job *)base;
+    kvd__api_json_oom_reset();
     if (job->kind == JOB_STATS) {
         char *json = kvd__api_session_stats_json(job->base.api, job->session);
         if (json)

@@ -278,6 +278,13 @@ api_session *kvd__api_session_register_as(kvd_api *api, kvd_session *cache, kvd_
     return s;
 }
 
+void kvd__api_session_drop(kvd_api *api, api_session *s)
+{
+    kvd__api_registry_remove(api, s);
+    kvd__api_session_free(api, s);
+    atomic_fetch_sub_explicit(&api->stats.sessions_created, 1, memory_order_relaxed);
+}
+
 size_t kvd_api_session_count(const kvd_api *api)
 {
     return api->n_sessions;

@@ -10,6 +10,7 @@
 #include <cJSON.h>
 
 #include "api/create_body.h"
+#include "api/json.h"
 
 void kvd__api_response_json(kvd_response *resp, int status, char *json)
 {
@@ -45,11 +46,16 @@ void kvd__api_respond_error(kvd_response *resp, int status, const char *code,
     kvd_response_error(resp, &err);
 }
 
-/* Renders and deletes `obj`; a failure to render becomes a 500. */
+/* Renders and deletes `obj`; a failure to render becomes a 500, and so does
+ * any cJSON allocation that failed while obj was built (a member missing). */
 void kvd__api_respond_cjson(kvd_response *resp, int status, cJSON *obj)
 {
     char *json = obj ? cJSON_PrintUnformatted(obj) : NULL;
     cJSON_Delete(obj);
+    if (json && kvd__api_json_oom()) {
+        free(json);
+        json = NULL;
+    }
     if (!json) {
         kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
         return;
@@ -71,6 +77,7 @@ void kvd__api_respond_created(api_session *s, const char *parent, kvd_response *
     cJSON_AddStringToObject(out, "id", s->id);
     if (parent)
         cJSON_AddStringToObject(out, "parent", parent);
-    cJSON_AddItemToObject(out, "config", conf);
+    if (!cJSON_AddItemToObject(out, "config", conf))
+        cJSON_Delete(conf); /* not attached (its key could not be copied): ours to free */
     kvd__api_respond_cjson(resp, 201, out);
 }

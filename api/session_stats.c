@@ -9,6 +9,7 @@
 #include <cJSON.h>
 
 #include "api/create_body.h"
+#include "api/json.h"
 #include "cache/quant.h"
 
 /* Bits per cached K/V number: payload bytes (codes, scales, KIVI's f32
@@ -56,6 +57,7 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
         n_clusters += s->subgen[i].n_clusters + (s->subgen_b ? s->subgen_b[i].n_clusters : 0);
     double bytes = (double)pages * (double)page_bytes;
 
+    kvd__api_json_oom_reset(); /* a member that failed to allocate fails the whole */
     cJSON *o = cJSON_CreateObject();
     cJSON *conf = kvd_session_config_to_json(cfg);
     cJSON *layers = cJSON_CreateArray();
@@ -66,7 +68,12 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
         return NULL;
     }
     cJSON_AddStringToObject(o, "id", as->id);
-    cJSON_AddItemToObject(o, "config", conf);
+    if (!cJSON_AddItemToObject(o, "config", conf)) { /* not attached: ours to free */
+        cJSON_Delete(o);
+        cJSON_Delete(conf);
+        cJSON_Delete(layers);
+        return NULL;
+    }
     cJSON_AddNumberToObject(o, "steps", (double)atomic_load(&as->steps));
     cJSON_AddNumberToObject(o, "created_at", as->created_at);
     cJSON_AddNumberToObject(o, "last_used_at", atomic_load(&as->last_used_at));
@@ -98,7 +105,11 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
         cJSON_AddNumberToObject(o, "pair_rows", (double)kvd_session_pair_rows(s));
     if (s->subgen) /* summed over streams; per kv head under "layers" */
         cJSON_AddNumberToObject(o, "clusters", (double)n_clusters);
-    cJSON_AddItemToObject(o, "layers", layers);
+    if (!cJSON_AddItemToObject(o, "layers", layers)) {
+        cJSON_Delete(o);
+        cJSON_Delete(layers);
+        return NULL;
+    }
     for (uint32_t l = 0; l < cfg->layers; l++) {
         cJSON *lo = cJSON_CreateObject();
         cJSON *tok = cJSON_AddArrayToObject(lo, "tokens");
@@ -163,5 +174,9 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     }
     char *json = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    if (json && kvd__api_json_oom()) {
+        free(json);
+        return NULL;
+    }
     return json;
 }

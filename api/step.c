@@ -100,7 +100,11 @@ static cJSON *entry_json(const kvd_session_config *cfg, const kvd_step_entry *e,
         cJSON_Delete(o);
         return NULL;
     }
-    cJSON_AddItemToObject(obj, "o", o);
+    if (!cJSON_AddItemToObject(obj, "o", o)) { /* not attached: ours to free */
+        cJSON_Delete(obj);
+        cJSON_Delete(o);
+        return NULL;
+    }
     cJSON_AddNumberToObject(obj, "tokens", (double)r->tokens);
     cJSON_AddNumberToObject(obj, "evicted", (double)r->evicted);
     if (r->has_shadow) {
@@ -159,10 +163,16 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     if (s->shadow)
         shadow_account(api, s, &out);
 
-    /* Render. A failure here leaves the step applied and says so. */
+    /* Render. A failure here leaves the step applied and says so; one
+     * inside cJSON (a member left out) counts as a failure too. */
+    kvd__api_json_oom_reset();
     cJSON *body = render(cfg, req, job->multi, &out);
     char *json = body ? cJSON_PrintUnformatted(body) : NULL;
     cJSON_Delete(body);
+    if (json && kvd__api_json_oom()) {
+        free(json);
+        json = NULL;
+    }
     if (json)
         kvd__api_response_json(&job->resp, 200, json);
     else

@@ -1,0 +1,667 @@
+/* tests/fault/alloc_faults.c — allocation failures swept over every request
+ * kind (issue 11): for each scenario a clean run counts the K allocations of
+ * one request, then for N = 1..K the request runs with the Nth failing (once,
+ * and from N on). The answer must be the clean run's 2xx or a JSON 500/503;
+ * the pool's pages must add up to the live sessions'; a bystander session's
+ * stats and next output must be bit-identical to the clean run's; and after
+ * deleting everything the pool is empty (LSan checks the heap in the ASan
+ * build). The API runs without HTTP, on a synchronous fake executor.
+ * Over 600 lines on purpose: the scenarios share one harness (executor,
+ * bodies, normalization, the checks of a run) that a split would scatter. */
+#include <check.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "api/api.h"
+#include "cache/pool.h"
+#include "tests/fault/failmalloc.h"
+#include "tests/support/check_main.h"
+
+#define PAGE_BYTES 1024
+#define POOL_BYTES ((size_t)4 << 20)
+
+/* ---- the fake executor: jobs run when the test says (run_all) ---- */
+
+#define MAX_JOBS 16
+static kvd_api_job *pending[MAX_JOBS];
+static int n_pending;
+static kvd_response reply;
+static int n_replies;
+/* Set instead of asserting while faults are armed: Check's assertions
+ * allocate (they record their location), so none may run in there. */
+static const char *harness_error;
+
+static void fake_submit(void *executor, kvd_api_job *job)
+{
+    (void)executor;
+    if (n_pending == MAX_JOBS) {
+        harness_error = "too many jobs";
+        return;
+    }
+    pending[n_pending++] = job;
+}
+
+static void fake_respond(void *r, kvd_response *resp)
+{
+    (void)r;
+    if (n_replies++)
+        harness_error = "two answers to one request";
+    reply = *resp;
+}
+
+static double fake_now = 1.7e9;
+
+static double fake_clock(void *ctx)
+{
+    return *(const double *)ctx;
+}
+
+/* One request, run to its answer. Takes ownership of body (malloc'd). */
+static kvd_response call(kvd_api *api, kvd_route route, const char *id, char *body)
+{
+    kvd_api_request req = {.route = route, .session_id = id, .query = "",
+                           .content_type = "application/json", .body = body,
+                           .body_len = body ? strlen(body) : 0};
+    kvd_response resp;
+    n_replies = 0;
+    if (kvd_api_handle(api, &req, NULL, &resp))
+        return resp;
+    while (n_pending) {
+        kvd_api_job *job = pending[0];
+        memmove(pending, pending + 1, (size_t)--n_pending * sizeof *pending);
+        kvd_api_job_run(job);
+        kvd_api_job_done(api, job);
+    }
+    if (n_replies != 1) {
+        harness_error = "a deferred request was never answered";
+        reply = (kvd_response){.status = -1};
+    }
+    return reply;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *p = strdup(s);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* ---- request bodies (exact binary fractions, so text -> f32 is exact) ---- */
+
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        ck_assert_int_ge(n, 0);
+        if (b->s && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = (b->cap + (size_t)n + 1) * 2;
+        b->s = realloc(b->s, b->cap);
+        ck_assert_ptr_nonnull(b->s);
+    }
+}
+
+static void sb_array(sbuf *b, const char *name, size_t n, unsigned seed)
+{
+    sb_printf(b, "\"%s\":[", name);
+    for (size_t i = 0; i < n; i++)
+        sb_printf(b, "%s%g", i ? "," : "", (double)((int)((i * 37 + seed * 11) % 17) - 8) / 8.0);
+    sb_printf(b, "]");
+}
+
+/* Shapes every session here uses: kv rows of 1 x 8, query rows of 2 x 8. */
+#define KV_ROW 8
+#define Q_ROW 16
+
+/* {"layer":L,"k":..,"v":..,"q":..} (tensor: k1, k2, v1, v2) */
+static void sb_entry(sbuf *b, int layer, size_t m, size_t m_q, bool tensor, unsigned seed)
+{
+    sb_printf(b, "{\"layer\":%d,", layer);
+    static const char *const std_fields[] = {"k", "v"}, *const tensor_fields[] = {"k1", "k2", "v1", "v2"};
+    const char *const *f = tensor ? tensor_fields : std_fields;
+    for (int i = 0; i < (tensor ? 4 : 2); i++) {
+        sb_array(b, f[i], m * KV_ROW, seed * 5u + (unsigned)i);
+        sb_printf(b, ",");
+    }
+    sb_array(b, "q", m_q * Q_ROW, seed * 5u + 4u);
+    sb_printf(b, "}");
+}
+
+static char *step_body(int layer, size_t m, size_t m_q, bool tensor, unsigned seed)
+{
+    sbuf b = {0};
+    sb_entry(&b, layer, m, m_q, tensor, seed);
+    return b.s;
+}
+
+/* ---- normalized JSON: what must be identical between two runs ---- */
+
+/* Drops what differs between runs by design (random ids, measured time) and
+ * sorts listings (id order is random). Returns malloc'd text. */
+static void strip(cJSON *j)
+{
+    static const char *const drop[] = {"id", "parent", "next_after", "last_step_seconds"};
+    for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(j, drop[i]);
+    for (cJSON *c = j->child; c; c = c->next)
+        strip(c);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *normalize(const char *body)
+{
+    ck_assert_ptr_nonnull(body);
+    cJSON *j = cJSON_Parse(body);
+    ck_assert_msg(j != NULL, "not JSON: %s", body);
+    strip(j);
+    cJSON *sessions = cJSON_GetObjectItemCaseSensitive(j, "sessions");
+    if (cJSON_IsArray(sessions)) {
+        int n = cJSON_GetArraySize(sessions);
+        char **parts = calloc((size_t)n + 1, sizeof *parts);
+        for (int i = 0; i < n; i++)
+            parts[i] = cJSON_PrintUnformatted(cJSON_GetArrayItem(sessions, i));
+        qsort(parts, (size_t)n, sizeof *parts, cmp_str);
+        sbuf b = {0};
+        sb_printf(&b, "[");
+        for (int i = 0; i < n; i++) {
+            sb_printf(&b, "%s%s", i ? "," : "", parts[i]);
+            free(parts[i]);
+        }
+        sb_printf(&b, "]");
+        free(parts);
+        cJSON_ReplaceItemInObjectCaseSensitive(j, "sessions", cJSON_CreateRaw(b.s));
+        free(b.s);
+    }
+    char *out = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return out;
+}
+
+/* ---- the fixture: an API, a bystander, the scenario's sessions ---- */
+
+typedef struct fx {
+    kvd_api *api;
+    char *by;       /* the bystander: must never notice the faults */
+    char *target;   /* the scenario's session (NULL if none) */
+    char *child;    /* a fork of target (NULL if none) */
+} fx;
+
+static char *create(kvd_api *api, const char *body)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_CREATE, NULL, xstrdup(body));
+    ck_assert_msg(r.status == 201, "create %s: %d %s", body, r.status, r.body ? r.body : "");
+    cJSON *j = cJSON_Parse(r.body);
+    char *id = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    cJSON_Delete(j);
+    free(r.body);
+    return id;
+}
+
+static void step_ok(kvd_api *api, const char *id, char *body)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_STEP, id, body);
+    ck_assert_msg(r.status == 200, "step: %d %s", r.status, r.body ? r.body : "");
+    free(r.body);
+}
+
+static char *fork_ok(kvd_api *api, const char *id)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_FORK, id, NULL);
+    ck_assert_msg(r.status == 201, "fork: %d %s", r.status, r.body ? r.body : "");
+    cJSON *j = cJSON_Parse(r.body);
+    char *child = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    cJSON_Delete(j);
+    free(r.body);
+    return child;
+}
+
+/* The session's stats, normalized; NULL if it does not exist. */
+static char *stats(kvd_api *api, const char *id)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_GET, id, NULL);
+    if (r.status == 404) {
+        free(r.body);
+        return NULL;
+    }
+    ck_assert_msg(r.status == 200, "stats: %d", r.status);
+    char *n = normalize(r.body);
+    free(r.body);
+    return n;
+}
+
+static double num_field(const char *json, const char *key)
+{
+    cJSON *j = cJSON_Parse(json);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    ck_assert_msg(cJSON_IsNumber(v), "no %s in %s", key, json);
+    double d = v->valuedouble;
+    cJSON_Delete(j);
+    return d;
+}
+
+/* The live sessions' ids (from GET /v1/sessions); caller frees each and *ids. */
+static size_t list_ids(kvd_api *api, char ***ids)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_LIST, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    cJSON *j = cJSON_Parse(r.body);
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "sessions");
+    size_t n = (size_t)cJSON_GetArraySize(arr);
+    ck_assert_uint_eq(n, kvd_api_session_count(api));
+    *ids = calloc(n + 1, sizeof **ids);
+    size_t i = 0;
+    for (const cJSON *e = arr->child; e; e = e->next)
+        (*ids)[i++] = xstrdup(cJSON_GetObjectItemCaseSensitive(e, "id")->valuestring);
+    cJSON_Delete(j);
+    free(r.body);
+    return n;
+}
+
+/* Pool pages in use == the pages the live sessions report (cache and shadow
+ * copy). Only exact while no pages are shared by a fork. */
+static void check_accounting(kvd_api *api)
+{
+    char **ids;
+    size_t n = list_ids(api, &ids);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        kvd_response r = call(api, KVD_ROUTE_SESSION_GET, ids[i], NULL);
+        ck_assert_int_eq(r.status, 200);
+        sum += num_field(r.body, "pages") + num_field(r.body, "shadow_bytes") / PAGE_BYTES;
+        free(r.body);
+        free(ids[i]);
+    }
+    free(ids);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), (size_t)sum);
+}
+
+static void delete_all(kvd_api *api)
+{
+    char **ids;
+    size_t n = list_ids(api, &ids);
+    for (size_t i = 0; i < n; i++) {
+        kvd_response r = call(api, KVD_ROUTE_SESSION_DELETE, ids[i], NULL);
+        ck_assert_int_eq(r.status, 200);
+        free(r.body);
+        free(ids[i]);
+    }
+    free(ids);
+    ck_assert_uint_eq(kvd_api_session_count(api), 0);
+    ck_assert_uint_eq(kvd_pool_pages_used(kvd_api_pool(api)), 0);
+}
+
+/* ---- scenarios ---- */
+
+#define STD "\"heads\":2,\"kv_heads\":1,\"head_dim\":8"
+static const char *const body_standard = "{\"layers\":2," STD ",\"seed\":1}";
+static const char *const body_h2o =
+    "{" STD ",\"cache\":{\"eviction\":\"h2o\",\"budget\":6,\"sink\":1,\"recent\":2},\"seed\":2}";
+static const char *const body_shadow =
+    "{" STD ",\"cache\":{\"dtype\":\"int8\",\"eviction\":\"l2norm\",\"budget\":6,\"sink\":1},"
+    "\"shadow\":true,\"seed\":3}";
+static const char *const body_kivi = "{" STD ",\"cache\":{\"dtype\":\"kivi2\",\"group\":4,\"residual\":4},\"seed\":4}";
+static const char *const body_tensor2 = "{\"attention\":\"tensor\",\"tensor_cache\":\"two\"," STD ",\"seed\":5}";
+static const char *const body_tensor4 =
+    "{\"attention\":\"tensor\",\"tensor_cache\":\"four\"," STD ",\"cache\":{\"eviction\":\"recency\","
+    "\"budget\":4,\"sink\":1},\"seed\":6}";
+static const char *const body_bystander =
+    "{" STD ",\"cache\":{\"eviction\":\"recency\",\"budget\":8,\"sink\":2},\"seed\":9}";
+
+typedef enum { OP_CREATE, OP_STEP, OP_STEP_CHILD, OP_FORK, OP_STATS, OP_LIST, OP_DELETE, OP_INFO } op_kind;
+
+typedef struct scenario {
+    const char *name;
+    const char *target;   /* create body of the target session (set-up); NULL: none */
+    size_t setup_tokens;  /* prefilled into the target (layer 0) */
+    bool fork_target;     /* set-up forks the target (pages shared from then on) */
+    op_kind op;
+    const char *create;   /* OP_CREATE: its body */
+    bool tensor;          /* steps carry k1, k2, v1, v2 */
+    size_t m, m_q;        /* OP_STEP: tokens and queries */
+    bool multi;           /* OP_STEP: a "steps" body over layers 0 and 1, b64 output */
+} scenario;
+
+static const scenario scenarios[] = {
+    {"create standard", NULL, 0, false, OP_CREATE, .create = "{\"layers\":2," STD ",\"seed\":1}"},
+    {"create h2o", NULL, 0, false, OP_CREATE, .create = "{" STD ",\"cache\":{\"eviction\":\"h2o\",\"budget\":6,"
+                                                         "\"sink\":1,\"recent\":2},\"seed\":2}"},
+    {"create int8 l2norm shadow", NULL, 0, false, OP_CREATE,
+     .create = "{" STD ",\"cache\":{\"dtype\":\"int8\",\"eviction\":\"l2norm\",\"budget\":6,\"sink\":1},"
+               "\"shadow\":true,\"seed\":3}"},
+    {"create kivi2", NULL, 0, false, OP_CREATE,
+     .create = "{" STD ",\"cache\":{\"dtype\":\"kivi2\",\"group\":4,\"residual\":4},\"seed\":4}"},
+    {"create tensor two-cache", NULL, 0, false, OP_CREATE,
+     .create = "{\"attention\":\"tensor\",\"tensor_cache\":\"two\"," STD ",\"seed\":5}"},
+    {"step single", "std", 3, false, OP_STEP, .m = 2, .m_q = 2},
+    {"step steps form (b64)", "std", 3, false, OP_STEP, .m = 2, .m_q = 1, .multi = true},
+    {"step h2o eviction", "h2o", 5, false, OP_STEP, .m = 4, .m_q = 2},
+    {"step int8 l2norm shadow", "shadow", 5, false, OP_STEP, .m = 3, .m_q = 1},
+    {"step kivi2", "kivi", 6, false, OP_STEP, .m = 3, .m_q = 1},
+    {"step tensor two-cache", "tensor2", 2, false, OP_STEP, .tensor = true, .m = 2, .m_q = 1},
+    {"step tensor four-cache recency", "tensor4", 4, false, OP_STEP, .tensor = true, .m = 2, .m_q = 1},
+    {"fork", "std", 3, false, OP_FORK, .create = NULL},
+    {"fork shadow", "shadow", 5, false, OP_FORK, .create = NULL},
+    {"step a fork (copy on write)", "std", 3, true, OP_STEP_CHILD, .m = 1, .m_q = 1},
+    {"stats", "shadow", 5, false, OP_STATS, .create = NULL},
+    {"list", "std", 3, false, OP_LIST, .create = NULL},
+    {"info", NULL, 0, false, OP_INFO, .create = NULL},
+    {"delete", "std", 3, false, OP_DELETE, .create = NULL},
+    {"delete a forked parent", "std", 3, true, OP_DELETE, .create = NULL},
+};
+#define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
+
+static const char *target_body(const char *name)
+{
+    return !strcmp(name, "std")       ? body_standard
+           : !strcmp(name, "h2o")     ? body_h2o
+           : !strcmp(name, "shadow")  ? body_shadow
+           : !strcmp(name, "kivi")    ? body_kivi
+           : !strcmp(name, "tensor2") ? body_tensor2
+                                      : body_tensor4;
+}
+
+static void fx_setup(fx *f, const scenario *sc)
+{
+    kvd_api_options opt = {.memory_bytes = POOL_BYTES, .page_bytes = PAGE_BYTES, .threads = 1,
+                           .max_body = 1 << 20, .session_queue = 8, .now = fake_clock,
+                           .now_ctx = &fake_now};
+    n_pending = 0;
+    ck_assert_int_eq(kvd_api_create(&opt, fake_submit, NULL, fake_respond, &f->api), 0);
+    f->by = create(f->api, body_bystander);
+    step_ok(f->api, f->by, step_body(0, 5, 5, false, 1));
+    step_ok(f->api, f->by, step_body(0, 2, 1, false, 2));
+    f->target = f->child = NULL;
+    if (sc->target) {
+        f->target = create(f->api, target_body(sc->target));
+        step_ok(f->api, f->target, step_body(0, sc->setup_tokens, sc->setup_tokens, sc->tensor, 3));
+        if (sc->fork_target)
+            f->child = fork_ok(f->api, f->target);
+    }
+}
+
+/* The body of the request the faults hit (made before they are armed). */
+static char *act_body(const scenario *sc)
+{
+    switch (sc->op) {
+    case OP_CREATE:
+        return xstrdup(sc->create);
+    case OP_STEP:
+    case OP_STEP_CHILD: {
+        char *body;
+        if (sc->multi) {
+            sbuf b = {0};
+            sb_printf(&b, "{\"encoding\":\"b64\",\"steps\":[");
+            sb_entry(&b, 0, sc->m, sc->m_q, sc->tensor, 4);
+            sb_printf(&b, ",");
+            sb_entry(&b, 1, sc->m, sc->m_q, sc->tensor, 5);
+            sb_printf(&b, "]}");
+            body = b.s;
+        } else {
+            body = step_body(0, sc->m, sc->m_q, sc->tensor, 4);
+        }
+        return body;
+    }
+    default:
+        return NULL;
+    }
+}
+
+/* The one request the faults hit (no Check assertion in here). */
+static kvd_response act(fx *f, const scenario *sc, char *body)
+{
+    switch (sc->op) {
+    case OP_CREATE:
+        return call(f->api, KVD_ROUTE_SESSION_CREATE, NULL, body);
+    case OP_STEP:
+    case OP_STEP_CHILD:
+        return call(f->api, KVD_ROUTE_SESSION_STEP, sc->op == OP_STEP ? f->target : f->child, body);
+    case OP_FORK:
+        return call(f->api, KVD_ROUTE_SESSION_FORK, f->target, NULL);
+    case OP_STATS:
+        return call(f->api, KVD_ROUTE_SESSION_GET, f->target, NULL);
+    case OP_LIST:
+        return call(f->api, KVD_ROUTE_SESSION_LIST, NULL, NULL);
+    case OP_DELETE:
+        return call(f->api, KVD_ROUTE_SESSION_DELETE, f->target, NULL);
+    case OP_INFO:
+        return call(f->api, KVD_ROUTE_INFO, NULL, NULL);
+    }
+    return (kvd_response){.status = -1};
+}
+
+/* What the clean run saw: everything a faulted run is held to. */
+typedef struct golden {
+    long allocations;
+    int status;
+    char *body;          /* normalized answer */
+    size_t pages_before, pages_after, sessions_before, sessions_after;
+    char *target_after;  /* normalized stats of the target after the request */
+    char *by_stats;      /* the bystander's stats ... */
+    char *by_next;       /* ... and its next step's raw answer */
+} golden;
+
+static void golden_free(golden *g)
+{
+    free(g->body);
+    free(g->target_after);
+    free(g->by_stats);
+    free(g->by_next);
+    memset(g, 0, sizeof *g);
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+/* Equal but for heap_bytes: a step refused for want of memory may keep the
+ * tables it already grew (capacity, not content). */
+static bool same_but_heap(const char *a, const char *b)
+{
+    if (!a || !b)
+        return !a && !b;
+    cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
+    cJSON_DeleteItemFromObjectCaseSensitive(x, "heap_bytes");
+    cJSON_DeleteItemFromObjectCaseSensitive(y, "heap_bytes");
+    const bool eq = cJSON_Compare(x, y, true);
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    return eq;
+}
+
+/* An error answer: 500 or 503 with {"error":{"code","message"}}; in sticky
+ * mode even the fallback body may fail, leaving a bare 500. */
+static void check_error(const kvd_response *r, bool sticky, const char *what)
+{
+    ck_assert_msg(r->status == 500 || r->status == 503, "%s: status %d (%s)", what, r->status,
+                  r->body ? r->body : "no body");
+    if (!r->body) {
+        ck_assert_msg(sticky && r->status == 500, "%s: %d without a body", what, r->status);
+        return;
+    }
+    cJSON *j = cJSON_Parse(r->body);
+    ck_assert_msg(j != NULL, "%s: error body not JSON: %s", what, r->body);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    ck_assert_msg(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "code")) &&
+                      cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "message")),
+                  "%s: bad error body %s", what, r->body);
+    cJSON_Delete(j);
+}
+
+/* One run of the scenario, the fail_at-th allocation failing (0: clean, which
+ * fills g). Returns the allocations the request made. */
+static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
+{
+    char what[160];
+    snprintf(what, sizeof what, "%s, allocation %ld%s", sc->name, fail_at, sticky ? " on" : "");
+    fx f;
+    fx_setup(&f, sc);
+    const kvd_pool *pool = kvd_api_pool(f.api);
+    const size_t pages_before = kvd_pool_pages_used(pool), sessions_before = kvd_api_session_count(f.api);
+    char *target_before = f.target ? stats(f.api, f.target) : NULL;
+
+    char *body = act_body(sc);
+    harness_error = NULL;
+    failmalloc_arm(fail_at, sticky);
+    kvd_response r = act(&f, sc, body);
+    const long count = failmalloc_disarm();
+    ck_assert_msg(!harness_error, "%s: %s", what, harness_error);
+    const bool clean = fail_at == 0 || failmalloc_failed() == 0;
+
+    const size_t pages_after = kvd_pool_pages_used(pool), sessions_after = kvd_api_session_count(f.api);
+    char *target_after = f.target ? stats(f.api, f.target) : NULL;
+    if (fail_at == 0) {
+        ck_assert_msg(r.status >= 200 && r.status < 300, "%s: clean run answered %d", what, r.status);
+        g->allocations = count;
+        g->status = r.status;
+        g->body = normalize(r.body);
+        g->pages_before = pages_before;
+        g->pages_after = pages_after;
+        g->sessions_before = sessions_before;
+        g->sessions_after = sessions_after;
+        g->target_after = target_after ? xstrdup(target_after) : NULL;
+    } else if (r.status == g->status) {
+        /* Success is the whole answer or nothing: never a 2xx with a gap. */
+        char *n = normalize(r.body);
+        ck_assert_msg(str_eq(n, g->body), "%s: 2xx differs from the clean run:\n%s\n%s", what, n, g->body);
+        free(n);
+    } else {
+        ck_assert_msg(!clean, "%s: no allocation failed, yet %d", what, r.status);
+        check_error(&r, sticky, what);
+    }
+    free(r.body);
+
+    /* Pages and sessions: as before the request or as after a clean one. */
+    const bool ok = r.status == g->status;
+    ck_assert_msg(pages_before == g->pages_before && sessions_before == g->sessions_before, "%s: set-up", what);
+    ck_assert_msg(ok ? pages_after == g->pages_after
+                     : (pages_after == pages_before || pages_after == g->pages_after),
+                  "%s: %zu pages used (before %zu, clean %zu)", what, pages_after, pages_before, g->pages_after);
+    ck_assert_msg(ok ? sessions_after == g->sessions_after
+                     : (sessions_after == sessions_before || sessions_after == g->sessions_after),
+                  "%s: %zu sessions", what, sessions_after);
+    if (!ok && (sc->op == OP_CREATE || sc->op == OP_FORK))
+        ck_assert_msg(sessions_after == sessions_before && pages_after == pages_before,
+                      "%s: a failed create or fork left something behind", what);
+    /* The target: untouched, or changed exactly as the clean run changed it
+     * (a step whose answer could not be rendered was applied). */
+    if (sc->op != OP_DELETE && target_before)
+        ck_assert_msg(str_eq(target_after, g->target_after) || (!ok && same_but_heap(target_after, target_before)),
+                      "%s: target stats\n%s\nbefore %s\nclean  %s", what, target_after, target_before,
+                      g->target_after);
+    free(target_before);
+    free(target_after);
+    if (!f.child && !(sc->op == OP_FORK && sessions_after > sessions_before))
+        check_accounting(f.api);
+
+    /* The bystander: bit-identical stats and next output. */
+    char *by = stats(f.api, f.by);
+    kvd_response next = call(f.api, KVD_ROUTE_SESSION_STEP, f.by,
+                             xstrdup("{\"encoding\":\"b64\",\"k\":\"b64:AACAPwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\","
+                                     "\"v\":\"b64:AAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\","
+                                     "\"q\":[1,0,0,0,0,0,0,0, 0,1,0,0,0,0,0,0]}"));
+    ck_assert_msg(next.status == 200, "%s: bystander step %d %s", what, next.status, next.body);
+    if (fail_at == 0) {
+        g->by_stats = by;
+        g->by_next = next.body;
+    } else {
+        ck_assert_msg(str_eq(by, g->by_stats), "%s: bystander stats\n%s\n%s", what, by, g->by_stats);
+        ck_assert_msg(str_eq(next.body, g->by_next), "%s: bystander output\n%s\n%s", what, next.body,
+                      g->by_next);
+        free(by);
+        free(next.body);
+    }
+
+    delete_all(f.api);
+    kvd_api_destroy(f.api);
+    free(f.by);
+    free(f.target);
+    free(f.child);
+    return count;
+}
+
+/* The sweep of one scenario in one mode. */
+static void sweep(const scenario *sc, bool sticky)
+{
+    golden g = {0};
+    run_once(sc, 0, false, &g); /* warms any lazily initialized state */
+    golden_free(&g);
+    const long k = run_once(sc, 0, false, &g);
+    ck_assert_int_gt(k, 0);
+    for (long n = 1; n <= k; n++)
+        run_once(sc, n, sticky, &g);
+    fprintf(stderr, "alloc_faults: %-32s %s: %ld fault points\n", sc->name, sticky ? "from N on" : "Nth only ",
+            k);
+    golden_free(&g);
+}
+
+START_TEST(test_once)
+{
+    sweep(&scenarios[_i], false);
+}
+END_TEST
+
+START_TEST(test_sticky)
+{
+    sweep(&scenarios[_i], true);
+}
+END_TEST
+
+/* kvd_api_create itself: -ENOMEM and nothing held, at every allocation. */
+START_TEST(test_api_create)
+{
+    kvd_api_options opt = {.memory_bytes = POOL_BYTES, .page_bytes = PAGE_BYTES, .threads = 1,
+                           .max_body = 1 << 20, .session_queue = 8};
+    kvd_api *api;
+    failmalloc_arm(0, false);
+    int rc0 = kvd_api_create(&opt, fake_submit, NULL, fake_respond, &api);
+    const long k = failmalloc_disarm();
+    ck_assert_int_eq(rc0, 0);
+    kvd_api_destroy(api);
+    for (long n = 1; n <= k; n++) {
+        failmalloc_arm(n, _i);
+        int rc = kvd_api_create(&opt, fake_submit, NULL, fake_respond, &api);
+        failmalloc_disarm();
+        ck_assert_msg(rc == -12 /* -ENOMEM */, "allocation %ld of %ld: %d", n, k, rc);
+    }
+}
+END_TEST
+
+static void setup(void)
+{
+    failmalloc_install_cjson();
+}
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("fault/alloc_faults");
+    TCase *tc = tcase_create("sweep");
+    tcase_add_unchecked_fixture(tc, setup, NULL);
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_api_create, 0, 2);
+    tcase_add_loop_test(tc, test_once, 0, N_SCENARIOS);
+    tcase_add_loop_test(tc, test_sticky, 0, N_SCENARIOS);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+KVD_TEST_MAIN(make_suite)
