@@ -32,6 +32,8 @@ typedef struct kvd_config {
     const char *api_key;      /* KVD_API_KEY, or NULL: environment only, so a key
                                  never shows in a process listing */
     bool metrics_auth;        /* --metrics-auth: /metrics needs a key too */
+    const char *probe_url;    /* --probe URL (checked), or NULL: probe instead of serving;
+                                 points into argv */
     bool help, version;    /* print and exit */
 } kvd_config;
 
