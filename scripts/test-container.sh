@@ -18,6 +18,7 @@ DEBOOTSTRAP_TIMEOUT=900
 BUILD_TIMEOUT=1500
 START_TIMEOUT=30   # kvd prints its listening line
 STOP_TIMEOUT=45    # SIGTERM to exit; kvd drains for at most KVD_DRAIN_SECONDS (set below)
+RUN_TIMEOUT=600    # the whole life of the test's kvd, a safety net under the trap
 CURL=(curl -sS --max-time 10)
 
 t0=$SECONDS
@@ -33,8 +34,10 @@ flock -w 60 9 || die "another test-container holds $DIR/lock"
 # A private store under $DIR: nothing touches the machine's own images, and
 # concurrent checkouts do not fight over the kvd:test tag.
 STORE=(--root "$DIR/storage" --runroot "$DIR/run" --storage-driver overlay)
-buildah() { command buildah "${STORE[@]}" "$@"; }
-podman() { command podman "${STORE[@]}" "$@"; }
+# Every call is bounded: T seconds (default 300; the build and the run set
+# their own). `timeout` runs the binary, so the store flags go after it.
+buildah() { timeout "${T:-300}" "$(type -P buildah)" "${STORE[@]}" "$@"; }
+podman() { timeout "${T:-300}" "$(type -P podman)" "${STORE[@]}" "$@"; }
 
 # The Debian mirror apt uses on this machine (one-line or deb822 sources), so
 # the test works wherever apt does; empty = debootstrap's own default.
@@ -80,20 +83,27 @@ if [ ! -e "$DIR/imported.stamp" ] || [ "$ROOTFS_TAR" -nt "$DIR/imported.stamp" ]
     podman rmi -f debian:bookworm debian:bookworm-slim >/dev/null 2>&1 || true
     # The slim name is the same minbase rootfs: close enough to prove the
     # runtime stage installs everything kvd needs.
-    timeout 300 podman import -q "$ROOTFS_TAR" debian:bookworm >/dev/null
-    timeout 60 podman tag debian:bookworm debian:bookworm-slim
+    podman import -q "$ROOTFS_TAR" debian:bookworm >/dev/null
+    podman tag debian:bookworm debian:bookworm-slim
     touch "$DIR/imported.stamp"
 fi
 
 # --- 2. the image -------------------------------------------------------------
+# --format docker: OCI image configs have no HEALTHCHECK. --layers caches each
+# step between runs; the build stage is built and tagged first (kvd-build:test)
+# so that the prune below, which drops untagged images nothing builds on,
+# keeps its apt-get layer too.
+bud() { # log name, extra bud arguments
+    if ! T=$BUILD_TIMEOUT buildah bud --isolation=chroot --pull=never --layers --format docker "${@:2}" . \
+            >"$DIR/$1.log" 2>&1; then
+        tail -n 40 "$DIR/$1.log"
+        die "buildah bud ${*:2} failed (log: $DIR/$1.log)"
+    fi
+}
+say "buildah bud --isolation=chroot --pull=never --layers --format docker --target build -t kvd-build:test ."
+bud build-stage --target build -t kvd-build:test
 say "buildah bud --isolation=chroot --pull=never --layers --format docker -t $IMAGE ."
-# --format docker: OCI image configs have no HEALTHCHECK; --layers caches the
-# apt-get layers between runs.
-if ! timeout "$BUILD_TIMEOUT" buildah bud --isolation=chroot --pull=never --layers --format docker \
-        -t "$IMAGE" . >"$DIR/build.log" 2>&1; then
-    tail -n 40 "$DIR/build.log"
-    die "buildah bud failed (log: $DIR/build.log)"
-fi
+bud build -t "$IMAGE"
 grep -E '^\[[0-9]/[0-9]\] STEP|^kvd [0-9]' "$DIR/build.log" | sed 's/^/   /' | cut -c1-110
 # What docker build would drop is left untagged; keep the cached layers only.
 podman image prune -f >/dev/null
@@ -104,7 +114,7 @@ check_cfg() { # jq expression that must be true, what it says
     [ "$(jq -r "$1" <<<"$cfg")" = true ] || die "image config: $2 ($(jq -c "$3" <<<"$cfg"))"
 }
 check_cfg '.User | test("^[1-9][0-9]*(:[0-9]+)?$")' "a numeric non-root USER" '.User'
-check_cfg '.Env | index("KVD_HOST=0.0.0.0") != null' "ENV KVD_HOST=0.0.0.0" '.Env'
+check_cfg '.Env | any(. == "KVD_HOST=0.0.0.0")' "ENV KVD_HOST=0.0.0.0" '.Env'
 check_cfg '.ExposedPorts | has("8080/tcp")' "EXPOSE 8080" '.ExposedPorts'
 check_cfg '.StopSignal == "SIGTERM"' "STOPSIGNAL SIGTERM" '.StopSignal'
 check_cfg '.Volumes | has("/var/lib/kvd")' "VOLUME /var/lib/kvd" '.Volumes'
@@ -151,7 +161,7 @@ buildah from --pull=never --name "$CTR" "$IMAGE" >/dev/null
 # that chroot isolation shares, open the port on every interface. Port 0: the
 # kernel picks a free one and kvd prints it.
 LOG=$DIR/kvd.log
-buildah run --isolation=chroot --env KVD_HOST=127.0.0.1 --env KVD_PORT=0 --env KVD_MEMORY=64MiB \
+T=$RUN_TIMEOUT buildah run --isolation=chroot --env KVD_HOST=127.0.0.1 --env KVD_PORT=0 --env KVD_MEMORY=64MiB \
     --env KVD_THREADS=2 --env KVD_DRAIN_SECONDS=10 "$CTR" -- /usr/local/bin/kvd >"$LOG" 2>&1 &
 RUN_PID=$!
 port=""
