@@ -2,6 +2,7 @@
  * defaults and bounds. Every flag is `--name value` or `--name=value`; its
  * variable is KVD_NAME with dashes as underscores (--page-bytes: KVD_PAGE_BYTES). */
 #include "server/config.h"
+#include "server/probe.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -58,6 +59,11 @@ const char kvd_usage[] =
     "                       session to DIR/<id>.kvds (temp file, fsync, rename);\n"
     "                       on start restore every DIR/*.kvds and delete it\n"
     "                       (default: none, sessions end with the process)\n"
+    "  --probe URL          instead of serving: GET http://HOST[:PORT][/PATH] once\n"
+    "                       (2 s at most) and exit 0 on a 2xx answer, 1 otherwise\n"
+    "                       with the reason on stderr, 2 on a bad URL; for a\n"
+    "                       container HEALTHCHECK without curl. Not read from the\n"
+    "                       environment: KVD_PROBE would make a server a probe\n"
     "  --help, --version\n";
 
 int kvd__parse_size(const char *s, size_t *out)
@@ -110,7 +116,12 @@ typedef enum { OPT_HOST, OPT_PORT, OPT_MEMORY, OPT_PAGE_BYTES, OPT_THREADS, OPT_
                OPT_MAX_SESSIONS, OPT_MAX_SESSION_HEAP, OPT_SESSION_TTL, OPT_ON_FULL, OPT_LOG_FORMAT,
                OPT_MAX_CONNECTIONS, OPT_MAX_INFLIGHT, OPT_HEADER_TIMEOUT, OPT_BODY_TIMEOUT,
                OPT_IDLE_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_DRAIN_SECONDS,
-               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_ID_PREFIX, OPT_STATE_DIR, OPT_COUNT } opt_id;
+               OPT_API_KEY_FILE, OPT_METRICS_AUTH, OPT_ID_PREFIX, OPT_STATE_DIR,
+               OPT_PROBE, OPT_COUNT } opt_id;
+
+/* env is NULL for a flag that selects what the process does (--probe) rather
+ * than how the server runs: the image's HEALTHCHECK shares the server's
+ * environment, so such a variable would turn the server itself into a probe. */
 
 static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_HOST] = {"host", "KVD_HOST"},
@@ -135,6 +146,7 @@ static const struct { const char *flag, *env; } options[OPT_COUNT] = {
     [OPT_METRICS_AUTH] = {"metrics-auth", "KVD_METRICS_AUTH"},
     [OPT_ID_PREFIX] = {"id-prefix", "KVD_ID_PREFIX"},
     [OPT_STATE_DIR] = {"state-dir", "KVD_STATE_DIR"},
+    [OPT_PROBE] = {"probe", NULL},
 };
 
 /* Seconds in (0, 1 day], fractions allowed (tests use short ones). */
@@ -276,6 +288,13 @@ static int apply(kvd_config *cfg, opt_id id, const char *v, char *err, size_t er
     case OPT_STATE_DIR: /* "" (KVD_STATE_DIR= in a manifest) means none; checked at start */
         cfg->state_dir = v;
         return 0;
+    case OPT_PROBE: {
+        kvd_probe_target t; /* checked here so that a bad URL is a usage error */
+        if (kvd__probe_parse_url(v, &t, err, err_len))
+            return -1;
+        cfg->probe_url = v;
+        return 0;
+    }
     case OPT_COUNT:
         break;
     }
@@ -304,7 +323,7 @@ int kvd_config_parse(kvd_config *cfg, int argc, char **argv, char *err, size_t e
     cfg->max_inflight_bytes = (size_t)256 << 20;
 
     for (int id = 0; id < OPT_COUNT; id++) {
-        const char *v = getenv(options[id].env);
+        const char *v = options[id].env ? getenv(options[id].env) : NULL;
         if (v && apply(cfg, (opt_id)id, v, err, err_len))
             return -1;
     }

@@ -36,6 +36,8 @@ typedef struct kvd_config {
                                  routes on it); NULL or "" = none; points into argv/environ */
     const char *state_dir;    /* --state-dir: sessions written there on SIGTERM, restored
                                  on start; NULL or "" = none; points into argv/environ */
+    const char *probe_url;    /* --probe URL (checked), or NULL: probe instead of serving;
+                                 points into argv */
     bool help, version;    /* print and exit */
 } kvd_config;
 

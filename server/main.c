@@ -2,8 +2,9 @@
  * API, workers and HTTP server onto one libuv loop, and on SIGTERM/SIGINT
  * stops accepting, lets in-flight requests finish (for at most
  * --drain-seconds, then closes what is left), writes every session to
- * --state-dir if set (restored from it at start), and exits 0. The only
- * place that exits the process. */
+ * --state-dir if set (restored from it at start), and exits 0. With --probe
+ * URL it serves nothing: one GET (server/probe.c), exit 0 on 2xx, else 1.
+ * The only place that exits the process. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "server/config.h"
 #include "server/http.h"
 #include "server/metrics.h"
+#include "server/probe.h"
 #include "server/router.h"
 #include "server/state.h"
 #include "server/workers.h"
@@ -79,6 +81,19 @@ int main(int argc, char **argv)
     }
     if (cfg.version) {
         printf("kvd %s\n", KVD_VERSION);
+        return 0;
+    }
+    if (cfg.probe_url) { /* a health check, not a server: one GET, then exit */
+        kvd_probe_target t;
+        char why[256];
+        if (kvd__probe_parse_url(cfg.probe_url, &t, err, sizeof err) != 0) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        if (kvd__probe_run(&t, KVD_PROBE_TIMEOUT_MS, why, sizeof why) != 0) {
+            fprintf(stderr, "kvd: probe %s: %s\n", cfg.probe_url, why);
+            return 1;
+        }
         return 0;
     }
     static kvd_auth_keys keys; /* outlives the API, which borrows it */

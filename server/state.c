@@ -144,12 +144,14 @@ static int save_one(void *arg, const char *id, const void *bytes, size_t len)
     char tmp[4096], final[4096];
     snprintf(tmp, sizeof tmp, "%s/.%s" KVD_STATE_SUFFIX ".tmp", c->dir, id);
     snprintf(final, sizeof final, "%s/%s" KVD_STATE_SUFFIX, c->dir, id);
-    fprintf(stderr, "kvd: state: writing %s\n", final);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     int rc = fd < 0 ? -1 : 0;
     const size_t half = len / 2;
     if (rc == 0)
         rc = write_all(fd, bytes, half);
+    /* Logged once the temp file exists and holds its first half, so whoever
+     * watches the log (the SIGKILL test) knows a half-written file is there. */
+    fprintf(stderr, "kvd: state: writing %s\n", final);
     if (rc == 0 && c->pause_ms) {
         struct timespec ts = {c->pause_ms / 1000, (long)(c->pause_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
