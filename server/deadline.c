@@ -7,6 +7,7 @@
  * in-flight body budget's bookkeeping. All on the loop thread. */
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 
 #include <uv.h>
 
@@ -26,11 +27,30 @@ static size_t write_queue(const kvd__conn *conn)
     return conn->sink ? 0 : uv_stream_get_write_queue_size((const uv_stream_t *)&conn->tcp);
 }
 
+/* Bytes the kernel holds for this connection that kvd has not read yet. */
+static bool bytes_waiting(const kvd__conn *conn)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    if (uv_fileno((const uv_handle_t *)&conn->tcp, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0)
+        return false;
+    return n > 0;
+}
+
 static void on_deadline(uv_timer_t *t)
 {
     kvd__conn *conn = t->data;
     if (conn->closing)
         return;
+    if (conn->phase != PHASE_WRITE && !conn->deadline_deferred && bytes_waiting(conn)) {
+        /* libuv runs timers before it reads sockets: after a long loop
+         * iteration a deadline can fire while the bytes that meet it wait
+         * unread. Read them first (one short grace, once per deadline); the
+         * reads re-arm the deadline if they made progress. */
+        conn->deadline_deferred = true;
+        uv_timer_start(&conn->timer, on_deadline, 1, 0);
+        return;
+    }
     if (conn->phase == PHASE_WRITE) {
         size_t left = write_queue(conn);
         if (left > 0 && left < conn->write_left) { /* slow, but taking bytes */
@@ -73,6 +93,7 @@ void kvd__conn_deadline_update(kvd__conn *conn)
         return; /* progress is judged when it fires */
     conn->phase = phase;
     conn->phase_key = key;
+    conn->deadline_deferred = false;
     if (!conn->timer_init) {
         if (uv_timer_init(srv->loop, &conn->timer) != 0)
             return;
@@ -85,6 +106,9 @@ void kvd__conn_deadline_update(kvd__conn *conn)
         return;
     }
     conn->write_left = wq;
+    /* The loop's cached time is from the start of this iteration, which may
+     * have been long: a deadline counted from it would fire early. */
+    uv_update_time(srv->loop);
     uv_timer_start(&conn->timer, on_deadline, ms, 0);
 }
 

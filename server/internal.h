@@ -104,6 +104,7 @@ struct kvd__conn {
     uint64_t req_seq;              /* requests begun */
     uint64_t body_seen;            /* body bytes received (progress) */
     size_t write_left;             /* write queue bytes when the write deadline armed */
+    bool deadline_deferred;        /* this deadline already waited once for unread bytes */
 };
 
 struct kvd_http_server {
