@@ -101,6 +101,16 @@ test-tsan: deps
 	@if ls $(BUILD_TSAN)/tsan-logs/report* >/dev/null 2>&1; then \
 	  cat $(BUILD_TSAN)/tsan-logs/report*; echo "ThreadSanitizer reported the above"; exit 1; fi
 
+# libFuzzer targets (tests/fuzz) under ASan+UBSan in their own clang build (build-fuzz):
+# each runs FUZZ_SECONDS on a temporary copy of its committed corpus; findings go to
+# build-fuzz/fuzz-artifacts/<target>/ (scripts/fuzz.sh). One target longer:
+# make fuzz FUZZ_TARGETS=step FUZZ_SECONDS=600 (default: every tests/fuzz/fuzz_*.c)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz: deps
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" JOBS=$(JOBS) bash scripts/fuzz.sh
+
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN)
 

@@ -25,10 +25,19 @@ static bool is_kivi(const kvd_session_config *cfg)
     return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
 }
 
+/* The planned pages not placed yet. A plan that needed none has no table
+ * (NULL): hand out an empty one instead, since the streams offset what they
+ * get (NULL + 0 is undefined behaviour in C; found by tests/fuzz). */
+static void *const *rest_pages(const kvd__step_plan *p)
+{
+    static void *const no_pages[1];
+    return p->pages ? p->pages + p->cursor : no_pages;
+}
+
 /* The next n planned pages (the plan's bounds guarantee they exist). */
 static void *const *take_pages(kvd__step_plan *p, size_t n)
 {
-    void *const *pages = p->pages + p->cursor;
+    void *const *pages = rest_pages(p);
     p->cursor += n;
     assert(p->cursor <= p->total_pages && "the plan undercounted pages");
     return pages;
@@ -323,7 +332,7 @@ static size_t evict_to_budget(kvd_session *sess, kvd_pool *pool, const kvd_step_
         if (s->n_tokens <= cfg->cache.budget)
             continue;
         size_t used = 0;
-        size_t n = kvd_stream_evict(s, pool, cfg->cache.budget, p->pages + p->cursor, p->total_pages - p->cursor,
+        size_t n = kvd_stream_evict(s, pool, cfg->cache.budget, rest_pages(p), p->total_pages - p->cursor,
                                     &used);
         p->cursor += used;
         *total += n;
@@ -395,7 +404,7 @@ static void settle_kivi(kvd_session *sess, kvd_pool *pool, kvd__step_plan *p)
             size_t used = 0;
             if (!parts[k])
                 continue;
-            kvd_stream_settle(parts[k], pool, p->pages + p->cursor, p->total_pages - p->cursor, &used);
+            kvd_stream_settle(parts[k], pool, rest_pages(p), p->total_pages - p->cursor, &used);
             p->cursor += used;
         }
     }

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""tests/fuzz/make_seeds.py — writes the seed corpora of tests/fuzz/corpus/<target>/
+(committed; rerun after changing a seed here). Each seed is a small, valid or
+deliberately broken input in the target's format (see each fuzz_<target>.c)."""
+import base64, hashlib, json, os, struct, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ID1 = "01" * 16  # the first session an input creates (tests/fuzz/support.h)
+ID2 = "02" * 16
+
+
+def b64(xs):
+    return "b64:" + base64.b64encode(struct.pack("<%df" % len(xs), *xs)).decode()
+
+
+def req(method, path, body=None, headers=(), chunked=False):
+    h = ["%s %s HTTP/1.1" % (method, path), "Host: kvd"] + list(headers)
+    if body is None:
+        return ("\r\n".join(h) + "\r\n\r\n").encode()
+    b = body.encode() if isinstance(body, str) else body
+    h.append("Content-Type: application/json")
+    if chunked:
+        h.append("Transfer-Encoding: chunked")
+        mid = len(b) // 2
+        parts = [b[:mid], b[mid:]]
+        enc = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in parts if p) + b"0\r\n\r\n"
+        return ("\r\n".join(h) + "\r\n\r\n").encode() + enc
+    h.append("Content-Length: %d" % len(b))
+    return ("\r\n".join(h) + "\r\n\r\n").encode() + b
+
+
+CREATE = json.dumps({"layers": 1, "heads": 2, "kv_heads": 1, "head_dim": 4})
+CREATE_EVICT = json.dumps({"layers": 1, "heads": 2, "kv_heads": 1, "head_dim": 4, "shadow": True,
+                           "cache": {"dtype": "int8", "eviction": "h2o", "budget": 4, "sink": 1}})
+STEP_JSON = json.dumps({"layer": 0, "k": [1, 0, 0, 0, 0, 1, 0, 0], "v": [1, 2, 3, 4, 5, 6, 7, 8],
+                        "q": [1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0]})
+STEP_B64 = json.dumps({"k": b64([1, 0, 0, 0]), "v": b64([1, 0, 0, 0]),
+                       "q": b64([1, 0, 0, 0, 0, 1, 0, 0]), "encoding": "b64"})
+STEP_MULTI = json.dumps({"steps": [{"layer": 0, "k": [[[1, 2, 3, 4]]], "v": [[[1, 1, 1, 1]]], "m": 1},
+                                   {"layer": 0, "q": [[1, 0, 0, 0, 0, 1, 0, 0]], "mask": "block"}]})
+
+
+def http_seeds():
+    s = {}
+    s["create"] = req("POST", "/v1/sessions", CREATE)
+    s["create_step_json"] = req("POST", "/v1/sessions", CREATE) + req("POST", "/v1/sessions/%s/step" % ID1, STEP_JSON)
+    s["create_step_b64"] = req("POST", "/v1/sessions", CREATE) + req("POST", "/v1/sessions/%s/step" % ID1, STEP_B64)
+    s["pipelined"] = (req("POST", "/v1/sessions", CREATE_EVICT) + req("POST", "/v1/sessions/%s/step" % ID1, STEP_JSON)
+                      + req("POST", "/v1/sessions/%s/step" % ID1, STEP_MULTI) + req("GET", "/v1/sessions/" + ID1)
+                      + req("POST", "/v1/sessions/%s/fork" % ID1, "{}") + req("POST", "/v1/sessions/%s/step" % ID2, STEP_B64)
+                      + req("GET", "/v1/sessions?limit=1") + req("GET", "/v1/sessions?limit=5&after=" + ID1)
+                      + req("DELETE", "/v1/sessions/" + ID1) + req("GET", "/metrics") + req("GET", "/readyz")
+                      + req("GET", "/healthz") + req("GET", "/v1/info"))
+    s["chunked"] = (req("POST", "/v1/sessions", CREATE, chunked=True)
+                    + req("POST", "/v1/sessions/%s/step" % ID1, STEP_JSON, chunked=True))
+    s["bad_requests"] = (req("PUT", "/v1/sessions") + req("GET", "/nope") + req("POST", "/v1/sessions", "{\"layers\":0}")
+                         + req("POST", "/v1/sessions/%s/step" % ID1, "{") + req("GET", "/v1/sessions/zz/snapshot")
+                         + req("POST", "/v1/sessions/restore", "x") + req("POST", "/v1/batch", "{}")
+                         + b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
+    s["garbage"] = b"\x00\x01GARBAGE / HTTP/9.9\r\n\r\n"
+    s["smuggle"] = b"POST /v1/sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"
+    s["auth"] = (req("POST", "/v1/sessions", CREATE, headers=["Authorization: Bearer fuzzkey"])
+                 + req("GET", "/v1/sessions/" + ID1, headers=["Authorization: Bearer wrong"])
+                 + req("GET", "/metrics"))
+    s["http10_close"] = b"GET /healthz HTTP/1.0\r\n\r\n" + req("GET", "/healthz", headers=["Connection: close"])
+    # header byte: flags, split1, split2 (fuzz_http.c)
+    flags = {"auth": 0x01 | 0x40, "pipelined": 0x04 | 0x10, "chunked": 0x20, "create_step_b64": 0x08 | 0x02}
+    return {k: bytes([flags.get(k, 0), 60, 160]) + v for k, v in s.items()}
+
+
+def create_seeds():
+    bodies = [
+        {},
+        {"layers": 2, "heads": 8, "kv_heads": 2, "head_dim": 64, "scale": 0.125, "seed": 42, "ttl_seconds": 60},
+        {"attention": "tensor", "tensor_cache": "two", "heads": 2, "head_dim": 4},
+        {"attention": "tensor", "tensor_cache": "four", "window": 8, "heads": 2, "head_dim": 4},
+        {"cache": {"dtype": "kivi2", "group": 32, "residual": 64, "eviction": "recency", "budget": 100, "sink": 4}},
+        {"cache": {"dtype": "int4", "group": 16, "eviction": "l2norm", "budget": 8, "sink": 2, "recent": 2}},
+        {"shadow": True, "cache": {"dtype": "f16", "eviction": "h2o", "budget": 16}},
+        {"cache": {"eviction": "subgen", "delta": 0.25, "cluster_samples": 8}},
+        {"layers": 1, "heads": 3, "kv_heads": 2},
+        {"head_dim": 4096},
+    ]
+    s = {"body%02d" % i: json.dumps(b).encode() for i, b in enumerate(bodies)}
+    s["dup_key"] = b'{"layers":1,"layers":2}'
+    s["leading_zero"] = b'{"layers":01}'
+    s["unicode"] = b'{"cache":{"dtype":"\\u0066\\u0031\\u0036"}}'
+    return s
+
+
+def step_seeds():
+    k8 = [0.5] * 16  # config 0: kv row 2*8
+    q8 = [0.25] * 32  # config 0: q row 4*8
+    s = {
+        "c0_flat": bytes([0]) + json.dumps({"layer": 1, "k": k8, "v": k8, "q": q8}).encode(),
+        "c0_b64": bytes([0]) + json.dumps({"k": b64(k8 * 2), "v": b64(k8 * 2), "q": b64(q8), "encoding": "b64"}).encode(),
+        "c1_nested": bytes([1]) + json.dumps({"k": [[[1, 2, 3, 4, 5, 6, 7, 8]]] * 3, "v": [[[1] * 8]] * 3,
+                                              "q": [[[1] * 8, [2] * 8]]}).encode(),
+        "c2_steps": bytes([2]) + json.dumps({"steps": [{"k": [[1] * 16] * 5, "v": [[2] * 16] * 5, "m": 5},
+                                                       {"q": [[3] * 16], "mask": "block"}]}).encode(),
+        "c3_tensor": bytes([3]) + json.dumps({"k1": [1, 2, 3, 4], "k2": [1, 1, 1, 1], "v1": [0, 1, 0, 1],
+                                              "v2": [2, 2, 2, 2], "q": [1] * 8}).encode(),
+        "c4_window": bytes([4]) + json.dumps({"k1": [1] * 12, "k2": [2] * 12, "v1": [3] * 12, "v2": [4] * 12,
+                                              "q": [1] * 8, "mask": "causal"}).encode(),
+        "c5_shadow": bytes([5]) + json.dumps({"k": [[i] * 8 for i in range(7)], "v": [[1] * 8] * 7,
+                                              "q": [[1] * 16] * 2}).encode(),
+        "c6_tensor_two": bytes([6]) + json.dumps({"steps": [{"k1": [1] * 8, "k2": [2] * 8, "v1": [3] * 8, "v2": [4] * 8, "q": [1] * 4}] * 3}).encode(),
+        "c7_bf16": bytes([7]) + json.dumps({"k": [1e30, -2.5, 3, 4, 5, 6, 7, 8] * 5, "v": [1] * 40, "q": [0.5] * 32}).encode(),
+        "c0_bad": bytes([0]) + b'{"k":[1,2,"x"],"v":[[1],[2,3]],"q":[1e99]}',
+        "c0_pure_query": bytes([0]) + json.dumps({"q": q8, "mask": "block"}).encode(),
+    }
+    return s
+
+
+def wire_seeds():
+    return {
+        "b64": b"AACAPwAAAAAAAAAAAAAAAA==",
+        "b64_pad": b"AACAPw=",
+        "numbers": b"1, -0, 0.5, 1e-45, 3.4028235e38, 3.5e38, -1.5E+3",
+        "nested": b"[1,2],[3,4]",
+        "object": b'{"steps":[{"k":[1,2],"q":[]}],"x":[[1],[2]],"s":"\\u00e9"}',
+        "long_number": b"1" * 70 + b".5",
+        "floats": struct.pack("<4f", 1.0, float("inf"), float("nan"), -0.0),
+    }
+
+
+def main():
+    out = os.path.join(HERE, "corpus")
+    for name, seeds in [("http", http_seeds()), ("create", create_seeds()), ("step", step_seeds()),
+                        ("wire", wire_seeds())]:
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        for k, v in seeds.items():
+            with open(os.path.join(d, "seed_" + k), "wb") as f:
+                f.write(v)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
