@@ -185,8 +185,11 @@ static api_session *restore(kvd_api *api, const void *bytes, size_t len, uint32_
 void kvd__api_handle_restore(kvd_api *api, const kvd_api_request *req, uint32_t owner, kvd_response *resp)
 {
     api_session *s = restore(api, req->body, req->body_len, owner, false, resp);
-    if (s)
+    if (s) {
         kvd__api_respond_created(s, NULL, resp);
+        if (resp->status != 201) /* a 500 must create nothing (as a create's) */
+            kvd__api_session_drop(api, s);
+    }
 }
 
 int kvd_api_restore(kvd_api *api, const void *bytes, size_t len, char *id, size_t id_len, char *why, size_t why_len)

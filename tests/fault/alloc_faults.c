@@ -6,6 +6,10 @@
  * stats and next output must be bit-identical to the clean run's; and after
  * deleting everything the pool is empty (LSan checks the heap in the ASan
  * build). The API runs without HTTP, on a synchronous fake executor.
+ * Snapshots answer bytes: a 2xx must equal, byte for byte, a clean snapshot
+ * of the same session taken just before; a restore that fails creates
+ * nothing, one that succeeds restores a session whose next output is the
+ * clean run's.
  * Over 600 lines on purpose: the scenarios share one harness (executor,
  * bodies, normalization, the checks of a run) that a split would scatter. */
 #include <check.h>
@@ -61,12 +65,13 @@ static double fake_clock(void *ctx)
     return *(const double *)ctx;
 }
 
-/* One request, run to its answer. Takes ownership of body (malloc'd). */
-static kvd_response call(kvd_api *api, kvd_route route, const char *id, char *body)
+/* One request, run to its answer. Takes ownership of body (malloc'd,
+ * NUL-terminated at len). */
+static kvd_response call_bytes(kvd_api *api, kvd_route route, const char *id, char *body, size_t len,
+                               const char *content_type)
 {
     kvd_api_request req = {.route = route, .session_id = id, .query = "",
-                           .content_type = "application/json", .body = body,
-                           .body_len = body ? strlen(body) : 0};
+                           .content_type = content_type, .body = body, .body_len = len};
     kvd_response resp;
     n_replies = 0;
     if (kvd_api_handle(api, &req, NULL, &resp))
@@ -82,6 +87,11 @@ static kvd_response call(kvd_api *api, kvd_route route, const char *id, char *bo
         reply = (kvd_response){.status = -1};
     }
     return reply;
+}
+
+static kvd_response call(kvd_api *api, kvd_route route, const char *id, char *body)
+{
+    return call_bytes(api, route, id, body, body ? strlen(body) : 0, "application/json");
 }
 
 static char *xstrdup(const char *s)
@@ -203,6 +213,8 @@ typedef struct fx {
     char *by;       /* the bystander: must never notice the faults */
     char *target;   /* the scenario's session (NULL if none) */
     char *child;    /* a fork of target (NULL if none) */
+    char *snap;     /* OP_SNAPSHOT, OP_RESTORE: the target's snapshot, clean */
+    size_t snap_len;
 } fx;
 
 static char *create(kvd_api *api, const char *body)
@@ -232,6 +244,22 @@ static char *fork_ok(kvd_api *api, const char *id)
     cJSON_Delete(j);
     free(r.body);
     return child;
+}
+
+/* The session's snapshot bytes (malloc'd, NUL-terminated at *len). */
+static char *snapshot_ok(kvd_api *api, const char *id, size_t *len)
+{
+    kvd_response r = call(api, KVD_ROUTE_SESSION_SNAPSHOT, id, NULL);
+    ck_assert_msg(r.status == 200, "snapshot: %d %.*s", r.status, (int)r.body_len, r.body ? r.body : "");
+    ck_assert_str_eq(r.content_type, "application/octet-stream");
+    ck_assert_uint_gt(r.body_len, 0);
+    char *bytes = malloc(r.body_len + 1);
+    ck_assert_ptr_nonnull(bytes);
+    memcpy(bytes, r.body, r.body_len);
+    bytes[r.body_len] = '\0';
+    *len = r.body_len;
+    free(r.body);
+    return bytes;
 }
 
 /* The session's stats, normalized; NULL if it does not exist. */
@@ -326,7 +354,18 @@ static const char *const body_tensor4 =
 static const char *const body_bystander =
     "{" STD ",\"cache\":{\"eviction\":\"recency\",\"budget\":8,\"sink\":2},\"seed\":9}";
 
-typedef enum { OP_CREATE, OP_STEP, OP_STEP_CHILD, OP_FORK, OP_STATS, OP_LIST, OP_DELETE, OP_INFO } op_kind;
+typedef enum {
+    OP_CREATE,
+    OP_STEP,
+    OP_STEP_CHILD,
+    OP_FORK,
+    OP_STATS,
+    OP_LIST,
+    OP_DELETE,
+    OP_INFO,
+    OP_SNAPSHOT, /* GET .../snapshot of the target */
+    OP_RESTORE,  /* POST /v1/sessions/restore of the target's snapshot (target deleted in set-up) */
+} op_kind;
 
 typedef struct scenario {
     const char *name;
@@ -366,6 +405,14 @@ static const scenario scenarios[] = {
     {"info", NULL, 0, false, OP_INFO, .create = NULL},
     {"delete", "std", 3, false, OP_DELETE, .create = NULL},
     {"delete a forked parent", "std", 3, true, OP_DELETE, .create = NULL},
+    {"snapshot standard", "std", 3, false, OP_SNAPSHOT, .create = NULL},
+    {"snapshot int8 l2norm shadow", "shadow", 5, false, OP_SNAPSHOT, .create = NULL},
+    {"snapshot kivi2", "kivi", 6, false, OP_SNAPSHOT, .create = NULL},
+    {"snapshot tensor two-cache", "tensor2", 2, false, OP_SNAPSHOT, .tensor = true},
+    {"restore standard", "std", 3, false, OP_RESTORE, .create = NULL},
+    {"restore int8 l2norm shadow", "shadow", 5, false, OP_RESTORE, .create = NULL},
+    {"restore kivi2", "kivi", 6, false, OP_RESTORE, .create = NULL},
+    {"restore tensor two-cache", "tensor2", 2, false, OP_RESTORE, .tensor = true},
 };
 #define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
 
@@ -389,12 +436,21 @@ static void fx_setup(fx *f, const scenario *sc)
     f->by = create(f->api, body_bystander);
     step_ok(f->api, f->by, step_body(0, 5, 5, false, 1));
     step_ok(f->api, f->by, step_body(0, 2, 1, false, 2));
-    f->target = f->child = NULL;
+    f->target = f->child = f->snap = NULL;
+    f->snap_len = 0;
     if (sc->target) {
         f->target = create(f->api, target_body(sc->target));
         step_ok(f->api, f->target, step_body(0, sc->setup_tokens, sc->setup_tokens, sc->tensor, 3));
         if (sc->fork_target)
             f->child = fork_ok(f->api, f->target);
+    }
+    if (sc->op == OP_SNAPSHOT || sc->op == OP_RESTORE)
+        f->snap = snapshot_ok(f->api, f->target, &f->snap_len);
+    if (sc->op == OP_RESTORE) { /* the id is free again; the restore brings it back */
+        kvd_response r = call(f->api, KVD_ROUTE_SESSION_DELETE, f->target, NULL);
+        ck_assert_int_eq(r.status, 200);
+        free(r.body);
+        ck_assert_ptr_null(stats(f->api, f->target));
     }
 }
 
@@ -425,6 +481,15 @@ static char *act_body(const scenario *sc)
     }
 }
 
+/* OP_RESTORE's body: a malloc'd copy of the snapshot, NUL-terminated. */
+static char *restore_body(const fx *f)
+{
+    char *b = malloc(f->snap_len + 1);
+    ck_assert_ptr_nonnull(b);
+    memcpy(b, f->snap, f->snap_len + 1);
+    return b;
+}
+
 /* The one request the faults hit (no Check assertion in here). */
 static kvd_response act(fx *f, const scenario *sc, char *body)
 {
@@ -444,6 +509,10 @@ static kvd_response act(fx *f, const scenario *sc, char *body)
         return call(f->api, KVD_ROUTE_SESSION_DELETE, f->target, NULL);
     case OP_INFO:
         return call(f->api, KVD_ROUTE_INFO, NULL, NULL);
+    case OP_SNAPSHOT:
+        return call(f->api, KVD_ROUTE_SESSION_SNAPSHOT, f->target, NULL);
+    case OP_RESTORE:
+        return call_bytes(f->api, KVD_ROUTE_SESSION_RESTORE, NULL, body, f->snap_len, "application/octet-stream");
     }
     return (kvd_response){.status = -1};
 }
@@ -457,6 +526,7 @@ typedef struct golden {
     char *target_after;  /* normalized stats of the target after the request */
     char *by_stats;      /* the bystander's stats ... */
     char *by_next;       /* ... and its next step's raw answer */
+    char *target_next;   /* OP_RESTORE: the restored session's next step's raw answer */
 } golden;
 
 static void golden_free(golden *g)
@@ -465,6 +535,7 @@ static void golden_free(golden *g)
     free(g->target_after);
     free(g->by_stats);
     free(g->by_next);
+    free(g->target_next);
     memset(g, 0, sizeof *g);
 }
 
@@ -519,7 +590,7 @@ static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
     const size_t pages_before = kvd_pool_pages_used(pool), sessions_before = kvd_api_session_count(f.api);
     char *target_before = f.target ? stats(f.api, f.target) : NULL;
 
-    char *body = act_body(sc);
+    char *body = sc->op == OP_RESTORE ? restore_body(&f) : act_body(sc);
     harness_error = NULL;
     failmalloc_arm(fail_at, sticky);
     kvd_response r = act(&f, sc, body);
@@ -533,12 +604,25 @@ static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
         ck_assert_msg(r.status >= 200 && r.status < 300, "%s: clean run answered %d", what, r.status);
         g->allocations = count;
         g->status = r.status;
-        g->body = normalize(r.body);
+        if (sc->op == OP_SNAPSHOT) {
+            ck_assert_msg(r.body_len == f.snap_len && !memcmp(r.body, f.snap, f.snap_len),
+                          "%s: the clean snapshot differs from the set-up's", what);
+            g->body = NULL;
+        } else {
+            g->body = normalize(r.body);
+        }
         g->pages_before = pages_before;
         g->pages_after = pages_after;
         g->sessions_before = sessions_before;
         g->sessions_after = sessions_after;
         g->target_after = target_after ? xstrdup(target_after) : NULL;
+    } else if (r.status == g->status && sc->op == OP_SNAPSHOT) {
+        /* Bytes, not JSON: the same bytes as a clean snapshot of the session
+         * (the id differs between runs, so not the golden run's). */
+        ck_assert_msg(r.content_type && !strcmp(r.content_type, "application/octet-stream"), "%s: type %s", what,
+                      r.content_type ? r.content_type : "none");
+        ck_assert_msg(r.body_len == f.snap_len && !memcmp(r.body, f.snap, f.snap_len),
+                      "%s: snapshot of %zu bytes differs from the clean one of %zu", what, r.body_len, f.snap_len);
     } else if (r.status == g->status) {
         /* Success is the whole answer or nothing: never a 2xx with a gap. */
         char *n = normalize(r.body);
@@ -559,9 +643,12 @@ static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
     ck_assert_msg(ok ? sessions_after == g->sessions_after
                      : (sessions_after == sessions_before || sessions_after == g->sessions_after),
                   "%s: %zu sessions", what, sessions_after);
-    if (!ok && (sc->op == OP_CREATE || sc->op == OP_FORK))
+    if (!ok && (sc->op == OP_CREATE || sc->op == OP_FORK || sc->op == OP_RESTORE))
         ck_assert_msg(sessions_after == sessions_before && pages_after == pages_before,
-                      "%s: a failed create or fork left something behind", what);
+                      "%s: a failed create, fork or restore left something behind", what);
+    if (sc->op == OP_RESTORE)
+        ck_assert_msg(ok ? str_eq(target_after, g->target_after) : target_after == NULL,
+                      "%s: restored session's stats\n%s\nclean %s", what, target_after, g->target_after);
     /* The target: untouched, or changed exactly as the clean run changed it
      * (a step whose answer could not be rendered was applied). */
     if (sc->op != OP_DELETE && target_before)
@@ -572,6 +659,20 @@ static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
     free(target_after);
     if (!f.child && !(sc->op == OP_FORK && sessions_after > sessions_before))
         check_accounting(f.api);
+
+    /* A restored session: its next output is the clean run's (the bytes
+     * came back whole). */
+    if (sc->op == OP_RESTORE && ok) {
+        kvd_response tn = call(f.api, KVD_ROUTE_SESSION_STEP, f.target, step_body(0, 1, 1, sc->tensor, 7));
+        ck_assert_msg(tn.status == 200, "%s: restored session's step %d %s", what, tn.status, tn.body);
+        if (fail_at == 0)
+            g->target_next = tn.body;
+        else {
+            ck_assert_msg(str_eq(tn.body, g->target_next), "%s: restored session's output\n%s\n%s", what,
+                          tn.body, g->target_next);
+            free(tn.body);
+        }
+    }
 
     /* The bystander: bit-identical stats and next output. */
     char *by = stats(f.api, f.by);
@@ -596,6 +697,7 @@ static long run_once(const scenario *sc, long fail_at, bool sticky, golden *g)
     free(f.by);
     free(f.target);
     free(f.child);
+    free(f.snap);
     return count;
 }
 
