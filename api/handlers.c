@@ -332,9 +332,7 @@ static bool handle(kvd_api *api, kvd_api_request *req, void *reply, kvd_response
         return !kvd__api_enqueue(api, s, kind, req, reply, resp);
     }
     case KVD_ROUTE_BATCH:
-        kvd__api_respond_error(resp, 501, "unimplemented", NULL,
-                               "this endpoint is not yet supported by this build");
-        return true;
+        return kvd__api_handle_batch(api, req, owner, reply, resp);
     case KVD_ROUTE_HEALTHZ:
     case KVD_ROUTE_READYZ:
     case KVD_ROUTE_METRICS:

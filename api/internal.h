@@ -19,6 +19,7 @@
 #include "common/fifo.h"
 #include "cache/pool.h"
 #include "cache/session.h"
+#include "cache/step.h"
 
 #define KVD_SESSION_ID_HEX 32 /* 128-bit random id, lowercase hex, after
                                  the optional "<--id-prefix>-" (api.h) */
@@ -28,7 +29,9 @@
  * short whatever --max-body is. */
 #define KVD_SMALL_BODY_MAX (64u * 1024u)
 
-typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK, JOB_SNAPSHOT } api_job_kind;
+typedef enum { JOB_STEP, JOB_STATS, JOB_DELETE, JOB_FORK, JOB_SNAPSHOT, JOB_BATCH } api_job_kind;
+
+typedef struct api_batch api_batch; /* api/batch.c */
 
 typedef struct api_session api_session;
 
@@ -49,6 +52,9 @@ typedef struct api_job {
     bool retried;              /* already re-run once after reclaiming pages */
     bool applied;              /* JOB_STEP changed the session */
     double seconds;            /* JOB_STEP compute time */
+    api_batch *batch;          /* JOB_BATCH: the POST /v1/batch it is part of, */
+    size_t *items;             /* ... the indices of this session's items in it, */
+    size_t n_items;            /* ... in request order */
 } api_job;
 
 /* Shadow mode's running account of output error (DESIGN.md §3). Written by
@@ -177,6 +183,28 @@ void kvd__api_job_free(api_job *job);
 
 /* api/step.c: runs a step job on a worker thread. */
 void kvd__api_step_run(kvd_api *api, api_job *job);
+
+/* Factored out of the step path for api/batch.c: one entry's response
+ * object ({"o", "tokens", "evicted"[, "shadow"]}), and the accounting of an
+ * applied step of n_entries (session and API counters, shadow error). */
+cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_entry *e,
+                                const kvd_step_result *r, kvd_wire_encoding enc);
+void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries,
+                           const kvd_step_output *out, double seconds);
+
+/* api/batch.c. handle: POST /v1/batch on the loop thread (false: deferred,
+ * answered through api->respond once every session's job is done). run: a
+ * JOB_BATCH on a worker (this session's items, in order). done: the loop's
+ * completion of a JOB_BATCH (answers the batch after its last job); release:
+ * a JOB_BATCH freed unrun (shutdown). */
+bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, void *reply,
+                           kvd_response *resp);
+void kvd__api_batch_run(kvd_api *api, api_job *job);
+void kvd__api_batch_done(kvd_api *api, api_job *job);
+void kvd__api_batch_release(api_job *job);
+/* api/queue.c: queues a job built by the caller (kind, session, reply set);
+ * false with resp = 429 when the session's queue is full (job not taken). */
+bool kvd__api_enqueue_job(kvd_api *api, api_session *s, api_job *job, kvd_response *resp);
 
 /* api/snapshot.c: GET .../snapshot on a worker (job->resp gets the bytes,
  * application/octet-stream), and POST /v1/sessions/restore on the loop

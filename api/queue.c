@@ -15,6 +15,8 @@
 
 void kvd__api_job_free(api_job *job)
 {
+    if (job->kind == JOB_BATCH)
+        kvd__api_batch_release(job);
     if (job->parsed)
         kvd_step_request_free(&job->req);
     free(job->body);
@@ -35,6 +37,11 @@ api_job *kvd__api_queue_pop(api_session *s)
 
 void kvd__api_answer_job(kvd_api *api, api_job *job)
 {
+    if (job->kind == JOB_BATCH) { /* its items' answers go into the batch's */
+        kvd__api_batch_done(api, job);
+        kvd__api_job_free(job);
+        return;
+    }
     kvd_response resp = job->resp;
     job->resp.body = NULL; /* ownership moves to the server */
     api->respond(job->reply, &resp);
@@ -52,6 +59,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         kvd__api_json_oom_reset(); /* an inline job's answer is built from here */
         switch (job->kind) {
         case JOB_STEP:
+        case JOB_BATCH:
             s->running = true;
             api->submit(api->executor, &job->base);
             return;
@@ -128,6 +136,21 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         free(s);
 }
 
+bool kvd__api_enqueue_job(kvd_api *api, api_session *s, api_job *job, kvd_response *resp)
+{
+    if (s->queue.len >= api->opt.session_queue) {
+        atomic_fetch_add_explicit(&api->stats.rejected_queue_full, 1, memory_order_relaxed);
+        kvd__api_respond_error(resp, 429, KVD_ERR_BUSY, NULL,
+                               "too many requests queued for this session; retry after the pending ones finish");
+        return false;
+    }
+    job->base.api = api;
+    atomic_store(&s->last_used_at, kvd__api_now(api));
+    queue_push(s, job);
+    kvd__api_session_pump(api, s);
+    return true;
+}
+
 /* Queues a job for the session (or 429s). Returns false if answered now. */
 bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
                       kvd_api_request *req, void *reply, kvd_response *resp)
@@ -173,6 +196,10 @@ void kvd_api_job_run(kvd_api_job *base)
     }
     if (job->kind == JOB_SNAPSHOT) {
         kvd__api_snapshot_run(job->base.api, job);
+        return;
+    }
+    if (job->kind == JOB_BATCH) {
+        kvd__api_batch_run(job->base.api, job);
         return;
     }
     kvd__api_step_run(job->base.api, job);

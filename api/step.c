@@ -90,7 +90,7 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_output *
 }
 
 /* {"o", "tokens", "evicted"} of one entry, with "shadow" when measured. */
-static cJSON *entry_json(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
+cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
                          kvd_wire_encoding enc)
 {
     cJSON *obj = cJSON_CreateObject();
@@ -124,7 +124,7 @@ static cJSON *render(const kvd_session_config *cfg, const kvd_step_request *req,
                      const kvd_step_output *out)
 {
     if (!multi)
-        return entry_json(cfg, &req->entries[0], &out->results[0], req->encoding);
+        return kvd__api_step_entry_json(cfg, &req->entries[0], &out->results[0], req->encoding);
     cJSON *obj = cJSON_CreateObject();
     cJSON *arr = obj ? cJSON_AddArrayToObject(obj, "steps") : NULL;
     if (!arr) {
@@ -132,7 +132,7 @@ static cJSON *render(const kvd_session_config *cfg, const kvd_step_request *req,
         return NULL;
     }
     for (size_t i = 0; i < req->n_entries; i++) {
-        cJSON *r = entry_json(cfg, &req->entries[i], &out->results[i], req->encoding);
+        cJSON *r = kvd__api_step_entry_json(cfg, &req->entries[i], &out->results[i], req->encoding);
         if (!r) {
             cJSON_Delete(obj);
             return NULL;
@@ -140,6 +140,24 @@ static cJSON *render(const kvd_session_config *cfg, const kvd_step_request *req,
         cJSON_AddItemToArray(arr, r);
     }
     return obj;
+}
+
+void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries, const kvd_step_output *out,
+                           double seconds)
+{
+    const kvd_session_config *cfg = &s->cache->config;
+    if (s->shadow)
+        shadow_account(api, s, out);
+    /* A step is one layer entry (DESIGN.md §1): a request of n entries counts n. */
+    atomic_fetch_add_explicit(&s->steps, n_entries, memory_order_relaxed);
+    atomic_store(&s->last_used_at, kvd__api_now(api));
+    atomic_store(&s->last_step_seconds, seconds);
+    kvd__api_session_summarize(s);
+    atomic_fetch_add_explicit(&api->stats.steps, n_entries, memory_order_relaxed);
+    atomic_fetch_add_explicit(&api->stats.step_tokens, out->tokens_in, memory_order_relaxed);
+    atomic_fetch_add_explicit(&api->stats.evictions[cfg->cache.eviction], out->evicted_total,
+                              memory_order_relaxed);
+    kvd_histogram_observe(&api->stats.step_seconds[cfg->attention], seconds);
 }
 
 void kvd__api_step_run(kvd_api *api, api_job *job)
@@ -160,8 +178,6 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     job->applied = true;
     job->seconds = kvd_clock_mono() - t0;
     const kvd_session_config *cfg = &sess->config;
-    if (s->shadow)
-        shadow_account(api, s, &out);
 
     /* Render. A failure here leaves the step applied and says so; one
      * inside cJSON (a member left out) counts as a failure too. */
@@ -178,15 +194,6 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     else
         fail(job, 500, KVD_ERR_INTERNAL, "out of memory rendering the output; the step was applied");
 
-    /* A step is one layer entry (DESIGN.md §1): a request of n entries counts n. */
-    atomic_fetch_add_explicit(&s->steps, req->n_entries, memory_order_relaxed);
-    atomic_store(&s->last_used_at, kvd__api_now(api));
-    atomic_store(&s->last_step_seconds, job->seconds);
-    kvd__api_session_summarize(s);
-    atomic_fetch_add_explicit(&api->stats.steps, req->n_entries, memory_order_relaxed);
-    atomic_fetch_add_explicit(&api->stats.step_tokens, out.tokens_in, memory_order_relaxed);
-    atomic_fetch_add_explicit(&api->stats.evictions[cfg->cache.eviction], out.evicted_total,
-                              memory_order_relaxed);
-    kvd_histogram_observe(&api->stats.step_seconds[cfg->attention], job->seconds);
+    kvd__api_step_account(api, s, req->n_entries, &out, job->seconds);
     kvd_step_output_free(&out);
 }

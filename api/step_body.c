@@ -331,6 +331,14 @@ fail:
     return -1;
 }
 
+int kvd_step_entry_parse(const kvd_json_doc *doc, const cJSON *obj, const char *prefix,
+                         const kvd_session_config *cfg, const kvd_api_limits *lim,
+                         kvd_step_entry *entry, kvd_api_error *err)
+{
+    memset(entry, 0, sizeof *entry);
+    return parse_step(doc, obj, prefix, false, cfg, lim, entry, err);
+}
+
 void kvd_step_request_free(kvd_step_request *req)
 {
     if (!req)

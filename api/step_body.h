@@ -58,6 +58,14 @@ int kvd_step_request_parse_text(char *text, size_t len, const kvd_session_config
  * tensor positions count one each). */
 size_t kvd_step_body_max_values(const kvd_api_limits *lim);
 
+/* One step object of a "steps" array (no "encoding" in it) as an entry,
+ * its fields named prefix + name ("steps[3].k"): POST /v1/batch parses
+ * each item alone against its own session. Tensors are owned by *entry even
+ * on failure (free them as a one-entry request's). Returns 0 or -1 with err. */
+int kvd_step_entry_parse(const kvd_json_doc *doc, const cJSON *obj, const char *prefix,
+                         const kvd_session_config *cfg, const kvd_api_limits *lim,
+                         kvd_step_entry *entry, kvd_api_error *err);
+
 void kvd_step_request_free(kvd_step_request *req);
 
 #endif

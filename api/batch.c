@@ -1,0 +1,358 @@
+/* api/batch.c — POST /v1/batch: step entries of many sessions in one request.
+ * The loop thread parses the body once, answers items it can judge alone (not
+ * an object, no such session, 429), and queues one JOB_BATCH per session
+ * holding that session's items in request order; each runs on a worker like a
+ * step, after the session's earlier requests. The batch answers when its last
+ * job is done, every item in request order with its own status. */
+#include "api/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "api/json.h"
+#include "api/step_body.h"
+#include "cache/step.h"
+
+struct api_batch {
+    void *reply;
+    kvd_json_doc doc;          /* the parsed body; each item read by its job only */
+    const cJSON **item;        /* [n]: the items of "steps" */
+    char **out;                /* [n]: each item's rendered answer (with "status") */
+    size_t n;
+    size_t refs;               /* unfinished jobs + the handler while it builds (loop) */
+    kvd_wire_encoding enc;
+};
+
+/* "{...}" -> "{\"status\":S,...}" (takes json). NULL on failure. */
+static char *with_status(int status, char *json)
+{
+    if (!json || json[0] != '{') {
+        free(json);
+        return NULL;
+    }
+    const size_t len = strlen(json);
+    char *s = malloc(len + 32);
+    if (s)
+        snprintf(s, len + 32, "{\"status\":%d%s%s", status, json[1] == '}' ? "" : ",", json + 1);
+    free(json);
+    return s;
+}
+
+static char *item_error(const kvd_api_error *err)
+{
+    size_t len;
+    return with_status(err->status, kvd_api_error_json(err, &len));
+}
+
+static char *item_errorf(int status, const char *code, const char *field, const char *msg)
+{
+    kvd_api_error err;
+    kvd_api_error_set(&err, status, code, field, "%s", msg);
+    return item_error(&err);
+}
+
+static void batch_free(api_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        free(b->out[i]);
+    free(b->out);
+    free(b->item);
+    kvd_json_doc_free(&b->doc);
+    free(b);
+}
+
+/* {"steps": [item, ...]} from the rendered items; a missing one (allocation
+ * failed) is an item 500 written here, so every item has an answer. */
+static void batch_render(api_batch *b, kvd_response *resp)
+{
+    static const char oom_item[] =
+        "{\"status\":500,\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering this item\"}}";
+    size_t len = sizeof "{\"steps\":[]}";
+    for (size_t i = 0; i < b->n; i++)
+        len += (b->out[i] ? strlen(b->out[i]) : sizeof oom_item) + 1;
+    char *json = malloc(len);
+    if (!json) {
+        kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory rendering the batch");
+        return;
+    }
+    char *p = json;
+    p += sprintf(p, "{\"steps\":[");
+    for (size_t i = 0; i < b->n; i++) {
+        if (i)
+            *p++ = ',';
+        const char *s = b->out[i] ? b->out[i] : oom_item;
+        const size_t l = strlen(s);
+        memcpy(p, s, l);
+        p += l;
+    }
+    strcpy(p, "]}");
+    kvd__api_response_json(resp, 200, json);
+}
+
+/* Drops one reference; the last answers (reply != NULL) or just frees. */
+static void batch_unref(kvd_api *api, api_batch *b, bool answer)
+{
+    if (--b->refs)
+        return;
+    if (answer) {
+        kvd_response resp;
+        memset(&resp, 0, sizeof resp);
+        batch_render(b, &resp);
+        api->respond(b->reply, &resp);
+    }
+    batch_free(b);
+}
+
+void kvd__api_batch_done(kvd_api *api, api_job *job)
+{
+    api_batch *b = job->batch;
+    job->batch = NULL; /* kvd__api_job_free must not drop it again */
+    batch_unref(api, b, true);
+}
+
+void kvd__api_batch_release(api_job *job)
+{
+    free(job->items);
+    job->items = NULL;
+    if (job->batch)
+        batch_unref(NULL, job->batch, false);
+    job->batch = NULL;
+}
+
+/* The engine's refusal of one item; nothing changed. */
+static char *refusal(kvd_api *api, int rc, size_t need)
+{
+    kvd_api_error err;
+    const size_t total = kvd_pool_pages_total(api->pool);
+    if (rc == KVD_STEP_NOMEM)
+        kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory planning the step");
+    else if (rc == KVD_STEP_TOO_BIG)
+        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL,
+                          "this step needs %zu pages, more than the %zu pages the whole pool has", need, total);
+    else {
+        atomic_fetch_add_explicit(&api->stats.rejected_pool_full, 1, memory_order_relaxed);
+        kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
+                          "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free", need,
+                          kvd_pool_pages_free(api->pool), total);
+    }
+    return item_error(&err);
+}
+
+/* The tensors the parse decoded into the entry (as kvd_step_request_free). */
+static void entry_free(kvd_step_entry *e)
+{
+    free((void *)e->k);
+    free((void *)e->v);
+    free((void *)e->k2);
+    free((void *)e->v2);
+    free((void *)e->q);
+}
+
+/* One item on its session: parse against the session's config, run, render.
+ * Each item is a step of its own: a failed one changes nothing, and the
+ * session's later items still run (as later single steps would). */
+static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
+{
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "steps[%zu].", i);
+    kvd_step_entry entry;
+    kvd_api_error err;
+    const double t0 = kvd_clock_mono();
+    if (kvd_step_entry_parse(&b->doc, b->item[i], prefix, &s->cache->config, &api->limits, &entry, &err) != 0) {
+        entry_free(&entry);
+        return item_error(&err);
+    }
+    kvd_step_output out;
+    const int rc = kvd_step_run(s->cache, s->shadow, api->pool, &entry, 1, &out);
+    char *json = NULL;
+    if (rc != KVD_STEP_OK) {
+        json = refusal(api, rc, out.need_pages);
+    } else {
+        const double seconds = kvd_clock_mono() - t0;
+        kvd__api_json_oom_reset();
+        cJSON *o = kvd__api_step_entry_json(&s->cache->config, &entry, &out.results[0], b->enc);
+        json = o ? cJSON_PrintUnformatted(o) : NULL;
+        cJSON_Delete(o);
+        if (json && kvd__api_json_oom()) {
+            free(json);
+            json = NULL;
+        }
+        json = with_status(200, json);
+        if (!json)
+            json = item_errorf(500, KVD_ERR_INTERNAL, NULL,
+                               "out of memory rendering the output; the step was applied");
+        kvd__api_step_account(api, s, 1, &out, seconds);
+        kvd_step_output_free(&out);
+    }
+    entry_free(&entry);
+    return json;
+}
+
+void kvd__api_batch_run(kvd_api *api, api_job *job)
+{
+    for (size_t k = 0; k < job->n_items; k++) {
+        const size_t i = job->items[k];
+        job->batch->out[i] = run_item(api, job->batch, job->session, i);
+    }
+}
+
+/* The body: {"steps": [...], "encoding"?}. Returns 0 or -1 with err. */
+static int check_body(const kvd_api *api, const cJSON *root, const cJSON **steps, kvd_wire_encoding *enc,
+                      kvd_api_error *err)
+{
+    *steps = NULL;
+    *enc = KVD_WIRE_ENCODING_JSON;
+    for (const cJSON *c = root->child; c; c = c->next) {
+        const char *key = c->string ? c->string : "";
+        if (strcmp(key, "steps") == 0 && !*steps) {
+            *steps = c;
+        } else if (strcmp(key, "encoding") == 0) {
+            if (cJSON_IsString(c) && strcmp(c->valuestring, "json") == 0)
+                *enc = KVD_WIRE_ENCODING_JSON;
+            else if (cJSON_IsString(c) && strcmp(c->valuestring, "b64") == 0)
+                *enc = KVD_WIRE_ENCODING_B64;
+            else
+                return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "encoding",
+                                         "encoding: expected \"json\" or \"b64\"");
+        } else {
+            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, key,
+                                     "%.80s: %s (a batch is {\"steps\": [...], \"encoding\"})", key,
+                                     strcmp(key, "steps") == 0 ? "duplicate field" : "unknown field");
+        }
+    }
+    const int count = *steps && cJSON_IsArray(*steps) ? cJSON_GetArraySize(*steps) : -1;
+    if (count <= 0 || (uint64_t)count > api->limits.max_steps_per_request)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "steps",
+                                 "steps: expected an array of 1..%u step objects, each with a \"session\"",
+                                 (unsigned)api->limits.max_steps_per_request);
+    return 0;
+}
+
+/* Judges item i on the loop thread: its session (404 unless this key's) and
+ * the fields only a batch item has. NULL with b->out[i] set if answered. */
+static api_session *item_session(kvd_api *api, api_batch *b, size_t i, cJSON *item, uint32_t owner)
+{
+    char path[64];
+    if (!cJSON_IsObject(item)) {
+        snprintf(path, sizeof path, "steps[%zu]", i);
+        b->out[i] = item_errorf(400, KVD_ERR_INVALID, path, "expected a step object with a \"session\"");
+        return NULL;
+    }
+    const cJSON *sid = cJSON_GetObjectItemCaseSensitive(item, "session");
+    snprintf(path, sizeof path, "steps[%zu].session", i);
+    if (!cJSON_IsString(sid)) {
+        b->out[i] = item_errorf(400, KVD_ERR_INVALID, path, "session: expected the session's id (a string)");
+        return NULL;
+    }
+    for (const char *f = "steps"; f; f = strcmp(f, "steps") == 0 ? "encoding" : NULL)
+        if (cJSON_GetObjectItemCaseSensitive(item, f)) {
+            snprintf(path, sizeof path, "steps[%zu].%s", i, f);
+            b->out[i] = item_errorf(400, KVD_ERR_INVALID, path,
+                                    strcmp(f, "steps") == 0
+                                        ? "a batch item is one step entry; \"steps\" is not allowed in it"
+                                        : "encoding is set once for the whole batch, beside \"steps\"");
+            return NULL;
+        }
+    api_session *s = kvd__api_registry_find(api, sid->valuestring);
+    if (!s || s->owner != owner) { /* another key's session: as if none */
+        b->out[i] = item_errorf(404, KVD_ERR_NOT_FOUND, path, "no such session");
+        return NULL;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(item, "session"); /* the step parser knows no "session" */
+    return s;
+}
+
+bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, void *reply,
+                           kvd_response *resp)
+{
+    kvd_api_error err;
+    api_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory");
+        return true;
+    }
+    b->reply = reply;
+    b->refs = 1;
+    const cJSON *steps;
+    if (!req->body) {
+        kvd_api_error_set(&err, 400, KVD_ERR_INVALID, NULL, "a batch needs a body: {\"steps\": [...]}");
+        goto refuse;
+    }
+    /* Tensor arrays decode straight to f32 (no cJSON node per number). */
+    if (kvd_json_parse_step_text(req->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
+                                 &err) != 0)
+        goto refuse;
+    if (!cJSON_IsObject(b->doc.root)) {
+        kvd_api_error_set(&err, 400, KVD_ERR_INVALID, NULL, "body must be a JSON object");
+        goto refuse;
+    }
+    if (check_body(api, b->doc.root, &steps, &b->enc, &err) != 0)
+        goto refuse;
+    b->n = (size_t)cJSON_GetArraySize(steps);
+    b->item = calloc(b->n, sizeof *b->item);
+    b->out = calloc(b->n, sizeof *b->out);
+    api_job **jobs = calloc(b->n, sizeof *jobs); /* one per distinct session, in first-seen order */
+    if (!b->item || !b->out || !jobs) {
+        free(jobs);
+        kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory for the batch");
+        goto refuse;
+    }
+    size_t n_jobs = 0, i = 0;
+    for (cJSON *it = steps->child; it; it = it->next, i++) {
+        b->item[i] = it;
+        api_session *s = item_session(api, b, i, it, owner);
+        if (!s)
+            continue;
+        size_t j = 0;
+        while (j < n_jobs && jobs[j]->session != s)
+            j++;
+        if (j == n_jobs) {
+            api_job *job = calloc(1, sizeof *job);
+            size_t *items = calloc(b->n, sizeof *items);
+            if (!job || !items) {
+                free(job);
+                free(items);
+                b->out[i] = NULL; /* rendered as an item 500 */
+                continue;
+            }
+            job->kind = JOB_BATCH;
+            job->session = s;
+            job->items = items;
+            jobs[n_jobs++] = job;
+        }
+        jobs[j]->items[jobs[j]->n_items++] = i;
+    }
+    /* Queued after everything judged: a job that completes at once (a
+     * synchronous executor) cannot answer the batch while refs holds it. */
+    for (size_t j = 0; j < n_jobs; j++) {
+        api_job *job = jobs[j];
+        job->batch = b;
+        b->refs++;
+        kvd_response busy;
+        memset(&busy, 0, sizeof busy);
+        if (!kvd__api_enqueue_job(api, job->session, job, &busy)) {
+            for (size_t k = 0; k < job->n_items; k++)
+                b->out[job->items[k]] = item_errorf(429, KVD_ERR_BUSY, NULL,
+                                                    "too many requests queued for this session; retry "
+                                                    "after the pending ones finish");
+            free(busy.body);
+            kvd__api_job_free(job); /* drops its reference */
+        }
+    }
+    free(jobs);
+    if (b->refs > 1) {
+        b->refs--; /* the jobs answer it */
+        return false;
+    }
+    batch_render(b, resp);
+    batch_free(b);
+    return true;
+
+refuse:
+    kvd_response_error(resp, &err);
+    batch_free(b);
+    return true;
+}
