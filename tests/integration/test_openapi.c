@@ -261,7 +261,18 @@ START_TEST(responses_match_the_spec)
     big[0] = '{';
     big[sizeof big - 2] = '}';
     cJSON_Delete(call("POST", "/v1/sessions", NULL, NULL, big, KVD_JSON, false, 413));
-    cJSON_Delete(call("POST", "/v1/batch", NULL, NULL, "{}", KVD_JSON, false, 501));
+    cJSON_Delete(call("POST", "/v1/batch", NULL, NULL, "{}", KVD_JSON, false, 400));
+    {
+        char body[256];
+        snprintf(body, sizeof body, "{\"steps\":[{\"session\":\"%s\",\"layer\":0},"
+                                    "{\"session\":\"00000000000000000000000000000000\"}]}", a);
+        cJSON *b = call("POST", "/v1/batch", NULL, NULL, body, KVD_JSON, false, 200);
+        const cJSON *items = kvd_json_at(b, "steps");
+        ck_assert_int_eq(cJSON_GetArraySize(items), 2);
+        ck_assert_double_eq(kvd_json_num(cJSON_GetArrayItem(items, 0), "status"), 200);
+        ck_assert_double_eq(kvd_json_num(cJSON_GetArrayItem(items, 1), "status"), 404);
+        cJSON_Delete(b);
+    }
     snapshot_and_restore(a);
     char *d = created_id(call("POST", "/v1/sessions", NULL, NULL, "{}", KVD_JSON, false, 201));
     cJSON_Delete(call("POST", "/v1/sessions", NULL, NULL, "{}", KVD_JSON, false, 503));
