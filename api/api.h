@@ -125,7 +125,14 @@ typedef struct kvd_api_stats {
     kvd_histogram step_seconds[2];          /* compute time of a step request, by
                                                kvd_attention_kind (standard, tensor) */
     kvd_histogram shadow_relative_error;    /* per entry with queries, shadow sessions */
+    kvd_histogram phase_seconds[4];         /* a step request's (a batch item's) time by
+                                               kvd_step_phase */
 } kvd_api_stats;
+
+/* Where a step's server time goes (kvd_step_phase_seconds{phase}): parse of
+ * the body, waiting in its session's queue and the executor's, the step
+ * engine (append + attention), render of the answer. */
+enum { KVD_PHASE_PARSE, KVD_PHASE_QUEUE, KVD_PHASE_ATTEND, KVD_PHASE_RENDER };
 
 typedef struct kvd_api kvd_api;
 

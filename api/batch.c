@@ -160,13 +160,18 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
     snprintf(prefix, sizeof prefix, "steps[%zu].", i);
     kvd_step_entry entry;
     kvd_api_error err;
+    kvd_histogram *phase = api->stats.phase_seconds;
     const double t0 = kvd_clock_mono();
     if (kvd_step_entry_parse(&b->doc, b->item[i], prefix, &s->cache->config, &api->limits, &entry, &err) != 0) {
         entry_free(&entry);
         return item_error(&err);
     }
     kvd_step_output out;
+    const double t1 = kvd_clock_mono();
+    kvd_histogram_observe(&phase[KVD_PHASE_PARSE], t1 - t0);
     const int rc = kvd_step_run(s->cache, s->shadow, api->pool, &entry, 1, &out);
+    const double t2 = kvd_clock_mono();
+    kvd_histogram_observe(&phase[KVD_PHASE_ATTEND], t2 - t1);
     char *json = NULL;
     if (rc != KVD_STEP_OK) {
         json = refusal(api, rc, out.need_pages);
@@ -181,6 +186,7 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
             json = NULL;
         }
         json = with_status(200, json);
+        kvd_histogram_observe(&phase[KVD_PHASE_RENDER], kvd_clock_mono() - t2);
         if (!json)
             json = item_errorf(500, KVD_ERR_INTERNAL, NULL,
                                "out of memory rendering the output; the step was applied");
@@ -193,6 +199,7 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
 
 void kvd__api_batch_run(kvd_api *api, api_job *job)
 {
+    kvd_histogram_observe(&api->stats.phase_seconds[KVD_PHASE_QUEUE], kvd_clock_mono() - job->queued_at);
     for (size_t k = 0; k < job->n_items; k++) {
         const size_t i = job->items[k];
         job->batch->out[i] = run_item(api, job->batch, job->session, i);
@@ -282,9 +289,12 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
         goto refuse;
     }
     /* Tensor arrays decode straight to f32 (no cJSON node per number). */
+    const double t0 = kvd_clock_mono();
     if (kvd_json_parse_step_text(req->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
                                  &err) != 0)
         goto refuse;
+    /* The body's parse (loop thread), once per batch; items add their own. */
+    kvd_histogram_observe(&api->stats.phase_seconds[KVD_PHASE_PARSE], kvd_clock_mono() - t0);
     if (!cJSON_IsObject(b->doc.root)) {
         kvd_api_error_set(&err, 400, KVD_ERR_INVALID, NULL, "body must be a JSON object");
         goto refuse;

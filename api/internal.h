@@ -52,6 +52,7 @@ typedef struct api_job {
     bool retried;              /* already re-run once after reclaiming pages */
     bool applied;              /* JOB_STEP changed the session */
     double seconds;            /* JOB_STEP compute time */
+    double queued_at;          /* kvd_clock_mono when queued (the queue phase) */
     api_batch *batch;          /* JOB_BATCH: the POST /v1/batch it is part of, */
     size_t *items;             /* ... the indices of this session's items in it, */
     size_t n_items;            /* ... in request order */

@@ -146,6 +146,7 @@ bool kvd__api_enqueue_job(kvd_api *api, api_session *s, api_job *job, kvd_respon
     }
     job->base.api = api;
     atomic_store(&s->last_used_at, kvd__api_now(api));
+    job->queued_at = kvd_clock_mono();
     queue_push(s, job);
     kvd__api_session_pump(api, s);
     return true;
@@ -177,6 +178,7 @@ bool kvd__api_enqueue(kvd_api *api, api_session *s, api_job_kind kind,
         job->body_len = req->body_len;
         req->body = NULL;
     }
+    job->queued_at = kvd_clock_mono();
     queue_push(s, job);
     kvd__api_session_pump(api, s);
     return true;

@@ -166,11 +166,18 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     api_session *s = job->session;
     kvd_session *sess = s->cache;
     job->pool_full = false;
+    kvd_histogram *phase = api->stats.phase_seconds;
+    if (!job->parsed)
+        kvd_histogram_observe(&phase[KVD_PHASE_QUEUE], t0 - job->queued_at);
     if (parse_once(api, job, sess) != 0)
         return;
     const kvd_step_request *req = &job->req;
     kvd_step_output out;
+    const double t1 = kvd_clock_mono();
+    kvd_histogram_observe(&phase[KVD_PHASE_PARSE], t1 - t0);
     int rc = kvd_step_run(sess, s->shadow, api->pool, req->entries, req->n_entries, &out);
+    const double t2 = kvd_clock_mono();
+    kvd_histogram_observe(&phase[KVD_PHASE_ATTEND], t2 - t1);
     if (rc != KVD_STEP_OK) {
         refuse(api, job, rc, out.need_pages);
         return;
@@ -189,6 +196,7 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
         free(json);
         json = NULL;
     }
+    kvd_histogram_observe(&phase[KVD_PHASE_RENDER], kvd_clock_mono() - t2);
     if (json)
         kvd__api_response_json(&job->resp, 200, json);
     else

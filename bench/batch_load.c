@@ -230,17 +230,27 @@ static char *metrics(int fd)
     return out;
 }
 
-static void split(const char *before, const char *after, const char *route, int requests, double tokens)
+static double delta(const char *before, const char *after, const char *name, const char *labels)
+{
+    return metric(after, name, labels) - metric(before, name, labels);
+}
+
+/* kvd's time from /metrics deltas: per request (arrival to answer) and by
+ * phase (kvd_step_phase_seconds: totals over every entry, summed over the
+ * worker threads, so they can exceed the wall time). */
+static void split(const char *before, const char *after, const char *route, int requests, double entries)
 {
     char lab[64];
     snprintf(lab, sizeof lab, "route=\"%s\"", route);
-    const double http = metric(after, "kvd_http_request_duration_seconds_sum", lab) -
-                        metric(before, "kvd_http_request_duration_seconds_sum", lab);
-    const double step = metric(after, "kvd_step_duration_seconds_sum", NULL) -
-                        metric(before, "kvd_step_duration_seconds_sum", NULL);
-    printf("  server: %d requests, %.1f ms in kvd per request (arrival to answer), step compute "
-           "(parse + attention on the worker) %.1f us per token = %.0f%% of kvd's time\n",
-           requests, 1e3 * http / requests, 1e6 * step / tokens, http > 0 ? 100 * step / http : 0.0);
+    const double http = delta(before, after, "kvd_http_request_duration_seconds_sum", lab);
+    printf("  kvd: %d requests, %.2f ms per request (arrival to answer); per entry:", requests,
+           1e3 * http / requests);
+    static const char *const phases[] = {"parse", "queue", "attend", "render"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(lab, sizeof lab, "phase=\"%s\"", phases[i]);
+        printf(" %s %.1f us%s", phases[i], 1e6 * delta(before, after, "kvd_step_phase_seconds_sum", lab) / entries,
+               i < 3 ? "," : "\n");
+    }
 }
 
 static void report(const char *what, double *t, int n)

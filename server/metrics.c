@@ -211,6 +211,12 @@ char *kvd__metrics_render(const kvd_api *api, bool ready, size_t *len)
               kvd_histogram_bounds);
     histogram(&t, "kvd_step_duration_seconds", "attention=\"tensor\"", &st->step_seconds[KVD_ATTN_TENSOR],
               kvd_histogram_bounds);
+    header(&t, "kvd_step_phase_seconds", "histogram",
+           "A step's (a batch item's) server time by phase: parse, queue, attend, render.");
+    static const char *const phases[] = {"phase=\"parse\"", "phase=\"queue\"", "phase=\"attend\"",
+                                         "phase=\"render\""};
+    for (size_t i = 0; i < 4; i++)
+        histogram(&t, "kvd_step_phase_seconds", phases[i], &st->phase_seconds[i], kvd_histogram_bounds);
     header(&t, "kvd_shadow_relative_error", "histogram",
            "Relative L2 error of a step's outputs against exact attention (shadow sessions).");
     histogram(&t, "kvd_shadow_relative_error", "", &st->shadow_relative_error, kvd_shadow_error_bounds);
