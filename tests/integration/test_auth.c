@@ -141,7 +141,7 @@ START_TEST(every_v1_route_needs_a_key)
         {"POST", p_fork, NULL, 201},
         {"GET", p_snap, NULL, 200},
         {"POST", "/v1/sessions/restore", "{}", 415}, /* a snapshot is application/octet-stream */
-        {"POST", "/v1/batch", "{}", 501},
+        {"POST", "/v1/batch", "{}", 400}, /* reached: {} is not a batch */
         {"GET", "/v1/no-such-route", NULL, 404},
         {"PUT", "/v1/sessions", NULL, 405},
         {"DELETE", p_get, NULL, 200}, /* last: it ends the session */
