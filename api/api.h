@@ -126,7 +126,7 @@ typedef struct kvd_api_stats {
                                                kvd_attention_kind (standard, tensor) */
     kvd_histogram shadow_relative_error;    /* per entry with queries, shadow sessions */
     kvd_histogram phase_seconds[4];         /* a step request's (a batch item's) time by
-                                               kvd_step_phase */
+                                               phase, indexed by KVD_PHASE_* */
 } kvd_api_stats;
 
 /* Where a step's server time goes (kvd_step_phase_seconds{phase}): parse of

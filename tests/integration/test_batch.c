@@ -2,7 +2,7 @@
  * kvd: items in request order with their own statuses and outputs equal to
  * single steps', another key's session as a 404 item, a body over the 64 KiB
  * small-body cap (but under --max-body) accepted, one over --max-body a 413,
- * and kvd_steps_total counting each applied item. */
+ * and kvd_steps_total and kvd_step_phase_seconds counting each applied item. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <math.h>
@@ -103,6 +103,12 @@ START_TEST(batch_over_http)
     m = strndup(r->body, r->body_len);
     http_response_free(r);
     ck_assert_double_eq(kvd_metric(m, "kvd_steps_total", NULL), 3);
+    /* The phases: the body's parse once plus each item parsed whole (3),
+     * one queue wait per session job (a, a2), engine and render per item. */
+    ck_assert_double_eq(kvd_metric(m, "kvd_step_phase_seconds_count", "phase=\"parse\""), 4);
+    ck_assert_double_eq(kvd_metric(m, "kvd_step_phase_seconds_count", "phase=\"queue\""), 2);
+    ck_assert_double_eq(kvd_metric(m, "kvd_step_phase_seconds_count", "phase=\"attend\""), 3);
+    ck_assert_double_eq(kvd_metric(m, "kvd_step_phase_seconds_count", "phase=\"render\""), 3);
     free(m);
 
     /* Over 64 KiB (the small-body cap of other routes), under --max-body:
