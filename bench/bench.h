@@ -158,33 +158,45 @@ static inline uint64_t bench_read_xor(const void *p, size_t bytes)
     return r0 ^ r1;
 }
 
-/* Both read loops over a[0..bytes_a) then b[0..bytes_b) (b may be NULL),
- * median of `repeats` each, interleaved; prints both and their agreement
- * and returns the first loop's GB/s (the reference the benches divide by). */
+/* One timing of each read loop over a[0..bytes_a) then b[0..bytes_b) (b
+ * may be NULL) into *t1 (f32 add) and *t2 (int xor); which loop goes first
+ * alternates with rep, so neither always finds the other's bytes cached. */
+static inline void bench_read_pair(const void *a, size_t bytes_a, const void *b, size_t bytes_b, int rep,
+                                   double *t1, double *t2)
+{
+    static volatile float sink;
+    static volatile uint64_t xsink;
+    for (int k = 0; k < 2; k++) {
+        const double t0 = bench_now();
+        if ((k ^ rep) & 1)
+            xsink ^= bench_read_xor(a, bytes_a) ^ (b ? bench_read_xor(b, bytes_b) : 0);
+        else
+            sink += bench_read_floats(a, bytes_a / 4) + (b ? bench_read_floats(b, bytes_b / 4) : 0.0f);
+        *(((k ^ rep) & 1) ? t2 : t1) = bench_now() - t0;
+    }
+}
+
+/* Medians of n timings of each loop over `bytes`: prints both and whether
+ * they agree within 5%; returns the first loop's GB/s (the reference). */
+static inline double bench_read_report(double bytes, double *t1, double *t2, int n, const char *indent)
+{
+    const double g1 = bytes / bench_median(t1, n) / 1e9, g2 = bytes / bench_median(t2, n) / 1e9;
+    const double dev = fabs(g1 / g2 - 1.0);
+    printf("%sread loop (f32 add, 8 acc) %8.2f GB/s; second loop (int xor, 4 acc) %8.2f GB/s: %s (%.1f%%)\n",
+           indent, g1, g2, dev <= 0.05 ? "agree within 5%" : "DISAGREE by more than 5%", dev * 100.0);
+    return g1;
+}
+
+/* Both loops, `repeats` times (at most 64) in a row. */
 static inline double bench_read_reference(const void *a, size_t bytes_a, const void *b, size_t bytes_b,
                                           int repeats, const char *indent)
 {
     double t1[64], t2[64];
-    volatile float sink = 0;
-    volatile uint64_t xsink = 0;
     if (repeats > 64)
         repeats = 64;
-    for (int r = 0; r < repeats; r++) {
-        double t0 = bench_now();
-        sink += bench_read_floats(a, bytes_a / 4) + (b ? bench_read_floats(b, bytes_b / 4) : 0.0f);
-        t1[r] = bench_now() - t0;
-        t0 = bench_now();
-        xsink ^= bench_read_xor(a, bytes_a) ^ (b ? bench_read_xor(b, bytes_b) : 0);
-        t2[r] = bench_now() - t0;
-    }
-    const double bytes = (double)bytes_a + (b ? (double)bytes_b : 0.0);
-    const double g1 = bytes / bench_median(t1, repeats) / 1e9, g2 = bytes / bench_median(t2, repeats) / 1e9;
-    const double dev = fabs(g1 / g2 - 1.0);
-    printf("%sread loop (f32 add, 8 acc) %8.2f GB/s; second loop (int xor, 4 acc) %8.2f GB/s: %s (%.1f%%)\n",
-           indent, g1, g2, dev <= 0.05 ? "agree within 5%" : "DISAGREE by more than 5%", dev * 100.0);
-    (void)sink;
-    (void)xsink;
-    return g1;
+    for (int r = 0; r < repeats; r++)
+        bench_read_pair(a, bytes_a, b, bytes_b, r, &t1[r], &t2[r]);
+    return bench_read_report((double)bytes_a + (b ? (double)bytes_b : 0.0), t1, t2, repeats, indent);
 }
 
 #endif
