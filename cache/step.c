@@ -518,8 +518,7 @@ void kvd_step_output_free(kvd_step_output *out)
 {
     if (!out)
         return;
-    for (size_t i = 0; out->results && i < out->n_results; i++)
-    {
+    for (size_t i = 0; out->results && i < out->n_results; i++) {
         free(out->results[i].o);
         free(out->results[i].lse);
     }

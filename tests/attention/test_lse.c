@@ -303,7 +303,8 @@ START_TEST(test_tensor_lse)
                     for (size_t i = 0; i < d; i++)
                         ck_assert(o[h * d + i] == 0.0f);
                 } else {
-                    ck_assert_msg(fabs(lse[h] - (m + log(l))) <= LSE_TOL, "tensor %zu: n=%zu d=%zu %.9g vs %.9g",
+                    ck_assert_msg(fabs(lse[h] - (m + log(l))) <= LSE_TOL,
+                                  "tensor %zu: n=%zu d=%zu %.9g vs %.9g",
                                   ki, n, d, (double)lse[h], m + log(l));
                 }
             }

@@ -88,7 +88,9 @@ START_TEST(lse_values)
     free(id);
 
     /* subgen estimates attention: no exact denominator to give */
-    id = kvd_create_session(port, "{\"heads\":2,\"kv_heads\":1,\"head_dim\":4,\"cache\":{\"eviction\":\"subgen\"}}",
+    id = kvd_create_session(port,
+                            "{\"heads\":2,\"kv_heads\":1,\"head_dim\":4,"
+                            "\"cache\":{\"eviction\":\"subgen\"}}",
                             NULL);
     e = kvd_step(port, id, "{" QUERY ",\"return_lse\":true}");
     kvd_expect_error(e, 400, "invalid_argument", "return_lse", "subgen", "subgen");
