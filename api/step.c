@@ -105,6 +105,14 @@ cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_en
         cJSON_Delete(o);
         return NULL;
     }
+    if (r->lse) { /* [m_q][heads]; JSON has no -inf: null there (b64 keeps -inf) */
+        cJSON *lse = kvd_wire_encode(r->lse, e->m_q * cfg->heads, enc);
+        if (!lse || !cJSON_AddItemToObject(obj, "lse", lse)) {
+            cJSON_Delete(obj);
+            cJSON_Delete(lse);
+            return NULL;
+        }
+    }
     cJSON_AddNumberToObject(obj, "tokens", (double)r->tokens);
     cJSON_AddNumberToObject(obj, "evicted", (double)r->evicted);
     if (r->has_shadow) {

@@ -15,8 +15,9 @@
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-static const char *const step_fields[] = {"layer", "k", "v", "q", "mask", "m"};
-static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask", "m"};
+static const char *const step_fields[] = {"layer", "k", "v", "q", "mask", "m", "return_lse"};
+static const char *const tensor_step_fields[] = {"layer", "k1", "k2", "v1", "v2", "q", "mask", "m",
+                                                     "return_lse"};
 static const char *const tensor_fields[] = {"k1", "k2", "v1", "v2"};
 static const char *const mask_names[] = {[KVD_MASK_CAUSAL] = "causal", [KVD_MASK_BLOCK] = "block"};
 static const char *const encoding_names[] = {[KVD_WIRE_ENCODING_JSON] = "json",
@@ -60,7 +61,7 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
                            "k and v are for standard attention; this session uses tensor "
                            "attention (send k1, k2, v1, v2)");
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
-                                 "%.80s: unknown field (allowed: layer, %s, q, mask, m%s)", path,
+                                 "%.80s: unknown field (allowed: layer, %s, q, mask, m, return_lse%s)", path,
                                  tensor ? "k1, k2, v1, v2" : "k, v",
                                  top ? ", encoding; or steps" : "");
     }
@@ -106,6 +107,19 @@ static int parse_step(const kvd_json_doc *doc, const cJSON *obj, const char *pre
                                  path, cfg->layers - 1, kvd__api_json_type_name(layer));
     }
     st->layer = layer ? (uint32_t)layer->valuedouble : 0;
+
+    /* "return_lse": also answer each query head's log-sum-exp (to merge
+     * attention over parts of one context held by several processes). */
+    snprintf(path, sizeof path, "%sreturn_lse", prefix);
+    const cJSON *lse = cJSON_GetObjectItemCaseSensitive(obj, "return_lse");
+    if (lse && !cJSON_IsBool(lse))
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path, "%s: expected true or false, got %s",
+                                 path, kvd__api_json_type_name(lse));
+    st->return_lse = cJSON_IsTrue(lse);
+    if (st->return_lse && cfg->cache.eviction == KVD_EVICT_SUBGEN)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, path,
+                                 "%s: not available with eviction \"subgen\" (its attention is "
+                                 "an estimate with no exact softmax denominator)", path);
 
     /* "m": the client's own count of new tokens, checked against k/v below
      * (a flat array of the wrong head count would otherwise be read as
@@ -215,9 +229,9 @@ int kvd_step_request_parse(const cJSON *body, const kvd_session_config *cfg,
 size_t kvd_step_body_max_values(const kvd_api_limits *lim)
 {
     /* The root, "encoding" and "steps", then per step its object and at
-     * most eight members (layer, mask, m, q and four tensors); slack for the
+     * most nine members (layer, mask, m, return_lse, q and four tensors); slack for the
      * single form. */
-    return 9 * (size_t)lim->max_steps_per_request + 64;
+    return 10 * (size_t)lim->max_steps_per_request + 64;
 }
 
 int kvd_step_request_parse_text(char *text, size_t len, const kvd_session_config *cfg,

@@ -66,6 +66,14 @@ typedef struct kvd_kv_segment {
 void kvd_attend_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                     float scale, float *o);
 
+/* kvd_attend_ref that also writes, when lse is not NULL, lse[h] = the
+ * natural log of head h's softmax denominator, log sum_j exp(scale *
+ * <q[h], k_j>) (= m + log l of the online softmax), or -inf when no slot is
+ * visible (o = 0 then). (o, lse) of disjoint parts of one context merge
+ * exactly: o = sum_r exp(lse_r - L) o_r, L = log sum_r exp(lse_r). */
+void kvd_attend_lse_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                        float scale, float *o, float *lse);
+
 /* One view of any format, first n_visible slots: kvd_attend_ref on one
  * segment (a test convenience). */
 void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
@@ -84,6 +92,9 @@ typedef struct kvd_attention_kernels {
     const char *name; /* "scalar", "avx2", "avx512" */
     void (*attend)(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                    float scale, float *o);
+    /* attend with kvd_attend_lse_ref's lse output ([n_q], NULL = not wanted). */
+    void (*attend_lse)(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                       float scale, float *o, float *lse);
 } kvd_attention_kernels;
 
 /* Kernels for the running CPU; thread-safe, cheap after the first call. */

@@ -69,7 +69,13 @@ static inline const unsigned char *kvd__kv_unit(const kvd_kv_pages *kv, size_t o
  * (kvd_attention_kernels_get does the check). */
 void kvd__attend_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                        float scale, float *o);
+void kvd__attend_lse_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                           float scale, float *o, float *lse);
 #if defined(__x86_64__)
+void kvd__attend_lse_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                         float scale, float *o, float *lse);
+void kvd__attend_lse_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
+                           float scale, float *o, float *lse);
 void kvd__attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                      float scale, float *o); /* avx2 + fma + f16c */
 void kvd__attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
@@ -83,7 +89,16 @@ void kvd__attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q,
  * checks). Same contract as kvd_tensor_four_ref. */
 void kvd__tensor_four_scalar(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
                             size_t window, const float *q, size_t n_q, float scale, float *o);
+void kvd__tensor_four_lse_scalar(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                                size_t window, const float *q, size_t n_q, float scale, float *o,
+                                float *lse);
 #if defined(__x86_64__)
+void kvd__tensor_four_lse_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                              size_t window, const float *q, size_t n_q, float scale, float *o,
+                              float *lse);
+void kvd__tensor_four_lse_avx512(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
+                                size_t window, const float *q, size_t n_q, float scale, float *o,
+                                float *lse);
 void kvd__tensor_four_avx2(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                           const float *q, size_t n_q, float scale,
                           float *o); /* avx2 + fma + f16c */

@@ -84,6 +84,15 @@ static void ref_segment(const kvd_kv_pages *kv, size_t n, const float *restrict 
 void kvd_attend_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
                     size_t n_q, float scale, float *restrict o)
 {
+    kvd_attend_lse_ref(seg, n_seg, q, n_q, scale, o, NULL);
+}
+
+void kvd_attend_lse_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
+                        size_t n_q, float scale, float *restrict o, float *restrict lse)
+{
+    if (lse)
+        for (size_t h = 0; h < n_q; h++)
+            lse[h] = -INFINITY;
     if (n_q == 0)
         return;
     const size_t d = seg[0].kv.head_dim; /* n_seg >= 1: every view names head_dim */
@@ -115,6 +124,8 @@ void kvd_attend_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restri
             const float inv = 1.0f / st.l[h];
             for (size_t i = 0; i < d; i++)
                 acc[i] *= inv;
+            if (lse)
+                lse[h0 + h] = st.m[h] + logf(st.l[h]);
         }
     }
 }

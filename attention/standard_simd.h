@@ -546,10 +546,13 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     }
 }
 
-KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t n_seg,
-                                              const float *restrict q, size_t n_q, float scale,
-                                              float *restrict o)
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, size_t n_seg,
+                                                  const float *restrict q, size_t n_q, float scale,
+                                                  float *restrict o, float *restrict lse)
 {
+    if (lse) /* overwritten below for every head that sees a token */
+        for (size_t h = 0; h < n_q; h++)
+            lse[h] = -INFINITY;
     if (n_seg == 0 || n_q == 0)
         return; /* no view names head_dim: nothing to write */
     const size_t d = seg[0].kv.head_dim;
@@ -579,5 +582,15 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t
         /* l >= 1: the key that set the final max contributed exp(0). */
         for (size_t h = 0; h < g; h++)
             simd_scale(o + (h0 + h) * d, 1.0f / st.l[h], d);
+        if (lse) /* log of the denominator, the running max folded in */
+            for (size_t h = 0; h < g; h++)
+                lse[h0 + h] = st.m[h] + logf(st.l[h]);
     }
+}
+
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t n_seg,
+                                              const float *restrict q, size_t n_q, float scale,
+                                              float *restrict o)
+{
+    KVD_SIMD_NAME(kvd__attend_lse_)(seg, n_seg, q, n_q, scale, o, NULL);
 }

@@ -146,6 +146,12 @@ void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b,
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o)
 {
+    kvd_tensor_four_lse_ref(a, b, n, window, q, n_q, scale, o, NULL);
+}
+
+void kvd_tensor_four_lse_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                         const float *q, size_t n_q, float scale, float *o, float *lse)
+{
     const size_t d = a->head_dim;
     const size_t lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
@@ -164,11 +170,19 @@ void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n,
         if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
             for (size_t i = 0; i < d; i++)
                 oh[i] /= l;
+        if (lse) /* -inf when no pair is visible */
+            lse[h] = l > 0.0f ? m + logf(l) : -INFINITY;
     }
 }
 
 void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
                           size_t window, const float *q, size_t n_q, float scale, float *o)
+{
+    kvd_tensor_four_view_lse(a, b, n, window, q, n_q, scale, o, NULL);
+}
+
+void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                          size_t window, const float *q, size_t n_q, float scale, float *o, float *lse)
 {
     const size_t d = a->seg[0].kv.head_dim;
     const size_t lo = first_visible(n, window);
@@ -191,6 +205,8 @@ void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, si
         if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
             for (size_t i = 0; i < d; i++)
                 oh[i] /= l;
+        if (lse) /* -inf when no pair is visible */
+            lse[h] = l > 0.0f ? m + logf(l) : -INFINITY;
     }
 }
 
@@ -261,10 +277,10 @@ void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *
  * two-cache needs no table of its own: it is standard attention over its
  * pair rows (kvd_attention_kernels_get()->attend). */
 static const kvd_tensor_kernels tensor_tables[] = {
-    {.name = "scalar", .four = kvd__tensor_four_scalar},
+    {.name = "scalar", .four = kvd__tensor_four_scalar, .four_lse = kvd__tensor_four_lse_scalar},
 #if defined(__x86_64__)
-    {.name = "avx2", .four = kvd__tensor_four_avx2},
-    {.name = "avx512", .four = kvd__tensor_four_avx512},
+    {.name = "avx2", .four = kvd__tensor_four_avx2, .four_lse = kvd__tensor_four_lse_avx2},
+    {.name = "avx512", .four = kvd__tensor_four_avx512, .four_lse = kvd__tensor_four_lse_avx512},
 #endif
 };
 

@@ -32,6 +32,12 @@
 void kvd_tensor_four_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
                          const float *q, size_t n_q, float scale, float *o);
 
+/* kvd_tensor_four_ref that also writes, when lse is not NULL, lse[h] = the
+ * natural log of head h's softmax denominator over the visible pairs,
+ * log sum_{j,k} exp(s_jk), or -inf when no pair is visible (o = 0). */
+void kvd_tensor_four_lse_ref(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                             const float *q, size_t n_q, float scale, float *o, float *lse);
+
 /* Two caches. `pairs` slot r holds K = k1_j ⊙ k2_k and V = v1_j ⊙ v2_k of the
  * r-th pair in append order (kvd_tensor_pair_row): the pairs of tokens
  * 0..n-1 are exactly rows 0..n*n-1. Standard softmax attention over those
@@ -58,6 +64,10 @@ typedef struct kvd_tensor_view {
  * other dtype. Same contracts as kvd_tensor_four_ref / kvd_tensor_pair_rows. */
 void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
                           size_t window, const float *q, size_t n_q, float scale, float *o);
+/* kvd_tensor_four_view with kvd_tensor_four_lse_ref's lse ([n_q], or NULL). */
+void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
+                              size_t window, const float *q, size_t n_q, float scale, float *o,
+                              float *lse);
 /* Heavy-hitter scoring for tensor attention (H2O over pairs): adds to acc[j]
  * the softmax weight of every visible pair token j belongs to — (j, k) and
  * (k, j), the pair (j, j) once — from each of the n_q query heads, summed
@@ -108,6 +118,9 @@ typedef void (*kvd_tensor_four_fn)(const kvd_kv_pages *a, const kvd_kv_pages *b,
 typedef struct kvd_tensor_kernels {
     const char *name; /* "scalar", "avx2", "avx512" */
     kvd_tensor_four_fn four;
+    /* four with kvd_tensor_four_lse_ref's lse output ([n_q], NULL = not wanted) */
+    void (*four_lse)(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t n, size_t window,
+                     const float *q, size_t n_q, float scale, float *o, float *lse);
 } kvd_tensor_kernels;
 
 /* The fastest table this CPU runs (AVX-512F, else AVX2+FMA, else scalar);

@@ -90,7 +90,8 @@ KVD_SIMD_ATTR static void t_scale_row(float *x, size_t d, float c)
  * Scratch: qt [d][W], u [W][d], p [W][W] on the stack (O(d)), no
  * allocation, nothing n-sized. */
 KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t lo,
-                                       size_t w, const float *q, size_t nh, float scale, float *o)
+                                       size_t w, const float *q, size_t nh, float scale, float *o,
+                                       float *lse)
 {
     const size_t d = a->head_dim;
     const size_t dp = (d + PV_CHUNK - 1) / PV_CHUNK * PV_CHUNK; /* u row stride */
@@ -266,6 +267,27 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
     for (size_t h = 0; h < nh; h++) {
         if (gl[h] > 0.0f) /* >= 1 once a pair was seen */
             t_scale_row(o + h * d, d, 1.0f / gl[h]);
+        if (lse) /* the running max folded in; -inf when no pair was seen */
+            lse[h] = gl[h] > 0.0f ? gm[h] + logf(gl[h]) : -INFINITY;
+    }
+}
+
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__tensor_four_lse_)(const kvd_kv_pages *a, const kvd_kv_pages *b,
+                                                      size_t n, size_t window, const float *q,
+                                                      size_t n_q, float scale, float *o, float *lse)
+{
+    const size_t d = a->head_dim;
+    if (d > KVD_TENSOR_MAX_FAST_DIM) {
+        /* beyond the on-stack tiles: the scalar kernel over one segment */
+        const kvd_tensor_view va = {.seg = {{.kv = *a, .n = n}}, .n_seg = 1};
+        const kvd_tensor_view vb = {.seg = {{.kv = *b, .n = n}}, .n_seg = 1};
+        kvd_tensor_four_view_lse(&va, &vb, n, window, q, n_q, scale, o, lse);
+        return;
+    }
+    const size_t lo = t_first_visible(n, window);
+    for (size_t h0 = 0; h0 < n_q; h0 += KVD_TENSOR_MAX_GROUP) {
+        const size_t nh = t_min(KVD_TENSOR_MAX_GROUP, n_q - h0);
+        t_four_group(a, b, lo, n - lo, q + h0 * d, nh, scale, o + h0 * d, lse ? lse + h0 : NULL);
     }
 }
 
@@ -273,17 +295,5 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__tensor_four_)(const kvd_kv_pages *a, const
                                                   size_t n, size_t window, const float *q,
                                                   size_t n_q, float scale, float *o)
 {
-    const size_t d = a->head_dim;
-    if (d > KVD_TENSOR_MAX_FAST_DIM) {
-        /* beyond the on-stack tiles: the scalar kernel over one segment */
-        const kvd_tensor_view va = {.seg = {{.kv = *a, .n = n}}, .n_seg = 1};
-        const kvd_tensor_view vb = {.seg = {{.kv = *b, .n = n}}, .n_seg = 1};
-        kvd_tensor_four_view(&va, &vb, n, window, q, n_q, scale, o);
-        return;
-    }
-    const size_t lo = t_first_visible(n, window);
-    for (size_t h0 = 0; h0 < n_q; h0 += KVD_TENSOR_MAX_GROUP) {
-        const size_t nh = t_min(KVD_TENSOR_MAX_GROUP, n_q - h0);
-        t_four_group(a, b, lo, n - lo, q + h0 * d, nh, scale, o + h0 * d);
-    }
+    KVD_SIMD_NAME(kvd__tensor_four_lse_)(a, b, n, window, q, n_q, scale, o, NULL);
 }

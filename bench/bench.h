@@ -5,7 +5,10 @@
 #ifndef KVD_BENCH_H
 #define KVD_BENCH_H
 
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -91,6 +94,109 @@ static inline float bench_read_floats(const float *restrict x, size_t n)
     for (; i < n; i++)
         s += x[i];
     return s;
+}
+
+/* A second read loop, written independently of the first to check it: a
+ * different instruction stream (integer XOR of 64-byte lines instead of f32
+ * adds, four accumulators instead of eight, pointer walk instead of index)
+ * over the same bytes. `make bench` builds Release (-O3), and both loops are
+ * printed: if they disagree by more than 5% the reference is not a read
+ * loop's limit but an artefact of its code, and the bench says so. */
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static inline uint64_t bench_xor_avx512(const void *p, size_t bytes)
+{
+    const char *c = p, *end = c + bytes / 256 * 256;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (; c < end; c += 256) {
+        a0 = _mm512_xor_si512(a0, _mm512_loadu_si512((const void *)c));
+        a1 = _mm512_xor_si512(a1, _mm512_loadu_si512((const void *)(c + 64)));
+        a2 = _mm512_xor_si512(a2, _mm512_loadu_si512((const void *)(c + 128)));
+        a3 = _mm512_xor_si512(a3, _mm512_loadu_si512((const void *)(c + 192)));
+    }
+    a0 = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
+    uint64_t t[8], r = 0;
+    _mm512_storeu_si512((void *)t, a0);
+    for (int i = 0; i < 8; i++)
+        r ^= t[i];
+    return r;
+}
+
+__attribute__((target("avx2"))) static inline uint64_t bench_xor_avx2(const void *p, size_t bytes)
+{
+    const char *c = p, *end = c + bytes / 128 * 128;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (; c < end; c += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)c));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(c + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(c + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(c + 96)));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t t[4], r = 0;
+    _mm256_storeu_si256((__m256i *)t, a0);
+    for (int i = 0; i < 4; i++)
+        r ^= t[i];
+    return r;
+}
+#endif
+
+/* The second loop: XORs every 8-byte word of p[0..bytes) (whole words). */
+static inline uint64_t bench_read_xor(const void *p, size_t bytes)
+{
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f"))
+        return bench_xor_avx512(p, bytes);
+    if (__builtin_cpu_supports("avx2"))
+        return bench_xor_avx2(p, bytes);
+#endif
+    const uint64_t *w = p;
+    uint64_t r0 = 0, r1 = 0;
+    for (size_t i = 0; i + 2 <= bytes / 8; i += 2) {
+        r0 ^= w[i];
+        r1 ^= w[i + 1];
+    }
+    return r0 ^ r1;
+}
+
+/* One timing of each read loop over a[0..bytes_a) then b[0..bytes_b) (b
+ * may be NULL) into *t1 (f32 add) and *t2 (int xor); which loop goes first
+ * alternates with rep, so neither always finds the other's bytes cached. */
+static inline void bench_read_pair(const void *a, size_t bytes_a, const void *b, size_t bytes_b, int rep,
+                                   double *t1, double *t2)
+{
+    static volatile float sink;
+    static volatile uint64_t xsink;
+    for (int k = 0; k < 2; k++) {
+        const double t0 = bench_now();
+        if ((k ^ rep) & 1)
+            xsink ^= bench_read_xor(a, bytes_a) ^ (b ? bench_read_xor(b, bytes_b) : 0);
+        else
+            sink += bench_read_floats(a, bytes_a / 4) + (b ? bench_read_floats(b, bytes_b / 4) : 0.0f);
+        *(((k ^ rep) & 1) ? t2 : t1) = bench_now() - t0;
+    }
+}
+
+/* Medians of n timings of each loop over `bytes`: prints both and whether
+ * they agree within 5%; returns the first loop's GB/s (the reference). */
+static inline double bench_read_report(double bytes, double *t1, double *t2, int n, const char *indent)
+{
+    const double g1 = bytes / bench_median(t1, n) / 1e9, g2 = bytes / bench_median(t2, n) / 1e9;
+    const double dev = fabs(g1 / g2 - 1.0);
+    printf("%sread loop (f32 add, 8 acc) %8.2f GB/s; second loop (int xor, 4 acc) %8.2f GB/s: %s (%.1f%%)\n",
+           indent, g1, g2, dev <= 0.05 ? "agree within 5%" : "DISAGREE by more than 5%", dev * 100.0);
+    return g1;
+}
+
+/* Both loops, `repeats` times (at most 64) in a row. */
+static inline double bench_read_reference(const void *a, size_t bytes_a, const void *b, size_t bytes_b,
+                                          int repeats, const char *indent)
+{
+    double t1[64], t2[64];
+    if (repeats > 64)
+        repeats = 64;
+    for (int r = 0; r < repeats; r++)
+        bench_read_pair(a, bytes_a, b, bytes_b, r, &t1[r], &t2[r]);
+    return bench_read_report((double)bytes_a + (b ? (double)bytes_b : 0.0), t1, t2, repeats, indent);
 }
 
 #endif

@@ -5,6 +5,7 @@
 #ifndef KVD_CACHE_ENTRY_H
 #define KVD_CACHE_ENTRY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,8 @@ typedef struct kvd_step_entry {
     const float *k2, *v2;
     const float *q;
     kvd_mask mask;
+    bool return_lse; /* also answer each query head's log-sum-exp (standard and
+                        tensor attention; not subgen) */
 } kvd_step_entry;
 
 /* kvd_step_run's outcomes (and the plan's). Every failure leaves the

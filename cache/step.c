@@ -115,7 +115,7 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
  * serves the group. With `weights` (h2o) each stream also gets the softmax
  * weight each of its slots received. */
 static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights,
-                            float *scratch)
+                            float *scratch, float *lse)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
@@ -129,7 +129,8 @@ static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n
             const size_t off = (i * cfg->heads + (size_t)g * group) * d;
             kvd_kv_segment seg[2];
             size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
-            kern->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
+            kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
+                             lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
             if (weights)
                 kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
         }
@@ -277,7 +278,8 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
 /* Tensor attention for every query of one entry (DESIGN.md §5): four
  * caches, O(n^2 d) per query, or one pass over the n^2 pair rows with the
  * standard kernels. */
-static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights)
+static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights,
+                          float *lse)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
@@ -297,17 +299,20 @@ static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_b
         for (size_t i = 0; i < e->m_q; i++) {
             const size_t off = (i * cfg->heads + (size_t)g * group) * d;
             const size_t visible = visible_tokens(e, n_before, i);
+            float *lse_i = lse ? lse + i * cfg->heads + (size_t)g * group : NULL;
             if (sess->pairs) {
                 /* the two-cache is standard attention over its first
                  * visible^2 pair rows, and the standard kernels read every
                  * dtype */
                 kvd_kv_segment seg[2];
                 size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
-                kvd_attention_kernels_get()->attend(seg, n_seg, e->q + off, group, cfg->scale, o + off);
+                kvd_attention_kernels_get()->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
+                                                        lse_i);
             } else if (f32) {
-                kern->four(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
+                kern->four_lse(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off, lse_i);
             } else {
-                kvd_tensor_four_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, o + off);
+                kvd_tensor_four_view_lse(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale,
+                                         o + off, lse_i);
             }
             if (weights) /* h2o: each pair's weight goes to both its tokens */
                 kvd_tensor_weights_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, weights);
@@ -440,11 +445,11 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m_q && sess->tensor_b && sess->subgen)
         attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
     else if (e->m_q && sess->tensor_b)
-        attend_tensor(sess, e, n_before, o, p->weights);
+        attend_tensor(sess, e, n_before, o, p->weights, r->lse);
     else if (e->m_q && sess->subgen)
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
-        attend_standard(sess, e, n_before, o, p->weights, p->scratch);
+        attend_standard(sess, e, n_before, o, p->weights, p->scratch, r->lse);
     if (sess->tensor_b && cfg->window)
         r->evicted = slide_window(sess, pool, e);
     else if (sess->subgen)
@@ -460,7 +465,7 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m)
         append_tokens(shadow, pool, e, p);
     if (e->m_q) {
-        attend_standard(shadow, e, shadow_before, exact, NULL, NULL);
+        attend_standard(shadow, e, shadow_before, exact, NULL, NULL, NULL);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }
@@ -476,6 +481,16 @@ int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const k
         kvd_pool_release(pool, plan.pages, plan.total_pages);
         rc = KVD_STEP_NOMEM;
     }
+    /* lse buffers of the entries that asked, before anything changes */
+    for (size_t i = 0; rc == KVD_STEP_OK && i < n; i++)
+        if (entries[i].return_lse && entries[i].m_q
+            && !(results[i].lse = malloc(entries[i].m_q * sess->config.heads * sizeof(float)))) {
+            for (size_t j = 0; j < i; j++)
+                free(results[j].lse);
+            free(results);
+            kvd_pool_release(pool, plan.pages, plan.total_pages);
+            rc = KVD_STEP_NOMEM;
+        }
     if (rc != KVD_STEP_OK) {
         kvd__step_plan_free(&plan, n);
         return rc;
@@ -503,8 +518,10 @@ void kvd_step_output_free(kvd_step_output *out)
 {
     if (!out)
         return;
-    for (size_t i = 0; out->results && i < out->n_results; i++)
+    for (size_t i = 0; out->results && i < out->n_results; i++) {
         free(out->results[i].o);
+        free(out->results[i].lse);
+    }
     free(out->results);
     memset(out, 0, sizeof *out);
 }

@@ -19,6 +19,9 @@
 /* What one entry produced. */
 typedef struct kvd_step_result {
     float *o;               /* [m_q][heads][head_dim]; NULL when m_q == 0 */
+    float *lse;             /* [m_q][heads] when the entry asked (return_lse) and
+                               m_q > 0, else NULL: log of each query head's
+                               softmax denominator, -inf where it sees no token */
     size_t tokens;          /* tokens per stream of the entry's layer after it */
     size_t evicted;         /* most tokens the entry evicted (or slid out of a
                                window) from one stream of its layer */

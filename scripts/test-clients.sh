@@ -38,6 +38,8 @@ echo "== kvd: Python client tests against $KVD_URL"
 timeout 300 python3 -m unittest -v tests/clients/test_kvd_client.py
 echo "== kvd: examples/tiny_decoder.py --check (attention in kvd vs local, f32 cache)"
 timeout 300 python3 examples/tiny_decoder.py --check
+echo "== kvd: examples/merge_context.py (a context split over two kvd, merged by lse, vs one)"
+timeout 300 python3 examples/merge_context.py --kvd "$KVD"
 
 kill -TERM "$pid"
 rc=0

@@ -474,10 +474,10 @@ END_TEST
 
 START_TEST(step_text_caps_values_outside_tensors)
 {
-    /* A valid body needs at most 9 values a step (8 members with "m"); more is refused before
+    /* A valid body needs at most 10 values a step (9 members with "m" and "return_lse"); more is refused before
      * cJSON builds them (here: the root's "steps" full of numbers). */
     lim.max_steps_per_request = 2;
-    ck_assert_uint_eq(kvd_step_body_max_values(&lim), 82);
+    ck_assert_uint_eq(kvd_step_body_max_values(&lim), 84);
     char text[1024] = "{\"steps\":[0";
     for (int i = 0; i < 100; i++)
         strcat(text, ",0");
@@ -488,7 +488,7 @@ START_TEST(step_text_caps_values_outside_tensors)
     ck_assert_int_eq(kvd_step_request_parse_text(text, strlen(text), &step_cfg, &lim, &req, &multi,
                                                  &err), -1);
     ASSERT_ERR(err, 400, "", "body has 103 JSON values besides the numbers of its arrays, "
-                             "more than the 82 a step body can need");
+                             "more than the 84 a step body can need");
 }
 END_TEST
 
