@@ -152,7 +152,8 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
         return;
     const kvd_step_request *req = &job->req;
     kvd_step_output out;
-    int rc = kvd_step_run(sess, s->shadow, api->pool, req->entries, req->n_entries, &out);
+    int rc = kvd_step_run_parallel(sess, s->shadow, api->pool, req->entries, req->n_entries, api->opt.parallel,
+                                   &out);
     if (rc != KVD_STEP_OK) {
         refuse(api, job, rc, out.need_pages);
         return;
