@@ -375,7 +375,9 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
     const bool tensor = sess->tensor_b != NULL;
     attend_split sp = {.sess = sess, .e = e, .n_before = n_before, .o = o, .tensor = tensor, .q_chunks = 1,
                        .chunk = e->m_q};
-    if (par && cfg->kv_heads * (size_t)e->m_q > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK) {
+    /* h2o splits by stream only: one stream (MQA) has nothing to split */
+    const size_t can_split = weights ? cfg->kv_heads : cfg->kv_heads * (size_t)e->m_q;
+    if (par && can_split > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK) {
         if (weights) {
             size_t most = 1;
             for (uint32_t g = 0; g < cfg->kv_heads; g++) {
