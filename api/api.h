@@ -108,6 +108,9 @@ typedef struct kvd_api_options {
                                   outlive the API */
     const char *id_prefix;     /* NULL or "": ids are 32 hex digits; else
                                   "<id_prefix>-<32 hex>" (copied at create) */
+    const struct kvd_parallel *parallel; /* NULL: each step on its worker alone;
+                                  else a large step's attention is split over
+                                  it (cache/step.h). Borrowed */
 } kvd_api_options;
 
 /* Counters the API keeps for /metrics (read with relaxed atomics). */

@@ -183,7 +183,8 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     kvd_step_output out;
     const double t1 = kvd_clock_mono();
     kvd_histogram_observe(&phase[KVD_PHASE_PARSE], t1 - t0);
-    int rc = kvd_step_run(sess, s->shadow, api->pool, req->entries, req->n_entries, &out);
+    int rc = kvd_step_run_parallel(sess, s->shadow, api->pool, req->entries, req->n_entries, api->opt.parallel,
+                                   &out);
     const double t2 = kvd_clock_mono();
     kvd_histogram_observe(&phase[KVD_PHASE_ATTEND], t2 - t1);
     if (rc != KVD_STEP_OK) {

@@ -5,7 +5,9 @@
  * slide the tensor window, rebuild pair rows after an eviction, and run the
  * exact shadow copy beside it. KIVI streams settle once at the end. Nothing
  * after the plan can fail; pages the bounds reserved but the step did not
- * use go back to the pool. */
+ * use go back to the pool. A large entry's attention runs as (stream, query
+ * range) pieces on a kvd_parallel executor. (Just over 600 lines: the
+ * entry's phases read best side by side in one file.) */
 #include "cache/step.h"
 
 #include <assert.h>
@@ -110,33 +112,31 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
     }
 }
 
-/* Attention for every query of one entry. Query heads g*group ..
- * g*group+group-1 share kv head g and are adjacent in q, so one kernel call
- * serves the group. With `weights` (h2o) each stream also gets the softmax
- * weight each of its slots received. */
-static void attend_standard(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights,
-                            float *scratch, float *lse)
+/* Attention of stream g for queries [i0, i1) of one entry. Query heads
+ * g*group .. g*group+group-1 share kv head g and are adjacent in q, so one
+ * kernel call serves the group. With `weights` (h2o; then i0 = 0, i1 = m_q)
+ * the stream also gets the softmax weight each of its slots received. */
+static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g,
+                                  size_t i0, size_t i1, float *o, float *weights, float *scratch, float *lse)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
     const uint32_t group = cfg->heads / cfg->kv_heads;
     const size_t d = cfg->head_dim;
-    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-        kvd_stream *s = kvd_session_stream(sess, e->layer, g);
+    kvd_stream *s = kvd_session_stream(sess, e->layer, g);
+    if (weights)
+        memset(weights, 0, s->n_tokens * sizeof(float));
+    for (size_t i = i0; i < i1; i++) {
+        const size_t off = (i * cfg->heads + (size_t)g * group) * d;
+        kvd_kv_segment seg[2];
+        size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
+        kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
+                         lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
         if (weights)
-            memset(weights, 0, s->n_tokens * sizeof(float));
-        for (size_t i = 0; i < e->m_q; i++) {
-            const size_t off = (i * cfg->heads + (size_t)g * group) * d;
-            kvd_kv_segment seg[2];
-            size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
-            kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
-                             lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
-            if (weights)
-                kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
-        }
-        if (weights)
-            kvd_stream_add_weights(s, weights, s->n_tokens);
+            kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
     }
+    if (weights)
+        kvd_stream_add_weights(s, weights, s->n_tokens);
 }
 
 /* subgen (DESIGN.md §4): each query head of group g reads kv head g's
@@ -275,11 +275,12 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
     return most;
 }
 
-/* Tensor attention for every query of one entry (DESIGN.md §5): four
- * caches, O(n^2 d) per query, or one pass over the n^2 pair rows with the
- * standard kernels. */
-static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *weights,
-                          float *lse)
+/* Tensor attention of stream g for queries [i0, i1) of one entry
+ * (DESIGN.md §5): four caches, O(n^2 d) per query, or one pass over the n^2
+ * pair rows with the standard kernels. With `weights` (h2o; then i0 = 0,
+ * i1 = m_q) each pair's weight goes to both its tokens. */
+static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g, size_t i0,
+                                size_t i1, float *o, float *weights, float *lse)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
@@ -288,37 +289,131 @@ static void attend_tensor(kvd_session *sess, const kvd_step_entry *e, size_t n_b
     /* The SIMD tensor kernels read f32 pages; every other dtype (KIVI's two
      * segments included) runs the scalar kernel over dequantized rows. */
     const bool f32 = cfg->cache.dtype == KVD_DTYPE_F32;
-    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
-        const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
-        const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
-        const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
-        kvd_stream *s = &sess->streams[idx];
-        if (weights)
-            memset(weights, 0, s->n_tokens * sizeof(float));
-        for (size_t i = 0; i < e->m_q; i++) {
-            const size_t off = (i * cfg->heads + (size_t)g * group) * d;
-            const size_t visible = visible_tokens(e, n_before, i);
-            float *lse_i = lse ? lse + i * cfg->heads + (size_t)g * group : NULL;
-            if (sess->pairs) {
-                /* the two-cache is standard attention over its first
-                 * visible^2 pair rows, and the standard kernels read every
-                 * dtype */
-                kvd_kv_segment seg[2];
-                size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
-                kvd_attention_kernels_get()->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
-                                                        lse_i);
-            } else if (f32) {
-                kern->four_lse(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off, lse_i);
-            } else {
-                kvd_tensor_four_view_lse(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale,
-                                         o + off, lse_i);
-            }
-            if (weights) /* h2o: each pair's weight goes to both its tokens */
-                kvd_tensor_weights_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, weights);
+    const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+    const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
+    const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
+    const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
+    kvd_stream *s = &sess->streams[idx];
+    if (weights)
+        memset(weights, 0, s->n_tokens * sizeof(float));
+    for (size_t i = i0; i < i1; i++) {
+        const size_t off = (i * cfg->heads + (size_t)g * group) * d;
+        const size_t visible = visible_tokens(e, n_before, i);
+        float *lse_i = lse ? lse + i * cfg->heads + (size_t)g * group : NULL;
+        if (sess->pairs) {
+            /* the two-cache is standard attention over its first
+             * visible^2 pair rows, and the standard kernels read every
+             * dtype */
+            kvd_kv_segment seg[2];
+            size_t n_seg = kvd_stream_segments(&sess->pairs[idx], visible * visible, seg);
+            kvd_attention_kernels_get()->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off, lse_i);
+        } else if (f32) {
+            kern->four_lse(&a, &b, visible, cfg->window, e->q + off, group, cfg->scale, o + off, lse_i);
+        } else {
+            kvd_tensor_four_view_lse(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, o + off,
+                                     lse_i);
         }
-        if (weights)
-            kvd_stream_add_weights(s, weights, s->n_tokens);
+        if (weights) /* h2o: each pair's weight goes to both its tokens */
+            kvd_tensor_weights_view(&av, &bv, visible, cfg->window, e->q + off, group, cfg->scale, weights);
+    }
+    if (weights)
+        kvd_stream_add_weights(s, weights, s->n_tokens);
+}
+
+/* One entry's standard or tensor attention, split into pieces (stream g,
+ * queries [i0, i1)): piece p is stream p / q_chunks, query chunk
+ * p % q_chunks. Pieces write disjoint rows of o; with h2o a stream is one
+ * piece (q_chunks = 1) with its own weights and scratch rows, so its sums
+ * run in the unsplit order. */
+typedef struct attend_split {
+    kvd_session *sess;
+    const kvd_step_entry *e;
+    size_t n_before;
+    float *o;
+    float *lse;             /* [m_q][heads] log-sum-exp, or NULL */
+    bool tensor;
+    size_t q_chunks, chunk; /* chunks per stream, queries per chunk */
+    float *weights;         /* h2o: [kv_heads][stride] or NULL */
+    float *scratch;         /* h2o standard: [kv_heads][stride] */
+    size_t stride;
+} attend_split;
+
+static void attend_piece(void *ctx, size_t piece)
+{
+    const attend_split *sp = ctx;
+    const uint32_t g = (uint32_t)(piece / sp->q_chunks);
+    const size_t i0 = (piece % sp->q_chunks) * sp->chunk;
+    const size_t i1 = i0 + sp->chunk < sp->e->m_q ? i0 + sp->chunk : sp->e->m_q;
+    float *w = sp->weights ? sp->weights + (size_t)g * sp->stride : NULL;
+    if (sp->tensor)
+        attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse);
+    else
+        attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w,
+                              w ? sp->scratch + (size_t)g * sp->stride : NULL, sp->lse);
+}
+
+/* KVD_STEP_SPLIT_WORK's estimate for one entry: the last query sees the
+ * most, so m_q x that bounds the sum. */
+static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, size_t n_before)
+{
+    const kvd_session_config *cfg = &sess->config;
+    uint64_t n = visible_tokens(e, n_before, e->m_q - 1);
+    if (sess->tensor_b)
+        n *= n; /* four caches: n^2 pairs; two-cache: n^2 pair rows */
+    return (uint64_t)e->m_q * n * cfg->head_dim * cfg->heads;
+}
+
+/* Pieces per entry the split aims at: enough for the dynamic schedule to
+ * even out uneven pieces (causal prefill) on a handful of cores. */
+#define SPLIT_PIECES 32
+
+/* Attention for every query of one entry (standard, or tensor when the
+ * session has tensor_b), split over par when the entry is large enough.
+ * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
+ * unsplit run uses; a split one allocates a row per stream, and runs
+ * unsplit if it cannot. */
+static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *lse,
+                         float *weights, float *scratch, const kvd_parallel *par)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const bool tensor = sess->tensor_b != NULL;
+    attend_split sp = {.sess = sess, .e = e, .n_before = n_before, .o = o, .lse = lse, .tensor = tensor,
+                       .q_chunks = 1, .chunk = e->m_q};
+    /* h2o splits by stream only: one stream (MQA) has nothing to split */
+    const size_t can_split = weights ? cfg->kv_heads : cfg->kv_heads * (size_t)e->m_q;
+    if (par && can_split > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK) {
+        if (weights) {
+            size_t most = 1;
+            for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+                const size_t n = kvd_session_stream(sess, e->layer, g)->n_tokens;
+                most = n > most ? n : most;
+            }
+            sp.stride = most;
+            sp.weights = malloc((size_t)cfg->kv_heads * most * sizeof(float));
+            sp.scratch = tensor ? NULL : malloc((size_t)cfg->kv_heads * most * sizeof(float));
+            if (sp.weights && (tensor || sp.scratch)) {
+                par->run(par->self, &sp, attend_piece, cfg->kv_heads);
+                free(sp.weights);
+                free(sp.scratch);
+                return;
+            }
+            free(sp.weights); /* no memory for the split: run it on this thread */
+            free(sp.scratch);
+            sp.weights = sp.scratch = NULL;
+        } else {
+            const size_t want = (SPLIT_PIECES + cfg->kv_heads - 1) / cfg->kv_heads;
+            sp.q_chunks = want < e->m_q ? want : e->m_q;
+            sp.chunk = (e->m_q + sp.q_chunks - 1) / sp.q_chunks;
+            sp.q_chunks = (e->m_q + sp.chunk - 1) / sp.chunk; /* no empty chunk */
+            par->run(par->self, &sp, attend_piece, (size_t)cfg->kv_heads * sp.q_chunks);
+            return;
+        }
+    }
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        if (tensor)
+            attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse);
+        else
+            attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, lse);
     }
 }
 
@@ -434,7 +529,8 @@ static void shadow_compare(const float *o, const float *exact, size_t n, kvd_ste
 
 /* One entry on the session, then on its shadow copy. */
 static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *e,
-                      kvd__step_plan *p, float *o, float *exact, kvd_step_result *r, uint64_t *evicted_total)
+                      kvd__step_plan *p, float *o, float *exact, kvd_step_result *r, uint64_t *evicted_total,
+                      const kvd_parallel *par)
 {
     const kvd_session_config *cfg = &sess->config;
     const size_t n_before = kvd_session_stream(sess, e->layer, 0)->n_tokens;
@@ -445,11 +541,11 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m_q && sess->tensor_b && sess->subgen)
         attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
     else if (e->m_q && sess->tensor_b)
-        attend_tensor(sess, e, n_before, o, p->weights, r->lse);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, par);
     else if (e->m_q && sess->subgen)
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
-        attend_standard(sess, e, n_before, o, p->weights, p->scratch, r->lse);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, par);
     if (sess->tensor_b && cfg->window)
         r->evicted = slide_window(sess, pool, e);
     else if (sess->subgen)
@@ -465,13 +561,19 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m)
         append_tokens(shadow, pool, e, p);
     if (e->m_q) {
-        attend_standard(shadow, e, shadow_before, exact, NULL, NULL, NULL);
+        attend_entry(shadow, e, shadow_before, exact, NULL, NULL, NULL, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }
 
 int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
                  size_t n, kvd_step_output *out)
+{
+    return kvd_step_run_parallel(sess, shadow, pool, entries, n, NULL, out);
+}
+
+int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
+                          size_t n, const kvd_parallel *par, kvd_step_output *out)
 {
     memset(out, 0, sizeof *out);
     kvd__step_plan plan;
@@ -499,7 +601,7 @@ int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const k
     /* From here on nothing can fail: the step is applied whole. */
     for (size_t i = 0; i < n; i++) {
         run_entry(sess, shadow, pool, &entries[i], &plan, plan.outputs[i], plan.exact ? plan.exact[i] : NULL,
-                  &results[i], &out->evicted_total);
+                  &results[i], &out->evicted_total, par);
         out->tokens_in += entries[i].m;
         results[i].o = plan.outputs[i];
         plan.outputs[i] = NULL; /* handed over to the result */

@@ -4,7 +4,8 @@
  * changed or runs to the end: append, attend, score, evict or slide the
  * window, keep a two-cache's pair rows, settle KIVI, measure the shadow
  * error. Plain structs in and out: no JSON, no HTTP. Not thread-safe: one
- * step of a session at a time (the API's per-session queue). */
+ * step of a session at a time (the API's per-session queue); a large step's
+ * attention may itself be split over a kvd_parallel executor. */
 #ifndef KVD_CACHE_STEP_H
 #define KVD_CACHE_STEP_H
 
@@ -41,12 +42,37 @@ typedef struct kvd_step_output {
     size_t need_pages;         /* pages the step asked for at once */
 } kvd_step_output;
 
+/* A parallel-for the step engine can use without knowing about threads:
+ * run(self, ctx, fn, n) calls fn(ctx, i) exactly once for every i in
+ * [0, n) and returns when all have returned. It must not fail: when no
+ * helper is free the calling thread runs every piece itself. Pieces write
+ * disjoint memory. */
+typedef void (*kvd_parallel_fn)(void *ctx, size_t i);
+typedef struct kvd_parallel {
+    void (*run)(void *self, void *ctx, kvd_parallel_fn fn, size_t n);
+    void *self;
+} kvd_parallel;
+
+/* Estimated multiply-adds (visible tokens x head_dim x query heads, summed
+ * over an entry's queries; tensor four/two-cache: visible^2 tokens) from
+ * which an entry's attention is split into (stream, query range) pieces.
+ * Below it (a small decode: 8 heads, d 64, n 1k is 2^19) one thread runs it. */
+#define KVD_STEP_SPLIT_WORK ((uint64_t)1 << 21)
+
 /* Runs entries[0 .. n) in order on sess (and on shadow, an exact f32 copy of
  * sess with no policy, or NULL). On KVD_STEP_OK, out holds one result per
  * entry (free with kvd_step_output_free); otherwise out->results is NULL and
  * need_pages says what the pool could not give. */
 int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
                  size_t n, kvd_step_output *out);
+
+/* kvd_step_run whose large entries' attention (standard, tensor four and
+ * two-cache, the shadow copy's, h2o scoring) runs as pieces on par (NULL:
+ * one thread). Every piece runs the same kernel calls on the same inputs as
+ * the unsplit step, and one stream's h2o weights stay in one piece, in
+ * query order: outputs and eviction are bit-identical to kvd_step_run. */
+int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
+                          size_t n, const kvd_parallel *par, kvd_step_output *out);
 
 /* Frees the results' buffers; out is left empty. NULL-safe. */
 void kvd_step_output_free(kvd_step_output *out);

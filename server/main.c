@@ -29,6 +29,7 @@ typedef struct kvd_main {
     uv_timer_t expiry;         /* idle sessions past their ttl, once a second */
     kvd_http_server *http;
     kvd_workers *workers;
+    kvd_parallel parallel;     /* the workers lent to a large step */
     kvd_router router;
     int shutting_down;
     unsigned drain_ms;
@@ -119,6 +120,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvd: cannot start %u workers: %s\n", cfg.threads, strerror(-rc));
         return 1;
     }
+    m.parallel = kvd_workers_parallel(m.workers);
     kvd_api_options aopt = {
         .memory_bytes = cfg.memory,
         .page_bytes = cfg.page_bytes,
@@ -130,6 +132,7 @@ int main(int argc, char **argv)
         .on_full_evict = cfg.on_full_evict,
         .keys = &keys,
         .id_prefix = cfg.id_prefix,
+        .parallel = &m.parallel,
     };
     kvd_api *api;
     rc = kvd_api_create(&aopt, kvd_workers_submit, m.workers, kvd_router_respond, &api);
