@@ -231,36 +231,38 @@ static void healthz(int port, const char *what, int n, double *t)
     report(what, t, n, 0);
 }
 
+/* kvd's stderr (its access log too) goes to a file, never a pipe nobody
+ * drains; the port is read from its "listening on" line. */
 static pid_t start_kvd(const char *exe, int *port)
 {
-    int p[2];
-    if (pipe(p) != 0)
-        return -1;
+    char log[128];
+    snprintf(log, sizeof log, "/tmp/kvd_bench_small_step_%d.log", (int)getpid());
     pid_t pid = fork();
     if (pid == 0) {
-        dup2(p[1], 2);
-        dup2(p[1], 1);
-        close(p[0]);
+        if (!freopen(log, "w", stderr))
+            _exit(127);
         execl(exe, exe, "--port", "0", "--memory", "512MiB", (char *)NULL);
         _exit(127);
     }
-    close(p[1]);
-    FILE *f = fdopen(p[0], "r");
-    char line[512];
     *port = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        const char *u = strstr(line, "listening on http://");
-        if (u && (u = strrchr(u, ':'))) {
-            *port = atoi(u + 1);
-            break;
+    for (int i = 0; i < 200 && !*port; i++) {
+        usleep(20000);
+        FILE *f = fopen(log, "r");
+        char line[512];
+        while (f && fgets(line, sizeof line, f)) {
+            const char *u = strstr(line, "listening on http://");
+            if (u && (u = strrchr(u, ':')))
+                *port = atoi(u + 1);
         }
+        if (f)
+            fclose(f);
     }
-    return pid; /* the pipe stays open: kvd's later stderr lines wait in it */
+    return pid;
 }
 
 static pid_t start_nginx(int *port)
 {
-    *port = 18000 + (int)(getpid() % 20000);
+    *port = 20000 + (int)(getpid() % 10000); /* below the ephemeral range */
     char conf[256];
     snprintf(conf, sizeof conf, "/tmp/kvd_bench_nginx_%d.conf", (int)getpid());
     FILE *f = fopen(conf, "w");
@@ -270,7 +272,7 @@ static pid_t start_nginx(int *port)
             "daemon off; master_process off; worker_processes 1; error_log /dev/null; "
             "pid /tmp/kvd_bench_nginx_%d.pid;\n"
             "events { worker_connections 64; }\n"
-            "http { access_log off; client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp; "
+            "http { access_log off; keepalive_requests 1000000; client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp; "
             "uwsgi_temp_path /tmp; scgi_temp_path /tmp;\n"
             "  server { listen 127.0.0.1:%d; location / { return 200 \"ok\\n\"; } } }\n",
             (int)getpid(), *port);
@@ -282,7 +284,7 @@ static pid_t start_nginx(int *port)
         execlp("nginx", "nginx", "-c", conf, "-p", "/tmp", (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 50; i++) {
+    for (int i = 0; i < 150; i++) {
         int fd = dial(*port);
         if (fd >= 0) {
             close(fd);
