@@ -3,7 +3,9 @@
  * and "b64:" strings of little-endian f32 into malloc'd f32 arrays that the
  * caller owns, with every number checked finite as an f32 and the shape rules
  * of wire.h; and encoding output tensors back the same two ways.
- * Pure functions of their arguments: safe to call from any worker thread. */
+ * Pure functions of their arguments: safe to call from any worker thread.
+ * Over 600 lines because encoding into a response buffer shares the b64
+ * writer and the f32 rules with the rest; splitting it out is a follow-up. */
 #include "api/wire.h"
 
 #include <float.h>
