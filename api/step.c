@@ -7,8 +7,6 @@
 
 #include <stdlib.h>
 
-#include <cJSON.h>
-
 #include "api/json.h"
 #include "api/step_body.h"
 #include "api/wire.h"
@@ -89,7 +87,8 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_output *
     }
 }
 
-/* {"o", "tokens", "evicted"} of one entry, with "shadow" when measured. */
+/* The same entry as a cJSON object, for the items of a /v1/batch answer
+ * (api/batch.c builds that answer as a tree). */
 cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
                          kvd_wire_encoding enc)
 {
@@ -127,27 +126,54 @@ cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_en
     return obj;
 }
 
-/* One entry's object, or {"steps": [...]} when the body used "steps". */
-static cJSON *render(const kvd_session_config *cfg, const kvd_step_request *req, bool multi,
-                     const kvd_step_output *out)
+/* {"o", "tokens", "evicted"} of one entry, with "shadow" when measured,
+ * written straight into the response text (no cJSON tree: the output
+ * tensor's numbers are formatted once each, b64 encoded in place). */
+static void entry_json(kvd_wire_buf *b, const kvd_session_config *cfg, const kvd_step_entry *e,
+                       const kvd_step_result *r, kvd_wire_encoding enc)
 {
-    if (!multi)
-        return kvd__api_step_entry_json(cfg, &req->entries[0], &out->results[0], req->encoding);
-    cJSON *obj = cJSON_CreateObject();
-    cJSON *arr = obj ? cJSON_AddArrayToObject(obj, "steps") : NULL;
-    if (!arr) {
-        cJSON_Delete(obj);
+    kvd_wire_buf_put(b, "{\"o\":", 5);
+    kvd_wire_buf_tensor(b, r->o, e->m_q * cfg->heads * cfg->head_dim, enc);
+    if (r->lse) { /* [m_q][heads]; JSON has no -inf: null there (b64 keeps -inf) */
+        kvd_wire_buf_put(b, ",\"lse\":", 7);
+        kvd_wire_buf_tensor(b, r->lse, e->m_q * cfg->heads, enc);
+    }
+    kvd_wire_buf_put(b, ",\"tokens\":", 10);
+    kvd_wire_buf_size(b, r->tokens);
+    kvd_wire_buf_put(b, ",\"evicted\":", 11);
+    kvd_wire_buf_size(b, r->evicted);
+    if (r->has_shadow) {
+        kvd_wire_buf_puts(b, ",\"shadow\":{\"relative_error\":");
+        kvd_wire_buf_double(b, r->relative_error);
+        kvd_wire_buf_puts(b, ",\"max_abs_error\":");
+        kvd_wire_buf_double(b, r->max_abs_error);
+        kvd_wire_buf_put(b, "}", 1);
+    }
+    kvd_wire_buf_put(b, "}", 1);
+}
+
+/* One entry's object, or {"steps": [...]} when the body used "steps".
+ * Returns the malloc'd text, or NULL when an allocation failed. */
+static char *render(const kvd_session_config *cfg, const kvd_step_request *req, bool multi,
+                    const kvd_step_output *out)
+{
+    kvd_wire_buf b = {0};
+    if (!multi) {
+        entry_json(&b, cfg, &req->entries[0], &out->results[0], req->encoding);
+    } else {
+        kvd_wire_buf_put(&b, "{\"steps\":[", 10);
+        for (size_t i = 0; i < req->n_entries; i++) {
+            if (i)
+                kvd_wire_buf_put(&b, ",", 1);
+            entry_json(&b, cfg, &req->entries[i], &out->results[i], req->encoding);
+        }
+        kvd_wire_buf_put(&b, "]}", 2);
+    }
+    if (b.failed) {
+        kvd_wire_buf_free(&b);
         return NULL;
     }
-    for (size_t i = 0; i < req->n_entries; i++) {
-        cJSON *r = kvd__api_step_entry_json(cfg, &req->entries[i], &out->results[i], req->encoding);
-        if (!r) {
-            cJSON_Delete(obj);
-            return NULL;
-        }
-        cJSON_AddItemToArray(arr, r);
-    }
-    return obj;
+    return b.p;
 }
 
 void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries, const kvd_step_output *out,
@@ -195,16 +221,8 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     job->seconds = kvd_clock_mono() - t0;
     const kvd_session_config *cfg = &sess->config;
 
-    /* Render. A failure here leaves the step applied and says so; one
-     * inside cJSON (a member left out) counts as a failure too. */
-    kvd__api_json_oom_reset();
-    cJSON *body = render(cfg, req, job->multi, &out);
-    char *json = body ? cJSON_PrintUnformatted(body) : NULL;
-    cJSON_Delete(body);
-    if (json && kvd__api_json_oom()) {
-        free(json);
-        json = NULL;
-    }
+    /* Render. A failure here leaves the step applied and says so. */
+    char *json = render(cfg, req, job->multi, &out);
     kvd_histogram_observe(&phase[KVD_PHASE_RENDER], kvd_clock_mono() - t2);
     if (json)
         kvd__api_response_json(&job->resp, 200, json);

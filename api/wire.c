@@ -3,7 +3,9 @@
  * and "b64:" strings of little-endian f32 into malloc'd f32 arrays that the
  * caller owns, with every number checked finite as an f32 and the shape rules
  * of wire.h; and encoding output tensors back the same two ways.
- * Pure functions of their arguments: safe to call from any worker thread. */
+ * Pure functions of their arguments: safe to call from any worker thread.
+ * Over 600 lines because encoding into a response buffer shares the b64
+ * writer and the f32 rules with the rest; splitting it out is a follow-up. */
 #include "api/wire.h"
 
 #include <float.h>
@@ -67,28 +69,20 @@ static inline unsigned char le_byte(const float *x, size_t i)
 #endif
 }
 
-/* Returns malloc'd text (caller frees) or NULL on allocation failure or if
- * the encoded length would not fit in size_t. */
-char *kvd_wire_b64_encode_f32(const float *x, size_t n)
+/* Writes the base64 of n little-endian f32s (no prefix) at p; returns the
+ * end. The caller sized p: (4n + 2) / 3 * 4 rounded up to whole groups. */
+static char *b64_write(const float *x, size_t n, char *p)
 {
-    /* 4 output chars per 3 input bytes; bound n so 4n, and the text, fit. */
-    if (n > (SIZE_MAX / 4 - B64_PREFIX_LEN - 8) / 2)
-        return NULL;
     const size_t nbytes = n * sizeof(float);
-    const size_t text_len = B64_PREFIX_LEN + (nbytes + 2) / 3 * 4;
-    char *out = malloc(text_len + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, B64_PREFIX, B64_PREFIX_LEN);
-    char *p = out + B64_PREFIX_LEN;
     size_t i = 0;
     for (; i + 3 <= nbytes; i += 3) {
         uint32_t v = (uint32_t)le_byte(x, i) << 16 | (uint32_t)le_byte(x, i + 1) << 8
                      | le_byte(x, i + 2);
-        *p++ = b64_alphabet[v >> 18];
-        *p++ = b64_alphabet[(v >> 12) & 63];
-        *p++ = b64_alphabet[(v >> 6) & 63];
-        *p++ = b64_alphabet[v & 63];
+        p[0] = b64_alphabet[v >> 18];
+        p[1] = b64_alphabet[(v >> 12) & 63];
+        p[2] = b64_alphabet[(v >> 6) & 63];
+        p[3] = b64_alphabet[v & 63];
+        p += 4;
     }
     if (nbytes - i == 1) {
         uint32_t v = (uint32_t)le_byte(x, i) << 16;
@@ -103,6 +97,23 @@ char *kvd_wire_b64_encode_f32(const float *x, size_t n)
         *p++ = b64_alphabet[(v >> 6) & 63];
         *p++ = '=';
     }
+    return p;
+}
+
+/* Returns malloc'd text (caller frees) or NULL on allocation failure or if
+ * the encoded length would not fit in size_t. */
+char *kvd_wire_b64_encode_f32(const float *x, size_t n)
+{
+    /* 4 output chars per 3 input bytes; bound n so 4n, and the text, fit. */
+    if (n > (SIZE_MAX / 4 - B64_PREFIX_LEN - 8) / 2)
+        return NULL;
+    const size_t nbytes = n * sizeof(float);
+    const size_t text_len = B64_PREFIX_LEN + (nbytes + 2) / 3 * 4;
+    char *out = malloc(text_len + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, B64_PREFIX, B64_PREFIX_LEN);
+    char *p = b64_write(x, n, out + B64_PREFIX_LEN);
     *p = '\0';
     return out;
 }
@@ -550,4 +561,146 @@ cJSON *kvd_wire_encode(const float *x, size_t n, kvd_wire_encoding enc)
         cJSON_AddItemToArray(arr, num);
     }
     return arr;
+}
+
+/* ---- text straight into a response buffer ------------------------------ */
+
+bool kvd_wire_buf_reserve(kvd_wire_buf *b, size_t n)
+{
+    if (b->failed)
+        return false;
+    if (b->cap - b->len > n)
+        return true;
+    if (n > SIZE_MAX / 2 - b->len - 1) {
+        b->failed = true;
+        return false;
+    }
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < n + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->failed = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void kvd_wire_buf_put(kvd_wire_buf *b, const char *s, size_t n)
+{
+    if (!kvd_wire_buf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void kvd_wire_buf_puts(kvd_wire_buf *b, const char *s)
+{
+    kvd_wire_buf_put(b, s, strlen(s));
+}
+
+void kvd_wire_buf_size(kvd_wire_buf *b, size_t v)
+{
+    char tmp[24];
+    char *e = tmp + sizeof tmp, *p = e;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    kvd_wire_buf_put(b, p, (size_t)(e - p));
+}
+
+void kvd_wire_buf_double(kvd_wire_buf *b, double v)
+{
+    if (!isfinite(v)) {
+        kvd_wire_buf_put(b, "null", 4);
+        return;
+    }
+    char tmp[32];
+    int k = snprintf(tmp, sizeof tmp, "%.15g", v);
+    if (strtod(tmp, NULL) != v)
+        k = snprintf(tmp, sizeof tmp, "%.17g", v);
+    kvd_wire_buf_put(b, tmp, (size_t)k);
+}
+
+void kvd_wire_buf_free(kvd_wire_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* One f32 as JSON text at p (room for 16 bytes and a NUL); returns its
+ * length. "%.9g" reads back as the same f32 (9 significant digits always
+ * do); only +-FLT_MAX print above FLT_MAX, so they are written 3.40282346e+38
+ * (still FLT_MAX when read back, and not refused as beyond it). */
+static size_t f32_text(float x, char *p)
+{
+    if (!isfinite(x)) {
+        memcpy(p, "null", 5);
+        return 4;
+    }
+    if (fabsf(x) == FLT_MAX) {
+        const char *t = x < 0 ? "-3.40282346e+38" : "3.40282346e+38";
+        const size_t n = strlen(t);
+        memcpy(p, t, n + 1);
+        return n;
+    }
+    /* Small integers (common in tests and masks) without the formatter. */
+    if (fabsf(x) < 1e6f && x == (float)(int32_t)x && !(x == 0 && signbit(x))) {
+        int32_t v = (int32_t)x;
+        char tmp[12];
+        char *e = tmp + sizeof tmp, *q = e;
+        uint32_t u = v < 0 ? (uint32_t)(-(int64_t)v) : (uint32_t)v;
+        do {
+            *--q = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (v < 0)
+            *--q = '-';
+        const size_t n = (size_t)(e - q);
+        memcpy(p, q, n);
+        p[n] = '\0';
+        return n;
+    }
+    return (size_t)snprintf(p, 17, "%.9g", (double)x);
+}
+
+void kvd_wire_buf_tensor(kvd_wire_buf *b, const float *x, size_t n, kvd_wire_encoding enc)
+{
+    if (enc == KVD_WIRE_ENCODING_B64) {
+        if (n > (SIZE_MAX / 4 - B64_PREFIX_LEN - 8) / 2) {
+            b->failed = true;
+            return;
+        }
+        const size_t text = (n * sizeof(float) + 2) / 3 * 4;
+        if (!kvd_wire_buf_reserve(b, text + B64_PREFIX_LEN + 2))
+            return;
+        char *p = b->p + b->len;
+        memcpy(p, "\"" B64_PREFIX, B64_PREFIX_LEN + 1);
+        p = b64_write(x, n, p + B64_PREFIX_LEN + 1);
+        *p++ = '"';
+        *p = '\0';
+        b->len = (size_t)(p - b->p);
+        return;
+    }
+    /* At most 15 characters a number ("-3.40282346e+38") and a comma. */
+    if (n > (SIZE_MAX - 64) / 17) {
+        b->failed = true;
+        return;
+    }
+    if (!kvd_wire_buf_reserve(b, n * 16 + 2))
+        return;
+    char *p = b->p + b->len;
+    *p++ = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        p += f32_text(x[i], p);
+    }
+    *p++ = ']';
+    *p = '\0';
+    b->len = (size_t)(p - b->p);
 }

@@ -4,6 +4,7 @@
 #ifndef KVD_API_WIRE_H
 #define KVD_API_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <cJSON.h>
@@ -47,6 +48,31 @@ int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire
 /* Encodes n floats as a cJSON value: a flat number array (JSON) or a
  * "b64:..." string. Returns NULL on allocation failure; caller owns it. */
 cJSON *kvd_wire_encode(const float *x, size_t n, kvd_wire_encoding enc);
+
+/* A growable text buffer that responses are written straight into (no
+ * cJSON tree, one allocation that the response then owns). Once an
+ * allocation fails, `failed` is set and later writes do nothing. */
+typedef struct kvd_wire_buf {
+    char *p;     /* NUL-terminated text (malloc'd; NULL until written) */
+    size_t len;
+    size_t cap;
+    bool failed;
+} kvd_wire_buf;
+
+/* Makes room for n more bytes (and the NUL); false once failed. */
+bool kvd_wire_buf_reserve(kvd_wire_buf *b, size_t n);
+void kvd_wire_buf_put(kvd_wire_buf *b, const char *s, size_t n);
+void kvd_wire_buf_puts(kvd_wire_buf *b, const char *s);
+void kvd_wire_buf_size(kvd_wire_buf *b, size_t v);   /* a decimal integer */
+void kvd_wire_buf_double(kvd_wire_buf *b, double v); /* shortest of %.15g / %.17g; null if not finite */
+void kvd_wire_buf_free(kvd_wire_buf *b);
+
+/* The JSON text of n floats, appended: a flat number array (each number
+ * formatted once with "%.9g", which reads back as the same f32; +-FLT_MAX as
+ * 3.40282346e+38, a non-finite value as null) or a "b64:..." string. The
+ * text is what kvd_wire_encode + cJSON_PrintUnformatted give, but for -0,
+ * written "-0", and integers of 10+ digits, written in e-notation. */
+void kvd_wire_buf_tensor(kvd_wire_buf *b, const float *x, size_t n, kvd_wire_encoding enc);
 
 /* Base64 (RFC 4648, with padding) of little-endian f32s, prefixed "b64:".
  * Returns malloc'd NUL-terminated text or NULL. */

@@ -528,6 +528,63 @@ START_TEST(encode_allocation_failure_is_null)
 }
 END_TEST
 
+/* The response writer (api/step.c renders with it): every finite f32 bit
+ * pattern tried reads back as the same f32, in JSON and b64, and the text
+ * matches what kvd_wire_encode + cJSON print for ordinary values. */
+START_TEST(buf_tensor_round_trip)
+{
+    uint32_t state = 777;
+    float x[1024];
+    for (size_t i = 0; i < 1024; i++) {
+        uint32_t u;
+        do {
+            state = state * 1664525u + 1013904223u;
+            u = state;
+            memcpy(&x[i], &u, sizeof u);
+        } while (!isfinite(x[i]));
+    }
+    x[0] = FLT_MAX, x[1] = -FLT_MAX, x[2] = -0.0f, x[3] = 12345.0f, x[4] = -7.0f, x[5] = FLT_MIN;
+    x[6] = 1e-45f, x[7] = 0.1f, x[8] = 16777216.0f, x[9] = -3.0e38f;
+    for (int enc = 0; enc < 2; enc++) {
+        kvd_wire_buf b = {0};
+        kvd_wire_buf_put(&b, "{\"o\":", 5);
+        kvd_wire_buf_tensor(&b, x, 1024, (kvd_wire_encoding)enc);
+        kvd_wire_buf_put(&b, "}", 1);
+        ck_assert(!b.failed);
+        ck_assert_uint_eq(strlen(b.p), b.len);
+        cJSON *back = cJSON_Parse(b.p);
+        ck_assert_ptr_nonnull(back);
+        float *out = NULL;
+        size_t rows = 0;
+        kvd_api_error err;
+        ck_assert_int_eq(kvd_wire_decode(cJSON_GetObjectItem(back, "o"), "o", SH(1, 1024), 1, &out, &rows, &err), 0);
+        for (size_t i = 0; i < 1024; i++)
+            ck_assert_msg(memcmp(&out[i], &x[i], 4) == 0, "enc %d i %zu: %.9g -> %.9g", enc, i, (double)x[i],
+                          (double)out[i]);
+        free(out);
+        cJSON_Delete(back);
+        kvd_wire_buf_free(&b);
+    }
+    const float y[5] = {1.0f, -0.5f, 0.1f, 3.0e38f, FLT_MAX};
+    kvd_wire_buf b = {0};
+    kvd_wire_buf_tensor(&b, y, 5, KVD_WIRE_ENCODING_JSON);
+    ck_assert_str_eq(b.p, "[1,-0.5,0.100000001,3.00000001e+38,3.40282346e+38]");
+    kvd_wire_buf_free(&b);
+    kvd_wire_buf_tensor(&b, y, 1, KVD_WIRE_ENCODING_B64);
+    ck_assert_str_eq(b.p, "\"b64:AACAPw==\"");
+    kvd_wire_buf_size(&b, 1234567890123u);
+    kvd_wire_buf_put(&b, " ", 1);
+    kvd_wire_buf_double(&b, 0.1);
+    kvd_wire_buf_put(&b, " ", 1);
+    kvd_wire_buf_double(&b, INFINITY);
+    ck_assert_str_eq(b.p, "\"b64:AACAPw==\"1234567890123 0.1 null");
+    kvd_wire_buf_free(&b);
+    kvd_wire_buf_tensor(&b, NULL, 0, KVD_WIRE_ENCODING_JSON);
+    ck_assert_str_eq(b.p, "[]");
+    kvd_wire_buf_free(&b);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("api/wire");
@@ -546,6 +603,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, encode_json_and_b64);
     tcase_add_test(tc, encode_round_trip_random);
     tcase_add_test(tc, encode_allocation_failure_is_null);
+    tcase_add_test(tc, buf_tensor_round_trip);
     suite_add_tcase(s, tc);
     return s;
 }
