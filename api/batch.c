@@ -177,15 +177,7 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
         json = refusal(api, rc, out.need_pages);
     } else {
         const double seconds = kvd_clock_mono() - t0;
-        kvd__api_json_oom_reset();
-        cJSON *o = kvd__api_step_entry_json(&s->cache->config, &entry, &out.results[0], b->enc);
-        json = o ? cJSON_PrintUnformatted(o) : NULL;
-        cJSON_Delete(o);
-        if (json && kvd__api_json_oom()) {
-            free(json);
-            json = NULL;
-        }
-        json = with_status(200, json);
+        json = with_status(200, kvd__api_step_entry_text(&s->cache->config, &entry, &out.results[0], b->enc));
         kvd_histogram_observe(&phase[KVD_PHASE_RENDER], kvd_clock_mono() - t2);
         if (!json)
             json = item_errorf(500, KVD_ERR_INTERNAL, NULL,

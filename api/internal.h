@@ -185,11 +185,13 @@ void kvd__api_job_free(api_job *job);
 /* api/step.c: runs a step job on a worker thread. */
 void kvd__api_step_run(kvd_api *api, api_job *job);
 
-/* Factored out of the step path for api/batch.c: one entry's response
- * object ({"o", "tokens", "evicted"[, "shadow"]}), and the accounting of an
- * applied step of n_entries (session and API counters, shadow error). */
-cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_entry *e,
-                                const kvd_step_result *r, kvd_wire_encoding enc);
+/* Factored out of the step path for api/batch.c: one entry's response text
+ * ({"o"[, "lse"], "tokens", "evicted"[, "shadow"]}, malloc'd; NULL when an
+ * allocation failed), the same writer a step's answer uses, and the
+ * accounting of an applied step of n_entries (session and API counters,
+ * shadow error). */
+char *kvd__api_step_entry_text(const kvd_session_config *cfg, const kvd_step_entry *e,
+                               const kvd_step_result *r, kvd_wire_encoding enc);
 void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries,
                            const kvd_step_output *out, double seconds);
 

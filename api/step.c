@@ -87,45 +87,6 @@ static void shadow_account(kvd_api *api, api_session *s, const kvd_step_output *
     }
 }
 
-/* The same entry as a cJSON object, for the items of a /v1/batch answer
- * (api/batch.c builds that answer as a tree). */
-cJSON *kvd__api_step_entry_json(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
-                         kvd_wire_encoding enc)
-{
-    cJSON *obj = cJSON_CreateObject();
-    cJSON *o = kvd_wire_encode(r->o, e->m_q * cfg->heads * cfg->head_dim, enc);
-    if (!obj || !o) {
-        cJSON_Delete(obj);
-        cJSON_Delete(o);
-        return NULL;
-    }
-    if (!cJSON_AddItemToObject(obj, "o", o)) { /* not attached: ours to free */
-        cJSON_Delete(obj);
-        cJSON_Delete(o);
-        return NULL;
-    }
-    if (r->lse) { /* [m_q][heads]; JSON has no -inf: null there (b64 keeps -inf) */
-        cJSON *lse = kvd_wire_encode(r->lse, e->m_q * cfg->heads, enc);
-        if (!lse || !cJSON_AddItemToObject(obj, "lse", lse)) {
-            cJSON_Delete(obj);
-            cJSON_Delete(lse);
-            return NULL;
-        }
-    }
-    cJSON_AddNumberToObject(obj, "tokens", (double)r->tokens);
-    cJSON_AddNumberToObject(obj, "evicted", (double)r->evicted);
-    if (r->has_shadow) {
-        cJSON *sh = cJSON_AddObjectToObject(obj, "shadow");
-        if (!sh) {
-            cJSON_Delete(obj);
-            return NULL;
-        }
-        cJSON_AddNumberToObject(sh, "relative_error", r->relative_error);
-        cJSON_AddNumberToObject(sh, "max_abs_error", r->max_abs_error);
-    }
-    return obj;
-}
-
 /* {"o", "tokens", "evicted"} of one entry, with "shadow" when measured,
  * written straight into the response text (no cJSON tree: the output
  * tensor's numbers are formatted once each, b64 encoded in place). */
@@ -150,6 +111,18 @@ static void entry_json(kvd_wire_buf *b, const kvd_session_config *cfg, const kvd
         kvd_wire_buf_put(b, "}", 1);
     }
     kvd_wire_buf_put(b, "}", 1);
+}
+
+char *kvd__api_step_entry_text(const kvd_session_config *cfg, const kvd_step_entry *e, const kvd_step_result *r,
+                               kvd_wire_encoding enc)
+{
+    kvd_wire_buf b = {0};
+    entry_json(&b, cfg, e, r, enc);
+    if (b.failed) {
+        kvd_wire_buf_free(&b);
+        return NULL;
+    }
+    return b.p;
 }
 
 /* One entry's object, or {"steps": [...]} when the body used "steps".
