@@ -325,16 +325,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     pid_t kvd = port ? 0 : start_kvd(argv[0]);
 
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512], cpu[256] = "unknown";
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "model name", 10)) {
-            snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
-            cpu[strcspn(cpu, "\n")] = '\0';
-            break;
-        }
-    if (f)
-        fclose(f);
+    char cpu[256];
+    bench_cpu_model(cpu, sizeof cpu);
     printf("batch_load: %d sessions x %d layers, %d heads / %d kv heads, d %d, prefill %d, b64; "
            "%ld CPUs: %s; kvd on 127.0.0.1:%d\n",
            n_sessions, n_layers, HEADS, KV_HEADS, HEAD_DIM, prefill, sysconf(_SC_NPROCESSORS_ONLN), cpu, port);

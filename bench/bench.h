@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #if defined(__x86_64__)
@@ -27,6 +28,28 @@ static inline int bench_cmp_double(const void *a, const void *b)
 {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* The CPU's model name from /proc/cpuinfo ("unknown CPU" where there is
+ * none, e.g. on arm64 kernels that print no model name): every bench names
+ * the machine its ratios came from. */
+static inline void bench_cpu_model(char *out, size_t len)
+{
+    snprintf(out, len, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *c = strchr(line, ':');
+            if (c && c[1]) {
+                snprintf(out, len, "%s", c + 2);
+                out[strcspn(out, "\n")] = 0;
+            }
+            break;
+        }
+    fclose(f);
 }
 
 /* Median of n timings (sorts t); n odd keeps it one real run. */

@@ -48,25 +48,6 @@ static float *tensor(uint64_t *s, size_t n)
     return x;
 }
 
-static void cpu_name(char *out, size_t len)
-{
-    snprintf(out, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[256];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *c = strchr(line, ':');
-            if (c) {
-                snprintf(out, len, "%s", c + 2);
-                out[strcspn(out, "\n")] = 0;
-            }
-            break;
-        }
-    fclose(f);
-}
-
 static kvd_session_config config(void)
 {
     kvd_session_config c;
@@ -135,7 +116,7 @@ int main(int argc, char **argv)
     const size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 32768;
     const size_t prefill = argc > 2 ? strtoull(argv[2], NULL, 10) : 1024;
     char cpu[160];
-    cpu_name(cpu, sizeof cpu);
+    bench_cpu_model(cpu, sizeof cpu);
     printf("CPU: %s; kernels: %s; median of %d, 1 and 2 threads alternated\n", cpu,
            kvd_attention_kernels_get()->name, REPEATS);
 

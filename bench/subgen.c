@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "attention/attention.h"
+#include "bench/bench.h"
 #include "cache/pool.h"
 #include "cache/session.h"
 #include "cache/step.h"
@@ -407,31 +408,13 @@ static bool run_tensor(kvd_pool *pool)
     return ok;
 }
 
-static void cpu_name(char *out, size_t len)
-{
-    snprintf(out, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *p = strchr(line, ':');
-            const char *name = p ? p + 2 : line;
-            const size_t nl = strcspn(name, "\n"), nc = nl < len - 1 ? nl : len - 1;
-            memcpy(out, name, nc);
-            out[nc] = 0;
-            break;
-        }
-    if (f)
-        fclose(f);
-}
-
 int main(int argc, char **argv)
 {
     size_t max_unclustered = argc > 1 ? strtoull(argv[1], NULL, 10) : 16384;
     if (max_unclustered > MAX_N)
         max_unclustered = MAX_N;
     char cpu[128];
-    cpu_name(cpu, sizeof cpu);
+    bench_cpu_model(cpu, sizeof cpu);
     printf("bench_subgen: %s, kernels %s; bytes = pool pages held x %d; l2norm/recency evict to the same "
            "bytes (\"keep\" = tokens they hold)\n",
            cpu, kvd_attention_kernels_get()->name, PAGE);
