@@ -8,6 +8,7 @@
 #include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/internal.h"
+#include "cache/rotate.h"
 #include "cache/session.h"
 
 const char *kvd_dtype_name(kvd_dtype d)
@@ -57,7 +58,7 @@ const char *kvd_tensor_cache_name(kvd_tensor_cache t)
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out)
 {
     *out = NULL;
-    if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
+    if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0 || kvd_rotate_config_check(cfg) != 0)
         return -EINVAL;
     const kvd_stream_format fmt = {
         .dtype = cfg->cache.dtype, .group = cfg->cache.group, .residual = cfg->cache.residual};
@@ -154,6 +155,7 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
     exact.cache.eviction = KVD_EVICT_NONE;
     exact.cache.budget = 0;
     exact.shadow = false;
+    exact.cache.rotate = KVD_ROTATE_NONE; /* the exact copy keeps tokens as sent */
     return exact;
 }
 
