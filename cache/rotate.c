@@ -4,7 +4,6 @@
  * basis, and its outputs rotated back. */
 #include "cache/rotate.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,14 +141,4 @@ void kvd__rotate_output_back(const kvd_session_config *cfg, uint32_t layer, floa
             for (uint32_t h = 0; h < group; h++)
                 kvd_rotate_row_back(key, o + t * qrow + ((size_t)g * group + h) * d, d);
     }
-}
-
-int kvd_rotate_config_check(const kvd_session_config *cfg)
-{
-    if (cfg->cache.rotate == KVD_ROTATE_NONE)
-        return 0;
-    if (cfg->cache.rotate != KVD_ROTATE_HADAMARD || !kvd_hadamard_size_ok(cfg->head_dim)
-        || cfg->attention != KVD_ATTN_STANDARD || cfg->cache.eviction == KVD_EVICT_SUBGEN)
-        return -EINVAL;
-    return 0;
 }

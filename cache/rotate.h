@@ -34,11 +34,6 @@ bool kvd_rotate_sign_negative(uint64_t key, size_t c);
 void kvd_rotate_row(uint64_t key, float *x, size_t d);
 void kvd_rotate_row_back(uint64_t key, float *x, size_t d);
 
-/* Whether cfg may run rotated: 0, or -EINVAL when rotation is asked with a
- * head_dim that is not a power of two, tensor attention (<q, k1 (.) k2> is
- * not invariant under one rotation of q, k1 and k2) or eviction subgen (its
- * sketch is f32 and exact-window: rotation buys it nothing). */
-int kvd_rotate_config_check(const kvd_session_config *cfg);
 
 /* ---- Private to cache/ (the step engine). ---- */
 

@@ -54,10 +54,17 @@ typedef struct kvd_session {
     kvd_subgen *subgen_b;
 } kvd_session;
 
+/* Whether cfg may run rotated (cache.rotate, cache/rotate.h): 0, or
+ * -EINVAL when rotation is asked with a head_dim that is not a power of
+ * two, tensor attention (<q, k1 (.) k2> is not invariant under one rotation
+ * of q, k1 and k2) or eviction subgen (its sketch is f32 and exact-window:
+ * rotation buys it nothing). */
+int kvd_session_check_rotate(const kvd_session_config *cfg);
+
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
  * group and residual, with an eviction index per stream when it has a
  * policy. Returns 0, -ENOMEM, or -EINVAL if one slot does not fit in a page
- * or cfg->cache.rotate cannot apply (kvd_rotate_config_check).
+ * or cfg->cache.rotate cannot apply (kvd_session_check_rotate).
  * Free with kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 

@@ -16,7 +16,6 @@
 
 #include "cache/evict.h"
 #include "cache/policy.h"
-#include "cache/rotate.h"
 #include "cache/snapshot.h"
 
 #define F_SHADOW 1u
@@ -396,7 +395,7 @@ static int get_config(rbuf *r, kvd_session_config *c)
     if (rotate > KVD_ROTATE_HADAMARD)
         return KVD_SNAPSHOT_EKIND; /* a rotation from a later build */
     c->cache.rotate = (kvd_rotate)rotate;
-    if (kvd_rotate_config_check(c) != 0)
+    if (kvd_session_check_rotate(c) != 0)
         return KVD_SNAPSHOT_EFORMAT;
     if (c->layers == 0 || c->kv_heads == 0 || c->head_dim == 0 || c->heads == 0 || c->heads % c->kv_heads ||
         !isfinite(c->scale) || !isfinite(c->ttl_seconds) || !(c->ttl_seconds > 0))

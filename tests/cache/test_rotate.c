@@ -150,7 +150,7 @@ START_TEST(create_refuses_what_cannot_rotate)
     ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), -EINVAL);
     c = config(1, 2, 1, 64, KVD_DTYPE_F32, true);
     c.cache.eviction = KVD_EVICT_SUBGEN;
-    ck_assert_int_eq(kvd_rotate_config_check(&c), -EINVAL);
+    ck_assert_int_eq(kvd_session_check_rotate(&c), -EINVAL);
     c = config(1, 2, 1, 64, KVD_DTYPE_F32, true);
     ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), 0);
     ck_assert_int_eq(kvd_session_shadow_config(&c).cache.rotate, KVD_ROTATE_NONE);
