@@ -34,6 +34,7 @@ bool kvd_rotate_sign_negative(uint64_t key, size_t c);
 void kvd_rotate_row(uint64_t key, float *x, size_t d);
 void kvd_rotate_row_back(uint64_t key, float *x, size_t d);
 
+/* Which configs may rotate: kvd_session_check_rotate (cache/session.h). */
 
 /* ---- Private to cache/ (the step engine). ---- */
 
