@@ -44,11 +44,13 @@
 #define N_TENSOR_CACHE (KVD_TENSOR_CACHE_TWO + 1)
 #define N_DTYPE (KVD_DTYPE_KIVI4 + 1)
 #define N_EVICTION (KVD_EVICT_SUBGEN + 1)
+#define N_ROTATE (KVD_ROTATE_HADAMARD + 1)
 
 static const char *attention_name(int i) { return kvd_attention_name((kvd_attention_kind)i); }
 static const char *tensor_cache_name(int i) { return kvd_tensor_cache_name((kvd_tensor_cache)i); }
 static const char *dtype_name(int i) { return kvd_dtype_name((kvd_dtype)i); }
 static const char *eviction_name(int i) { return kvd_eviction_name((kvd_eviction)i); }
+static const char *rotate_name(int i) { return kvd_rotate_name((kvd_rotate)i); }
 
 static const char *const create_fields[] = {
     "layers", "heads", "kv_heads", "head_dim", "attention", "scale", "tensor_cache",
@@ -56,7 +58,7 @@ static const char *const create_fields[] = {
 };
 static const char *const cache_fields[] = {
     "dtype", "budget", "eviction", "sink", "recent", "group", "residual",
-    "delta", "cluster_samples", "value_samples",
+    "delta", "cluster_samples", "value_samples", "rotate",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -116,6 +118,28 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
 }
 /* ==== end NOT YET SUPPORTED ============================================= */
 
+/* cache.rotate "hadamard" (cache/rotate.h): the fast transform needs a
+ * power-of-two head_dim; a rotation of q, k1 and k2 alike does not keep the
+ * tensor score <q, k1 (.) k2>, and subgen's f32 sketch gains nothing from it. */
+static int check_rotate(const kvd_session_config *c, kvd_api_error *err)
+{
+    if (c->cache.rotate == KVD_ROTATE_NONE)
+        return 0;
+    if (c->head_dim & (c->head_dim - 1))
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.rotate",
+                                 "cache.rotate: \"hadamard\" needs head_dim a power of two, got %" PRIu32,
+                                 c->head_dim);
+    if (c->attention == KVD_ATTN_TENSOR)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.rotate",
+                                 "cache.rotate: \"hadamard\" with attention \"tensor\" makes no sense: "
+                                 "<q, k1 (.) k2> is not invariant under rotating q, k1 and k2");
+    if (c->cache.eviction == KVD_EVICT_SUBGEN)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, "cache.rotate",
+                                 "cache.rotate: \"hadamard\" with cache.eviction \"subgen\" makes no "
+                                 "sense: the sketch and its window are f32, there is nothing to quantize");
+    return 0;
+}
+
 /* Bytes one f32 slot takes in a page: K and V rows each in a 64-byte aligned
  * block, plus the slot metadata (cache/stream.c's layout for one slot). Only
  * for the message; the decision is kvd_stream_slots_per_page's, the same
@@ -164,6 +188,11 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
         || kvd__api_json_get_u32(cache, "residual", "cache.residual", 0, RESIDUAL_MAX, 32,
                                  &c->cache.residual, err))
         return -1;
+
+    if (kvd__api_json_get_enum(cache, "rotate", "cache.rotate", rotate_name, N_ROTATE, KVD_ROTATE_NONE, &e,
+                               err))
+        return -1;
+    c->cache.rotate = (kvd_rotate)e;
 
     /* SubGen's parameters mean nothing to other policies: refuse them there
      * rather than accept a setting that silently does nothing. */
@@ -334,7 +363,7 @@ int kvd_session_config_parse(const cJSON *body, const kvd_api_limits *lim,
                                  "blocks of %" PRIu32 " tokens, and %zu bytes (--page-bytes) "
                                  "cannot hold one", kvd_dtype_name(c.cache.dtype), c.head_dim,
                                  c.cache.group, lim->page_bytes);
-    if (reject_not_yet_supported(&c, err) != 0)
+    if (reject_not_yet_supported(&c, err) != 0 || check_rotate(&c, err) != 0)
         return -1;
 
     /* Drawn last, once the body is known good. */
@@ -370,7 +399,8 @@ cJSON *kvd_session_config_to_json(const kvd_session_config *cfg)
          && cJSON_AddNumberToObject(c, "sink", cfg->cache.sink)
          && cJSON_AddNumberToObject(c, "recent", cfg->cache.recent)
          && cJSON_AddNumberToObject(c, "group", cfg->cache.group)
-         && cJSON_AddNumberToObject(c, "residual", cfg->cache.residual);
+         && cJSON_AddNumberToObject(c, "residual", cfg->cache.residual)
+         && cJSON_AddStringToObject(c, "rotate", kvd_rotate_name(cfg->cache.rotate));
     if (ok && cfg->cache.eviction == KVD_EVICT_SUBGEN)
         ok = cJSON_AddNumberToObject(c, "delta", cfg->cache.delta)
              && cJSON_AddNumberToObject(c, "cluster_samples", cfg->cache.cluster_samples)

@@ -20,7 +20,13 @@
  *   over the block), then for each token t of the block its d codes packed
  *   as in U4G/U2G (ceil(d*B/8) bytes per token).   4d + group*ceil(dB/8)
  * (each size rounded up to a multiple of 4). A missing token of a partly
- * filled block has no meaning and is never read. */
+ * filled block has no meaning and is never read.
+ * Rotated sessions (cache.rotate "hadamard", cache/rotate.h): the same
+ * layouts and sizes hold H k and H v instead of k and v (KIVI: its f32
+ * residual too). A row as sent is k = H^T r = diag(s) W r / sqrt(d), r the
+ * row dequantized as above (f32), W the Sylvester Hadamard matrix, s the
+ * +-1 signs of the row's (layer, kv head) from the session seed (defined in
+ * cache/rotate.h); values alike. */
 #ifndef KVD_ATTENTION_FORMATS_H
 #define KVD_ATTENTION_FORMATS_H
 

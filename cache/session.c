@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "attention/hadamard.h"
 #include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/internal.h"
@@ -57,7 +58,7 @@ const char *kvd_tensor_cache_name(kvd_tensor_cache t)
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out)
 {
     *out = NULL;
-    if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0)
+    if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0 || kvd_session_check_rotate(cfg) != 0)
         return -EINVAL;
     const kvd_stream_format fmt = {
         .dtype = cfg->cache.dtype, .group = cfg->cache.group, .residual = cfg->cache.residual};
@@ -147,6 +148,16 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     return 0;
 }
 
+int kvd_session_check_rotate(const kvd_session_config *cfg)
+{
+    if (cfg->cache.rotate == KVD_ROTATE_NONE)
+        return 0;
+    if (cfg->cache.rotate != KVD_ROTATE_HADAMARD || !kvd_hadamard_size_ok(cfg->head_dim)
+        || cfg->attention != KVD_ATTN_STANDARD || cfg->cache.eviction == KVD_EVICT_SUBGEN)
+        return -EINVAL;
+    return 0;
+}
+
 kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
 {
     kvd_session_config exact = *cfg;
@@ -154,6 +165,7 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
     exact.cache.eviction = KVD_EVICT_NONE;
     exact.cache.budget = 0;
     exact.shadow = false;
+    exact.cache.rotate = KVD_ROTATE_NONE; /* the exact copy keeps tokens as sent */
     return exact;
 }
 

@@ -28,6 +28,7 @@ typedef struct kvd_session_config {
         uint32_t sink, recent, group, residual;
         double delta;             /* subgen only */
         uint32_t cluster_samples, value_samples; /* subgen only */
+        kvd_rotate rotate;        /* KVD_ROTATE_NONE (0) unless asked: cache/rotate.h */
     } cache;
     bool shadow;
     uint64_t seed;
@@ -53,14 +54,23 @@ typedef struct kvd_session {
     kvd_subgen *subgen_b;
 } kvd_session;
 
+/* Whether cfg may run rotated (cache.rotate, cache/rotate.h): 0, or
+ * -EINVAL when rotation is asked with a head_dim that is not a power of
+ * two, tensor attention (<q, k1 (.) k2> is not invariant under one rotation
+ * of q, k1 and k2) or eviction subgen (its sketch is f32 and exact-window:
+ * rotation buys it nothing). */
+int kvd_session_check_rotate(const kvd_session_config *cfg);
+
 /* Creates a session with empty streams (no pages yet) in cfg->cache's dtype,
  * group and residual, with an eviction index per stream when it has a
- * policy. Returns 0, -ENOMEM, or -EINVAL if one slot does not fit in a page.
+ * policy. Returns 0, -ENOMEM, or -EINVAL if one slot does not fit in a page
+ * or cfg->cache.rotate cannot apply (kvd_session_check_rotate).
  * Free with kvd_session_destroy. */
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
 /* The config of a session's shadow copy (DESIGN.md §3 "shadow"): the same
- * shape, f32, no policy, so it keeps every token exactly; the step engine
+ * shape, f32, no policy, not rotated, so it keeps every token exactly as
+ * sent; the step engine
  * compares the session's outputs against it. */
 kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
 

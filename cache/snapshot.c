@@ -212,6 +212,7 @@ static void put_config(wbuf *w, const kvd_session_config *c)
     put_u8(w, c->shadow);
     put_u64(w, c->seed);
     put_f64(w, c->ttl_seconds);
+    put_u8(w, (uint8_t)c->cache.rotate); /* version 2 on */
 }
 
 static void put_all(wbuf *w, const kvd_session *s, const kvd_session *shadow, const kvd_snapshot_meta *m,
@@ -275,6 +276,7 @@ typedef struct rbuf {
     const uint8_t *p;
     size_t len, at;
     bool bad; /* a read past the end: every later read gives zeros */
+    uint32_t version; /* the snapshot's format version (get_header) */
 } rbuf;
 
 static const uint8_t *take(rbuf *r, size_t n)
@@ -380,6 +382,7 @@ static int get_config(rbuf *r, kvd_session_config *c)
     const uint8_t shadow = get_u8(r);
     c->seed = get_u64(r);
     c->ttl_seconds = get_f64(r);
+    const uint8_t rotate = r->version >= 2 ? get_u8(r) : KVD_ROTATE_NONE; /* version 1: not rotated */
     if (r->bad || attention > KVD_ATTN_TENSOR || tensor_cache > KVD_TENSOR_CACHE_TWO || shadow > 1)
         return KVD_SNAPSHOT_EFORMAT;
     if (dtype > KVD_DTYPE_KIVI4 || eviction > KVD_EVICT_H2O)
@@ -389,6 +392,11 @@ static int get_config(rbuf *r, kvd_session_config *c)
     c->cache.dtype = (kvd_dtype)dtype;
     c->cache.eviction = (kvd_eviction)eviction;
     c->shadow = shadow;
+    if (rotate > KVD_ROTATE_HADAMARD)
+        return KVD_SNAPSHOT_EKIND; /* a rotation from a later build */
+    c->cache.rotate = (kvd_rotate)rotate;
+    if (kvd_session_check_rotate(c) != 0)
+        return KVD_SNAPSHOT_EFORMAT;
     if (c->layers == 0 || c->kv_heads == 0 || c->head_dim == 0 || c->heads == 0 || c->heads % c->kv_heads ||
         !isfinite(c->scale) || !isfinite(c->ttl_seconds) || !(c->ttl_seconds > 0))
         return KVD_SNAPSHOT_EFORMAT;
@@ -408,8 +416,9 @@ static int get_header(const void *bytes, size_t len, rbuf *r, uint32_t *flags)
     const uint32_t version = get_u32(r);
     const uint32_t header_bytes = get_u32(r);
     const uint64_t total = get_u64(r);
-    if (version != KVD_SNAPSHOT_VERSION)
+    if (version < KVD_SNAPSHOT_VERSION_MIN || version > KVD_SNAPSHOT_VERSION)
         return KVD_SNAPSHOT_EVERSION;
+    r->version = version;
     if (total != len)
         return KVD_SNAPSHOT_ETRUNC;
     if (header_bytes != KVD_SNAPSHOT_HEADER_BYTES)

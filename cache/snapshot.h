@@ -15,7 +15,8 @@
 #include "cache/session.h"
 
 #define KVD_SNAPSHOT_MAGIC "KVDSNAP1"  /* 8 bytes, no NUL */
-#define KVD_SNAPSHOT_VERSION 1u        /* format version this build writes and reads */
+#define KVD_SNAPSHOT_VERSION 2u        /* format version this build writes (and the newest it reads) */
+#define KVD_SNAPSHOT_VERSION_MIN 1u    /* oldest it reads: version 1 lacks cache.rotate (= "none") */
 #define KVD_SNAPSHOT_HEADER_BYTES 64u
 #define KVD_SNAPSHOT_ID_MAX 64u        /* longest session id a snapshot carries */
 

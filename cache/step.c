@@ -6,7 +6,9 @@
  * exact shadow copy beside it. KIVI streams settle once at the end. Nothing
  * after the plan can fail; pages the bounds reserved but the step did not
  * use go back to the pool. A large entry's attention runs as (stream, query
- * range) pieces on a kvd_parallel executor. (Just over 600 lines: the
+ * range) pieces on a kvd_parallel executor. A rotated session (cache.rotate)
+ * runs on a rotated copy of the entries and rotates its outputs back here,
+ * once per query head (cache/rotate.c). (Just over 600 lines: the
  * entry's phases read best side by side in one file.) */
 #include "cache/step.h"
 
@@ -19,6 +21,7 @@
 #include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/plan.h"
+#include "cache/rotate.h"
 #include "cache/stream.h"
 #include "cache/subgen.h"
 
@@ -527,10 +530,15 @@ static void shadow_compare(const float *o, const float *exact, size_t n, kvd_ste
     r->max_abs_error = max_abs;
 }
 
-/* One entry on the session, then on its shadow copy. */
+/* One entry on the session, then on its shadow copy. A rotated session
+ * (cache/rotate.h) runs e, the entry in its rotated basis, and its output
+ * is rotated back before anything sees it; the shadow copy runs `sent`,
+ * the entry as the client sent it (e itself when not rotated), so the
+ * shadow error is the rotated, quantized output against exact unrotated
+ * f32 attention. */
 static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *e,
-                      kvd__step_plan *p, float *o, float *exact, kvd_step_result *r, uint64_t *evicted_total,
-                      const kvd_parallel *par)
+                      const kvd_step_entry *sent, kvd__step_plan *p, float *o, float *exact, kvd_step_result *r,
+                      uint64_t *evicted_total, const kvd_parallel *par)
 {
     const kvd_session_config *cfg = &sess->config;
     const size_t n_before = kvd_session_stream(sess, e->layer, 0)->n_tokens;
@@ -546,6 +554,8 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
         attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, par);
+    if (e->m_q && cfg->cache.rotate == KVD_ROTATE_HADAMARD)
+        kvd__rotate_output_back(cfg, e->layer, o, e->m_q);
     if (sess->tensor_b && cfg->window)
         r->evicted = slide_window(sess, pool, e);
     else if (sess->subgen)
@@ -559,9 +569,9 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
         return;
     const size_t shadow_before = kvd_session_stream(shadow, e->layer, 0)->n_tokens;
     if (e->m)
-        append_tokens(shadow, pool, e, p);
+        append_tokens(shadow, pool, sent, p);
     if (e->m_q) {
-        attend_entry(shadow, e, shadow_before, exact, NULL, NULL, NULL, par);
+        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }
@@ -576,6 +586,12 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
                           size_t n, const kvd_parallel *par, kvd_step_output *out)
 {
     memset(out, 0, sizeof *out);
+    /* A rotated session attends over the entries in its basis: copied and
+     * rotated first, so a failure changes nothing. */
+    kvd_step_entry *rotated = NULL;
+    if (sess->config.cache.rotate == KVD_ROTATE_HADAMARD && n
+        && !(rotated = kvd__rotate_entries(&sess->config, entries, n)))
+        return KVD_STEP_NOMEM;
     kvd__step_plan plan;
     int rc = kvd__step_plan_make(&plan, sess, shadow, pool, entries, n, &out->need_pages);
     kvd_step_result *results = rc == KVD_STEP_OK ? calloc(n ? n : 1, sizeof *results) : NULL;
@@ -595,13 +611,14 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
         }
     if (rc != KVD_STEP_OK) {
         kvd__step_plan_free(&plan, n);
+        kvd__rotate_entries_free(rotated);
         return rc;
     }
 
     /* From here on nothing can fail: the step is applied whole. */
     for (size_t i = 0; i < n; i++) {
-        run_entry(sess, shadow, pool, &entries[i], &plan, plan.outputs[i], plan.exact ? plan.exact[i] : NULL,
-                  &results[i], &out->evicted_total, par);
+        run_entry(sess, shadow, pool, rotated ? &rotated[i] : &entries[i], &entries[i], &plan, plan.outputs[i],
+                  plan.exact ? plan.exact[i] : NULL, &results[i], &out->evicted_total, par);
         out->tokens_in += entries[i].m;
         results[i].o = plan.outputs[i];
         plan.outputs[i] = NULL; /* handed over to the result */
@@ -611,6 +628,7 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
     if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
         kvd_pool_release(pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
     kvd__step_plan_free(&plan, n);
+    kvd__rotate_entries_free(rotated);
     out->results = results;
     out->n_results = n;
     return KVD_STEP_OK;

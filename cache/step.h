@@ -62,7 +62,10 @@ typedef struct kvd_parallel {
 /* Runs entries[0 .. n) in order on sess (and on shadow, an exact f32 copy of
  * sess with no policy, or NULL). On KVD_STEP_OK, out holds one result per
  * entry (free with kvd_step_output_free); otherwise out->results is NULL and
- * need_pages says what the pool could not give. */
+ * need_pages says what the pool could not give. A session with cache.rotate
+ * "hadamard" attends over a rotated copy of the entries' k, v and q (one more
+ * allocation the size of the request's tensors, KVD_STEP_NOMEM when it fails)
+ * and answers outputs rotated back; its shadow runs the entries as sent. */
 int kvd_step_run(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, const kvd_step_entry *entries,
                  size_t n, kvd_step_output *out);
 

@@ -242,7 +242,7 @@ START_TEST(every_flip_and_truncation_refused)
     }
     ck_assert_int_eq(kvd_session_restore("GIF89a..", 8, p, NULL, &s, &sh), KVD_SNAPSHOT_EMAGIC);
     /* Another version, with a valid checksum: refused for its version. */
-    b[8] = 2;
+    b[8] = KVD_SNAPSHOT_VERSION + 1;
     const uint32_t crc = kvd_crc32c(0, b, len - 4);
     memcpy(b + len - 4, &crc, 4);
     ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), KVD_SNAPSHOT_EVERSION);
