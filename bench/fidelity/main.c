@@ -1,0 +1,135 @@
+/* bench/fidelity/main.c — bench_fidelity: the fidelity table and plot (README
+ * "Fidelity"). Builds the model, samples the exact run, runs every row of
+ * fid_default_configs teacher-forced, prints the markdown table (and writes
+ * it to --table), and writes the plot to --svg.
+ * Usage: bench_fidelity [--tiny] [--layers N] [--d-model N] [--head-dim N]
+ *        [--vocab N] [--context N] [--prompt N] [--only SUBSTRING]
+ *        [--table FILE] [--svg FILE] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "attention/attention.h"
+#include "bench/fidelity/harness.h"
+#include "bench/fidelity/report.h"
+
+static void cpu_model(char *buf, size_t len)
+{
+    snprintf(buf, len, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *c = strchr(line, ':');
+            if (c) {
+                snprintf(buf, len, "%s", c + 2);
+                buf[strcspn(buf, "\n")] = 0;
+            }
+            break;
+        }
+    fclose(f);
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: bench_fidelity [--tiny] [--layers N] [--d-model N] [--head-dim N] [--vocab N]\n"
+                    "       [--context N] [--prompt N] [--only SUBSTRING] [--table FILE] [--svg FILE]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned layers = 4, d_model = 512, head_dim = 64, vocab = 4096;
+    size_t context = 512, prompt = 16;
+    const char *table = NULL, *svg = NULL, *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--tiny") == 0) {
+            layers = 2, d_model = 128, head_dim = 64, vocab = 512, context = 96, prompt = 8;
+            continue;
+        }
+        if (!v)
+            return usage();
+        if (strcmp(a, "--layers") == 0)
+            layers = (unsigned)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--d-model") == 0)
+            d_model = (unsigned)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--head-dim") == 0)
+            head_dim = (unsigned)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--vocab") == 0)
+            vocab = (unsigned)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--context") == 0)
+            context = strtoul(v, NULL, 10);
+        else if (strcmp(a, "--prompt") == 0)
+            prompt = strtoul(v, NULL, 10);
+        else if (strcmp(a, "--only") == 0)
+            only = v;
+        else if (strcmp(a, "--table") == 0)
+            table = v;
+        else if (strcmp(a, "--svg") == 0)
+            svg = v;
+        else
+            return usage();
+        i++;
+    }
+    openblas_set_num_threads(1);
+    fid_setup s = {.model = fid_model_default_params(layers, d_model, head_dim, vocab),
+                   .prompt = prompt, .context = context, .page_bytes = 16384, .sample_seed = 99};
+    char cpu[256];
+    cpu_model(cpu, sizeof cpu);
+    fprintf(stderr, "fidelity: %s, attention kernels %s; sampling %zu tokens exactly...\n", cpu,
+            kvd_attention_kernels_get()->name, context - prompt);
+    fid_harness *h;
+    if (fid_harness_create(&s, &h) != 0)
+        return 1;
+    size_t n_cfg;
+    const fid_config *cfg = fid_default_configs(&n_cfg);
+    fid_result *res = calloc(n_cfg, sizeof *res);
+    size_t n = 0;
+    double total = 0.0;
+    for (size_t i = 0; res && i < n_cfg; i++) {
+        char name[48];
+        fid_config_name(&cfg[i], name, sizeof name);
+        if (only && i > 0 && !strstr(name, only))
+            continue;
+        if (fid_harness_run(h, &cfg[i], &res[n]) != 0) {
+            fid_harness_destroy(h);
+            free(res);
+            return 1;
+        }
+        total += res[n].seconds;
+        fprintf(stderr, "  %-22s %6.2f s  KL %.3g  top-1 %.1f%%\n", res[n].name, res[n].seconds, res[n].kl_mean,
+                100.0 * res[n].top1);
+        n++;
+    }
+    printf("kvd fidelity: %s, attention kernels %s, OpenBLAS 1 thread; %zu configurations in %.1f s\n\n", cpu,
+           kvd_attention_kernels_get()->name, n, total);
+    fid_report_markdown(stdout, &s, res, n);
+    int rc = 0;
+    if (table) {
+        FILE *f = fopen(table, "w");
+        if (!f) {
+            perror(table);
+            rc = 1;
+        } else {
+            fid_report_markdown(f, &s, res, n);
+            rc |= fclose(f) != 0;
+        }
+    }
+    if (svg) {
+        FILE *f = fopen(svg, "w");
+        if (!f || fid_report_svg(f, &s, res, n) != 0) {
+            fprintf(stderr, "fidelity: could not write %s\n", svg);
+            rc = 1;
+        }
+        if (f)
+            rc |= fclose(f) != 0;
+    }
+    fid_harness_destroy(h);
+    free(res);
+    return rc;
+}
