@@ -45,6 +45,8 @@ static const fid_config default_configs[] = {
     {"subgen", KVD_DTYPE_F32, KVD_EVICT_SUBGEN, 2, SINK, 0, "none"},
     {"int8 + h2o", KVD_DTYPE_INT8, KVD_EVICT_H2O, 4, SINK, 2, "none"},
     {"int8 + h2o", KVD_DTYPE_INT8, KVD_EVICT_H2O, 2, SINK, 2, "none"},
+    {"kivi4 + h2o", KVD_DTYPE_KIVI4, KVD_EVICT_H2O, 4, SINK, 2, "none"},
+    {"kivi4 + h2o", KVD_DTYPE_KIVI4, KVD_EVICT_H2O, 2, SINK, 2, "none"},
 };
 
 const fid_config *fid_default_configs(size_t *n)
@@ -60,7 +62,13 @@ struct fid_harness {
     float *ref_logp;      /* [context][vocab] log-softmax of the exact teacher-forced run */
     uint32_t *ref_argmax; /* [context] */
     float *ref_attn;      /* [layers][context][heads * hd] */
+    fid_profile profile;
 };
+
+const fid_profile *fid_harness_profile(const fid_harness *h)
+{
+    return &h->profile;
+}
 
 const fid_setup *fid_harness_setup(const fid_harness *h)
 {
@@ -295,6 +303,109 @@ static int generate(fid_harness *h)
     return rc == 0 ? 0 : -1;
 }
 
+/* The profile's attention: exact softmax attention in double over the whole
+ * sequence (one call per layer with every token), measuring where each head
+ * looks; the output is exact too, so the pass continues as the model would. */
+typedef struct profile_ctx {
+    const fid_model_params *p;
+    size_t first;      /* first generated position */
+    fid_profile *prof;
+    double *w;         /* [context] scratch */
+    double count[2];   /* (layer, position, head) samples per kind */
+    double k_out, k_rest, n_out, n_rest;
+} profile_ctx;
+
+static int attend_profile(void *vctx, uint32_t layer, size_t pos0, size_t n, const float *q, const float *k,
+                          const float *v, float *o)
+{
+    profile_ctx *c = vctx;
+    const fid_model_params *p = c->p;
+    const size_t hd = p->head_dim, H = p->heads, G = p->kv_heads, group = H / G, half = hd / 2;
+    const double scale = 1.0 / sqrt((double)hd);
+    (void)layer;
+    if (pos0 != 0)
+        return 1; /* the profile runs whole sequences */
+    for (size_t t = 1; t < n; t++)
+        for (size_t g = 0; g < G; g++)
+            for (size_t i = 0; i < hd; i++) {
+                const double a = fabs((double)k[(t * G + g) * hd + i]);
+                if (i == half - 1 || i == hd - 1)
+                    c->k_out += a, c->n_out++;
+                else
+                    c->k_rest += a, c->n_rest++;
+            }
+    for (size_t t = 0; t < n; t++)
+        for (size_t h = 0; h < H; h++) {
+            const float *qh = q + (t * H + h) * hd;
+            const size_t g = h / group;
+            double mx = -INFINITY, sum = 0.0;
+            for (size_t j = 0; j <= t; j++) {
+                double s = 0.0;
+                for (size_t i = 0; i < hd; i++)
+                    s += (double)qh[i] * k[(j * G + g) * hd + i];
+                c->w[j] = s * scale;
+                mx = c->w[j] > mx ? c->w[j] : mx;
+            }
+            for (size_t j = 0; j <= t; j++)
+                sum += c->w[j] = exp(c->w[j] - mx);
+            float *oh = o + (t * H + h) * hd;
+            for (size_t i = 0; i < hd; i++) {
+                double acc = 0.0;
+                for (size_t j = 0; j <= t; j++)
+                    acc += c->w[j] * v[(j * G + g) * hd + i];
+                oh[i] = (float)(acc / sum);
+            }
+            if (t < c->first)
+                continue;
+            const int kind = (int)((h % group) % 2);
+            double recent = 0.0, dist = 0.0, rest = 0.0;
+            for (size_t j = 1; j <= t; j++) {
+                const double wj = c->w[j] / sum;
+                rest += wj;
+                dist += wj * (double)(t - j);
+                if (t - j < 16)
+                    recent += wj;
+            }
+            c->prof->sink_mass[kind] += c->w[0] / sum;
+            c->prof->recent_mass[kind] += recent;
+            c->prof->mean_distance[kind] += rest > 0 ? dist / rest : 0.0;
+            c->count[kind]++;
+        }
+    return 0;
+}
+
+static int profile(fid_harness *h)
+{
+    const fid_model_params *p = &h->setup.model;
+    const size_t n = h->setup.context, V = p->vocab;
+    profile_ctx c = {.p = p, .first = h->setup.prompt - 1, .prof = &h->profile};
+    c.w = malloc(n * sizeof *c.w);
+    float *logits = malloc(n * V * sizeof *logits);
+    int rc = c.w && logits ? fid_model_forward(h->model, h->tokens, 0, n, attend_profile, &c, logits) : -1;
+    if (rc == 0) {
+        for (int kind = 0; kind < 2; kind++)
+            if (c.count[kind] > 0) {
+                h->profile.sink_mass[kind] /= c.count[kind];
+                h->profile.recent_mass[kind] /= c.count[kind];
+                h->profile.mean_distance[kind] /= c.count[kind];
+            }
+        h->profile.outlier_ratio = (c.k_out / c.n_out) / (c.k_rest / c.n_rest);
+        /* The reference's own distributions (not the profile's logits). */
+        double ent = 0.0, top = 0.0;
+        for (size_t t = c.first; t + 1 < n; t++) {
+            const float *lp = h->ref_logp + t * V;
+            for (size_t i = 0; i < V; i++)
+                ent -= exp((double)lp[i]) * (double)lp[i];
+            top += exp((double)lp[h->ref_argmax[t]]);
+        }
+        h->profile.entropy = ent / (double)(n - 1 - c.first);
+        h->profile.top1_prob = top / (double)(n - 1 - c.first);
+    }
+    free(c.w);
+    free(logits);
+    return rc == 0 ? 0 : -1;
+}
+
 int fid_harness_create(const fid_setup *setup, fid_harness **out)
 {
     const fid_model_params *p = &setup->model;
@@ -320,6 +431,10 @@ int fid_harness_create(const fid_setup *setup, fid_harness **out)
     }
     for (size_t t = 0; t < n; t++)
         h->ref_argmax[t] = argmax(h->ref_logp + t * p->vocab, p->vocab);
+    if (profile(h) != 0) {
+        fid_harness_destroy(h);
+        return -1;
+    }
     *out = h;
     return 0;
 }
@@ -343,6 +458,10 @@ int fid_harness_run(fid_harness *h, const fid_config *cfg, fid_result *res)
     memset(res, 0, sizeof *res);
     res->cfg = cfg;
     fid_config_name(cfg, res->name, sizeof res->name);
+    if (cfg->budget_div)
+        snprintf(res->label, sizeof res->label, "1/%u", cfg->budget_div);
+    else
+        snprintf(res->label, sizeof res->label, "%s", kvd_dtype_name(cfg->dtype));
     float *logp = malloc(n * V * sizeof *logp);
     float *attn = malloc((size_t)p->layers * n * row * sizeof *attn);
     const double t0 = now();

@@ -41,6 +41,7 @@ typedef struct fid_setup {
 typedef struct fid_result {
     const fid_config *cfg;
     char name[48];                   /* "int4", "h2o 1/8", ... */
+    char label[16];                  /* the point's label in the plot: the dtype, or the budget "1/8" */
     uint32_t budget, recent;
     double kv_bytes_per_token;       /* cache payload of the whole model at the end / context tokens */
     double stats_bytes_per_token;    /* pages * page_bytes / tokens held, as GET /v1/sessions/{id} says */
@@ -52,6 +53,18 @@ typedef struct fid_result {
     double seconds;
 } fid_result;
 
+/* The exact run's shape, measured (plain C attention over its own q, k, v),
+ * averaged over layers and the generated positions, by head kind: local
+ * heads (even heads of a kv group) and content heads (odd). */
+typedef struct fid_profile {
+    double entropy;          /* mean next-token entropy, nats */
+    double top1_prob;        /* mean probability of the argmax token */
+    double sink_mass[2];     /* attention weight on token 0: [local, content] */
+    double recent_mass[2];   /* weight on the last 16 tokens (token 0 excluded) */
+    double mean_distance[2]; /* weighted mean distance back (token 0 excluded) */
+    double outlier_ratio;    /* mean |k| on the two outlier channels / on the others (token 0 excluded) */
+} fid_profile;
+
 typedef struct fid_harness fid_harness;
 
 /* Builds the model, samples the sequence with the exact configuration and
@@ -59,6 +72,7 @@ typedef struct fid_harness fid_harness;
 int fid_harness_create(const fid_setup *setup, fid_harness **out);
 void fid_harness_destroy(fid_harness *h);
 const fid_setup *fid_harness_setup(const fid_harness *h);
+const fid_profile *fid_harness_profile(const fid_harness *h);
 
 /* The sampled sequence: setup->context tokens. */
 const uint32_t *fid_harness_tokens(const fid_harness *h);

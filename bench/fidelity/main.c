@@ -4,7 +4,9 @@
  * it to --table), and writes the plot to --svg.
  * Usage: bench_fidelity [--tiny] [--layers N] [--d-model N] [--head-dim N]
  *        [--vocab N] [--context N] [--prompt N] [--only SUBSTRING]
- *        [--table FILE] [--svg FILE] */
+ *        [--outlier X] [--sink X] [--local X] [--content X] [--logit-scale X]
+ *        [--table FILE] [--svg FILE]
+ * (the X flags override the model's shape parameters, model.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +39,8 @@ static void cpu_model(char *buf, size_t len)
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_fidelity [--tiny] [--layers N] [--d-model N] [--head-dim N] [--vocab N]\n"
-                    "       [--context N] [--prompt N] [--only SUBSTRING] [--table FILE] [--svg FILE]\n");
+                    "       [--context N] [--prompt N] [--only SUBSTRING] [--table FILE] [--svg FILE]\n"
+                    "       [--outlier X] [--sink X] [--local X] [--content X] [--logit-scale X]\n");
     return 2;
 }
 
@@ -46,6 +49,7 @@ int main(int argc, char **argv)
     unsigned layers = 4, d_model = 512, head_dim = 64, vocab = 4096;
     size_t context = 512, prompt = 16;
     const char *table = NULL, *svg = NULL, *only = NULL;
+    double outlier = 0, sink = 0, local = 0, logit = 0, corr = 0; /* 0: the model's default */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--tiny") == 0) {
@@ -66,6 +70,16 @@ int main(int argc, char **argv)
             context = strtoul(v, NULL, 10);
         else if (strcmp(a, "--prompt") == 0)
             prompt = strtoul(v, NULL, 10);
+        else if (strcmp(a, "--outlier") == 0)
+            outlier = strtod(v, NULL);
+        else if (strcmp(a, "--sink") == 0)
+            sink = strtod(v, NULL);
+        else if (strcmp(a, "--local") == 0)
+            local = strtod(v, NULL);
+        else if (strcmp(a, "--content") == 0)
+            corr = strtod(v, NULL);
+        else if (strcmp(a, "--logit-scale") == 0)
+            logit = strtod(v, NULL);
         else if (strcmp(a, "--only") == 0)
             only = v;
         else if (strcmp(a, "--table") == 0)
@@ -79,6 +93,16 @@ int main(int argc, char **argv)
     openblas_set_num_threads(1);
     fid_setup s = {.model = fid_model_default_params(layers, d_model, head_dim, vocab),
                    .prompt = prompt, .context = context, .page_bytes = 16384, .sample_seed = 99};
+    if (outlier > 0)
+        s.model.outlier_scale = (float)outlier;
+    if (sink > 0)
+        s.model.sink_bonus = (float)sink;
+    if (local > 0)
+        s.model.local_bonus = (float)local;
+    if (corr > 0)
+        s.model.content_corr = (float)corr;
+    if (logit > 0)
+        s.model.logit_scale = (float)logit;
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     fprintf(stderr, "fidelity: %s, attention kernels %s; sampling %zu tokens exactly...\n", cpu,
@@ -108,7 +132,7 @@ int main(int argc, char **argv)
     }
     printf("kvd fidelity: %s, attention kernels %s, OpenBLAS 1 thread; %zu configurations in %.1f s\n\n", cpu,
            kvd_attention_kernels_get()->name, n, total);
-    fid_report_markdown(stdout, &s, res, n);
+    fid_report_markdown(stdout, &s, fid_harness_profile(h), res, n);
     int rc = 0;
     if (table) {
         FILE *f = fopen(table, "w");
@@ -116,7 +140,7 @@ int main(int argc, char **argv)
             perror(table);
             rc = 1;
         } else {
-            fid_report_markdown(f, &s, res, n);
+            fid_report_markdown(f, &s, fid_harness_profile(h), res, n);
             rc |= fclose(f) != 0;
         }
     }

@@ -64,11 +64,11 @@ fid_model_params fid_model_default_params(uint32_t layers, uint32_t d_model, uin
     p.ffn = 2 * d_model;
     p.vocab = vocab;
     p.rope_base = 10000.0;
-    p.outlier_scale = 20.0f;
-    p.sink_bonus = 8.0f;
-    p.local_bonus = 6.0f;
+    p.outlier_scale = 16.0f;
+    p.sink_bonus = 10.0f;
+    p.local_bonus = 9.0f;
     p.content_corr = 0.7f;
-    p.logit_scale = 3.0f;
+    p.logit_scale = 4.5f;
     p.seed = 20260514;
     return p;
 }
@@ -139,7 +139,7 @@ static int make_layer(const fid_model_params *p, fid_rng *r, fid_layer *L)
             kg[ch_out * D + c] *= p->outlier_scale;
             kg[(ch_out + half) * D + c] *= p->outlier_scale;
         }
-        L->bk[g * hd + ch_out] = 2.0f * p->outlier_scale;
+        L->bk[g * hd + ch_out] = p->outlier_scale;
         for (size_t i = 0; i < n_local; i++)
             L->bk[g * hd + i] = 1.0f;
         /* Token 0's residual is (nearly) all in coordinate 0: only the sink

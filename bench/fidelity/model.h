@@ -16,7 +16,7 @@ typedef struct fid_model_params {
     double rope_base;
     /* Two key channels of each kv head (one low-frequency RoPE pair) are
      * outlier_scale times the rest, with a constant offset of
-     * 2 * outlier_scale on the first; the query's matching channels are
+     * outlier_scale on the first; the query's matching channels are
      * divided by it, so exact scores are what they would be without. */
     float outlier_scale;
     /* Score bonus (in units of the scaled score) every query gives token 0,

@@ -9,7 +9,7 @@
 
 #define MAX_SERIES 12
 
-void fid_report_markdown(FILE *f, const fid_setup *s, const fid_result *res, size_t n)
+void fid_report_markdown(FILE *f, const fid_setup *s, const fid_profile *prof, const fid_result *res, size_t n)
 {
     const fid_model_params *p = &s->model;
     fprintf(f, "Model: %u layers, d_model %u, %u query / %u kv heads, head_dim %u, ffn %u, vocab %u, "
@@ -18,6 +18,13 @@ void fid_report_markdown(FILE *f, const fid_setup *s, const fid_result *res, siz
             p->layers, p->d_model, p->heads, p->kv_heads, p->head_dim, p->ffn, p->vocab, (double)p->outlier_scale,
             (double)p->sink_bonus, (unsigned long long)p->seed, s->context, s->prompt, s->context - s->prompt,
             s->page_bytes, s->context - s->prompt);
+    if (prof)
+        fprintf(f, "Exact run, measured: next-token entropy %.2f nats (argmax p %.2f); keys' outlier channels "
+                   "%.1fx the others' mean |k|; weight on token 0 %.0f%% (local heads) / %.0f%% (content heads); "
+                   "on the last 16 tokens %.0f%% / %.0f%%; mean distance of the rest %.0f / %.0f tokens.\n\n",
+                prof->entropy, prof->top1_prob, prof->outlier_ratio, 100.0 * prof->sink_mass[0],
+                100.0 * prof->sink_mass[1], 100.0 * prof->recent_mass[0], 100.0 * prof->recent_mass[1],
+                prof->mean_distance[0], prof->mean_distance[1]);
     fprintf(f, "| config | rotate | budget | KV B/ctx token | stats B/token | bits/coord | attn err mean "
                "(per layer) | attn err max (per layer) | KL mean (nats) | top-1 |\n");
     fprintf(f, "|---|---|---:|---:|---:|---:|---|---|---:|---:|\n");
@@ -54,6 +61,7 @@ int fid_report_svg(FILE *f, const fid_setup *s, const fid_result *res, size_t n)
         if (k == ns) {
             if (ns == MAX_SERIES)
                 continue;
+            series[ns].markers_only = r->cfg->eviction == KVD_EVICT_NONE;
             series[ns++].name = r->cfg->family;
         }
         fid_series *se = &series[k];
@@ -61,7 +69,7 @@ int fid_report_svg(FILE *f, const fid_setup *s, const fid_result *res, size_t n)
             continue;
         se->x[se->n] = r->kv_bytes_per_token;
         se->y[se->n] = r->kl_mean;
-        se->label[se->n] = r->name;
+        se->label[se->n] = r->label;
         se->n++;
     }
     char title[160], note[200];

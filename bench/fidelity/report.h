@@ -8,8 +8,10 @@
 
 #include "bench/fidelity/harness.h"
 
-/* The heading lines (model, context, page size) and one row per result. */
-void fid_report_markdown(FILE *f, const fid_setup *setup, const fid_result *res, size_t n);
+/* The heading lines (model, context, page size, the measured shape of the
+ * exact run when prof is given) and one row per result. */
+void fid_report_markdown(FILE *f, const fid_setup *setup, const fid_profile *prof, const fid_result *res,
+                         size_t n);
 
 /* Mean KL against KV payload bytes per context token, log-log, one series
  * per family (the exact row, KL 0, is left out: a log axis has no 0).

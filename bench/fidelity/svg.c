@@ -129,7 +129,7 @@ int fid_svg_write(FILE *f, const fid_plot *pl)
         fprintf(f, "<g class=\"series\" data-name=\"");
         text_escaped(f, se->name);
         fprintf(f, "\">\n");
-        if (k > 1) {
+        if (k > 1 && !se->markers_only) {
             fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", col);
             for (size_t j = 0; j < k; j++)
                 fprintf(f, "%s%.1f,%.1f", j ? " " : "", place(&ax, se->x[o[j].i]), place(&ay, se->y[o[j].i]));
@@ -153,6 +153,32 @@ int fid_svg_write(FILE *f, const fid_plot *pl)
         text_escaped(f, se->name);
         fprintf(f, "</text>\n");
     }
+    /* The Pareto front: in x order, each point lower than every point left of it. */
+    order all[64];
+    size_t na = 0;
+    for (size_t s = 0; s < pl->n_series; s++)
+        for (size_t i = 0; i < pl->series[s].n && na < 64; i++)
+            if (usable(pl->series[s].x[i], pl->series[s].y[i]))
+                all[na++] = (order){pl->series[s].x[i], s * FID_PLOT_MAX_POINTS + i};
+    qsort(all, na, sizeof *all, by_x);
+    fprintf(f, "<polyline class=\"pareto\" fill=\"none\" stroke=\"#444\" stroke-width=\"2\" "
+               "stroke-dasharray=\"6,4\" opacity=\"0.6\" points=\"");
+    double best = INFINITY;
+    int first = 1;
+    for (size_t j = 0; j < na; j++) {
+        const fid_series *se = &pl->series[all[j].i / FID_PLOT_MAX_POINTS];
+        const double y = se->y[all[j].i % FID_PLOT_MAX_POINTS];
+        if (y >= best)
+            continue;
+        best = y;
+        fprintf(f, "%s%.1f,%.1f", first ? "" : " ", place(&ax, all[j].x), place(&ay, y));
+        first = 0;
+    }
+    fprintf(f, "\"/>\n");
+    const int ly = TOP + 10 + 20 * (int)pl->n_series;
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444\" stroke-width=\"2\" "
+               "stroke-dasharray=\"6,4\" opacity=\"0.6\"/><text x=\"%d\" y=\"%d\">Pareto front</text>\n",
+            W - RIGHT + 14, ly, W - RIGHT + 40, ly, W - RIGHT + 46, ly + 4);
     if (pl->note) {
         fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\" fill=\"#555\">", LEFT, H - 4);
         text_escaped(f, pl->note);

@@ -1,6 +1,8 @@
 /* bench/fidelity/svg.h — a small scatter-and-line plot written as SVG by
  * hand: log-scaled x and y axes with decade ticks, one coloured series per
- * family (points joined in x order), a legend, axis labels and a title. */
+ * family (points joined in x order), the Pareto front over every point (a
+ * dashed line: the points no other point beats on both axes), a legend,
+ * axis labels and a title. */
 #ifndef KVD_BENCH_FIDELITY_SVG_H
 #define KVD_BENCH_FIDELITY_SVG_H
 
@@ -14,6 +16,7 @@ typedef struct fid_series {
     size_t n;
     double x[FID_PLOT_MAX_POINTS], y[FID_PLOT_MAX_POINTS];
     const char *label[FID_PLOT_MAX_POINTS]; /* per point (NULL: none) */
+    int markers_only; /* no line through the points (a family that is not a sweep) */
 } fid_series;
 
 typedef struct fid_plot {
