@@ -55,6 +55,16 @@ const fid_config *fid_default_configs(size_t *n)
     return default_configs;
 }
 
+fid_setup fid_default_setup(int tiny)
+{
+    fid_setup s = {.model = tiny ? fid_model_default_params(2, 128, 64, 512) : fid_model_default_params(4, 512, 64, 4096),
+                   .prompt = tiny ? 8 : 16,
+                   .context = tiny ? 96 : 512,
+                   .page_bytes = 16384,
+                   .sample_seed = 99};
+    return s;
+}
+
 struct fid_harness {
     fid_setup setup;
     fid_model *model;

@@ -38,6 +38,11 @@ typedef struct fid_setup {
     uint64_t sample_seed; /* the exact run samples at temperature 1 from this seed */
 } fid_setup;
 
+/* The setups: `make bench`'s (4 layers, d_model 512, head_dim 64, vocab 4096,
+ * 512 tokens) and the smoke test's tiny one (2 layers, d_model 128, vocab
+ * 512, 96 tokens: well under a second). */
+fid_setup fid_default_setup(int tiny);
+
 typedef struct fid_result {
     const fid_config *cfg;
     char name[48];                   /* "int4", "h2o 1/8", ... */

@@ -46,14 +46,17 @@ static int usage(void)
 
 int main(int argc, char **argv)
 {
-    unsigned layers = 4, d_model = 512, head_dim = 64, vocab = 4096;
-    size_t context = 512, prompt = 16;
+    fid_setup s = fid_default_setup(0);
+    unsigned layers = s.model.layers, d_model = s.model.d_model, head_dim = s.model.head_dim, vocab = s.model.vocab;
+    size_t context = s.context, prompt = s.prompt;
     const char *table = NULL, *svg = NULL, *only = NULL;
     double outlier = 0, sink = 0, local = 0, logit = 0, corr = 0; /* 0: the model's default */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--tiny") == 0) {
-            layers = 2, d_model = 128, head_dim = 64, vocab = 512, context = 96, prompt = 8;
+            s = fid_default_setup(1);
+            layers = s.model.layers, d_model = s.model.d_model, head_dim = s.model.head_dim;
+            vocab = s.model.vocab, context = s.context, prompt = s.prompt;
             continue;
         }
         if (!v)
@@ -91,8 +94,9 @@ int main(int argc, char **argv)
         i++;
     }
     openblas_set_num_threads(1);
-    fid_setup s = {.model = fid_model_default_params(layers, d_model, head_dim, vocab),
-                   .prompt = prompt, .context = context, .page_bytes = 16384, .sample_seed = 99};
+    s.model = fid_model_default_params(layers, d_model, head_dim, vocab);
+    s.prompt = prompt;
+    s.context = context;
     if (outlier > 0)
         s.model.outlier_scale = (float)outlier;
     if (sink > 0)
