@@ -151,6 +151,44 @@ static size_t count(const char *hay, const char *needle)
     return n;
 }
 
+/* Every element closed, in order (a tag stack over the document); text has
+ * no stray '<'. Returns the number of elements, or -1 with *why set. */
+static long xml_balanced(const char *doc, const char **why)
+{
+    const char *stack[64];
+    size_t len[64], depth = 0;
+    long elements = 0;
+    for (const char *p = strchr(doc, '<'); p; p = strchr(p, '<')) {
+        const char *end = strchr(p, '>');
+        if (!end)
+            return *why = "unterminated tag", -1;
+        if (p[1] == '?') {
+            p = end + 1;
+            continue;
+        }
+        if (p[1] == '/') {
+            const size_t n = strcspn(p + 2, " >");
+            if (depth == 0 || len[depth - 1] != n || strncmp(stack[depth - 1], p + 2, n) != 0)
+                return *why = "closing tag does not match", -1;
+            depth--;
+        } else {
+            const size_t n = strcspn(p + 1, " />");
+            if (n == 0)
+                return *why = "empty tag name", -1;
+            elements++;
+            if (end[-1] != '/') {
+                if (depth == 64)
+                    return *why = "too deep", -1;
+                stack[depth] = p + 1, len[depth] = n, depth++;
+            }
+        }
+        p = end + 1;
+    }
+    if (depth != 0)
+        return *why = "unclosed element", -1;
+    return elements;
+}
+
 START_TEST(table_and_svg_are_well_formed)
 {
     fid_harness *h = tiny();
@@ -207,8 +245,8 @@ START_TEST(table_and_svg_are_well_formed)
     ck_assert_ptr_nonnull(strstr(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\""));
     ck_assert(svg_len > 7 && strcmp(svg + svg_len - 7, "</svg>\n") == 0);
     ck_assert_uint_eq(count(svg, "<svg"), 1);
-    ck_assert_uint_eq(count(svg, "<g "), count(svg, "</g>"));
-    ck_assert_uint_eq(count(svg, "<text"), count(svg, "</text>"));
+    const char *why = "";
+    ck_assert_msg(xml_balanced(svg, &why) > 0, "svg: %s", why);
     ck_assert_ptr_nonnull(strstr(svg, "bytes per context token"));
     ck_assert_ptr_nonnull(strstr(svg, "KL"));
     /* One series per family with a plottable point, each in the legend; one
