@@ -1,9 +1,8 @@
-/* bench/fidelity/harness.h — prices one cache configuration on the fidelity
- * decoder: an exact run (f32, no eviction) samples a sequence and records its
- * next-token distributions and attention outputs; each configuration is then
- * run teacher-forced on the same tokens through its own in-process kvd
- * session, and compared (bytes, bits, attention error per layer, KL, top-1).
- * The configurations are rows of one table (fid_default_configs). */
+/* bench/fidelity/harness.h — prices cache configurations on the fidelity
+ * decoder: an exact run (f32, no eviction) samples a sequence and records the
+ * reference; each configuration (a row of fid_default_configs) runs teacher-
+ * forced on the same tokens through its own in-process kvd session and is
+ * compared (bytes, bits, attention error per layer, KL, top-1). */
 #ifndef KVD_BENCH_FIDELITY_HARNESS_H
 #define KVD_BENCH_FIDELITY_HARNESS_H
 

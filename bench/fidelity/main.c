@@ -1,12 +1,7 @@
 /* bench/fidelity/main.c — bench_fidelity: the fidelity table and plot (README
- * "Fidelity"). Builds the model, samples the exact run, runs every row of
- * fid_default_configs teacher-forced, prints the markdown table (and writes
- * it to --table), and writes the plot to --svg.
- * Usage: bench_fidelity [--tiny] [--layers N] [--d-model N] [--head-dim N]
- *        [--vocab N] [--context N] [--prompt N] [--only SUBSTRING]
- *        [--outlier X] [--sink X] [--local X] [--content X] [--logit-scale X]
- *        [--table FILE] [--svg FILE]
- * (the X flags override the model's shape parameters, model.h). */
+ * "Fidelity"): runs every row of fid_default_configs, prints the markdown
+ * table (also to --table FILE) and writes the plot to --svg FILE. Flags are in
+ * usage() and docs/fidelity.md (the X flags override model.h's shape). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,10 +1,8 @@
-/* bench/fidelity/model.h — a small deterministic decoder (random weights from
- * a fixed seed) shaped like a trained model where it matters to a KV cache:
- * outlier key channels, an attention sink at token 0, local (RoPE-recency)
- * heads and content heads that look far back. Its attention is not computed
- * here: each layer hands its post-RoPE q, k, v to a caller's function (the
- * harness runs them through a kvd session) and takes the output back.
- * docs/fidelity.md says why each feature is there. */
+/* bench/fidelity/model.h — a small deterministic decoder (fixed-seed weights)
+ * shaped like a trained model where it matters to a KV cache: outlier key
+ * channels, a sink at token 0, local heads and content heads (docs/fidelity.md).
+ * Attention is the caller's: each layer hands its post-RoPE q, k, v to a
+ * function (the harness: a kvd session) and takes the output back. */
 #ifndef KVD_BENCH_FIDELITY_MODEL_H
 #define KVD_BENCH_FIDELITY_MODEL_H
 
