@@ -100,6 +100,25 @@ START_TEST(eviction_holds_its_budget)
 }
 END_TEST
 
+/* head_dim 128 (2 query heads sharing 1 kv head): the same guarantees. */
+START_TEST(head_dim_128)
+{
+    fid_setup s = fid_default_setup(1);
+    s.model = fid_model_default_params(2, 256, 128, 512);
+    ck_assert_uint_eq(s.model.heads, 2);
+    fid_harness *h = NULL;
+    ck_assert_int_eq(fid_harness_create(&s, &h), 0);
+    fid_result f32, int4;
+    ck_assert_int_eq(fid_harness_run(h, row("f32"), &f32), 0);
+    ck_assert_int_eq(fid_harness_run(h, row("int4"), &int4), 0);
+    ck_assert(f32.kl_mean == 0.0 && f32.top1 == 1.0);
+    ck_assert_double_eq(f32.kv_bytes_per_token, 2.0 * 1 * 128 * 2 * 4);
+    ck_assert_double_eq(int4.bits_per_coordinate, 5.0);
+    ck_assert(int4.kl_mean > 0.0 && int4.err_mean[0] > 0.0);
+    fid_harness_destroy(h);
+}
+END_TEST
+
 /* docs/fidelity.md's claims about the model, measured on the exact run. */
 START_TEST(model_has_its_shape)
 {
@@ -287,6 +306,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, exact_config_reproduces_reference);
     tcase_add_test(tc, f16_closer_than_int4);
     tcase_add_test(tc, eviction_holds_its_budget);
+    tcase_add_test(tc, head_dim_128);
     tcase_add_test(tc, model_has_its_shape);
     tcase_add_test(tc, table_and_svg_are_well_formed);
     suite_add_tcase(s, tc);
