@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <check.h>
 
 #include "bench/fidelity/harness.h"
@@ -16,6 +17,7 @@
 
 static fid_harness *tiny(void)
 {
+    openblas_set_num_threads(1); /* two cores, shared: ctest -j2 runs another test beside this one */
     const fid_setup s = fid_default_setup(1);
     fid_harness *h = NULL;
     ck_assert_int_eq(fid_harness_create(&s, &h), 0);
@@ -103,6 +105,7 @@ END_TEST
 /* head_dim 128 (2 query heads sharing 1 kv head): the same guarantees. */
 START_TEST(head_dim_128)
 {
+    openblas_set_num_threads(1);
     fid_setup s = fid_default_setup(1);
     s.model = fid_model_default_params(2, 256, 128, 512);
     ck_assert_uint_eq(s.model.heads, 2);
