@@ -71,6 +71,8 @@ test-deploy: build
 # by must run at full optimisation (under -O2 it ran 16-22% slower and inflated the ratios).
 BUILD_BENCH ?= build-release
 BENCHES := $(patsubst bench/%.c,bench_%,$(wildcard bench/*.c))
+# bench/fidelity is a directory of its own (README "Fidelity"): the table on stdout.
+BENCHES += bench_fidelity
 
 $(BUILD_BENCH)/Makefile: CMakeLists.txt
 	cmake -S . -B $(BUILD_BENCH) -DCMAKE_BUILD_TYPE=Release
