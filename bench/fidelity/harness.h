@@ -22,7 +22,7 @@ typedef struct fid_config {
     uint32_t budget_div;  /* budget = context / budget_div tokens; 0 = no budget */
     uint32_t sink;        /* protected first tokens (with a policy) */
     uint32_t recent_div;  /* recent = budget / recent_div; 0 = none. subgen: recent = budget - sink */
-    const char *rotate;   /* cache rotation: "none" (the one value this kvd has) */
+    const char *rotate;   /* cache.rotate: "none" or "hadamard" */
 } fid_config;
 
 /* The table `make bench` runs: the exact f32 row first, then every dtype,

@@ -61,6 +61,25 @@ START_TEST(exact_config_reproduces_reference)
 }
 END_TEST
 
+/* Rotation (cache.rotate "hadamard") spreads the model's outlier key channels
+ * over all channels, so per-token int4 scales stop being set by two of them:
+ * the attention output of every layer and the next-token KL both improve. */
+START_TEST(rotation_helps_int4_on_outlier_keys)
+{
+    fid_harness *h = tiny();
+    const uint32_t layers = fid_harness_setup(h)->model.layers;
+    fid_result plain, rotated;
+    ck_assert_int_eq(fid_harness_run(h, row("int4"), &plain), 0);
+    ck_assert_int_eq(fid_harness_run(h, row("int4 +hadamard"), &rotated), 0);
+    ck_assert(rotated.bits_per_coordinate == plain.bits_per_coordinate);
+    for (uint32_t l = 0; l < layers; l++)
+        ck_assert_msg(rotated.err_mean[l] < plain.err_mean[l] / 1.3, "layer %u: rotated %g plain %g", l,
+                      rotated.err_mean[l], plain.err_mean[l]);
+    ck_assert_msg(rotated.kl_mean < plain.kl_mean, "KL rotated %g plain %g", rotated.kl_mean, plain.kl_mean);
+    fid_harness_destroy(h);
+}
+END_TEST
+
 START_TEST(f16_closer_than_int4)
 {
     fid_harness *h = tiny();
@@ -243,7 +262,7 @@ START_TEST(table_and_svg_are_well_formed)
         ck_assert_uint_lt(rows, n);
         ck_assert_uint_eq(cells(line, c, 16), width);
         ck_assert_str_eq(c[0], res[rows].name);
-        ck_assert_str_eq(c[1], "none");
+        ck_assert_str_eq(c[1], res[rows].cfg->rotate);
         ck_assert(is_number(c[2]) || strcmp(c[2], "all") == 0);
         for (int k = 3; k <= 5; k++)
             ck_assert_msg(is_number(c[k]), "row %zu cell %d: %s", rows, k, c[k]);
@@ -308,6 +327,7 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, exact_config_reproduces_reference);
     tcase_add_test(tc, f16_closer_than_int4);
+    tcase_add_test(tc, rotation_helps_int4_on_outlier_keys);
     tcase_add_test(tc, eviction_holds_its_budget);
     tcase_add_test(tc, head_dim_128);
     tcase_add_test(tc, model_has_its_shape);
