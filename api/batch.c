@@ -74,9 +74,13 @@ static void batch_free(api_batch *b)
     "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering the batch's answer; " \
     "the steps of items [" /* indices */
 #define OOM_ANSWER_TAIL "] were applied, the others changed nothing\"}}"
+#define OOM_ANSWER_NONE \
+    "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering the batch's answer; " \
+    "no item was applied\"}}"
 /* Room for OOM_ANSWER_HEAD, n indices of up to 20 digits with commas, and
  * OOM_ANSWER_TAIL. */
 #define OOM_ANSWER_CAP(n) (sizeof OOM_ANSWER_HEAD + sizeof OOM_ANSWER_TAIL + (n) * 21)
+_Static_assert(sizeof OOM_ANSWER_NONE <= OOM_ANSWER_CAP(0), "the no-item answer fits the reserved buffer");
 
 /* The whole answer could not be allocated after items ran: a 500 in the
  * reserved buffer that says which items' steps were applied, so a client
@@ -91,7 +95,10 @@ static void batch_oom_answer(api_batch *b, kvd_response *resp)
             p += sprintf(p, "%s%zu", first ? "" : ",", i);
             first = false;
         }
-    strcpy(p, OOM_ANSWER_TAIL);
+    if (first) /* none: no list to give (fits: shorter than the head) */
+        strcpy(b->oom_answer, OOM_ANSWER_NONE);
+    else
+        strcpy(p, OOM_ANSWER_TAIL);
     kvd__api_response_json(resp, 500, b->oom_answer);
     b->oom_answer = NULL; /* the response owns it */
 }
