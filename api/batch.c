@@ -21,6 +21,10 @@ struct api_batch {
     kvd_json_doc doc;          /* the parsed body; each item read by its job only */
     const cJSON **item;        /* [n]: the items of "steps" */
     char **out;                /* [n]: each item's rendered answer (with "status") */
+    bool *applied;             /* [n]: the item's step changed its session */
+    char *oom_answer;          /* [OOM_ANSWER_CAP(n)]: reserved before any item runs,
+                                  for the 500 naming the applied items when the
+                                  answer cannot be allocated (batch_render) */
     size_t n;
     size_t refs;               /* unfinished jobs + the handler while it builds (loop) */
     kvd_wire_encoding enc;
@@ -56,26 +60,65 @@ static char *item_errorf(int status, const char *code, const char *field, const 
 
 static void batch_free(api_batch *b)
 {
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; b->out && i < b->n; i++) /* out is NULL if its calloc failed */
         free(b->out[i]);
     free(b->out);
+    free(b->applied);
+    free(b->oom_answer);
     free(b->item);
     kvd_json_doc_free(&b->doc);
     free(b);
 }
 
+#define OOM_ANSWER_HEAD \
+    "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering the batch's answer; " \
+    "the steps of items [" /* indices */
+#define OOM_ANSWER_TAIL "] were applied, the others changed nothing\"}}"
+#define OOM_ANSWER_NONE \
+    "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering the batch's answer; " \
+    "no item was applied\"}}"
+/* Room for OOM_ANSWER_HEAD, n indices of up to 20 digits with commas, and
+ * OOM_ANSWER_TAIL. */
+#define OOM_ANSWER_CAP(n) (sizeof OOM_ANSWER_HEAD + sizeof OOM_ANSWER_TAIL + (n) * 21)
+_Static_assert(sizeof OOM_ANSWER_NONE <= OOM_ANSWER_CAP(0), "the no-item answer fits the reserved buffer");
+
+/* The whole answer could not be allocated after items ran: a 500 in the
+ * reserved buffer that says which items' steps were applied, so a client
+ * knows what its sessions hold (nothing allocated here). */
+static void batch_oom_answer(api_batch *b, kvd_response *resp)
+{
+    char *p = b->oom_answer;
+    p += sprintf(p, OOM_ANSWER_HEAD);
+    bool first = true;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->applied[i]) {
+            p += sprintf(p, "%s%zu", first ? "" : ",", i);
+            first = false;
+        }
+    if (first) /* none: no list to give (fits: shorter than the head) */
+        strcpy(b->oom_answer, OOM_ANSWER_NONE);
+    else
+        strcpy(p, OOM_ANSWER_TAIL);
+    kvd__api_response_json(resp, 500, b->oom_answer);
+    b->oom_answer = NULL; /* the response owns it */
+}
+
 /* {"steps": [item, ...]} from the rendered items; a missing one (allocation
- * failed) is an item 500 written here, so every item has an answer. */
+ * failed) is an item 500 written here, so every item has an answer that says
+ * whether its step was applied. */
 static void batch_render(api_batch *b, kvd_response *resp)
 {
     static const char oom_item[] =
         "{\"status\":500,\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering this item\"}}";
+    static const char oom_item_applied[] =
+        "{\"status\":500,\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering this item; "
+        "the step was applied\"}}";
     size_t len = sizeof "{\"steps\":[]}";
     for (size_t i = 0; i < b->n; i++)
-        len += (b->out[i] ? strlen(b->out[i]) : sizeof oom_item) + 1;
+        len += (b->out[i] ? strlen(b->out[i]) : sizeof oom_item_applied) + 1;
     char *json = malloc(len);
     if (!json) {
-        kvd__api_respond_error(resp, 500, KVD_ERR_INTERNAL, NULL, "out of memory rendering the batch");
+        batch_oom_answer(b, resp);
         return;
     }
     char *p = json;
@@ -83,7 +126,7 @@ static void batch_render(api_batch *b, kvd_response *resp)
     for (size_t i = 0; i < b->n; i++) {
         if (i)
             *p++ = ',';
-        const char *s = b->out[i] ? b->out[i] : oom_item;
+        const char *s = b->out[i] ? b->out[i] : b->applied[i] ? oom_item_applied : oom_item;
         const size_t l = strlen(s);
         memcpy(p, s, l);
         p += l;
@@ -176,6 +219,7 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
     if (rc != KVD_STEP_OK) {
         json = refusal(api, rc, out.need_pages);
     } else {
+        b->applied[i] = true;
         const double seconds = kvd_clock_mono() - t0;
         json = with_status(200, kvd__api_step_entry_text(&s->cache->config, &entry, &out.results[0], b->enc));
         kvd_histogram_observe(&phase[KVD_PHASE_RENDER], kvd_clock_mono() - t2);
@@ -296,8 +340,10 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
     b->n = (size_t)cJSON_GetArraySize(steps);
     b->item = calloc(b->n, sizeof *b->item);
     b->out = calloc(b->n, sizeof *b->out);
+    b->applied = calloc(b->n, sizeof *b->applied);
+    b->oom_answer = malloc(OOM_ANSWER_CAP(b->n));
     api_job **jobs = calloc(b->n, sizeof *jobs); /* one per distinct session, in first-seen order */
-    if (!b->item || !b->out || !jobs) {
+    if (!b->item || !b->out || !b->applied || !b->oom_answer || !jobs) {
         free(jobs);
         kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory for the batch");
         goto refuse;

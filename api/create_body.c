@@ -232,6 +232,16 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
                                  "recent tokens stay exact, the rest goes into the sketch), got %"
                                  PRIu32, c->cache.budget);
 
+    /* h2o with no recent window evicts a new token after one step of weight
+     * (it has had no time to gather any): as the H2O paper (Zhang et al.
+     * 2023, §3.3: heavy hitters and recent tokens, half the budget each), an
+     * h2o cache given no "recent" keeps budget / 2 (rounded down) recent
+     * tokens, less where sink + budget / 2 would pass the budget. */
+    if (c->cache.eviction == KVD_EVICT_H2O && !(cache && cJSON_GetObjectItemCaseSensitive(cache, "recent"))) {
+        const uint32_t room = c->cache.budget > c->cache.sink ? c->cache.budget - c->cache.sink : 0;
+        c->cache.recent = c->cache.budget / 2 < room ? c->cache.budget / 2 : room;
+    }
+
     /* A budget is reached by evicting, and sinks and recent tokens are never
      * evicted (DESIGN.md §4): a budget needs a policy and room above them. */
     if (c->cache.budget > 0 && c->cache.eviction == KVD_EVICT_NONE)

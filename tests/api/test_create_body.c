@@ -519,6 +519,54 @@ START_TEST(config_to_json)
 }
 END_TEST
 
+/* h2o given no "recent" keeps budget / 2 (rounded down) recent tokens, less
+ * where sink + budget / 2 would pass the budget; the value used is the one
+ * echoed, and an explicit recent (0 too) wins. */
+START_TEST(create_h2o_default_recent)
+{
+    static const struct {
+        const char *cache;
+        uint32_t recent;
+    } cases[] = {
+        {"\"eviction\": \"h2o\", \"budget\": 128", 64},             /* sink 4 (default) + 64 <= 128 */
+        {"\"eviction\": \"h2o\", \"budget\": 9, \"sink\": 1", 4},    /* odd: 9 / 2 rounded down */
+        {"\"eviction\": \"h2o\", \"budget\": 6", 2},                 /* sink 4 + 3 > 6: what is left, 2 */
+        {"\"eviction\": \"h2o\", \"budget\": 4", 0},                 /* the sinks take it all */
+        {"\"eviction\": \"h2o\", \"budget\": 1, \"sink\": 0", 0},    /* 1 / 2 = 0 */
+        {"\"eviction\": \"h2o\"", 0},                                /* no budget: nothing to split */
+        {"\"eviction\": \"h2o\", \"budget\": 128, \"recent\": 0", 0}, /* explicit wins */
+        {"\"eviction\": \"h2o\", \"budget\": 128, \"recent\": 10", 10},
+        {"\"eviction\": \"recency\", \"budget\": 128", 0},            /* other policies: 0 */
+        {"\"eviction\": \"l2norm\", \"budget\": 128", 0},
+    };
+    char json[160];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kvd_session_config c;
+        snprintf(json, sizeof json, "{\"cache\": {%s}}", cases[i].cache);
+        create_ok(json, &c);
+        ck_assert_msg(c.cache.recent == cases[i].recent, "%s: recent %u, want %u", json, c.cache.recent,
+                      cases[i].recent);
+        ck_assert(c.cache.budget == 0 || c.cache.sink + c.cache.recent <= c.cache.budget);
+        /* Echoed as used; the echo read back is the same config. */
+        cJSON *o = kvd_session_config_to_json(&c);
+        ck_assert(num(cJSON_GetObjectItemCaseSensitive(o, "cache"), "recent") == cases[i].recent);
+        char *text = cJSON_PrintUnformatted(o);
+        kvd_session_config again;
+        create_ok(text, &again);
+        ck_assert(cfg_eq(&c, &again));
+        cJSON_free(text);
+        cJSON_Delete(o);
+    }
+    /* A tensor session's h2o too. */
+    kvd_session_config c;
+    create_ok("{\"attention\": \"tensor\", \"cache\": {\"eviction\": \"h2o\", \"budget\": 8, \"sink\": 2}}", &c);
+    ck_assert_uint_eq(c.cache.recent, 4);
+    /* A budget under the sinks stays a 400 (the default adds nothing to it). */
+    create_err("{\"cache\": {\"eviction\": \"h2o\", \"budget\": 3}}", "cache.budget",
+               "less than sink + recent = 4 + 0 = 4");
+}
+END_TEST
+
 START_TEST(config_to_json_allocation_failure)
 {
     kvd_session_config c;
@@ -559,6 +607,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, create_eviction_policies);
     tcase_add_test(tc, create_dtypes_and_shadow);
     tcase_add_test(tc, config_to_json);
+    tcase_add_test(tc, create_h2o_default_recent);
     tcase_add_test(tc, config_to_json_allocation_failure);
     suite_add_tcase(s, tc);
     return s;

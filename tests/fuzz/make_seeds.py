@@ -38,6 +38,44 @@ STEP_B64 = json.dumps({"k": b64([1, 0, 0, 0]), "v": b64([1, 0, 0, 0]),
                        "q": b64([1, 0, 0, 0, 0, 1, 0, 0]), "encoding": "b64"})
 STEP_MULTI = json.dumps({"steps": [{"layer": 0, "k": [[[1, 2, 3, 4]]], "v": [[[1, 1, 1, 1]]], "m": 1},
                                    {"layer": 0, "q": [[1, 0, 0, 0, 0, 1, 0, 0]], "mask": "block"}]})
+CREATE_TENSOR = json.dumps({"attention": "tensor", "tensor_cache": "two", "heads": 2, "kv_heads": 1, "head_dim": 4})
+UNKNOWN = "ff" * 16
+
+
+def item(session, **entry):
+    """One POST /v1/batch item: a step entry plus its "session"."""
+    return dict({"session": session}, **entry)
+
+
+# Batches over the sessions CREATE (ID1) and CREATE_EVICT (ID2) made: kv rows of
+# 1 x 4, query rows of 2 x 4. Items of one session run in order, sessions in parallel.
+BATCH_JSON = json.dumps({"steps": [
+    item(ID1, layer=0, k=[1, 0, 0, 0, 0, 1, 0, 0], v=[1, 2, 3, 4, 5, 6, 7, 8], q=[1, 0, 0, 0, 0, 1, 0, 0] * 2),
+    item(ID2, k=[[[0.5, 0.25, 0, 1]]] * 3, v=[[[1, 1, 1, 1]]] * 3, q=[[[1, 0, 0, 0], [0, 1, 0, 0]]], mask="block"),
+    item(ID1, q=[[0, 0, 1, 0, 0, 0, 0, 1]], return_lse=True)]})
+BATCH_B64 = json.dumps({"encoding": "b64", "steps": [
+    item(ID2, k=b64([1, 0, 0, 0]), v=b64([2, 0, 0, 0]), q=b64([1, 0, 0, 0, 0, 1, 0, 0])),
+    item(ID1, k=b64([0, 1, 0, 0, 0, 0, 1, 0]), v=b64([1] * 8), q=b64([0.5] * 16), m=2),
+    item(ID2, k=b64([0, 0, 0, 1]), v=b64([0, 0, 0, 3]), q=b64([0, 0, 0, 1, 0, 0, 1, 0]))]})
+# One of each kind of item a batch answers on its own, between two good ones.
+BATCH_BAD_ITEMS = json.dumps({"steps": [
+    item(ID1, k=[1, 0, 0, 0], v=[1, 1, 1, 1], q=[1, 0, 0, 0, 0, 1, 0, 0]),
+    item(UNKNOWN, k=[1, 0, 0, 0], v=[1, 1, 1, 1], q=[1] * 8),     # 404
+    42,                                                             # not an object
+    {"layer": 0, "k": [1, 0, 0, 0], "v": [1, 1, 1, 1]},             # no session
+    item(7, q=[1] * 8),                                             # session not a string
+    item(ID1, steps=[{"q": [1] * 8}]),                              # "steps" inside an item
+    item(ID1, encoding="b64", q=b64([1] * 8)),                      # "encoding" inside an item
+    item(ID1, k=[1, 0, 0], v=[1, 1, 1, 1], q=[1] * 8),              # k a number short: 400
+    item(ID1, layer=5, q=[1] * 8),                                  # no such layer
+    item(ID1, q=[1] * 8, mask="causal"),                            # causal needs m_q <= m
+    item(ID1, k="b64:!!", v=[1] * 4, q=[1] * 8),                    # bad b64
+    item(ID2, k=[1e39, 0, 0, 0], v=[1] * 4, q=[1] * 8),             # not a finite f32
+    item(ID1, k=[0, 0, 0, 1], v=[2, 2, 2, 2], q=[0, 0, 0, 1] * 2)]})
+BATCH_TENSOR = json.dumps({"steps": [
+    item(ID1, k1=[1, 2, 3, 4], k2=[1, 1, 1, 1], v1=[0, 1, 0, 1], v2=[2, 2, 2, 2], q=[1] * 8),
+    item(ID2, k=[1, 0, 0, 0], v=[1, 1, 1, 1], q=[1] * 8),
+    item(ID1, k1=[[1, 0, 0, 0]] * 2, k2=[[0, 1, 0, 0]] * 2, v1=[[1] * 4] * 2, v2=[[2] * 4] * 2, q=[[1] * 8] * 2)]})
 
 
 def http_seeds():
@@ -62,9 +100,25 @@ def http_seeds():
     s["auth"] = (req("POST", "/v1/sessions", CREATE, headers=["Authorization: Bearer fuzzkey"])
                  + req("GET", "/v1/sessions/" + ID1, headers=["Authorization: Bearer wrong"])
                  + req("GET", "/metrics"))
+    two = req("POST", "/v1/sessions", CREATE) + req("POST", "/v1/sessions", CREATE_EVICT)
+    s["batch_json"] = two + req("POST", "/v1/batch", BATCH_JSON) + req("GET", "/v1/sessions/" + ID2)
+    s["batch_b64"] = two + req("POST", "/v1/batch", BATCH_B64, chunked=True) + req("GET", "/metrics")
+    s["batch_bad_items"] = two + req("POST", "/v1/batch", BATCH_BAD_ITEMS)
+    s["batch_tensor"] = (req("POST", "/v1/sessions", CREATE_TENSOR) + req("POST", "/v1/sessions", CREATE)
+                         + req("POST", "/v1/batch", BATCH_TENSOR))
+    # A batch between a session's other requests (its items wait for the step before
+    # them; the fork and delete wait for the batch), then bodies refused whole.
+    s["batch_queued"] = (two + req("POST", "/v1/sessions/%s/step" % ID1, STEP_JSON) + req("POST", "/v1/batch", BATCH_JSON)
+                         + req("POST", "/v1/sessions/%s/fork" % ID1, "{}") + req("DELETE", "/v1/sessions/" + ID2)
+                         + req("POST", "/v1/batch", BATCH_B64))
+    s["batch_bad_bodies"] = b"".join(req("POST", "/v1/batch", b) for b in [
+        "{\"steps\":[]}", "{\"steps\":{}}", "[]", "{\"steps\":[{\"session\":\"%s\"}],\"x\":1}" % ID1,
+        "{\"encoding\":\"hex\",\"steps\":[{\"session\":\"%s\"}]}" % ID1,
+        "{\"steps\":[1],\"steps\":[2]}", "{\"steps\":[{\"session\":\"" + ID1 + "\",\"q\":[1,2"])
     s["http10_close"] = b"GET /healthz HTTP/1.0\r\n\r\n" + req("GET", "/healthz", headers=["Connection: close"])
     # header byte: flags, split1, split2 (fuzz_http.c)
-    flags = {"auth": 0x01 | 0x40, "pipelined": 0x04 | 0x10, "chunked": 0x20, "create_step_b64": 0x08 | 0x02}
+    flags = {"auth": 0x01 | 0x40, "pipelined": 0x04 | 0x10, "chunked": 0x20, "create_step_b64": 0x08 | 0x02,
+             "batch_queued": 0x04, "batch_b64": 0x02 | 0x20}
     return {k: bytes([flags.get(k, 0), 60, 160]) + v for k, v in s.items()}
 
 

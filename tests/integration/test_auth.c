@@ -7,14 +7,9 @@
  * log holds no key and no full session id, in text and JSON; bad key set-ups
  * stop start-up; a non-loopback --host without keys warns. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -319,56 +314,10 @@ END_TEST
  * frees); *exit_code gets its exit status, or -1 if it had to be stopped. */
 static char *run_kvd(const char *const *args, const char *env_key, int *exit_code)
 {
-    const char *bin = getenv("KVD_BINARY");
-    ck_assert_ptr_nonnull(bin);
-    const char *argv[16] = {bin};
-    size_t n = 1;
-    for (size_t i = 0; args[i]; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    int fds[2];
-    ck_assert_int_eq(pipe(fds), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        if (env_key)
-            setenv("KVD_API_KEY", env_key, 1);
-        else
-            unsetenv("KVD_API_KEY");
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t len = 0, cap = 65536;
-    char *out = calloc(1, cap);
-    bool stopped = false;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        long waited = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
-        ck_assert_msg(waited < STARTUP_DEADLINE_MS, "kvd neither exited nor listened:\n%s", out);
-        if (poll(&pf, 1, 100) <= 0)
-            continue;
-        ssize_t got = read(fds[0], out + len, cap - 1 - len);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-        if (!stopped && strstr(out, "kvd: listening on")) {
-            kill(pid, SIGTERM); /* it could bind (e.g. ip_nonlocal_bind): stop it */
-            stopped = true;
-        }
-    }
-    close(fds[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    *exit_code = stopped ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    const kvd_proc_run_opts opt = {.env_name = "KVD_API_KEY", .env_value = env_key, .stop_if_listening = true,
+                                   .deadline_ms = STARTUP_DEADLINE_MS};
+    char *out;
+    *exit_code = kvd_proc_run(args, &opt, &out);
     return out;
 }
 

@@ -4,13 +4,9 @@
  * prefix (a 64-character id, the router's segment limit); the flag beats the
  * variable, an empty value means none, and a bad prefix stops start-up. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <check.h>
 
@@ -21,7 +17,7 @@
 #include "tests/support/kvd_proc.h"
 
 #define CASE_TIMEOUT_S 120
-/* A start-up that should fail is killed (SIGALRM, so the case fails) if it
+/* A start-up that should fail is killed (and the case fails) if it
  * is still running after this. */
 #define BAD_START_DEADLINE_S 20
 
@@ -151,46 +147,19 @@ START_TEST(environment_and_flag_precedence)
 }
 END_TEST
 
-/* Runs kvd (env_prefix as KVD_ID_PREFIX unless NULL) expecting it to stop at
- * start-up; returns its exit status and its stderr in err. */
-static int run_to_exit(const char *const *args, const char *env_prefix, char *err, size_t cap)
+/* Runs kvd --port 0 <args> (env_prefix as KVD_ID_PREFIX unless NULL)
+ * expecting it to stop at start-up; returns its exit status and its stderr
+ * in *err (caller frees). One that starts is killed at the deadline and fails. */
+static int run_to_exit(const char *const *args, const char *env_prefix, char **err)
 {
-    const char *bin = getenv("KVD_BINARY");
-    ck_assert_ptr_nonnull(bin);
-    const char *argv[8] = {bin, "--port", "0"};
-    size_t n = 3;
-    for (size_t i = 0; args[i]; i++)
+    const char *argv[8] = {"--port", "0"};
+    size_t n = 2;
+    for (size_t i = 0; args[i] && n < 7; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    int fds[2];
-    ck_assert_int_eq(pipe(fds), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        if (env_prefix)
-            setenv("KVD_ID_PREFIX", env_prefix, 1);
-        else
-            unsetenv("KVD_ID_PREFIX");
-        alarm(BAD_START_DEADLINE_S); /* survives exec: a kvd that starts dies of it */
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t len = 0;
-    ssize_t got;
-    while (len + 1 < cap && ((got = read(fds[0], err + len, cap - 1 - len)) > 0 || (got < 0 && errno == EINTR)))
-        len += got > 0 ? (size_t)got : 0;
-    err[len] = '\0';
-    close(fds[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    ck_assert_msg(WIFEXITED(st), "kvd did not exit by itself (signal %d):\n%s", WIFSIGNALED(st) ? WTERMSIG(st) : 0,
-                  err);
-    return WEXITSTATUS(st);
+    const kvd_proc_run_opts opt = {.env_name = "KVD_ID_PREFIX", .env_value = env_prefix,
+                                   .deadline_ms = BAD_START_DEADLINE_S * 1000};
+    return kvd_proc_run(argv, &opt, err);
 }
 
 START_TEST(bad_prefix_stops_start_up)
@@ -205,10 +174,11 @@ START_TEST(bad_prefix_stops_start_up)
         {upper, NULL}, {slash, NULL}, {under, NULL}, {space, NULL}, {too_long, NULL}, {none, "Kvd-0"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char err[4096];
-        int code = run_to_exit(cases[i].args, cases[i].env, err, sizeof err);
+        char *err;
+        int code = run_to_exit(cases[i].args, cases[i].env, &err);
         ck_assert_msg(code == 2, "case %zu: exit %d:\n%s", i, code, err);
         ck_assert_msg(strstr(err, "--id-prefix") != NULL, "case %zu: no '--id-prefix' in:\n%s", i, err);
+        free(err);
     }
 }
 END_TEST

@@ -5,15 +5,11 @@
  * KVD_PROBE in the environment does not turn a server into a probe. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -27,61 +23,12 @@
 
 static const char *const server_args[] = {"--memory", "16MiB", "--threads", "1", NULL};
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Runs `$KVD_BINARY <args...>` (NULL-terminated) to its end; returns its
  * exit code, its stdout+stderr in *out (caller frees). */
 static int run_kvd(const char *const *args, char **out)
 {
-    const char *bin = getenv("KVD_BINARY");
-    ck_assert_ptr_nonnull(bin);
-    const char *argv[16] = {bin};
-    size_t n = 1;
-    for (size_t i = 0; args[i] && n < 15; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    int fds[2];
-    ck_assert_int_eq(pipe(fds), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t len = 0, cap = 65536;
-    char *buf = calloc(1, cap);
-    ck_assert_ptr_nonnull(buf);
-    long long deadline = now_ms() + PROBE_RUN_DEADLINE_MS;
-    for (;;) {
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            ck_abort_msg("kvd %s did not exit:\n%s", args[0], buf);
-        }
-        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pf, 1, 100) <= 0)
-            continue;
-        ssize_t got = read(fds[0], buf + len, cap - 1 - len);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-    }
-    close(fds[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    const kvd_proc_run_opts opt = {.stdout_too = true, .deadline_ms = PROBE_RUN_DEADLINE_MS};
+    return kvd_proc_run(args, &opt, out);
 }
 
 static int probe(const char *url, char **out)

@@ -1,11 +1,13 @@
 /* tests/support/kvd_proc.c — fork/exec of the kvd binary with its stderr on a
  * pipe, a drain thread that owns the read end for the server's whole life,
- * and SIGTERM/waitpid stops with a SIGKILL fallback. */
+ * and SIGTERM/waitpid stops with a SIGKILL fallback; and kvd_proc_run, one
+ * kvd run to its end with its output captured. */
 #define _GNU_SOURCE
 #include "tests/support/kvd_proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -341,4 +343,74 @@ void kvd_proc_free(kvd_proc *p)
     pthread_cond_destroy(&p->cv);
     free(p->buf);
     free(p);
+}
+
+int kvd_proc_run(const char *const *args, const kvd_proc_run_opts *opt, char **out)
+{
+    const char *bin = getenv("KVD_BINARY");
+    ck_assert_msg(bin && *bin, "KVD_BINARY is not set (ctest sets it)");
+    const char *argv[32] = {bin};
+    size_t n = 1;
+    for (size_t i = 0; args[i]; i++) {
+        ck_assert_msg(n < 31, "kvd_proc_run: too many arguments");
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
+        if (opt->stdout_too)
+            dup2(fds[1], STDOUT_FILENO);
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        if (opt->env_name && opt->env_value)
+            setenv(opt->env_name, opt->env_value, 1);
+        else if (opt->env_name)
+            unsetenv(opt->env_name);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0, cap = 65536;
+    char *buf = calloc(1, cap);
+    ck_assert_ptr_nonnull(buf);
+    bool stopped = false;
+    const long long deadline = now_ms() + opt->deadline_ms;
+    for (;;) {
+        if (now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            close(fds[0]);
+            ck_abort_msg("kvd %s did not exit within %d ms:\n%s", args[0] ? args[0] : "", opt->deadline_ms, buf);
+        }
+        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
+        if (poll(&pf, 1, 100) <= 0)
+            continue;
+        if (len + 1 == cap) { /* keep reading to EOF, keeping what fits */
+            char sink[4096];
+            if (read(fds[0], sink, sizeof sink) <= 0)
+                break;
+            continue;
+        }
+        ssize_t got = read(fds[0], buf + len, cap - 1 - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        len += (size_t)got;
+        if (opt->stop_if_listening && !stopped && strstr(buf, "kvd: listening on")) {
+            kill(pid, SIGTERM);
+            stopped = true;
+        }
+    }
+    close(fds[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    *out = buf;
+    return stopped ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

@@ -2,7 +2,8 @@
  * starts it on an ephemeral loopback port, learns the port from its
  * "kvd: listening on http://HOST:PORT" line, keeps draining its stderr into a
  * buffer (so a chatty access log never blocks the server on a full pipe), and
- * stops it with SIGTERM, reporting the exit status. */
+ * stops it with SIGTERM, reporting the exit status; or runs it to its end
+ * capturing what it says (kvd_proc_run: start-up errors, --probe). */
 #ifndef KVD_TEST_PROC_H
 #define KVD_TEST_PROC_H
 
@@ -50,5 +51,22 @@ char *kvd_proc_stderr(kvd_proc *p);
 
 /* Kills the server if still running (SIGKILL), reaps it and frees p. */
 void kvd_proc_free(kvd_proc *p);
+
+/* ---- kvd run to its end (start-up errors, --probe) ---- */
+
+typedef struct kvd_proc_run_opts {
+    const char *env_name;     /* an environment variable the child gets (NULL: none) */
+    const char *env_value;    /* ... with this value; NULL: unset in the child */
+    bool stdout_too;          /* capture stdout with stderr (else stdout is ours) */
+    bool stop_if_listening;   /* a kvd that prints its listening line is sent SIGTERM */
+    int deadline_ms;          /* still running after this: SIGKILL, and the Check test fails */
+} kvd_proc_run_opts;
+
+/* Runs `$KVD_BINARY <args...>` (NULL-terminated; at most 30) until it exits,
+ * capturing its stderr (and stdout if asked) into *out (malloc'd, caller
+ * frees). Returns its exit status, 128 + the signal if one killed it, or -1
+ * if it was stopped for listening (stop_if_listening). Check assertions:
+ * call from a Check test only. */
+int kvd_proc_run(const char *const *args, const kvd_proc_run_opts *opt, char **out);
 
 #endif
