@@ -226,4 +226,32 @@ KVD_SIMD_ATTR static inline vf v_dq2(const unsigned char *p, const vgroup *g)
     return _mm256_fmadd_ps(v_u2(p), g->s, g->z);
 }
 
+/* ---- codes as integers (attention/standard_codes.h) ----------------------- */
+
+typedef __m256i vi;
+
+/* 8 little-endian units of packed codes, one per lane, zero-extended: 32-bit
+ * words (bits = 4: 8 codes each) or 16-bit halves (bits = 2: 8 codes). */
+KVD_SIMD_ATTR static inline vi v_units(const unsigned char *p, unsigned bits)
+{
+    if (bits == 4)
+        return _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* (lane >> shift) & mask as f32: exact, the caller keeps it below 2^31. */
+KVD_SIMD_ATTR static inline vf v_field(vi x, unsigned shift, uint32_t mask)
+{
+    if (shift)
+        x = _mm256_srli_epi32(x, (int)shift);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)mask)));
+}
+
+/* Lane i = tbl[idx[i]], idx[i] < 8; tbl has 8 readable floats, idx is
+ * 32-byte aligned. */
+KVD_SIMD_ATTR static inline vf v_lookup(const float *tbl, const int32_t *idx)
+{
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(tbl), _mm256_load_si256((const __m256i *)idx));
+}
+
 #endif

@@ -196,4 +196,39 @@ static inline vf v_dq2(const unsigned char *p, const vgroup *g)
     return r;
 }
 
+/* ---- codes as integers (attention/standard_codes.h) ----------------------- */
+
+typedef struct vi {
+    uint32_t x[KVD_SIMD_W];
+} vi;
+
+/* 8 little-endian units of packed codes, one per lane: 32-bit words
+ * (bits = 4: 8 codes each) or 16-bit halves (bits = 2: 8 codes). */
+static inline vi v_units(const unsigned char *p, unsigned bits)
+{
+    vi r;
+    if (bits == 4)
+        V_LANES r.x[i_] = (uint32_t)p[4 * i_] | (uint32_t)p[4 * i_ + 1] << 8
+                          | (uint32_t)p[4 * i_ + 2] << 16 | (uint32_t)p[4 * i_ + 3] << 24;
+    else
+        V_LANES r.x[i_] = (uint32_t)p[2 * i_] | (uint32_t)p[2 * i_ + 1] << 8;
+    return r;
+}
+
+/* (lane >> shift) & mask as f32: exact, the caller keeps it below 2^31. */
+static inline vf v_field(vi x, unsigned shift, uint32_t mask)
+{
+    vf r;
+    V_LANES r.x[i_] = (float)(int32_t)((x.x[i_] >> shift) & mask);
+    return r;
+}
+
+/* Lane i = tbl[idx[i]], idx[i] < 8. */
+static inline vf v_lookup(const float *tbl, const int32_t *idx)
+{
+    vf r;
+    V_LANES r.x[i_] = tbl[idx[i_]];
+    return r;
+}
+
 #endif
