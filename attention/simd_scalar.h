@@ -223,12 +223,30 @@ static inline vf v_field(vi x, unsigned shift, uint32_t mask)
     return r;
 }
 
-/* Lane i = tbl[idx[i]], idx[i] < 8. */
-static inline vf v_lookup(const float *tbl, const int32_t *idx)
+/* 8 little-endian halves at p as f32. */
+static inline vf v_halves_w(const unsigned char *p)
 {
     vf r;
-    V_LANES r.x[i_] = tbl[idx[i_]];
+    v_halves(p, KVD_SIMD_W, r.x);
     return r;
+}
+
+/* Lane i = lane idx[i] of tbl, idx[i] < 8. */
+static inline vf v_lookup(vf tbl, const int32_t *idx)
+{
+    vf r;
+    V_LANES r.x[i_] = tbl.x[idx[i_]];
+    return r;
+}
+
+/* KIVI headers: lane i gets the {f16 s, f16 z} pair at p + 4 idx[i]. */
+static inline void v_gather_sz(const unsigned char *p, const int32_t *idx, vf *s, vf *z)
+{
+    V_LANES {
+        const unsigned char *e = p + 4 * (size_t)idx[i_];
+        s->x[i_] = kvd_f16_to_f32((uint16_t)(e[0] | (e[1] << 8)));
+        z->x[i_] = kvd_f16_to_f32((uint16_t)(e[2] | (e[3] << 8)));
+    }
 }
 
 #endif

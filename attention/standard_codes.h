@@ -48,9 +48,7 @@ typedef struct codes_prep {
     const unsigned char *kunit;        /* KIVI: the block qs and qz are for */
     _Alignas(64) float qs[CODES_MAX_HEADS][KVD_ATTN_CHUNK]; /* KIVI: qp * s (permuted) */
     float qz[CODES_MAX_HEADS];         /* KIVI: <q, z> */
-    _Alignas(64) float sp[KVD_ATTN_CHUNK]; /* KIVI: s permuted */
-    _Alignas(64) float zc[KVD_ATTN_CHUNK]; /* KIVI: z in channel order */
-    _Alignas(64) float hdr[2 * KVD_ATTN_CHUNK + KVD_SIMD_W]; /* decoded {s, z} halves */
+    _Alignas(64) int32_t kidx[CODES_LANE][KVD_SIMD_W]; /* KIVI: lane w -> channel 8w + k */
     _Alignas(64) float post[CODES_MAX_HEADS][KVD_ATTN_BLOCK]; /* I8: scales; KIVI: <q, z> */
 } codes_prep;
 
@@ -82,7 +80,6 @@ static void codes_prepare(codes_prep *cp, kvd_row_format f, size_t d, uint32_t g
     cp->g = g;
     cp->q = q;
     cp->kunit = NULL;
-    memset(cp->hdr, 0, sizeof cp->hdr); /* defined lanes past a row's groups */
     memset(cp->post, 0, sizeof cp->post);
     switch (f) {
     case KVD_ROW_I8:
@@ -111,6 +108,9 @@ static void codes_prepare(codes_prep *cp, kvd_row_format f, size_t d, uint32_t g
     case KVD_ROW_KIVI4_KEYS:
     case KVD_ROW_KIVI2_KEYS:
         cp->bits = f == KVD_ROW_KIVI4_KEYS ? 4 : 2;
+        for (size_t k = 0; k < CODES_LANE; k++)
+            for (size_t w = 0; w < KVD_SIMD_W; w++)
+                cp->kidx[k][w] = (int32_t)(w * CODES_LANE + k);
         cp->mode = CODES_KIVI;
         break;
     default:
@@ -132,20 +132,30 @@ static void codes_prepare(codes_prep *cp, kvd_row_format f, size_t d, uint32_t g
     }
 }
 
-/* KIVI: the block at `unit` becomes the current one: qs = qp * s, qz = <q, z>. */
+/* KIVI: the block at `unit` becomes the current one: qs = qp * s, qz = <q, z>.
+ * s and z come in the permuted order with one gather per code position k
+ * (lane w: channel 8w + k of the span); <q, z> is summed in that order from
+ * qp, whose prescale 2^-e is undone exactly per k. */
 KVD_SIMD_ATTR static void codes_kivi_block(codes_prep *cp, const unsigned char *unit)
 {
-    const size_t d = cp->d;
-    v_halves(unit, 2 * d, cp->hdr);
-    for (size_t c = 0; c < d; c++) {
-        cp->sp[(c / CODES_SPAN) * CODES_SPAN + codes_perm(c % CODES_SPAN)] = cp->hdr[2 * c];
-        cp->zc[c] = cp->hdr[2 * c + 1];
-    }
-    for (size_t h = 0; h < cp->g; h++) {
-        for (size_t i = 0; i < d; i += KVD_SIMD_W)
-            v_store(cp->qs[h] + i, v_mul(v_load(cp->qp[h] + i), v_load(cp->sp + i)));
-        cp->qz[h] = simd_dot(cp->q + h * d, cp->zc, d);
-    }
+    const size_t g = cp->g;
+    vf qz[CODES_MAX_HEADS];
+    for (size_t h = 0; h < g; h++)
+        qz[h] = v_zero();
+    for (size_t v = 0; v < cp->nv; v++)
+        for (unsigned k = 0; k < CODES_LANE; k++) {
+            vf sv, zv;
+            v_gather_sz(unit + 4 * v * CODES_SPAN, cp->kidx[k], &sv, &zv);
+            zv = v_mul(zv, v_set1((float)(1u << codes_exp(cp->bits, k))));
+            const size_t i = v * CODES_SPAN + k * KVD_SIMD_W;
+            for (size_t h = 0; h < g; h++) {
+                const vf qv = v_load(cp->qp[h] + i);
+                v_store(cp->qs[h] + i, v_mul(qv, sv));
+                qz[h] = v_fma(qv, zv, qz[h]);
+            }
+        }
+    for (size_t h = 0; h < g; h++)
+        cp->qz[h] = v_hsum(qz[h]);
     cp->kunit = unit;
 }
 
@@ -185,7 +195,6 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
             memcpy(&cp->post[0][b], row, sizeof(float));
             codes = row + 4;
         } else if (mode == CODES_GROUPS) {
-            v_halves(row, 2 * cp->ng, cp->hdr);
             codes = row + 4 * cp->ng;
         } else {
             if (row != cp->kunit)
@@ -200,26 +209,28 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
             codes_decode(codes + v * span_bytes, mode, bits, c);
             vf sl = v_zero(), zl = v_zero();
             if (mode == CODES_GROUPS) {
-                sl = v_lookup(cp->hdr + 2 * cp->gb[v], cp->idx_s[v]);
-                zl = v_lookup(cp->hdr + 2 * cp->gb[v], cp->idx_z[v]);
+                /* W halves from the span's first {s, z}: within the row
+                 * (a span's codes alone are >= 2W bytes) */
+                const vf sz = v_halves_w(row + 4 * cp->gb[v]);
+                sl = v_lookup(sz, cp->idx_s[v]);
+                zl = v_lookup(sz, cp->idx_z[v]);
             }
             for (size_t h = 0; h < g; h++) {
+                /* One chain of 8 per key and head: the block's 16 keys x g
+                 * heads are independent chains, enough to hide FMA latency. */
                 const float *restrict qh = Q + h * KVD_ATTN_CHUNK + v * CODES_SPAN;
-                vf a0 = v_mul(v_load(qh), c[0]);
-                vf a1 = v_mul(v_load(qh + KVD_SIMD_W), c[1]);
+                vf a = v_mul(v_load(qh), c[0]);
                 SIMD_UNROLL
-                for (unsigned r = 2; r < CODES_LANE; r += 2) {
-                    a0 = v_fma(v_load(qh + r * KVD_SIMD_W), c[r], a0);
-                    a1 = v_fma(v_load(qh + (r + 1) * KVD_SIMD_W), c[r + 1], a1);
-                }
-                const vf a = v_add(a0, a1);
+                for (unsigned r = 1; r < CODES_LANE; r++)
+                    a = v_fma(v_load(qh + r * KVD_SIMD_W), c[r], a);
                 float *restrict t = acc + (h * KVD_ATTN_BLOCK + b) * KVD_SIMD_W;
-                vf sum = v == 0 ? v_zero() : v_load(t);
-                if (mode == CODES_GROUPS)
-                    sum = v_fma(a, sl, v_fma(zl, v_load(cp->ql[h] + v * KVD_SIMD_W), sum));
-                else
-                    sum = v_add(sum, a);
-                v_store(t, sum);
+                if (mode == CODES_GROUPS) {
+                    const vf zq = v_mul(zl, v_load(cp->ql[h] + v * KVD_SIMD_W));
+                    a = v_fma(a, sl, v == 0 ? zq : v_add(v_load(t), zq));
+                } else if (v > 0) {
+                    a = v_add(v_load(t), a);
+                }
+                v_store(t, a);
             }
         }
     }
