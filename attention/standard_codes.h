@@ -1,7 +1,8 @@
 /* attention/standard_codes.h — keys scored straight from their codes, part
  * of the standard kernel body (standard_simd.h includes it; same vector
- * layer): I8, U4G/U2G and KIVI key rows are never dequantized into the tile.
- * Per key, per query head h and group g (attention/formats.h):
+ * layer): I8, U4G/U2G, KIVI, f16 and bf16 key rows are never dequantized
+ * into the tile. Per key, per query head h and group g (attention/formats.h):
+ *   F16/BF16: <q, k> converted 16 (8) channels at a time in registers
  *   I8:       <q, k> = s * <q, c>
  *   U4G/U2G:  <q, k> = sum_g ( s_g <q_g, c_g> + z_g * sum(q_g) )
  *   KIVI:     <q, k> = <q * s, c> + <q, z>   (s, z per channel of a block:
@@ -31,7 +32,7 @@ _Static_assert(KVD_ATTN_CHUNK % CODES_SPAN == 0, "a chunk is whole spans");
 _Static_assert(CODES_MAX_HEADS * KVD_ATTN_BLOCK * KVD_SIMD_W <= KVD_ATTN_BLOCK * KVD_ATTN_CHUNK,
                "the per-key accumulators fit in the kernel's tile");
 
-enum { CODES_OFF = 0, CODES_I8, CODES_GROUPS, CODES_KIVI };
+enum { CODES_OFF = 0, CODES_I8, CODES_GROUPS, CODES_KIVI, CODES_F16, CODES_BF16 };
 
 typedef struct codes_prep {
     int mode;      /* CODES_OFF: keys go through the tile */
@@ -83,9 +84,11 @@ static void codes_prepare(codes_prep *cp, kvd_row_format f, size_t d, uint32_t g
     memset(cp->post, 0, sizeof cp->post);
     switch (f) {
     case KVD_ROW_I8:
+    case KVD_ROW_F16:
+    case KVD_ROW_BF16:
         for (size_t h = 0; h < g; h++)
             memcpy(cp->qp[h], q + h * d, d * sizeof *q);
-        cp->mode = CODES_I8;
+        cp->mode = f == KVD_ROW_I8 ? CODES_I8 : f == KVD_ROW_F16 ? CODES_F16 : CODES_BF16;
         return;
     case KVD_ROW_U4G:
     case KVD_ROW_U2G:
@@ -164,10 +167,12 @@ KVD_SIMD_ATTR static void codes_kivi_block(codes_prep *cp, const unsigned char *
 SIMD_INLINE void codes_decode(const unsigned char *restrict codes, int mode, unsigned bits,
                               vf *c)
 {
-    if (mode == CODES_I8) {
+    if (mode == CODES_I8 || mode == CODES_F16 || mode == CODES_BF16) {
         SIMD_UNROLL
         for (unsigned r = 0; r < CODES_LANE; r++)
-            c[r] = v_i8(codes + r * KVD_SIMD_W);
+            c[r] = mode == CODES_I8    ? v_i8(codes + r * KVD_SIMD_W)
+                   : mode == CODES_F16 ? v_f16(codes + 2 * r * KVD_SIMD_W)
+                                       : v_bf16(codes + 2 * r * KVD_SIMD_W);
         return;
     }
     const vi x = v_units(codes, bits);
@@ -187,13 +192,15 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
                                   float (*restrict s)[KVD_ATTN_BLOCK], int mode, unsigned bits)
 {
     const size_t g = cp->g, d = cp->d, nv = cp->nv;
-    const size_t span_bytes = mode == CODES_I8 ? CODES_SPAN : CODES_SPAN * bits / 8;
+    const size_t span_bytes = CODES_SPAN * bits / 8;
     for (size_t b = 0; b < nb; b++) {
         const unsigned char *row = ku[b], *codes;
         const float *Q = &cp->qp[0][0];
         if (mode == CODES_I8) {
             memcpy(&cp->post[0][b], row, sizeof(float));
             codes = row + 4;
+        } else if (mode == CODES_F16 || mode == CODES_BF16) {
+            codes = row;
         } else if (mode == CODES_GROUPS) {
             codes = row + 4 * cp->ng;
         } else {
@@ -261,6 +268,8 @@ KVD_SIMD_ATTR static void codes_scores(codes_prep *restrict cp, const unsigned c
 {
     switch (cp->mode) {
     case CODES_I8: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_I8, 8); break;
+    case CODES_F16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_F16, 16); break;
+    case CODES_BF16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_BF16, 16); break;
     case CODES_GROUPS:
         if (cp->bits == 4)
             codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_GROUPS, 4);

@@ -1,5 +1,6 @@
 /* tests/attention/test_quant_codes.c — quantized keys scored straight from
- * their codes (attention/standard_codes.h): rows of random codes and scales
+ * their codes (attention/standard_codes.h; f16/bf16 rows too): rows of
+ * random codes and scales
  * are written here byte by byte in the documented layouts (formats.h), and
  * every kernel tier is checked against the scalar oracle kvd_attend_ref, and
  * the oracle against a double softmax over the rows kvd_dequant_row gives,
@@ -59,6 +60,15 @@ static void fill_unit(kvd_row_format f, size_t d, uint32_t group, unsigned char 
     for (size_t i = 0; i < bytes; i++)
         u[i] = (unsigned char)(rng_next() >> 56);
     switch (f) {
+    case KVD_ROW_F16:
+    case KVD_ROW_BF16:
+        for (size_t c = 0; c < d; c++) {
+            const float x = (float)(4.0 * rng_unit() - 2.0);
+            const uint16_t h = f == KVD_ROW_F16 ? kvd_f32_to_f16(x) : kvd_f32_to_bf16(x);
+            u[2 * c] = (unsigned char)(h & 0xff);
+            u[2 * c + 1] = (unsigned char)(h >> 8);
+        }
+        break;
     case KVD_ROW_I8: {
         const float s = (float)(0.002 + 0.05 * rng_unit());
         memcpy(u, &s, sizeof s);
@@ -227,13 +237,14 @@ static const size_t heads[] = {1, 4, 7, 16, 17};                /* 17: tile path
 
 START_TEST(test_per_token_codes)
 {
-    static const kvd_row_format fmts[] = {KVD_ROW_I8, KVD_ROW_U4G, KVD_ROW_U2G};
+    static const kvd_row_format fmts[] = {KVD_ROW_I8, KVD_ROW_F16, KVD_ROW_BF16, KVD_ROW_U4G,
+                                          KVD_ROW_U2G};
     static const uint32_t groups[] = {32, 16, 24, 48, 64, 128, 8, 12}; /* 8: AVX-512 tile; 12 */
     char what[96];
     for (size_t fi = 0; fi < sizeof fmts / sizeof *fmts; fi++)
         for (size_t di = 0; di < sizeof dims / sizeof *dims; di++)
             for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++) {
-                if (fmts[fi] == KVD_ROW_I8 && gi > 0)
+                if (fmts[fi] != KVD_ROW_U4G && fmts[fi] != KVD_ROW_U2G && gi > 0)
                     break; /* no groups */
                 const size_t n = counts[rng_next() % (sizeof counts / sizeof *counts)];
                 const size_t n_q = heads[rng_next() % (sizeof heads / sizeof *heads)];
