@@ -183,6 +183,37 @@ SIMD_INLINE void codes_decode(const unsigned char *restrict codes, int mode, uns
     }
 }
 
+/* Heads [h0, h0 + nh) (nh a constant) for span v of key b: acc[h][b] gets
+ * (or adds) the head's lanes of <q, code vectors c>, with s and z applied
+ * per lane for U4G/U2G. */
+SIMD_INLINE void codes_heads(const codes_prep *restrict cp, const float *restrict Q, const vf *c,
+                             vf sl, vf zl, size_t v, size_t b, size_t h0, size_t nh,
+                             float *restrict acc, int mode)
+{
+    vf a[4];
+    SIMD_UNROLL
+    for (size_t i = 0; i < nh; i++)
+        a[i] = v_mul(v_load(Q + (h0 + i) * KVD_ATTN_CHUNK + v * CODES_SPAN), c[0]);
+    SIMD_UNROLL
+    for (unsigned r = 1; r < CODES_LANE; r++) {
+        SIMD_UNROLL
+        for (size_t i = 0; i < nh; i++)
+            a[i] = v_fma(v_load(Q + (h0 + i) * KVD_ATTN_CHUNK + v * CODES_SPAN + r * KVD_SIMD_W),
+                         c[r], a[i]);
+    }
+    SIMD_UNROLL
+    for (size_t i = 0; i < nh; i++) {
+        float *restrict t = acc + ((h0 + i) * KVD_ATTN_BLOCK + b) * KVD_SIMD_W;
+        if (mode == CODES_GROUPS) {
+            const vf zq = v_mul(zl, v_load(cp->ql[h0 + i] + v * KVD_SIMD_W));
+            a[i] = v_fma(a[i], sl, v == 0 ? zq : v_add(v_load(t), zq));
+        } else if (v > 0) {
+            a[i] = v_add(v_load(t), a[i]);
+        }
+        v_store(t, a[i]);
+    }
+}
+
 /* Scores of the block's keys ku[0..nb) (KIVI: tokens kt[]) for every head,
  * unscaled, into s[h][0..KVD_ATTN_BLOCK) (lanes past nb: 0). acc is
  * scratch of g * KVD_ATTN_BLOCK vectors. mode and bits are constants at
@@ -222,23 +253,13 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
                 sl = v_lookup(sz, cp->idx_s[v]);
                 zl = v_lookup(sz, cp->idx_z[v]);
             }
-            for (size_t h = 0; h < g; h++) {
-                /* One chain of 8 per key and head: the block's 16 keys x g
-                 * heads are independent chains, enough to hide FMA latency. */
-                const float *restrict qh = Q + h * KVD_ATTN_CHUNK + v * CODES_SPAN;
-                vf a = v_mul(v_load(qh), c[0]);
-                SIMD_UNROLL
-                for (unsigned r = 1; r < CODES_LANE; r++)
-                    a = v_fma(v_load(qh + r * KVD_SIMD_W), c[r], a);
-                float *restrict t = acc + (h * KVD_ATTN_BLOCK + b) * KVD_SIMD_W;
-                if (mode == CODES_GROUPS) {
-                    const vf zq = v_mul(zl, v_load(cp->ql[h] + v * KVD_SIMD_W));
-                    a = v_fma(a, sl, v == 0 ? zq : v_add(v_load(t), zq));
-                } else if (v > 0) {
-                    a = v_add(v_load(t), a);
-                }
-                v_store(t, a);
-            }
+            /* Four heads at a time: four independent FMA chains side by
+             * side (one chain alone would wait on FMA latency). */
+            size_t h = 0;
+            for (; h + 4 <= g; h += 4)
+                codes_heads(cp, Q, c, sl, zl, v, b, h, 4, acc, mode);
+            for (; h < g; h++)
+                codes_heads(cp, Q, c, sl, zl, v, b, h, 1, acc, mode);
         }
     }
     for (size_t b = nb; b < KVD_ATTN_BLOCK; b++) /* a short last block: defined lanes */
