@@ -3,10 +3,10 @@
  * simd_scalar.h) and included by one thin .c file per layer (standard_avx2.c,
  * standard_avx512.c, standard_scalar.c), which names it
  * KVD_SIMD_NAME(kvd__attend_). Private to attention/. Keys and values are
- * taken 16 tokens at a time; f32 rows are read in place, every other format
- * is dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
- * block, never a copy of the cache) and the same f32 block math runs on the
- * tile. */
+ * taken 16 tokens at a time; f32 rows are read in place, quantized keys of
+ * most shapes are scored from their codes (standard_codes.h), the rest is
+ * dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
+ * block, never a copy of the cache) for the same f32 block math. */
 #ifndef KVD_SIMD_LAYER
 #error "include a vector layer (attention/simd_*.h) before attention/standard_simd.h"
 #endif
@@ -484,12 +484,10 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
 
         /* Scores. Heads inner: the block's keys are read (and decoded) once
          * and reused from L1 by every head of the group; a head_dim above
-         * one chunk sums the scores over the chunks. Quantized keys of the
-         * shapes standard_codes.h takes are scored from their codes. */
+         * one chunk sums the scores over the chunks (or standard_codes.h). */
         if (st->cp.mode != CODES_OFF)
             codes_scores(&st->cp, ku, kt, nb, st->tile, st->s);
-        for (size_t c0 = 0, ci = 0; st->cp.mode == CODES_OFF && c0 < d;
-             c0 += KVD_ATTN_CHUNK, ci++) {
+        for (size_t c0 = 0, ci = 0; !st->cp.mode && c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
                                                     : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
