@@ -226,4 +226,51 @@ KVD_SIMD_ATTR static inline vf v_dq2(const unsigned char *p, const vgroup *g)
     return _mm256_fmadd_ps(v_u2(p), g->s, g->z);
 }
 
+/* ---- codes as integers (attention/standard_codes.h) ----------------------- */
+
+typedef __m256i vi;
+
+/* 8 little-endian units of packed codes, one per lane, zero-extended: 32-bit
+ * words (bits = 4: 8 codes each) or 16-bit halves (bits = 2: 8 codes). */
+KVD_SIMD_ATTR static inline vi v_units(const unsigned char *p, unsigned bits)
+{
+    if (bits == 4)
+        return _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* (lane >> shift) & mask as f32: exact, the caller keeps it below 2^31. */
+KVD_SIMD_ATTR static inline vf v_field(vi x, unsigned shift, uint32_t mask)
+{
+    if (shift)
+        x = _mm256_srli_epi32(x, (int)shift);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)mask)));
+}
+
+/* 8 little-endian halves at p as f32, straight into a register. */
+KVD_SIMD_ATTR static inline vf v_halves_w(const unsigned char *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* Lane i = lane idx[i] of tbl, idx[i] < 8; idx is 32-byte aligned. */
+KVD_SIMD_ATTR static inline vf v_lookup(vf tbl, const int32_t *idx)
+{
+    return _mm256_permutevar8x32_ps(tbl, _mm256_load_si256((const __m256i *)idx));
+}
+
+/* KIVI headers: lane i gets the {f16 s, f16 z} pair at p + 4 idx[i] (idx
+ * 32-byte aligned) as *s and *z in f32: one gather of 32-bit words, the
+ * halves packed (values <= 0xffff: packus is exact) and converted. */
+KVD_SIMD_ATTR static inline void v_gather_sz(const unsigned char *p, const int32_t *idx, vf *s,
+                                             vf *z)
+{
+    const __m256i w = _mm256_i32gather_epi32((const int *)(const void *)p,
+                                             _mm256_load_si256((const __m256i *)idx), 4);
+    const __m256i lo = _mm256_and_si256(w, _mm256_set1_epi32(0xffff));
+    const __m256i hi = _mm256_srli_epi32(w, 16);
+    *s = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+    *z = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)));
+}
+
 #endif

@@ -228,4 +228,50 @@ KVD_SIMD_ATTR static inline vf v_dq2(const unsigned char *p, const vgroup *g)
     return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi32((int)w), sh), g->t);
 }
 
+/* ---- codes as integers (attention/standard_codes.h) ----------------------- */
+
+typedef __m512i vi;
+
+/* 16 little-endian units of packed codes, one per lane, zero-extended: 32-bit
+ * words (bits = 4: 8 codes each) or 16-bit halves (bits = 2: 8 codes). */
+KVD_SIMD_ATTR static inline vi v_units(const unsigned char *p, unsigned bits)
+{
+    if (bits == 4)
+        return _mm512_loadu_si512((const void *)p);
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* (lane >> shift) & mask as f32: exact, the caller keeps it below 2^31. */
+KVD_SIMD_ATTR static inline vf v_field(vi x, unsigned shift, uint32_t mask)
+{
+    if (shift)
+        x = _mm512_srli_epi32(x, shift);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)mask)));
+}
+
+/* 16 little-endian halves at p as f32, straight from memory into a register
+ * (a table built with v_halves' stores and reloaded whole would stall on
+ * store forwarding). */
+KVD_SIMD_ATTR static inline vf v_halves_w(const unsigned char *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* Lane i = lane idx[i] of tbl, idx[i] < 16; idx is 64-byte aligned. */
+KVD_SIMD_ATTR static inline vf v_lookup(vf tbl, const int32_t *idx)
+{
+    return _mm512_permutexvar_ps(_mm512_load_si512((const void *)idx), tbl);
+}
+
+/* KIVI headers: lane i gets the {f16 s, f16 z} pair at p + 4 idx[i] (idx
+ * 64-byte aligned) as *s and *z in f32: one gather of 32-bit words, the two
+ * halves narrowed and converted. */
+KVD_SIMD_ATTR static inline void v_gather_sz(const unsigned char *p, const int32_t *idx, vf *s,
+                                             vf *z)
+{
+    const __m512i w = _mm512_i32gather_epi32(_mm512_load_si512((const void *)idx), (const void *)p, 4);
+    *s = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
+    *z = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+}
+
 #endif

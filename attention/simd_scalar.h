@@ -196,4 +196,57 @@ static inline vf v_dq2(const unsigned char *p, const vgroup *g)
     return r;
 }
 
+/* ---- codes as integers (attention/standard_codes.h) ----------------------- */
+
+typedef struct vi {
+    uint32_t x[KVD_SIMD_W];
+} vi;
+
+/* 8 little-endian units of packed codes, one per lane: 32-bit words
+ * (bits = 4: 8 codes each) or 16-bit halves (bits = 2: 8 codes). */
+static inline vi v_units(const unsigned char *p, unsigned bits)
+{
+    vi r;
+    if (bits == 4)
+        V_LANES r.x[i_] = (uint32_t)p[4 * i_] | (uint32_t)p[4 * i_ + 1] << 8
+                          | (uint32_t)p[4 * i_ + 2] << 16 | (uint32_t)p[4 * i_ + 3] << 24;
+    else
+        V_LANES r.x[i_] = (uint32_t)p[2 * i_] | (uint32_t)p[2 * i_ + 1] << 8;
+    return r;
+}
+
+/* (lane >> shift) & mask as f32: exact, the caller keeps it below 2^31. */
+static inline vf v_field(vi x, unsigned shift, uint32_t mask)
+{
+    vf r;
+    V_LANES r.x[i_] = (float)(int32_t)((x.x[i_] >> shift) & mask);
+    return r;
+}
+
+/* 8 little-endian halves at p as f32. */
+static inline vf v_halves_w(const unsigned char *p)
+{
+    vf r;
+    v_halves(p, KVD_SIMD_W, r.x);
+    return r;
+}
+
+/* Lane i = lane idx[i] of tbl, idx[i] < 8. */
+static inline vf v_lookup(vf tbl, const int32_t *idx)
+{
+    vf r;
+    V_LANES r.x[i_] = tbl.x[idx[i_]];
+    return r;
+}
+
+/* KIVI headers: lane i gets the {f16 s, f16 z} pair at p + 4 idx[i]. */
+static inline void v_gather_sz(const unsigned char *p, const int32_t *idx, vf *s, vf *z)
+{
+    V_LANES {
+        const unsigned char *e = p + 4 * (size_t)idx[i_];
+        s->x[i_] = kvd_f16_to_f32((uint16_t)(e[0] | (e[1] << 8)));
+        z->x[i_] = kvd_f16_to_f32((uint16_t)(e[2] | (e[3] << 8)));
+    }
+}
+
 #endif

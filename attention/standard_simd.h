@@ -3,10 +3,10 @@
  * simd_scalar.h) and included by one thin .c file per layer (standard_avx2.c,
  * standard_avx512.c, standard_scalar.c), which names it
  * KVD_SIMD_NAME(kvd__attend_). Private to attention/. Keys and values are
- * taken 16 tokens at a time; f32 rows are read in place, every other format
- * is dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
- * block, never a copy of the cache) and the same f32 block math runs on the
- * tile. */
+ * taken 16 tokens at a time; f32 rows are read in place, quantized keys of
+ * most shapes are scored from their codes (standard_codes.h), the rest is
+ * dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
+ * block, never a copy of the cache) for the same f32 block math. */
 #ifndef KVD_SIMD_LAYER
 #error "include a vector layer (attention/simd_*.h) before attention/standard_simd.h"
 #endif
@@ -302,6 +302,8 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
         kvd_dequant_range(ch->f, unit, t, ch->d, ch->group, c, c1, out + (c - c0));
 }
 
+#include "attention/standard_codes.h" /* keys scored from their codes */
+
 /* ---- the kernel ----------------------------------------------------------- */
 
 /* Chunk descriptors worked out once per segment: head_dim up to 4096 (the
@@ -317,6 +319,7 @@ typedef struct simd_state {
     _Alignas(64) float tile[KVD_ATTN_BLOCK * KVD_ATTN_CHUNK]; /* [nb][chunk] f32 */
     simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
     simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
+    codes_prep cp;               /* keys from codes (standard_codes.h), per segment */
 } simd_state;
 
 /* The decode of one chunk [c0, c1) of format f (division-free afterwards). */
@@ -453,6 +456,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
         st->kch[ci] = simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
         st->vch[ci] = simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
     }
+    codes_prepare(&st->cp, kv->k_format, d, kv->group, q, g);
     simd_cursor cur = {0, 0, 0, 0}, ahead = {0, 0, 0, 0};
     /* KIVI: bytes of one token's key codes */
     const size_t k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
@@ -480,8 +484,10 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
 
         /* Scores. Heads inner: the block's keys are read (and decoded) once
          * and reused from L1 by every head of the group; a head_dim above
-         * one chunk sums the scores over the chunks. */
-        for (size_t c0 = 0, ci = 0; c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
+         * one chunk sums the scores over the chunks (or standard_codes.h). */
+        if (st->cp.mode != CODES_OFF)
+            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s);
+        for (size_t c0 = 0, ci = 0; !st->cp.mode && c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
                                                     : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
