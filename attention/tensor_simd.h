@@ -62,16 +62,6 @@ static void t_rows_at(const kvd_kv_pages *kv, size_t r0, size_t cnt, const float
     }
 }
 
-/* x[0 .. d) *= c. */
-KVD_SIMD_ATTR static void t_scale_row(float *x, size_t d, float c)
-{
-    const vf vc = v_set1(c);
-    for (size_t i = 0; i < d; i += LANES) {
-        const vmask mk = v_tail_mask(i, d);
-        v_store_mask(x + i, mk, v_mul(vc, v_load_mask(x + i, mk)));
-    }
-}
-
 /* The blocked variant of the per-j algorithm (tensor.h, DESIGN.md §5).
  * A "virtual query" is one (head h, token j) pair: q'_hj = scale * q_h ⊙ k1_j.
  * Each is ordinary softmax attention over the visible (k2, v2) rows with its
@@ -95,17 +85,21 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
 {
     const size_t d = a->head_dim;
     const size_t dp = (d + PV_CHUNK - 1) / PV_CHUNK * PV_CHUNK; /* u row stride */
-    float gm[KVD_TENSOR_MAX_GROUP], gl[KVD_TENSOR_MAX_GROUP];  /* per head: max M, sum L */
+    float gm[KVD_TENSOR_MAX_GROUP];                             /* per head: max M */
+    double gl[KVD_TENSOR_MAX_GROUP];                            /* and sum L, f64 (kernels.h) */
     _Alignas(64) float qt[KVD_TENSOR_MAX_FAST_DIM * LANES];     /* [d][W] virtual queries */
     _Alignas(64) float u[LANES * KVD_TENSOR_MAX_FAST_DIM];      /* [W][dp] partial outputs */
     _Alignas(64) float p[LANES * LANES];                        /* [key][lane] block weights */
-    _Alignas(64) float lane_m[LANES], lane_l[LANES], alpha[LANES];
+    _Alignas(64) float lane_m[LANES], block_l[LANES], alpha[LANES];
+    double lane_l[LANES]; /* each lane's sum l_hj: f32 block sums added in f64 */
+    /* [nh][d] the heads' output sums, f64 over the w lanes (kernels.h) */
+    _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES];
     const float *k2p[LANES], *v2p[LANES];
 
-    memset(o, 0, nh * d * sizeof *o);
+    memset(od, 0, nh * d * sizeof *od);
     for (size_t h = 0; h < nh; h++) {
         gm[h] = -INFINITY;
-        gl[h] = 0.0f;
+        gl[h] = 0.0;
     }
     const size_t n_virtual = nh * w;
     for (size_t r0 = 0; r0 < n_virtual; r0 += LANES) {
@@ -130,7 +124,9 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
             v_transpose(rows, qt + l * LANES);
         }
         memset(u, 0, LANES * dp * sizeof *u);
-        vf m = v_set1(-INFINITY), lsum = v_zero();
+        vf m = v_set1(-INFINITY);
+        for (size_t c = 0; c < LANES; c++)
+            lane_l[c] = 0.0;
 
         for (size_t k0 = 0; k0 < w; k0 += LANES) {
             const size_t nk = t_min(LANES, w - k0);
@@ -186,15 +182,18 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
             const vf m_new = v_max(m, bm);
             const int grew = v_any_gt(m_new, m);
             const vf al = v_exp(v_sub(m, m_new)); /* 1 where m held, 0 at first */
-            lsum = v_mul(lsum, al);
+            vf bsum = v_zero();
             _Pragma("GCC unroll 16")
             for (int kk = 0; kk < LANES; kk++) {
                 const vf pk = v_exp(v_sub(s[kk], m_new));
-                lsum = v_add(lsum, pk);
+                bsum = v_add(bsum, pk);
                 v_store(p + kk * LANES, pk);
             }
             m = m_new;
             v_store(alpha, al);
+            v_store(block_l, bsum);
+            for (size_t c = 0; c < LANES; c++)
+                lane_l[c] = lane_l[c] * alpha[c] + block_l[c];
 
             /* u[c] = u[c] * alpha[c] + sum_kk p[kk][c] v2_kk, T_PV_LANES
              * lanes x 4 vectors of accumulators at a time, v2 rows from L1. */
@@ -246,29 +245,25 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
 
         /* Fold each lane (h, j) into head h's global state. */
         v_store(lane_m, m);
-        v_store(lane_l, lsum);
         for (size_t c = 0; c < lanes; c++) {
             const size_t h = (r0 + c) / w, j = lo + (r0 + c) % w;
             const float mx = fmaxf(gm[h], lane_m[c]);
             const float ca = expf(gm[h] - mx), cb = expf(lane_m[c] - mx);
-            const float *v1 = kvd_kv_value(a, j), *uc = u + c * dp;
-            float *oh = o + h * d;
-            const vf va = v_set1(ca), vb = v_set1(cb);
-            for (size_t i = 0; i < d; i += LANES) {
-                const vmask mk = v_tail_mask(i, d);
-                const vf x = v_mul(v_load_mask(v1 + i, mk), v_load(uc + i));
-                const vf y = v_mul(va, v_load_mask(oh + i, mk));
-                v_store_mask(oh + i, mk, v_fma(vb, x, y));
-            }
+            const float *restrict v1 = kvd_kv_value(a, j), *restrict uc = u + c * dp;
+            double *restrict oh = od + h * d;
+            for (size_t i = 0; i < d; i++)
+                oh[i] = oh[i] * ca + (double)cb * (double)(v1[i] * uc[i]);
             gl[h] = gl[h] * ca + cb * lane_l[c];
             gm[h] = mx;
         }
     }
     for (size_t h = 0; h < nh; h++) {
-        if (gl[h] > 0.0f) /* >= 1 once a pair was seen */
-            t_scale_row(o + h * d, d, 1.0f / gl[h]);
+        /* gl >= 1 once a pair was seen; none seen: od = 0, o = 0 */
+        const double inv = gl[h] > 0.0 ? 1.0 / gl[h] : 0.0;
+        for (size_t i = 0; i < d; i++)
+            o[h * d + i] = (float)(od[h * d + i] * inv);
         if (lse) /* the running max folded in; -inf when no pair was seen */
-            lse[h] = gl[h] > 0.0f ? gm[h] + logf(gl[h]) : -INFINITY;
+            lse[h] = gl[h] > 0.0 ? (float)((double)gm[h] + log(gl[h])) : -INFINITY;
     }
 }
 
@@ -285,8 +280,10 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__tensor_four_lse_)(const kvd_kv_pages *a, c
         return;
     }
     const size_t lo = t_first_visible(n, window);
-    for (size_t h0 = 0; h0 < n_q; h0 += KVD_TENSOR_MAX_GROUP) {
-        const size_t nh = t_min(KVD_TENSOR_MAX_GROUP, n_q - h0);
+    /* heads per pass: as many as the f64 output sums hold (>= 32) */
+    const size_t per_pass = t_min(KVD_TENSOR_MAX_GROUP, KVD_ATTN_ACC_DOUBLES / d);
+    for (size_t h0 = 0; h0 < n_q; h0 += per_pass) {
+        const size_t nh = t_min(per_pass, n_q - h0);
         t_four_group(a, b, lo, n - lo, q + h0 * d, nh, scale, o + h0 * d, lse ? lse + h0 : NULL);
     }
 }
