@@ -321,11 +321,11 @@ typedef struct simd_state {
     double od_scale[KVD_ATTN_MAX_GROUP];
     size_t since_fold; /* blocks in o since the last fold */
     int od_on;
-    _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES];
     _Alignas(64) float s[KVD_ATTN_MAX_GROUP][KVD_ATTN_BLOCK]; /* scores, then weights */
     _Alignas(64) float tile[KVD_ATTN_BLOCK * KVD_ATTN_CHUNK]; /* [nb][chunk] f32 */
     simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
     simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
+    _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES]; /* last: the hot fields stay together */
 } simd_state;
 
 /* The decode of one chunk [c0, c1) of format f (division-free afterwards). */

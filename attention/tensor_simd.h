@@ -62,6 +62,19 @@ static void t_rows_at(const kvd_kv_pages *kv, size_t r0, size_t cnt, const float
     }
 }
 
+/* od = od * od_scale + o, then o = 0 and od_scale = 1, for heads [0, nh):
+ * the f32 output sums of the last lanes move into the f64 ones. */
+KVD_SIMD_ATTR static void t_fold(double *restrict od, double *restrict od_scale, float *restrict o,
+                                 size_t nh, size_t d)
+{
+    for (size_t h = 0; h < nh; h++) {
+        for (size_t i = 0; i < d; i++)
+            od[h * d + i] = od[h * d + i] * od_scale[h] + (double)o[h * d + i];
+        memset(o + h * d, 0, d * sizeof *o);
+        od_scale[h] = 1.0;
+    }
+}
+
 /* The blocked variant of the per-j algorithm (tensor.h, DESIGN.md §5).
  * A "virtual query" is one (head h, token j) pair: q'_hj = scale * q_h ⊙ k1_j.
  * Each is ordinary softmax attention over the visible (k2, v2) rows with its
@@ -92,14 +105,20 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
     _Alignas(64) float p[LANES * LANES];                        /* [key][lane] block weights */
     _Alignas(64) float lane_m[LANES], block_l[LANES], alpha[LANES];
     double lane_l[LANES]; /* each lane's sum l_hj: f32 block sums added in f64 */
-    /* [nh][d] the heads' output sums, f64 over the w lanes (kernels.h) */
+    /* The heads' output sums (kernels.h): o [nh][d] the f32 sum of the
+     * lanes of the last KVD_ATTN_FOLD_BLOCKS tiles, od [nh][d] the f64 sum
+     * before them, still to be multiplied by od_scale. */
     _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES];
+    double od_scale[KVD_TENSOR_MAX_GROUP];
+    size_t tiles = 0; /* since the last fold */
     const float *k2p[LANES], *v2p[LANES];
 
+    memset(o, 0, nh * d * sizeof *o);
     memset(od, 0, nh * d * sizeof *od);
     for (size_t h = 0; h < nh; h++) {
         gm[h] = -INFINITY;
         gl[h] = 0.0;
+        od_scale[h] = 1.0;
     }
     const size_t n_virtual = nh * w;
     for (size_t r0 = 0; r0 < n_virtual; r0 += LANES) {
@@ -249,12 +268,22 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
             const size_t h = (r0 + c) / w, j = lo + (r0 + c) % w;
             const float mx = fmaxf(gm[h], lane_m[c]);
             const float ca = expf(gm[h] - mx), cb = expf(lane_m[c] - mx);
-            const float *restrict v1 = kvd_kv_value(a, j), *restrict uc = u + c * dp;
-            double *restrict oh = od + h * d;
-            for (size_t i = 0; i < d; i++)
-                oh[i] = oh[i] * ca + (double)cb * (double)(v1[i] * uc[i]);
+            const float *v1 = kvd_kv_value(a, j), *uc = u + c * dp;
+            float *oh = o + h * d;
+            const vf va = v_set1(ca), vb = v_set1(cb);
+            for (size_t i = 0; i < d; i += LANES) {
+                const vmask mk = v_tail_mask(i, d);
+                const vf x = v_mul(v_load_mask(v1 + i, mk), v_load(uc + i));
+                const vf y = v_mul(va, v_load_mask(oh + i, mk));
+                v_store_mask(oh + i, mk, v_fma(vb, x, y));
+            }
             gl[h] = gl[h] * ca + cb * lane_l[c];
+            od_scale[h] *= ca;
             gm[h] = mx;
+        }
+        if (++tiles == KVD_ATTN_FOLD_BLOCKS || r0 + LANES >= n_virtual) {
+            t_fold(od, od_scale, o, nh, d);
+            tiles = 0;
         }
     }
     for (size_t h = 0; h < nh; h++) {
