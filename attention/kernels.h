@@ -43,8 +43,8 @@
  * the output accumulates in f32 for KVD_ATTN_FOLD_BLOCKS blocks (a span
  * short enough for f32) and is then folded into an f64 sum, so the error
  * stays at f32-rounding level at any length, for a fold of d doubles per
- * head per 512 tokens. */
-#define KVD_ATTN_FOLD_BLOCKS 32
+ * head per 1,024 tokens. */
+#define KVD_ATTN_FOLD_BLOCKS 64
 
 /* Doubles of the attend kernels' f64 output sums ([heads][d], on the
  * stack, 64 KiB): heads per pass are min(KVD_ATTN_MAX_GROUP, this / d), so

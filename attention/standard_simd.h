@@ -624,9 +624,9 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, si
         for (size_t h = 0; h < g; h++) {
             float *restrict oh = o + (h0 + h) * d;
             if (st.od_on) {
-                const double *restrict od = st.od + h * d;
+                const double *restrict od = st.od + h * d, inv = 1.0 / st.l[h];
                 for (size_t i = 0; i < d; i++)
-                    oh[i] = (float)(od[i] / st.l[h]);
+                    oh[i] = (float)(od[i] * inv);
             } else {
                 simd_scale(oh, (float)(1.0 / st.l[h]), d);
             }

@@ -24,7 +24,7 @@
  * there; the f32 score of each pair, ~d * 2^-24 relative, and exp's few ulp
  * set this floor, not the length). The old f32 running sums measured
  * 1.3e-5 (two-cache), 2.3e-5 .. 2.5e-5 (standard) and 8.2e-4 (scalar view
- * four-cache, one f32 sum over all n^2 pairs) here; now 4e-7 .. 1.3e-6. */
+ * four-cache, one f32 sum over all n^2 pairs) here; now 7e-7 .. 1.2e-6. */
 #define LONG_REL_TOL 6e-6
 /* |lse - log sum exp(s)|, absolute: lse ~ 13 .. 15 here, so one f32
  * rounding of it is ~1e-6, plus the relative error of the denominator. */
@@ -248,24 +248,10 @@ END_TEST
 
 /* ---- standard attention over 409,600 tokens -------------------------------------- */
 
-#define STD_N 409600
-#define STD_D 16
-#define STD_HEADS 4
-
-START_TEST(test_standard_long)
+/* Standard attention in double, two passes: want [nq][d], want_lse [nq]. */
+static void std_reference(const float *k, const float *v, size_t n, size_t d, const float *q,
+                          size_t nq, float scale, double *want, double *want_lse)
 {
-    const size_t n = STD_N, d = STD_D, nq = STD_HEADS;
-    const float scale = 1.0f / sqrtf((float)d);
-    float *k = normals(n * d), *v = normals(n * d), *q = normals(nq * d);
-    /* Two segments (as a KIVI stream or a split step hands them over), so
-     * the running sums also carry across a segment boundary. */
-    const size_t n0 = n / 3;
-    lview s0, s1;
-    lview_build(&s0, k, v, n0, d, 512);
-    lview_build(&s1, k + n0 * d, v + n0 * d, n - n0, d, 512);
-    const kvd_kv_segment seg[2] = {{.kv = s0.kv, .n = n0}, {.kv = s1.kv, .n = n - n0}};
-
-    double want[STD_HEADS * STD_D], want_lse[STD_HEADS];
     double *s = malloc(n * sizeof *s);
     ck_assert_ptr_nonnull(s);
     for (size_t h = 0; h < nq; h++) {
@@ -292,6 +278,27 @@ START_TEST(test_standard_long)
         want_lse[h] = mx + log(sum);
     }
     free(s);
+}
+
+#define STD_N 409600
+#define STD_D 16
+#define STD_HEADS 4
+
+START_TEST(test_standard_long)
+{
+    const size_t n = STD_N, d = STD_D, nq = STD_HEADS;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *k = normals(n * d), *v = normals(n * d), *q = normals(nq * d);
+    /* Two segments (as a KIVI stream or a split step hands them over), so
+     * the running sums also carry across a segment boundary. */
+    const size_t n0 = n / 3;
+    lview s0, s1;
+    lview_build(&s0, k, v, n0, d, 512);
+    lview_build(&s1, k + n0 * d, v + n0 * d, n - n0, d, 512);
+    const kvd_kv_segment seg[2] = {{.kv = s0.kv, .n = n0}, {.kv = s1.kv, .n = n - n0}};
+
+    double want[STD_HEADS * STD_D], want_lse[STD_HEADS];
+    std_reference(k, v, n, d, q, nq, scale, want, want_lse);
 
     float o[STD_HEADS * STD_D], lse[STD_HEADS];
     size_t n_std;
@@ -316,6 +323,49 @@ START_TEST(test_standard_long)
 }
 END_TEST
 
+/* Wide heads: the f64 output sums hold KVD_ATTN_ACC_DOUBLES numbers, so
+ * d = 4096 takes 2 heads per pass (5 heads: three passes) and a d beyond
+ * them keeps f32 output sums (one pass of every head). Both still match
+ * the double reference; short, so f32 suffices for the latter. */
+START_TEST(test_wide_heads)
+{
+    static const struct {
+        size_t n, d, nq;
+    } cases[] = {{300, 4096, 5}, {70, KVD_ATTN_ACC_DOUBLES + 8, 3}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const size_t n = cases[c].n, d = cases[c].d, nq = cases[c].nq;
+        const float scale = 1.0f / sqrtf((float)d);
+        float *k = normals(n * d), *v = normals(n * d), *q = normals(nq * d);
+        const size_t n0 = n / 2;
+        lview s0, s1;
+        lview_build(&s0, k, v, n0, d, 3);
+        lview_build(&s1, k + n0 * d, v + n0 * d, n - n0, d, 4);
+        const kvd_kv_segment seg[2] = {{.kv = s0.kv, .n = n0}, {.kv = s1.kv, .n = n - n0}};
+        double *want = malloc(nq * d * sizeof *want), *want_lse = malloc(nq * sizeof *want_lse);
+        float *o = malloc(nq * d * sizeof *o), *lse = malloc(nq * sizeof *lse);
+        ck_assert(want && want_lse && o && lse);
+        std_reference(k, v, n, d, q, nq, scale, want, want_lse);
+        size_t n_std;
+        const kvd_attention_kernels *std = kvd_attention_kernels_all(&n_std);
+        for (size_t t = 0; t < n_std; t++) {
+            char what[64];
+            std[t].attend_lse(seg, 2, q, nq, scale, o, lse);
+            snprintf(what, sizeof what, "%s standard d=%zu heads=%zu", std[t].name, d, nq);
+            check_long(what, o, lse, want, want_lse, nq, d);
+        }
+        free(want);
+        free(want_lse);
+        free(o);
+        free(lse);
+        lview_free(&s0);
+        lview_free(&s1);
+        free(k);
+        free(v);
+        free(q);
+    }
+}
+END_TEST
+
 static Suite *long_sums_suite(void)
 {
     Suite *s = suite_create("attention/long_sums");
@@ -323,6 +373,7 @@ static Suite *long_sums_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_two_cache_680);
     tcase_add_test(tc, test_standard_long);
+    tcase_add_test(tc, test_wide_heads);
     suite_add_tcase(s, tc);
     return s;
 }
