@@ -40,10 +40,10 @@
  * rows, kept in f32 over n / 16 blocks drifts like n * 2^-24 (a two-cache
  * query at 462,400 pair rows came back scaled by 1.00036). The kernels add
  * each block's weights in f32 (16 terms) and keep the denominator in f64;
- * the output accumulates in f32 for KVD_ATTN_FOLD_BLOCKS blocks (a span
- * short enough for f32) and is then folded into an f64 sum, so the error
- * stays at f32-rounding level at any length, for a fold of d doubles per
- * head per 1,024 tokens. */
+ * the output accumulates in f32 for KVD_ATTN_FOLD_BLOCKS blocks (the
+ * four-cache: tiles of 16 lanes; a span short enough for f32) and is then
+ * folded into an f64 sum, so the error stays at f32-rounding level at any
+ * length, for a fold of d doubles per head per 1,024 tokens. */
 #define KVD_ATTN_FOLD_BLOCKS 64
 
 /* Doubles of the attend kernels' f64 output sums ([heads][d], on the

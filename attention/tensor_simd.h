@@ -90,8 +90,9 @@ KVD_SIMD_ATTR static void t_fold(double *restrict od, double *restrict od_scale,
  * each k2/v2 row is read once per W virtual queries — once per GQA group
  * and W/n_q tokens — from L1/L2 (the four caches are O(n d), cache-sized).
  * Per tile and key: d FMAs for scores + d FMAs for u, one vector exp.
- * Scratch: qt [d][W], u [W][d], p [W][W] on the stack (O(d)), no
- * allocation, nothing n-sized. */
+ * Scratch: qt [d][W], u [W][d], p [W][W] and the f64 output sums od
+ * [nh][d] (kernels.h: lanes summed in f32 over KVD_ATTN_FOLD_BLOCKS tiles,
+ * then in f64) on the stack, no allocation, nothing n-sized. */
 KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t lo,
                                        size_t w, const float *q, size_t nh, float scale, float *o,
                                        float *lse)
