@@ -36,6 +36,22 @@
  * A multiple of 16 so every chunk but the last is whole vectors. */
 #define KVD_ATTN_CHUNK 256
 
+/* Long sums (issue 14). A running sum of exp weights, or of weighted value
+ * rows, kept in f32 over n / 16 blocks drifts like n * 2^-24 (a two-cache
+ * query at 462,400 pair rows came back scaled by 1.00036). The kernels add
+ * each block's weights in f32 (16 terms) and keep the denominator in f64;
+ * the output accumulates in f32 for KVD_ATTN_FOLD_BLOCKS blocks (the
+ * four-cache: tiles of 16 lanes; a span short enough for f32) and is then
+ * folded into an f64 sum, so the error stays at f32-rounding level at any
+ * length, for a fold of d doubles per head per 1,024 tokens. */
+#define KVD_ATTN_FOLD_BLOCKS 64
+
+/* Doubles of the attend kernels' f64 output sums ([heads][d], on the
+ * stack, 64 KiB): heads per pass are min(KVD_ATTN_MAX_GROUP, this / d), so
+ * every group up to 64 heads is one pass at d <= 128, 32 at d = 256, 2 at
+ * the API's largest d = 4096. A larger d keeps f32 output sums. */
+#define KVD_ATTN_ACC_DOUBLES 8192
+
 /* Bytes from one key row (or KIVI key block) to the next in a K region. */
 static inline size_t kvd__kv_k_stride(const kvd_kv_pages *kv)
 {

@@ -6,7 +6,9 @@
  * taken 16 tokens at a time; f32 rows are read in place, quantized keys of
  * most shapes are scored from their codes (standard_codes.h), the rest is
  * dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
- * block, never a copy of the cache) for the same f32 block math. */
+ * block, never a copy of the cache) for the same f32 block math. Over 600
+ * lines: the decode, the block math and the f64 sums are one kernel body over
+ * one vector layer, included once per tier. */
 #ifndef KVD_SIMD_LAYER
 #error "include a vector layer (attention/simd_*.h) before attention/standard_simd.h"
 #endif
@@ -311,15 +313,23 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
 #define SIMD_CHUNKS (4096 / KVD_ATTN_CHUNK)
 
 /* Online softmax state and scratch of one chunk of heads (on the stack of
- * the kernel: ~32 KiB, no allocation; worker threads have MiB stacks). */
+ * the kernel: ~100 KiB, no allocation; worker threads have MiB stacks). */
 typedef struct simd_state {
-    float m[KVD_ATTN_MAX_GROUP]; /* running max per head */
-    float l[KVD_ATTN_MAX_GROUP]; /* running sum of exp(s - m) per head */
+    float m[KVD_ATTN_MAX_GROUP];  /* running max per head */
+    double l[KVD_ATTN_MAX_GROUP]; /* running sum of exp(s - m) per head: f64 (kernels.h) */
+    /* The f64 output sums (kernels.h, KVD_ATTN_FOLD_BLOCKS): o holds the
+     * f32 sum of the blocks since the last fold; od [g][d] the f64 sum
+     * before them, still to be multiplied by od_scale (the product of the
+     * rescale factors since that fold). od_on = 0: d too large for od. */
+    double od_scale[KVD_ATTN_MAX_GROUP];
+    size_t since_fold; /* blocks in o since the last fold */
+    int od_on;
     _Alignas(64) float s[KVD_ATTN_MAX_GROUP][KVD_ATTN_BLOCK]; /* scores, then weights */
     _Alignas(64) float tile[KVD_ATTN_BLOCK * KVD_ATTN_CHUNK]; /* [nb][chunk] f32 */
     simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
     simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
     codes_prep cp;               /* keys from codes (standard_codes.h), per segment */
+    _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES]; /* last: the hot fields stay together */
 } simd_state;
 
 /* The decode of one chunk [c0, c1) of format f (division-free afterwards). */
@@ -440,6 +450,24 @@ KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, cons
     simd_prefetch(page + kv->v_offset + c->i * vs, vs); /* values are per-token rows */
 }
 
+/* od = od * od_scale + o, then o = 0: the f32 output sum of the last blocks
+ * moves into the f64 one (both relative to the current max). */
+KVD_SIMD_ATTR static void simd_fold(simd_state *restrict st, float *restrict o, size_t g, size_t d)
+{
+    st->since_fold = 0;
+    if (!st->od_on)
+        return;
+    for (size_t h = 0; h < g; h++) {
+        double *restrict od = st->od + h * d;
+        float *restrict oh = o + h * d;
+        const double c = st->od_scale[h];
+        for (size_t i = 0; i < d; i++)
+            od[i] = od[i] * c + (double)oh[i];
+        memset(oh, 0, d * sizeof *oh);
+        st->od_scale[h] = 1.0;
+    }
+}
+
 /* Folds the first n slots of kv into the state of heads q[0..g) with
  * un-normalized accumulators o[0..g) ([g][d]). */
 KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const float *restrict q,
@@ -527,6 +555,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                 const float alpha = expf(st->m[h] - bmax);
                 simd_scale(o + h * d, alpha, d);
                 st->l[h] *= alpha;
+                st->od_scale[h] *= alpha;
                 st->m[h] = bmax;
             }
             const vf vm = v_set1(st->m[h]);
@@ -536,7 +565,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                 v_store(s + b, p);
                 vsum = v_add(vsum, p);
             }
-            st->l[h] += v_hsum(vsum);
+            st->l[h] += (double)v_hsum(vsum);
         }
 
         /* Values: decoded once per chunk into the same tile, then every
@@ -549,6 +578,8 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             for (size_t h = 0; h < g; h++)
                 simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0);
         }
+        if (++st->since_fold == KVD_ATTN_FOLD_BLOCKS)
+            simd_fold(st, o, g, d);
     }
 }
 
@@ -572,25 +603,44 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, si
         return; /* a softmax over no tokens has no mass to spread: zeros */
 
     simd_state st;
-    for (size_t h0 = 0; h0 < n_q; h0 += KVD_ATTN_MAX_GROUP) {
-        const size_t g = n_q - h0 < KVD_ATTN_MAX_GROUP ? n_q - h0 : KVD_ATTN_MAX_GROUP;
+    /* heads per pass: as many as od holds (all of a group at d <= 128) */
+    st.od_on = d <= KVD_ATTN_ACC_DOUBLES;
+    size_t per_pass = st.od_on ? KVD_ATTN_ACC_DOUBLES / d : KVD_ATTN_MAX_GROUP;
+    if (per_pass > KVD_ATTN_MAX_GROUP)
+        per_pass = KVD_ATTN_MAX_GROUP;
+    for (size_t h0 = 0; h0 < n_q; h0 += per_pass) {
+        const size_t g = n_q - h0 < per_pass ? n_q - h0 : per_pass;
         /* -FLT_MAX rather than -inf: the first block's rescale factor
          * exp(-FLT_MAX - max) is then an ordinary 0, no special case. */
         for (size_t h = 0; h < g; h++) {
             st.m[h] = -FLT_MAX;
-            st.l[h] = 0.0f;
+            st.l[h] = 0.0;
+            st.od_scale[h] = 1.0;
         }
+        if (st.od_on)
+            memset(st.od, 0, g * d * sizeof *st.od);
+        st.since_fold = 0;
         /* One softmax over the segments in order, as if concatenated. */
         for (size_t s = 0; s < n_seg; s++)
             if (seg[s].n > 0)
                 simd_segment(&seg[s].kv, seg[s].n, q + h0 * d, g, scale, o + h0 * d, &st);
 
-        /* l >= 1: the key that set the final max contributed exp(0). */
-        for (size_t h = 0; h < g; h++)
-            simd_scale(o + (h0 + h) * d, 1.0f / st.l[h], d);
+        /* l >= 1: the key that set the final max contributed exp(0).
+         * One rounding to f32 per output, from the f64 sums. */
+        simd_fold(&st, o + h0 * d, g, d);
+        for (size_t h = 0; h < g; h++) {
+            float *restrict oh = o + (h0 + h) * d;
+            if (st.od_on) {
+                const double *restrict od = st.od + h * d, inv = 1.0 / st.l[h];
+                for (size_t i = 0; i < d; i++)
+                    oh[i] = (float)(od[i] * inv);
+            } else {
+                simd_scale(oh, (float)(1.0 / st.l[h]), d);
+            }
+        }
         if (lse) /* log of the denominator, the running max folded in */
             for (size_t h = 0; h < g; h++)
-                lse[h0 + h] = st.m[h] + logf(st.l[h]);
+                lse[h0 + h] = (float)((double)st.m[h] + log(st.l[h]));
     }
 }
 

@@ -117,8 +117,10 @@ void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b,
     const size_t d = a->seg[0].kv.head_dim, lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * d;
-        /* pass 1: the softmax's max and normalizer over all visible pairs */
-        float m = -INFINITY, l = 0.0f;
+        /* pass 1: the softmax's max and normalizer over all visible pairs
+         * (normalizer in f64: n^2 terms one by one would drift in f32) */
+        float m = -INFINITY;
+        double l = 0.0;
         for (size_t j = lo; j < n; j++)
             for (size_t k = lo; k < n; k++) {
                 const float s = pair_score(a, b, j, k, qh, d, scale);
@@ -128,12 +130,13 @@ void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b,
                 }
                 l += expf(s - m);
             }
-        if (l == 0.0f)
+        if (l == 0.0)
             continue; /* no visible pair */
         /* pass 2: each pair's weight goes to both of its tokens */
+        const float inv = (float)(1.0 / l);
         for (size_t j = lo; j < n; j++)
             for (size_t k = lo; k < n; k++) {
-                const float w = expf(pair_score(a, b, j, k, qh, d, scale) - m) / l;
+                const float w = expf(pair_score(a, b, j, k, qh, d, scale) - m) * inv;
                 acc[j] += w;
                 if (k != j)
                     acc[k] += w;
@@ -181,6 +184,28 @@ void kvd_tensor_four_view(const kvd_tensor_view *a, const kvd_tensor_view *b, si
     kvd_tensor_four_view_lse(a, b, n, window, q, n_q, scale, o, NULL);
 }
 
+/* online_fold with f64 sums (u [d], *l) and v1 = NULL: the production
+ * view kernel's inner softmax over one token's n pairs. */
+static void online_fold_f64(double *restrict u, size_t d, float *m, double *l, float s,
+                            const float *restrict v2)
+{
+    if (s > *m) {
+        const float c = expf(*m - s); /* 0 for the first row: *m = -inf */
+        *l *= c;
+        for (size_t i = 0; i < d; i++)
+            u[i] *= c;
+        *m = s;
+    }
+    const float w = expf(s - *m);
+    *l += w;
+    for (size_t i = 0; i < d; i++)
+        u[i] += (double)w * v2[i];
+}
+
+/* The SIMD kernels' per-j algorithm (tensor_simd.h) in scalar code: for
+ * each token j an online softmax over k (max m, sum l, u = sum_k w v2_k),
+ * folded into the head's (M, L, od) with v1_j ⊙ u. The sums are f64
+ * (kernels.h, issue 14): n^2 pairs one by one would drift in f32. */
 void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t n,
                           size_t window, const float *q, size_t n_q, float scale, float *o, float *lse)
 {
@@ -188,25 +213,36 @@ void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b
     const size_t lo = first_visible(n, window);
     for (size_t h = 0; h < n_q; h++) {
         const float *qh = q + h * d;
-        float *oh = o + h * d;
-        memset(oh, 0, d * sizeof *oh);
-        float m = -INFINITY, l = 0.0f;
+        double od[ROW_MAX], u[ROW_MAX];
+        memset(od, 0, d * sizeof *od);
+        float gm = -INFINITY;
+        double gl = 0.0;
         for (size_t j = lo; j < n; j++) {
             float bk1[ROW_MAX], bv1[ROW_MAX], bk2[ROW_MAX], bv2[ROW_MAX];
             const float *k1 = key_row(a, j, bk1), *v1 = value_row(a, j, bv1);
+            float m = -INFINITY;
+            double l = 0.0;
+            memset(u, 0, d * sizeof *u);
             for (size_t k = lo; k < n; k++) {
                 const float *k2 = key_row(b, k, bk2);
                 float s = 0.0f;
                 for (size_t i = 0; i < d; i++)
                     s += qh[i] * k1[i] * k2[i];
-                online_fold(oh, d, &m, &l, scale * s, v1, value_row(b, k, bv2));
+                online_fold_f64(u, d, &m, &l, scale * s, value_row(b, k, bv2));
             }
-        }
-        if (l > 0.0f) /* l >= 1 once any pair was seen (the max pair weighs 1) */
+            const float mx = fmaxf(gm, m);
+            const double ca = expf(gm - mx), cb = expf(m - mx);
             for (size_t i = 0; i < d; i++)
-                oh[i] /= l;
+                od[i] = od[i] * ca + cb * (v1[i] * u[i]);
+            gl = gl * ca + cb * l;
+            gm = mx;
+        }
+        /* gl >= 1 once any pair was seen (the max pair weighs 1) */
+        const double inv = gl > 0.0 ? 1.0 / gl : 0.0;
+        for (size_t i = 0; i < d; i++)
+            o[h * d + i] = (float)(od[i] * inv);
         if (lse) /* -inf when no pair is visible */
-            lse[h] = l > 0.0f ? m + logf(l) : -INFINITY;
+            lse[h] = gl > 0.0 ? (float)((double)gm + log(gl)) : -INFINITY;
     }
 }
 

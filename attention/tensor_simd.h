@@ -62,13 +62,16 @@ static void t_rows_at(const kvd_kv_pages *kv, size_t r0, size_t cnt, const float
     }
 }
 
-/* x[0 .. d) *= c. */
-KVD_SIMD_ATTR static void t_scale_row(float *x, size_t d, float c)
+/* od = od * od_scale + o, then o = 0 and od_scale = 1, for heads [0, nh):
+ * the f32 output sums of the last lanes move into the f64 ones. */
+KVD_SIMD_ATTR static void t_fold(double *restrict od, double *restrict od_scale, float *restrict o,
+                                 size_t nh, size_t d)
 {
-    const vf vc = v_set1(c);
-    for (size_t i = 0; i < d; i += LANES) {
-        const vmask mk = v_tail_mask(i, d);
-        v_store_mask(x + i, mk, v_mul(vc, v_load_mask(x + i, mk)));
+    for (size_t h = 0; h < nh; h++) {
+        for (size_t i = 0; i < d; i++)
+            od[h * d + i] = od[h * d + i] * od_scale[h] + (double)o[h * d + i];
+        memset(o + h * d, 0, d * sizeof *o);
+        od_scale[h] = 1.0;
     }
 }
 
@@ -87,25 +90,36 @@ KVD_SIMD_ATTR static void t_scale_row(float *x, size_t d, float c)
  * each k2/v2 row is read once per W virtual queries — once per GQA group
  * and W/n_q tokens — from L1/L2 (the four caches are O(n d), cache-sized).
  * Per tile and key: d FMAs for scores + d FMAs for u, one vector exp.
- * Scratch: qt [d][W], u [W][d], p [W][W] on the stack (O(d)), no
- * allocation, nothing n-sized. */
+ * Scratch: qt [d][W], u [W][d], p [W][W] and the f64 output sums od
+ * [nh][d] (kernels.h: lanes summed in f32 over KVD_ATTN_FOLD_BLOCKS tiles,
+ * then in f64) on the stack, no allocation, nothing n-sized. */
 KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages *b, size_t lo,
                                        size_t w, const float *q, size_t nh, float scale, float *o,
                                        float *lse)
 {
     const size_t d = a->head_dim;
     const size_t dp = (d + PV_CHUNK - 1) / PV_CHUNK * PV_CHUNK; /* u row stride */
-    float gm[KVD_TENSOR_MAX_GROUP], gl[KVD_TENSOR_MAX_GROUP];  /* per head: max M, sum L */
+    float gm[KVD_TENSOR_MAX_GROUP];                             /* per head: max M */
+    double gl[KVD_TENSOR_MAX_GROUP];                            /* and sum L, f64 (kernels.h) */
     _Alignas(64) float qt[KVD_TENSOR_MAX_FAST_DIM * LANES];     /* [d][W] virtual queries */
     _Alignas(64) float u[LANES * KVD_TENSOR_MAX_FAST_DIM];      /* [W][dp] partial outputs */
     _Alignas(64) float p[LANES * LANES];                        /* [key][lane] block weights */
-    _Alignas(64) float lane_m[LANES], lane_l[LANES], alpha[LANES];
+    _Alignas(64) float lane_m[LANES], block_l[LANES], alpha[LANES];
+    double lane_l[LANES]; /* each lane's sum l_hj: f32 block sums added in f64 */
+    /* The heads' output sums (kernels.h): o [nh][d] the f32 sum of the
+     * lanes of the last KVD_ATTN_FOLD_BLOCKS tiles, od [nh][d] the f64 sum
+     * before them, still to be multiplied by od_scale. */
+    _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES];
+    double od_scale[KVD_TENSOR_MAX_GROUP];
+    size_t tiles = 0; /* since the last fold */
     const float *k2p[LANES], *v2p[LANES];
 
     memset(o, 0, nh * d * sizeof *o);
+    memset(od, 0, nh * d * sizeof *od);
     for (size_t h = 0; h < nh; h++) {
         gm[h] = -INFINITY;
-        gl[h] = 0.0f;
+        gl[h] = 0.0;
+        od_scale[h] = 1.0;
     }
     const size_t n_virtual = nh * w;
     for (size_t r0 = 0; r0 < n_virtual; r0 += LANES) {
@@ -130,7 +144,9 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
             v_transpose(rows, qt + l * LANES);
         }
         memset(u, 0, LANES * dp * sizeof *u);
-        vf m = v_set1(-INFINITY), lsum = v_zero();
+        vf m = v_set1(-INFINITY);
+        for (size_t c = 0; c < LANES; c++)
+            lane_l[c] = 0.0;
 
         for (size_t k0 = 0; k0 < w; k0 += LANES) {
             const size_t nk = t_min(LANES, w - k0);
@@ -186,15 +202,18 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
             const vf m_new = v_max(m, bm);
             const int grew = v_any_gt(m_new, m);
             const vf al = v_exp(v_sub(m, m_new)); /* 1 where m held, 0 at first */
-            lsum = v_mul(lsum, al);
+            vf bsum = v_zero();
             _Pragma("GCC unroll 16")
             for (int kk = 0; kk < LANES; kk++) {
                 const vf pk = v_exp(v_sub(s[kk], m_new));
-                lsum = v_add(lsum, pk);
+                bsum = v_add(bsum, pk);
                 v_store(p + kk * LANES, pk);
             }
             m = m_new;
             v_store(alpha, al);
+            v_store(block_l, bsum);
+            for (size_t c = 0; c < LANES; c++)
+                lane_l[c] = lane_l[c] * alpha[c] + block_l[c];
 
             /* u[c] = u[c] * alpha[c] + sum_kk p[kk][c] v2_kk, T_PV_LANES
              * lanes x 4 vectors of accumulators at a time, v2 rows from L1. */
@@ -246,7 +265,6 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
 
         /* Fold each lane (h, j) into head h's global state. */
         v_store(lane_m, m);
-        v_store(lane_l, lsum);
         for (size_t c = 0; c < lanes; c++) {
             const size_t h = (r0 + c) / w, j = lo + (r0 + c) % w;
             const float mx = fmaxf(gm[h], lane_m[c]);
@@ -261,14 +279,21 @@ KVD_SIMD_ATTR static void t_four_group(const kvd_kv_pages *a, const kvd_kv_pages
                 v_store_mask(oh + i, mk, v_fma(vb, x, y));
             }
             gl[h] = gl[h] * ca + cb * lane_l[c];
+            od_scale[h] *= ca;
             gm[h] = mx;
+        }
+        if (++tiles == KVD_ATTN_FOLD_BLOCKS || r0 + LANES >= n_virtual) {
+            t_fold(od, od_scale, o, nh, d);
+            tiles = 0;
         }
     }
     for (size_t h = 0; h < nh; h++) {
-        if (gl[h] > 0.0f) /* >= 1 once a pair was seen */
-            t_scale_row(o + h * d, d, 1.0f / gl[h]);
+        /* gl >= 1 once a pair was seen; none seen: od = 0, o = 0 */
+        const double inv = gl[h] > 0.0 ? 1.0 / gl[h] : 0.0;
+        for (size_t i = 0; i < d; i++)
+            o[h * d + i] = (float)(od[h * d + i] * inv);
         if (lse) /* the running max folded in; -inf when no pair was seen */
-            lse[h] = gl[h] > 0.0f ? gm[h] + logf(gl[h]) : -INFINITY;
+            lse[h] = gl[h] > 0.0 ? (float)((double)gm[h] + log(gl[h])) : -INFINITY;
     }
 }
 
@@ -285,8 +310,10 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__tensor_four_lse_)(const kvd_kv_pages *a, c
         return;
     }
     const size_t lo = t_first_visible(n, window);
-    for (size_t h0 = 0; h0 < n_q; h0 += KVD_TENSOR_MAX_GROUP) {
-        const size_t nh = t_min(KVD_TENSOR_MAX_GROUP, n_q - h0);
+    /* heads per pass: as many as the f64 output sums hold (>= 32) */
+    const size_t per_pass = t_min(KVD_TENSOR_MAX_GROUP, KVD_ATTN_ACC_DOUBLES / d);
+    for (size_t h0 = 0; h0 < n_q; h0 += per_pass) {
+        const size_t nh = t_min(per_pass, n_q - h0);
         t_four_group(a, b, lo, n - lo, q + h0 * d, nh, scale, o + h0 * d, lse ? lse + h0 : NULL);
     }
 }

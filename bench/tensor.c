@@ -7,6 +7,10 @@
  * rows), so the printed fractions compare like with like on a noisy machine.
  * Caches live in 16 KiB pages built here by hand, in a shuffled block table
  * as a pool hands them out after churn.
+ * Last, the price of a quantized dtype in each layout: the output error of
+ * the four-cache (factors rounded once) and of the two-cache (factors
+ * rounded, then each pair row rounded again) against exact attention in
+ * double, f16 / bf16 / int8 / int4, as production computes them.
  * Usage: bench_tensor [head_dim [n ...]]   (default 128; n = 8 .. 1024) */
 #include <math.h>
 #include <stdint.h>
@@ -18,6 +22,7 @@
 #include "attention/attention.h"
 #include "attention/kernels.h"
 #include "attention/tensor.h"
+#include "cache/quant.h"
 
 #include "bench/bench.h"
 
@@ -294,6 +299,149 @@ static double max_abs_diff(const float *x, const float *y, size_t count)
     return m;
 }
 
+/* ---- quantized dtypes: output error of each layout ---------------------------- */
+
+/* A view of `rows` slots of per-token formats kf / vf in 16 KiB pages
+ * [K rows][V rows] (rows quantized by the caller, kvd_quant_row). */
+static void qview_init(bench_view *v, size_t rows, size_t d, kvd_row_format kf,
+                       kvd_row_format vf, uint32_t group)
+{
+    const size_t kb = kvd_row_bytes(kf, d, group), vb = kvd_row_bytes(vf, d, group);
+    size_t spp = PAGE_BYTES / (kb + vb);
+    while (spp > 1 && (spp * kb + 63) / 64 * 64 + spp * vb > PAGE_BYTES)
+        spp--;
+    v->n_pages = rows == 0 ? 1 : (rows + spp - 1) / spp;
+    v->arena = xalloc(v->n_pages * PAGE_BYTES);
+    v->table = xalloc(v->n_pages * sizeof *v->table);
+    for (size_t p = 0; p < v->n_pages; p++)
+        v->table[p] = v->arena + p * PAGE_BYTES;
+    memset(v->arena, 0, v->n_pages * PAGE_BYTES);
+    v->kv = (kvd_kv_pages){.pages = v->table, .slots_per_page = spp, .head_dim = d,
+                           .k_offset = 0, .v_offset = (spp * kb + 63) / 64 * 64,
+                           .k_format = kf, .v_format = vf, .k_row_bytes = (uint32_t)kb,
+                           .v_row_bytes = (uint32_t)vb, .group = group};
+}
+
+static unsigned char *qrow(bench_view *v, size_t j, int value)
+{
+    const size_t spp = v->kv.slots_per_page;
+    unsigned char *page = v->arena + (v->table[j / spp] - v->arena);
+    return page + (value ? v->kv.v_offset + (j % spp) * v->kv.v_row_bytes
+                         : v->kv.k_offset + (j % spp) * v->kv.k_row_bytes);
+}
+
+/* ||o - x|| / ||x|| over one head's d outputs. */
+static double rel_l2(const float *o, const double *x, size_t d)
+{
+    double e = 0.0, m = 0.0;
+    for (size_t i = 0; i < d; i++) {
+        e += ((double)o[i] - x[i]) * ((double)o[i] - x[i]);
+        m += x[i] * x[i];
+    }
+    return sqrt(e / m);
+}
+
+/* n tokens of head_dim d (uniform [-1, 1) factors, HEADS queries): for each
+ * dtype the mean over the heads of the relative L2 output error of the
+ * four-cache (kvd_tensor_four_view_lse over the quantized factors, as
+ * production runs a quantized four-cache) and of the two-cache (pair rows
+ * of the dequantized factors, as kvd_tensor_pair_rows_view gives them to
+ * cache/, rounded again into the dtype; the standard kernel over them),
+ * both against attention over the f32 factors in double. */
+static void quant_errors(size_t n, size_t d, uint32_t group)
+{
+    static const struct {
+        const char *name;
+        kvd_row_format f;
+    } dtypes[] = {{"f32", KVD_ROW_F32},  {"f16", KVD_ROW_F16}, {"bf16", KVD_ROW_BF16},
+                  {"int8", KVD_ROW_I8}, {"int4", KVD_ROW_U4G}};
+    float *k1 = xalloc(n * d * sizeof *k1), *k2 = xalloc(n * d * sizeof *k2);
+    float *v1 = xalloc(n * d * sizeof *v1), *v2 = xalloc(n * d * sizeof *v2);
+    float *q = xalloc(HEADS * d * sizeof *q), *o = xalloc(HEADS * d * sizeof *o);
+    double *exact = xalloc(HEADS * d * sizeof *exact), *s = xalloc(n * n * sizeof *s);
+    for (size_t i = 0; i < n * d; i++) {
+        k1[i] = frand();
+        k2[i] = frand();
+        v1[i] = frand();
+        v2[i] = frand();
+    }
+    for (size_t i = 0; i < HEADS * d; i++)
+        q[i] = frand();
+    const float scale = 1.0f / sqrtf((float)d);
+    for (size_t h = 0; h < HEADS; h++) { /* exact: two passes in double */
+        double mx = -INFINITY, sum = 0.0, *x = exact + h * d;
+        for (size_t j = 0; j < n; j++)
+            for (size_t k = 0; k < n; k++) {
+                double t = 0.0;
+                for (size_t i = 0; i < d; i++)
+                    t += (double)q[h * d + i] * k1[j * d + i] * k2[k * d + i];
+                s[j * n + k] = scale * t;
+                mx = fmax(mx, s[j * n + k]);
+            }
+        for (size_t i = 0; i < d; i++)
+            x[i] = 0.0;
+        for (size_t j = 0; j < n; j++)
+            for (size_t k = 0; k < n; k++) {
+                const double w = exp(s[j * n + k] - mx);
+                sum += w;
+                for (size_t i = 0; i < d; i++)
+                    x[i] += w * ((double)v1[j * d + i] * v2[k * d + i]);
+            }
+        for (size_t i = 0; i < d; i++)
+            x[i] /= sum;
+    }
+    printf("\nquantized dtypes, n = %zu, d = %zu (int4 groups of %u), %d heads: relative L2 output "
+           "error against exact attention in double, mean over the heads\n",
+           n, d, group, HEADS);
+    printf("%6s | %12s %12s | %9s\n", "dtype", "four-cache", "two-cache", "two/four");
+    float *kr = xalloc((2 * n + 1) * d * sizeof *kr), *vr = xalloc((2 * n + 1) * d * sizeof *vr);
+    for (size_t t = 0; t < sizeof dtypes / sizeof *dtypes; t++) {
+        const kvd_row_format f = dtypes[t].f;
+        bench_view a, b, pairs;
+        qview_init(&a, n, d, f, f, group);
+        qview_init(&b, n, d, f, f, group);
+        for (size_t j = 0; j < n; j++) {
+            kvd_quant_row(f, k1 + j * d, d, group, qrow(&a, j, 0));
+            kvd_quant_row(f, v1 + j * d, d, group, qrow(&a, j, 1));
+            kvd_quant_row(f, k2 + j * d, d, group, qrow(&b, j, 0));
+            kvd_quant_row(f, v2 + j * d, d, group, qrow(&b, j, 1));
+        }
+        const kvd_tensor_view va = {.seg = {{.kv = a.kv, .n = n}}, .n_seg = 1};
+        const kvd_tensor_view vb = {.seg = {{.kv = b.kv, .n = n}}, .n_seg = 1};
+        qview_init(&pairs, n * n, d, f, f, group);
+        for (size_t tk = 0, row = 0; tk < n; tk++) {
+            kvd_tensor_pair_rows_view(&va, &vb, tk, kr, vr);
+            for (size_t i = 0; i < kvd_tensor_pair_rows_added(tk); i++, row++) {
+                kvd_quant_row(f, kr + i * d, d, group, qrow(&pairs, row, 0));
+                kvd_quant_row(f, vr + i * d, d, group, qrow(&pairs, row, 1));
+            }
+        }
+        double e4 = 0.0, e2 = 0.0;
+        kvd_tensor_four_view_lse(&va, &vb, n, 0, q, HEADS, scale, o, NULL);
+        for (size_t h = 0; h < HEADS; h++)
+            e4 += rel_l2(o + h * d, exact + h * d, d) / HEADS;
+        const kvd_kv_segment seg = {.kv = pairs.kv, .n = n * n};
+        kvd_attention_kernels_get()->attend(&seg, 1, q, HEADS, scale, o);
+        for (size_t h = 0; h < HEADS; h++)
+            e2 += rel_l2(o + h * d, exact + h * d, d) / HEADS;
+        printf("%6s | %12.2e %12.2e | %9.2f\n", dtypes[t].name, e4, e2, e2 / e4);
+        fflush(stdout);
+        view_free(&a);
+        view_free(&b);
+        view_free(&pairs);
+    }
+    free(kr);
+    free(vr);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    free(q);
+    free(o);
+    free(exact);
+    free(s);
+}
+
 int main(int argc, char **argv)
 {
     size_t d = 128;
@@ -376,5 +524,8 @@ int main(int argc, char **argv)
         printf("  %-7s four %10.1f us   two %10.1f us\n", levels[i].name, t4 * 1e6, t2 * 1e6);
     }
     case_free(&c);
+
+    quant_errors(128, d, 32);
+    quant_errors(680, 32, 32); /* the VAR schedule's tokens: 462,400 pair rows */
     return 0;
 }
