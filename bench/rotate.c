@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "attention/attention.h"
+#include "bench/bench.h"
 #include "attention/hadamard.h"
 #include "cache/pool.h"
 #include "cache/rotate.h"
@@ -299,24 +300,6 @@ static double rel(const acc *a)
     return sqrt(a->err / a->ref);
 }
 
-static void cpu_name(char *out, size_t len)
-{
-    snprintf(out, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *p = strchr(line, ':');
-            const char *name = p ? p + 2 : line;
-            const size_t nl = strcspn(name, "\n"), nc = nl < len - 1 ? nl : len - 1;
-            memcpy(out, name, nc);
-            out[nc] = 0;
-            break;
-        }
-    if (f)
-        fclose(f);
-}
-
 /* The table's rows for every outlier case and the first n_dt dtypes;
  * returns how many int4 targets were missed. */
 static int run_cases(kvd_pool *pool, size_t n_dt)
@@ -372,7 +355,7 @@ static int run_cases(kvd_pool *pool, size_t n_dt)
 int main(void)
 {
     char cpu[128];
-    cpu_name(cpu, sizeof cpu);
+    bench_cpu_model(cpu, sizeof cpu);
     kvd_pool *pool;
     if (kvd_pool_create((size_t)64 << 20, PAGE, &pool) != 0) {
         fprintf(stderr, "bench: no pool\n");

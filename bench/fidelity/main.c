@@ -9,27 +9,9 @@
 #include <cblas.h>
 
 #include "attention/attention.h"
+#include "bench/bench.h"
 #include "bench/fidelity/harness.h"
 #include "bench/fidelity/report.h"
-
-static void cpu_model(char *buf, size_t len)
-{
-    snprintf(buf, len, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *c = strchr(line, ':');
-            if (c) {
-                snprintf(buf, len, "%s", c + 2);
-                buf[strcspn(buf, "\n")] = 0;
-            }
-            break;
-        }
-    fclose(f);
-}
 
 static int usage(void)
 {
@@ -103,7 +85,7 @@ int main(int argc, char **argv)
     if (logit > 0)
         s.model.logit_scale = (float)logit;
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    bench_cpu_model(cpu, sizeof cpu);
     fprintf(stderr, "fidelity: %s, attention kernels %s; sampling %zu tokens exactly...\n", cpu,
             kvd_attention_kernels_get()->name, context - prompt);
     fid_harness *h;
