@@ -340,6 +340,23 @@ size_t kvd_subgen_heap_bytes(const kvd_subgen *g)
            sizeof(void *);
 }
 
+void *kvd__subgen_row(const kvd__subgen_rows *r, size_t i)
+{
+    return row(r, i);
+}
+
+void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, size_t n_spare, size_t *used)
+{
+    assert(g->n_clusters == 0 && g->samples.n_rows == 0 && "a restore lays out an empty sketch");
+    if (!n_clusters)
+        return;
+    rows_grow(&g->centres, n_clusters, spare, n_spare, used);
+    rows_grow(&g->counts, n_clusters, spare, n_spare, used);
+    rows_grow(&g->reservoir, n_clusters * g->t, spare, n_spare, used);
+    rows_grow(&g->samples, g->s, spare, n_spare, used);
+    g->n_clusters = n_clusters;
+}
+
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool)
 {
     rows_release(&g->centres, pool);

@@ -103,6 +103,23 @@ size_t kvd_subgen_pages(const kvd_subgen *g);
 size_t kvd_subgen_payload_bytes(const kvd_subgen *g);
 size_t kvd_subgen_heap_bytes(const kvd_subgen *g);
 
+/* Most cluster_samples and value_samples a sketch takes (the create body's
+ * limit, checked again by a snapshot's restore). */
+#define KVD_SUBGEN_SAMPLES_MAX 65536u
+
+/* ---- Private to cache/ (snapshot and restore, cache/snapshot.c). ---- */
+
+/* Row i of a row array (i < n_rows). */
+void *kvd__subgen_row(const kvd__subgen_rows *r, size_t i);
+
+/* An empty sketch laid out for a restore: n_clusters clusters (centres,
+ * counts, t reservoir rows each) and, when n_clusters > 0, the s sample
+ * rows, all zeroed, in pages from spare[*used ..) — exactly
+ * kvd_subgen_pages_bound(g, n_clusters) of them, tables grown by
+ * kvd_subgen_reserve(g, n_clusters). The caller fills the rows and sets
+ * items, f and rng. */
+void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, size_t n_spare, size_t *used);
+
 /* Gives every page back and frees the tables; the sketch is empty after. */
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool);
 
