@@ -2,7 +2,9 @@
  * echoed with its parameters, out-of-range parameters and refused
  * combinations as 400s naming their field, stats with clusters per stream
  * and honest bits per coordinate, shadow error, fork refused, a step the
- * pool cannot hold answered 503 with nothing changed, and SubGen4Cache. */
+ * pool cannot hold answered 503 with nothing changed, SubGen4Cache, and a
+ * SubGen4Cache snapshot restored elsewhere answering bit for bit (standard
+ * subgen snapshots: tests/integration/test_snapshot.c). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -208,6 +210,75 @@ START_TEST(test_tensor_four)
 }
 END_TEST
 
+/* Steps a SubGen4Cache session (head_dim 4, one head) with m tokens from
+ * seed and one query; returns the "o" b64 string (caller frees). */
+static char *tensor_step_o(int port, const char *id, unsigned seed, size_t m)
+{
+    enum { DT = 4 };
+    rng r;
+    rng_seed(&r, seed);
+    float *k1 = rng_tensor(&r, m * DT, -1, 1), *k2 = rng_tensor(&r, m * DT, -1, 1);
+    float *v1 = rng_tensor(&r, m * DT, -1, 1), *v2 = rng_tensor(&r, m * DT, -1, 1), q[DT];
+    rng_fill(&r, q, DT, -1, 1);
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = m, .q = q, .m_q = 1,
+                          .mask = "block", .b64 = true};
+    char *body = tensor_step_body(&s, DT, DT, "b64");
+    cJSON *o = kvd_step_ok(port, id, body);
+    char *out = strdup(kvd_json_str(o, "o"));
+    cJSON_Delete(o);
+    free(body);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    return out;
+}
+
+/* Snapshots of subgen sessions: a standard one (with its shadow copy) and
+ * a SubGen4Cache one, restored on another kvd with another page size, keep
+ * their clusters and answer the next steps bit for bit as the original. */
+START_TEST(test_snapshot_restore)
+{
+    static const char *const b_args[] = {"--page-bytes", "8192", "--threads", "2", NULL};
+    kvd_proc *A = kvd_proc_start_ck(NULL), *B = kvd_proc_start_ck(b_args);
+    const int pa = kvd_proc_port(A), pb = kvd_proc_port(B);
+    char *id = kvd_create_session(pa,
+                                  "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"seed\":3,"
+                                  "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":2,\"delta\":0.6,"
+                                  "\"cluster_samples\":3,\"value_samples\":8}}",
+                                  NULL);
+    for (unsigned i = 0; i < 4; i++)
+        free(tensor_step_o(pa, id, 10 + i, 9));
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s/snapshot", id);
+    http_response *snap = http_request_n(pa, "GET", path, NULL, NULL, 0, NULL);
+    ck_assert_msg(snap->status == 200, "%d %.*s", snap->status, (int)snap->body_len, snap->body);
+    http_response *r = http_request_n(pb, "POST", "/v1/sessions/restore", "application/octet-stream", snap->body,
+                                      snap->body_len, NULL);
+    ck_assert_msg(r->status == 201, "%d %s", r->status, r->body);
+    http_response_free(r);
+    http_response_free(snap);
+    cJSON *sa = kvd_session_stats(pa, id), *sb = kvd_session_stats(pb, id);
+    static const char *const same[] = {"tokens", "appended", "evicted", "clusters", "steps"};
+    for (size_t k = 0; k < sizeof same / sizeof *same; k++)
+        ck_assert_msg(kvd_json_num(sa, same[k]) == kvd_json_num(sb, same[k]), "%s differs", same[k]);
+    ck_assert(kvd_json_num(sa, "clusters") > 2 && kvd_json_num(sa, "evicted") > 0);
+    cJSON_Delete(sa);
+    cJSON_Delete(sb);
+    for (unsigned i = 0; i < 3; i++) {
+        char *oa = tensor_step_o(pa, id, 50 + i, 5), *ob = tensor_step_o(pb, id, 50 + i, 5);
+        ck_assert_str_eq(oa, ob); /* b64 of the f32 bytes: bit for bit */
+        free(oa);
+        free(ob);
+    }
+    kvd_delete_session(pa, id);
+    kvd_delete_session(pb, id);
+    free(id);
+    kvd_proc_stop_ck(A);
+    kvd_proc_stop_ck(B);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_subgen");
@@ -216,6 +287,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_create_and_bad_input);
     tcase_add_test(tc, test_pool_full_503);
     tcase_add_test(tc, test_tensor_four);
+    tcase_add_test(tc, test_snapshot_restore);
     suite_add_tcase(s, tc);
     return s;
 }
