@@ -256,16 +256,23 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
         qsort(p->victims, n, sizeof *p->victims, by_position);
         const kvd_kv_pages kv = kvd_stream_view(s);
         size_t used = 0;
+        /* The clusters the plan's dry run found for these tokens, in this order. */
+        const size_t *as = p->sg_assign[2 * idx];
+        size_t *at = &p->sg_at[2 * idx];
+        assert(as && "the plan counted every token that leaves");
         for (size_t i = 0; i < n; i++)
-            kvd_subgen_insert(&sess->subgen[idx], kvd_kv_key(&kv, p->victims[i].slot),
-                              kvd_kv_value(&kv, p->victims[i].slot), p->pages + p->cursor,
-                              p->total_pages - p->cursor, &used);
+            kvd_subgen_insert_at(&sess->subgen[idx], as[(*at)++], kvd_kv_key(&kv, p->victims[i].slot),
+                                 kvd_kv_value(&kv, p->victims[i].slot), p->pages + p->cursor,
+                                 p->total_pages - p->cursor, &used);
         if (sess->subgen_b) { /* SubGen4Cache: (k2, v2) of the same tokens, same slots */
             const kvd_kv_pages kb = kvd_stream_view(&sess->tensor_b[idx]);
+            const size_t *bs = p->sg_assign[2 * idx + 1];
+            size_t *bt = &p->sg_at[2 * idx + 1];
+            assert(bs);
             for (size_t i = 0; i < n; i++)
-                kvd_subgen_insert(&sess->subgen_b[idx], kvd_kv_key(&kb, p->victims[i].slot),
-                                  kvd_kv_value(&kb, p->victims[i].slot), p->pages + p->cursor,
-                                  p->total_pages - p->cursor, &used);
+                kvd_subgen_insert_at(&sess->subgen_b[idx], bs[(*bt)++], kvd_kv_key(&kb, p->victims[i].slot),
+                                     kvd_kv_value(&kb, p->victims[i].slot), p->pages + p->cursor,
+                                     p->total_pages - p->cursor, &used);
         }
         p->cursor += used;
         used = 0;

@@ -111,8 +111,11 @@ START_TEST(test_create_and_bad_input)
 }
 END_TEST
 
-/* A 16-page pool: a step whose clusters the pool cannot hold is a 503 and
- * the session is exactly as it was. */
+/* A 16-page pool (sink 4, recent 0, t = 16: a cluster's reservoir is 1 KiB).
+ * The plan counts the clusters a step opens exactly (a dry run of the
+ * assignment), not one per token: a step that fits only so succeeds, a step
+ * of keys the sketch already has succeeds whatever its length, and a step
+ * whose new clusters the pool cannot hold is a 503 with nothing changed. */
 START_TEST(test_pool_full_503)
 {
     kvd_proc *p = kvd_proc_start_ck(small_pool);
@@ -126,14 +129,35 @@ START_TEST(test_pool_full_503)
     float *k = rng_tensor(&r, 400 * D, -3, 3), *v = rng_tensor(&r, 400 * D, -1, 1);
     step_spec s = {.layer = 0, .k = k, .v = v, .m = 8, .mask = "block", .b64 = true};
     char *body = step_body(&s, D, D, NULL);
+    cJSON_Delete(kvd_step_ok(port, id, body)); /* 4 clusters: 5 pages held, 11 free */
+    free(body);
+    /* 40 distinct keys: 40 clusters, 10 more reservoir pages and at most one
+     * page of window: 11, all that is free. (Counting every token that
+     * leaves plus the held ones as a cluster asked 12: a 503.) */
+    s.k = k + 8 * D;
+    s.v = v + 8 * D;
+    s.m = 40;
+    body = step_body(&s, D, D, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    ck_assert(kvd_json_num(o, "evicted") == 40);
+    cJSON_Delete(o);
+    free(body);
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert(kvd_json_num(st, "clusters") == 44);
+    cJSON_Delete(st);
+    /* 20 keys the sketch has seen: no cluster opens, no page is needed */
+    s.k = k + 8 * D;
+    s.m = 20;
+    body = step_body(&s, D, D, NULL);
     cJSON_Delete(kvd_step_ok(port, id, body));
     free(body);
     cJSON *before = kvd_session_stats(port, id);
-    s.k = k + 8 * D;
-    s.v = v + 8 * D;
-    /* up to 44 more clusters of 16 reservoir rows (1 KiB) each: 11 pages of
-     * reservoir and a page of window, more than the 11 left, fewer than 16 */
-    s.m = 40;
+    ck_assert(kvd_json_num(before, "clusters") == 44 && kvd_json_num(before, "evicted") == 64);
+    const double used = kvd_metric_now(port, "kvd_pool_pages", "state=\"used\"");
+    /* 8 new keys: 8 clusters, 2 more reservoir pages with 1 free: 503 */
+    s.k = k + 100 * D;
+    s.v = v + 100 * D;
+    s.m = 8;
     body = step_body(&s, D, D, NULL);
     http_response *resp = kvd_step(port, id, body);
     kvd_expect_error(resp, 503, "resource_exhausted", NULL, NULL, "a sketch the pool cannot hold");
@@ -143,9 +167,11 @@ START_TEST(test_pool_full_503)
     const char *fields[] = {"tokens", "appended", "evicted", "pages", "clusters", "steps", "bits_per_coordinate"};
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
         ck_assert_msg(kvd_json_num(before, fields[i]) == kvd_json_num(after, fields[i]), "%s changed", fields[i]);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used); /* every page back */
     cJSON_Delete(before);
     cJSON_Delete(after);
     kvd_delete_session(port, id);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), 0);
     free(id);
     free(k);
     free(v);
