@@ -352,6 +352,13 @@ static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_en
         if (kvd_stream_reserve_table(&shadow->streams[i], need) != 0)
             return KVD_STEP_NOMEM;
         *pages += need;
+        if (!shadow->tensor_b)
+            continue;
+        /* a tensor session's copy is a four-cache: k2/v2 grow like k1/v1 */
+        need = kvd_stream_pages_needed(&shadow->tensor_b[i], p->new_tokens[i]);
+        if (kvd_stream_reserve_table(&shadow->tensor_b[i], need) != 0)
+            return KVD_STEP_NOMEM;
+        *pages += need;
     }
     return KVD_STEP_OK;
 }

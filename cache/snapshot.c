@@ -807,8 +807,9 @@ int kvd_session_restore(const void *bytes, size_t len, kvd_pool *pool, kvd_snaps
         return KVD_SNAPSHOT_EFORMAT;
     /* Each stream record is at least 32 bytes: the stream count is bounded
      * by the input before any allocation depends on it. */
-    const size_t arrays = (cfg.attention == KVD_ATTN_TENSOR ? 2 + (cfg.tensor_cache == KVD_TENSOR_CACHE_TWO) : 1) *
-                          (cfg.shadow ? 2 : 1);
+    const kvd_session_config exact_cfg = kvd_session_shadow_config(&cfg);
+    const size_t arrays = (cfg.attention == KVD_ATTN_TENSOR ? 2 + (cfg.tensor_cache == KVD_TENSOR_CACHE_TWO) : 1) +
+                          (cfg.shadow ? (exact_cfg.attention == KVD_ATTN_TENSOR ? 2 : 1) : 0);
     size_t records;
     if (__builtin_mul_overflow((size_t)cfg.layers * cfg.kv_heads, arrays * 32, &records) || records > left(&r))
         return KVD_SNAPSHOT_EFORMAT;

@@ -90,7 +90,7 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
         void *const *pages = take_pages(p, kvd_stream_pages_needed(b, e->m));
         kvd_stream_append(b, pool, e->m, e->k2 + (size_t)g * cfg->head_dim, e->v2 + (size_t)g * cfg->head_dim,
                           row, pages);
-        if (p->norm_factor) {
+        if (p->norm_factor && cfg->cache.eviction == KVD_EVICT_L2NORM) { /* not the shadow copy */
             /* l2norm ranks a tensor slot by ||k1|| * ||k2|| (DESIGN.md §5):
              * the index holds ||k1|| from the append; scale by ||k2||. */
             for (size_t t = 0; t < e->m; t++) {
@@ -577,6 +577,8 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     const size_t shadow_before = kvd_session_stream(shadow, e->layer, 0)->n_tokens;
     if (e->m)
         append_tokens(shadow, pool, sent, p);
+    if (e->m && shadow->tensor_b) /* a tensor session's copy: a four-cache (k2/v2 too) */
+        append_tensor(shadow, pool, sent, p);
     if (e->m_q) {
         attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
