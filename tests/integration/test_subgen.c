@@ -4,7 +4,8 @@
  * and honest bits per coordinate, shadow error, fork refused, a step the
  * pool cannot hold answered 503 with nothing changed, SubGen4Cache, and a
  * SubGen4Cache snapshot restored elsewhere answering bit for bit (standard
- * subgen snapshots: tests/integration/test_snapshot.c). */
+ * subgen snapshots: tests/integration/test_snapshot.c), and shadow mode for
+ * tensor sessions (four, two, window, SubGen4Cache). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -305,6 +306,74 @@ START_TEST(test_snapshot_restore)
 }
 END_TEST
 
+/* One query step on a tensor session (head_dim 4, one head): its shadow
+ * relative error. */
+static double tensor_shadow_error(int port, const char *id, unsigned seed, size_t m)
+{
+    enum { DT = 4 };
+    rng r;
+    rng_seed(&r, seed);
+    float *k1 = rng_tensor(&r, m * DT, -1, 1), *k2 = rng_tensor(&r, m * DT, -1, 1);
+    float *v1 = rng_tensor(&r, m * DT, -1, 1), *v2 = rng_tensor(&r, m * DT, -1, 1), q[DT];
+    rng_fill(&r, q, DT, -1, 1);
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = m, .q = q, .m_q = 1,
+                          .mask = "block"};
+    char *body = tensor_step_body(&s, DT, DT, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    const double rel = kvd_json_num(o, "shadow.relative_error");
+    ck_assert_msg(rel == rel && rel >= 0, "no shadow error: %g", rel);
+    cJSON_Delete(o);
+    free(body);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    return rel;
+}
+
+/* Shadow mode for tensor sessions over HTTP: created (no longer a 400) and
+ * echoed, each step reports the live output's error against an exact f32
+ * four-cache copy: exact four-cache 0, two-cache rounding only, a window 0
+ * until it slides and > 0 after, SubGen4Cache > 0; stats count the shadow
+ * steps and the copy's pages go back with the session. */
+START_TEST(test_tensor_shadow)
+{
+    kvd_proc *p = kvd_proc_start_ck(NULL);
+    const int port = kvd_proc_port(p);
+    static const char *const bodies[] = {
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"tensor_cache\":\"two\",\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"window\":6,\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"shadow\":true,\"seed\":4,"
+        "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":1,\"cluster_samples\":4,\"value_samples\":8}}"};
+    for (int c = 0; c < 4; c++) {
+        cJSON *resp = NULL;
+        char *id = kvd_create_session(port, bodies[c], &resp);
+        ck_assert(cJSON_IsTrue(kvd_json_at(resp, "config.shadow")));
+        cJSON_Delete(resp);
+        /* a window slides after an entry's attention: the third step is the
+         * first whose query misses tokens */
+        double first = tensor_shadow_error(port, id, 7, 5), second = tensor_shadow_error(port, id, 8, 5);
+        second = fmax(second, tensor_shadow_error(port, id, 9, 1));
+        if (c == 0)
+            ck_assert_msg(first == 0 && second == 0, "exact four-cache: %g %g", first, second);
+        else if (c == 1)
+            ck_assert_msg(first < 1e-5 && second < 1e-5, "two-cache: %g %g", first, second);
+        else if (c == 2)
+            ck_assert_msg(first == 0 && second > 0, "window: %g before sliding, %g after", first, second);
+        else
+            ck_assert_msg(first > 0 && second > 0, "SubGen4Cache: %g %g", first, second);
+        cJSON *st = kvd_session_stats(port, id);
+        ck_assert(kvd_json_num(st, "shadow.steps") == 3);
+        cJSON_Delete(st);
+        kvd_delete_session(port, id);
+        free(id);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), 0);
+    }
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_subgen");
@@ -314,6 +383,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_pool_full_503);
     tcase_add_test(tc, test_tensor_four);
     tcase_add_test(tc, test_snapshot_restore);
+    tcase_add_test(tc, test_tensor_shadow);
     suite_add_tcase(s, tc);
     return s;
 }
