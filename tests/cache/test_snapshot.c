@@ -445,9 +445,18 @@ START_TEST(pool_too_small_and_subgen)
     /* config's eviction field: header, id length byte, id, digest, 4 f64 + 2 u64 ... */
     const size_t ev = KVD_SNAPSHOT_HEADER_BYTES + 1 + 32 + 32 + 7 * 8 + 10 * 4;
     uint8_t *u = bytes;
+    ck_assert_uint_eq(u[8], KVD_SNAPSHOT_VERSION);
+    /* Without a sketch, versions 2 and 3 are the same bytes: version 2 still reads. */
+    u[8] = 2;
+    uint32_t crc = kvd_crc32c(0, u, len - 4);
+    memcpy(u + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), 0);
+    ck_assert_uint_eq(kvd_session_tokens(b), kvd_session_tokens(a));
+    kvd_session_destroy(b, p);
+    u[8] = KVD_SNAPSHOT_VERSION;
     ck_assert_uint_eq(u[ev], KVD_EVICT_NONE);
     u[ev] = KVD_EVICT_SUBGEN + 1;
-    uint32_t crc = kvd_crc32c(0, u, len - 4);
+    crc = kvd_crc32c(0, u, len - 4);
     memcpy(u + len - 4, &crc, 4);
     ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), KVD_SNAPSHOT_EKIND);
     u[ev] = KVD_EVICT_SUBGEN;
