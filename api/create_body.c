@@ -78,7 +78,7 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
     char v[64];
     if (c->attention == KVD_ATTN_TENSOR) {
         /* A tensor session slides a window or evicts by a policy, not both;
-         * a KIVI tensor cache does not slide; it has no shadow copy. (Forking
+         * a KIVI tensor cache does not slide. (Forking
          * one is refused when asked: cache/session.c.) */
         const bool kivi = c->cache.dtype == KVD_DTYPE_KIVI2 || c->cache.dtype == KVD_DTYPE_KIVI4;
         if (kivi && c->window > 0) {
@@ -91,8 +91,6 @@ static int reject_not_yet_supported(const kvd_session_config *c, kvd_api_error *
                      c->window);
             return not_yet(err, "cache.eviction", v, "a tensor session takes a window or a policy");
         }
-        if (c->shadow)
-            return not_yet(err, "shadow", "true with tensor attention", "tensor caches are exact f32");
         if (c->tensor_cache == KVD_TENSOR_CACHE_TWO && c->window > 0) {
             snprintf(v, sizeof v, "window %" PRIu32 " with tensor_cache \"two\"", c->window);
             return not_yet(err, "window", v,

@@ -46,7 +46,7 @@ void kvd__api_snapshot_run(kvd_api *api, api_job *job)
     const int rc = kvd_session_snapshot(s->cache, s->shadow, &m, api->opt.page_bytes, &bytes, &len);
     if (rc == -ENOTSUP) {
         kvd__api_respond_error(&job->resp, 501, "unimplemented", NULL,
-                               "snapshots of this eviction kind are not supported yet (format version 1)");
+                               "snapshots of this eviction kind are not supported by this snapshot format");
         return;
     }
     if (rc != 0) {

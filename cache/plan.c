@@ -7,6 +7,7 @@
 #include "cache/plan.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,33 +216,124 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
     return KVD_STEP_OK;
 }
 
-/* subgen: each stream sketches at most the tokens it holds plus those the
- * request appends (every one may open a cluster: a centre, a count and t
- * reservoir rows; the first also lays out the s samples), in each of its
- * sketches (SubGen4Cache: k1 and k2). Grows the sketch tables and adds the
- * pages to *pages; the victim, numerator and q (.) k scratch. */
-static int plan_subgen(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, size_t *pages)
+static int victim_by_position(const void *a, const void *b)
 {
+    const int64_t x = ((const kvd__subgen_victim *)a)->position, y = ((const kvd__subgen_victim *)b)->position;
+    return (x > y) - (x < y);
+}
+
+/* The clusters one sketch's step will assign, by a dry run: the held
+ * tokens that leave the window (victims, by position), then the request's
+ * new tokens of `layer` at positions [from, leave_below), in the order the
+ * step sketches them (position order, however the entries split them),
+ * each matched against the sketch's centres and then the centres earlier
+ * tokens of the request would open (kvd_subgen_near, the test the insert
+ * makes). Fills assign[] (the step reuses it: no second scan) and returns
+ * the clusters the request opens. keys: tensor_b's slots and k2 for the
+ * k2 sketch. fresh: [tokens] scratch. */
+static size_t dry_run(const kvd_subgen *g, const kvd_stream *held, const kvd__subgen_victim *victims,
+                      size_t n_victims, const kvd_step_entry *e, size_t n_entries, uint32_t layer, size_t key_off,
+                      size_t row, bool k2, uint64_t first_new, uint64_t from, uint64_t leave_below, size_t *assign,
+                      const float **fresh)
+{
+    const kvd_kv_pages kv = kvd_stream_view(held);
+    size_t n = 0, opened = 0;
+    uint64_t pos = first_new;
+    for (size_t i = 0; i <= n_entries; i++) {
+        size_t m = i == 0 ? n_victims : 0; /* "entry" 0 is the held victims */
+        if (i > 0 && e[i - 1].layer == layer)
+            m = e[i - 1].m;
+        for (size_t t = 0; t < m; t++) {
+            const float *k;
+            if (i == 0) {
+                k = kvd_kv_key(&kv, victims[t].slot);
+            } else {
+                const uint64_t at = pos++;
+                if (at < from || at >= leave_below)
+                    continue; /* stays protected (a sink token, or recent at the end) */
+                k = (k2 ? e[i - 1].k2 : e[i - 1].k) + t * row + key_off;
+            }
+            size_t c = kvd_subgen_find(g, k);
+            if (c == g->n_clusters) {
+                size_t f = 0;
+                while (f < opened && !kvd_subgen_near(g, fresh[f], k))
+                    f++;
+                if (f == opened)
+                    fresh[opened++] = k;
+                c += f;
+            }
+            assign[n++] = c;
+        }
+    }
+    return opened;
+}
+
+/* subgen: the tokens each stream sketches in this request are exactly those
+ * that leave its window (it holds only protected tokens between steps):
+ * n_tokens + new - the protected ones after. A dry run of their cluster
+ * assignment (dry_run) counts the clusters they open exactly, in each of
+ * its sketches (SubGen4Cache: k1 and k2): a centre, a count and t
+ * reservoir rows each, and the s samples with the first token. Grows the
+ * sketch tables, adds the pages to *pages, keeps the assignments for the
+ * step; the victim, numerator and q (.) k scratch. */
+static int plan_subgen(kvd__step_plan *p, kvd_session *sess, const kvd_step_entry *e, size_t n_entries,
+                       size_t pool_pages, size_t *pages)
+{
+    const kvd_session_config *cfg = &sess->config;
     size_t max_tokens = 1;
     for (size_t i = 0; i < sess->n_streams; i++) {
         const size_t items = sess->streams[i].n_tokens + p->new_tokens[i];
         if (items > max_tokens)
             max_tokens = items;
-        if (!p->new_tokens[i])
-            continue; /* no append: the stream is already within its window */
-        kvd_subgen *sk[2] = {&sess->subgen[i], sess->subgen_b ? &sess->subgen_b[i] : NULL};
-        for (int b = 0; b < 2 && sk[b]; b++) {
-            *pages = sat_add(*pages, kvd_subgen_pages_bound(sk[b], items));
-            if (*pages > pool_pages)
-                continue; /* refused as too big by the caller: no table grows for it */
-            if (kvd_subgen_reserve(sk[b], items) != 0)
-                return KVD_STEP_NOMEM;
-        }
     }
     p->victims = malloc(max_tokens * sizeof *p->victims);
-    p->sg_num = malloc((size_t)sess->config.head_dim * sizeof *p->sg_num);
-    p->sg_qk = malloc((size_t)sess->config.head_dim * sizeof *p->sg_qk);
-    return p->victims && p->sg_num && p->sg_qk ? KVD_STEP_OK : KVD_STEP_NOMEM;
+    p->sg_num = malloc((size_t)cfg->head_dim * sizeof *p->sg_num);
+    p->sg_qk = malloc((size_t)cfg->head_dim * sizeof *p->sg_qk);
+    p->sg_assign = calloc(2 * sess->n_streams, sizeof *p->sg_assign);
+    p->sg_at = calloc(2 * sess->n_streams, sizeof *p->sg_at);
+    p->sg_n = p->sg_assign ? 2 * sess->n_streams : 0;
+    const float **fresh = malloc(max_tokens * sizeof *fresh);
+    int rc = p->victims && p->sg_num && p->sg_qk && p->sg_assign && p->sg_at && fresh ? KVD_STEP_OK : KVD_STEP_NOMEM;
+    for (size_t i = 0; rc == KVD_STEP_OK && i < sess->n_streams; i++) {
+        if (!p->new_tokens[i])
+            continue; /* no append: the stream is already within its window */
+        const kvd_stream *st = &sess->streams[i];
+        const uint64_t first_new = st->appended, after = first_new + p->new_tokens[i];
+        const uint64_t leave_below = after > cfg->cache.recent ? after - cfg->cache.recent : 0;
+        const uint64_t from = first_new > cfg->cache.sink ? first_new : cfg->cache.sink;
+        size_t nv = 0;
+        for (size_t j = 0; j < st->n_tokens; j++) {
+            const int64_t pos = kvd_stream_meta(st, j)->position;
+            if ((uint64_t)pos >= cfg->cache.sink && (uint64_t)pos < leave_below)
+                p->victims[nv++] = (kvd__subgen_victim){pos, j};
+        }
+        const size_t leaving = nv + (size_t)(leave_below > from ? leave_below - from : 0);
+        if (!leaving)
+            continue;
+        qsort(p->victims, nv, sizeof *p->victims, victim_by_position);
+        const uint32_t layer = (uint32_t)(i / cfg->kv_heads);
+        const size_t key_off = (i % cfg->kv_heads) * (size_t)cfg->head_dim;
+        const size_t row = (size_t)cfg->kv_heads * cfg->head_dim;
+        kvd_subgen *sk[2] = {&sess->subgen[i], sess->subgen_b ? &sess->subgen_b[i] : NULL};
+        for (int b = 0; b < 2 && sk[b]; b++) {
+            size_t *assign = p->sg_assign[2 * i + b] = malloc(leaving * sizeof *assign);
+            if (!assign) {
+                rc = KVD_STEP_NOMEM;
+                break;
+            }
+            const size_t opened = dry_run(sk[b], b ? &sess->tensor_b[i] : st, p->victims, nv, e, n_entries, layer,
+                                          key_off, row, b == 1, first_new, from, leave_below, assign, fresh);
+            *pages = sat_add(*pages, kvd_subgen_pages_bound(sk[b], opened));
+            if (*pages > pool_pages)
+                continue; /* refused as too big by the caller: no table grows for it */
+            if (kvd_subgen_reserve(sk[b], opened) != 0) {
+                rc = KVD_STEP_NOMEM;
+                break;
+            }
+        }
+    }
+    free(fresh);
+    return rc;
 }
 
 /* The exact f32 shadow copy: its outputs and the pages its tokens take. */
@@ -258,6 +350,13 @@ static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_en
             continue;
         size_t need = kvd_stream_pages_needed(&shadow->streams[i], p->new_tokens[i]);
         if (kvd_stream_reserve_table(&shadow->streams[i], need) != 0)
+            return KVD_STEP_NOMEM;
+        *pages += need;
+        if (!shadow->tensor_b)
+            continue;
+        /* a tensor session's copy is a four-cache: k2/v2 grow like k1/v1 */
+        need = kvd_stream_pages_needed(&shadow->tensor_b[i], p->new_tokens[i]);
+        if (kvd_stream_reserve_table(&shadow->tensor_b[i], need) != 0)
             return KVD_STEP_NOMEM;
         *pages += need;
     }
@@ -320,7 +419,7 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         }
     }
     if (sess->subgen) {
-        int rc = plan_subgen(p, sess, pool_pages, &total);
+        int rc = plan_subgen(p, sess, e, n, pool_pages, &total);
         if (rc != KVD_STEP_OK)
             return rc;
     }
@@ -369,6 +468,11 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->pair_v);
     free(p->norm_factor);
     free(p->victims);
+    if (p->sg_assign)
+        for (size_t i = 0; i < p->sg_n; i++)
+            free(p->sg_assign[i]);
+    free(p->sg_assign);
+    free(p->sg_at);
     free(p->sg_num);
     free(p->sg_qk);
     memset(p, 0, sizeof *p);

@@ -31,6 +31,14 @@ typedef struct kvd__step_plan {
     struct kvd__subgen_victim *victims;
     double *sg_num;
     float *sg_qk;            /* subgen tensor: [head_dim] q (.) k of one token */
+    /* subgen: [sg_n = 2 * n_streams] for stream i's sketch b (0: k, 1: k2)
+     * at 2i + b, the cluster of each token it sketches in this request, in
+     * sketching order (the plan's dry run; n_clusters or more: one the
+     * request opens), or NULL when it sketches none; sg_at: how many the
+     * step has used. */
+    size_t **sg_assign;
+    size_t *sg_at;
+    size_t sg_n;
 } kvd__step_plan;
 
 /* A token leaving a subgen stream's protected window (sketched oldest first). */

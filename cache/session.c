@@ -166,6 +166,12 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
     exact.cache.budget = 0;
     exact.shadow = false;
     exact.cache.rotate = KVD_ROTATE_NONE; /* the exact copy keeps tokens as sent */
+    /* Tensor attention: every token's four rows, no window (the same scores
+     * over all pairs, exactly); a two-cache's copy is a four-cache, whose
+     * O(n * d) rows give the same exact attention as the n^2 pair rows. */
+    exact.window = 0;
+    if (exact.attention == KVD_ATTN_TENSOR)
+        exact.tensor_cache = KVD_TENSOR_CACHE_FOUR;
     return exact;
 }
 

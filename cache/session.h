@@ -69,9 +69,10 @@ int kvd_session_check_rotate(const kvd_session_config *cfg);
 int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_session **out);
 
 /* The config of a session's shadow copy (DESIGN.md §3 "shadow"): the same
- * shape, f32, no policy, not rotated, so it keeps every token exactly as
- * sent; the step engine
- * compares the session's outputs against it. */
+ * shape and attention, f32, no policy, no window, not rotated, so it keeps
+ * every token exactly as sent (tensor attention: a four-cache, also for a
+ * two-cache session); the step engine compares the session's outputs
+ * against it. */
 kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see

@@ -2,7 +2,7 @@
  * layout is the README's "Snapshot format"): a 64-byte header, metadata,
  * config, then every stream's counters, its rows as stored (f32, f16, bf16,
  * int8, int4 rows; KIVI key blocks, value rows and f32 residual), positions
- * and eviction index; a CRC-32C trailer. Everything little-endian, written
+ * and eviction index, and a subgen stream's sketch(es); a CRC-32C trailer. Everything little-endian, written
  * field by field (no struct is dumped), so the format is the same whatever
  * the compiler's padding. Restoring validates every count against the bytes
  * left before it allocates, and every index entry before the index is used.
@@ -17,6 +17,7 @@
 #include "cache/evict.h"
 #include "cache/policy.h"
 #include "cache/snapshot.h"
+#include "cache/subgen.h"
 
 #define F_SHADOW 1u
 
@@ -178,6 +179,28 @@ static void put_stream(wbuf *w, const kvd_stream *s)
         put_index(w, s);
 }
 
+/* A SubGen sketch (version 3 on): counters, centres, counts, each
+ * cluster's used reservoir rows (min(n_c, t)), the s sample rows. */
+static void put_sketch(wbuf *w, const kvd_subgen *g)
+{
+    const size_t key = (size_t)g->head_dim * sizeof(float);
+    put_u64(w, g->items);
+    put_u64(w, g->n_clusters);
+    put_f64(w, g->f);
+    put_u64(w, g->rng);
+    for (size_t c = 0; c < g->n_clusters; c++)
+        put(w, kvd__subgen_row(&g->centres, c), key);
+    for (size_t c = 0; c < g->n_clusters; c++)
+        put_u64(w, *(const uint64_t *)kvd__subgen_row(&g->counts, c));
+    for (size_t c = 0; c < g->n_clusters; c++) {
+        const uint64_t n = *(const uint64_t *)kvd__subgen_row(&g->counts, c);
+        for (size_t j = 0; j < (n < g->t ? n : g->t); j++)
+            put(w, kvd__subgen_row(&g->reservoir, c * g->t + j), key);
+    }
+    for (size_t i = 0; i < g->samples.n_rows; i++)
+        put(w, kvd__subgen_row(&g->samples, i), 2 * key);
+}
+
 static void put_session(wbuf *w, const kvd_session *s)
 {
     for (size_t i = 0; i < s->n_streams; i++) {
@@ -186,6 +209,10 @@ static void put_session(wbuf *w, const kvd_session *s)
             put_stream(w, &s->tensor_b[i]);
         if (s->pairs)
             put_stream(w, &s->pairs[i]);
+        if (s->subgen)
+            put_sketch(w, &s->subgen[i]);
+        if (s->subgen_b)
+            put_sketch(w, &s->subgen_b[i]);
     }
 }
 
@@ -253,9 +280,8 @@ int kvd_session_snapshot(const kvd_session *s, const kvd_session *shadow, const 
 {
     *out = NULL;
     *out_len = 0;
-    if (s->config.cache.eviction != KVD_EVICT_NONE && s->config.cache.eviction != KVD_EVICT_RECENCY &&
-        s->config.cache.eviction != KVD_EVICT_L2NORM && s->config.cache.eviction != KVD_EVICT_H2O)
-        return -ENOTSUP; /* subgen's sketch: a later format version */
+    if (s->config.cache.eviction > KVD_EVICT_SUBGEN)
+        return -ENOTSUP; /* a kind this format has no record for */
     wbuf w = {0};
     put_all(&w, s, shadow, meta, page_bytes, 0);
     const size_t total = w.len + 4;
@@ -385,8 +411,8 @@ static int get_config(rbuf *r, kvd_session_config *c)
     const uint8_t rotate = r->version >= 2 ? get_u8(r) : KVD_ROTATE_NONE; /* version 1: not rotated */
     if (r->bad || attention > KVD_ATTN_TENSOR || tensor_cache > KVD_TENSOR_CACHE_TWO || shadow > 1)
         return KVD_SNAPSHOT_EFORMAT;
-    if (dtype > KVD_DTYPE_KIVI4 || eviction > KVD_EVICT_H2O)
-        return KVD_SNAPSHOT_EKIND; /* subgen (4) or a kind from a later build */
+    if (dtype > KVD_DTYPE_KIVI4 || eviction > (r->version >= 3 ? KVD_EVICT_SUBGEN : KVD_EVICT_H2O))
+        return KVD_SNAPSHOT_EKIND; /* subgen (4) before version 3, or a kind from a later build */
     c->attention = (kvd_attention_kind)attention;
     c->tensor_cache = (kvd_tensor_cache)tensor_cache;
     c->cache.dtype = (kvd_dtype)dtype;
@@ -399,6 +425,14 @@ static int get_config(rbuf *r, kvd_session_config *c)
         return KVD_SNAPSHOT_EFORMAT;
     if (c->layers == 0 || c->kv_heads == 0 || c->head_dim == 0 || c->heads == 0 || c->heads % c->kv_heads ||
         !isfinite(c->scale) || !isfinite(c->ttl_seconds) || !(c->ttl_seconds > 0))
+        return KVD_SNAPSHOT_EFORMAT;
+    /* subgen: only the combinations a create accepts (api/create_body.c),
+     * its parameters in range (a sketch's rows are sized by them). */
+    if (c->cache.eviction == KVD_EVICT_SUBGEN &&
+        ((c->attention == KVD_ATTN_TENSOR && c->tensor_cache != KVD_TENSOR_CACHE_FOUR) || c->window ||
+         c->cache.dtype != KVD_DTYPE_F32 || c->cache.budget || !isfinite(c->cache.delta) || !(c->cache.delta > 0) ||
+         c->cache.cluster_samples == 0 || c->cache.cluster_samples > KVD_SUBGEN_SAMPLES_MAX ||
+         c->cache.value_samples == 0 || c->cache.value_samples > KVD_SUBGEN_SAMPLES_MAX))
         return KVD_SNAPSHOT_EFORMAT;
     return 0;
 }
@@ -629,6 +663,99 @@ static int read_stream(rbuf *r, kvd_stream *st, pages_cursor *pc, bool fill)
     return st->evict ? read_index(r, st, (size_t)n, fill) : 0;
 }
 
+static bool all_finite(const uint8_t *p, size_t n_floats)
+{
+    rbuf b = {.p = p, .len = n_floats * 4};
+    for (size_t i = 0; i < n_floats; i++)
+        if (!isfinite(get_f32(&b)))
+            return false;
+    return true;
+}
+
+/* Sum of squares in double, as kvd_subgen_insert weighs a value. */
+static double norm_sq(const uint8_t *p, size_t d)
+{
+    rbuf b = {.p = p, .len = d * 4};
+    double acc = 0;
+    for (size_t i = 0; i < d; i++) {
+        const double x = get_f32(&b);
+        acc += x * x;
+    }
+    return acc;
+}
+
+/* A SubGen sketch (put_sketch). Everything is checked in both passes, before
+ * a page is taken: counts >= 1 summing to items, one cluster at least once
+ * anything was sketched, finite rows, F finite and >= 0, and with F > 0
+ * every sample's value nonzero with ||v||^2 <= F (each sampler holds a
+ * token already counted in F); with F = 0 no sample was taken (zero rows).
+ * Pass 2 lays the sketch out in its pages and copies the rows. */
+static int read_sketch(rbuf *r, kvd_subgen *g, pages_cursor *pc, bool fill)
+{
+    const size_t d = g->head_dim, key = d * 4;
+    const uint64_t items = get_u64(r), n_clusters = get_u64(r);
+    const double f = get_f64(r);
+    const uint64_t rng = get_u64(r);
+    /* Every cluster costs a centre and a count in the bytes: bounded. */
+    if (r->bad || n_clusters > items || (items > 0) != (n_clusters > 0) || n_clusters > left(r) / (key + 8) ||
+        !isfinite(f) || f < 0)
+        return KVD_SNAPSHOT_EFORMAT;
+    const size_t nc = (size_t)n_clusters;
+    const uint8_t *centres = take(r, nc * key), *counts = take(r, nc * 8);
+    if (r->bad || !all_finite(centres, nc * d))
+        return KVD_SNAPSHOT_EFORMAT;
+    uint64_t sum = 0;
+    size_t res_rows = 0;
+    rbuf cb = {.p = counts, .len = nc * 8};
+    for (size_t c = 0; c < nc; c++) {
+        const uint64_t n = get_u64(&cb);
+        if (n == 0 || __builtin_add_overflow(sum, n, &sum))
+            return KVD_SNAPSHOT_EFORMAT;
+        res_rows += n < g->t ? (size_t)n : g->t; /* <= nc * t: no overflow */
+    }
+    if (sum != items || res_rows > left(r) / key)
+        return KVD_SNAPSHOT_EFORMAT;
+    const uint8_t *res = take(r, res_rows * key);
+    const size_t n_samples = nc ? g->s : 0;
+    if (r->bad || n_samples > left(r) / (2 * key))
+        return KVD_SNAPSHOT_EFORMAT;
+    const uint8_t *samples = take(r, n_samples * 2 * key);
+    if (r->bad || !all_finite(res, res_rows * d) || !all_finite(samples, n_samples * 2 * d))
+        return KVD_SNAPSHOT_EFORMAT;
+    for (size_t i = 0; i < n_samples; i++) {
+        const double vv = norm_sq(samples + i * 2 * key + key, d);
+        if (f > 0 ? !(vv > 0) || vv > f : norm_sq(samples + i * 2 * key, d) != 0 || vv != 0)
+            return KVD_SNAPSHOT_EFORMAT;
+    }
+    size_t t_rows; /* the reservoir rows laid out: bounded, the pool refuses the rest */
+    if (__builtin_mul_overflow(nc, (size_t)g->t, &t_rows))
+        return KVD_SNAPSHOT_EFORMAT;
+    const size_t pages = kvd_subgen_pages_bound(g, nc);
+    if (!fill) {
+        pc->at += pages;
+        return 0;
+    }
+    if (kvd_subgen_reserve(g, nc) != 0)
+        return KVD_SNAPSHOT_ENOMEM;
+    size_t used = 0;
+    kvd__subgen_layout(g, nc, pc->pages + pc->at, pages, &used);
+    pc->at += used;
+    cb = (rbuf){.p = counts, .len = nc * 8};
+    for (size_t c = 0, at = 0; c < nc; c++) {
+        memcpy(kvd__subgen_row(&g->centres, c), centres + c * key, key);
+        const uint64_t n = get_u64(&cb);
+        memcpy(kvd__subgen_row(&g->counts, c), &n, sizeof n);
+        for (size_t j = 0; j < (n < g->t ? n : g->t); j++, at++)
+            memcpy(kvd__subgen_row(&g->reservoir, c * g->t + j), res + at * key, key);
+    }
+    for (size_t i = 0; i < n_samples; i++)
+        memcpy(kvd__subgen_row(&g->samples, i), samples + i * 2 * key, 2 * key);
+    g->items = items;
+    g->f = f;
+    g->rng = rng;
+    return 0;
+}
+
 static int read_session(rbuf *r, kvd_session *s, pages_cursor *pc, bool fill)
 {
     for (size_t i = 0; i < s->n_streams; i++) {
@@ -637,8 +764,18 @@ static int read_session(rbuf *r, kvd_session *s, pages_cursor *pc, bool fill)
             rc = read_stream(r, &s->tensor_b[i], pc, fill);
         if (rc == 0 && s->pairs)
             rc = read_stream(r, &s->pairs[i], pc, fill);
+        if (rc == 0 && s->subgen)
+            rc = read_sketch(r, &s->subgen[i], pc, fill);
+        if (rc == 0 && s->subgen_b)
+            rc = read_sketch(r, &s->subgen_b[i], pc, fill);
         if (rc != 0)
             return rc;
+        /* Every token that left a subgen window went into its sketch(es). */
+        if (fill && s->subgen &&
+            (s->subgen[i].items != s->streams[i].evicted ||
+             (s->subgen_b && (s->subgen_b[i].items != s->streams[i].evicted ||
+                              s->tensor_b[i].evicted != s->streams[i].evicted))))
+            return KVD_SNAPSHOT_EFORMAT;
         if (!fill || !s->tensor_b)
             continue;
         /* k2/v2 mirror k1/v1 slot for slot; a two-cache holds n^2 pair rows. */
@@ -670,8 +807,9 @@ int kvd_session_restore(const void *bytes, size_t len, kvd_pool *pool, kvd_snaps
         return KVD_SNAPSHOT_EFORMAT;
     /* Each stream record is at least 32 bytes: the stream count is bounded
      * by the input before any allocation depends on it. */
-    const size_t arrays = (cfg.attention == KVD_ATTN_TENSOR ? 2 + (cfg.tensor_cache == KVD_TENSOR_CACHE_TWO) : 1) *
-                          (cfg.shadow ? 2 : 1);
+    const kvd_session_config exact_cfg = kvd_session_shadow_config(&cfg);
+    const size_t arrays = (cfg.attention == KVD_ATTN_TENSOR ? 2 + (cfg.tensor_cache == KVD_TENSOR_CACHE_TWO) : 1) +
+                          (cfg.shadow ? (exact_cfg.attention == KVD_ATTN_TENSOR ? 2 : 1) : 0);
     size_t records;
     if (__builtin_mul_overflow((size_t)cfg.layers * cfg.kv_heads, arrays * 32, &records) || records > left(&r))
         return KVD_SNAPSHOT_EFORMAT;

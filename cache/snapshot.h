@@ -2,7 +2,7 @@
  * snapshot/restore, §7 --state-dir): config, every stream's slots in their
  * stored dtype byte for byte (pages, KIVI key blocks and f32 residual,
  * tensor k2/v2 and pair rows, positions), each eviction index as it is kept,
- * the shadow copy, counters and the caller's metadata; versioned and
+ * each SubGen sketch (version 3 on), the shadow copy, counters and the caller's metadata; versioned and
  * checksummed (CRC-32C). The format is the README's "Snapshot format". */
 #ifndef KVD_CACHE_SNAPSHOT_H
 #define KVD_CACHE_SNAPSHOT_H
@@ -15,8 +15,9 @@
 #include "cache/session.h"
 
 #define KVD_SNAPSHOT_MAGIC "KVDSNAP1"  /* 8 bytes, no NUL */
-#define KVD_SNAPSHOT_VERSION 2u        /* format version this build writes (and the newest it reads) */
-#define KVD_SNAPSHOT_VERSION_MIN 1u    /* oldest it reads: version 1 lacks cache.rotate (= "none") */
+#define KVD_SNAPSHOT_VERSION 3u        /* format version this build writes (and the newest it reads) */
+#define KVD_SNAPSHOT_VERSION_MIN 1u    /* oldest it reads: version 1 lacks cache.rotate (= "none");
+                                          versions 1 and 2 hold no subgen session (no sketch record) */
 #define KVD_SNAPSHOT_HEADER_BYTES 64u
 #define KVD_SNAPSHOT_ID_MAX 64u        /* longest session id a snapshot carries */
 
@@ -48,8 +49,8 @@ const char *kvd_snapshot_strerror(int code);
 
 /* Serializes s (and its shadow copy, or NULL) with meta. Returns 0 and a
  * malloc'd buffer (*out, caller frees) of *out_len bytes, -ENOMEM, or
- * -ENOTSUP for a session the format cannot hold (an eviction kind without an
- * index here: subgen). page_bytes is the session's page size, recorded.
+ * -ENOTSUP for a session the format cannot hold (an eviction kind it has no
+ * record for; none today). page_bytes is the session's page size, recorded.
  * Reads the session only: the caller must keep every writer away (run it as
  * the session's job). O(bytes of the session). */
 int kvd_session_snapshot(const kvd_session *s, const kvd_session *shadow, const kvd_snapshot_meta *meta,

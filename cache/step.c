@@ -90,7 +90,7 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
         void *const *pages = take_pages(p, kvd_stream_pages_needed(b, e->m));
         kvd_stream_append(b, pool, e->m, e->k2 + (size_t)g * cfg->head_dim, e->v2 + (size_t)g * cfg->head_dim,
                           row, pages);
-        if (p->norm_factor) {
+        if (p->norm_factor && cfg->cache.eviction == KVD_EVICT_L2NORM) { /* not the shadow copy */
             /* l2norm ranks a tensor slot by ||k1|| * ||k2|| (DESIGN.md §5):
              * the index holds ||k1|| from the append; scale by ||k2||. */
             for (size_t t = 0; t < e->m; t++) {
@@ -256,16 +256,23 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
         qsort(p->victims, n, sizeof *p->victims, by_position);
         const kvd_kv_pages kv = kvd_stream_view(s);
         size_t used = 0;
+        /* The clusters the plan's dry run found for these tokens, in this order. */
+        const size_t *as = p->sg_assign[2 * idx];
+        size_t *at = &p->sg_at[2 * idx];
+        assert(as && "the plan counted every token that leaves");
         for (size_t i = 0; i < n; i++)
-            kvd_subgen_insert(&sess->subgen[idx], kvd_kv_key(&kv, p->victims[i].slot),
-                              kvd_kv_value(&kv, p->victims[i].slot), p->pages + p->cursor,
-                              p->total_pages - p->cursor, &used);
+            kvd_subgen_insert_at(&sess->subgen[idx], as[(*at)++], kvd_kv_key(&kv, p->victims[i].slot),
+                                 kvd_kv_value(&kv, p->victims[i].slot), p->pages + p->cursor,
+                                 p->total_pages - p->cursor, &used);
         if (sess->subgen_b) { /* SubGen4Cache: (k2, v2) of the same tokens, same slots */
             const kvd_kv_pages kb = kvd_stream_view(&sess->tensor_b[idx]);
+            const size_t *bs = p->sg_assign[2 * idx + 1];
+            size_t *bt = &p->sg_at[2 * idx + 1];
+            assert(bs);
             for (size_t i = 0; i < n; i++)
-                kvd_subgen_insert(&sess->subgen_b[idx], kvd_kv_key(&kb, p->victims[i].slot),
-                                  kvd_kv_value(&kb, p->victims[i].slot), p->pages + p->cursor,
-                                  p->total_pages - p->cursor, &used);
+                kvd_subgen_insert_at(&sess->subgen_b[idx], bs[(*bt)++], kvd_kv_key(&kb, p->victims[i].slot),
+                                     kvd_kv_value(&kb, p->victims[i].slot), p->pages + p->cursor,
+                                     p->total_pages - p->cursor, &used);
         }
         p->cursor += used;
         used = 0;
@@ -570,6 +577,8 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     const size_t shadow_before = kvd_session_stream(shadow, e->layer, 0)->n_tokens;
     if (e->m)
         append_tokens(shadow, pool, sent, p);
+    if (e->m && shadow->tensor_b) /* a tensor session's copy: a four-cache (k2/v2 too) */
+        append_tensor(shadow, pool, sent, p);
     if (e->m_q) {
         attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);

@@ -6,6 +6,7 @@
 #include "cache/subgen.h"
 
 #include <assert.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -111,24 +112,24 @@ void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double
     rows_init(&g->samples, page_bytes, 2 * key);
 }
 
-size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t items)
+size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t clusters)
 {
-    if (!items)
+    if (!clusters)
         return 0;
-    size_t n = rows_pages_needed(&g->centres, items) + rows_pages_needed(&g->counts, items) +
-               rows_pages_needed(&g->reservoir, items * g->t);
+    size_t n = rows_pages_needed(&g->centres, clusters) + rows_pages_needed(&g->counts, clusters) +
+               rows_pages_needed(&g->reservoir, clusters * g->t);
     if (g->samples.n_rows == 0)
         n += rows_pages_needed(&g->samples, g->s);
     return n;
 }
 
-int kvd_subgen_reserve(kvd_subgen *g, size_t items)
+int kvd_subgen_reserve(kvd_subgen *g, size_t clusters)
 {
-    if (!items)
+    if (!clusters)
         return 0;
-    if (rows_reserve(&g->centres, rows_pages_needed(&g->centres, items)) ||
-        rows_reserve(&g->counts, rows_pages_needed(&g->counts, items)) ||
-        rows_reserve(&g->reservoir, rows_pages_needed(&g->reservoir, items * g->t)) ||
+    if (rows_reserve(&g->centres, rows_pages_needed(&g->centres, clusters)) ||
+        rows_reserve(&g->counts, rows_pages_needed(&g->counts, clusters)) ||
+        rows_reserve(&g->reservoir, rows_pages_needed(&g->reservoir, clusters * g->t)) ||
         (g->samples.n_rows == 0 && rows_reserve(&g->samples, rows_pages_needed(&g->samples, g->s))))
         return -ENOMEM;
     return 0;
@@ -144,13 +145,30 @@ static double dist_sq(const float *a, const float *b, size_t d)
     return acc;
 }
 
+bool kvd_subgen_near(const kvd_subgen *g, const float *centre, const float *k)
+{
+    return !(dist_sq(centre, k, g->head_dim) > g->radius_sq);
+}
+
+size_t kvd_subgen_find(const kvd_subgen *g, const float *k)
+{
+    size_t c = 0;
+    while (c < g->n_clusters && !kvd_subgen_near(g, row(&g->centres, c), k))
+        c++;
+    return c;
+}
+
 void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *const *spare, size_t n_spare,
                        size_t *used)
 {
+    kvd_subgen_insert_at(g, kvd_subgen_find(g, k), k, v, spare, n_spare, used);
+}
+
+void kvd_subgen_insert_at(kvd_subgen *g, size_t c, const float *k, const float *v, void *const *spare,
+                          size_t n_spare, size_t *used)
+{
     const size_t d = g->head_dim, key = d * sizeof(float);
-    size_t c = 0;
-    while (c < g->n_clusters && dist_sq(row(&g->centres, c), k, d) > g->radius_sq)
-        c++;
+    assert(c <= g->n_clusters && "a cluster that exists, or the next to open");
     if (c == g->n_clusters) { /* no centre within the radius: open a cluster at k */
         rows_grow(&g->centres, 1, spare, n_spare, used);
         rows_grow(&g->counts, 1, spare, n_spare, used);
@@ -338,6 +356,23 @@ size_t kvd_subgen_heap_bytes(const kvd_subgen *g)
 {
     return (g->centres.cap_pages + g->counts.cap_pages + g->reservoir.cap_pages + g->samples.cap_pages) *
            sizeof(void *);
+}
+
+void *kvd__subgen_row(const kvd__subgen_rows *r, size_t i)
+{
+    return row(r, i);
+}
+
+void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, size_t n_spare, size_t *used)
+{
+    assert(g->n_clusters == 0 && g->samples.n_rows == 0 && "a restore lays out an empty sketch");
+    if (!n_clusters)
+        return;
+    rows_grow(&g->centres, n_clusters, spare, n_spare, used);
+    rows_grow(&g->counts, n_clusters, spare, n_spare, used);
+    rows_grow(&g->reservoir, n_clusters * g->t, spare, n_spare, used);
+    rows_grow(&g->samples, g->s, spare, n_spare, used);
+    g->n_clusters = n_clusters;
 }
 
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool)

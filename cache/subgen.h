@@ -8,6 +8,7 @@
 #ifndef KVD_CACHE_SUBGEN_H
 #define KVD_CACHE_SUBGEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,14 +46,23 @@ typedef struct kvd_subgen {
 void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double delta, float scale,
                      uint32_t cluster_samples, uint32_t value_samples, uint64_t seed, size_t stream);
 
-/* Most pages kvd_subgen_insert can take for `items` more tokens: each may
- * open a cluster (a centre, a count and t reservoir rows); the first token
- * also lays out the s sample rows. */
-size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t items);
+/* Pages `clusters` more clusters take (a centre, a count and t reservoir
+ * rows each) plus, in an empty sketch, the s sample rows the first token
+ * lays out (the first token always opens a cluster). A bound for `items`
+ * tokens when called with clusters = items (each may open one); exact when
+ * called with the clusters they will open (kvd_subgen_find). */
+size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t clusters);
 
-/* Grows the page tables for kvd_subgen_pages_bound(g, items) more pages.
+/* Grows the page tables for kvd_subgen_pages_bound(g, clusters) more pages.
  * 0 or -ENOMEM, with nothing a reader can see changed. */
-int kvd_subgen_reserve(kvd_subgen *g, size_t items);
+int kvd_subgen_reserve(kvd_subgen *g, size_t clusters);
+
+/* The cluster k joins: the first (in opening order) whose centre is within
+ * the radius, or n_clusters (k opens a new one). O(n_clusters * head_dim). */
+size_t kvd_subgen_find(const kvd_subgen *g, const float *k);
+/* Whether k is within the radius of centre (the test kvd_subgen_find makes;
+ * a step's plan uses it on centres not opened yet). */
+bool kvd_subgen_near(const kvd_subgen *g, const float *centre, const float *k);
 
 /* Sketches one token (key k, value v, head_dim f32 each): the first cluster
  * (in opening order) whose centre is within the radius counts it and offers
@@ -62,6 +72,11 @@ int kvd_subgen_reserve(kvd_subgen *g, size_t items);
  * Cannot fail given kvd_subgen_pages_bound pages. */
 void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *const *spare, size_t n_spare,
                        size_t *used);
+/* kvd_subgen_insert into cluster c, found before by kvd_subgen_find (or by
+ * a plan that ran it over the same keys in the same order): c <= n_clusters,
+ * n_clusters opens one. The scan is not repeated. */
+void kvd_subgen_insert_at(kvd_subgen *g, size_t c, const float *k, const float *v, void *const *spare,
+                          size_t n_spare, size_t *used);
 
 /* One query's softmax terms in double with one running max: every term
  * w * exp(x) is held as w * exp(x - max) (den) and likewise for the
@@ -102,6 +117,23 @@ void kvd_subgen_acc_finish(const kvd_subgen_acc *a, float *o);
 size_t kvd_subgen_pages(const kvd_subgen *g);
 size_t kvd_subgen_payload_bytes(const kvd_subgen *g);
 size_t kvd_subgen_heap_bytes(const kvd_subgen *g);
+
+/* Most cluster_samples and value_samples a sketch takes (the create body's
+ * limit, checked again by a snapshot's restore). */
+#define KVD_SUBGEN_SAMPLES_MAX 65536u
+
+/* ---- Private to cache/ (snapshot and restore, cache/snapshot.c). ---- */
+
+/* Row i of a row array (i < n_rows). */
+void *kvd__subgen_row(const kvd__subgen_rows *r, size_t i);
+
+/* An empty sketch laid out for a restore: n_clusters clusters (centres,
+ * counts, t reservoir rows each) and, when n_clusters > 0, the s sample
+ * rows, all zeroed, in pages from spare[*used ..) — exactly
+ * kvd_subgen_pages_bound(g, n_clusters) of them, tables grown by
+ * kvd_subgen_reserve(g, n_clusters). The caller fills the rows and sets
+ * items, f and rng. */
+void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, size_t n_spare, size_t *used);
 
 /* Gives every page back and frees the tables; the sketch is empty after. */
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool);

@@ -2,11 +2,14 @@
  * tensor layout (and a shadow copy), a session stepped until it evicts is
  * snapshotted, restored into another pool (same and different page size),
  * and both are stepped with the same input: the outputs must be equal bit
- * for bit, and so must a second snapshot. Every truncation and every single
- * flipped byte of a snapshot is refused with the pool untouched; foreign
- * bytes, another version, subgen and a pool too small are refused cleanly. */
+ * for bit, and so must a second snapshot; subgen sessions (standard and
+ * SubGen4Cache) the same, sketch and all. Every truncation and every single
+ * flipped byte of a snapshot is refused with the pool untouched, and so is
+ * each forged field of a sketch; foreign bytes, another version, an unknown
+ * kind and a pool too small are refused cleanly. */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,14 +182,144 @@ START_TEST(tensor_layouts)
     } else {
         c.window = 9;
     }
+    c.shadow = _i % 3 == 0; /* an exact four-cache copy (also of a two-cache) */
     roundtrip(c, 4096, 4, 4);
     roundtrip(c, 2048, 4, 3);
 }
 END_TEST
 
-/* A small h2o session's snapshot for the corruption cases. */
-static void small_snapshot(void **bytes, size_t *len)
+/* SubGen sessions (standard, with and without a shadow copy, and
+ * SubGen4Cache): the sketch (centres, counts, reservoirs, samples, F, the
+ * random state, items) travels whole, so the next steps are bit-identical,
+ * re-paged or not. delta 1.0 on keys in [-1, 1]^16 at scale 0.25 puts most
+ * tokens in a few clusters whose reservoirs overflow (random draws). */
+START_TEST(subgen_sessions)
 {
+    kvd_session_config c = base_config();
+    c.cache.eviction = KVD_EVICT_SUBGEN;
+    c.cache.group = c.cache.residual = 0;
+    c.cache.delta = _i == 1 ? 0.7 : 1.0;
+    c.cache.cluster_samples = _i == 1 ? 1 : 4;
+    c.cache.value_samples = _i == 1 ? 1 : 16;
+    c.cache.sink = _i == 1 ? 0 : 2;
+    c.cache.recent = _i == 1 ? 0 : 6;
+    c.shadow = _i == 0;
+    if (_i >= 2) { /* SubGen4Cache */
+        c.layers = 1;
+        c.head_dim = 8;
+        c.scale = 0.35f;
+        c.attention = KVD_ATTN_TENSOR;
+        c.tensor_cache = KVD_TENSOR_CACHE_FOUR;
+        c.cache.sink = _i == 2 ? 1 : 0;
+        c.cache.recent = _i == 2 ? 2 : 0;
+    }
+    roundtrip(c, 4096, 7, 9);
+    roundtrip(c, 8192, 5, 11);
+    roundtrip(c, 2048, 3, 4);
+}
+END_TEST
+
+/* A small subgen session (head_dim 4, t = 2, s = 3, sink 1, recent 1) fed
+ * `m` tokens of one key (one cluster) and varied values: its sketch is the
+ * snapshot's last record, of a known layout. */
+static void subgen_snapshot(void **bytes, size_t *len, size_t m, size_t *sketch_at)
+{
+    kvd_session_config c = base_config();
+    c.layers = 1;
+    c.heads = c.kv_heads = 1;
+    c.head_dim = 4;
+    c.cache.group = c.cache.residual = 0;
+    c.cache.eviction = KVD_EVICT_SUBGEN;
+    c.cache.delta = 0.5;
+    c.cache.cluster_samples = 2;
+    c.cache.value_samples = 3;
+    c.cache.sink = c.cache.recent = 1;
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    kvd_session *a;
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &a), 0);
+    float k[64], v[64], q[4] = {1, 0, 0, 0};
+    ck_assert_uint_le(m, 16);
+    for (size_t i = 0; i < 4 * m; i++) {
+        k[i] = (float)(i % 4) * 0.5f;
+        v[i] = 1.0f + (float)i * 0.25f;
+    }
+    const kvd_step_entry e = {.m = m, .m_q = 1, .k = k, .v = v, .q = q, .mask = KVD_MASK_BLOCK};
+    kvd_step_output out;
+    ck_assert_int_eq(kvd_step_run(a, NULL, p, &e, 1, &out), KVD_STEP_OK);
+    kvd_step_output_free(&out);
+    ck_assert_uint_eq(a->subgen[0].n_clusters, 1);
+    ck_assert_uint_eq(a->subgen[0].items, m - 2);
+    const kvd_snapshot_meta meta = meta_of("0123456789abcdef0123456789abcdef");
+    ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, bytes, len), 0);
+    /* items, n_clusters, F, rng; centre; count; min(n, t) reservoir rows; s samples */
+    const size_t sketch = 32 + 16 + 8 + (m - 2 < 2 ? m - 2 : 2) * 16 + 3 * 32;
+    *sketch_at = *len - 4 - sketch;
+    kvd_session_destroy(a, p);
+    kvd_pool_destroy(p);
+}
+
+static void put64(uint8_t *at, uint64_t v)
+{
+    memcpy(at, &v, 8); /* little-endian host, as the format */
+}
+
+/* Each forged field of a subgen sketch (checksum recomputed) is refused
+ * with EFORMAT and the pool untouched; the unforged bytes restore. */
+START_TEST(subgen_sketch_forgeries_refused)
+{
+    void *bytes;
+    size_t len, at;
+    subgen_snapshot(&bytes, &len, 9, &at);
+    uint8_t *b = bytes, *keep = malloc(len);
+    memcpy(keep, b, len);
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    const size_t total = kvd_pool_pages_total(p);
+    kvd_session *s, *sh;
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), 0);
+    ck_assert_uint_eq(s->subgen[0].items, 7);
+    kvd_session_destroy(s, p);
+    const size_t items = at, clusters = at + 8, f = at + 16, centre = at + 32, count = centre + 16;
+    const size_t res = count + 8, samples = res + 2 * 16;
+    double dv;
+    for (int forgery = 0; forgery < 11; forgery++) {
+        memcpy(b, keep, len);
+        switch (forgery) {
+        case 0: put64(b + items, 8); break;                       /* counts sum to 7 */
+        case 1: put64(b + clusters, 2); break;                    /* a cluster whose bytes are not there */
+        case 2: put64(b + clusters, 0); break;                    /* items but no cluster */
+        case 3: dv = -1; memcpy(b + f, &dv, 8); break;            /* F < 0 */
+        case 4: dv = NAN; memcpy(b + f, &dv, 8); break;           /* F not finite */
+        case 5: dv = 1e-3; memcpy(b + f, &dv, 8); break;          /* a sample's ||v||^2 above F */
+        case 6: put64(b + count, 0); break;                       /* an empty cluster */
+        case 7: put64(b + items, 8); put64(b + count, 8); break;  /* items != tokens evicted */
+        case 8: memset(b + samples + 16, 0, 16); break;           /* a zero value picked with F > 0 */
+        case 9: { const float nan = NAN; memcpy(b + centre, &nan, 4); } break;
+        case 10: { const float inf = INFINITY; memcpy(b + res + 4, &inf, 4); } break;
+        }
+        const uint32_t crc = kvd_crc32c(0, b, len - 4);
+        memcpy(b + len - 4, &crc, 4);
+        const int rc = kvd_session_restore(bytes, len, p, NULL, &s, &sh);
+        ck_assert_msg(rc == KVD_SNAPSHOT_EFORMAT, "forgery %d: %d", forgery, rc);
+        ck_assert_ptr_null(s);
+        ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+    }
+    free(keep);
+    free(bytes);
+    kvd_pool_destroy(p);
+}
+END_TEST
+
+/* A small h2o session's snapshot (or, with subgen, subgen_snapshot's) for
+ * the corruption cases. */
+static void small_snapshot_of(bool subgen, void **bytes, size_t *len)
+{
+    if (subgen) {
+        size_t at;
+        subgen_snapshot(bytes, len, 6, &at);
+        return;
+    }
     kvd_session_config c = base_config();
     c.layers = 1;
     c.head_dim = 4;
@@ -216,7 +349,7 @@ START_TEST(every_flip_and_truncation_refused)
 {
     void *bytes;
     size_t len;
-    small_snapshot(&bytes, &len);
+    small_snapshot_of(_i, &bytes, &len);
     kvd_pool *p;
     ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
     const size_t total = kvd_pool_pages_total(p);
@@ -258,7 +391,7 @@ START_TEST(forged_checksums_are_safe)
 {
     void *bytes;
     size_t len;
-    small_snapshot(&bytes, &len);
+    small_snapshot_of(_i, &bytes, &len);
     kvd_pool *p;
     ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
     const size_t total = kvd_pool_pages_total(p);
@@ -303,17 +436,32 @@ START_TEST(pool_too_small_and_subgen)
     ck_assert_uint_eq(kvd_pool_pages_free(tiny), 3);
     /* A page too small for one slot of head_dim 16 is named as such. */
     free(bytes);
-    /* subgen cannot be written, and a snapshot claiming it cannot be read. */
-    a->config.cache.eviction = KVD_EVICT_SUBGEN;
+    /* An eviction kind past subgen cannot be written; one claimed by a
+     * snapshot cannot be read, nor subgen in a version 2 snapshot. */
+    a->config.cache.eviction = (kvd_eviction)(KVD_EVICT_SUBGEN + 1);
     ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), -ENOTSUP);
     a->config.cache.eviction = KVD_EVICT_NONE;
     ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), 0);
     /* config's eviction field: header, id length byte, id, digest, 4 f64 + 2 u64 ... */
     const size_t ev = KVD_SNAPSHOT_HEADER_BYTES + 1 + 32 + 32 + 7 * 8 + 10 * 4;
     uint8_t *u = bytes;
+    ck_assert_uint_eq(u[8], KVD_SNAPSHOT_VERSION);
+    /* Without a sketch, versions 2 and 3 are the same bytes: version 2 still reads. */
+    u[8] = 2;
+    uint32_t crc = kvd_crc32c(0, u, len - 4);
+    memcpy(u + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), 0);
+    ck_assert_uint_eq(kvd_session_tokens(b), kvd_session_tokens(a));
+    kvd_session_destroy(b, p);
+    u[8] = KVD_SNAPSHOT_VERSION;
     ck_assert_uint_eq(u[ev], KVD_EVICT_NONE);
+    u[ev] = KVD_EVICT_SUBGEN + 1;
+    crc = kvd_crc32c(0, u, len - 4);
+    memcpy(u + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), KVD_SNAPSHOT_EKIND);
     u[ev] = KVD_EVICT_SUBGEN;
-    const uint32_t crc = kvd_crc32c(0, u, len - 4);
+    u[8] = 2; /* version 2 knew no sketch */
+    crc = kvd_crc32c(0, u, len - 4);
     memcpy(u + len - 4, &crc, 4);
     ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &b, &bsh), KVD_SNAPSHOT_EKIND);
     free(bytes);
@@ -341,8 +489,10 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, standard_every_dtype_and_policy, 0, 28);
     tcase_add_loop_test(tc, tensor_layouts, 0, 8);
-    tcase_add_test(tc, every_flip_and_truncation_refused);
-    tcase_add_test(tc, forged_checksums_are_safe);
+    tcase_add_loop_test(tc, subgen_sessions, 0, 4);
+    tcase_add_test(tc, subgen_sketch_forgeries_refused);
+    tcase_add_loop_test(tc, every_flip_and_truncation_refused, 0, 2);
+    tcase_add_loop_test(tc, forged_checksums_are_safe, 0, 2);
     tcase_add_test(tc, pool_too_small_and_subgen);
     tcase_add_test(tc, crc32c_known_answer);
     suite_add_tcase(s, tc);

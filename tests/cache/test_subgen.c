@@ -432,6 +432,84 @@ START_TEST(test_pool_full_whole)
 }
 END_TEST
 
+/* The plan's dry run (cache/plan.c) assigns clusters exactly as inserting
+ * one token at a time would: a session stepped with requests of several
+ * entries of the same layer (pure queries between) ends with the sketch a
+ * plain kvd_subgen_insert of the same tokens in position order builds —
+ * clusters, counts, F, random state bit for bit — and the pool holds
+ * exactly the session's pages after each step (what the plan took and the
+ * sketch did not use went back). */
+START_TEST(test_plan_dry_run_matches_insert)
+{
+    const uint32_t d = 8, kvh = 2;
+    kvd_pool *pool, *ref_pool;
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &pool), 0);
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &ref_pool), 0);
+    kvd_session_config cfg = subgen_config(4, kvh, d, 3, 8);
+    cfg.cache.sink = 3;
+    cfg.cache.recent = 5;
+    cfg.cache.delta = 0.9;
+    cfg.seed = 11;
+    kvd_session *s;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    const size_t n = 120, row = (size_t)kvh * d;
+    rng r;
+    rng_seed(&r, 5);
+    float *k = rng_tensor(&r, n * row, -1, 1), *v = rng_tensor(&r, n * row, -1, 1), *q = rng_tensor(&r, 4 * d, -1, 1);
+    static const size_t split[][3] = {{2, 0, 1}, {7, 0, 11}, {1, 1, 1}, {30, 0, 4}, {0, 9, 0}, {25, 20, 8}};
+    size_t at = 0;
+    for (size_t i = 0; i < sizeof split / sizeof *split; i++) {
+        kvd_step_entry e[3];
+        size_t ne = 0;
+        for (int j = 0; j < 3; j++) {
+            const size_t m = split[i][j];
+            e[ne++] = (kvd_step_entry){.layer = 0, .m = m, .m_q = j == 1 ? 1 : 0, .k = k + at * row,
+                                       .v = v + at * row, .q = j == 1 ? q : NULL, .mask = KVD_MASK_BLOCK};
+            at += m;
+        }
+        kvd_step_output out;
+        ck_assert_int_eq(kvd_step_run(s, NULL, pool, e, ne, &out), KVD_STEP_OK);
+        kvd_step_output_free(&out);
+        ck_assert_uint_eq(kvd_pool_pages_used(pool), kvd_session_pages(s));
+    }
+    ck_assert_uint_eq(at, n);
+    for (uint32_t g = 0; g < kvh; g++) {
+        kvd_subgen ref;
+        kvd_subgen_init(&ref, d, PAGE, cfg.cache.delta, cfg.scale, 3, 8, cfg.seed, g);
+        for (size_t j = cfg.cache.sink; j < n - cfg.cache.recent; j++) {
+            ck_assert_int_eq(kvd_subgen_reserve(&ref, 1), 0);
+            const size_t need = kvd_subgen_pages_bound(&ref, 1);
+            void *pages[8];
+            ck_assert_uint_le(need, 8);
+            ck_assert_int_eq(kvd_pool_alloc(ref_pool, need, pages), 0);
+            size_t used = 0;
+            kvd_subgen_insert(&ref, k + j * row + g * d, v + j * row + g * d, pages, need, &used);
+            kvd_pool_release(ref_pool, pages + used, need - used);
+        }
+        const kvd_subgen *got = &s->subgen[g];
+        ck_assert_uint_gt(ref.n_clusters, 3);
+        ck_assert_uint_eq(got->n_clusters, ref.n_clusters);
+        ck_assert_uint_eq(got->items, ref.items);
+        ck_assert_uint_eq(got->rng, ref.rng);
+        ck_assert(got->f == ref.f);
+        ck_assert_uint_eq(kvd_subgen_pages(got), kvd_subgen_pages(&ref));
+        for (size_t c = 0; c < ref.n_clusters; c++) {
+            ck_assert_mem_eq(kvd__subgen_row(&got->counts, c), kvd__subgen_row(&ref.counts, c), 8);
+            ck_assert_mem_eq(kvd__subgen_row(&got->centres, c), kvd__subgen_row(&ref.centres, c), d * 4);
+        }
+        kvd_subgen_release(&ref, ref_pool);
+    }
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    ck_assert_uint_eq(kvd_pool_pages_used(ref_pool), 0);
+    free(k);
+    free(v);
+    free(q);
+    kvd_pool_destroy(pool);
+    kvd_pool_destroy(ref_pool);
+}
+END_TEST
+
 /* With a shadow copy the step reports the sketch's live error: zero while
  * every token a query sees is exact (the window, and an entry's own
  * tokens, which leave the window only at its end), positive once the sketch
@@ -494,6 +572,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_error_slope_cluster_samples);
     tcase_add_test(tc, test_reproducible);
     tcase_add_test(tc, test_pool_full_whole);
+    tcase_add_test(tc, test_plan_dry_run_matches_insert);
     tcase_add_test(tc, test_shadow_error);
     suite_add_tcase(s, tc);
     return s;

@@ -255,6 +255,76 @@ START_TEST(test_four_pool_full)
 }
 END_TEST
 
+/* Shadow mode for tensor sessions: the copy is an exact f32 four-cache fed
+ * the same entries, and each step reports the live output's error against
+ * it. _i: 0 an exact four-cache (error exactly 0: the same kernel on the
+ * same rows), 1 a four-cache with a window of 6 (0 until it slides, then
+ * > 0), 2 an exact two-cache (its copy is a four-cache: rounding only),
+ * 3 SubGen4Cache on clustered keys (the error the double reference gives).
+ * The pool holds exactly the session's and the copy's pages. */
+START_TEST(test_tensor_shadow)
+{
+    const size_t n = 40;
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(512 * PAGE, PAGE, &pool), 0);
+    kvd_session_config cfg = four_config(16, 256);
+    if (_i < 3) {
+        cfg.cache.eviction = KVD_EVICT_NONE;
+        cfg.cache.sink = cfg.cache.recent = 0;
+        cfg.window = _i == 1 ? 6 : 0;
+        cfg.tensor_cache = _i == 2 ? KVD_TENSOR_CACHE_TWO : KVD_TENSOR_CACHE_FOUR;
+    }
+    cfg.shadow = true;
+    const kvd_session_config xc = kvd_session_shadow_config(&cfg);
+    ck_assert(xc.attention == KVD_ATTN_TENSOR && xc.tensor_cache == KVD_TENSOR_CACHE_FOUR && xc.window == 0 &&
+              xc.cache.eviction == KVD_EVICT_NONE && !xc.shadow);
+    kvd_session *s, *sh;
+    ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), 0);
+    ck_assert_int_eq(kvd_session_create(&xc, PAGE, &sh), 0);
+    data x = make(n, 21, false, _i == 3);
+    kvd_step_output out;
+    for (size_t i = 0; i < n; i += 5) {
+        /* 5 tokens, then a query over everything so far */
+        kvd_step_entry e[2] = {{.layer = 0, .m = 5, .k = x.k1 + i * D, .v = x.v1 + i * D, .k2 = x.k2 + i * D,
+                                .v2 = x.v2 + i * D, .mask = KVD_MASK_BLOCK},
+                               {.layer = 0, .m_q = 1, .q = x.q, .mask = KVD_MASK_BLOCK}};
+        ck_assert_int_eq(kvd_step_run(s, sh, pool, e, 2, &out), KVD_STEP_OK);
+        const kvd_step_result *r = &out.results[1];
+        ck_assert(r->has_shadow);
+        ck_assert_uint_eq(kvd_pool_pages_used(pool), kvd_session_pages(s) + kvd_session_pages(sh));
+        ck_assert_uint_eq(kvd_session_tokens(sh), i + 5);
+        double want[2][D];
+        exact_tensor(x.k1, x.k2, x.v1, x.v2, i + 5, x.q, cfg.scale, want[0]);
+        exact_tensor(x.k1, x.k2, x.v1, x.v2, i + 5, x.q + D, cfg.scale, want[1]);
+        double err = 0, ref = 0;
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < D; c++) {
+                err += (r->o[h * D + c] - want[h][c]) * (r->o[h * D + c] - want[h][c]);
+                ref += want[h][c] * want[h][c];
+            }
+        const double rel = sqrt(err / ref);
+        if (_i == 0 || (_i == 1 && i + 5 <= 6)) {
+            ck_assert_msg(r->relative_error == 0 && r->max_abs_error == 0, "exact: %g", r->relative_error);
+        } else if (_i == 2) {
+            ck_assert_msg(r->relative_error < TOL_EXACT, "two-cache against four: %g", r->relative_error);
+        } else {
+            /* the error the shadow reports is the one against exact attention */
+            ck_assert_msg(r->relative_error > 0, "step %zu: no error reported", i);
+            ck_assert_msg(fabs(r->relative_error - rel) <= 1e-4 * rel + TOL_EXACT, "reported %g, reference %g",
+                          r->relative_error, rel);
+            if (_i == 3)
+                ck_assert_msg(rel < TOL_CLUSTERED, "SubGen4Cache error %g", rel);
+        }
+        kvd_step_output_free(&out);
+    }
+    kvd_session_destroy(s, pool);
+    kvd_session_destroy(sh, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    data_free(&x);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("subgen_tensor");
@@ -263,6 +333,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_four_exact);
     tcase_add_test(tc, test_four_clustered_and_reproducible);
     tcase_add_test(tc, test_four_pool_full);
+    tcase_add_loop_test(tc, test_tensor_shadow, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }

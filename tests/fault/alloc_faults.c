@@ -50,6 +50,11 @@ static const char *const body_tensor2 = "{\"attention\":\"tensor\",\"tensor_cach
 static const char *const body_tensor4 =
     "{\"attention\":\"tensor\",\"tensor_cache\":\"four\"," STD ",\"cache\":{\"eviction\":\"recency\","
     "\"budget\":4,\"sink\":1},\"seed\":6}";
+/* SubGen4Cache with its exact four-cache copy: the sketch's plan (a dry run
+ * of the cluster assignment), its snapshot record and the tensor shadow. */
+static const char *const body_subgen =
+    "{\"attention\":\"tensor\"," STD ",\"shadow\":true,\"cache\":{\"eviction\":\"subgen\",\"sink\":1,"
+    "\"recent\":1,\"cluster_samples\":2,\"value_samples\":4},\"seed\":7}";
 static const char *const body_bystander =
     "{" STD ",\"cache\":{\"eviction\":\"recency\",\"budget\":8,\"sink\":2},\"seed\":9}";
 
@@ -112,6 +117,9 @@ static const scenario scenarios[] = {
     {"restore int8 l2norm shadow", "shadow", 5, false, OP_RESTORE, .create = NULL},
     {"restore kivi2", "kivi", 6, false, OP_RESTORE, .create = NULL},
     {"restore tensor two-cache", "tensor2", 2, false, OP_RESTORE, .tensor = true},
+    {"step subgen tensor shadow", "subgen", 4, false, OP_STEP, .tensor = true, .m = 3, .m_q = 1},
+    {"snapshot subgen tensor shadow", "subgen", 4, false, OP_SNAPSHOT, .tensor = true},
+    {"restore subgen tensor shadow", "subgen", 4, false, OP_RESTORE, .tensor = true},
 };
 #define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
 
@@ -122,6 +130,7 @@ static const char *target_body(const char *name)
            : !strcmp(name, "shadow")  ? body_shadow
            : !strcmp(name, "kivi")    ? body_kivi
            : !strcmp(name, "tensor2") ? body_tensor2
+           : !strcmp(name, "subgen")  ? body_subgen
                                       : body_tensor4;
 }
 

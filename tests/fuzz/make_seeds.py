@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """tests/fuzz/make_seeds.py — writes the seed corpora of tests/fuzz/corpus/<target>/
 (committed; rerun after changing a seed here). Each seed is a small, valid or
-deliberately broken input in the target's format (see each fuzz_<target>.c)."""
+deliberately broken input in the target's format (see each fuzz_<target>.c).
+The restore corpus's other seeds are snapshots kvd wrote (committed as they are);
+its subgen seeds are written here, field by field, in the version 3 format."""
 import base64, hashlib, json, os, struct, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -178,10 +180,62 @@ def wire_seeds():
     }
 
 
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def f32s(xs):
+    return struct.pack("<%df" % len(xs), *xs)
+
+
+def subgen_snapshot():
+    """A version 3 snapshot (README "Snapshot format") of a subgen session as kvd
+    would write it: 1 layer, 1 kv head, head_dim 4, sink 1, recent 2,
+    cluster_samples 2, value_samples 3, after 9 tokens; tokens 1..6 sketched
+    into two clusters (counts 4 and 2, the first's reservoir full)."""
+    d, t, s_ = 4, 2, 3
+    meta = bytes([32]) + ID1.encode() + bytes(32) + struct.pack("<ddQQddd", 1.0, 2.0, 3, 0, 0, 0, 0)
+    config = (struct.pack("<5I", 1, 1, 1, d, 0) + struct.pack("<f", 0.5)
+              + struct.pack("<9I", 0, 0, 0, 0, 4, 1, 2, 0, 0)       # tensor_cache .. residual; eviction 4
+              + struct.pack("<d", 0.5) + struct.pack("<II", t, s_)  # delta, cluster_samples, value_samples
+              + bytes([0]) + struct.pack("<Qd", 7, 600.0) + bytes([0]))
+    # the window: positions 0, 7, 8 in slots 0, 1, 2 (f32 rows), 6 tokens evicted
+    stream = struct.pack("<4Q", 3, 9, 6, 0)
+    stream += f32s([1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]) + f32s([1, 2, 3, 4, 4, 3, 2, 1, 1, 1, 1, 1])
+    stream += struct.pack("<3Q", 0, 7, 8)
+    stream += bytes([0]) + struct.pack("<Q", 0) + bytes([0]) + struct.pack("<3Q", 2, 1, 2)  # recency index
+    values = [[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 1, 1]]  # the sampled tokens' values
+    f = 1.0 + 4.0 + 2.0 + 1.0 + 1.0 + 4.0  # F: the six sketched values' ||v||^2
+    sketch = struct.pack("<QQdQ", 6, 2, f, 0x123456789ABCDEF)
+    sketch += f32s([0.5, 0.5, 0, 0, -0.5, 0, 0.5, 0])                      # centres
+    sketch += struct.pack("<QQ", 4, 2)                                     # counts
+    sketch += f32s([0.5, 0.5, 0, 0, 0.5, 0.4, 0, 0])                       # cluster 0: t rows
+    sketch += f32s([-0.5, 0, 0.5, 0, -0.4, 0, 0.5, 0])                     # cluster 1: both its tokens
+    for i in range(s_):
+        sketch += f32s([0.5, 0.5, 0, 0]) + f32s(values[i])
+    body = meta + config + stream + sketch
+    total = 64 + len(body) + 4
+    header = (b"KVDSNAP1" + struct.pack("<IIQ", 3, 64, total) + b"0.5.0".ljust(16, b"\0")
+              + struct.pack("<QIIQ", 4096, 0, 0, 0))
+    raw = header + body
+    return raw + struct.pack("<I", crc32c(raw))
+
+
+def restore_seeds():
+    # first byte: bit 0 set recomputes the checksum after mutation (fuzz_restore.c)
+    snap = subgen_snapshot()
+    return {"subgen": bytes([0]) + snap, "subgen_forged": bytes([1]) + snap}
+
+
 def main():
     out = os.path.join(HERE, "corpus")
     for name, seeds in [("http", http_seeds()), ("create", create_seeds()), ("step", step_seeds()),
-                        ("wire", wire_seeds())]:
+                        ("wire", wire_seeds()), ("restore", restore_seeds())]:
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
         for k, v in seeds.items():

@@ -91,6 +91,21 @@ static void count_stream(page_set *set, const kvd_stream *s)
         count_stream(set, s->residual);
 }
 
+static void count_rows(page_set *set, const kvd__subgen_rows *r)
+{
+    for (size_t i = 0; i < r->n_pages; i++)
+        count_page(set, r->pages[i]);
+}
+
+/* A SubGen sketch's four row arrays (cache/subgen.h). */
+static void count_sketch(page_set *set, const kvd_subgen *g)
+{
+    count_rows(set, &g->centres);
+    count_rows(set, &g->counts);
+    count_rows(set, &g->reservoir);
+    count_rows(set, &g->samples);
+}
+
 static void count_session(page_set *set, const kvd_session *s)
 {
     for (size_t i = 0; i < s->n_streams; i++) {
@@ -99,6 +114,10 @@ static void count_session(page_set *set, const kvd_session *s)
             count_stream(set, &s->tensor_b[i]);
         if (s->pairs)
             count_stream(set, &s->pairs[i]);
+        if (s->subgen)
+            count_sketch(set, &s->subgen[i]);
+        if (s->subgen_b)
+            count_sketch(set, &s->subgen_b[i]);
     }
 }
 

@@ -4,7 +4,8 @@
  * in use; truncated, flipped, foreign bytes and a wrong Content-Type are
  * refused with nothing created; a pool too small is a 503; other keys get
  * 404 and a restore belongs to the restoring key. --state-dir: SIGTERM and
- * restart continue bit-identically beside a kvd never restarted; a SIGKILL
+ * restart continue bit-identically beside a kvd never restarted (a subgen
+ * session too, and one restored elsewhere); a SIGKILL
  * while a file is half-written leaves nothing that loads half-written; a
  * corrupted file is skipped with a log line and the rest load. */
 #define _GNU_SOURCE
@@ -27,6 +28,9 @@
 #define OCTET "application/octet-stream"
 #define SESSION_BODY "{\"layers\":2,\"heads\":4,\"kv_heads\":2,\"head_dim\":16,\"seed\":5,\"shadow\":true," \
                      "\"cache\":{\"dtype\":\"int4\",\"group\":8,\"eviction\":\"h2o\",\"budget\":24,\"sink\":2,\"recent\":6}}"
+#define SUBGEN_BODY "{\"layers\":2,\"heads\":4,\"kv_heads\":2,\"head_dim\":16,\"seed\":9,\"shadow\":true," \
+                    "\"cache\":{\"eviction\":\"subgen\",\"delta\":1.0,\"cluster_samples\":4,\"value_samples\":16," \
+                    "\"sink\":2,\"recent\":6}}"
 #define KIVI_BODY "{\"heads\":2,\"kv_heads\":1,\"head_dim\":16,\"cache\":{\"dtype\":\"kivi2\",\"group\":8,\"residual\":8," \
                   "\"eviction\":\"l2norm\",\"budget\":20,\"recent\":4}}"
 
@@ -102,9 +106,10 @@ START_TEST(restore_elsewhere_is_bit_identical)
     static const char *const b_args[] = {"--page-bytes", "8192", "--memory", "16MiB", "--threads", "2", NULL};
     kvd_proc *A = kvd_proc_start_ck(a_args), *B = kvd_proc_start_ck(b_args);
     const int pa = kvd_proc_port(A), pb = kvd_proc_port(B);
-    const char *bodies[2] = {SESSION_BODY, KIVI_BODY};
-    const int kvh[2] = {2, 1}, heads[2] = {4, 2}, layers[2] = {2, 1};
-    for (int c = 0; c < 2; c++) {
+    const char *bodies[3] = {SESSION_BODY, KIVI_BODY, SUBGEN_BODY};
+    const char *dtype[3] = {"int4", "kivi2", "f32"};
+    const int kvh[3] = {2, 1, 2}, heads[3] = {4, 2, 4}, layers[3] = {2, 1, 2};
+    for (int c = 0; c < 3; c++) {
         char *id = kvd_create_session(pa, bodies[c], NULL);
         feed(pa, id, 10, 8, kvh[c], heads[c], layers[c]); /* 40 tokens a stream: evicting */
         http_response *s = snapshot(pa, id, NULL);
@@ -115,7 +120,7 @@ START_TEST(restore_elsewhere_is_bit_identical)
         ck_assert_msg(r->status == 201, "%d %s", r->status, r->body);
         cJSON *j = http_response_json(r);
         ck_assert_str_eq(kvd_json_str(j, "id"), id);
-        ck_assert_str_eq(kvd_json_str(j, "config.cache.dtype"), c ? "kivi2" : "int4");
+        ck_assert_str_eq(kvd_json_str(j, "config.cache.dtype"), dtype[c]);
         cJSON_Delete(j);
         http_response_free(r);
         /* The id is in use now, on both. */
@@ -127,8 +132,8 @@ START_TEST(restore_elsewhere_is_bit_identical)
         http_response_free(r);
         http_response_free(s);
         cJSON *sa = kvd_session_stats(pa, id), *sb = kvd_session_stats(pb, id);
-        static const char *const same[] = {"tokens", "appended", "evicted", "steps"};
-        for (int k = 0; k < 4; k++)
+        static const char *const same[] = {"tokens", "appended", "evicted", "steps", "clusters", "shadow.steps"};
+        for (int k = 0; k < (c == 2 ? 6 : 4); k++)
             ck_assert_double_eq(kvd_json_num(sa, same[k]), kvd_json_num(sb, same[k]));
         ck_assert_double_gt(kvd_json_num(sa, "evicted"), 0);
         cJSON_Delete(sa);
@@ -323,21 +328,32 @@ START_TEST(state_dir_restart_is_bit_identical)
     int pa = kvd_proc_port(A);
     const int pc = kvd_proc_port(C);
     char *a = kvd_create_session(pa, SESSION_BODY, NULL), *c = kvd_create_session(pc, SESSION_BODY, NULL);
+    /* and a subgen session: its sketch survives the restart too */
+    char *ga = kvd_create_session(pa, SUBGEN_BODY, NULL), *gc = kvd_create_session(pc, SUBGEN_BODY, NULL);
     feed(pa, a, 30, 6, 2, 4, 2);
     feed(pc, c, 30, 6, 2, 4, 2);
+    feed(pa, ga, 60, 8, 2, 4, 2);
+    feed(pc, gc, 60, 8, 2, 4, 2);
     kvd_proc_stop_ck(A); /* SIGTERM: drain, write, exit 0 */
-    ck_assert_int_eq(count_files(dir, ".kvds", false), 1);
+    ck_assert_int_eq(count_files(dir, ".kvds", false), 2);
     A = kvd_proc_start_ck(sargs);
     pa = kvd_proc_port(A);
     char *log = kvd_proc_stderr(A);
-    ck_assert_msg(strstr(log, "restored 1 session from"), "%s", log);
+    ck_assert_msg(strstr(log, "restored 2 sessions from"), "%s", log);
     free(log);
     ck_assert_int_eq(count_files(dir, ".kvds", false), 0); /* deleted once restored */
     expect_same_next_steps(pa, a, pc, c, 2, 4, 2);
+    expect_same_next_steps(pa, ga, pc, gc, 2, 4, 2);
+    cJSON *st = kvd_session_stats(pa, ga);
+    ck_assert_double_gt(kvd_json_num(st, "clusters"), 0);
+    ck_assert_double_gt(kvd_json_num(st, "evicted"), 0);
+    cJSON_Delete(st);
     kvd_proc_stop_ck(A);
     kvd_proc_stop_ck(C);
     free(a);
     free(c);
+    free(ga);
+    free(gc);
     wipe(dir);
 }
 END_TEST

@@ -2,7 +2,10 @@
  * echoed with its parameters, out-of-range parameters and refused
  * combinations as 400s naming their field, stats with clusters per stream
  * and honest bits per coordinate, shadow error, fork refused, a step the
- * pool cannot hold answered 503 with nothing changed, and SubGen4Cache. */
+ * pool cannot hold answered 503 with nothing changed, SubGen4Cache, and a
+ * SubGen4Cache snapshot restored elsewhere answering bit for bit (standard
+ * subgen snapshots: tests/integration/test_snapshot.c), and shadow mode for
+ * tensor sessions (four, two, window, SubGen4Cache). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -109,8 +112,11 @@ START_TEST(test_create_and_bad_input)
 }
 END_TEST
 
-/* A 16-page pool: a step whose clusters the pool cannot hold is a 503 and
- * the session is exactly as it was. */
+/* A 16-page pool (sink 4, recent 0, t = 16: a cluster's reservoir is 1 KiB).
+ * The plan counts the clusters a step opens exactly (a dry run of the
+ * assignment), not one per token: a step that fits only so succeeds, a step
+ * of keys the sketch already has succeeds whatever its length, and a step
+ * whose new clusters the pool cannot hold is a 503 with nothing changed. */
 START_TEST(test_pool_full_503)
 {
     kvd_proc *p = kvd_proc_start_ck(small_pool);
@@ -124,14 +130,35 @@ START_TEST(test_pool_full_503)
     float *k = rng_tensor(&r, 400 * D, -3, 3), *v = rng_tensor(&r, 400 * D, -1, 1);
     step_spec s = {.layer = 0, .k = k, .v = v, .m = 8, .mask = "block", .b64 = true};
     char *body = step_body(&s, D, D, NULL);
+    cJSON_Delete(kvd_step_ok(port, id, body)); /* 4 clusters: 5 pages held, 11 free */
+    free(body);
+    /* 40 distinct keys: 40 clusters, 10 more reservoir pages and at most one
+     * page of window: 11, all that is free. (Counting every token that
+     * leaves plus the held ones as a cluster asked 12: a 503.) */
+    s.k = k + 8 * D;
+    s.v = v + 8 * D;
+    s.m = 40;
+    body = step_body(&s, D, D, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    ck_assert(kvd_json_num(o, "evicted") == 40);
+    cJSON_Delete(o);
+    free(body);
+    cJSON *st = kvd_session_stats(port, id);
+    ck_assert(kvd_json_num(st, "clusters") == 44);
+    cJSON_Delete(st);
+    /* 20 keys the sketch has seen: no cluster opens, no page is needed */
+    s.k = k + 8 * D;
+    s.m = 20;
+    body = step_body(&s, D, D, NULL);
     cJSON_Delete(kvd_step_ok(port, id, body));
     free(body);
     cJSON *before = kvd_session_stats(port, id);
-    s.k = k + 8 * D;
-    s.v = v + 8 * D;
-    /* up to 44 more clusters of 16 reservoir rows (1 KiB) each: 11 pages of
-     * reservoir and a page of window, more than the 11 left, fewer than 16 */
-    s.m = 40;
+    ck_assert(kvd_json_num(before, "clusters") == 44 && kvd_json_num(before, "evicted") == 64);
+    const double used = kvd_metric_now(port, "kvd_pool_pages", "state=\"used\"");
+    /* 8 new keys: 8 clusters, 2 more reservoir pages with 1 free: 503 */
+    s.k = k + 100 * D;
+    s.v = v + 100 * D;
+    s.m = 8;
     body = step_body(&s, D, D, NULL);
     http_response *resp = kvd_step(port, id, body);
     kvd_expect_error(resp, 503, "resource_exhausted", NULL, NULL, "a sketch the pool cannot hold");
@@ -141,9 +168,11 @@ START_TEST(test_pool_full_503)
     const char *fields[] = {"tokens", "appended", "evicted", "pages", "clusters", "steps", "bits_per_coordinate"};
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
         ck_assert_msg(kvd_json_num(before, fields[i]) == kvd_json_num(after, fields[i]), "%s changed", fields[i]);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used); /* every page back */
     cJSON_Delete(before);
     cJSON_Delete(after);
     kvd_delete_session(port, id);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), 0);
     free(id);
     free(k);
     free(v);
@@ -208,6 +237,143 @@ START_TEST(test_tensor_four)
 }
 END_TEST
 
+/* Steps a SubGen4Cache session (head_dim 4, one head) with m tokens from
+ * seed and one query; returns the "o" b64 string (caller frees). */
+static char *tensor_step_o(int port, const char *id, unsigned seed, size_t m)
+{
+    enum { DT = 4 };
+    rng r;
+    rng_seed(&r, seed);
+    float *k1 = rng_tensor(&r, m * DT, -1, 1), *k2 = rng_tensor(&r, m * DT, -1, 1);
+    float *v1 = rng_tensor(&r, m * DT, -1, 1), *v2 = rng_tensor(&r, m * DT, -1, 1), q[DT];
+    rng_fill(&r, q, DT, -1, 1);
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = m, .q = q, .m_q = 1,
+                          .mask = "block", .b64 = true};
+    char *body = tensor_step_body(&s, DT, DT, "b64");
+    cJSON *o = kvd_step_ok(port, id, body);
+    char *out = strdup(kvd_json_str(o, "o"));
+    cJSON_Delete(o);
+    free(body);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    return out;
+}
+
+/* Snapshots of subgen sessions: a standard one (with its shadow copy) and
+ * a SubGen4Cache one, restored on another kvd with another page size, keep
+ * their clusters and answer the next steps bit for bit as the original. */
+START_TEST(test_snapshot_restore)
+{
+    static const char *const b_args[] = {"--page-bytes", "8192", "--threads", "2", NULL};
+    kvd_proc *A = kvd_proc_start_ck(NULL), *B = kvd_proc_start_ck(b_args);
+    const int pa = kvd_proc_port(A), pb = kvd_proc_port(B);
+    char *id = kvd_create_session(pa,
+                                  "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"seed\":3,"
+                                  "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":2,\"delta\":0.6,"
+                                  "\"cluster_samples\":3,\"value_samples\":8}}",
+                                  NULL);
+    for (unsigned i = 0; i < 4; i++)
+        free(tensor_step_o(pa, id, 10 + i, 9));
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s/snapshot", id);
+    http_response *snap = http_request_n(pa, "GET", path, NULL, NULL, 0, NULL);
+    ck_assert_msg(snap->status == 200, "%d %.*s", snap->status, (int)snap->body_len, snap->body);
+    http_response *r = http_request_n(pb, "POST", "/v1/sessions/restore", "application/octet-stream", snap->body,
+                                      snap->body_len, NULL);
+    ck_assert_msg(r->status == 201, "%d %s", r->status, r->body);
+    http_response_free(r);
+    http_response_free(snap);
+    cJSON *sa = kvd_session_stats(pa, id), *sb = kvd_session_stats(pb, id);
+    static const char *const same[] = {"tokens", "appended", "evicted", "clusters", "steps"};
+    for (size_t k = 0; k < sizeof same / sizeof *same; k++)
+        ck_assert_msg(kvd_json_num(sa, same[k]) == kvd_json_num(sb, same[k]), "%s differs", same[k]);
+    ck_assert(kvd_json_num(sa, "clusters") > 2 && kvd_json_num(sa, "evicted") > 0);
+    cJSON_Delete(sa);
+    cJSON_Delete(sb);
+    for (unsigned i = 0; i < 3; i++) {
+        char *oa = tensor_step_o(pa, id, 50 + i, 5), *ob = tensor_step_o(pb, id, 50 + i, 5);
+        ck_assert_str_eq(oa, ob); /* b64 of the f32 bytes: bit for bit */
+        free(oa);
+        free(ob);
+    }
+    kvd_delete_session(pa, id);
+    kvd_delete_session(pb, id);
+    free(id);
+    kvd_proc_stop_ck(A);
+    kvd_proc_stop_ck(B);
+}
+END_TEST
+
+/* One query step on a tensor session (head_dim 4, one head): its shadow
+ * relative error. */
+static double tensor_shadow_error(int port, const char *id, unsigned seed, size_t m)
+{
+    enum { DT = 4 };
+    rng r;
+    rng_seed(&r, seed);
+    float *k1 = rng_tensor(&r, m * DT, -1, 1), *k2 = rng_tensor(&r, m * DT, -1, 1);
+    float *v1 = rng_tensor(&r, m * DT, -1, 1), *v2 = rng_tensor(&r, m * DT, -1, 1), q[DT];
+    rng_fill(&r, q, DT, -1, 1);
+    tensor_step_spec s = {.layer = 0, .k1 = k1, .k2 = k2, .v1 = v1, .v2 = v2, .m = m, .q = q, .m_q = 1,
+                          .mask = "block"};
+    char *body = tensor_step_body(&s, DT, DT, NULL);
+    cJSON *o = kvd_step_ok(port, id, body);
+    const double rel = kvd_json_num(o, "shadow.relative_error");
+    ck_assert_msg(rel == rel && rel >= 0, "no shadow error: %g", rel);
+    cJSON_Delete(o);
+    free(body);
+    free(k1);
+    free(k2);
+    free(v1);
+    free(v2);
+    return rel;
+}
+
+/* Shadow mode for tensor sessions over HTTP: created (no longer a 400) and
+ * echoed, each step reports the live output's error against an exact f32
+ * four-cache copy: exact four-cache 0, two-cache rounding only, a window 0
+ * until it slides and > 0 after, SubGen4Cache > 0; stats count the shadow
+ * steps and the copy's pages go back with the session. */
+START_TEST(test_tensor_shadow)
+{
+    kvd_proc *p = kvd_proc_start_ck(NULL);
+    const int port = kvd_proc_port(p);
+    static const char *const bodies[] = {
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"tensor_cache\":\"two\",\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"window\":6,\"shadow\":true}",
+        "{\"heads\":1,\"head_dim\":4,\"attention\":\"tensor\",\"shadow\":true,\"seed\":4,"
+        "\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":1,\"cluster_samples\":4,\"value_samples\":8}}"};
+    for (int c = 0; c < 4; c++) {
+        cJSON *resp = NULL;
+        char *id = kvd_create_session(port, bodies[c], &resp);
+        ck_assert(cJSON_IsTrue(kvd_json_at(resp, "config.shadow")));
+        cJSON_Delete(resp);
+        /* a window slides after an entry's attention: the third step is the
+         * first whose query misses tokens */
+        double first = tensor_shadow_error(port, id, 7, 5), second = tensor_shadow_error(port, id, 8, 5);
+        second = fmax(second, tensor_shadow_error(port, id, 9, 1));
+        if (c == 0)
+            ck_assert_msg(first == 0 && second == 0, "exact four-cache: %g %g", first, second);
+        else if (c == 1)
+            ck_assert_msg(first < 1e-5 && second < 1e-5, "two-cache: %g %g", first, second);
+        else if (c == 2)
+            ck_assert_msg(first == 0 && second > 0, "window: %g before sliding, %g after", first, second);
+        else
+            ck_assert_msg(first > 0 && second > 0, "SubGen4Cache: %g %g", first, second);
+        cJSON *st = kvd_session_stats(port, id);
+        ck_assert(kvd_json_num(st, "shadow.steps") == 3);
+        cJSON_Delete(st);
+        kvd_delete_session(port, id);
+        free(id);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), 0);
+    }
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_subgen");
@@ -216,6 +382,8 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_create_and_bad_input);
     tcase_add_test(tc, test_pool_full_503);
     tcase_add_test(tc, test_tensor_four);
+    tcase_add_test(tc, test_snapshot_restore);
+    tcase_add_test(tc, test_tensor_shadow);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -656,8 +656,6 @@ START_TEST(bad_input)
     bad_create(port, body, "window", NYS, "kivi tensor cache with a window");
     snprintf(body, sizeof body, "{%s,\"window\":8,\"cache\":{\"eviction\":\"recency\",\"budget\":64}}", T);
     bad_create(port, body, "cache.eviction", NYS, "tensor with a window and eviction");
-    snprintf(body, sizeof body, "{%s,\"shadow\":true}", T);
-    bad_create(port, body, "shadow", NYS, "tensor with shadow");
     snprintf(body, sizeof body, "{%s,\"tensor_cache\":\"two\",\"window\":4}", T);
     bad_create(port, body, "window", NYS, "two-cache with a window");
     bad_create(port, "{\"heads\":2,\"head_dim\":8,\"window\":4}", "window", "only used with attention \"tensor\"",
