@@ -11,11 +11,14 @@
 
 #include "attention/attention.h"
 
-/* Queries per step from which the step engine (cache/step.c) runs the tiled
- * kernel instead of one decode-kernel call per query. Below it a tile would
- * be mostly padding; at 16 queries x a GQA group of 4 heads the tile of the
- * AVX-512 tier (64 rows) is full. Chosen on results only, never on accuracy:
- * both paths meet the same tolerances (tests/attention/test_prefill.c). */
+/* Queries per step entry from which the step engine (cache/step.c) runs
+ * the tiled kernel instead of one decode-kernel call per query (for every
+ * piece of a split entry alike). Below it a tile would be mostly padding; at
+ * 16 queries x a GQA group of 4 heads the tile of the AVX-512 tier (64 rows)
+ * is full. Chosen on speed only: both paths meet the same tolerances
+ * (tests/attention/test_prefill.c). A row's result does not depend on the
+ * tile that holds it (blocks start at fixed slots; a masked slot adds exact
+ * zeros), so any split of the queries gives the same bits. */
 #define KVD_PREFILL_MIN_QUERIES 16
 
 /* Which slots each query of a call sees: query i sees the first

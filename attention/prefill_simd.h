@@ -230,13 +230,35 @@ static void pf_pack_q(pf_state *st, size_t rows, size_t c0, size_t c1, float sca
     }
 }
 
-/* One block of nb keys (global slots g0 ..) against the tile: scores,
- * masking, the online softmax per row, then O += P V. */
+/* Asks for the key and value bytes of slots [j0, j1) of a segment: a block
+ * takes ~15 us of arithmetic at d = 128, time enough to bring the next one
+ * from memory, which the hardware prefetcher (four rows read side by side,
+ * pages in no address order) does not do on its own. */
+static void pf_prefetch(const kvd_kv_pages *kv, size_t j0, size_t j1)
+{
+    const size_t ks = kvd__kv_k_stride(kv), vs = kvd__kv_v_stride(kv);
+    for (size_t j = j0; j < j1; j++) {
+        size_t t;
+        const unsigned char *k = kvd__kv_unit(kv, kv->k_offset, kv->k_format, ks, j, &t);
+        const unsigned char *v = kvd__kv_unit(kv, kv->v_offset, kv->v_format, vs, j, &t);
+        /* a KIVI block's codes of token t, or the row; scales come along */
+        for (size_t b = 0; b < ks && b < 4096; b += 64)
+            __builtin_prefetch(k + b, 0, 3);
+        for (size_t b = 0; b < vs && b < 4096; b += 64)
+            __builtin_prefetch(v + b, 0, 3);
+    }
+}
+
+/* One block of nb keys (global slots g0 .., slots j0 .. of a segment of ns)
+ * against the tile: scores, masking, the online softmax per row, then
+ * O += P V. */
 KVD_SIMD_ATTR static void pf_block(pf_state *restrict st, const kvd_kv_pages *kv, size_t j0,
-                                   size_t g0, size_t nb, size_t rows, size_t nvis_min,
+                                   size_t g0, size_t nb, size_t ns, size_t rows, size_t nvis_min,
                                    float scale)
 {
     const size_t d = kv->head_dim;
+    if (j0 + nb < ns && !kvd_row_is_block(kv->k_format))
+        pf_prefetch(kv, j0 + nb, j0 + nb + (ns - j0 - nb < PF_KB ? ns - j0 - nb : PF_KB));
     const size_t live = (rows + PF_RG - 1) / PF_RG * PF_RG;
     /* scores, channel chunk by chunk (one chunk for head_dim <= PF_MAXD) */
     for (size_t c0 = 0; c0 < d; c0 += PF_MAXD) {
@@ -339,7 +361,7 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_prefill_)(const kvd_kv_segment *seg
             for (size_t j0 = 0; j0 < ns && g0 + j0 < nmax; j0 += PF_KB) {
                 size_t nb = ns - j0 < PF_KB ? ns - j0 : PF_KB;
                 nb = nmax - (g0 + j0) < nb ? nmax - (g0 + j0) : nb;
-                pf_block(&st, &seg[s].kv, j0, g0 + j0, nb, rows, nmin, scale);
+                pf_block(&st, &seg[s].kv, j0, g0 + j0, nb, ns, rows, nmin, scale);
             }
             g0 += ns;
         }

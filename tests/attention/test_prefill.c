@@ -5,7 +5,8 @@
  * wider head layout, sizes that are not multiples of the tiles, every row
  * format, a stream left by eviction (block table out of address order, a
  * KIVI quantized segment ending inside a key block, then the f32 residual),
- * head_dim above the query tile's chunk, and lse. */
+ * head_dim above the query tile's chunk, lse, and the same bits for any
+ * split of the queries into calls (what the step engine's split relies on). */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -455,6 +456,50 @@ START_TEST(test_dispatch_matches_tier)
 }
 END_TEST
 
+START_TEST(test_split_is_bit_identical)
+{
+    /* the step engine splits an entry's queries into pieces: every piece
+     * size gives the bits of the whole call (prefill.h's promise) */
+    scene s;
+    scene_build(&s, KVD_ROW_KIVI4_KEYS, KVD_ROW_F32, 96, 70, 128, 32, 64);
+    const size_t m_q = 70, n_q = 4, d = 128, stride = n_q * d;
+    float *q = malloc(m_q * stride * sizeof *q), *a = malloc(m_q * stride * sizeof *a),
+          *b = malloc(m_q * stride * sizeof *b), *la = malloc(m_q * n_q * sizeof *la),
+          *lb = malloc(m_q * n_q * sizeof *lb);
+    ck_assert(q && a && b && la && lb);
+    for (size_t i = 0; i < m_q * stride; i++)
+        q[i] = (float)(4.0 * rng_unit() - 2.0);
+    static const size_t pieces[] = {1, 3, 16, 17, 33};
+    for (size_t level = 0; level < 3; level++) {
+        const kvd__prefill_fn fn = kvd__attend_prefill_tier(level);
+        if (!fn)
+            continue;
+        for (size_t step = 0; step < 2; step++) {
+            const size_t n0 = step ? 97 : s.total;
+            fn(s.seg, s.n_seg, q, m_q, n_q, stride, (kvd_prefill_mask){n0, step}, 0.09f, a, la, n_q);
+            for (size_t p = 0; p < sizeof pieces / sizeof *pieces; p++) {
+                for (size_t i0 = 0; i0 < m_q; i0 += pieces[p]) {
+                    const size_t k = m_q - i0 < pieces[p] ? m_q - i0 : pieces[p];
+                    fn(s.seg, s.n_seg, q + i0 * stride, k, n_q, stride,
+                       (kvd_prefill_mask){n0 + i0 * step, step}, 0.09f, b + i0 * stride,
+                       lb + i0 * n_q, n_q);
+                }
+                ck_assert_msg(memcmp(a, b, m_q * stride * sizeof *a) == 0 &&
+                                  memcmp(la, lb, m_q * n_q * sizeof *la) == 0,
+                              "tier %zu step %zu: pieces of %zu differ from one call", level, step,
+                              pieces[p]);
+            }
+        }
+    }
+    free(q);
+    free(a);
+    free(b);
+    free(la);
+    free(lb);
+    scene_free(&s);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     tiers_print("prefill");
@@ -467,6 +512,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_evicted_kivi);
     tcase_add_test(tc, test_nothing_visible);
     tcase_add_test(tc, test_dispatch_matches_tier);
+    tcase_add_test(tc, test_split_is_bit_identical);
     suite_add_tcase(s, tc);
     return s;
 }
