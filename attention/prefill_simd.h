@@ -179,11 +179,44 @@ KVD_SIMD_ATTR static void pf_values_rows(pf_state *restrict st, size_t r0, size_
         pf_values(st, r0, nr, c, voff, 1, v_tail_mask(c, c1), nb);
 }
 
+/* Channels [c0, c1) of a row (token t of a unit) as f32 into out: whole
+ * vectors of f16, bf16 and int8 rows in registers (exact conversions, and
+ * int8's s * q rounds once, as kvd_dequant_range does), everything else and
+ * every tail by kvd_dequant_range: the same floats either way. */
+KVD_SIMD_ATTR static inline void pf_decode(kvd_row_format f, const unsigned char *unit, size_t t,
+                                           size_t d, uint32_t group, size_t c0, size_t c1,
+                                           float *restrict out)
+{
+    size_t c = c0;
+    switch (f) {
+    case KVD_ROW_F16:
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_f16(unit + 2 * c));
+        break;
+    case KVD_ROW_BF16:
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_bf16(unit + 2 * c));
+        break;
+    case KVD_ROW_I8: {
+        float sc;
+        memcpy(&sc, unit, sizeof sc);
+        const vf vs = v_set1(sc);
+        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+            v_store(out + (c - c0), v_mul(vs, v_i8(unit + 4 + c)));
+        break;
+    }
+    default:
+        break;
+    }
+    if (c < c1)
+        kvd_dequant_range(f, unit, t, d, group, c, c1, out + (c - c0));
+}
+
 /* Key/value row pointers of slots [j0, j0 + nb) of one segment: in place for
  * f32 (row starts), else decoded into the tiles (keys: channels [c0, c1)
  * only, from the tile row's start, called once per channel chunk; values
  * whole). */
-static void pf_block_keys(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t c0, size_t c1,
+KVD_SIMD_ATTR static void pf_block_keys(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t c0, size_t c1,
                           pf_state *st)
 {
     const size_t ks = kvd__kv_k_stride(kv);
@@ -193,14 +226,14 @@ static void pf_block_keys(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t c
         if (kv->k_format == KVD_ROW_F32) {
             st->krow[b] = (const float *)u; /* c0 is added by pf_scores */
         } else {
-            kvd_dequant_range(kv->k_format, u, t, kv->head_dim, kv->group, c0, c1,
-                              st->ktile + b * PF_MAXD);
+            pf_decode(kv->k_format, u, t, kv->head_dim, kv->group, c0, c1,
+                      st->ktile + b * PF_MAXD);
             st->krow[b] = st->ktile + b * PF_MAXD;
         }
     }
 }
 
-static void pf_block_values(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t c0, size_t c1,
+KVD_SIMD_ATTR static void pf_block_values(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t c0, size_t c1,
                             pf_state *st)
 {
     const size_t vs = kvd__kv_v_stride(kv);
@@ -210,8 +243,8 @@ static void pf_block_values(const kvd_kv_pages *kv, size_t j0, size_t nb, size_t
         if (kv->v_format == KVD_ROW_F32) {
             st->vrow[b] = (const float *)u;
         } else {
-            kvd_dequant_range(kv->v_format, u, t, kv->head_dim, kv->group, c0, c1,
-                              st->vtile + b * PF_MAXD);
+            pf_decode(kv->v_format, u, t, kv->head_dim, kv->group, c0, c1,
+                      st->vtile + b * PF_MAXD);
             st->vrow[b] = st->vtile + b * PF_MAXD;
         }
     }

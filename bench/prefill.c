@@ -8,6 +8,9 @@
  * same run. FLOPs counted as 4 * d * heads * sum_i visible(i) (two
  * multiply-adds per visible key and channel, per query head: the usual count;
  * softmax not counted), visible(i) = n + i + 1.
+ * KVD_BENCH_DTYPE=f16|bf16|int8|int4 runs a quantized cache instead (keys
+ * and values dequantized once per block into an f32 tile; the decode calls
+ * score keys from their codes); sgemm stays f32.
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -72,10 +75,12 @@ static double sgemm_flops(size_t m, size_t t, int reps)
     return 4.0 * (double)m * (double)t * HEAD_DIM / sec;
 }
 
+static kvd_stream_format bench_fmt; /* KVD_BENCH_DTYPE, f32 by default */
+
 static void run(size_t m, size_t n)
 {
     const size_t total = n + m;
-    const size_t spp = kvd_stream_slots_per_page(PAGE_BYTES, HEAD_DIM);
+    const size_t spp = kvd_stream_slots_per_page_format(PAGE_BYTES, HEAD_DIM, &bench_fmt);
     const size_t pages_per_stream = (total + spp - 1) / spp;
     kvd_pool *pool;
     if (kvd_pool_create((pages_per_stream * KV_HEADS + 8) * PAGE_BYTES, PAGE_BYTES, &pool)) {
@@ -100,7 +105,10 @@ static void run(size_t m, size_t n)
             k[i] = frand(&seed);
             v[i] = frand(&seed);
         }
-        kvd_stream_init(&streams[g], PAGE_BYTES, HEAD_DIM);
+        if (kvd_stream_init_format(&streams[g], PAGE_BYTES, HEAD_DIM, &bench_fmt) != 0) {
+            fprintf(stderr, "bench: stream init failed\n");
+            exit(1);
+        }
         const size_t need = kvd_stream_pages_needed(&streams[g], total);
         if (kvd_stream_reserve_table(&streams[g], need) || kvd_pool_alloc(pool, need, pages)) {
             fprintf(stderr, "bench: pool too small\n");
@@ -114,8 +122,8 @@ static void run(size_t m, size_t n)
         visible += (double)(n + i + 1);
     const double flops = 4.0 * HEAD_DIM * HEADS * visible;
 
-    printf("m=%zu new tokens after n=%zu cached, causal, %d q / %d kv heads, d=%d, f32, one thread\n",
-           m, n, HEADS, KV_HEADS, HEAD_DIM);
+    printf("m=%zu new tokens after n=%zu cached, causal, %d q / %d kv heads, d=%d, %s, one thread\n",
+           m, n, HEADS, KV_HEADS, HEAD_DIM, kvd_dtype_name(bench_fmt.dtype));
     /* The machine is shared: every kernel timing sits between two sgemm
      * timings, and its fraction is taken against their mean; the median of
      * ROUNDS such fractions is printed. */
@@ -195,6 +203,14 @@ int main(int argc, char **argv)
     char cpu[128];
     bench_cpu_model(cpu, sizeof cpu);
     printf("CPU: %s; kernel tier %s\n", cpu, kvd_attention_kernels_get()->name);
+    const char *dt = getenv("KVD_BENCH_DTYPE");
+    for (int d = KVD_DTYPE_F32; dt && *dt && d <= KVD_DTYPE_INT4; d++)
+        if (strcmp(kvd_dtype_name((kvd_dtype)d), dt) == 0)
+            bench_fmt = (kvd_stream_format){.dtype = (kvd_dtype)d, .group = 32};
+    if (dt && *dt && strcmp(kvd_dtype_name(bench_fmt.dtype), dt) != 0) {
+        fprintf(stderr, "bench: KVD_BENCH_DTYPE must be f32, f16, bf16, int8 or int4\n");
+        return 2;
+    }
     const size_t m = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : 2048;
     if (argc <= 2) {
         run(m, 0);
