@@ -11,6 +11,9 @@
  * KVD_BENCH_DTYPE=f16|bf16|int8|int4 runs a quantized cache instead (keys
  * and values dequantized once per block into an f32 tile; the decode calls
  * score keys from their codes); sgemm stays f32.
+ * KVD_BENCH_TIER=avx2 (or scalar, avx512) times that tier only, decode calls
+ * included; with OPENBLAS_CORETYPE=Haswell OpenBLAS runs its AVX2 kernels,
+ * which compares AVX2 with AVX2 on an AVX-512 machine.
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -76,6 +79,7 @@ static double sgemm_flops(size_t m, size_t t, int reps)
 }
 
 static kvd_stream_format bench_fmt; /* KVD_BENCH_DTYPE, f32 by default */
+static int bench_tier = -1;         /* KVD_BENCH_TIER level, -1: all */
 
 static void run(size_t m, size_t n)
 {
@@ -134,6 +138,8 @@ static void run(size_t m, size_t n)
     const size_t levels = kvd__simd_levels();
     static const char *const names[] = {"scalar", "avx2", "avx512"};
     for (size_t lv = levels > 1 ? 1 : 0; lv < levels; lv++) {
+        if (bench_tier >= 0 && (size_t)bench_tier != lv)
+            continue;
         const kvd__prefill_fn fn = kvd__attend_prefill_tier(lv);
         double tm[ROUNDS];
         for (int r = 0; r < ROUNDS; r++) {
@@ -159,7 +165,10 @@ static void run(size_t m, size_t n)
     }
 
     /* before: one decode-kernel call per query and kv head */
+    size_t n_all;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
+    if (bench_tier >= 0 && (size_t)bench_tier < levels)
+        kern = &kvd_attention_kernels_all(&n_all)[bench_tier];
     const double b0 = sgemm_flops(m, total, 1);
     const double t0 = bench_now();
     for (int g = 0; g < KV_HEADS; g++)
@@ -209,6 +218,15 @@ int main(int argc, char **argv)
             bench_fmt = (kvd_stream_format){.dtype = (kvd_dtype)d, .group = 32};
     if (dt && *dt && strcmp(kvd_dtype_name(bench_fmt.dtype), dt) != 0) {
         fprintf(stderr, "bench: KVD_BENCH_DTYPE must be f32, f16, bf16, int8 or int4\n");
+        return 2;
+    }
+    const char *tier = getenv("KVD_BENCH_TIER");
+    static const char *const tiers[] = {"scalar", "avx2", "avx512"};
+    for (int i = 0; tier && *tier && i < 3; i++)
+        if (strcmp(tiers[i], tier) == 0)
+            bench_tier = i < (int)kvd__simd_levels() ? i : -1;
+    if (tier && *tier && bench_tier < 0) {
+        fprintf(stderr, "bench: this CPU has no tier %s\n", tier);
         return 2;
     }
     const size_t m = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : 2048;
