@@ -43,7 +43,7 @@ typedef struct kvd_prefill_mask {
  * alias q). lse (NULL = not wanted): lse[i * lse_stride + h] = log of the
  * softmax denominator, -inf (and o = 0) where a query sees no slot.
  * Any row format, any number of segments, any head_dim; no allocation (the
- * tiles live on the caller's stack, ~150 KiB: worker threads have MiB
+ * tiles live on the stack, ~140 KiB: worker threads have MiB
  * stacks). Numerics: f32 dot products and weights as the decode kernels;
  * each row's softmax denominator sums a key block in f32 and folds the
  * block sums into a double. Thread-safe; chooses the CPU's best tier. */

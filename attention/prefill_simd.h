@@ -45,14 +45,16 @@
 
 _Static_assert(PF_ROWS % PF_RG == 0, "a tile is whole row groups");
 
-/* Channels the transposed query tile holds: a head_dim above this runs in
- * channel chunks (scores summed over the chunks), like the decode kernels'
- * KVD_ATTN_CHUNK; the value side works on any head_dim in place. */
+/* Channels the transposed query tile and the K/V decode tiles hold: a
+ * head_dim above this (the API allows 4096) runs in channel chunks, like the
+ * decode kernels' KVD_ATTN_CHUNK: scores summed over the chunks, values
+ * decoded and accumulated chunk by chunk (f32 values in place, whole). */
 #define PF_MAXD 256
 
 #define PF_UNROLL _Pragma("GCC unroll 16")
 
-/* Everything one call keeps: on the stack (~150 KiB at W = 16). */
+/* Everything one call keeps: on the stack (~140 KiB at W = 16, ~110 KiB
+ * at W = 8; worker threads have MiB stacks). */
 typedef struct pf_state {
     _Alignas(64) float qt[PF_MAXD * PF_ROWS]; /* [chunk channel][row], scaled q */
     _Alignas(64) float s[PF_KB * PF_ROWS];    /* [key][row] scores, then weights */
@@ -63,8 +65,8 @@ typedef struct pf_state {
     const float *qrow[PF_ROWS];               /* [row] -> q[i][h] */
     float *orow[PF_ROWS];                     /* [row] -> o[i][h], the accumulator */
     const float *krow[PF_KB], *vrow[PF_KB];   /* the block's key / value rows (f32) */
-    _Alignas(64) float ktile[PF_KB * PF_MAXD]; /* dequantized keys, [key][channel chunk] */
-    _Alignas(64) float vtile[PF_KB * PF_MAXD]; /* dequantized values (head_dim <= PF_MAXD) */
+    _Alignas(64) float ktile[PF_KB * PF_MAXD]; /* decoded keys, [key][channel chunk] */
+    _Alignas(64) float vtile[PF_KB * PF_MAXD]; /* decoded values, [key][channel chunk] */
 } pf_state;
 
 /* S^T[j][rg .. rg + PF_RG) (+)= <k_j, q_r> over channels [0, dc) of the
