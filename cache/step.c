@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "attention/attention.h"
+#include "attention/prefill.h"
 #include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/plan.h"
@@ -129,12 +130,29 @@ static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, si
     kvd_stream *s = kvd_session_stream(sess, e->layer, g);
     if (weights)
         memset(weights, 0, s->n_tokens * sizeof(float));
-    for (size_t i = i0; i < i1; i++) {
+    /* An entry of many queries: one tiled call (attention/prefill.h) reads
+     * each K/V block once for a tile of them; query i sees
+     * visible_tokens(i). Chosen per entry, not per piece, so a split step
+     * stays bit-identical to the unsplit one (the tiled kernel's rows do
+     * not depend on which tile holds them). */
+    const bool tiled = e->m_q >= KVD_PREFILL_MIN_QUERIES;
+    if (tiled) {
+        const size_t off = (i0 * cfg->heads + (size_t)g * group) * d;
+        kvd_kv_segment seg[2];
+        size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i1 - 1), seg);
+        const kvd_prefill_mask mask = {.n0 = visible_tokens(e, n_before, i0),
+                                       .step = e->mask == KVD_MASK_CAUSAL ? 1 : 0};
+        kvd_attend_prefill(seg, n_seg, e->q + off, i1 - i0, group, (size_t)cfg->heads * d, mask,
+                           cfg->scale, o + off, lse ? lse + i0 * cfg->heads + (size_t)g * group : NULL,
+                           cfg->heads);
+    }
+    for (size_t i = i0; i < i1 && (!tiled || weights); i++) {
         const size_t off = (i * cfg->heads + (size_t)g * group) * d;
         kvd_kv_segment seg[2];
         size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
-        kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
-                         lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
+        if (!tiled)
+            kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
+                             lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
         if (weights)
             kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
     }

@@ -1,0 +1,241 @@
+/* bench/prefill.c — causal prefill attention against OpenBLAS sgemm FLOP/s.
+ * m new tokens (default 2,048) after n cached ones (default 0 and 8,192), 32
+ * query / 8 kv heads, d = 128, f32, one thread, cache in kvd's pool pages:
+ * the tiled prefill kernel (attention/prefill.h, every SIMD tier this CPU
+ * runs) and m decode-kernel calls (what a prefill ran as before it), in
+ * FLOP/s as a fraction of OpenBLAS sgemm (one thread) on the attention's own
+ * two products (Q K^T: m x (n+m) x d, P V: m x d x (n+m)), measured in the
+ * same run. FLOPs counted as 4 * d * heads * sum_i visible(i) (two
+ * multiply-adds per visible key and channel, per query head: the usual count;
+ * softmax not counted), visible(i) = n + i + 1.
+ * KVD_BENCH_DTYPE=f16|bf16|int8|int4 runs a quantized cache instead (keys
+ * and values dequantized once per block into an f32 tile; the decode calls
+ * score keys from their codes); sgemm stays f32.
+ * KVD_BENCH_TIER=avx2 (or scalar, avx512) times that tier only, decode calls
+ * included; with OPENBLAS_CORETYPE=Haswell OpenBLAS runs its AVX2 kernels,
+ * which compares AVX2 with AVX2 on an AVX-512 machine.
+ * Usage: bench_prefill [m [n ...]] */
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "attention/kernels.h"
+#include "attention/prefill.h"
+#include "cache/pool.h"
+#include "cache/stream.h"
+
+#include "bench/bench.h"
+
+#define HEADS 32
+#define KV_HEADS 8
+#define GROUP (HEADS / KV_HEADS)
+#define HEAD_DIM 128
+#define PAGE_BYTES (16 * 1024)
+#define ROUNDS 3 /* odd: the median is one round */
+
+static float frand(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((*s >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+/* OpenBLAS sgemm FLOP/s on the prefill's two products for one query head:
+ * S[m][t] = Q[m][d] K[t][d]^T, then O[m][d] = P[m][t] V[t][d], t = n + m. */
+static double sgemm_flops(size_t m, size_t t, int reps)
+{
+    float *a = malloc(m * HEAD_DIM * sizeof(float)), *b = malloc(t * HEAD_DIM * sizeof(float));
+    float *s = malloc(m * t * sizeof(float)), *o = malloc(m * HEAD_DIM * sizeof(float));
+    if (!a || !b || !s || !o) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(1);
+    }
+    uint64_t seed = 7;
+    for (size_t i = 0; i < m * HEAD_DIM; i++)
+        a[i] = frand(&seed);
+    for (size_t i = 0; i < t * HEAD_DIM; i++)
+        b[i] = frand(&seed);
+    for (size_t i = 0; i < m * t; i++)
+        s[i] = frand(&seed) * 0.01f;
+    double tm[16];
+    reps = reps < 16 ? reps : 16;
+    for (int r = 0; r < reps; r++) {
+        const double t0 = bench_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)t, HEAD_DIM, 1.0f, a,
+                    HEAD_DIM, b, HEAD_DIM, 0.0f, s, (int)t);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, HEAD_DIM, (int)t, 1.0f, s,
+                    (int)t, b, HEAD_DIM, 0.0f, o, HEAD_DIM);
+        tm[r] = bench_now() - t0;
+    }
+    const double sec = bench_median(tm, reps);
+    free(a);
+    free(b);
+    free(s);
+    free(o);
+    return 4.0 * (double)m * (double)t * HEAD_DIM / sec;
+}
+
+static kvd_stream_format bench_fmt; /* KVD_BENCH_DTYPE, f32 by default */
+static int bench_tier = -1;         /* KVD_BENCH_TIER level, -1: all */
+
+static void run(size_t m, size_t n)
+{
+    const size_t total = n + m;
+    const size_t spp = kvd_stream_slots_per_page_format(PAGE_BYTES, HEAD_DIM, &bench_fmt);
+    const size_t pages_per_stream = (total + spp - 1) / spp;
+    kvd_pool *pool;
+    if (kvd_pool_create((pages_per_stream * KV_HEADS + 8) * PAGE_BYTES, PAGE_BYTES, &pool)) {
+        fprintf(stderr, "bench: no memory for the pool\n");
+        exit(1);
+    }
+    kvd_stream streams[KV_HEADS];
+    float *k = malloc(total * HEAD_DIM * sizeof(float)), *v = malloc(total * HEAD_DIM * sizeof(float));
+    float *q = malloc(m * HEADS * HEAD_DIM * sizeof(float));
+    float *o = malloc(m * HEADS * HEAD_DIM * sizeof(float));
+    float *o2 = malloc(m * HEADS * HEAD_DIM * sizeof(float));
+    void **pages = malloc(pages_per_stream * sizeof *pages);
+    if (!k || !v || !q || !o || !o2 || !pages) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(1);
+    }
+    uint64_t seed = 42;
+    for (size_t i = 0; i < m * HEADS * HEAD_DIM; i++)
+        q[i] = frand(&seed);
+    for (int g = 0; g < KV_HEADS; g++) {
+        for (size_t i = 0; i < total * HEAD_DIM; i++) {
+            k[i] = frand(&seed);
+            v[i] = frand(&seed);
+        }
+        if (kvd_stream_init_format(&streams[g], PAGE_BYTES, HEAD_DIM, &bench_fmt) != 0) {
+            fprintf(stderr, "bench: stream init failed\n");
+            exit(1);
+        }
+        const size_t need = kvd_stream_pages_needed(&streams[g], total);
+        if (kvd_stream_reserve_table(&streams[g], need) || kvd_pool_alloc(pool, need, pages)) {
+            fprintf(stderr, "bench: pool too small\n");
+            exit(1);
+        }
+        kvd_stream_append(&streams[g], pool, total, k, v, HEAD_DIM, pages);
+    }
+    const float scale = 1.0f / sqrtf(HEAD_DIM);
+    double visible = 0; /* sum over queries of the slots each sees */
+    for (size_t i = 0; i < m; i++)
+        visible += (double)(n + i + 1);
+    const double flops = 4.0 * HEAD_DIM * HEADS * visible;
+
+    printf("m=%zu new tokens after n=%zu cached, causal, %d q / %d kv heads, d=%d, %s, one thread\n",
+           m, n, HEADS, KV_HEADS, HEAD_DIM, kvd_dtype_name(bench_fmt.dtype));
+    /* The machine is shared: every kernel timing sits between two sgemm
+     * timings, and its fraction is taken against their mean; the median of
+     * ROUNDS such fractions is printed. */
+    double blas_all[2 * ROUNDS * 4], frac[ROUNDS];
+    size_t nb_all = 0;
+
+    /* the tiled kernel, every SIMD tier (scalar only where it is all) */
+    const size_t levels = kvd__simd_levels();
+    static const char *const names[] = {"scalar", "avx2", "avx512"};
+    for (size_t lv = levels > 1 ? 1 : 0; lv < levels; lv++) {
+        if (bench_tier >= 0 && (size_t)bench_tier != lv)
+            continue;
+        const kvd__prefill_fn fn = kvd__attend_prefill_tier(lv);
+        double tm[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++) {
+            const double b0 = sgemm_flops(m, total, 1);
+            const double t0 = bench_now();
+            for (int g = 0; g < KV_HEADS; g++) {
+                const kvd_kv_segment seg = {kvd_stream_view(&streams[g]), total};
+                fn(&seg, 1, q + (size_t)g * GROUP * HEAD_DIM, m, GROUP, HEADS * HEAD_DIM,
+                   (kvd_prefill_mask){.n0 = n + 1, .step = 1}, scale, o + (size_t)g * GROUP * HEAD_DIM,
+                   NULL, 0);
+            }
+            tm[r] = bench_now() - t0;
+            const double b1 = sgemm_flops(m, total, 1);
+            blas_all[nb_all++] = b0;
+            blas_all[nb_all++] = b1;
+            frac[r] = flops / tm[r] / (0.5 * (b0 + b1));
+        }
+        const double sec = bench_median(tm, ROUNDS);
+        char label[64];
+        snprintf(label, sizeof label, "kvd tiled %s", names[lv]);
+        printf("  %-30s %7.1f GFLOP/s  %.2f of sgemm   (%.1f ms)\n", label, flops / sec / 1e9,
+               bench_median(frac, ROUNDS), sec * 1e3);
+    }
+
+    /* before: one decode-kernel call per query and kv head */
+    size_t n_all;
+    const kvd_attention_kernels *kern = kvd_attention_kernels_get();
+    if (bench_tier >= 0 && (size_t)bench_tier < levels)
+        kern = &kvd_attention_kernels_all(&n_all)[bench_tier];
+    const double b0 = sgemm_flops(m, total, 1);
+    const double t0 = bench_now();
+    for (int g = 0; g < KV_HEADS; g++)
+        for (size_t i = 0; i < m; i++) {
+            const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
+            const kvd_kv_segment seg = {kvd_stream_view(&streams[g]), n + i + 1};
+            kern->attend(&seg, 1, q + off, GROUP, scale, o2 + off);
+        }
+    const double sec = bench_now() - t0;
+    const double b1 = sgemm_flops(m, total, 1);
+    blas_all[nb_all++] = b0;
+    blas_all[nb_all++] = b1;
+    char label[64];
+    snprintf(label, sizeof label, "kvd m decode calls %s", kern->name);
+    printf("  %-30s %7.1f GFLOP/s  %.2f of sgemm   (%.1f ms, one round)\n", label,
+           flops / sec / 1e9, flops / sec / (0.5 * (b0 + b1)), sec * 1e3);
+    const double blas = bench_median(blas_all, (int)nb_all);
+    printf("  %-30s %7.1f GFLOP/s  (median of the %zu sgemm timings: Q K^T %zux%zux%d + P V)\n",
+           "openblas sgemm", blas / 1e9, nb_all, m, total, HEAD_DIM);
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < m * HEADS * HEAD_DIM; i++) {
+        err = fmax(err, fabs((double)o[i] - o2[i]));
+        ref = fmax(ref, fabs((double)o2[i]));
+    }
+    printf("  tiled vs decode calls: max |diff| %.2g (max |o| %.2g)\n", err, ref);
+
+    for (int g = 0; g < KV_HEADS; g++)
+        kvd_stream_release(&streams[g], pool);
+    kvd_pool_destroy(pool);
+    free(k);
+    free(v);
+    free(q);
+    free(o);
+    free(o2);
+    free(pages);
+}
+
+int main(int argc, char **argv)
+{
+    openblas_set_num_threads(1); /* one thread, like one kvd worker */
+    char cpu[128];
+    bench_cpu_model(cpu, sizeof cpu);
+    printf("CPU: %s; kernel tier %s\n", cpu, kvd_attention_kernels_get()->name);
+    const char *dt = getenv("KVD_BENCH_DTYPE");
+    for (int d = KVD_DTYPE_F32; dt && *dt && d <= KVD_DTYPE_INT4; d++)
+        if (strcmp(kvd_dtype_name((kvd_dtype)d), dt) == 0)
+            bench_fmt = (kvd_stream_format){.dtype = (kvd_dtype)d, .group = 32};
+    if (dt && *dt && strcmp(kvd_dtype_name(bench_fmt.dtype), dt) != 0) {
+        fprintf(stderr, "bench: KVD_BENCH_DTYPE must be f32, f16, bf16, int8 or int4\n");
+        return 2;
+    }
+    const char *tier = getenv("KVD_BENCH_TIER");
+    static const char *const tiers[] = {"scalar", "avx2", "avx512"};
+    for (int i = 0; tier && *tier && i < 3; i++)
+        if (strcmp(tiers[i], tier) == 0)
+            bench_tier = i < (int)kvd__simd_levels() ? i : -1;
+    if (tier && *tier && bench_tier < 0) {
+        fprintf(stderr, "bench: this CPU has no tier %s\n", tier);
+        return 2;
+    }
+    const size_t m = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : 2048;
+    if (argc <= 2) {
+        run(m, 0);
+        run(m, 8192);
+        return 0;
+    }
+    for (int i = 2; i < argc; i++)
+        run(m, (size_t)strtoull(argv[i], NULL, 10));
+    return 0;
+}
