@@ -44,6 +44,8 @@ typedef struct scan {
     kvd_json_tensor *tensors;
     size_t n_tensors, cap_tensors;
     bool nomem;
+    bool has_zeros;       /* a number with leading zeros was seen: zeros says */
+    kvd_api_error zeros;  /* the 400 for the first one (reported after the syntax) */
 } scan;
 
 /* The first error of the array being decoded (api/wire.c's walk order). */
@@ -93,6 +95,20 @@ static size_t cjson_number_limit(void)
     return lim;
 }
 
+/* The number at s->off has leading zeros ("01", "-00.5"), which cJSON takes
+ * and JSON does not. The 400 comes from the same scan that names the field
+ * for kvd_json_parse_object, run over the text up to the end of this number:
+ * it is the first such number (every earlier one passed through here), and
+ * the arrays blanked before it are "[]" and spaces, which move no key or
+ * index it reports. Only bodies that have one pay for it. */
+static void leading_zeros(scan *s)
+{
+    size_t end = s->off;
+    while (end < s->length - 1 && strchr("0123456789+-.eE", s->t[end]) != NULL && s->t[end] != '\0')
+        end++;
+    s->has_zeros = kvd__api_json_refuse_leading_zeros(s->t, end, &s->zeros) != 0;
+}
+
 /* cJSON's parse_number: the run of [0-9+-eE.] (up to its limit) through
  * strtod, '.' as the locale's decimal point. */
 static bool scan_number(scan *s, double *out)
@@ -122,6 +138,9 @@ static bool scan_number(scan *s, double *out)
         free(buf);
     if (used == 0)
         return false;
+    const char *p = s->t + s->off;
+    if (!s->has_zeros && p[*p == '-'] == '0' && p[(*p == '-') + 1] >= '0' && p[(*p == '-') + 1] <= '9')
+        leading_zeros(s);
     s->off += used;
     *out = v;
     return true;
@@ -178,6 +197,16 @@ static bool scan_string(scan *s, const char *key, bool *is_key)
     if (s->t[start] != '"') {
         s->off = start + 1;
         return false;
+    }
+    /* Most strings (keys, b64 tensors) hold no escape: their end is the next
+     * quote, found at memchr's speed, and their text is their value. */
+    const char *q = memchr(s->t + end, '"', s->length - end);
+    if (q && !memchr(s->t + end, '\\', (size_t)(q - (s->t + end)))) {
+        const size_t n = (size_t)(q - (s->t + end));
+        if (is_key)
+            *is_key = key && strlen(key) == n && memcmp(key, s->t + end, n) == 0;
+        s->off = (size_t)(q - s->t) + 1;
+        return true;
     }
     while (end < s->length && s->t[end] != '"') {
         if (s->t[end] == '\\') {
@@ -617,12 +646,8 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
     if (nul)
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "invalid JSON: NUL byte at byte offset %zu", (size_t)(nul - body));
-    /* Leading zeros are found in the original text (the pass below blanks
-     * arrays) but reported only after the syntax, as kvd_json_parse_object
-     * does. */
-    kvd_api_error zeros;
-    const bool has_zeros = kvd__api_json_refuse_leading_zeros(body, len, &zeros) != 0;
-
+    /* Leading zeros are found by the pass below (scan_number) but reported
+     * only after the syntax, as kvd_json_parse_object does. */
     scan s = {.t = body, .length = len + 1, .decimal_point = localeconv()->decimal_point[0],
               .number_limit = cjson_number_limit()};
     if (s.length >= 5 && strncmp(body, "\xEF\xBB\xBF", 3) == 0)
@@ -658,9 +683,9 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "body must be a JSON object, got %s", type);
     }
-    if (has_zeros) {
+    if (s.has_zeros) {
         kvd_json_doc_free(doc);
-        *err = zeros;
+        *err = s.zeros;
         return -1;
     }
     if (s.values > max_values) {
