@@ -18,6 +18,7 @@
 
 struct api_batch {
     void *reply;
+    char *body;                /* the request's text: its b64 strings are decoded from it */
     kvd_json_doc doc;          /* the parsed body; each item read by its job only */
     const cJSON **item;        /* [n]: the items of "steps" */
     char **out;                /* [n]: each item's rendered answer (with "status") */
@@ -67,6 +68,7 @@ static void batch_free(api_batch *b)
     free(b->oom_answer);
     free(b->item);
     kvd_json_doc_free(&b->doc);
+    free(b->body);
     free(b);
 }
 
@@ -324,9 +326,12 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
         kvd_api_error_set(&err, 400, KVD_ERR_INVALID, NULL, "a batch needs a body: {\"steps\": [...]}");
         goto refuse;
     }
-    /* Tensor arrays decode straight to f32 (no cJSON node per number). */
+    /* Tensor arrays decode straight to f32 (no cJSON node per number); b64
+     * strings stay in the body, which the batch keeps until its items ran. */
+    b->body = req->body;
+    req->body = NULL;
     const double t0 = kvd_clock_mono();
-    if (kvd_json_parse_step_text(req->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
+    if (kvd_json_parse_step_text(b->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
                                  &err) != 0)
         goto refuse;
     /* The body's parse (loop thread), once per batch; items add their own. */

@@ -363,6 +363,47 @@ static int check_nesting(const char *field, const kvd_wire_shape *sh, size_t nd,
                              field, rn, sh->heads, sh->head_dim, got, rn, hn, rn, hn, rn, row);
 }
 
+/* A string tensor's base64 (after "b64:"): its size checked against the rows
+ * allowed before anything is allocated, decoded, rows and finiteness checked. */
+static int b64_tensor(const char *text, size_t len, const char *field, size_t row, const char *row_desc,
+                      size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
+{
+    /* Refuse an oversized tensor before allocating for it: the byte
+     * count follows from the length and the padding alone. */
+    if (len % 4 == 0 && len >= 4) {
+        const size_t pad = text[len - 1] != '=' ? 0 : text[len - 2] == '=' ? 2 : 1;
+        const size_t nbytes = len / 4 * 3 - pad;
+        const size_t cnt = nbytes / sizeof(float);
+        if (nbytes % sizeof(float) == 0 && cnt % row == 0 && cnt / row > max_rows)
+            return check_rows(cnt, field, row, row_desc, max_rows, err);
+    }
+    char why[128];
+    float *dst = NULL;
+    size_t count = 0;
+    b64_status st = b64_decode(text, len, &dst, &count, why, sizeof why);
+    if (st == B64_NOMEM)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: out of memory decoding %zu base64 characters",
+                                 field, len);
+    if (st != B64_OK)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: %s", field, why);
+    if (check_rows(count, field, row, row_desc, max_rows, err) != 0) {
+        free(dst);
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(dst[i])) {
+            kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                              "%s[%zu]: not a finite f32 (got %g)", field, i, (double)dst[i]);
+            free(dst);
+            return -1;
+        }
+    }
+    *out = dst;
+    *rows = count / row;
+    return 0;
+}
+
 /* On success *out is malloc'd (NULL when *rows is 0) and owned by the
  * caller, who frees it. On error nothing is allocated. */
 int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
@@ -384,42 +425,8 @@ int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                      "%s: a string tensor must start with \"b64:\" "
                                      "(base64 of little-endian f32)", field);
-        const char *text = s + B64_PREFIX_LEN;
-        const size_t len = strlen(text);
-        /* Refuse an oversized tensor before allocating for it: the byte
-         * count follows from the length and the padding alone. */
-        if (len % 4 == 0 && len >= 4) {
-            const size_t pad = text[len - 1] != '=' ? 0 : text[len - 2] == '=' ? 2 : 1;
-            const size_t nbytes = len / 4 * 3 - pad;
-            const size_t cnt = nbytes / sizeof(float);
-            if (nbytes % sizeof(float) == 0 && cnt % row == 0 && cnt / row > max_rows)
-                return check_rows(cnt, field, row, row_desc, max_rows, err);
-        }
-        char why[128];
-        float *dst = NULL;
-        size_t count = 0;
-        b64_status st = b64_decode(text, len, &dst, &count, why, sizeof why);
-        if (st == B64_NOMEM)
-            return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
-                                     "%s: out of memory decoding %zu base64 characters",
-                                     field, len);
-        if (st != B64_OK)
-            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: %s", field, why);
-        if (check_rows(count, field, row, row_desc, max_rows, err) != 0) {
-            free(dst);
-            return -1;
-        }
-        for (size_t i = 0; i < count; i++) {
-            if (!isfinite(dst[i])) {
-                kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
-                                  "%s[%zu]: not a finite f32 (got %g)", field, i, (double)dst[i]);
-                free(dst);
-                return -1;
-            }
-        }
-        *out = dst;
-        *rows = count / row;
-        return 0;
+        return b64_tensor(s + B64_PREFIX_LEN, strlen(s + B64_PREFIX_LEN), field, row, row_desc, max_rows, out,
+                          rows, err);
     }
 
     if (!cJSON_IsArray(item))
@@ -467,6 +474,19 @@ int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *
 }
 
 /* The errors walk_array reports, from what the text pass recorded. */
+int kvd_wire_decode_b64(const char *text, size_t len, const char *field, const kvd_wire_shape *shape,
+                        size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
+{
+    if (!field)
+        field = "tensor";
+    char row_desc[96];
+    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
+    if (row == 0)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: row size 0 (bad session shape)", field);
+    return b64_tensor(text, len, field, row, row_desc, max_rows, out, rows, err);
+}
+
 int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire_shape *shape,
                            size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
