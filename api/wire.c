@@ -120,11 +120,32 @@ char *kvd_wire_b64_encode_f32(const float *x, size_t n)
 
 typedef enum { B64_OK = 0, B64_INVALID = -1, B64_NOMEM = -2 } b64_status;
 
+/* The first character of text[0..body) outside the alphabet, described in
+ * why; false if there is none. */
+static bool b64_bad_char(const char *text, size_t body, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < body; i++) {
+        if (b64_value[(unsigned char)text[i]] < 0) {
+            if (text[i] == '=')
+                snprintf(why, why_len, "base64 padding '=' at offset %zu is not at the end", i);
+            else
+                snprintf(why, why_len, "invalid base64 character 0x%02x at offset %zu",
+                         (unsigned)(unsigned char)text[i], i);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Strict RFC 4648 decoding: alphabet characters only (no whitespace, no
  * URL-safe alphabet), length a multiple of 4, '=' only as one or two final
  * padding characters, pad bits zero (canonical encoding), and a byte count
  * that is a whole number of f32s. On B64_INVALID, why/why_len get a
- * description. On success *out is malloc'd (NULL when *n is 0). */
+ * description (a bad character first, then the count, then the pad bits: the
+ * first rule broken in that order). On success *out is malloc'd (NULL when
+ * *n is 0). The text is read once when it is valid: each group of four is
+ * checked and decoded together, and only an invalid text is scanned again for
+ * its first bad character. */
 static b64_status b64_decode(const char *text, size_t len, float **out, size_t *n,
                              char *why, size_t why_len)
 {
@@ -139,58 +160,58 @@ static b64_status b64_decode(const char *text, size_t len, float **out, size_t *
             pad++;
     }
     const size_t body = len - pad; /* characters that must be in the alphabet */
-    for (size_t i = 0; i < body; i++) {
-        if (b64_value[(unsigned char)text[i]] < 0) {
-            if (text[i] == '=')
-                snprintf(why, why_len, "base64 padding '=' at offset %zu is not at the end", i);
-            else
-                snprintf(why, why_len, "invalid base64 character 0x%02x at offset %zu",
-                         (unsigned)(unsigned char)text[i], i);
-            return B64_INVALID;
-        }
-    }
-    /* pad == 2 with text[len-3] == '=' was caught above (3 '=' in a row). */
     const size_t nbytes = len / 4 * 3 - pad;
+    /* The checks that need no scan: each reported only after the text is
+     * known to have no bad character (which comes first). */
     if (nbytes % sizeof(float) != 0) {
-        snprintf(why, why_len,
-                 "base64 decodes to %zu bytes, not a whole number of f32 (4 bytes each)", nbytes);
+        if (!b64_bad_char(text, body, why, why_len))
+            snprintf(why, why_len,
+                     "base64 decodes to %zu bytes, not a whole number of f32 (4 bytes each)", nbytes);
         return B64_INVALID;
     }
     /* Canonical form: the bits a padded group does not carry must be zero, so
      * each float array has exactly one encoding. */
-    if (pad == 1 && (b64_value[(unsigned char)text[len - 2]] & 0x3)) {
-        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 2);
-        return B64_INVALID;
-    }
-    if (pad == 2 && (b64_value[(unsigned char)text[len - 3]] & 0xf)) {
-        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 3);
+    if ((pad == 1 && (b64_value[(unsigned char)text[len - 2]] & 0x3)) ||
+        (pad == 2 && (b64_value[(unsigned char)text[len - 3]] & 0xf))) {
+        if (!b64_bad_char(text, body, why, why_len))
+            snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 1 - pad);
         return B64_INVALID;
     }
     const size_t count = nbytes / sizeof(float);
     if (count == 0) {
+        if (b64_bad_char(text, body, why, why_len)) /* "====" and the like */
+            return B64_INVALID;
         *out = NULL;
         *n = 0;
         return B64_OK;
     }
     float *dst = malloc(nbytes);
     if (!dst)
-        return B64_NOMEM;
+        return b64_bad_char(text, body, why, why_len) ? B64_INVALID : B64_NOMEM;
     unsigned char *b = (unsigned char *)dst;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        /* '=' is -1 in the table: read only the characters that carry bits. */
-        const bool last = i + 4 == len;
-        uint32_t v = (uint32_t)b64_value[(unsigned char)text[i]] << 18
-                     | (uint32_t)b64_value[(unsigned char)text[i + 1]] << 12;
-        if (!(last && pad == 2))
-            v |= (uint32_t)b64_value[(unsigned char)text[i + 2]] << 6;
-        if (!(last && pad >= 1))
-            v |= (uint32_t)b64_value[(unsigned char)text[i + 3]];
-        b[o++] = (unsigned char)(v >> 16);
-        if (o < nbytes)
-            b[o++] = (unsigned char)(v >> 8);
-        if (o < nbytes)
-            b[o++] = (unsigned char)v;
+    const unsigned char *t = (const unsigned char *)text;
+    const size_t whole = pad ? len / 4 - 1 : len / 4; /* groups of four alphabet characters */
+    int bad = 0;                                      /* any table value < 0 (-1) sets the sign bit */
+    for (size_t g = 0; g < whole; g++, t += 4, b += 3) {
+        const int c0 = b64_value[t[0]], c1 = b64_value[t[1]], c2 = b64_value[t[2]], c3 = b64_value[t[3]];
+        bad |= c0 | c1 | c2 | c3;
+        const uint32_t v = (uint32_t)c0 << 18 | (uint32_t)c1 << 12 | (uint32_t)c2 << 6 | (uint32_t)c3;
+        b[0] = (unsigned char)(v >> 16);
+        b[1] = (unsigned char)(v >> 8);
+        b[2] = (unsigned char)v;
+    }
+    if (pad) { /* the last group: 4 - pad characters, 3 - pad bytes */
+        const int c0 = b64_value[t[0]], c1 = b64_value[t[1]], c2 = pad == 1 ? b64_value[t[2]] : 0;
+        bad |= c0 | c1 | c2;
+        const uint32_t v = (uint32_t)c0 << 18 | (uint32_t)c1 << 12 | (uint32_t)c2 << 6;
+        b[0] = (unsigned char)(v >> 16);
+        if (pad == 1)
+            b[1] = (unsigned char)(v >> 8);
+    }
+    if (bad < 0) {
+        free(dst);
+        (void)b64_bad_char(text, body, why, why_len);
+        return B64_INVALID;
     }
 #if KVD_BIG_ENDIAN
     for (size_t j = 0; j < count; j++) {
