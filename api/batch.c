@@ -18,9 +18,11 @@
 
 struct api_batch {
     void *reply;
+    char *body;                /* the request's text: its b64 strings are decoded from it */
     kvd_json_doc doc;          /* the parsed body; each item read by its job only */
     const cJSON **item;        /* [n]: the items of "steps" */
     char **out;                /* [n]: each item's rendered answer (with "status") */
+    size_t *out_len;           /* [n]: strlen(out[i]) once its job measured it, else 0 */
     bool *applied;             /* [n]: the item's step changed its session */
     char *oom_answer;          /* [OOM_ANSWER_CAP(n)]: reserved before any item runs,
                                   for the 500 naming the applied items when the
@@ -39,8 +41,10 @@ static char *with_status(int status, char *json)
     }
     const size_t len = strlen(json);
     char *s = malloc(len + 32);
-    if (s)
-        snprintf(s, len + 32, "{\"status\":%d%s%s", status, json[1] == '}' ? "" : ",", json + 1);
+    if (s) { /* the head formatted, the (long) rest copied */
+        const int h = snprintf(s, 32, "{\"status\":%d%s", status, json[1] == '}' ? "" : ",");
+        memcpy(s + h, json + 1, len); /* with its NUL */
+    }
     free(json);
     return s;
 }
@@ -63,10 +67,12 @@ static void batch_free(api_batch *b)
     for (size_t i = 0; b->out && i < b->n; i++) /* out is NULL if its calloc failed */
         free(b->out[i]);
     free(b->out);
+    free(b->out_len);
     free(b->applied);
     free(b->oom_answer);
     free(b->item);
     kvd_json_doc_free(&b->doc);
+    free(b->body);
     free(b);
 }
 
@@ -114,8 +120,11 @@ static void batch_render(api_batch *b, kvd_response *resp)
         "{\"status\":500,\"error\":{\"code\":\"internal\",\"message\":\"out of memory rendering this item; "
         "the step was applied\"}}";
     size_t len = sizeof "{\"steps\":[]}";
-    for (size_t i = 0; i < b->n; i++)
-        len += (b->out[i] ? strlen(b->out[i]) : sizeof oom_item_applied) + 1;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->out[i] && !b->out_len[i]) /* answered on the loop thread */
+            b->out_len[i] = strlen(b->out[i]);
+        len += (b->out[i] ? b->out_len[i] : sizeof oom_item_applied) + 1;
+    }
     char *json = malloc(len);
     if (!json) {
         batch_oom_answer(b, resp);
@@ -127,7 +136,7 @@ static void batch_render(api_batch *b, kvd_response *resp)
         if (i)
             *p++ = ',';
         const char *s = b->out[i] ? b->out[i] : b->applied[i] ? oom_item_applied : oom_item;
-        const size_t l = strlen(s);
+        const size_t l = b->out[i] ? b->out_len[i] : strlen(s);
         memcpy(p, s, l);
         p += l;
     }
@@ -239,6 +248,8 @@ void kvd__api_batch_run(kvd_api *api, api_job *job)
     for (size_t k = 0; k < job->n_items; k++) {
         const size_t i = job->items[k];
         job->batch->out[i] = run_item(api, job->batch, job->session, i);
+        if (job->batch->out[i]) /* measured here, on the worker: the render only copies */
+            job->batch->out_len[i] = strlen(job->batch->out[i]);
     }
 }
 
@@ -324,9 +335,12 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
         kvd_api_error_set(&err, 400, KVD_ERR_INVALID, NULL, "a batch needs a body: {\"steps\": [...]}");
         goto refuse;
     }
-    /* Tensor arrays decode straight to f32 (no cJSON node per number). */
+    /* Tensor arrays decode straight to f32 (no cJSON node per number); b64
+     * strings stay in the body, which the batch keeps until its items ran. */
+    b->body = req->body;
+    req->body = NULL;
     const double t0 = kvd_clock_mono();
-    if (kvd_json_parse_step_text(req->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
+    if (kvd_json_parse_step_text(b->body, req->body_len, kvd_step_body_max_values(&api->limits), &b->doc,
                                  &err) != 0)
         goto refuse;
     /* The body's parse (loop thread), once per batch; items add their own. */
@@ -340,10 +354,11 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
     b->n = (size_t)cJSON_GetArraySize(steps);
     b->item = calloc(b->n, sizeof *b->item);
     b->out = calloc(b->n, sizeof *b->out);
+    b->out_len = calloc(b->n, sizeof *b->out_len);
     b->applied = calloc(b->n, sizeof *b->applied);
     b->oom_answer = malloc(OOM_ANSWER_CAP(b->n));
     api_job **jobs = calloc(b->n, sizeof *jobs); /* one per distinct session, in first-seen order */
-    if (!b->item || !b->out || !b->applied || !b->oom_answer || !jobs) {
+    if (!b->item || !b->out || !b->out_len || !b->applied || !b->oom_answer || !jobs) {
         free(jobs);
         kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory for the batch");
         goto refuse;

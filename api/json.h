@@ -52,23 +52,38 @@ typedef struct kvd_json_tensor {
     size_t ordinal;       /* among the text's arrays in document order (internal) */
 } kvd_json_tensor;
 
-/* A parsed step body: the cJSON tree of everything but its arrays' contents,
- * and those arrays decoded. */
+/* A "b64:..." tensor string of a step body, left in the body's text: its
+ * base64 (after the prefix) is decoded from there (kvd_wire_decode_b64), never
+ * copied into the tree, where it is an empty string kvd_json_doc_b64 maps
+ * back to this. */
+typedef struct kvd_json_b64 {
+    const cJSON *node;    /* its placeholder in the tree */
+    const char *text;     /* the base64 after "b64:", in the body */
+    size_t len;
+    size_t ordinal;       /* among the tree's strings in document order (internal) */
+} kvd_json_b64;
+
+/* A parsed step body: the cJSON tree of everything but its arrays' contents
+ * and tensor strings, those arrays decoded, and where those strings are. */
 typedef struct kvd_json_doc {
     cJSON *root;
     kvd_json_tensor *tensors;
     size_t n_tensors;
+    kvd_json_b64 *b64;    /* point into the body: valid while it is */
+    size_t n_b64;
 } kvd_json_doc;
 
-/* Parses a step body of len bytes (body[len] == '\0'), rewriting it in
- * place: every array that is an object member's value (other than the root's
- * "steps") or an element of the root's "steps" is decoded to f32 and its text
- * blanked to "[]" before cJSON parses the rest, so a number costs 4 bytes,
- * not a cJSON node. Syntax errors, their byte offsets, leading zeros and the
- * root type are reported exactly as kvd_json_parse_object reports them. A
- * text whose tree would hold more than max_values cJSON values is refused
- * (400) before any is allocated. Returns 0 (kvd_json_doc_free frees) or -1
- * with err (doc left empty). */
+/* Parses a step body of len bytes (body[len] == '\0'; the body is not
+ * changed, and must outlive the doc): every array that is an object member's
+ * value (other than the root's "steps") or an element of the root's "steps"
+ * is decoded to f32, and every "b64:" string without escapes that is the
+ * value of a k, v, q, k1, k2, v1 or v2 member is located, before cJSON parses
+ * the rest (a copy without them), so a number costs 4 bytes, not a cJSON
+ * node, and base64 text is read once, when it is decoded. Syntax errors,
+ * their byte offsets, leading zeros and the root type are reported exactly as
+ * kvd_json_parse_object reports them. A text whose tree would hold more than
+ * max_values cJSON values is refused (400) before any is allocated. Returns 0
+ * (kvd_json_doc_free frees) or -1 with err (doc left empty). */
 int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json_doc *doc,
                              kvd_api_error *err);
 void kvd_json_doc_free(kvd_json_doc *doc);
@@ -76,6 +91,9 @@ void kvd_json_doc_free(kvd_json_doc *doc);
 /* The decoded array whose placeholder is item, or NULL (item is then an
  * ordinary cJSON value). doc may be NULL. */
 kvd_json_tensor *kvd_json_doc_tensor(const kvd_json_doc *doc, const cJSON *item);
+
+/* The tensor string whose placeholder is item, or NULL. doc may be NULL. */
+const kvd_json_b64 *kvd_json_doc_b64(const kvd_json_doc *doc, const cJSON *item);
 
 /* ---- api-internal -------------------------------------------------------- */
 

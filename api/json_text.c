@@ -1,8 +1,10 @@
 /* api/json_text.c — a step body's text before cJSON sees it (issue 10): one pass that
  * accepts exactly what cJSON accepts (failing at the byte cJSON fails at), decodes each
  * array in a tensor position straight to f32 with the first error api/wire.c's walk would
- * report, and blanks it to "[]" so cJSON builds a node per field, not per number. Over 600
- * lines because it is one grammar, cJSON's, mirrored whole. No global state but a probe. */
+ * report, notes where each "b64:" tensor string's text is (decoded later, from the body),
+ * and copies the rest — a skeleton with "[]" and "" in their place — for cJSON, so it
+ * builds a node per field, not per number, and copies no tensor text. Over 600 lines
+ * because it is one grammar, cJSON's, mirrored whole. No global state but a probe. */
 #include "api/json.h"
 
 #include <locale.h>
@@ -44,6 +46,15 @@ typedef struct scan {
     kvd_json_tensor *tensors;
     size_t n_tensors, cap_tensors;
     bool nomem;
+    bool has_zeros;       /* a number with leading zeros was seen: zeros says */
+    kvd_api_error zeros;  /* the 400 for the first one (reported after the syntax) */
+    char *skel;           /* what cJSON parses: the text less the dropped values */
+    size_t skel_len;
+    size_t mark;          /* the text before mark is in skel (or dropped) */
+    size_t strings;       /* string values the tree will hold, in document order */
+    bool tensor_key;      /* the member value about to be scanned is k, v, q, k1, ... */
+    kvd_json_b64 *b64s;
+    size_t n_b64, cap_b64;
 } scan;
 
 /* The first error of the array being decoded (api/wire.c's walk order). */
@@ -93,6 +104,20 @@ static size_t cjson_number_limit(void)
     return lim;
 }
 
+/* The number at s->off has leading zeros ("01", "-00.5"), which cJSON takes
+ * and JSON does not. The 400 comes from the same scan that names the field
+ * for kvd_json_parse_object, run over the text up to the end of this number:
+ * it is the first such number (every earlier one passed through here), and
+ * the arrays blanked before it are "[]" and spaces, which move no key or
+ * index it reports. Only bodies that have one pay for it. */
+static void leading_zeros(scan *s)
+{
+    size_t end = s->off;
+    while (end < s->length - 1 && strchr("0123456789+-.eE", s->t[end]) != NULL && s->t[end] != '\0')
+        end++;
+    s->has_zeros = kvd__api_json_refuse_leading_zeros(s->t, end, &s->zeros) != 0;
+}
+
 /* cJSON's parse_number: the run of [0-9+-eE.] (up to its limit) through
  * strtod, '.' as the locale's decimal point. */
 static bool scan_number(scan *s, double *out)
@@ -122,6 +147,9 @@ static bool scan_number(scan *s, double *out)
         free(buf);
     if (used == 0)
         return false;
+    const char *p = s->t + s->off;
+    if (!s->has_zeros && p[*p == '-'] == '0' && p[(*p == '-') + 1] >= '0' && p[(*p == '-') + 1] <= '9')
+        leading_zeros(s);
     s->off += used;
     *out = v;
     return true;
@@ -178,6 +206,16 @@ static bool scan_string(scan *s, const char *key, bool *is_key)
     if (s->t[start] != '"') {
         s->off = start + 1;
         return false;
+    }
+    /* Most strings (keys, b64 tensors) hold no escape: their end is the next
+     * quote, found at memchr's speed, and their text is their value. */
+    const char *q = memchr(s->t + end, '"', s->length - end);
+    if (q && !memchr(s->t + end, '\\', (size_t)(q - (s->t + end)))) {
+        const size_t n = (size_t)(q - (s->t + end));
+        if (is_key)
+            *is_key = key && strlen(key) == n && memcmp(key, s->t + end, n) == 0;
+        s->off = (size_t)(q - s->t) + 1;
+        return true;
     }
     while (end < s->length && s->t[end] != '"') {
         if (s->t[end] == '\\') {
@@ -258,6 +296,18 @@ static bool scan_string(scan *s, const char *key, bool *is_key)
         *is_key = kmatch && key[kpos] == '\0';
     s->off = end + 1;
     return true;
+}
+
+/* The value at [start, end) leaves the skeleton: the text before it is
+ * copied, then placeholder ("[]" or "\"\"", never longer than the value). */
+static void drop(scan *s, size_t start, size_t end, const char *placeholder)
+{
+    memcpy(s->skel + s->skel_len, s->t + s->mark, start - s->mark);
+    s->skel_len += start - s->mark;
+    const size_t n = strlen(placeholder);
+    memcpy(s->skel + s->skel_len, placeholder, n);
+    s->skel_len += n;
+    s->mark = end;
 }
 
 /* ---- arrays decoded to f32 ---------------------------------------------- */
@@ -446,9 +496,34 @@ static bool tensor_value(scan *s)
         free(t->data);
         t->data = NULL;
     }
-    s->t[start] = '[';
-    s->t[start + 1] = ']';
-    memset(s->t + start + 2, ' ', s->off - start - 2);
+    drop(s, start, s->off, "[]");
+    return true;
+}
+
+/* A string member value: a tensor's "b64:..." with no escape in it (its text
+ * is its value) leaves the skeleton as "" and is decoded later straight from
+ * the body (kvd_json_doc_b64); any other string stays for cJSON. */
+static bool string_value(scan *s, bool tensor)
+{
+    const size_t start = s->off;
+    if (!scan_string(s, NULL, NULL))
+        return false;
+    const size_t ordinal = s->strings++;
+    const size_t n = s->off - start - 2; /* between the quotes */
+    if (!tensor || n < 4 || memcmp(s->t + start + 1, "b64:", 4) != 0 || memchr(s->t + start + 1, '\\', n))
+        return true;
+    if (s->n_b64 == s->cap_b64) {
+        size_t cap = s->cap_b64 ? 2 * s->cap_b64 : 8;
+        kvd_json_b64 *grown = realloc(s->b64s, cap * sizeof *grown);
+        if (!grown) {
+            s->nomem = true;
+            return false;
+        }
+        s->b64s = grown;
+        s->cap_b64 = cap;
+    }
+    s->b64s[s->n_b64++] = (kvd_json_b64){.text = s->t + start + 5, .len = n - 4, .ordinal = ordinal};
+    drop(s, start, s->off, "\"\"");
     return true;
 }
 
@@ -487,6 +562,15 @@ done:
     return true;
 }
 
+/* A step's tensor fields, by their raw key text (an escaped key is not one:
+ * its string then stays for cJSON, which is only slower). */
+static bool is_tensor_key(const char *k, size_t n)
+{
+    if (n == 1)
+        return k[0] == 'k' || k[0] == 'v' || k[0] == 'q';
+    return n == 2 && (k[0] == 'k' || k[0] == 'v') && (k[1] == '1' || k[1] == '2');
+}
+
 static bool scan_object(scan *s, place where)
 {
     if (s->depth >= NESTING_LIMIT)
@@ -505,14 +589,17 @@ static bool scan_object(scan *s, place where)
         s->off++;
         skip_ws(s);
         bool steps = false;
+        const size_t key = s->off;
         if (!scan_string(s, where == AT_ROOT ? "steps" : NULL, &steps))
             return false;
+        const bool tensor = is_tensor_key(s->t + key + 1, s->off - key - 2);
         skip_ws(s);
         if (!can_access(s, 0) || at(s) != ':')
             return false;
         s->off++;
         skip_ws(s);
         const place member = where == AT_SKIP ? AT_SKIP : steps ? AT_ROOT_STEPS : AT_MEMBER;
+        s->tensor_key = tensor && member == AT_MEMBER;
         if (!scan_value(s, member))
             return false;
         skip_ws(s);
@@ -528,6 +615,8 @@ done:
 /* cJSON's parse_value; on failure s->off is where cJSON would stop. */
 static bool scan_value(scan *s, place where)
 {
+    const bool tensor_key = s->tensor_key;
+    s->tensor_key = false;
     if (where != AT_SKIP)
         s->values++;
     if (s->off + 4 <= s->length && strncmp(s->t + s->off, "null", 4) == 0) {
@@ -546,7 +635,7 @@ static bool scan_value(scan *s, place where)
         return false;
     const char c = (char)at(s);
     if (c == '"')
-        return scan_string(s, NULL, NULL);
+        return where == AT_SKIP ? scan_string(s, NULL, NULL) : string_value(s, tensor_key);
     if (c == '-' || (c >= '0' && c <= '9')) {
         double v;
         return scan_number(s, &v);
@@ -576,7 +665,16 @@ void kvd_json_doc_free(kvd_json_doc *doc)
     for (size_t i = 0; i < doc->n_tensors; i++)
         free(doc->tensors[i].data);
     free(doc->tensors);
+    free(doc->b64);
     memset(doc, 0, sizeof *doc);
+}
+
+const kvd_json_b64 *kvd_json_doc_b64(const kvd_json_doc *doc, const cJSON *item)
+{
+    if (!doc || !item || !cJSON_IsString(item) || item->valueint <= 0 || (size_t)item->valueint > doc->n_b64)
+        return NULL;
+    const kvd_json_b64 *b = &doc->b64[item->valueint - 1];
+    return b->node == item ? b : NULL;
 }
 
 kvd_json_tensor *kvd_json_doc_tensor(const kvd_json_doc *doc, const cJSON *item)
@@ -588,21 +686,33 @@ kvd_json_tensor *kvd_json_doc_tensor(const kvd_json_doc *doc, const cJSON *item)
     return t->node == item ? t : NULL;
 }
 
-/* Numbers the tree's arrays in document order (cJSON keeps text order) and
- * marks each placeholder with its tensor's index + 1. */
-static void attach(cJSON *item, kvd_json_doc *doc, size_t *ordinal, size_t *next)
+/* Where attach is: arrays and strings seen, next tensor and b64 string. */
+typedef struct attach_pos {
+    size_t arrays, strings, tensor, b64;
+} attach_pos;
+
+/* Numbers the tree's arrays and strings in document order (cJSON keeps text
+ * order) and marks each placeholder with its tensor's (b64 string's) index + 1. */
+static void attach(cJSON *item, kvd_json_doc *doc, attach_pos *at)
 {
     for (; item; item = item->next) {
         if (cJSON_IsArray(item)) {
-            if (*next < doc->n_tensors && doc->tensors[*next].ordinal == *ordinal) {
-                doc->tensors[*next].node = item;
-                item->valueint = (int)(*next + 1);
-                ++*next;
+            if (at->tensor < doc->n_tensors && doc->tensors[at->tensor].ordinal == at->arrays) {
+                doc->tensors[at->tensor].node = item;
+                item->valueint = (int)(at->tensor + 1);
+                at->tensor++;
             }
-            ++*ordinal;
+            at->arrays++;
+        } else if (cJSON_IsString(item)) {
+            if (at->b64 < doc->n_b64 && doc->b64[at->b64].ordinal == at->strings) {
+                doc->b64[at->b64].node = item;
+                item->valueint = (int)(at->b64 + 1);
+                at->b64++;
+            }
+            at->strings++;
         }
         if (item->child)
-            attach(item->child, doc, ordinal, next);
+            attach(item->child, doc, at);
     }
 }
 
@@ -617,14 +727,14 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
     if (nul)
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "invalid JSON: NUL byte at byte offset %zu", (size_t)(nul - body));
-    /* Leading zeros are found in the original text (the pass below blanks
-     * arrays) but reported only after the syntax, as kvd_json_parse_object
-     * does. */
-    kvd_api_error zeros;
-    const bool has_zeros = kvd__api_json_refuse_leading_zeros(body, len, &zeros) != 0;
-
+    /* Leading zeros are found by the pass below (scan_number) but reported
+     * only after the syntax, as kvd_json_parse_object does. */
     scan s = {.t = body, .length = len + 1, .decimal_point = localeconv()->decimal_point[0],
               .number_limit = cjson_number_limit()};
+    /* Never longer than the text: each placeholder replaces a longer value. */
+    s.skel = malloc(len + 1);
+    if (!s.skel)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "out of memory decoding the body's arrays");
     if (s.length >= 5 && strncmp(body, "\xEF\xBB\xBF", 3) == 0)
         s.off = 3; /* cJSON skips a UTF-8 byte order mark */
     skip_ws(&s);
@@ -635,6 +745,10 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
     }
     doc->tensors = s.tensors;
     doc->n_tensors = s.n_tensors;
+    doc->b64 = s.b64s;
+    doc->n_b64 = s.n_b64;
+    if (s.nomem || !ok || !s.root_is_object || s.has_zeros || s.values > max_values)
+        free(s.skel);
     if (s.nomem) {
         kvd_json_doc_free(doc);
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL,
@@ -658,9 +772,9 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, NULL,
                                  "body must be a JSON object, got %s", type);
     }
-    if (has_zeros) {
+    if (s.has_zeros) {
         kvd_json_doc_free(doc);
-        *err = zeros;
+        *err = s.zeros;
         return -1;
     }
     if (s.values > max_values) {
@@ -670,9 +784,16 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
                                  "more than the %zu a step body can need",
                                  s.values, max_values);
     }
+    /* The skeleton's tail, then cJSON over it (body itself is not changed:
+     * the b64 strings' text stays there for kvd_json_doc_b64). */
+    memcpy(s.skel + s.skel_len, body + s.mark, len - s.mark);
+    s.skel_len += len - s.mark;
+    s.skel[s.skel_len] = '\0';
     const char *end = NULL;
     kvd__api_json_oom_reset();
-    doc->root = cJSON_ParseWithLengthOpts(body, len + 1, &end, 1);
+    doc->root = cJSON_ParseWithLengthOpts(s.skel, s.skel_len + 1, &end, 1);
+    const size_t at = end && end >= s.skel ? (size_t)(end - s.skel) : 0;
+    free(s.skel);
     if (!doc->root && kvd__api_json_oom()) {
         kvd_json_doc_free(doc);
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "out of memory parsing the body");
@@ -681,16 +802,15 @@ int kvd_json_parse_step_text(char *body, size_t len, size_t max_values, kvd_json
         /* The pass above accepted what cJSON refuses: a bug, not the client's. */
         kvd_json_doc_free(doc);
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL,
-                                 "JSON pre-pass and parser disagree at byte offset %zu",
-                                 end && end >= body ? (size_t)(end - body) : 0);
+                                 "JSON pre-pass and parser disagree at byte offset %zu of the skeleton", at);
     }
-    size_t ordinal = 0, next = 0;
-    attach(doc->root, doc, &ordinal, &next);
-    if (next != doc->n_tensors) {
+    attach_pos pos = {0};
+    attach(doc->root, doc, &pos);
+    if (pos.tensor != doc->n_tensors || pos.b64 != doc->n_b64) {
         kvd_json_doc_free(doc);
         return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL,
-                                 "JSON pre-pass found %zu arrays the parser did not",
-                                 doc->n_tensors - next);
+                                 "JSON pre-pass found %zu arrays and %zu b64 strings the parser did not",
+                                 doc->n_tensors - pos.tensor, doc->n_b64 - pos.b64);
     }
     return 0;
 }

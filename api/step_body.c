@@ -71,8 +71,8 @@ static int check_step_fields(const cJSON *obj, const char *prefix, bool top, boo
 /* Parses one step object into *st (tensors owned by *st even on failure,
  * so the caller's free releases whatever was decoded). */
 /* A tensor field: from the numbers the text pass decoded when item is one
- * of its arrays, from the cJSON value otherwise (b64 strings, trees built
- * by hand). */
+ * of its arrays, from the body's text when it is one of its b64 strings,
+ * from the cJSON value otherwise (escaped strings, trees built by hand). */
 static int decode(const kvd_json_doc *doc, const cJSON *item, const char *field,
                   const kvd_wire_shape *shape, size_t max_rows, float **out, size_t *rows,
                   kvd_api_error *err)
@@ -80,6 +80,9 @@ static int decode(const kvd_json_doc *doc, const cJSON *item, const char *field,
     kvd_json_tensor *t = kvd_json_doc_tensor(doc, item);
     if (t)
         return kvd_wire_decode_tensor(t, field, shape, max_rows, out, rows, err);
+    const kvd_json_b64 *b = kvd_json_doc_b64(doc, item);
+    if (b) /* straight from the body's text */
+        return kvd_wire_decode_b64(b->text, b->len, field, shape, max_rows, out, rows, err);
     return kvd_wire_decode(item, field, shape, max_rows, out, rows, err);
 }
 

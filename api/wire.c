@@ -120,11 +120,32 @@ char *kvd_wire_b64_encode_f32(const float *x, size_t n)
 
 typedef enum { B64_OK = 0, B64_INVALID = -1, B64_NOMEM = -2 } b64_status;
 
+/* The first character of text[0..body) outside the alphabet, described in
+ * why; false if there is none. */
+static bool b64_bad_char(const char *text, size_t body, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < body; i++) {
+        if (b64_value[(unsigned char)text[i]] < 0) {
+            if (text[i] == '=')
+                snprintf(why, why_len, "base64 padding '=' at offset %zu is not at the end", i);
+            else
+                snprintf(why, why_len, "invalid base64 character 0x%02x at offset %zu",
+                         (unsigned)(unsigned char)text[i], i);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Strict RFC 4648 decoding: alphabet characters only (no whitespace, no
  * URL-safe alphabet), length a multiple of 4, '=' only as one or two final
  * padding characters, pad bits zero (canonical encoding), and a byte count
  * that is a whole number of f32s. On B64_INVALID, why/why_len get a
- * description. On success *out is malloc'd (NULL when *n is 0). */
+ * description (a bad character first, then the count, then the pad bits: the
+ * first rule broken in that order). On success *out is malloc'd (NULL when
+ * *n is 0). The text is read once when it is valid: each group of four is
+ * checked and decoded together, and only an invalid text is scanned again for
+ * its first bad character. */
 static b64_status b64_decode(const char *text, size_t len, float **out, size_t *n,
                              char *why, size_t why_len)
 {
@@ -139,58 +160,58 @@ static b64_status b64_decode(const char *text, size_t len, float **out, size_t *
             pad++;
     }
     const size_t body = len - pad; /* characters that must be in the alphabet */
-    for (size_t i = 0; i < body; i++) {
-        if (b64_value[(unsigned char)text[i]] < 0) {
-            if (text[i] == '=')
-                snprintf(why, why_len, "base64 padding '=' at offset %zu is not at the end", i);
-            else
-                snprintf(why, why_len, "invalid base64 character 0x%02x at offset %zu",
-                         (unsigned)(unsigned char)text[i], i);
-            return B64_INVALID;
-        }
-    }
-    /* pad == 2 with text[len-3] == '=' was caught above (3 '=' in a row). */
     const size_t nbytes = len / 4 * 3 - pad;
+    /* The checks that need no scan: each reported only after the text is
+     * known to have no bad character (which comes first). */
     if (nbytes % sizeof(float) != 0) {
-        snprintf(why, why_len,
-                 "base64 decodes to %zu bytes, not a whole number of f32 (4 bytes each)", nbytes);
+        if (!b64_bad_char(text, body, why, why_len))
+            snprintf(why, why_len,
+                     "base64 decodes to %zu bytes, not a whole number of f32 (4 bytes each)", nbytes);
         return B64_INVALID;
     }
     /* Canonical form: the bits a padded group does not carry must be zero, so
      * each float array has exactly one encoding. */
-    if (pad == 1 && (b64_value[(unsigned char)text[len - 2]] & 0x3)) {
-        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 2);
-        return B64_INVALID;
-    }
-    if (pad == 2 && (b64_value[(unsigned char)text[len - 3]] & 0xf)) {
-        snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 3);
+    if ((pad == 1 && (b64_value[(unsigned char)text[len - 2]] & 0x3)) ||
+        (pad == 2 && (b64_value[(unsigned char)text[len - 3]] & 0xf))) {
+        if (!b64_bad_char(text, body, why, why_len))
+            snprintf(why, why_len, "base64 padding bits at offset %zu are not zero", len - 1 - pad);
         return B64_INVALID;
     }
     const size_t count = nbytes / sizeof(float);
     if (count == 0) {
+        if (b64_bad_char(text, body, why, why_len)) /* "====" and the like */
+            return B64_INVALID;
         *out = NULL;
         *n = 0;
         return B64_OK;
     }
     float *dst = malloc(nbytes);
     if (!dst)
-        return B64_NOMEM;
+        return b64_bad_char(text, body, why, why_len) ? B64_INVALID : B64_NOMEM;
     unsigned char *b = (unsigned char *)dst;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        /* '=' is -1 in the table: read only the characters that carry bits. */
-        const bool last = i + 4 == len;
-        uint32_t v = (uint32_t)b64_value[(unsigned char)text[i]] << 18
-                     | (uint32_t)b64_value[(unsigned char)text[i + 1]] << 12;
-        if (!(last && pad == 2))
-            v |= (uint32_t)b64_value[(unsigned char)text[i + 2]] << 6;
-        if (!(last && pad >= 1))
-            v |= (uint32_t)b64_value[(unsigned char)text[i + 3]];
-        b[o++] = (unsigned char)(v >> 16);
-        if (o < nbytes)
-            b[o++] = (unsigned char)(v >> 8);
-        if (o < nbytes)
-            b[o++] = (unsigned char)v;
+    const unsigned char *t = (const unsigned char *)text;
+    const size_t whole = pad ? len / 4 - 1 : len / 4; /* groups of four alphabet characters */
+    int bad = 0;                                      /* any table value < 0 (-1) sets the sign bit */
+    for (size_t g = 0; g < whole; g++, t += 4, b += 3) {
+        const int c0 = b64_value[t[0]], c1 = b64_value[t[1]], c2 = b64_value[t[2]], c3 = b64_value[t[3]];
+        bad |= c0 | c1 | c2 | c3;
+        const uint32_t v = (uint32_t)c0 << 18 | (uint32_t)c1 << 12 | (uint32_t)c2 << 6 | (uint32_t)c3;
+        b[0] = (unsigned char)(v >> 16);
+        b[1] = (unsigned char)(v >> 8);
+        b[2] = (unsigned char)v;
+    }
+    if (pad) { /* the last group: 4 - pad characters, 3 - pad bytes */
+        const int c0 = b64_value[t[0]], c1 = b64_value[t[1]], c2 = pad == 1 ? b64_value[t[2]] : 0;
+        bad |= c0 | c1 | c2;
+        const uint32_t v = (uint32_t)c0 << 18 | (uint32_t)c1 << 12 | (uint32_t)c2 << 6;
+        b[0] = (unsigned char)(v >> 16);
+        if (pad == 1)
+            b[1] = (unsigned char)(v >> 8);
+    }
+    if (bad < 0) {
+        free(dst);
+        (void)b64_bad_char(text, body, why, why_len);
+        return B64_INVALID;
     }
 #if KVD_BIG_ENDIAN
     for (size_t j = 0; j < count; j++) {
@@ -363,6 +384,47 @@ static int check_nesting(const char *field, const kvd_wire_shape *sh, size_t nd,
                              field, rn, sh->heads, sh->head_dim, got, rn, hn, rn, hn, rn, row);
 }
 
+/* A string tensor's base64 (after "b64:"): its size checked against the rows
+ * allowed before anything is allocated, decoded, rows and finiteness checked. */
+static int b64_tensor(const char *text, size_t len, const char *field, size_t row, const char *row_desc,
+                      size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
+{
+    /* Refuse an oversized tensor before allocating for it: the byte
+     * count follows from the length and the padding alone. */
+    if (len % 4 == 0 && len >= 4) {
+        const size_t pad = text[len - 1] != '=' ? 0 : text[len - 2] == '=' ? 2 : 1;
+        const size_t nbytes = len / 4 * 3 - pad;
+        const size_t cnt = nbytes / sizeof(float);
+        if (nbytes % sizeof(float) == 0 && cnt % row == 0 && cnt / row > max_rows)
+            return check_rows(cnt, field, row, row_desc, max_rows, err);
+    }
+    char why[128];
+    float *dst = NULL;
+    size_t count = 0;
+    b64_status st = b64_decode(text, len, &dst, &count, why, sizeof why);
+    if (st == B64_NOMEM)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: out of memory decoding %zu base64 characters",
+                                 field, len);
+    if (st != B64_OK)
+        return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: %s", field, why);
+    if (check_rows(count, field, row, row_desc, max_rows, err) != 0) {
+        free(dst);
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(dst[i])) {
+            kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
+                              "%s[%zu]: not a finite f32 (got %g)", field, i, (double)dst[i]);
+            free(dst);
+            return -1;
+        }
+    }
+    *out = dst;
+    *rows = count / row;
+    return 0;
+}
+
 /* On success *out is malloc'd (NULL when *rows is 0) and owned by the
  * caller, who frees it. On error nothing is allocated. */
 int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
@@ -384,42 +446,8 @@ int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *
             return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
                                      "%s: a string tensor must start with \"b64:\" "
                                      "(base64 of little-endian f32)", field);
-        const char *text = s + B64_PREFIX_LEN;
-        const size_t len = strlen(text);
-        /* Refuse an oversized tensor before allocating for it: the byte
-         * count follows from the length and the padding alone. */
-        if (len % 4 == 0 && len >= 4) {
-            const size_t pad = text[len - 1] != '=' ? 0 : text[len - 2] == '=' ? 2 : 1;
-            const size_t nbytes = len / 4 * 3 - pad;
-            const size_t cnt = nbytes / sizeof(float);
-            if (nbytes % sizeof(float) == 0 && cnt % row == 0 && cnt / row > max_rows)
-                return check_rows(cnt, field, row, row_desc, max_rows, err);
-        }
-        char why[128];
-        float *dst = NULL;
-        size_t count = 0;
-        b64_status st = b64_decode(text, len, &dst, &count, why, sizeof why);
-        if (st == B64_NOMEM)
-            return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
-                                     "%s: out of memory decoding %zu base64 characters",
-                                     field, len);
-        if (st != B64_OK)
-            return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: %s", field, why);
-        if (check_rows(count, field, row, row_desc, max_rows, err) != 0) {
-            free(dst);
-            return -1;
-        }
-        for (size_t i = 0; i < count; i++) {
-            if (!isfinite(dst[i])) {
-                kvd_api_error_set(err, 400, KVD_ERR_INVALID, field,
-                                  "%s[%zu]: not a finite f32 (got %g)", field, i, (double)dst[i]);
-                free(dst);
-                return -1;
-            }
-        }
-        *out = dst;
-        *rows = count / row;
-        return 0;
+        return b64_tensor(s + B64_PREFIX_LEN, strlen(s + B64_PREFIX_LEN), field, row, row_desc, max_rows, out,
+                          rows, err);
     }
 
     if (!cJSON_IsArray(item))
@@ -467,6 +495,19 @@ int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *
 }
 
 /* The errors walk_array reports, from what the text pass recorded. */
+int kvd_wire_decode_b64(const char *text, size_t len, const char *field, const kvd_wire_shape *shape,
+                        size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
+{
+    if (!field)
+        field = "tensor";
+    char row_desc[96];
+    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
+    if (row == 0)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
+                                 "%s: row size 0 (bad session shape)", field);
+    return b64_tensor(text, len, field, row, row_desc, max_rows, out, rows, err);
+}
+
 int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire_shape *shape,
                            size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {

@@ -38,6 +38,12 @@ typedef struct kvd_wire_shape {
 int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
                     size_t max_rows, float **out, size_t *rows, kvd_api_error *err);
 
+/* kvd_wire_decode for a "b64:" string given as the len bytes of base64 after
+ * its prefix (api/json.h kvd_json_b64: read in place in the body): the same
+ * checks, errors and result. */
+int kvd_wire_decode_b64(const char *text, size_t len, const char *field, const kvd_wire_shape *shape,
+                        size_t max_rows, float **out, size_t *rows, kvd_api_error *err);
+
 /* kvd_wire_decode for an array decoded from the body's text
  * (kvd_json_parse_step_text): the same checks, limits and messages, in the
  * same order. On success *out takes t's numbers (t keeps none); on error

@@ -1,8 +1,10 @@
 /* bench/batch_load.c — a decode iteration of S sessions x L layers against a
  * kvd on loopback, sent as L POST /v1/batch requests (one per layer, S items
  * each) and as S*L single steps (per layer, S requests over C keep-alive
- * connections, layers in sequence as a model runs them): tokens/s and p50/p99
- * per iteration for both, and the server's split from /metrics deltas.
+ * connections, layers in sequence as a model runs them), the two forms
+ * alternating iteration by iteration (so a shared machine's load drifts over
+ * both alike): tokens/s and p50/p99 per iteration for both, and the server's
+ * split from /metrics deltas around each form's iterations.
  * Usage: bench_batch_load [--port P] [--sessions 64] [--layers 32]
  *   [--prefill 256] [--iters 9] [--conns 4]. Without --port it starts the kvd
  * next to this program (build/kvd) on a free loopback port and stops it. */
@@ -237,20 +239,35 @@ static double delta(const char *before, const char *after, const char *name, con
 
 /* kvd's time from /metrics deltas: per request (arrival to answer) and by
  * phase (kvd_step_phase_seconds: totals over every entry, summed over the
- * worker threads, so they can exceed the wall time). */
-static void split(const char *before, const char *after, const char *route, int requests, double entries)
+ * worker threads, so they can exceed the wall time). sum[0] is the request
+ * time, sum[1..4] the phases, each added up over one form's iterations. */
+static const char *const phases[] = {"parse", "queue", "attend", "render"};
+
+static void split_add(const char *before, const char *after, const char *route, double sum[5])
 {
     char lab[64];
     snprintf(lab, sizeof lab, "route=\"%s\"", route);
-    const double http = delta(before, after, "kvd_http_request_duration_seconds_sum", lab);
-    printf("  kvd: %d requests, %.2f ms per request (arrival to answer); per entry:", requests,
-           1e3 * http / requests);
-    static const char *const phases[] = {"parse", "queue", "attend", "render"};
+    sum[0] += delta(before, after, "kvd_http_request_duration_seconds_sum", lab);
     for (int i = 0; i < 4; i++) {
         snprintf(lab, sizeof lab, "phase=\"%s\"", phases[i]);
-        printf(" %s %.1f us%s", phases[i], 1e6 * delta(before, after, "kvd_step_phase_seconds_sum", lab) / entries,
-               i < 3 ? "," : "\n");
+        sum[1 + i] += delta(before, after, "kvd_step_phase_seconds_sum", lab);
     }
+}
+
+static void split(const double sum[5], int requests, double entries)
+{
+    printf("  kvd: %d requests, %.2f ms per request (arrival to answer); per entry:", requests,
+           1e3 * sum[0] / requests);
+    for (int i = 0; i < 4; i++)
+        printf(" %s %.1f us%s", phases[i], 1e6 * sum[1 + i] / entries, i < 3 ? "," : "\n");
+}
+
+static double sum_of(const double *t, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += t[i];
+    return s;
 }
 
 static void report(const char *what, double *t, int n)
@@ -375,23 +392,8 @@ int main(int argc, char **argv)
             free(entries[s]);
     }
 
-    /* Batch iterations. */
+    /* The single steps' connections, parked at the start barrier. */
     double *tb = calloc((size_t)iters, sizeof *tb), *ts = calloc((size_t)iters, sizeof *ts);
-    char *m0 = metrics(fd);
-    for (int it = 0; it < iters; it++) {
-        const double t0 = bench_now();
-        for (int l = 0; l < n_layers; l++) {
-            char *out;
-            if (request(fd, "POST", "/v1/batch", batches[l], &out) != 200)
-                die(out);
-            check_items(out, l);
-            free(out);
-        }
-        tb[it] = bench_now() - t0;
-    }
-    char *m1 = metrics(fd);
-
-    /* Single-step iterations over n_conns keep-alive connections. */
     pthread_barrier_init(&bar_start, NULL, (unsigned)n_conns + 1);
     pthread_barrier_init(&bar_done, NULL, (unsigned)n_conns + 1);
     worker *w = calloc((size_t)n_conns, sizeof *w);
@@ -402,14 +404,31 @@ int main(int argc, char **argv)
             die("connect");
         pthread_create(&th[c], NULL, single_worker, &w[c]);
     }
+    /* Iterations alternate: one as batches, one as single steps. */
+    double sb[5] = {0}, ss[5] = {0};
     for (int it = 0; it < iters; it++) {
-        const double t0 = bench_now();
+        char *m0 = metrics(fd);
+        double t0 = bench_now();
+        for (int l = 0; l < n_layers; l++) {
+            char *out;
+            if (request(fd, "POST", "/v1/batch", batches[l], &out) != 200)
+                die(out);
+            check_items(out, l);
+            free(out);
+        }
+        tb[it] = bench_now() - t0;
+        char *m1 = metrics(fd);
+        t0 = bench_now();
         pthread_barrier_wait(&bar_start);
         for (int l = 0; l < n_layers; l++) {
             pthread_barrier_wait(&bar_done);
             pthread_barrier_wait(&bar_done);
         }
         ts[it] = bench_now() - t0;
+        char *m2 = metrics(fd);
+        split_add(m0, m1, "batch", sb);
+        split_add(m1, m2, "session_step", ss);
+        free(m0), free(m1), free(m2);
     }
     stop_workers = 1;
     pthread_barrier_wait(&bar_start);
@@ -417,16 +436,18 @@ int main(int argc, char **argv)
         pthread_join(th[c], NULL);
         close(w[c].fd);
     }
-    char *m2 = metrics(fd);
 
     char what[64];
     snprintf(what, sizeof what, "batch (%d x %d items)", n_layers, n_sessions);
+    const double ratio = sum_of(tb, iters) > 0 ? sum_of(ts, iters) / sum_of(tb, iters) : 0;
     report(what, tb, iters);
-    split(m0, m1, "batch", iters * n_layers, (double)iters * n_layers * n_sessions);
+    split(sb, iters * n_layers, (double)iters * n_layers * n_sessions);
     snprintf(what, sizeof what, "single (%d requests, %d conns)", n_layers * n_sessions, n_conns);
     report(what, ts, iters);
-    split(m1, m2, "session_step", iters * n_layers * n_sessions, (double)iters * n_layers * n_sessions);
-    printf("(tokens/s = sessions x iterations / time: one token per session per iteration; %d iterations)\n",
+    split(ss, iters * n_layers * n_sessions, (double)iters * n_layers * n_sessions);
+    printf("batch / single tokens/s: %.2fx (this run)\n", ratio);
+    printf("(tokens/s = sessions x iterations / time: one token per session per iteration; %d iterations, "
+           "the two forms alternating)\n",
            iters);
 
     close(fd);
@@ -434,6 +455,6 @@ int main(int argc, char **argv)
         kill(kvd, SIGTERM);
         waitpid(kvd, NULL, 0);
     }
-    free(m0), free(m1), free(m2);
+    free(tb), free(ts), free(w), free(th);
     return 0;
 }

@@ -423,6 +423,48 @@ START_TEST(decode_b64)
 }
 END_TEST
 
+/* Text breaking several rules reports the first in the decoder's order: a
+ * character outside the alphabet (or '=' before the end) wins over the byte
+ * count and the pad bits, wherever it is; the string form read in place
+ * (kvd_wire_decode_b64) says the same as the cJSON string. */
+START_TEST(decode_b64_first_rule_broken_wins)
+{
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"AAA*", "invalid base64 character 0x2a at offset 3"},          /* and 3 bytes */
+        {"A*A=", "invalid base64 character 0x2a at offset 1"},          /* and 2 bytes */
+        {"AACAP*==", "invalid base64 character 0x2a at offset 5"},      /* and pad bits */
+        {"AACAPw==AAAA", "base64 padding '=' at offset 6 is not at the end"},
+        {"AACAPwAAAEAA#EBA", "invalid base64 character 0x23 at offset 12"}, /* deep in a long one */
+        {"AACAPx==", "padding bits at offset 5 are not zero"},
+        {"AAAAAA==", "4 bytes"},                                        /* valid: one f32 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char json[64];
+        snprintf(json, sizeof json, "\"b64:%s\"", cases[i].text);
+        cJSON *a = parse(json);
+        float *o1 = NULL, *o2 = NULL;
+        size_t r1 = 0, r2 = 0;
+        kvd_api_error e1, e2;
+        const int rc1 = kvd_wire_decode(a, "k", SH(1, 1), 10, &o1, &r1, &e1);
+        const int rc2 = kvd_wire_decode_b64(cases[i].text, strlen(cases[i].text), "k", SH(1, 1), 10, &o2, &r2, &e2);
+        ck_assert_int_eq(rc1, rc2);
+        if (rc1 == 0) { /* the last case */
+            ck_assert_uint_eq(r1, 1);
+            ck_assert_uint_eq(r2, 1);
+            ck_assert(memcmp(o1, o2, sizeof *o1) == 0 && o1[0] == 0.0f);
+        } else {
+            ASSERT_ERR(e1, 400, "k", cases[i].want);
+            ck_assert_str_eq(e1.message, e2.message);
+        }
+        free(o1);
+        free(o2);
+        cJSON_Delete(a);
+    }
+}
+END_TEST
+
 /* ---- encoding ---- */
 
 START_TEST(encode_json_and_b64)
@@ -600,6 +642,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, decode_non_number_elements);
     tcase_add_test(tc, decode_non_finite);
     tcase_add_test(tc, decode_b64);
+    tcase_add_test(tc, decode_b64_first_rule_broken_wins);
     tcase_add_test(tc, encode_json_and_b64);
     tcase_add_test(tc, encode_round_trip_random);
     tcase_add_test(tc, encode_allocation_failure_is_null);

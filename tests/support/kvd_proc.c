@@ -244,6 +244,14 @@ void kvd_proc_signal(kvd_proc *p, int sig)
         kill(p->pid, sig);
 }
 
+static void join_drain(kvd_proc *p)
+{
+    if (p->drain_running) {
+        pthread_join(p->drain, NULL); /* EOF follows the child's exit */
+        p->drain_running = false;
+    }
+}
+
 bool kvd_proc_wait(kvd_proc *p, int timeout_ms, int *status)
 {
     if (p->pid <= 0)
@@ -263,17 +271,12 @@ bool kvd_proc_wait(kvd_proc *p, int timeout_ms, int *status)
             return false;
         sleep_ms(5);
     }
+    /* What it wrote last (a shutdown message) may still be in the pipe: the
+     * reader ends at EOF, which follows the exit. */
+    join_drain(p);
     if (status)
         *status = p->status;
     return true;
-}
-
-static void join_drain(kvd_proc *p)
-{
-    if (p->drain_running) {
-        pthread_join(p->drain, NULL); /* EOF follows the child's exit */
-        p->drain_running = false;
-    }
 }
 
 int kvd_proc_stop(kvd_proc *p, int timeout_ms)

@@ -42,7 +42,8 @@ int kvd_proc_stop(kvd_proc *p, int timeout_ms);
 void kvd_proc_stop_ck(kvd_proc *p);
 
 /* Waits up to timeout_ms for the server to exit on its own. Returns true
- * with *status (waitpid status) if it did. */
+ * with *status (waitpid status) if it did; kvd_proc_stderr then holds all
+ * it wrote. */
 bool kvd_proc_wait(kvd_proc *p, int timeout_ms, int *status);
 
 /* A copy of everything the server wrote to stderr so far (malloc'd, caller
