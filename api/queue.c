@@ -109,7 +109,7 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
                 kvd_session_destroy(child, api->pool);
             if (rc == -ENOTSUP) {
                 kvd__api_respond_error(&job->resp, 400, KVD_ERR_INVALID, NULL,
-                                       "forking a KIVI, tensor-attention or subgen session is not yet supported");
+                                       "forking a KIVI or subgen session is not yet supported");
                 kvd__api_answer_job(api, job);
                 break;
             }

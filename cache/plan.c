@@ -177,7 +177,9 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
         size_t need = token_stream_bound(b, e, n_entries, layer, cfg);
         if (kvd_stream_reserve_table(b, need) != 0)
             return KVD_STEP_NOMEM;
-        *pages += need;
+        /* pages still shared with a fork that a window, eviction or pair
+         * rebuild would rewrite are copied first (cache/session.h) */
+        *pages += need + kvd__session_unshare_tensor_bound(sess, i);
         const size_t n = sess->streams[i].n_tokens;
         if (n + m > max_tokens)
             max_tokens = n + m;
@@ -187,7 +189,8 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
          * from overflow. */
         kvd_stream *pr = &sess->pairs[i];
         need = is_kivi(cfg) ? kivi_pair_page_bound(pr, e, n_entries, layer, n, cfg)
-                            : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg));
+                            : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg)) +
+                                  (pr->n_shared != 0); /* a shared tail copied by the first append */
         if (need > pool_pages || *too_big) {
             *too_big = true; /* no table grows now; the rest is only counted */
             *pages = sat_add(*pages, need);

@@ -28,8 +28,8 @@ bool kvd_session_reclaimable(const kvd_session *s)
     if (s->pairs && is_kivi(&s->config))
         return false;
     for (size_t i = 0; i < s->n_streams; i++)
-        if (s->streams[i].n_shared)
-            return false;
+        if (s->streams[i].n_shared || (s->tensor_b && s->tensor_b[i].n_shared) || (s->pairs && s->pairs[i].n_shared))
+            return false; /* k2/v2 and pair rows are rewritten in place, with no page to copy them */
     for (size_t i = 0; i < s->n_streams; i++)
         if (kvd_stream_evictable(&s->streams[i]) >= s->streams[i].slots_per_page)
             return true; /* at least one whole page would come free */

@@ -175,37 +175,88 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
     return exact;
 }
 
+/* The stream arrays a session holds, in a fixed order: streams, then a
+ * tensor session's k2/v2 and pair rows (NULL when it has none). */
+static kvd_stream *stream_array(const kvd_session *s, int a)
+{
+    return a == 0 ? s->streams : a == 1 ? s->tensor_b : s->pairs;
+}
+
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;
-    if (parent->tensor_b || parent->subgen)
-        return -ENOTSUP; /* tensor and subgen sessions do not fork yet */
+    if (parent->subgen)
+        return -ENOTSUP; /* subgen sessions do not fork yet */
     kvd_session *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
     c->streams = calloc(parent->n_streams, sizeof *c->streams);
-    if (c->streams == NULL) {
+    if (parent->tensor_b)
+        c->tensor_b = calloc(parent->n_streams, sizeof *c->tensor_b);
+    if (parent->pairs)
+        c->pairs = calloc(parent->n_streams, sizeof *c->pairs);
+    if (c->streams == NULL || (parent->tensor_b && !c->tensor_b) || (parent->pairs && !c->pairs)) {
+        free(c->streams);
+        free(c->tensor_b);
+        free(c->pairs);
         free(c);
         return -ENOMEM;
     }
-    /* Every allocation of every stream first, so that a failure leaves the
-     * parent exactly as it was (no reference taken, no page flagged). */
-    for (size_t i = 0; i < parent->n_streams; i++) {
-        const int rc = kvd__stream_fork_prepare(&parent->streams[i], &c->streams[i]);
-        if (rc != 0) { /* -ENOMEM, or -ENOTSUP for KIVI */
-            for (size_t k = 0; k < i; k++)
-                kvd__stream_fork_abort(&c->streams[k]);
-            free(c->streams);
-            free(c);
-            return rc;
-        }
+    /* Every allocation of every stream of every array first, so that a
+     * failure leaves the parent exactly as it was (no reference taken, no
+     * page flagged). */
+    int rc = 0;
+    int a = 0;
+    size_t i = 0;
+    for (; a < 3 && rc == 0; a++) {
+        if (!stream_array(parent, a))
+            continue;
+        for (i = 0; i < parent->n_streams; i++)
+            if ((rc = kvd__stream_fork_prepare(&stream_array(parent, a)[i], &stream_array(c, a)[i])) != 0)
+                break; /* -ENOMEM, or -ENOTSUP for KIVI */
     }
-    for (size_t i = 0; i < parent->n_streams; i++)
-        kvd__stream_fork_commit(&parent->streams[i], &c->streams[i], pool);
+    if (rc != 0) {
+        a--; /* the array that failed, at stream i (which prepare left empty) */
+        for (int b = 0; b <= a; b++)
+            for (size_t k = 0; stream_array(c, b) && k < (b < a ? parent->n_streams : i); k++)
+                kvd__stream_fork_abort(&stream_array(c, b)[k]);
+        free(c->streams);
+        free(c->tensor_b);
+        free(c->pairs);
+        free(c);
+        return rc;
+    }
+    for (a = 0; a < 3; a++)
+        for (i = 0; stream_array(parent, a) && i < parent->n_streams; i++)
+            kvd__stream_fork_commit(&stream_array(parent, a)[i], &stream_array(c, a)[i], pool);
+    for (i = 0; c->tensor_b && i < parent->n_streams; i++)
+        c->streams[i].mirror = &c->tensor_b[i]; /* prepare copied the parent's pointer */
     c->config = parent->config;
     c->n_streams = parent->n_streams;
     *out = c;
     return 0;
+}
+
+size_t kvd__session_unshare_tensor_bound(const kvd_session *s, size_t idx)
+{
+    const kvd_session_config *cfg = &s->config;
+    if (!s->tensor_b || (!cfg->window && cfg->cache.eviction == KVD_EVICT_NONE))
+        return 0;
+    return (cfg->window ? s->streams[idx].n_shared : 0) + s->tensor_b[idx].n_shared +
+           (s->pairs ? s->pairs[idx].n_shared : 0);
+}
+
+size_t kvd__session_unshare_tensor(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare)
+{
+    if (kvd__session_unshare_tensor_bound(s, idx) == 0)
+        return 0;
+    size_t used = 0;
+    if (s->config.window) /* the window slides k1/v1 down in place too */
+        used += kvd__stream_unshare_all(&s->streams[idx], pool, spare, n_spare);
+    used += kvd__stream_unshare_all(&s->tensor_b[idx], pool, spare + used, n_spare - used);
+    if (s->pairs)
+        used += kvd__stream_unshare_all(&s->pairs[idx], pool, spare + used, n_spare - used);
+    return used;
 }
 
 void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
@@ -330,14 +381,19 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
 {
     /* As kvd_session_fork and kvd__stream_fork_prepare allocate: the struct,
-     * one stream array, each table and its flags trimmed to the pages held,
-     * each index cloned at its capacity. */
-    if (parent->tensor_b != NULL || parent->subgen != NULL || kvd__stream_is_kivi(&parent->streams[0]))
+     * its stream arrays (a tensor session's k2/v2 and pair rows too), each
+     * table and its flags trimmed to the pages held, each index cloned at its
+     * capacity. */
+    if (parent->subgen != NULL || kvd__stream_is_kivi(&parent->streams[0]))
         return 0;
-    size_t n = sizeof *parent + parent->n_streams * sizeof *parent->streams;
-    for (size_t i = 0; i < parent->n_streams; i++) {
-        const kvd_stream *st = &parent->streams[i];
-        n += st->n_pages * (sizeof *st->pages + sizeof *st->shared) + kvd__evict_heap_bytes(st->evict);
+    size_t n = sizeof *parent;
+    for (int a = 0; a < 3; a++) {
+        const kvd_stream *arr = stream_array(parent, a);
+        if (arr == NULL)
+            continue;
+        n += parent->n_streams * sizeof *arr;
+        for (size_t i = 0; i < parent->n_streams; i++)
+            n += arr[i].n_pages * (sizeof *arr[i].pages + sizeof *arr[i].shared) + kvd__evict_heap_bytes(arr[i].evict);
     }
     return n;
 }

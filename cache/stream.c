@@ -296,6 +296,19 @@ int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
     return used;
 }
 
+size_t kvd__stream_unshare_all(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare)
+{
+    size_t used = 0;
+    for (size_t i = 0; s->n_shared > 0 && i < s->n_pages; i++) {
+        if (!s->shared[i])
+            continue;
+        const int r = kvd__stream_unshare(s, pool, i, used < n_spare ? spare[used] : NULL);
+        assert(r >= 0 && "the caller planned a page for every shared one");
+        used += r > 0;
+    }
+    return used;
+}
+
 /* Writes x[0..d) into a row of format f; f32 stays a plain copy. */
 static void store_row(kvd_row_format f, const float *x, size_t d, uint32_t group,
                       unsigned char *dst)

@@ -207,6 +207,13 @@ static inline unsigned char *kvd__stream_value(const kvd_stream *s, size_t j)
  * nothing changed). */
 int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare);
 
+/* Makes every page still flagged shared private (kvd__stream_unshare each),
+ * taking copies from spare[0..n_spare) in order; returns how many it took.
+ * n_spare >= s->n_shared always suffices. For writers that move rows all
+ * over the stream (a tensor window, k2/v2 following an eviction, rebuilt
+ * pair rows), which then find no shared page. */
+size_t kvd__stream_unshare_all(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare);
+
 /* Fork in two phases so a session can fork all its streams or none:
  * prepare allocates dst's table, flags and index (no page references, src
  * untouched; 0, -ENOMEM, or -ENOTSUP for KIVI, with dst empty); commit takes
