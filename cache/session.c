@@ -329,6 +329,15 @@ size_t kvd_session_pages(const kvd_session *s)
     return n;
 }
 
+size_t kvd_session_shared_pages(const kvd_session *s)
+{
+    size_t n = 0;
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(s, a) && i < s->n_streams; i++)
+            n += stream_array(s, a)[i].n_shared;
+    return n;
+}
+
 size_t kvd_session_pair_rows(const kvd_session *s)
 {
     size_t n = 0;

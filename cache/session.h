@@ -95,6 +95,9 @@ size_t kvd_session_tokens(const kvd_session *s);
 uint64_t kvd_session_appended(const kvd_session *s);
 uint64_t kvd_session_evicted(const kvd_session *s);
 size_t kvd_session_pages(const kvd_session *s);
+/* Pages still flagged shared with a fork (copied on first write), over
+ * every stream array (a tensor session's k2/v2 and pair rows too). */
+size_t kvd_session_shared_pages(const kvd_session *s);
 /* Two-cache tensor sessions: pair rows held, summed over streams (else 0). */
 size_t kvd_session_pair_rows(const kvd_session *s);
 
