@@ -89,7 +89,8 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         }
         case JOB_FORK: {
             /* Runs when the parent is idle, so its pages are whole steps;
-             * the fork copies block tables, not pages (O(pages) on the loop). */
+             * the fork copies block tables, not pages (O(pages) on the loop),
+             * except a subgen sketch's, which it copies whole. */
             kvd_session *child, *child_shadow = NULL;
             if (kvd__api_session_limit_reached(api, &job->resp)) {
                 kvd__api_answer_job(api, job);
@@ -109,7 +110,13 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
                 kvd_session_destroy(child, api->pool);
             if (rc == -ENOTSUP) {
                 kvd__api_respond_error(&job->resp, 400, KVD_ERR_INVALID, NULL,
-                                       "forking a KIVI or subgen session is not yet supported");
+                                       "forking a KIVI session is not yet supported");
+                kvd__api_answer_job(api, job);
+                break;
+            }
+            if (rc == -ENOSPC) { /* a subgen sketch is copied: its pages come from the pool */
+                kvd__api_respond_error(&job->resp, 503, KVD_ERR_EXHAUSTED, NULL,
+                                       "the pool has too few free pages to copy the session's subgen sketch");
                 kvd__api_answer_job(api, job);
                 break;
             }

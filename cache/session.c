@@ -182,57 +182,97 @@ static kvd_stream *stream_array(const kvd_session *s, int a)
     return a == 0 ? s->streams : a == 1 ? s->tensor_b : s->pairs;
 }
 
+/* The sketch arrays of a subgen session: 0 its k (or k1) sketches, 1 a
+ * SubGen4Cache's k2 sketches (NULL when it has none). */
+static kvd_subgen *sketch_array(const kvd_session *s, int a)
+{
+    return a == 0 ? s->subgen : s->subgen_b;
+}
+
+/* Frees a child that fork prepared up to (but excluding) stream i of array
+ * a, or every stream (a = 3) and sketch i of sketch array b (b = 2: all). */
+static void fork_undo(kvd_session *c, size_t n_streams, int a, size_t i, int b, size_t j)
+{
+    for (int x = 0; x < 3 && x <= a; x++)
+        for (size_t k = 0; stream_array(c, x) && k < (x < a ? n_streams : i); k++)
+            kvd__stream_fork_abort(&stream_array(c, x)[k]);
+    for (int x = 0; x < 2 && x <= b; x++)
+        for (size_t k = 0; sketch_array(c, x) && k < (x < b ? n_streams : j); k++)
+            kvd__subgen_fork_abort(&sketch_array(c, x)[k]);
+    free(c->streams);
+    free(c->tensor_b);
+    free(c->pairs);
+    free(c->subgen);
+    free(c->subgen_b);
+    free(c);
+}
+
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;
-    if (parent->subgen)
-        return -ENOTSUP; /* subgen sessions do not fork yet */
+    const size_t n = parent->n_streams;
     kvd_session *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
-    c->streams = calloc(parent->n_streams, sizeof *c->streams);
+    c->streams = calloc(n, sizeof *c->streams);
     if (parent->tensor_b)
-        c->tensor_b = calloc(parent->n_streams, sizeof *c->tensor_b);
+        c->tensor_b = calloc(n, sizeof *c->tensor_b);
     if (parent->pairs)
-        c->pairs = calloc(parent->n_streams, sizeof *c->pairs);
-    if (c->streams == NULL || (parent->tensor_b && !c->tensor_b) || (parent->pairs && !c->pairs)) {
-        free(c->streams);
-        free(c->tensor_b);
-        free(c->pairs);
-        free(c);
+        c->pairs = calloc(n, sizeof *c->pairs);
+    if (parent->subgen)
+        c->subgen = calloc(n, sizeof *c->subgen);
+    if (parent->subgen_b)
+        c->subgen_b = calloc(n, sizeof *c->subgen_b);
+    if (!c->streams || (parent->tensor_b && !c->tensor_b) || (parent->pairs && !c->pairs) ||
+        (parent->subgen && !c->subgen) || (parent->subgen_b && !c->subgen_b)) {
+        fork_undo(c, n, 0, 0, 0, 0);
         return -ENOMEM;
     }
     /* Every allocation of every stream of every array first, so that a
      * failure leaves the parent exactly as it was (no reference taken, no
      * page flagged). */
-    int rc = 0;
-    int a = 0;
-    size_t i = 0;
-    for (; a < 3 && rc == 0; a++) {
-        if (!stream_array(parent, a))
-            continue;
-        for (i = 0; i < parent->n_streams; i++)
-            if ((rc = kvd__stream_fork_prepare(&stream_array(parent, a)[i], &stream_array(c, a)[i])) != 0)
-                break; /* -ENOMEM, or -ENOTSUP for KIVI */
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(parent, a) && i < n; i++) {
+            const int rc = kvd__stream_fork_prepare(&stream_array(parent, a)[i], &stream_array(c, a)[i]);
+            if (rc != 0) { /* -ENOMEM, or -ENOTSUP for KIVI; stream i is left empty */
+                fork_undo(c, n, a, i, -1, 0);
+                return rc;
+            }
+        }
+    /* A sketch is copied, not shared (cache/subgen.h): its tables, then all
+     * its pages from the pool at once. */
+    size_t sketch_pages = 0;
+    for (int b = 0; b < 2; b++)
+        for (size_t j = 0; sketch_array(parent, b) && j < n; j++) {
+            if (kvd__subgen_fork_prepare(&sketch_array(parent, b)[j], &sketch_array(c, b)[j]) != 0) {
+                fork_undo(c, n, 3, 0, b, j);
+                return -ENOMEM;
+            }
+            sketch_pages += kvd_subgen_pages(&sketch_array(parent, b)[j]);
+        }
+    void **pages = NULL;
+    if (sketch_pages && !(pages = malloc(sketch_pages * sizeof *pages))) {
+        fork_undo(c, n, 3, 0, 2, 0);
+        return -ENOMEM;
     }
-    if (rc != 0) {
-        a--; /* the array that failed, at stream i (which prepare left empty) */
-        for (int b = 0; b <= a; b++)
-            for (size_t k = 0; stream_array(c, b) && k < (b < a ? parent->n_streams : i); k++)
-                kvd__stream_fork_abort(&stream_array(c, b)[k]);
-        free(c->streams);
-        free(c->tensor_b);
-        free(c->pairs);
-        free(c);
-        return rc;
+    if (sketch_pages && kvd_pool_alloc(pool, sketch_pages, pages) != 0) {
+        free(pages);
+        fork_undo(c, n, 3, 0, 2, 0);
+        return -ENOSPC;
     }
-    for (a = 0; a < 3; a++)
-        for (i = 0; stream_array(parent, a) && i < parent->n_streams; i++)
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(parent, a) && i < n; i++)
             kvd__stream_fork_commit(&stream_array(parent, a)[i], &stream_array(c, a)[i], pool);
-    for (i = 0; c->tensor_b && i < parent->n_streams; i++)
+    for (size_t i = 0; c->tensor_b && i < n; i++)
         c->streams[i].mirror = &c->tensor_b[i]; /* prepare copied the parent's pointer */
+    size_t used = 0;
+    for (int b = 0; b < 2; b++)
+        for (size_t j = 0; sketch_array(parent, b) && j < n; j++)
+            kvd__subgen_fork_commit(&sketch_array(parent, b)[j], &sketch_array(c, b)[j], kvd_pool_page_bytes(pool),
+                                    pages, &used);
+    free(pages);
     c->config = parent->config;
-    c->n_streams = parent->n_streams;
+    c->n_streams = n;
     *out = c;
     return 0;
 }
@@ -390,12 +430,18 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
 {
     /* As kvd_session_fork and kvd__stream_fork_prepare allocate: the struct,
-     * its stream arrays (a tensor session's k2/v2 and pair rows too), each
+     * its stream arrays (a tensor session's k2/v2 and pair rows too) and
+     * sketch arrays with their tables, each
      * table and its flags trimmed to the pages held, each index cloned at its
      * capacity. */
-    if (parent->subgen != NULL || kvd__stream_is_kivi(&parent->streams[0]))
+    if (kvd__stream_is_kivi(&parent->streams[0]))
         return 0;
     size_t n = sizeof *parent;
+    for (int b = 0; b < 2; b++) { /* sketches: tables trimmed to the pages copied */
+        const kvd_subgen *arr = sketch_array(parent, b);
+        for (size_t i = 0; arr && i < parent->n_streams; i++)
+            n += sizeof *arr + kvd_subgen_pages(&arr[i]) * sizeof(void *);
+    }
     for (int a = 0; a < 3; a++) {
         const kvd_stream *arr = stream_array(parent, a);
         if (arr == NULL)

@@ -77,8 +77,10 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see
  * kvd_stream_fork), a tensor session's k2/v2 and pair rows too. The
- * parent's pages get flagged shared too. Returns 0, -ENOMEM or -ENOTSUP
- * (KIVI, subgen), with nothing changed. */
+ * parent's pages get flagged shared too. A subgen session's sketches are
+ * copied whole (same rows, F, items and random state), into pages taken from
+ * the pool all at once. Returns 0, -ENOMEM, -ENOSPC (the pool lacks the
+ * sketches' pages) or -ENOTSUP (KIVI), with nothing changed. */
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
 
 /* Releases every page to the pool and frees the session. NULL is a no-op. */
@@ -120,7 +122,7 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg);
 /* What kvd_session_fork(parent, ...) would allocate for the child (tables
  * trimmed to the parent's pages, indexes at the parent's capacity): its
  * kvd_session_heap_bytes right after the fork. 0 when the fork would be
- * refused with -ENOTSUP (KIVI, subgen). */
+ * refused with -ENOTSUP (KIVI). */
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
 
 /* ---- Private to cache/ (the step engine and reclaim). ---- */

@@ -1,9 +1,10 @@
-/* tests/cache/test_fork.c — copy-on-write forks of tensor sessions (four-
- * and two-cache, with and without a window or a policy) through the step
- * engine: after a fork, parent and child each take their own steps and each
- * answers bit for bit like a fresh session fed its own whole history; pages
- * are shared (no copy) until written, the parent never sees the child's
- * writes, and every page goes back to the pool. */
+/* tests/cache/test_fork.c — forks of tensor sessions (four- and two-cache,
+ * with and without a window or a policy) and subgen sessions (standard and
+ * SubGen4Cache, the sketch copied eagerly) through the step engine: after a
+ * fork, parent and child each take their own steps and each answers bit for
+ * bit like a fresh session fed its own whole history; stream pages are
+ * shared (no copy) until written, the parent never sees the child's writes,
+ * and every page goes back to the pool. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -59,8 +60,10 @@ static float *step(kvd_session *s, kvd_pool *pool, size_t m, uint64_t seed)
         for (int a = 0; a < 4; a++)
             t[l][a] = rng_tensor(&r, m * ROW, -1, 1);
         t[l][4] = rng_tensor(&r, m * HEADS * D, -2, 2);
-        e[l] = (kvd_step_entry){.layer = l, .m = m, .m_q = m, .k = t[l][0], .v = t[l][1], .k2 = t[l][2],
-                                .v2 = t[l][3], .q = t[l][4], .mask = KVD_MASK_CAUSAL};
+        const bool tensor = s->tensor_b != NULL;
+        e[l] = (kvd_step_entry){.layer = l, .m = m, .m_q = m, .k = t[l][0], .v = t[l][1],
+                                .k2 = tensor ? t[l][2] : NULL, .v2 = tensor ? t[l][3] : NULL, .q = t[l][4],
+                                .mask = KVD_MASK_CAUSAL};
     }
     kvd_step_output out;
     ck_assert_int_eq(kvd_step_run(s, NULL, pool, e, LAYERS, &out), KVD_STEP_OK);
@@ -105,10 +108,33 @@ static void fork_scenario(const kvd_session_config *cfg)
             free(step(all[k], pool, history[i], 10 + i));
     }
     const size_t used = kvd_pool_pages_used(pool);
+    size_t sketch = 0; /* pages of p's sketches: copied, not shared */
+    for (size_t i = 0; p->subgen && i < p->n_streams; i++)
+        sketch += kvd_subgen_pages(&p->subgen[i]) + (p->subgen_b ? kvd_subgen_pages(&p->subgen_b[i]) : 0);
+    ck_assert_uint_eq(sketch > 0, p->subgen != NULL);
     ck_assert_int_eq(kvd_session_fork(p, pool, &c), 0);
-    /* shared, not copied: no page taken, every page of every array flagged
-     * on both sides with two references, the child's k2/v2 its own mirror */
-    ck_assert_uint_eq(kvd_pool_pages_used(pool), used);
+    /* streams shared, not copied: no page taken, every page of every array
+     * flagged on both sides with two references, the child's k2/v2 its own
+     * mirror; a sketch is a copy in pages of the child's own */
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), used + sketch);
+    for (size_t i = 0; p->subgen && i < p->n_streams; i++)
+        for (int b = 0; b < 2; b++) {
+            const kvd_subgen *x = b ? (p->subgen_b ? &p->subgen_b[i] : NULL) : &p->subgen[i];
+            const kvd_subgen *y = b ? (c->subgen_b ? &c->subgen_b[i] : NULL) : &c->subgen[i];
+            if (!x) {
+                ck_assert_ptr_null(y);
+                continue;
+            }
+            ck_assert_uint_eq(y->rng, x->rng);
+            ck_assert_uint_eq(y->items, x->items);
+            ck_assert_uint_eq(y->n_clusters, x->n_clusters);
+            ck_assert(y->f == x->f);
+            ck_assert_uint_eq(kvd_subgen_pages(y), kvd_subgen_pages(x));
+            for (size_t pg = 0; pg < x->samples.n_pages; pg++) {
+                ck_assert_ptr_ne(y->samples.pages[pg], x->samples.pages[pg]);
+                ck_assert_mem_eq(y->samples.pages[pg], x->samples.pages[pg], PAGE);
+            }
+        }
     ck_assert_uint_eq(kvd_pool_copies(pool), 0);
     ck_assert_uint_eq(kvd_session_pages(c), kvd_session_pages(p));
     ck_assert_uint_eq(kvd_session_tokens(c), kvd_session_tokens(p));
@@ -129,7 +155,7 @@ static void fork_scenario(const kvd_session_config *cfg)
             }
         }
     }
-    for (size_t i = 0; i < c->n_streams; i++)
+    for (size_t i = 0; c->tensor_b && i < c->n_streams; i++)
         ck_assert_ptr_eq(c->streams[i].mirror, &c->tensor_b[i]);
 
     const size_t n_out = LAYERS * HEADS * D;
@@ -148,6 +174,11 @@ static void fork_scenario(const kvd_session_config *cfg)
         ck_assert_uint_eq(kvd_session_pair_rows(c), kvd_session_pair_rows(fc));
         ck_assert_uint_eq(kvd_session_tokens(p), kvd_session_tokens(fp));
         ck_assert_uint_eq(kvd_session_pair_rows(p), kvd_session_pair_rows(fp));
+        for (size_t j = 0; c->subgen && j < c->n_streams; j++) { /* same draws as the twin's */
+            ck_assert_uint_eq(c->subgen[j].rng, fc->subgen[j].rng);
+            ck_assert_uint_eq(p->subgen[j].rng, fp->subgen[j].rng);
+            ck_assert_uint_eq(c->subgen[j].n_clusters, fc->subgen[j].n_clusters);
+        }
     }
     ck_assert_uint_gt(kvd_pool_copies(pool), 0); /* written pages were copied */
     /* the parent goes; the child keeps answering like its fresh twin */
@@ -204,6 +235,36 @@ START_TEST(test_fork_tensor_policy)
 }
 END_TEST
 
+static kvd_session_config subgen_config(kvd_attention_kind attention)
+{
+    kvd_session_config c = tensor_config(KVD_TENSOR_CACHE_FOUR, 0, KVD_EVICT_SUBGEN, 0);
+    c.attention = attention;
+    c.cache.sink = 2;
+    c.cache.recent = 3;
+    c.cache.delta = 0.5;
+    c.cache.cluster_samples = 4;
+    c.cache.value_samples = 8;
+    c.seed = 3;
+    return c;
+}
+
+/* The sketch is copied with its random state: the child samples exactly
+ * as a fresh session with its history would, and independently of the
+ * parent from then on. */
+START_TEST(test_fork_subgen)
+{
+    kvd_session_config cfg = subgen_config(KVD_ATTN_STANDARD);
+    fork_scenario(&cfg);
+}
+END_TEST
+
+START_TEST(test_fork_subgen_tensor)
+{
+    kvd_session_config cfg = subgen_config(KVD_ATTN_TENSOR); /* SubGen4Cache: two sketches a stream */
+    fork_scenario(&cfg);
+}
+END_TEST
+
 /* A fork whose allocations fail leaves the parent exactly as it was: KIVI
  * tensor sessions are refused (-ENOTSUP) with no page flagged. */
 START_TEST(test_fork_tensor_kivi_refused)
@@ -236,6 +297,8 @@ static Suite *fork_suite(void)
     tcase_add_test(tc, test_fork_tensor_window);
     tcase_add_test(tc, test_fork_tensor_policy);
     tcase_add_test(tc, test_fork_tensor_kivi_refused);
+    tcase_add_test(tc, test_fork_subgen);
+    tcase_add_test(tc, test_fork_subgen_tensor);
     suite_add_tcase(s, tc);
     return s;
 }
