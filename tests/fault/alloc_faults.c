@@ -125,6 +125,8 @@ static const scenario scenarios[] = {
     {"step a forked tensor two-cache", "tensor2", 2, true, OP_STEP_CHILD, .tensor = true, .m = 2, .m_q = 1},
     {"step a forked tensor four-cache (evicts)", "tensor4", 4, true, OP_STEP_CHILD, .tensor = true, .m = 2,
      .m_q = 1},
+    {"fork subgen tensor shadow (sketch copied)", "subgen", 4, false, OP_FORK, .tensor = true},
+    {"step a forked subgen tensor shadow", "subgen", 4, true, OP_STEP_CHILD, .tensor = true, .m = 3, .m_q = 1},
 };
 #define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
 

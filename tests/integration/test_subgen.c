@@ -178,6 +178,16 @@ START_TEST(test_pool_full_503)
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
         ck_assert_msg(kvd_json_num(before, fields[i]) == kvd_json_num(after, fields[i]), "%s changed", fields[i]);
     ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used); /* every page back */
+    /* a fork copies the sketch (14 pages, 1 free): 503, nothing created */
+    char path[96];
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    resp = http_request(port, "POST", path, KVD_JSON, "{}");
+    kvd_expect_error(resp, 503, "resource_exhausted", NULL, "subgen sketch", "a fork the pool cannot copy");
+    http_response_free(resp);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used);
+    cJSON *list = kvd_get_json(port, "/v1/sessions", 200);
+    ck_assert(kvd_json_num(list, "total") == 1);
+    cJSON_Delete(list);
     cJSON_Delete(before);
     cJSON_Delete(after);
     kvd_delete_session(port, id);
