@@ -96,24 +96,18 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
                 kvd__api_answer_job(api, job);
                 break;
             }
-            /* The child's heap, known before the fork (0: it cannot fork,
-             * answered below); refused here, the parent is untouched. */
+            /* The child's heap, known before the fork; refused here, the
+             * parent is untouched. */
             size_t need = kvd_session_fork_heap_bytes(s->cache);
-            if (need && s->shadow)
+            if (s->shadow)
                 need += kvd_session_fork_heap_bytes(s->shadow);
-            if (need && kvd__api_session_heap_refused(api, need + sizeof(api_session), &job->resp)) {
+            if (kvd__api_session_heap_refused(api, need + sizeof(api_session), &job->resp)) {
                 kvd__api_answer_job(api, job);
                 break;
             }
             int rc = kvd_session_fork(s->cache, api->pool, &child);
             if (rc == 0 && s->shadow && (rc = kvd_session_fork(s->shadow, api->pool, &child_shadow)) != 0)
                 kvd_session_destroy(child, api->pool);
-            if (rc == -ENOTSUP) {
-                kvd__api_respond_error(&job->resp, 400, KVD_ERR_INVALID, NULL,
-                                       "forking a KIVI session is not yet supported");
-                kvd__api_answer_job(api, job);
-                break;
-            }
             if (rc == -ENOSPC) { /* a subgen sketch is copied: its pages come from the pool */
                 kvd__api_respond_error(&job->resp, 503, KVD_ERR_EXHAUSTED, NULL,
                                        "the pool has too few free pages to copy the session's subgen sketch");

@@ -177,9 +177,7 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
         size_t need = token_stream_bound(b, e, n_entries, layer, cfg);
         if (kvd_stream_reserve_table(b, need) != 0)
             return KVD_STEP_NOMEM;
-        /* pages still shared with a fork that a window, eviction or pair
-         * rebuild would rewrite are copied first (cache/session.h) */
-        *pages += need + kvd__session_unshare_tensor_bound(sess, i);
+        *pages += need;
         const size_t n = sess->streams[i].n_tokens;
         if (n + m > max_tokens)
             max_tokens = n + m;
@@ -395,7 +393,9 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return KVD_STEP_NOMEM;
-        total += need;
+        /* pages still shared with a fork that the step rewrites in place
+         * are copied first (kvd__session_unshare) */
+        total += need + kvd__session_unshare_bound(sess, i);
         if (s->n_tokens + p->new_tokens[i] > max_tokens)
             max_tokens = s->n_tokens + p->new_tokens[i];
     }

@@ -234,7 +234,7 @@ int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
     for (int a = 0; a < 3; a++)
         for (size_t i = 0; stream_array(parent, a) && i < n; i++) {
             const int rc = kvd__stream_fork_prepare(&stream_array(parent, a)[i], &stream_array(c, a)[i]);
-            if (rc != 0) { /* -ENOMEM, or -ENOTSUP for KIVI; stream i is left empty */
+            if (rc != 0) { /* -ENOMEM; stream i is left empty */
                 fork_undo(c, n, a, i, -1, 0);
                 return rc;
             }
@@ -277,25 +277,56 @@ int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
     return 0;
 }
 
-size_t kvd__session_unshare_tensor_bound(const kvd_session *s, size_t idx)
+/* Pages of st a step may rewrite in place while still shared: all of them
+ * (`all`: rows move anywhere), else KIVI's residual and settle page only. */
+static size_t stream_unshare_bound(const kvd_stream *st, bool all)
 {
-    const kvd_session_config *cfg = &s->config;
-    if (!s->tensor_b || (!cfg->window && cfg->cache.eviction == KVD_EVICT_NONE))
-        return 0;
-    return (cfg->window ? s->streams[idx].n_shared : 0) + s->tensor_b[idx].n_shared +
-           (s->pairs ? s->pairs[idx].n_shared : 0);
+    if (!all)
+        return kvd__stream_kivi_unshare_bound(st);
+    return st->n_shared + (st->residual != NULL ? st->residual->n_shared : 0);
 }
 
-size_t kvd__session_unshare_tensor(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare)
+static size_t stream_unshare(kvd_stream *st, kvd_pool *pool, bool all, void *const *spare, size_t n_spare)
 {
-    if (kvd__session_unshare_tensor_bound(s, idx) == 0)
+    if (!all)
+        return kvd__stream_kivi_unshare(st, pool, spare, n_spare);
+    size_t used = kvd__stream_unshare_all(st, pool, spare, n_spare);
+    if (st->residual != NULL)
+        used += kvd__stream_unshare_all(st->residual, pool, spare + used, n_spare - used);
+    return used;
+}
+
+/* Whether array a's stream idx has its rows moved anywhere by a step: a
+ * tensor window slides k1/v1 and k2/v2; with a policy, k2/v2 follow k1/v1's
+ * moves and pair rows are rebuilt; KIVI's eviction re-quantizes blocks
+ * anywhere (f32 and per-token k1/v1 copy the hole's page themselves, in
+ * kvd_stream_evict). */
+static bool rewrites_all(const kvd_session *s, int a)
+{
+    const kvd_session_config *cfg = &s->config;
+    const bool policy = cfg->cache.eviction != KVD_EVICT_NONE;
+    const bool kivi = cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+    return cfg->window || (policy && (a > 0 || kivi));
+}
+
+size_t kvd__session_unshare_bound(const kvd_session *s, size_t idx)
+{
+    size_t n = 0;
+    for (int a = 0; a < 3; a++)
+        if (stream_array(s, a))
+            n += stream_unshare_bound(&stream_array(s, a)[idx], rewrites_all(s, a));
+    return n;
+}
+
+size_t kvd__session_unshare(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare)
+{
+    if (kvd__session_unshare_bound(s, idx) == 0)
         return 0;
     size_t used = 0;
-    if (s->config.window) /* the window slides k1/v1 down in place too */
-        used += kvd__stream_unshare_all(&s->streams[idx], pool, spare, n_spare);
-    used += kvd__stream_unshare_all(&s->tensor_b[idx], pool, spare + used, n_spare - used);
-    if (s->pairs)
-        used += kvd__stream_unshare_all(&s->pairs[idx], pool, spare + used, n_spare - used);
+    for (int a = 0; a < 3; a++)
+        if (stream_array(s, a))
+            used += stream_unshare(&stream_array(s, a)[idx], pool, rewrites_all(s, a), spare + used,
+                                   n_spare - used);
     return used;
 }
 
@@ -373,8 +404,10 @@ size_t kvd_session_shared_pages(const kvd_session *s)
 {
     size_t n = 0;
     for (int a = 0; a < 3; a++)
-        for (size_t i = 0; stream_array(s, a) && i < s->n_streams; i++)
-            n += stream_array(s, a)[i].n_shared;
+        for (size_t i = 0; stream_array(s, a) && i < s->n_streams; i++) {
+            const kvd_stream *st = &stream_array(s, a)[i];
+            n += st->n_shared + (st->residual != NULL ? st->residual->n_shared : 0);
+        }
     return n;
 }
 
@@ -434,8 +467,6 @@ size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
      * sketch arrays with their tables, each
      * table and its flags trimmed to the pages held, each index cloned at its
      * capacity. */
-    if (kvd__stream_is_kivi(&parent->streams[0]))
-        return 0;
     size_t n = sizeof *parent;
     for (int b = 0; b < 2; b++) { /* sketches: tables trimmed to the pages copied */
         const kvd_subgen *arr = sketch_array(parent, b);
@@ -447,8 +478,12 @@ size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
         if (arr == NULL)
             continue;
         n += parent->n_streams * sizeof *arr;
-        for (size_t i = 0; i < parent->n_streams; i++)
-            n += arr[i].n_pages * (sizeof *arr[i].pages + sizeof *arr[i].shared) + kvd__evict_heap_bytes(arr[i].evict);
+        for (size_t i = 0; i < parent->n_streams; i++) {
+            const kvd_stream *st = &arr[i], *r = st->residual; /* KIVI: its residual is forked too */
+            n += st->n_pages * (sizeof *st->pages + sizeof *st->shared) + kvd__evict_heap_bytes(st->evict);
+            if (r != NULL)
+                n += kvd__stream_heap_bytes_init(st->head_dim, &st->fmt) + r->n_pages * (sizeof *r->pages + 1);
+        }
     }
     return n;
 }

@@ -79,8 +79,9 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
  * kvd_stream_fork), a tensor session's k2/v2 and pair rows too. The
  * parent's pages get flagged shared too. A subgen session's sketches are
  * copied whole (same rows, F, items and random state), into pages taken from
- * the pool all at once. Returns 0, -ENOMEM, -ENOSPC (the pool lacks the
- * sketches' pages) or -ENOTSUP (KIVI), with nothing changed. */
+ * the pool all at once. KIVI streams fork their f32 residual too. Returns
+ * 0, -ENOMEM or -ENOSPC (the pool lacks the sketches' pages), with nothing
+ * changed. */
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
 
 /* Releases every page to the pool and frees the session. NULL is a no-op. */
@@ -121,8 +122,7 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg);
 
 /* What kvd_session_fork(parent, ...) would allocate for the child (tables
  * trimmed to the parent's pages, indexes at the parent's capacity): its
- * kvd_session_heap_bytes right after the fork. 0 when the fork would be
- * refused with -ENOTSUP (KIVI). */
+ * kvd_session_heap_bytes right after the fork. */
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
 
 /* ---- Private to cache/ (the step engine and reclaim). ---- */
@@ -134,13 +134,15 @@ size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
  * pair_v of [2 * n][head_dim] f32 each. No-op when the rows already match. */
 void kvd__session_rebuild_pairs(kvd_session *s, kvd_pool *pool, size_t idx, float *pair_k, float *pair_v);
 
-/* Tensor sessions with a window or a policy rewrite rows all over k2/v2
- * (following k1/v1's eviction moves), the pair rows (rebuilt) and, sliding
- * a window, k1/v1 too: before an entry appends to stream idx, the step makes
- * every page of those still shared with a fork private. bound: the pages
- * that can take (0 for other sessions, or nothing shared); unshare takes
- * them from spare[0..n_spare) in order and returns how many it took. */
-size_t kvd__session_unshare_tensor_bound(const kvd_session *s, size_t idx);
-size_t kvd__session_unshare_tensor(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare);
+/* Pages a step rewrites in place that may still be shared with a fork:
+ * before an entry appends to stream idx, the step makes them private — all
+ * of a stream whose rows a step moves anywhere (a tensor window sliding
+ * k1/v1 and k2/v2; with a policy, k2/v2 following k1/v1's moves, rebuilt
+ * pair rows, and every KIVI stream), else a KIVI stream's residual and the
+ * page its settle writes. bound: the pages that can take (0 when nothing is
+ * shared); unshare takes them from spare[0..n_spare) in order and returns
+ * how many it took. */
+size_t kvd__session_unshare_bound(const kvd_session *s, size_t idx);
+size_t kvd__session_unshare(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare);
 
 #endif

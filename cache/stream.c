@@ -534,19 +534,14 @@ size_t kvd_stream_payload_bytes(const kvd_stream *s)
 
 int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst)
 {
-    /* KIVI forks are not supported (the API refuses them first): a fork
-     * shares pages copy-on-write, but the settle that follows each step
-     * rewrites the residual and fills key blocks in place, so both sides
-     * would need their own residual at once and settling one side would
-     * copy pages the other still reads; not worth it before anyone asks. */
-    if (kvd__stream_is_kivi(src)) {
-        memset(dst, 0, sizeof *dst);
-        return -ENOTSUP;
-    }
+    /* KIVI forks share the quantized pages and the residual's alike; the
+     * step engine makes the pages a settle or an eviction rewrites private
+     * first (kvd__stream_kivi_unshare, cache/session.h). */
     *dst = *src; /* shape, counters; every owned pointer is replaced below */
     dst->pages = NULL;
     dst->shared = NULL;
     dst->evict = NULL;
+    dst->residual = NULL;
     dst->cap_pages = 0;
     dst->n_shared = 0;
     if (src->n_pages > 0) {
@@ -559,6 +554,15 @@ int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst)
     }
     if (src->evict != NULL && kvd__evict_clone(src->evict, src->n_tokens, &dst->evict) != 0)
         goto fail;
+    if (src->residual != NULL) {
+        /* its own residual and gather buffer, one allocation as init_format makes */
+        kvd__kivi_residual *r = malloc(kvd__stream_heap_bytes_init(src->head_dim, &src->fmt));
+        if (r == NULL)
+            goto fail;
+        dst->residual = &r->s;
+        if (kvd__stream_fork_prepare(src->residual, &r->s) != 0)
+            goto fail;
+    }
     return 0;
 
 fail:
@@ -568,6 +572,8 @@ fail:
 
 void kvd__stream_fork_commit(kvd_stream *src, kvd_stream *dst, kvd_pool *pool)
 {
+    if (src->residual != NULL)
+        kvd__stream_fork_commit(src->residual, dst->residual, pool);
     if (src->n_pages == 0)
         return;
     assert(src->shared != NULL && src->cap_pages >= src->n_pages);
@@ -582,10 +588,16 @@ void kvd__stream_fork_abort(kvd_stream *dst)
     free(dst->pages);
     free(dst->shared);
     kvd__evict_free(dst->evict);
-    /* an empty stream of the same shape, as kvd_stream_init leaves it */
+    if (dst->residual != NULL) {
+        kvd__stream_fork_abort(dst->residual);
+        free(dst->residual); /* the kvd__kivi_residual, its first member */
+    }
+    /* an empty stream of the same shape, as kvd_stream_init leaves it (a
+     * KIVI one without its residual, as kvd_stream_release leaves it) */
     dst->pages = NULL;
     dst->shared = NULL;
     dst->evict = NULL;
+    dst->residual = NULL;
     dst->n_pages = dst->cap_pages = dst->n_shared = dst->n_tokens = 0;
     dst->appended = dst->evicted = 0;
 }

@@ -1,6 +1,7 @@
 /* tests/cache/test_fork.c — forks of tensor sessions (four- and two-cache,
- * with and without a window or a policy) and subgen sessions (standard and
- * SubGen4Cache, the sketch copied eagerly) through the step engine: after a
+ * with and without a window or a policy), subgen sessions (standard and
+ * SubGen4Cache, the sketch copied eagerly) and KIVI sessions (standard and
+ * tensor, with and without a policy) through the step engine: after a
  * fork, parent and child each take their own steps and each answers bit for
  * bit like a fresh session fed its own whole history; stream pages are
  * shared (no copy) until written, the parent never sees the child's writes,
@@ -265,26 +266,31 @@ START_TEST(test_fork_subgen_tensor)
 }
 END_TEST
 
-/* A fork whose allocations fail leaves the parent exactly as it was: KIVI
- * tensor sessions are refused (-ENOTSUP) with no page flagged. */
-START_TEST(test_fork_tensor_kivi_refused)
+static kvd_session_config kivi(kvd_session_config c)
 {
-    kvd_pool *pool;
-    ck_assert_int_eq(kvd_pool_create(4096 * PAGE, PAGE, &pool), 0);
-    kvd_session_config cfg = tensor_config(KVD_TENSOR_CACHE_TWO, 0, KVD_EVICT_NONE, 0);
-    cfg.cache.dtype = KVD_DTYPE_KIVI4;
-    cfg.cache.group = 4;
-    cfg.cache.residual = 4;
-    kvd_session *p, *c = (kvd_session *)&cfg;
-    ck_assert_int_eq(kvd_session_create(&cfg, 4096, &p), 0);
-    free(step(p, pool, 9, 1));
-    ck_assert_int_eq(kvd_session_fork(p, pool, &c), -ENOTSUP);
-    ck_assert_ptr_null(c);
-    for (size_t i = 0; i < p->n_streams; i++)
-        ck_assert_uint_eq(p->streams[i].n_shared + p->tensor_b[i].n_shared + p->pairs[i].n_shared, 0);
-    kvd_session_destroy(p, pool);
-    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
-    kvd_pool_destroy(pool);
+    c.cache.dtype = KVD_DTYPE_KIVI4;
+    c.cache.group = 4;
+    c.cache.residual = 4;
+    return c;
+}
+
+/* KIVI: the residual is forked too; a settle shifts the residual and fills
+ * the next key block's page, an eviction re-quantizes blocks anywhere: those
+ * pages are copied first when still shared. */
+START_TEST(test_fork_kivi)
+{
+    kvd_session_config cfg = kivi(tensor_config(KVD_TENSOR_CACHE_FOUR, 0, KVD_EVICT_NONE, 0));
+    cfg.attention = KVD_ATTN_STANDARD;
+    fork_scenario(&cfg);
+    cfg = kivi(tensor_config(KVD_TENSOR_CACHE_FOUR, 0, KVD_EVICT_H2O, 9));
+    cfg.attention = KVD_ATTN_STANDARD;
+    fork_scenario(&cfg);
+    cfg = kivi(tensor_config(KVD_TENSOR_CACHE_TWO, 0, KVD_EVICT_NONE, 0));
+    fork_scenario(&cfg);
+    cfg = kivi(tensor_config(KVD_TENSOR_CACHE_FOUR, 0, KVD_EVICT_RECENCY, 9));
+    fork_scenario(&cfg);
+    cfg = kivi(tensor_config(KVD_TENSOR_CACHE_TWO, 0, KVD_EVICT_L2NORM, 9));
+    fork_scenario(&cfg);
 }
 END_TEST
 
@@ -296,7 +302,7 @@ static Suite *fork_suite(void)
     tcase_add_test(tc, test_fork_tensor_two);
     tcase_add_test(tc, test_fork_tensor_window);
     tcase_add_test(tc, test_fork_tensor_policy);
-    tcase_add_test(tc, test_fork_tensor_kivi_refused);
+    tcase_add_test(tc, test_fork_kivi);
     tcase_add_test(tc, test_fork_subgen);
     tcase_add_test(tc, test_fork_subgen_tensor);
     suite_add_tcase(s, tc);

@@ -127,6 +127,8 @@ static const scenario scenarios[] = {
      .m_q = 1},
     {"fork subgen tensor shadow (sketch copied)", "subgen", 4, false, OP_FORK, .tensor = true},
     {"step a forked subgen tensor shadow", "subgen", 4, true, OP_STEP_CHILD, .tensor = true, .m = 3, .m_q = 1},
+    {"fork kivi2", "kivi", 6, false, OP_FORK, .create = NULL},
+    {"step a forked kivi2 (settles)", "kivi", 6, true, OP_STEP_CHILD, .m = 3, .m_q = 1},
 };
 #define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
 

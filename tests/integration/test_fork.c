@@ -6,7 +6,7 @@
  * parent leaves the child whole; forks of evicting sessions (recency, l2norm,
  * h2o) keep their policy state; forks of tensor sessions (four, two, a
  * window, a policy, a shadow copy) and subgen sessions (standard and
- * SubGen4Cache, the sketch copied) answer byte for byte like a fresh twin fed
+ * SubGen4Cache, the sketch copied) and KIVI sessions answer byte for byte like a fresh twin fed
  * the same history; a subgen fork the pool cannot copy is a 503; 404 / 400 / 503 (--max-sessions) answers.
  * Each test case runs its own kvd. */
 #define _GNU_SOURCE
@@ -339,6 +339,13 @@ static const char *const tensor_cases[] = {
     "{" TENSOR_SHAPE ",\"tensor_cache\":\"four\",\"shadow\":true,"
     "\"cache\":{\"eviction\":\"h2o\",\"budget\":6,\"sink\":1,\"recent\":2}}",
     "{" TENSOR_SHAPE ",\"tensor_cache\":\"two\",\"cache\":{\"eviction\":\"l2norm\",\"budget\":6,\"sink\":1,\"recent\":2}}",
+    /* KIVI: the residual forks too */
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8,\"shadow\":true,"
+    "\"cache\":{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4}}",
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8,"
+    "\"cache\":{\"dtype\":\"kivi2\",\"group\":4,\"residual\":4,\"eviction\":\"h2o\",\"budget\":9,\"sink\":1,\"recent\":2}}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"two\",\"cache\":{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4,"
+    "\"eviction\":\"recency\",\"budget\":9,\"sink\":1}}",
 };
 
 /* One tensor step of m tokens and m causal queries drawn from seed, sent to
