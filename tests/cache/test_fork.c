@@ -113,7 +113,9 @@ static void fork_scenario(const kvd_session_config *cfg)
     for (size_t i = 0; p->subgen && i < p->n_streams; i++)
         sketch += kvd_subgen_pages(&p->subgen[i]) + (p->subgen_b ? kvd_subgen_pages(&p->subgen_b[i]) : 0);
     ck_assert_uint_eq(sketch > 0, p->subgen != NULL);
+    const size_t heap = kvd_session_fork_heap_bytes(p);
     ck_assert_int_eq(kvd_session_fork(p, pool, &c), 0);
+    ck_assert_uint_eq(kvd_session_heap_bytes(c), heap); /* predicted exactly (the API charges it first) */
     /* streams shared, not copied: no page taken, every page of every array
      * flagged on both sides with two references, the child's k2/v2 its own
      * mirror; a sketch is a copy in pages of the child's own */
@@ -182,6 +184,12 @@ static void fork_scenario(const kvd_session_config *cfg)
         }
     }
     ck_assert_uint_gt(kvd_pool_copies(pool), 0); /* written pages were copied */
+    if (!cfg->window && cfg->cache.eviction == KVD_EVICT_NONE && cfg->cache.dtype == KVD_DTYPE_F32)
+        for (int a = 0; a < 3; a++) /* appends only: full pages never written stay shared */
+            for (size_t i = 0; array(p, a) && i < p->n_streams; i++) {
+                ck_assert_ptr_eq(array(p, a)[i].pages[0], array(c, a)[i].pages[0]);
+                ck_assert_uint_eq(kvd_pool_refcount(pool, array(p, a)[i].pages[0]), 2);
+            }
     /* the parent goes; the child keeps answering like its fresh twin */
     kvd_session_destroy(p, pool);
     float *oc = step(c, pool, 2, 300), *ofc = step(fc, pool, 2, 300);
