@@ -89,27 +89,28 @@ void kvd__api_session_pump(kvd_api *api, api_session *s)
         }
         case JOB_FORK: {
             /* Runs when the parent is idle, so its pages are whole steps;
-             * the fork copies block tables, not pages (O(pages) on the loop). */
+             * the fork copies block tables, not pages (O(pages) on the loop),
+             * except a subgen sketch's, which it copies whole. */
             kvd_session *child, *child_shadow = NULL;
             if (kvd__api_session_limit_reached(api, &job->resp)) {
                 kvd__api_answer_job(api, job);
                 break;
             }
-            /* The child's heap, known before the fork (0: it cannot fork,
-             * answered below); refused here, the parent is untouched. */
+            /* The child's heap, known before the fork; refused here, the
+             * parent is untouched. */
             size_t need = kvd_session_fork_heap_bytes(s->cache);
-            if (need && s->shadow)
+            if (s->shadow)
                 need += kvd_session_fork_heap_bytes(s->shadow);
-            if (need && kvd__api_session_heap_refused(api, need + sizeof(api_session), &job->resp)) {
+            if (kvd__api_session_heap_refused(api, need + sizeof(api_session), &job->resp)) {
                 kvd__api_answer_job(api, job);
                 break;
             }
             int rc = kvd_session_fork(s->cache, api->pool, &child);
             if (rc == 0 && s->shadow && (rc = kvd_session_fork(s->shadow, api->pool, &child_shadow)) != 0)
                 kvd_session_destroy(child, api->pool);
-            if (rc == -ENOTSUP) {
-                kvd__api_respond_error(&job->resp, 400, KVD_ERR_INVALID, NULL,
-                                       "forking a KIVI, tensor-attention or subgen session is not yet supported");
+            if (rc == -ENOSPC) { /* a subgen sketch is copied: its pages come from the pool */
+                kvd__api_respond_error(&job->resp, 503, KVD_ERR_EXHAUSTED, NULL,
+                                       "the pool has too few free pages to copy the session's subgen sketch");
                 kvd__api_answer_job(api, job);
                 break;
             }

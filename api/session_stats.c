@@ -82,11 +82,8 @@ char *kvd__api_session_stats_json(const kvd_api *api, const api_session *as)
     cJSON_AddNumberToObject(o, "appended", (double)kvd_session_appended(s));
     cJSON_AddNumberToObject(o, "evicted", (double)kvd_session_evicted(s));
     cJSON_AddNumberToObject(o, "pages", (double)pages);
-    size_t shared = 0;
-    for (size_t i = 0; i < s->n_streams; i++)
-        shared += s->streams[i].n_shared;
     /* Pages that may still be shared with a fork (copied on first write). */
-    cJSON_AddNumberToObject(o, "shared_pages", (double)shared);
+    cJSON_AddNumberToObject(o, "shared_pages", (double)kvd_session_shared_pages(s));
     cJSON_AddNumberToObject(o, "bytes", bytes);
     /* Ordinary heap outside the pool (cache, shadow copy, registry entry):
      * its share of --max-session-heap. */

@@ -187,7 +187,8 @@ static int plan_tensor(kvd__step_plan *p, kvd_session *sess, size_t pool_pages, 
          * from overflow. */
         kvd_stream *pr = &sess->pairs[i];
         need = is_kivi(cfg) ? kivi_pair_page_bound(pr, e, n_entries, layer, n, cfg)
-                            : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg));
+                            : pair_page_bound(pr, e, n_entries, layer, n, keep_limit(cfg)) +
+                                  (pr->n_shared != 0); /* a shared tail copied by the first append */
         if (need > pool_pages || *too_big) {
             *too_big = true; /* no table grows now; the rest is only counted */
             *pages = sat_add(*pages, need);
@@ -392,7 +393,9 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         if (kvd_stream_reserve_table(s, need) != 0 ||
             (s->evict && kvd_stream_evict_reserve(s, p->new_tokens[i]) != 0))
             return KVD_STEP_NOMEM;
-        total += need;
+        /* pages still shared with a fork that the step rewrites in place
+         * are copied first (kvd__session_unshare) */
+        total += need + kvd__session_unshare_bound(sess, i);
         if (s->n_tokens + p->new_tokens[i] > max_tokens)
             max_tokens = s->n_tokens + p->new_tokens[i];
     }

@@ -27,9 +27,8 @@ bool kvd_session_reclaimable(const kvd_session *s)
      * pool does not have. Skipped, so it never loses tokens without them. */
     if (s->pairs && is_kivi(&s->config))
         return false;
-    for (size_t i = 0; i < s->n_streams; i++)
-        if (s->streams[i].n_shared)
-            return false;
+    if (kvd_session_shared_pages(s))
+        return false; /* eviction without pages could not copy a shared page it writes */
     for (size_t i = 0; i < s->n_streams; i++)
         if (kvd_stream_evictable(&s->streams[i]) >= s->streams[i].slots_per_page)
             return true; /* at least one whole page would come free */

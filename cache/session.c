@@ -175,37 +175,159 @@ kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg)
     return exact;
 }
 
+/* The stream arrays a session holds, in a fixed order: streams, then a
+ * tensor session's k2/v2 and pair rows (NULL when it has none). */
+static kvd_stream *stream_array(const kvd_session *s, int a)
+{
+    return a == 0 ? s->streams : a == 1 ? s->tensor_b : s->pairs;
+}
+
+/* The sketch arrays of a subgen session: 0 its k (or k1) sketches, 1 a
+ * SubGen4Cache's k2 sketches (NULL when it has none). */
+static kvd_subgen *sketch_array(const kvd_session *s, int a)
+{
+    return a == 0 ? s->subgen : s->subgen_b;
+}
+
+/* Frees a child that fork prepared up to (but excluding) stream i of array
+ * a, or every stream (a = 3) and sketch i of sketch array b (b = 2: all). */
+static void fork_undo(kvd_session *c, size_t n_streams, int a, size_t i, int b, size_t j)
+{
+    for (int x = 0; x < 3 && x <= a; x++)
+        for (size_t k = 0; stream_array(c, x) && k < (x < a ? n_streams : i); k++)
+            kvd__stream_fork_abort(&stream_array(c, x)[k]);
+    for (int x = 0; x < 2 && x <= b; x++)
+        for (size_t k = 0; sketch_array(c, x) && k < (x < b ? n_streams : j); k++)
+            kvd__subgen_fork_abort(&sketch_array(c, x)[k]);
+    free(c->streams);
+    free(c->tensor_b);
+    free(c->pairs);
+    free(c->subgen);
+    free(c->subgen_b);
+    free(c);
+}
+
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out)
 {
     *out = NULL;
-    if (parent->tensor_b || parent->subgen)
-        return -ENOTSUP; /* tensor and subgen sessions do not fork yet */
+    const size_t n = parent->n_streams;
     kvd_session *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
-    c->streams = calloc(parent->n_streams, sizeof *c->streams);
-    if (c->streams == NULL) {
-        free(c);
+    c->streams = calloc(n, sizeof *c->streams);
+    if (parent->tensor_b)
+        c->tensor_b = calloc(n, sizeof *c->tensor_b);
+    if (parent->pairs)
+        c->pairs = calloc(n, sizeof *c->pairs);
+    if (parent->subgen)
+        c->subgen = calloc(n, sizeof *c->subgen);
+    if (parent->subgen_b)
+        c->subgen_b = calloc(n, sizeof *c->subgen_b);
+    if (!c->streams || (parent->tensor_b && !c->tensor_b) || (parent->pairs && !c->pairs) ||
+        (parent->subgen && !c->subgen) || (parent->subgen_b && !c->subgen_b)) {
+        fork_undo(c, n, 0, 0, 0, 0);
         return -ENOMEM;
     }
-    /* Every allocation of every stream first, so that a failure leaves the
-     * parent exactly as it was (no reference taken, no page flagged). */
-    for (size_t i = 0; i < parent->n_streams; i++) {
-        const int rc = kvd__stream_fork_prepare(&parent->streams[i], &c->streams[i]);
-        if (rc != 0) { /* -ENOMEM, or -ENOTSUP for KIVI */
-            for (size_t k = 0; k < i; k++)
-                kvd__stream_fork_abort(&c->streams[k]);
-            free(c->streams);
-            free(c);
-            return rc;
+    /* Every allocation of every stream of every array first, so that a
+     * failure leaves the parent exactly as it was (no reference taken, no
+     * page flagged). */
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(parent, a) && i < n; i++) {
+            const int rc = kvd__stream_fork_prepare(&stream_array(parent, a)[i], &stream_array(c, a)[i]);
+            if (rc != 0) { /* -ENOMEM; stream i is left empty */
+                fork_undo(c, n, a, i, -1, 0);
+                return rc;
+            }
         }
+    /* A sketch is copied, not shared (cache/subgen.h): its tables, then all
+     * its pages from the pool at once. */
+    size_t sketch_pages = 0;
+    for (int b = 0; b < 2; b++)
+        for (size_t j = 0; sketch_array(parent, b) && j < n; j++) {
+            if (kvd__subgen_fork_prepare(&sketch_array(parent, b)[j], &sketch_array(c, b)[j]) != 0) {
+                fork_undo(c, n, 3, 0, b, j);
+                return -ENOMEM;
+            }
+            sketch_pages += kvd_subgen_pages(&sketch_array(parent, b)[j]);
+        }
+    void **pages = NULL;
+    if (sketch_pages && !(pages = malloc(sketch_pages * sizeof *pages))) {
+        fork_undo(c, n, 3, 0, 2, 0);
+        return -ENOMEM;
     }
-    for (size_t i = 0; i < parent->n_streams; i++)
-        kvd__stream_fork_commit(&parent->streams[i], &c->streams[i], pool);
+    if (sketch_pages && kvd_pool_alloc(pool, sketch_pages, pages) != 0) {
+        free(pages);
+        fork_undo(c, n, 3, 0, 2, 0);
+        return -ENOSPC;
+    }
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(parent, a) && i < n; i++)
+            kvd__stream_fork_commit(&stream_array(parent, a)[i], &stream_array(c, a)[i], pool);
+    for (size_t i = 0; c->tensor_b && i < n; i++)
+        c->streams[i].mirror = &c->tensor_b[i]; /* prepare copied the parent's pointer */
+    size_t used = 0;
+    for (int b = 0; b < 2; b++)
+        for (size_t j = 0; sketch_array(parent, b) && j < n; j++)
+            kvd__subgen_fork_commit(&sketch_array(parent, b)[j], &sketch_array(c, b)[j], kvd_pool_page_bytes(pool),
+                                    pages, &used);
+    free(pages);
     c->config = parent->config;
-    c->n_streams = parent->n_streams;
+    c->n_streams = n;
     *out = c;
     return 0;
+}
+
+/* Pages of st a step may rewrite in place while still shared: all of them
+ * (`all`: rows move anywhere), else KIVI's residual and settle page only. */
+static size_t stream_unshare_bound(const kvd_stream *st, bool all)
+{
+    if (!all)
+        return kvd__stream_kivi_unshare_bound(st);
+    return st->n_shared + (st->residual != NULL ? st->residual->n_shared : 0);
+}
+
+static size_t stream_unshare(kvd_stream *st, kvd_pool *pool, bool all, void *const *spare, size_t n_spare)
+{
+    if (!all)
+        return kvd__stream_kivi_unshare(st, pool, spare, n_spare);
+    size_t used = kvd__stream_unshare_all(st, pool, spare, n_spare);
+    if (st->residual != NULL)
+        used += kvd__stream_unshare_all(st->residual, pool, spare + used, n_spare - used);
+    return used;
+}
+
+/* Whether array a's stream idx has its rows moved anywhere by a step: a
+ * tensor window slides k1/v1 and k2/v2; with a policy, k2/v2 follow k1/v1's
+ * moves and pair rows are rebuilt; KIVI's eviction re-quantizes blocks
+ * anywhere (f32 and per-token k1/v1 copy the hole's page themselves, in
+ * kvd_stream_evict). */
+static bool rewrites_all(const kvd_session *s, int a)
+{
+    const kvd_session_config *cfg = &s->config;
+    const bool policy = cfg->cache.eviction != KVD_EVICT_NONE;
+    const bool kivi = cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+    return cfg->window || (policy && (a > 0 || kivi));
+}
+
+size_t kvd__session_unshare_bound(const kvd_session *s, size_t idx)
+{
+    size_t n = 0;
+    for (int a = 0; a < 3; a++)
+        if (stream_array(s, a))
+            n += stream_unshare_bound(&stream_array(s, a)[idx], rewrites_all(s, a));
+    return n;
+}
+
+size_t kvd__session_unshare(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare)
+{
+    if (kvd__session_unshare_bound(s, idx) == 0)
+        return 0;
+    size_t used = 0;
+    for (int a = 0; a < 3; a++)
+        if (stream_array(s, a))
+            used += stream_unshare(&stream_array(s, a)[idx], pool, rewrites_all(s, a), spare + used,
+                                   n_spare - used);
+    return used;
 }
 
 void kvd_session_destroy(kvd_session *s, kvd_pool *pool)
@@ -278,6 +400,17 @@ size_t kvd_session_pages(const kvd_session *s)
     return n;
 }
 
+size_t kvd_session_shared_pages(const kvd_session *s)
+{
+    size_t n = 0;
+    for (int a = 0; a < 3; a++)
+        for (size_t i = 0; stream_array(s, a) && i < s->n_streams; i++) {
+            const kvd_stream *st = &stream_array(s, a)[i];
+            n += st->n_shared + (st->residual != NULL ? st->residual->n_shared : 0);
+        }
+    return n;
+}
+
 size_t kvd_session_pair_rows(const kvd_session *s)
 {
     size_t n = 0;
@@ -330,14 +463,27 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg)
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent)
 {
     /* As kvd_session_fork and kvd__stream_fork_prepare allocate: the struct,
-     * one stream array, each table and its flags trimmed to the pages held,
-     * each index cloned at its capacity. */
-    if (parent->tensor_b != NULL || parent->subgen != NULL || kvd__stream_is_kivi(&parent->streams[0]))
-        return 0;
-    size_t n = sizeof *parent + parent->n_streams * sizeof *parent->streams;
-    for (size_t i = 0; i < parent->n_streams; i++) {
-        const kvd_stream *st = &parent->streams[i];
-        n += st->n_pages * (sizeof *st->pages + sizeof *st->shared) + kvd__evict_heap_bytes(st->evict);
+     * its stream arrays (a tensor session's k2/v2 and pair rows too) and
+     * sketch arrays with their tables, each
+     * table and its flags trimmed to the pages held, each index cloned at its
+     * capacity. */
+    size_t n = sizeof *parent;
+    for (int b = 0; b < 2; b++) { /* sketches: tables trimmed to the pages copied */
+        const kvd_subgen *arr = sketch_array(parent, b);
+        for (size_t i = 0; arr && i < parent->n_streams; i++)
+            n += sizeof *arr + kvd_subgen_pages(&arr[i]) * sizeof(void *);
+    }
+    for (int a = 0; a < 3; a++) {
+        const kvd_stream *arr = stream_array(parent, a);
+        if (arr == NULL)
+            continue;
+        n += parent->n_streams * sizeof *arr;
+        for (size_t i = 0; i < parent->n_streams; i++) {
+            const kvd_stream *st = &arr[i], *r = st->residual; /* KIVI: its residual is forked too */
+            n += st->n_pages * (sizeof *st->pages + sizeof *st->shared) + kvd__evict_heap_bytes(st->evict);
+            if (r != NULL)
+                n += kvd__stream_heap_bytes_init(st->head_dim, &st->fmt) + r->n_pages * (sizeof *r->pages + 1);
+        }
     }
     return n;
 }

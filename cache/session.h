@@ -76,9 +76,12 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
 kvd_session_config kvd_session_shadow_config(const kvd_session_config *cfg);
 
 /* A copy-on-write fork: same config and tokens, every page shared (see
- * kvd_stream_fork). The parent's pages get flagged shared too. Returns 0,
- * -ENOMEM or -ENOTSUP (KIVI, tensor, subgen: a sketch's samplers would
- * need copy-on-write of every page they may rewrite), with nothing changed. */
+ * kvd_stream_fork), a tensor session's k2/v2 and pair rows too. The
+ * parent's pages get flagged shared too. A subgen session's sketches are
+ * copied whole (same rows, F, items and random state), into pages taken from
+ * the pool all at once. KIVI streams fork their f32 residual too. Returns
+ * 0, -ENOMEM or -ENOSPC (the pool lacks the sketches' pages), with nothing
+ * changed. */
 int kvd_session_fork(kvd_session *parent, kvd_pool *pool, kvd_session **out);
 
 /* Releases every page to the pool and frees the session. NULL is a no-op. */
@@ -95,6 +98,9 @@ size_t kvd_session_tokens(const kvd_session *s);
 uint64_t kvd_session_appended(const kvd_session *s);
 uint64_t kvd_session_evicted(const kvd_session *s);
 size_t kvd_session_pages(const kvd_session *s);
+/* Pages still flagged shared with a fork (copied on first write), over
+ * every stream array (a tensor session's k2/v2 and pair rows too). */
+size_t kvd_session_shared_pages(const kvd_session *s);
 /* Two-cache tensor sessions: pair rows held, summed over streams (else 0). */
 size_t kvd_session_pair_rows(const kvd_session *s);
 
@@ -116,8 +122,7 @@ size_t kvd_session_heap_bytes_new(const kvd_session_config *cfg);
 
 /* What kvd_session_fork(parent, ...) would allocate for the child (tables
  * trimmed to the parent's pages, indexes at the parent's capacity): its
- * kvd_session_heap_bytes right after the fork. 0 when the fork would be
- * refused with -ENOTSUP (tensor, KIVI, subgen). */
+ * kvd_session_heap_bytes right after the fork. */
 size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
 
 /* ---- Private to cache/ (the step engine and reclaim). ---- */
@@ -128,5 +133,16 @@ size_t kvd_session_fork_heap_bytes(const kvd_session *parent);
  * n^2 rows again (n = tokens kept). Needs no page, only scratch pair_k and
  * pair_v of [2 * n][head_dim] f32 each. No-op when the rows already match. */
 void kvd__session_rebuild_pairs(kvd_session *s, kvd_pool *pool, size_t idx, float *pair_k, float *pair_v);
+
+/* Pages a step rewrites in place that may still be shared with a fork:
+ * before an entry appends to stream idx, the step makes them private — all
+ * of a stream whose rows a step moves anywhere (a tensor window sliding
+ * k1/v1 and k2/v2; with a policy, k2/v2 following k1/v1's moves, rebuilt
+ * pair rows, and every KIVI stream), else a KIVI stream's residual and the
+ * page its settle writes. bound: the pages that can take (0 when nothing is
+ * shared); unshare takes them from spare[0..n_spare) in order and returns
+ * how many it took. */
+size_t kvd__session_unshare_bound(const kvd_session *s, size_t idx);
+size_t kvd__session_unshare(kvd_session *s, kvd_pool *pool, size_t idx, void *const *spare, size_t n_spare);
 
 #endif

@@ -567,6 +567,9 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
 {
     const kvd_session_config *cfg = &sess->config;
     const size_t n_before = kvd_session_stream(sess, e->layer, 0)->n_tokens;
+    for (uint32_t g = 0; e->m && g < cfg->kv_heads; g++) /* pages rewritten in place: none still shared */
+        p->cursor += kvd__session_unshare(sess, pool, (size_t)e->layer * cfg->kv_heads + g, rest_pages(p),
+                                          p->total_pages - p->cursor);
     if (e->m)
         append_tokens(sess, pool, e, p);
     if (e->m && sess->tensor_b)

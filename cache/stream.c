@@ -3,9 +3,10 @@
  * sizes from attention/formats.h), append of new tokens (quantized into
  * their slots by cache/quant.c) into pages the caller took from the pool
  * (copying a tail page shared with a fork first), in-place rewrites and
- * truncation, copy-on-write forks, and the read-only views the attention
- * kernels use. KIVI's residual, settle and row moves are
- * cache/stream_kivi.c's; the eviction index belongs to cache/evict.c. */
+ * truncation, and the read-only views the attention kernels use.
+ * Copy-on-write forks and unsharing are cache/stream_fork.c's; KIVI's
+ * residual, settle and row moves cache/stream_kivi.c's; the eviction index
+ * belongs to cache/evict.c. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -273,29 +274,6 @@ kvd_slot_meta *kvd_stream_meta(const kvd_stream *s, size_t j)
     return kvd__stream_page_meta(s, j);
 }
 
-int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare)
-{
-    assert(i < s->n_pages && s->shared != NULL && s->shared[i]);
-    int used = 0;
-    /* A count of 1 means every other holder has let go, and none can come
-     * back (only a holder can fork), so writing in place is safe. A count
-     * read as > 1 may drop to 1 before we release: then the copy was merely
-     * unneeded, never wrong. */
-    if (kvd_pool_refcount(pool, s->pages[i]) > 1) {
-        if (spare == NULL)
-            return -1;
-        void *old = s->pages[i];
-        memcpy(spare, old, kvd_pool_page_bytes(pool));
-        s->pages[i] = spare;
-        kvd_pool_release(pool, &old, 1);
-        kvd__pool_count_copy(pool);
-        used = 1;
-    }
-    s->shared[i] = 0;
-    s->n_shared--;
-    return used;
-}
-
 /* Writes x[0..d) into a row of format f; f32 stays a plain copy. */
 static void store_row(kvd_row_format f, const float *x, size_t d, uint32_t group,
                       unsigned char *dst)
@@ -517,73 +495,6 @@ size_t kvd_stream_payload_bytes(const kvd_stream *s)
     /* a partial last key block (after eviction) takes a whole block */
     return div_up(nq, s->fmt.group) * s->k_row_bytes + nq * (size_t)s->v_row_bytes +
            nr * 2 * (size_t)s->head_dim * sizeof(float);
-}
-
-int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst)
-{
-    /* KIVI forks are not supported (the API refuses them first): a fork
-     * shares pages copy-on-write, but the settle that follows each step
-     * rewrites the residual and fills key blocks in place, so both sides
-     * would need their own residual at once and settling one side would
-     * copy pages the other still reads; not worth it before anyone asks. */
-    if (kvd__stream_is_kivi(src)) {
-        memset(dst, 0, sizeof *dst);
-        return -ENOTSUP;
-    }
-    *dst = *src; /* shape, counters; every owned pointer is replaced below */
-    dst->pages = NULL;
-    dst->shared = NULL;
-    dst->evict = NULL;
-    dst->cap_pages = 0;
-    dst->n_shared = 0;
-    if (src->n_pages > 0) {
-        dst->pages = malloc(src->n_pages * sizeof *dst->pages); /* <= src's table: no overflow */
-        dst->shared = calloc(src->n_pages, 1);
-        if (dst->pages == NULL || dst->shared == NULL)
-            goto fail;
-        memcpy(dst->pages, src->pages, src->n_pages * sizeof *dst->pages);
-        dst->cap_pages = src->n_pages;
-    }
-    if (src->evict != NULL && kvd__evict_clone(src->evict, src->n_tokens, &dst->evict) != 0)
-        goto fail;
-    return 0;
-
-fail:
-    kvd__stream_fork_abort(dst);
-    return -ENOMEM;
-}
-
-void kvd__stream_fork_commit(kvd_stream *src, kvd_stream *dst, kvd_pool *pool)
-{
-    if (src->n_pages == 0)
-        return;
-    assert(src->shared != NULL && src->cap_pages >= src->n_pages);
-    kvd_pool_retain(pool, src->pages, src->n_pages);
-    memset(src->shared, 1, src->n_pages);
-    memset(dst->shared, 1, src->n_pages);
-    src->n_shared = dst->n_shared = src->n_pages;
-}
-
-void kvd__stream_fork_abort(kvd_stream *dst)
-{
-    free(dst->pages);
-    free(dst->shared);
-    kvd__evict_free(dst->evict);
-    /* an empty stream of the same shape, as kvd_stream_init leaves it */
-    dst->pages = NULL;
-    dst->shared = NULL;
-    dst->evict = NULL;
-    dst->n_pages = dst->cap_pages = dst->n_shared = dst->n_tokens = 0;
-    dst->appended = dst->evicted = 0;
-}
-
-int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool)
-{
-    const int rc = kvd__stream_fork_prepare(src, dst);
-    if (rc != 0)
-        return rc;
-    kvd__stream_fork_commit(src, dst, pool);
-    return 0;
 }
 
 void kvd_stream_release(kvd_stream *s, kvd_pool *pool)

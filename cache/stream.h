@@ -129,10 +129,9 @@ void kvd_stream_append(kvd_stream *s, kvd_pool *pool, size_t m, const float *k, 
                        size_t row_stride, void *const *new_pages);
 
 /* Makes dst a copy-on-write fork of src: same tokens, same pages (one more
- * reference each), its own block table and eviction index; every page is
- * flagged shared in both. dst must be uninitialized. 0, -ENOMEM or -ENOTSUP
- * (KIVI: settling would rewrite the residual and key blocks both sides
- * share); then nothing changed, dst empty. */
+ * reference each), its own block table and eviction index (KIVI: its own
+ * residual, forked alike); every page is flagged shared in both. dst must
+ * be uninitialized. 0 or -ENOMEM; then nothing changed, dst empty. */
 int kvd_stream_fork(kvd_stream *src, kvd_stream *dst, kvd_pool *pool);
 
 /* Gives every page back to the pool (drops its references) and frees the
@@ -207,9 +206,26 @@ static inline unsigned char *kvd__stream_value(const kvd_stream *s, size_t j)
  * nothing changed). */
 int kvd__stream_unshare(kvd_stream *s, kvd_pool *pool, size_t i, void *spare);
 
+/* Makes every page still flagged shared private (kvd__stream_unshare each),
+ * taking copies from spare[0..n_spare) in order; returns how many it took.
+ * n_spare >= s->n_shared always suffices. For writers that move rows all
+ * over the stream (a tensor window, k2/v2 following an eviction, rebuilt
+ * pair rows), which then find no shared page. */
+size_t kvd__stream_unshare_all(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare);
+
+/* KIVI without eviction: an append writes the residual, and the settle
+ * after it shifts every residual row and fills the quantized page of the
+ * next key block. unshare makes those pages private (the residual's and
+ * that one page, when shared) with copies from spare[0..n_spare) in order
+ * and returns how many it took; bound: at most that many. 0 for other
+ * dtypes. (With eviction rows move anywhere: kvd__stream_unshare_all of the
+ * stream and of its residual.) */
+size_t kvd__stream_kivi_unshare_bound(const kvd_stream *s);
+size_t kvd__stream_kivi_unshare(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare);
+
 /* Fork in two phases so a session can fork all its streams or none:
- * prepare allocates dst's table, flags and index (no page references, src
- * untouched; 0, -ENOMEM, or -ENOTSUP for KIVI, with dst empty); commit takes
+ * prepare allocates dst's table, flags and index (KIVI: and residual; no page
+ * references, src untouched; 0 or -ENOMEM, with dst empty); commit takes
  * the references and flags every page shared on both sides (cannot fail);
  * abort frees what prepare allocated. */
 int kvd__stream_fork_prepare(const kvd_stream *src, kvd_stream *dst);

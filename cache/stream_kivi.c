@@ -49,20 +49,56 @@ static float *res_value(const kvd_stream *r, size_t j)
  * (settled_quantized: after a settle, the quantized tokens themselves).
  * Keeping the latter is what lets a step evict between append and settle
  * without the settle needing pages the plan did not count. */
+/* Gives pages keep.. of st back, clearing their shared flags. */
+static void release_tail(kvd_stream *st, kvd_pool *pool, size_t keep)
+{
+    if (st->n_pages <= keep)
+        return;
+    kvd_pool_release(pool, st->pages + keep, st->n_pages - keep);
+    for (size_t i = keep; st->n_shared > 0 && i < st->n_pages; i++)
+        if (st->shared[i]) {
+            st->shared[i] = 0;
+            st->n_shared--;
+        }
+    st->n_pages = keep;
+}
+
 void kvd__stream_kivi_trim(kvd_stream *s, kvd_pool *pool)
 {
     kvd_stream *r = s->residual;
     const size_t nr = r->n_tokens, nq = s->n_tokens - nr;
-    const size_t r_keep = div_up(nr, r->slots_per_page);
-    if (r->n_pages > r_keep) {
-        kvd_pool_release(pool, r->pages + r_keep, r->n_pages - r_keep);
-        r->n_pages = r_keep;
+    release_tail(r, pool, div_up(nr, r->slots_per_page));
+    release_tail(s, pool, div_up(kvd__stream_kivi_settled(s, nq, nr), s->slots_per_page));
+}
+
+/* The quantized page the next settle writes first (the partial last key
+ * block's, or the one the next block starts), if the stream holds it. */
+static size_t settle_page(const kvd_stream *s)
+{
+    const size_t nq = s->n_tokens - s->residual->n_tokens;
+    return (nq - nq % s->fmt.group) / s->slots_per_page;
+}
+
+size_t kvd__stream_kivi_unshare_bound(const kvd_stream *s)
+{
+    if (!kvd__stream_is_kivi(s) || s->residual == NULL)
+        return 0;
+    const size_t pg = settle_page(s);
+    return s->residual->n_shared + (pg < s->n_pages && s->shared[pg]);
+}
+
+size_t kvd__stream_kivi_unshare(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare)
+{
+    if (kvd__stream_kivi_unshare_bound(s) == 0)
+        return 0;
+    size_t used = kvd__stream_unshare_all(s->residual, pool, spare, n_spare);
+    const size_t pg = settle_page(s);
+    if (pg < s->n_pages && s->shared[pg]) {
+        const int r = kvd__stream_unshare(s, pool, pg, used < n_spare ? spare[used] : NULL);
+        assert(r >= 0 && "the caller planned a page for every shared one");
+        used += r > 0;
     }
-    const size_t q_keep = div_up(kvd__stream_kivi_settled(s, nq, nr), s->slots_per_page);
-    if (s->n_pages > q_keep) {
-        kvd_pool_release(pool, s->pages + q_keep, s->n_pages - q_keep);
-        s->n_pages = q_keep;
-    }
+    return used;
 }
 
 void kvd_stream_settle(kvd_stream *s, kvd_pool *pool, void *const *spare, size_t n_spare,

@@ -375,6 +375,58 @@ void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, si
     g->n_clusters = n_clusters;
 }
 
+/* The four row arrays of a sketch, in a fixed order. */
+static kvd__subgen_rows *rows_of(kvd_subgen *g, int i)
+{
+    return i == 0 ? &g->centres : i == 1 ? &g->counts : i == 2 ? &g->reservoir : &g->samples;
+}
+
+int kvd__subgen_fork_prepare(const kvd_subgen *src, kvd_subgen *dst)
+{
+    *dst = *src; /* counters, F, items and the random state: the child draws what the parent would */
+    for (int i = 0; i < 4; i++) {
+        kvd__subgen_rows *r = rows_of(dst, i);
+        r->pages = NULL;
+        r->cap_pages = 0;
+    }
+    for (int i = 0; i < 4; i++) {
+        kvd__subgen_rows *r = rows_of(dst, i);
+        if (r->n_pages == 0)
+            continue;
+        if (!(r->pages = calloc(r->n_pages, sizeof *r->pages))) {
+            kvd__subgen_fork_abort(dst);
+            return -ENOMEM;
+        }
+        r->cap_pages = r->n_pages;
+    }
+    return 0;
+}
+
+void kvd__subgen_fork_commit(const kvd_subgen *src, kvd_subgen *dst, size_t page_bytes, void *const *spare,
+                             size_t *used)
+{
+    for (int i = 0; i < 4; i++) {
+        const kvd__subgen_rows *from = rows_of((kvd_subgen *)src, i); /* read only */
+        kvd__subgen_rows *to = rows_of(dst, i);
+        for (size_t pg = 0; pg < to->n_pages; pg++) {
+            to->pages[pg] = spare[(*used)++];
+            memcpy(to->pages[pg], from->pages[pg], page_bytes);
+        }
+    }
+}
+
+void kvd__subgen_fork_abort(kvd_subgen *dst)
+{
+    for (int i = 0; i < 4; i++) {
+        kvd__subgen_rows *r = rows_of(dst, i);
+        r->n_pages = 0; /* no page was placed: nothing to give back */
+        rows_release(r, NULL);
+    }
+    dst->n_clusters = 0;
+    dst->items = 0;
+    dst->f = 0;
+}
+
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool)
 {
     rows_release(&g->centres, pool);

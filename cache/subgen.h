@@ -135,6 +135,17 @@ void *kvd__subgen_row(const kvd__subgen_rows *r, size_t i);
  * items, f and rng. */
 void kvd__subgen_layout(kvd_subgen *g, size_t n_clusters, void *const *spare, size_t n_spare, size_t *used);
 
+/* A fork copies a sketch eagerly (its rows are rewritten in place by every
+ * insert: reservoirs, samplers, counts), in phases so a session forks whole
+ * or not at all: prepare makes dst the same sketch (random state included)
+ * with tables for src's kvd_subgen_pages but no page yet (0 or -ENOMEM, dst
+ * empty then); commit copies each of src's pages whole into spare[*used ..)
+ * (cannot fail); abort frees what prepare allocated. */
+int kvd__subgen_fork_prepare(const kvd_subgen *src, kvd_subgen *dst);
+void kvd__subgen_fork_commit(const kvd_subgen *src, kvd_subgen *dst, size_t page_bytes, void *const *spare,
+                             size_t *used);
+void kvd__subgen_fork_abort(kvd_subgen *dst);
+
 /* Gives every page back and frees the tables; the sketch is empty after. */
 void kvd_subgen_release(kvd_subgen *g, kvd_pool *pool);
 

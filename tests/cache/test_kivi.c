@@ -482,9 +482,12 @@ START_TEST(test_kivi_session)
     ck_assert_uint_eq(kvd_session_tokens(s), 4 * 40 + 6);
     ck_assert_uint_eq(kvd_session_pages(s), kvd_pool_pages_used(pool)); /* residuals too */
     ck_assert_uint_gt(s->streams[0].residual->n_pages, 0);
-    kvd_session *f;
-    ck_assert_int_eq(kvd_session_fork(s, pool, &f), -ENOTSUP);
-    ck_assert_ptr_null(f);
+    kvd_session *f; /* KIVI forks share residual pages too (tests/cache/test_fork.c) */
+    ck_assert_int_eq(kvd_session_fork(s, pool, &f), 0);
+    ck_assert_ptr_ne(f->streams[0].residual, s->streams[0].residual);
+    ck_assert_uint_eq(f->streams[0].residual->n_shared, s->streams[0].residual->n_pages);
+    ck_assert_uint_eq(kvd_session_pages(s), kvd_pool_pages_used(pool)); /* no page taken */
+    kvd_session_destroy(f, pool);
     kvd_session_destroy(s, pool);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
 

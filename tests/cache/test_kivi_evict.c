@@ -510,7 +510,9 @@ START_TEST(test_kivi_evict_init_populated)
     ck_assert_uint_eq(used, 0);
     ck_assert_uint_eq(kvd_pool_pages_used(r.pool), r.s.n_pages + r.s.residual->n_pages);
     kvd_stream fork;
-    ck_assert_int_eq(kvd_stream_fork(&r.s, &fork, r.pool), -ENOTSUP); /* forks: not yet */
+    ck_assert_int_eq(kvd_stream_fork(&r.s, &fork, r.pool), 0); /* forks share, residual too */
+    ck_assert_uint_eq(fork.n_shared + fork.residual->n_shared, r.s.n_pages + r.s.residual->n_pages);
+    kvd_stream_release(&fork, r.pool);
     run_free(&r);
 }
 END_TEST

@@ -636,7 +636,7 @@ START_TEST(test_evict_quantized_exact_bytes)
 END_TEST
 
 /* KIVI streams take an eviction index (cache/evict.h; eviction itself:
- * tests/cache/test_kivi_evict.c) but do not fork (cache/stream.h). */
+ * tests/cache/test_kivi_evict.c) and fork with their residual. */
 START_TEST(test_kivi_evicts_but_refuses_fork)
 {
     kvd_pool *pool;
@@ -653,11 +653,13 @@ START_TEST(test_kivi_evicts_but_refuses_fork)
     ck_assert_int_eq(kvd_stream_evict_init(&s, &none), 0);
     ck_assert_ptr_null(s.evict);
     const size_t used = kvd_pool_pages_used(pool);
-    ck_assert_int_eq(kvd_stream_fork(&s, &c, pool), -ENOTSUP);
+    ck_assert_int_eq(kvd_stream_fork(&s, &c, pool), 0); /* KIVI forks now: residual shared too */
     ck_assert_uint_eq(kvd_pool_pages_used(pool), used);
-    ck_assert_uint_eq(c.n_pages, 0);
-    ck_assert_ptr_null(c.residual);
-    kvd_stream_release(&c, pool); /* empty: a no-op */
+    ck_assert_ptr_nonnull(c.residual);
+    ck_assert_ptr_ne(c.residual, s.residual);
+    ck_assert_uint_eq(c.residual->n_tokens, s.residual->n_tokens);
+    ck_assert_uint_eq(c.residual->n_shared, s.residual->n_pages);
+    kvd_stream_release(&c, pool);
     kvd_stream_release(&s, pool);
     ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
     kvd_pool_destroy(pool);

@@ -385,7 +385,8 @@ END_TEST
 
 /* A step whose sketch the pool cannot hold fails whole: same tokens,
  * clusters, pages and pool; a smaller one then succeeds. Subgen sessions
- * are not reclaimable and do not fork. */
+ * are not reclaimable, and a fork the pool cannot copy the sketch for fails
+ * whole. */
 START_TEST(test_pool_full_whole)
 {
     const uint32_t d = 16;
@@ -418,8 +419,22 @@ START_TEST(test_pool_full_whole)
     ck_assert_uint_eq(s->subgen[0].rng, rng_state);
     ck_assert_uint_eq(s->streams[0].n_tokens, 4);
     ck_assert(!kvd_session_reclaimable(s));
+    /* A fork copies the sketch: with fewer free pages than it holds, the
+     * fork fails whole (-ENOSPC), the parent unflagged and the pool as it
+     * was. */
     kvd_session *child = NULL;
-    ck_assert_int_eq(kvd_session_fork(s, pool, &child), -ENOTSUP);
+    const size_t sketch = kvd_subgen_pages(&s->subgen[0]), hold = kvd_pool_pages_free(pool) - sketch + 1;
+    void *held[16];
+    ck_assert_uint_le(hold, 16);
+    ck_assert_int_eq(kvd_pool_alloc(pool, hold, held), 0); /* one page short of the sketch */
+    ck_assert_int_eq(kvd_session_fork(s, pool, &child), -ENOSPC);
+    ck_assert_ptr_null(child);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), used + hold);
+    ck_assert_uint_eq(kvd_session_shared_pages(s), 0);
+    kvd_pool_release(pool, held, hold);
+    ck_assert_int_eq(kvd_session_fork(s, pool, &child), 0); /* with room it forks */
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), used + sketch);
+    kvd_session_destroy(child, pool);
     e.m = 3;
     ck_assert_int_eq(kvd_step_run(s, NULL, pool, &e, 1, &out), KVD_STEP_OK);
     kvd_step_output_free(&out);

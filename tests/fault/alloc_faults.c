@@ -120,6 +120,15 @@ static const scenario scenarios[] = {
     {"step subgen tensor shadow", "subgen", 4, false, OP_STEP, .tensor = true, .m = 3, .m_q = 1},
     {"snapshot subgen tensor shadow", "subgen", 4, false, OP_SNAPSHOT, .tensor = true},
     {"restore subgen tensor shadow", "subgen", 4, false, OP_RESTORE, .tensor = true},
+    {"fork tensor two-cache", "tensor2", 2, false, OP_FORK, .tensor = true},
+    {"fork tensor four-cache recency", "tensor4", 4, false, OP_FORK, .tensor = true},
+    {"step a forked tensor two-cache", "tensor2", 2, true, OP_STEP_CHILD, .tensor = true, .m = 2, .m_q = 1},
+    {"step a forked tensor four-cache (evicts)", "tensor4", 4, true, OP_STEP_CHILD, .tensor = true, .m = 2,
+     .m_q = 1},
+    {"fork subgen tensor shadow (sketch copied)", "subgen", 4, false, OP_FORK, .tensor = true},
+    {"step a forked subgen tensor shadow", "subgen", 4, true, OP_STEP_CHILD, .tensor = true, .m = 3, .m_q = 1},
+    {"fork kivi2", "kivi", 6, false, OP_FORK, .create = NULL},
+    {"step a forked kivi2 (settles)", "kivi", 6, true, OP_STEP_CHILD, .m = 3, .m_q = 1},
 };
 #define N_SCENARIOS (int)(sizeof scenarios / sizeof *scenarios)
 

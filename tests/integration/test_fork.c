@@ -4,7 +4,10 @@
  * copies it exactly when page math says so, parent and child then evolve
  * independently (each checked against its own exact reference), deleting the
  * parent leaves the child whole; forks of evicting sessions (recency, l2norm,
- * h2o) keep their policy state; 404 / 400 / 503 (--max-sessions) answers.
+ * h2o) keep their policy state; forks of tensor sessions (four, two, a
+ * window, a policy, a shadow copy) and subgen sessions (standard and
+ * SubGen4Cache, the sketch copied) and KIVI sessions answer byte for byte like a fresh twin fed
+ * the same history; a subgen fork the pool cannot copy is a 503; 404 / 400 / 503 (--max-sessions) answers.
  * Each test case runs its own kvd. */
 #define _GNU_SOURCE
 #include <math.h>
@@ -19,6 +22,7 @@
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
 #include "tests/support/check_main.h"
+#include "tests/support/tensor_body.h"
 
 /* See test_eviction.c: f32 attention against the double reference. Over
  * n = 10,000 tokens the f32 accumulation error grows to ~n * 2^-24 ~ 6e-4 of
@@ -321,6 +325,123 @@ START_TEST(fork_evicting)
 }
 END_TEST
 
+/* Tensor session forks: create bodies (one layer, 2 heads, 1 kv head, d 8). */
+#define TENSOR_SHAPE "\"attention\":\"tensor\",\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8"
+#define SUBGEN_CACHE "\"cache\":{\"eviction\":\"subgen\",\"sink\":2,\"recent\":3,\"cluster_samples\":4," \
+                     "\"value_samples\":8},\"seed\":9"
+static const char *const tensor_cases[] = {
+    /* subgen (standard attention, then SubGen4Cache): the sketch is copied */
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8,\"shadow\":true," SUBGEN_CACHE "}",
+    "{" TENSOR_SHAPE ",\"shadow\":true," SUBGEN_CACHE "}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"four\"}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"two\"}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"four\",\"window\":5,\"shadow\":true}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"four\",\"shadow\":true,"
+    "\"cache\":{\"eviction\":\"h2o\",\"budget\":6,\"sink\":1,\"recent\":2}}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"two\",\"cache\":{\"eviction\":\"l2norm\",\"budget\":6,\"sink\":1,\"recent\":2}}",
+    /* KIVI: the residual forks too */
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8,\"shadow\":true,"
+    "\"cache\":{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4}}",
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":8,"
+    "\"cache\":{\"dtype\":\"kivi2\",\"group\":4,\"residual\":4,\"eviction\":\"h2o\",\"budget\":9,\"sink\":1,\"recent\":2}}",
+    "{" TENSOR_SHAPE ",\"tensor_cache\":\"two\",\"cache\":{\"dtype\":\"kivi4\",\"group\":4,\"residual\":4,"
+    "\"eviction\":\"recency\",\"budget\":9,\"sink\":1}}",
+};
+
+/* One tensor step of m tokens and m causal queries drawn from seed, sent to
+ * id; returns the answer's text (asserting 200; caller frees). */
+static bool tensor; /* the case's sessions take tensor steps */
+
+static char *tensor_send(int port, const char *id, size_t m, uint64_t seed)
+{
+    rng r;
+    rng_seed(&r, seed);
+    float *t[5];
+    for (int a = 0; a < 4; a++)
+        t[a] = rng_tensor(&r, m * HEAD_DIM, -1, 1);
+    t[4] = rng_tensor(&r, m * 2 * HEAD_DIM, -2, 2);
+    const tensor_step_spec sp = {.layer = 0, .k1 = t[0], .k2 = t[1], .v1 = t[2], .v2 = t[3], .m = m,
+                                 .q = t[4], .m_q = m, .mask = "causal", .b64 = true};
+    const step_spec ss = {.layer = 0, .k = t[0], .v = t[2], .m = m, .q = t[4], .m_q = m, .mask = "causal",
+                          .b64 = true};
+    char *body = tensor ? tensor_step_body(&sp, HEAD_DIM, 2 * HEAD_DIM, "b64")
+                        : step_body(&ss, HEAD_DIM, 2 * HEAD_DIM, "b64");
+    http_response *resp = kvd_step(port, id, body);
+    ck_assert_msg(resp->status == 200, "tensor step on %s: %d %s", id, resp->status,
+                  resp->status < 0 ? resp->error : resp->body);
+    char *out = strdup(resp->body);
+    ck_assert_ptr_nonnull(out);
+    http_response_free(resp);
+    free(body);
+    for (int a = 0; a < 5; a++)
+        free(t[a]);
+    return out;
+}
+
+static void expect_same(char *a, char *b, bool same, const char *what, size_t i)
+{
+    ck_assert_msg((strcmp(a, b) == 0) == same, "%s %zu: answers %s:\n%s\n%s", what, i, same ? "differ" : "agree",
+                  a, b);
+    free(a);
+    free(b);
+}
+
+/* Parent P and child C (its fork) each take their own steps; fresh twins
+ * FP and FC, fed the same history and then the same steps, answer byte for
+ * byte alike (outputs, tokens, evicted, shadow error). The child steps
+ * first each round: a write of the child's reaching the parent would show in
+ * the parent's next answer. Deleting P leaves C answering like FC. */
+START_TEST(fork_tensor)
+{
+    kvd_proc *p = kvd_proc_start_ck(short_args);
+    int port = kvd_proc_port(p);
+    const char *create = tensor_cases[_i];
+    tensor = strstr(create, "\"tensor\"") != NULL;
+    char *par = kvd_create_session(port, create, NULL);
+    char *fp = kvd_create_session(port, create, NULL);
+    char *fc = kvd_create_session(port, create, NULL);
+    static const size_t history[] = {3, 1, 4, 1, 6}, after[] = {1, 2, 1, 3, 1, 1};
+    for (size_t i = 0; i < sizeof history / sizeof *history; i++) {
+        expect_same(tensor_send(port, par, history[i], 10 + i), tensor_send(port, fp, history[i], 10 + i), true,
+                    "history (parent and its twin)", i);
+        free(tensor_send(port, fc, history[i], 10 + i));
+    }
+    pool_state before = pool_now(port);
+    char *child = fork_ok(port, par, NULL);
+    pool_state forked = pool_now(port);
+    ck_assert_msg(forked.copies == before.copies, "%s: the fork copied pages: %g -> %g", create, before.copies,
+                  forked.copies);
+    counts cc = counts_of(port, child);
+    /* every page shared, but a subgen sketch's: copied at once */
+    const bool subgen = strstr(create, "subgen") != NULL;
+    ck_assert_msg((subgen ? cc.shared < cc.pages : cc.shared == cc.pages) && cc.shared > 0,
+                  "%s: child shares %g of %g pages", create, cc.shared, cc.pages);
+    ck_assert_msg(forked.used == before.used + (subgen ? cc.pages - cc.shared : 0),
+                  "%s: the fork took %g pages", create, forked.used - before.used);
+    for (size_t i = 0; i < sizeof after / sizeof *after; i++) {
+        char *oc = tensor_send(port, child, after[i], 200 + i);
+        char *op = tensor_send(port, par, after[i], 100 + i);
+        ck_assert_msg(strcmp(oc, op) != 0, "%s: parent and child answered alike", create);
+        expect_same(oc, tensor_send(port, fc, after[i], 200 + i), true, "child against its twin", i);
+        expect_same(op, tensor_send(port, fp, after[i], 100 + i), true, "parent against its twin", i);
+    }
+    ck_assert_msg(pool_now(port).copies > before.copies, "%s: writes into shared pages copied none", create);
+    kvd_delete_session(port, par);
+    for (size_t i = 0; i < 2; i++)
+        expect_same(tensor_send(port, child, 2, 300 + i), tensor_send(port, fc, 2, 300 + i), true,
+                    "child after the parent's delete", i);
+    kvd_delete_session(port, child);
+    kvd_delete_session(port, fp);
+    kvd_delete_session(port, fc);
+    ck_assert_msg(pool_now(port).used == 0, "%s: pages left after deleting every session", create);
+    free(par);
+    free(fp);
+    free(fc);
+    free(child);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
 START_TEST(fork_errors)
 {
     kvd_proc *p = kvd_proc_start_ck(short_args);
@@ -409,6 +530,7 @@ static Suite *fork_suite(void)
     tcase_add_test(tc, fork_10k);
     tcase_add_test(tc, cow_page_math);
     tcase_add_test(tc, fork_evicting);
+    tcase_add_loop_test(tc, fork_tensor, 0, (int)(sizeof tensor_cases / sizeof tensor_cases[0]));
     tcase_add_test(tc, fork_errors);
     tcase_add_test(tc, fork_max_sessions);
     suite_add_tcase(s, tc);

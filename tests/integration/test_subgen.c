@@ -1,7 +1,7 @@
 /* tests/integration/test_subgen.c — eviction "subgen" over HTTP: the config
  * echoed with its parameters, out-of-range parameters and refused
  * combinations as 400s naming their field, stats with clusters per stream
- * and honest bits per coordinate, shadow error, fork refused, a step the
+ * and honest bits per coordinate, shadow error, a fork copying the sketch, a step the
  * pool cannot hold answered 503 with nothing changed, SubGen4Cache, and a
  * SubGen4Cache snapshot restored elsewhere answering bit for bit (standard
  * subgen snapshots: tests/integration/test_snapshot.c), and shadow mode for
@@ -102,7 +102,16 @@ START_TEST(test_create_and_bad_input)
     char path[96];
     snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
     http_response *fr = http_request(port, "POST", path, J, "{}");
-    kvd_expect_error(fr, 400, "invalid_argument", NULL, "subgen", "fork of a subgen session");
+    ck_assert_msg(fr->status == 201, "fork of a subgen session: %d %s", fr->status, fr->body);
+    cJSON *fj = http_response_json(fr);
+    cJSON *pst = kvd_session_stats(port, id), *cst = kvd_session_stats(port, kvd_json_str(fj, "id"));
+    /* the sketch is copied whole (its pages private), the window shared */
+    ck_assert(kvd_json_num(cst, "clusters") == 8 && kvd_json_num(cst, "pages") == kvd_json_num(pst, "pages"));
+    ck_assert(kvd_json_num(cst, "shared_pages") < kvd_json_num(cst, "pages"));
+    kvd_delete_session(port, kvd_json_str(fj, "id"));
+    cJSON_Delete(pst);
+    cJSON_Delete(cst);
+    cJSON_Delete(fj);
     http_response_free(fr);
     kvd_delete_session(port, id);
     free(id);
@@ -169,6 +178,16 @@ START_TEST(test_pool_full_503)
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
         ck_assert_msg(kvd_json_num(before, fields[i]) == kvd_json_num(after, fields[i]), "%s changed", fields[i]);
     ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used); /* every page back */
+    /* a fork copies the sketch (14 pages, 1 free): 503, nothing created */
+    char path[96];
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    resp = http_request(port, "POST", path, KVD_JSON, "{}");
+    kvd_expect_error(resp, 503, "resource_exhausted", NULL, "subgen sketch", "a fork the pool cannot copy");
+    http_response_free(resp);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"used\""), used);
+    cJSON *list = kvd_get_json(port, "/v1/sessions", 200);
+    ck_assert(kvd_json_num(list, "total") == 1);
+    cJSON_Delete(list);
     cJSON_Delete(before);
     cJSON_Delete(after);
     kvd_delete_session(port, id);
