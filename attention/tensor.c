@@ -246,6 +246,19 @@ void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b
     }
 }
 
+void kvd_tensor_view_rows(const kvd_tensor_view *view, size_t n, float *k, float *v)
+{
+    const size_t d = view->seg[0].kv.head_dim;
+    for (size_t j = 0; j < n; j++) {
+        float *kj = k + j * d, *vj = v + j * d;
+        const float *kr = key_row(view, j, kj), *vr = value_row(view, j, vj);
+        if (kr != kj) /* an f32 segment: the row itself */
+            memcpy(kj, kr, d * sizeof *kj);
+        if (vr != vj)
+            memcpy(vj, vr, d * sizeof *vj);
+    }
+}
+
 void kvd_tensor_two_ref(const kvd_kv_pages *pairs, size_t n, const float *q, size_t n_q,
                         float scale, float *o)
 {

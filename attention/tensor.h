@@ -78,6 +78,24 @@ void kvd_tensor_weights_view(const kvd_tensor_view *a, const kvd_tensor_view *b,
 void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *b, size_t t, float *k_rows,
                                float *v_rows);
 
+/* Tokens 0..n-1 of a view of any dtype as f32 rows, the same floats
+ * kvd_tensor_four_view reads (KIVI: the quantized segment, then the
+ * residual): keys to k [n][head_dim], values to v [n][head_dim]. O(n d);
+ * lets a caller run the f32 four-cache kernels (kvd_tensor_kernels_get)
+ * over a dequantized copy instead of the scalar view kernel. */
+void kvd_tensor_view_rows(const kvd_tensor_view *view, size_t n, float *k, float *v);
+
+/* An f32 view of rows laid out as one "page": keys at page[0] (rows
+ * [cap][d]), values right after them (v_offset = cap * d floats; cap a
+ * multiple of 16 keeps the offset a multiple of 64). `page` must outlive
+ * the view. */
+static inline kvd_kv_pages kvd_tensor_rows_pages(const unsigned char *const *page, size_t cap, size_t d)
+{
+    kvd_kv_pages kv = {.pages = page, .slots_per_page = cap, .head_dim = d};
+    kv.v_offset = cap * d * sizeof(float);
+    return kv;
+}
+
 /* Row of pair (j, k) in the two-cache append order. Appending token t adds
  * its 2t+1 pairs (t,0),(t,1),...,(t,t),(0,t),(1,t),...,(t-1,t) as rows
  * t^2 .. t^2+2t, so the first n tokens own rows 0 .. n^2-1. */

@@ -10,8 +10,13 @@
  * Last, the price of a quantized dtype in each layout: the output error of
  * the four-cache (factors rounded once) and of the two-cache (factors
  * rounded, then each pair row rounded again) against exact attention in
- * double, f16 / bf16 / int8 / int4, as production computes them.
- * Usage: bench_tensor [head_dim [n ...]]   (default 128; n = 8 .. 1024) */
+ * double, f16 / bf16 / int8 / int4, as production computes them; and the
+ * decode time of a quantized four-cache before and after issue 9 §3: the
+ * scalar view kernel over the quantized rows against dequantizing the four
+ * caches once (kvd_tensor_view_rows) and running the SIMD kernel.
+ * Usage: bench_tensor [head_dim [n ...]]   (default 128; n = 8 .. 1024)
+ *        bench_tensor quant [head_dim [n ...]]   (only the last table;
+ *        default 128, n = 512 2048) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -442,8 +447,136 @@ static void quant_errors(size_t n, size_t d, uint32_t group)
     free(s);
 }
 
+/* ---- quantized four-cache decode: scalar view kernel vs rows + SIMD -------- */
+
+typedef struct qdecode {
+    kvd_tensor_view va, vb;
+    size_t n, d;
+    float scale;
+    const float *q;
+    float *o_view, *o_simd;
+    float *rows;                    /* [k1, v1, k2, v2][n][d] */
+    const unsigned char *page[2];
+    const kvd_tensor_kernels *k;
+} qdecode;
+
+/* Before: what production ran for a quantized four-cache. */
+static void qdecode_view(void *ctx)
+{
+    const qdecode *c = ctx;
+    kvd_tensor_four_view_lse(&c->va, &c->vb, c->n, 0, c->q, HEADS, c->scale, c->o_view, NULL);
+}
+
+/* After (cache/step.c): the four caches dequantized once, then the kernel. */
+static void qdecode_simd(void *ctx)
+{
+    qdecode *c = ctx;
+    const size_t plane = c->n * c->d;
+    kvd_tensor_view_rows(&c->va, c->n, c->rows, c->rows + plane);
+    kvd_tensor_view_rows(&c->vb, c->n, c->rows + 2 * plane, c->rows + 3 * plane);
+    const kvd_kv_pages a = kvd_tensor_rows_pages(&c->page[0], c->n, c->d);
+    const kvd_kv_pages b = kvd_tensor_rows_pages(&c->page[1], c->n, c->d);
+    c->k->four_lse(&a, &b, c->n, 0, c->q, HEADS, c->scale, c->o_simd, NULL);
+}
+
+/* Median seconds per call of fn over `samples` samples (each >= MIN_SAMPLE_S
+ * or one call). */
+static double time_fn(void (*fn)(void *), void *ctx, int samples)
+{
+    fn(ctx);
+    long reps = 1;
+    for (;;) {
+        const double t0 = bench_now();
+        for (long r = 0; r < reps; r++)
+            fn(ctx);
+        if (bench_now() - t0 >= MIN_SAMPLE_S || reps >= (1L << 24))
+            break;
+        reps *= 2;
+    }
+    double t[REPEATS];
+    for (int s = 0; s < samples; s++) {
+        const double t0 = bench_now();
+        for (long r = 0; r < reps; r++)
+            fn(ctx);
+        t[s] = (bench_now() - t0) / (double)reps;
+    }
+    return bench_median(t, samples);
+}
+
+/* One decode query (HEADS heads over one kv head) of a four-cache of n
+ * tokens in f16 and int8: before / after time, and the largest output
+ * difference between the two (same dequantized floats, other sum order). */
+static void quant_decode(size_t d, const size_t *ns, size_t n_ns)
+{
+    static const struct {
+        const char *name;
+        kvd_row_format f;
+    } dtypes[] = {{"f16", KVD_ROW_F16}, {"int8", KVD_ROW_I8}};
+    const kvd_tensor_kernels *k = kvd_tensor_kernels_get();
+    printf("\nquantized four-cache decode, d = %zu, %d heads / 1 kv head, one thread (kernels %s): "
+           "before = scalar view kernel over the quantized rows (median of 3), after = the four "
+           "caches dequantized once + the SIMD kernel (median of %d)\n",
+           d, HEADS, k->name, REPEATS);
+    printf("%6s %6s | %12s %12s | %8s | %8s\n", "dtype", "n", "before us", "after us", "speedup", "diff");
+    for (size_t in = 0; in < n_ns; in++) {
+        const size_t n = ns[in];
+        for (size_t t = 0; t < sizeof dtypes / sizeof *dtypes; t++) {
+            const kvd_row_format f = dtypes[t].f;
+            bench_view a, b;
+            qview_init(&a, n, d, f, f, 32);
+            qview_init(&b, n, d, f, f, 32);
+            float *row = xalloc(d * sizeof *row);
+            for (size_t j = 0; j < n; j++)
+                for (int w = 0; w < 4; w++) {
+                    for (size_t i = 0; i < d; i++)
+                        row[i] = frand();
+                    kvd_quant_row(f, row, d, 32, qrow(w < 2 ? &a : &b, j, w & 1));
+                }
+            free(row);
+            float *q = xalloc(HEADS * d * sizeof *q);
+            for (size_t i = 0; i < HEADS * d; i++)
+                q[i] = frand();
+            qdecode c = {.va = {.seg = {{.kv = a.kv, .n = n}}, .n_seg = 1},
+                         .vb = {.seg = {{.kv = b.kv, .n = n}}, .n_seg = 1},
+                         .n = n, .d = d, .scale = 1.0f / sqrtf((float)d), .q = q,
+                         .o_view = xalloc(HEADS * d * sizeof(float)),
+                         .o_simd = xalloc(HEADS * d * sizeof(float)),
+                         .rows = xalloc(4 * n * d * sizeof(float)), .k = k};
+            c.page[0] = (const unsigned char *)c.rows;
+            c.page[1] = (const unsigned char *)(c.rows + 2 * n * d);
+            const double tb = time_fn(qdecode_view, &c, 3);
+            const double ta = time_fn(qdecode_simd, &c, REPEATS);
+            printf("%6s %6zu | %12.1f %12.1f | %7.1fx | %8.1e\n", dtypes[t].name, n, tb * 1e6, ta * 1e6,
+                   tb / ta, max_abs_diff(c.o_view, c.o_simd, HEADS * d));
+            fflush(stdout);
+            free(c.o_view);
+            free(c.o_simd);
+            free(c.rows);
+            free(q);
+            view_free(&a);
+            view_free(&b);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "quant")) {
+        size_t qd = argc > 2 ? (size_t)strtoul(argv[2], NULL, 10) : 128;
+        size_t qn[32] = {512, 2048}, n_qn = 2;
+        if (argc > 3)
+            for (n_qn = 0; (int)n_qn + 3 < argc && n_qn < 32; n_qn++)
+                qn[n_qn] = (size_t)strtoul(argv[n_qn + 3], NULL, 10);
+        if (qd == 0 || qd > KVD_TENSOR_MAX_FAST_DIM) {
+            fprintf(stderr, "bench_tensor quant: head_dim must be 1..%d\n", KVD_TENSOR_MAX_FAST_DIM);
+            return 2;
+        }
+        char cpu[128];
+        bench_cpu_model(cpu, sizeof cpu);
+        printf("cpu: %s\n", cpu);
+        quant_decode(qd, qn, n_qn);
+        return 0;
+    }
     size_t d = 128;
     size_t ns[32] = {8, 16, 32, 64, 128, 256, 512, 1024};
     size_t n_ns = 8;
@@ -527,5 +660,7 @@ int main(int argc, char **argv)
 
     quant_errors(128, d, 32);
     quant_errors(680, 32, 32); /* the VAR schedule's tokens: 462,400 pair rows */
+    if (d <= KVD_TENSOR_MAX_FAST_DIM)
+        quant_decode(d, (const size_t[]){512, 2048}, 2);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/stream.h"
 
@@ -337,6 +338,37 @@ static int plan_subgen(kvd__step_plan *p, kvd_session *sess, const kvd_step_entr
     return rc;
 }
 
+/* A four-cache session of a dtype the SIMD kernels cannot read (anything
+ * but f32; not a two-cache, not subgen, head_dim within the kernels' tiles)
+ * attends over f32 copies of each entry's streams: p->tensor_rows, room
+ * for every token a stream of the request can hold when it attends (rows
+ * rounded up to 16, so each cache's offset is a multiple of 64 bytes).
+ * Entries run one after another, so one buffer of kv_heads streams serves
+ * them all. */
+static int plan_tensor_rows(kvd__step_plan *p, const kvd_session *sess, const kvd_step_entry *e, size_t n)
+{
+    const kvd_session_config *cfg = &sess->config;
+    bool attends = false;
+    for (size_t i = 0; i < n; i++)
+        attends = attends || e[i].m_q > 0;
+    if (!attends || sess->pairs || sess->subgen || cfg->cache.dtype == KVD_DTYPE_F32
+        || cfg->head_dim > KVD_TENSOR_MAX_FAST_DIM)
+        return KVD_STEP_OK;
+    size_t most = 1;
+    for (size_t i = 0; i < sess->n_streams; i++) {
+        const size_t t = sess->streams[i].n_tokens + p->new_tokens[i];
+        most = t > most ? t : most;
+    }
+    const size_t cap = (most + 15) / 16 * 16;
+    const size_t per_stream = 4 * (size_t)cfg->head_dim * sizeof(float);
+    if (cap > SIZE_MAX / per_stream / cfg->kv_heads)
+        return KVD_STEP_NOMEM;
+    if (!(p->tensor_rows = malloc(cap * per_stream * cfg->kv_heads)))
+        return KVD_STEP_NOMEM;
+    p->rows_cap = cap;
+    return KVD_STEP_OK;
+}
+
 /* The exact f32 shadow copy: its outputs and the pages its tokens take. */
 static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_entry *e, size_t n_entries,
                        size_t q_row, size_t *pages)
@@ -421,6 +453,8 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
             return KVD_STEP_TOO_BIG;
         }
     }
+    if (sess->tensor_b && plan_tensor_rows(p, sess, e, n) != KVD_STEP_OK)
+        return KVD_STEP_NOMEM;
     if (sess->subgen) {
         int rc = plan_subgen(p, sess, e, n, pool_pages, &total);
         if (rc != KVD_STEP_OK)
@@ -470,6 +504,7 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->pair_k);
     free(p->pair_v);
     free(p->norm_factor);
+    free(p->tensor_rows);
     free(p->victims);
     if (p->sg_assign)
         for (size_t i = 0; i < p->sg_n; i++)

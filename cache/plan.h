@@ -26,6 +26,11 @@ typedef struct kvd__step_plan {
     float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
     double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */
+    /* four-cache tensor, not f32: [kv_heads][k1, v1, k2, v2][rows_cap][head_dim]
+     * the dequantized rows of one entry's streams, which the f32 SIMD
+     * kernels read (NULL when the session does not need it) */
+    float *tensor_rows;
+    size_t rows_cap;
     /* subgen: [max_tokens] the slots leaving a stream's window, and
      * [head_dim] one query's numerator in double. */
     struct kvd__subgen_victim *victims;

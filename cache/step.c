@@ -8,8 +8,10 @@
  * use go back to the pool. A large entry's attention runs as (stream, query
  * range) pieces on a kvd_parallel executor. A rotated session (cache.rotate)
  * runs on a rotated copy of the entries and rotates its outputs back here,
- * once per query head (cache/rotate.c). (Just over 600 lines: the
- * entry's phases read best side by side in one file.) */
+ * once per query head (cache/rotate.c). A non-f32 four-cache entry first
+ * copies its streams into the plan's f32 rows so the SIMD kernels read
+ * them. (About 700 lines: the entry's phases read best side by side in
+ * one file.) */
 #include "cache/step.h"
 
 #include <assert.h>
@@ -306,20 +308,29 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
 /* Tensor attention of stream g for queries [i0, i1) of one entry
  * (DESIGN.md §5): four caches, O(n^2 d) per query, or one pass over the n^2
  * pair rows with the standard kernels. With `weights` (h2o; then i0 = 0,
- * i1 = m_q) each pair's weight goes to both its tokens. */
+ * i1 = m_q) each pair's weight goes to both its tokens. `rows`: stream g's
+ * four caches in f32 (rows_cap rows each, k1 v1 k2 v2; fill_tensor_rows),
+ * or NULL. */
 static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g, size_t i0,
-                                size_t i1, float *o, float *weights, float *lse)
+                                size_t i1, float *o, float *weights, float *lse, const float *rows,
+                                size_t rows_cap)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
     const uint32_t group = cfg->heads / cfg->kv_heads;
     const size_t d = cfg->head_dim;
-    /* The SIMD tensor kernels read f32 pages; every other dtype (KIVI's two
-     * segments included) runs the scalar kernel over dequantized rows. */
-    const bool f32 = cfg->cache.dtype == KVD_DTYPE_F32;
+    /* The SIMD tensor kernels read f32 pages: the stream's own, or with
+     * another dtype (KIVI's two segments included) the plan's f32 copy of
+     * its rows; without that copy (head_dim beyond the kernels' tiles) the
+     * scalar kernel dequantizes row by row. */
+    const bool f32 = cfg->cache.dtype == KVD_DTYPE_F32 || rows;
     const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
-    const kvd_kv_pages a = kvd_stream_view(&sess->streams[idx]);
-    const kvd_kv_pages b = kvd_stream_view(&sess->tensor_b[idx]);
+    const unsigned char *row_page[2] = {(const unsigned char *)rows,
+                                        (const unsigned char *)(rows ? rows + 2 * rows_cap * d : NULL)};
+    const kvd_kv_pages a = rows ? kvd_tensor_rows_pages(&row_page[0], rows_cap, d)
+                                : kvd_stream_view(&sess->streams[idx]);
+    const kvd_kv_pages b = rows ? kvd_tensor_rows_pages(&row_page[1], rows_cap, d)
+                                : kvd_stream_view(&sess->tensor_b[idx]);
     const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
     kvd_stream *s = &sess->streams[idx];
     if (weights)
@@ -364,7 +375,33 @@ typedef struct attend_split {
     float *weights;         /* h2o: [kv_heads][stride] or NULL */
     float *scratch;         /* h2o standard: [kv_heads][stride] */
     size_t stride;
+    const float *rows;      /* tensor, not f32: [kv_heads][4][rows_cap][d], or NULL */
+    size_t rows_cap;
 } attend_split;
+
+/* Stream g's rows in sp->rows, or NULL. */
+static const float *stream_rows(const attend_split *sp, uint32_t g)
+{
+    return sp->rows ? sp->rows + (size_t)g * 4 * sp->rows_cap * sp->sess->config.head_dim : NULL;
+}
+
+/* The four caches of each stream of e's layer as f32 rows into `rows`
+ * ([kv_heads][k1, v1, k2, v2][rows_cap][d]): O(n d) per stream, once per
+ * entry, before any piece reads them. */
+static void fill_tensor_rows(const kvd_session *sess, const kvd_step_entry *e, float *rows, size_t rows_cap)
+{
+    const kvd_session_config *cfg = &sess->config;
+    const size_t plane = rows_cap * cfg->head_dim;
+    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+        const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
+        const kvd_stream *s = &sess->streams[idx], *b = &sess->tensor_b[idx];
+        float *r = rows + (size_t)g * 4 * plane;
+        assert(s->n_tokens <= rows_cap && b->n_tokens == s->n_tokens && "the plan counted every token");
+        const kvd_tensor_view av = tensor_view(s), bv = tensor_view(b);
+        kvd_tensor_view_rows(&av, s->n_tokens, r, r + plane);
+        kvd_tensor_view_rows(&bv, b->n_tokens, r + 2 * plane, r + 3 * plane);
+    }
+}
 
 static void attend_piece(void *ctx, size_t piece)
 {
@@ -374,7 +411,8 @@ static void attend_piece(void *ctx, size_t piece)
     const size_t i1 = i0 + sp->chunk < sp->e->m_q ? i0 + sp->chunk : sp->e->m_q;
     float *w = sp->weights ? sp->weights + (size_t)g * sp->stride : NULL;
     if (sp->tensor)
-        attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse);
+        attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse, stream_rows(sp, g),
+                            sp->rows_cap);
     else
         attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w,
                               w ? sp->scratch + (size_t)g * sp->stride : NULL, sp->lse);
@@ -399,14 +437,17 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
  * session has tensor_b), split over par when the entry is large enough.
  * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
  * unsplit run uses; a split one allocates a row per stream, and runs
- * unsplit if it cannot. */
+ * unsplit if it cannot. `rows`: the plan's tensor_rows (tensor sessions),
+ * filled here once before any piece runs; NULL = the streams themselves. */
 static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *lse,
-                         float *weights, float *scratch, const kvd_parallel *par)
+                         float *weights, float *scratch, float *rows, size_t rows_cap, const kvd_parallel *par)
 {
     const kvd_session_config *cfg = &sess->config;
     const bool tensor = sess->tensor_b != NULL;
     attend_split sp = {.sess = sess, .e = e, .n_before = n_before, .o = o, .lse = lse, .tensor = tensor,
-                       .q_chunks = 1, .chunk = e->m_q};
+                       .q_chunks = 1, .chunk = e->m_q, .rows = tensor ? rows : NULL, .rows_cap = rows_cap};
+    if (sp.rows)
+        fill_tensor_rows(sess, e, rows, rows_cap);
     /* h2o splits by stream only: one stream (MQA) has nothing to split */
     const size_t can_split = weights ? cfg->kv_heads : cfg->kv_heads * (size_t)e->m_q;
     if (par && can_split > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK) {
@@ -439,7 +480,7 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
     }
     for (uint32_t g = 0; g < cfg->kv_heads; g++) {
         if (tensor)
-            attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse);
+            attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse, stream_rows(&sp, g), rows_cap);
         else
             attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, lse);
     }
@@ -577,11 +618,11 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m_q && sess->tensor_b && sess->subgen)
         attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
     else if (e->m_q && sess->tensor_b)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, p->tensor_rows, p->rows_cap, par);
     else if (e->m_q && sess->subgen)
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, NULL, 0, par);
     if (e->m_q && cfg->cache.rotate == KVD_ROTATE_HADAMARD)
         kvd__rotate_output_back(cfg, e->layer, o, e->m_q);
     if (sess->tensor_b && cfg->window)
@@ -601,7 +642,7 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m && shadow->tensor_b) /* a tensor session's copy: a four-cache (k2/v2 too) */
         append_tensor(shadow, pool, sent, p);
     if (e->m_q) {
-        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, par);
+        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, NULL, 0, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }

@@ -50,6 +50,10 @@ static const char *const body_tensor2 = "{\"attention\":\"tensor\",\"tensor_cach
 static const char *const body_tensor4 =
     "{\"attention\":\"tensor\",\"tensor_cache\":\"four\"," STD ",\"cache\":{\"eviction\":\"recency\","
     "\"budget\":4,\"sink\":1},\"seed\":6}";
+/* int8 four-cache: its step also takes the plan's f32 rows (cache/plan.c
+ * plan_tensor_rows) that the SIMD kernels read. */
+static const char *const body_tensor4q =
+    "{\"attention\":\"tensor\",\"tensor_cache\":\"four\"," STD ",\"cache\":{\"dtype\":\"int8\"},\"seed\":8}";
 /* SubGen4Cache with its exact four-cache copy: the sketch's plan (a dry run
  * of the cluster assignment), its snapshot record and the tensor shadow. */
 static const char *const body_subgen =
@@ -101,6 +105,7 @@ static const scenario scenarios[] = {
     {"step kivi2", "kivi", 6, false, OP_STEP, .m = 3, .m_q = 1},
     {"step tensor two-cache", "tensor2", 2, false, OP_STEP, .tensor = true, .m = 2, .m_q = 1},
     {"step tensor four-cache recency", "tensor4", 4, false, OP_STEP, .tensor = true, .m = 2, .m_q = 1},
+    {"step tensor four-cache int8", "tensor4q", 4, false, OP_STEP, .tensor = true, .m = 2, .m_q = 1},
     {"fork", "std", 3, false, OP_FORK, .create = NULL},
     {"fork shadow", "shadow", 5, false, OP_FORK, .create = NULL},
     {"step a fork (copy on write)", "std", 3, true, OP_STEP_CHILD, .m = 1, .m_q = 1},
@@ -140,6 +145,7 @@ static const char *target_body(const char *name)
            : !strcmp(name, "kivi")    ? body_kivi
            : !strcmp(name, "tensor2") ? body_tensor2
            : !strcmp(name, "subgen")  ? body_subgen
+           : !strcmp(name, "tensor4q") ? body_tensor4q
                                       : body_tensor4;
 }
 
