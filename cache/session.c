@@ -60,6 +60,13 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     *out = NULL;
     if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0 || kvd_session_check_rotate(cfg) != 0)
         return -EINVAL;
+    /* A KIVI cache cannot slide a window (sliding would re-quantize every
+     * key block, and such a session was seen to attend to NaN):
+     * the API refuses it (api/create_body.c), and so does this, so a restore
+     * or an in-process caller cannot build one. */
+    const bool kivi = cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
+    if (cfg->window && kivi)
+        return -EINVAL;
     const kvd_stream_format fmt = {
         .dtype = cfg->cache.dtype, .group = cfg->cache.group, .residual = cfg->cache.residual};
     if (kvd_stream_slots_per_page_format(page_bytes, cfg->head_dim, &fmt) == 0)

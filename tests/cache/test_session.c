@@ -149,6 +149,21 @@ START_TEST(test_create_einval)
     cfg = default_config();
     cfg.layers = 0;
     ck_assert_int_eq(kvd_session_create(&cfg, PAGE, &s), -EINVAL);
+    /* a KIVI tensor cache with a window: refused as the API refuses it */
+    for (int dt = 0; dt < 2; dt++) {
+        cfg = default_config();
+        cfg.attention = KVD_ATTN_TENSOR;
+        cfg.tensor_cache = KVD_TENSOR_CACHE_FOUR;
+        cfg.cache.dtype = dt ? KVD_DTYPE_KIVI4 : KVD_DTYPE_KIVI2;
+        cfg.cache.group = 32;
+        cfg.cache.residual = 32;
+        cfg.window = 8;
+        ck_assert_int_eq(kvd_session_create(&cfg, 4 * PAGE, &s), -EINVAL);
+        ck_assert_ptr_null(s);
+        cfg.window = 0; /* the same cache without a window is fine */
+        ck_assert_int_eq(kvd_session_create(&cfg, 4 * PAGE, &s), 0);
+        kvd_session_destroy(s, NULL);
+    }
 }
 END_TEST
 
