@@ -14,10 +14,16 @@
 
 #include "server/internal.h"
 
-/* First body allocation when Content-Length is known: the buffer grows with
- * the data that actually arrives, so a client announcing a large body and
- * sending nothing holds at most this much. */
+/* First body allocation when Content-Length is known: a client announcing a
+ * large body and sending nothing holds at most this much. With the in-flight
+ * budget on (--max-inflight-bytes, the default) the whole Content-Length is
+ * already counted against it, so the buffer is sized to the body exactly:
+ * at once up to BODY_FIRST_MAX, and in one step to Content-Length + 1 once
+ * data past the first allocation arrives (no doubling, no memmove of the
+ * body). With the budget off it grows with the data that arrives, doubling
+ * from BODY_INITIAL_MAX as before. */
 #define BODY_INITIAL_MAX (64u * 1024u)
+#define BODY_FIRST_MAX (1024u * 1024u)
 
 static const char k_empty[] = "";
 static const char k_continue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -61,6 +67,19 @@ const char *kvd__buf_cstr(kvd__buf *b)
         return NULL;
     b->p[b->len] = '\0';
     return b->p;
+}
+
+/* Capacity exactly cap bytes (data plus NUL) unless b already holds more. */
+static int buf_reserve_exact(kvd__buf *b, size_t cap)
+{
+    if (cap <= b->cap)
+        return 0;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
 }
 
 void kvd__buf_free(kvd__buf *b)
@@ -289,10 +308,17 @@ static int on_headers_complete(llhttp_t *p)
         srv->inflight_bytes += (size_t)p->content_length;
         ex->counted = (size_t)p->content_length;
         size_t first = (size_t)p->content_length;
-        if (first > BODY_INITIAL_MAX)
-            first = BODY_INITIAL_MAX;
-        if (kvd__buf_reserve(&ex->body, first, SIZE_MAX) != 0)
-            return cb_fail(p, 500);
+        if (srv->opt.max_inflight_bytes != 0) {
+            if (first > BODY_FIRST_MAX)
+                first = BODY_FIRST_MAX;
+            if (buf_reserve_exact(&ex->body, ex->body.len + first + 1) != 0)
+                return cb_fail(p, 500);
+        } else {
+            if (first > BODY_INITIAL_MAX)
+                first = BODY_INITIAL_MAX;
+            if (kvd__buf_reserve(&ex->body, first, SIZE_MAX) != 0)
+                return cb_fail(p, 500);
+        }
     }
 
     /* Clients such as curl wait for this before sending a large body. Only
@@ -325,6 +351,12 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
             return cb_fail(p, 503);
         conn->srv->inflight_bytes += n;
         ex->counted += n;
+    } else if (conn->srv->opt.max_inflight_bytes != 0 && ex->body.len + n + 1 > ex->body.cap &&
+               ex->counted >= ex->body.len + n) {
+        /* Counted whole already (on_headers_complete): one step to the
+         * announced size, which llhttp never lets the data pass. */
+        if (buf_reserve_exact(&ex->body, ex->counted + 1) != 0)
+            return cb_fail(p, 500);
     }
     if (kvd__buf_append(&ex->body, at, n, max) != 0)
         return cb_fail(p, 500);

@@ -2,7 +2,8 @@
  * (kvd_http_options.max_inflight_bytes, --max-inflight-bytes) with no
  * socket (server/loopback.h): pipelined bodies the handler holds count
  * against it; the request that would pass it gets 503 + Retry-After before
- * its body is read and the connection closes; answering frees the budget. */
+ * its body is read and the connection closes; answering frees the budget;
+ * a counted Content-Length body is allocated once, at its exact size. */
 #include <check.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -142,6 +143,50 @@ START_TEST(answered_bodies_leave_the_budget)
 }
 END_TEST
 
+/* A Content-Length body counted against the budget is held in one buffer of
+ * exactly its size (plus the NUL), however many reads it arrives in: no
+ * doubling past it (server/parse.c). Without the budget the buffer doubles
+ * with the data, as before. */
+#define BIG_BODY (3u << 20) /* past the first allocation (1 MiB) */
+#define PIECE (64u << 10)
+
+static size_t held_body_cap(size_t budget)
+{
+    g_nheld = 0;
+    kvd_http_options opt = {.max_body = 8u << 20, .max_pipelined = 4,
+                            .max_inflight_bytes = budget};
+    int saved = quiet_begin();
+    kvd__loopback *lb = kvd__loopback_open(&opt, holding_handler, NULL);
+    ck_assert_ptr_nonnull(lb);
+    char head[128];
+    int len = snprintf(head, sizeof head, "POST /s HTTP/1.1\r\nContent-Length: %u\r\n\r\n",
+                       BIG_BODY);
+    kvd__loopback_feed(lb, head, (size_t)len);
+    static char piece[PIECE];
+    memset(piece, 'b', sizeof piece);
+    for (size_t sent = 0; sent < BIG_BODY; sent += PIECE) {
+        ck_assert_int_eq(g_nheld, 0);
+        kvd__loopback_feed(lb, piece, sizeof piece);
+        kvd__loopback_run(lb);
+    }
+    ck_assert_int_eq(g_nheld, 1);
+    size_t cap = g_held[0]->body.cap;
+    ck_assert_uint_eq(g_held[0]->body.len, BIG_BODY);
+    answer_all();
+    kvd__loopback_run(lb);
+    quiet_end(saved);
+    ck_assert(kvd__loopback_free(lb));
+    return cap;
+}
+
+START_TEST(counted_content_length_body_is_allocated_exactly)
+{
+    ck_assert_uint_eq(held_body_cap(64u << 20), BIG_BODY + 1);
+    /* Budget off: grows with the data (doubling), so past the exact size. */
+    ck_assert_uint_gt(held_body_cap(0), BIG_BODY + 1);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("server/budget");
@@ -149,6 +194,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, content_length_bodies_past_the_budget_get_503);
     tcase_add_test(tc, chunked_bodies_past_the_budget_get_503);
     tcase_add_test(tc, answered_bodies_leave_the_budget);
+    tcase_add_test(tc, counted_content_length_body_is_allocated_exactly);
     suite_add_tcase(s, tc);
     return s;
 }
