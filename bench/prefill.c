@@ -15,6 +15,8 @@
  * KVD_BENCH_TIER=avx2 (or scalar, avx512) times that tier only, decode calls
  * included; with OPENBLAS_CORETYPE=Haswell OpenBLAS runs its AVX2 kernels,
  * which compares AVX2 with AVX2 on an AVX-512 machine.
+ * KVD_BENCH_H2O=1 also times the h2o weight pass such a step adds
+ * (kvd_attention_weights per query, scalar) against the tiled call.
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -151,6 +153,7 @@ static void run(size_t m, size_t n)
 
     /* the tiled kernel, every SIMD tier (scalar only where it is all) */
     const size_t levels = kvd__simd_levels();
+    double tiled_sec = 0; /* the last tier timed */
     static const char *const names[] = {"scalar", "avx2", "avx512"};
     for (size_t lv = levels > 1 ? 1 : 0; lv < levels; lv++) {
         if (bench_tier >= 0 && (size_t)bench_tier != lv)
@@ -174,6 +177,7 @@ static void run(size_t m, size_t n)
             frac[r] = flops / tm[r] / (0.5 * (b0 + b1));
         }
         const double sec = bench_median(tm, ROUNDS);
+        tiled_sec = sec;
         char label[64];
         snprintf(label, sizeof label, "kvd tiled %s", names[lv]);
         printf("  %-30s %7.1f GFLOP/s  %.2f of sgemm   (%.1f ms)\n", label, flops / sec / 1e9,
@@ -211,6 +215,32 @@ static void run(size_t m, size_t n)
         ref = fmax(ref, fabs((double)o2[i]));
     }
     printf("  tiled vs decode calls: max |diff| %.2g (max |o| %.2g)\n", err, ref);
+
+    /* KVD_BENCH_H2O=1: the h2o weight pass a step adds after the tiled call
+     * (cache/step.c: kvd_attention_weights per query and kv head over the
+     * query's visible slots), one round, against the tiled time above */
+    const char *h2o = getenv("KVD_BENCH_H2O");
+    if (h2o && *h2o && *h2o != '0') {
+        float *scratch = malloc(total * sizeof *scratch), *w = calloc(total, sizeof *w);
+        if (!scratch || !w) {
+            fprintf(stderr, "bench: out of memory\n");
+            exit(1);
+        }
+        const double h0 = bench_now();
+        for (int g = 0; g < KV_HEADS; g++)
+            for (size_t i = 0; i < m; i++) {
+                const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
+                kvd_kv_segment seg[2];
+                const size_t n_seg = kvd_stream_segments(&streams[g], n + i + 1, seg);
+                kvd_attention_weights(seg, n_seg, q + off, GROUP, scale, scratch, w);
+            }
+        const double hsec = bench_now() - h0;
+        printf("  %-30s %7.1f ms (one round) = %.1fx the tiled call: %.0f%% of a step with h2o\n",
+               "h2o weight pass (scalar)", hsec * 1e3, hsec / tiled_sec,
+               100.0 * hsec / (hsec + tiled_sec));
+        free(scratch);
+        free(w);
+    }
 
     for (int g = 0; g < KV_HEADS; g++)
         kvd_stream_release(&streams[g], pool);
