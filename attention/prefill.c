@@ -13,6 +13,21 @@ static const kvd__prefill_fn tiers[] = {
 #endif
 };
 
+static const kvd__prefill_decode_fn decoders[] = {
+    kvd__prefill_decode_scalar,
+#if defined(__x86_64__)
+    kvd__prefill_decode_avx2,
+    kvd__prefill_decode_avx512,
+#endif
+};
+
+kvd__prefill_decode_fn kvd__prefill_decode_tier(size_t level)
+{
+    return level < kvd__simd_levels() && level < sizeof decoders / sizeof *decoders
+               ? decoders[level]
+               : NULL;
+}
+
 kvd__prefill_fn kvd__attend_prefill_tier(size_t level)
 {
     return level < kvd__simd_levels() && level < sizeof tiers / sizeof *tiers ? tiers[level] : NULL;

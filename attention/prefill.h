@@ -72,4 +72,20 @@ void kvd__attend_prefill_avx512(const kvd_kv_segment *seg, size_t n_seg, const f
                                 float scale, float *o, float *lse, size_t lse_stride);
 #endif
 
+/* Test hook: keys (values = 0) or values of slots [j0, j0 + n) of one view,
+ * all head_dim channels, decoded to f32 the way the tier's blocks decode
+ * them, into out[n][head_dim]: kvd_dequant_range's floats bit for bit
+ * (tests/attention/test_prefill.c). kvd__prefill_decode_tier(level) as
+ * kvd__attend_prefill_tier. */
+typedef void (*kvd__prefill_decode_fn)(const kvd_kv_pages *kv, int values, size_t j0, size_t n,
+                                       float *out);
+kvd__prefill_decode_fn kvd__prefill_decode_tier(size_t level);
+void kvd__prefill_decode_scalar(const kvd_kv_pages *kv, int values, size_t j0, size_t n,
+                                float *out);
+#if defined(__x86_64__)
+void kvd__prefill_decode_avx2(const kvd_kv_pages *kv, int values, size_t j0, size_t n, float *out);
+void kvd__prefill_decode_avx512(const kvd_kv_pages *kv, int values, size_t j0, size_t n,
+                                float *out);
+#endif
+
 #endif

@@ -53,6 +53,20 @@ _Static_assert(PF_ROWS % PF_RG == 0, "a tile is whole row groups");
 
 #define PF_UNROLL _Pragma("GCC unroll 16")
 
+/* The channel chunk's {s, z} of the KIVI key block last decoded, as f32:
+ * worked out once per (block, chunk) and reused by its `group` tokens. */
+typedef struct pf_kivi {
+    const unsigned char *unit; /* the block; NULL: none yet */
+    size_t c0;                 /* the chunk's first channel */
+    _Alignas(64) float s[PF_MAXD];
+    _Alignas(64) float z[PF_MAXD];
+    _Alignas(64) float sz[2 * PF_MAXD]; /* the interleaved {s, z} as read */
+} pf_kivi;
+
+/* Groups of a U4G/U2G row one chunk may touch on the vector path (group a
+ * multiple of W >= 8): PF_MAXD / 8 plus a partial one at each end. */
+#define PF_MAX_CHUNK_GROUPS (PF_MAXD / 8 + 2)
+
 /* Everything one call keeps: on the stack (~140 KiB at W = 16, ~110 KiB
  * at W = 8; worker threads have MiB stacks). */
 typedef struct pf_state {
@@ -67,6 +81,7 @@ typedef struct pf_state {
     const float *krow[PF_KB], *vrow[PF_KB];   /* the block's key / value rows (f32) */
     _Alignas(64) float ktile[PF_KB * PF_MAXD]; /* decoded keys, [key][channel chunk] */
     _Alignas(64) float vtile[PF_KB * PF_MAXD]; /* decoded values, [key][channel chunk] */
+    pf_kivi kc;                               /* KIVI key block headers */
 } pf_state;
 
 /* S^T[j][rg .. rg + PF_RG) (+)= <k_j, q_r> over channels [0, dc) of the
@@ -181,13 +196,18 @@ KVD_SIMD_ATTR static void pf_values_rows(pf_state *restrict st, size_t r0, size_
         pf_values(st, r0, nr, c, voff, 1, v_tail_mask(c, c1), nb);
 }
 
-/* Channels [c0, c1) of a row (token t of a unit) as f32 into out: whole
- * vectors of f16, bf16 and int8 rows in registers (exact conversions, and
- * int8's s * q rounds once, as kvd_dequant_range does), everything else and
- * every tail by kvd_dequant_range: the same floats either way. */
-KVD_SIMD_ATTR static inline void pf_decode(kvd_row_format f, const unsigned char *unit, size_t t,
-                                           size_t d, uint32_t group, size_t c0, size_t c1,
-                                           float *restrict out)
+/* Channels [c0, c1) of a row (token t of a unit) as f32 into out, bit for
+ * bit what kvd_dequant_range gives: whole vectors in registers, every tail
+ * (and U4G/U2G groups that are not whole vectors) by kvd_dequant_range.
+ * f16, bf16 and int8's code are exact conversions and int8's s * q rounds
+ * once, as the reference does; U4G/U2G and KIVI compute z + s*q with one
+ * fma, the reference's single rounding because s*q (an 11-bit half times a
+ * code of <= 4 bits) is exact in f32. c0 is a multiple of PF_MAXD, so
+ * vectors start on whole bytes of packed codes. Always inlined into the
+ * row loops, where the format is a constant after the switch. */
+KVD_SIMD_ATTR static inline __attribute__((always_inline)) void
+pf_decode(kvd_row_format f, const unsigned char *unit, size_t t, size_t d, uint32_t group,
+          size_t c0, size_t c1, pf_kivi *restrict kc, float *restrict out)
 {
     size_t c = c0;
     switch (f) {
@@ -205,6 +225,60 @@ KVD_SIMD_ATTR static inline void pf_decode(kvd_row_format f, const unsigned char
         const vf vs = v_set1(sc);
         for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
             v_store(out + (c - c0), v_mul(vs, v_i8(unit + 4 + c)));
+        break;
+    }
+    case KVD_ROW_U4G:
+    case KVD_ROW_U2G: {
+        if (group % KVD_SIMD_W != 0)
+            break; /* a vector would straddle two groups: scalar */
+        /* the {s, z} of the groups the chunk's whole vectors touch, one
+         * F16C conversion, then group by group: a table (AVX-512) or
+         * broadcast s and z per group, a shift and a lookup or fma per
+         * vector */
+        const int four = f == KVD_ROW_U4G;
+        const size_t end = c0 + (c1 - c0) / KVD_SIMD_W * KVD_SIMD_W;
+        if (end == c0)
+            break;
+        const size_t g0 = c0 / group, g1 = (end + group - 1) / group;
+        _Alignas(64) float sz[2 * PF_MAX_CHUNK_GROUPS];
+        v_halves(unit + 4 * g0, 2 * (g1 - g0), sz);
+        const unsigned char *restrict codes = unit + 4 * ((d + group - 1) / group);
+        for (size_t g = g0; c < end; g++) {
+            const size_t ge = (g + 1) * group < end ? (g + 1) * group : end;
+            if (four) {
+                const vgroup vg = v_group4(sz[2 * (g - g0)], sz[2 * (g - g0) + 1]);
+                for (; c < ge; c += KVD_SIMD_W)
+                    v_store(out + (c - c0), v_dq4(codes + c / 2, &vg));
+            } else {
+                const vgroup vg = v_group2(sz[2 * (g - g0)], sz[2 * (g - g0) + 1]);
+                for (; c < ge; c += KVD_SIMD_W)
+                    v_store(out + (c - c0), v_dq2(codes + c / 4, &vg));
+            }
+        }
+        break;
+    }
+    case KVD_ROW_KIVI4_KEYS:
+    case KVD_ROW_KIVI2_KEYS: {
+        if (kc->unit != unit || kc->c0 != c0) {
+            /* a new block (every `group` tokens): its channels' {s, z} */
+            v_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
+            for (size_t i = 0; i < c1 - c0; i++) {
+                kc->s[i] = kc->sz[2 * i];
+                kc->z[i] = kc->sz[2 * i + 1];
+            }
+            kc->unit = unit;
+            kc->c0 = c0;
+        }
+        const int four = f == KVD_ROW_KIVI4_KEYS;
+        const unsigned char *restrict codes = unit + 4 * d + t * ((d * (four ? 4 : 2) + 7) / 8);
+        if (four)
+            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+                v_store(out + (c - c0), v_fma(v_u4(codes + c / 2), v_load(kc->s + (c - c0)),
+                                              v_load(kc->z + (c - c0))));
+        else
+            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
+                v_store(out + (c - c0), v_fma(v_u2(codes + c / 4), v_load(kc->s + (c - c0)),
+                                              v_load(kc->z + (c - c0))));
         break;
     }
     default:
@@ -228,7 +302,7 @@ KVD_SIMD_ATTR static void pf_block_keys(const kvd_kv_pages *kv, size_t j0, size_
         if (kv->k_format == KVD_ROW_F32) {
             st->krow[b] = (const float *)u; /* c0 is added by pf_scores */
         } else {
-            pf_decode(kv->k_format, u, t, kv->head_dim, kv->group, c0, c1,
+            pf_decode(kv->k_format, u, t, kv->head_dim, kv->group, c0, c1, &st->kc,
                       st->ktile + b * PF_MAXD);
             st->krow[b] = st->ktile + b * PF_MAXD;
         }
@@ -245,7 +319,7 @@ KVD_SIMD_ATTR static void pf_block_values(const kvd_kv_pages *kv, size_t j0, siz
         if (kv->v_format == KVD_ROW_F32) {
             st->vrow[b] = (const float *)u;
         } else {
-            pf_decode(kv->v_format, u, t, kv->head_dim, kv->group, c0, c1,
+            pf_decode(kv->v_format, u, t, kv->head_dim, kv->group, c0, c1, &st->kc,
                       st->vtile + b * PF_MAXD);
             st->vrow[b] = st->vtile + b * PF_MAXD;
         }
@@ -368,6 +442,7 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_prefill_)(const kvd_kv_segment *seg
     for (size_t s = 0; s < n_seg; s++)
         total += seg[s].n;
     pf_state st;
+    st.kc.unit = NULL;
     const size_t all_rows = m_q * n_q;
     for (size_t r0 = 0; r0 < all_rows; r0 += PF_ROWS) {
         const size_t rows = all_rows - r0 < PF_ROWS ? all_rows - r0 : PF_ROWS;
@@ -411,6 +486,30 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_prefill_)(const kvd_kv_segment *seg
             if (lse)
                 lse[i * lse_stride + h] =
                     st.l[r] > 0.0 ? (float)((double)st.m[r] + log(st.l[r])) : -INFINITY;
+        }
+    }
+}
+
+/* The test hook (prefill.h): rows of slots [j0, j0 + n) of one view as the
+ * kernel's blocks decode them, channel chunk by channel chunk. */
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__prefill_decode_)(const kvd_kv_pages *kv, int values,
+                                                        size_t j0, size_t n, float *out)
+{
+    const size_t d = kv->head_dim;
+    pf_state st;
+    st.kc.unit = NULL;
+    for (size_t b0 = 0; b0 < n; b0 += PF_KB) {
+        const size_t nb = n - b0 < PF_KB ? n - b0 : PF_KB;
+        for (size_t c0 = 0; c0 < d; c0 += PF_MAXD) {
+            const size_t c1 = d - c0 < PF_MAXD ? d : c0 + PF_MAXD;
+            const int f32 = (values ? kv->v_format : kv->k_format) == KVD_ROW_F32;
+            if (values)
+                pf_block_values(kv, j0 + b0, nb, c0, c1, &st);
+            else
+                pf_block_keys(kv, j0 + b0, nb, c0, c1, &st);
+            for (size_t b = 0; b < nb; b++)
+                memcpy(out + (b0 + b) * d + c0, (values ? st.vrow : st.krow)[b] + (f32 ? c0 : 0),
+                       (c1 - c0) * sizeof *out);
         }
     }
 }

@@ -8,12 +8,15 @@
  * same run. FLOPs counted as 4 * d * heads * sum_i visible(i) (two
  * multiply-adds per visible key and channel, per query head: the usual count;
  * softmax not counted), visible(i) = n + i + 1.
- * KVD_BENCH_DTYPE=f16|bf16|int8|int4 runs a quantized cache instead (keys
- * and values dequantized once per block into an f32 tile; the decode calls
- * score keys from their codes); sgemm stays f32.
+ * KVD_BENCH_DTYPE=f16|bf16|int8|int4|kivi4|kivi2 runs a quantized cache
+ * instead (group 32, KIVI residual 32; keys and values dequantized once per
+ * block into an f32 tile; the decode calls score keys from their codes);
+ * sgemm stays f32.
  * KVD_BENCH_TIER=avx2 (or scalar, avx512) times that tier only, decode calls
  * included; with OPENBLAS_CORETYPE=Haswell OpenBLAS runs its AVX2 kernels,
  * which compares AVX2 with AVX2 on an AVX-512 machine.
+ * KVD_BENCH_H2O=1 also times the h2o weight pass such a step adds
+ * (kvd_attention_weights per query, scalar) against the tiled call.
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -36,6 +39,8 @@
 #define HEAD_DIM 128
 #define PAGE_BYTES (16 * 1024)
 #define ROUNDS 3 /* odd: the median is one round */
+#define APPEND_CHUNK 256
+#define KIVI_RESIDUAL 32
 
 static float frand(uint64_t *s)
 {
@@ -85,7 +90,10 @@ static void run(size_t m, size_t n)
 {
     const size_t total = n + m;
     const size_t spp = kvd_stream_slots_per_page_format(PAGE_BYTES, HEAD_DIM, &bench_fmt);
-    const size_t pages_per_stream = (total + spp - 1) / spp;
+    /* pages per stream: its own, plus (KIVI) the f32 residual's and one
+     * append chunk's slack */
+    const size_t spp_f32 = kvd_stream_slots_per_page(PAGE_BYTES, HEAD_DIM);
+    const size_t pages_per_stream = (total + spp - 1) / spp + 2 * (APPEND_CHUNK / spp_f32 + 2);
     kvd_pool *pool;
     if (kvd_pool_create((pages_per_stream * KV_HEADS + 8) * PAGE_BYTES, PAGE_BYTES, &pool)) {
         fprintf(stderr, "bench: no memory for the pool\n");
@@ -113,12 +121,21 @@ static void run(size_t m, size_t n)
             fprintf(stderr, "bench: stream init failed\n");
             exit(1);
         }
-        const size_t need = kvd_stream_pages_needed(&streams[g], total);
-        if (kvd_stream_reserve_table(&streams[g], need) || kvd_pool_alloc(pool, need, pages)) {
-            fprintf(stderr, "bench: pool too small\n");
-            exit(1);
+        /* in chunks, KIVI settling after each as a step does: key blocks
+         * quantized, the newest tokens left in the f32 residual */
+        for (size_t j0 = 0; j0 < total; j0 += APPEND_CHUNK) {
+            const size_t c = total - j0 < APPEND_CHUNK ? total - j0 : APPEND_CHUNK;
+            const size_t need = kvd_stream_pages_needed(&streams[g], c);
+            if (need > pages_per_stream || kvd_stream_reserve_table(&streams[g], need) ||
+                kvd_pool_alloc(pool, need, pages)) {
+                fprintf(stderr, "bench: pool too small\n");
+                exit(1);
+            }
+            kvd_stream_append(&streams[g], pool, c, k + j0 * HEAD_DIM, v + j0 * HEAD_DIM,
+                              HEAD_DIM, pages);
+            size_t used = 0;
+            kvd_stream_settle(&streams[g], pool, NULL, 0, &used);
         }
-        kvd_stream_append(&streams[g], pool, total, k, v, HEAD_DIM, pages);
     }
     const float scale = 1.0f / sqrtf(HEAD_DIM);
     double visible = 0; /* sum over queries of the slots each sees */
@@ -136,6 +153,7 @@ static void run(size_t m, size_t n)
 
     /* the tiled kernel, every SIMD tier (scalar only where it is all) */
     const size_t levels = kvd__simd_levels();
+    double tiled_sec = 0; /* the last tier timed */
     static const char *const names[] = {"scalar", "avx2", "avx512"};
     for (size_t lv = levels > 1 ? 1 : 0; lv < levels; lv++) {
         if (bench_tier >= 0 && (size_t)bench_tier != lv)
@@ -146,8 +164,9 @@ static void run(size_t m, size_t n)
             const double b0 = sgemm_flops(m, total, 1);
             const double t0 = bench_now();
             for (int g = 0; g < KV_HEADS; g++) {
-                const kvd_kv_segment seg = {kvd_stream_view(&streams[g]), total};
-                fn(&seg, 1, q + (size_t)g * GROUP * HEAD_DIM, m, GROUP, HEADS * HEAD_DIM,
+                kvd_kv_segment seg[2];
+                const size_t n_seg = kvd_stream_segments(&streams[g], total, seg);
+                fn(seg, n_seg, q + (size_t)g * GROUP * HEAD_DIM, m, GROUP, HEADS * HEAD_DIM,
                    (kvd_prefill_mask){.n0 = n + 1, .step = 1}, scale, o + (size_t)g * GROUP * HEAD_DIM,
                    NULL, 0);
             }
@@ -158,6 +177,7 @@ static void run(size_t m, size_t n)
             frac[r] = flops / tm[r] / (0.5 * (b0 + b1));
         }
         const double sec = bench_median(tm, ROUNDS);
+        tiled_sec = sec;
         char label[64];
         snprintf(label, sizeof label, "kvd tiled %s", names[lv]);
         printf("  %-30s %7.1f GFLOP/s  %.2f of sgemm   (%.1f ms)\n", label, flops / sec / 1e9,
@@ -174,8 +194,9 @@ static void run(size_t m, size_t n)
     for (int g = 0; g < KV_HEADS; g++)
         for (size_t i = 0; i < m; i++) {
             const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
-            const kvd_kv_segment seg = {kvd_stream_view(&streams[g]), n + i + 1};
-            kern->attend(&seg, 1, q + off, GROUP, scale, o2 + off);
+            kvd_kv_segment seg[2];
+            const size_t n_seg = kvd_stream_segments(&streams[g], n + i + 1, seg);
+            kern->attend(seg, n_seg, q + off, GROUP, scale, o2 + off);
         }
     const double sec = bench_now() - t0;
     const double b1 = sgemm_flops(m, total, 1);
@@ -195,6 +216,32 @@ static void run(size_t m, size_t n)
     }
     printf("  tiled vs decode calls: max |diff| %.2g (max |o| %.2g)\n", err, ref);
 
+    /* KVD_BENCH_H2O=1: the h2o weight pass a step adds after the tiled call
+     * (cache/step.c: kvd_attention_weights per query and kv head over the
+     * query's visible slots), one round, against the tiled time above */
+    const char *h2o = getenv("KVD_BENCH_H2O");
+    if (h2o && *h2o && *h2o != '0') {
+        float *scratch = malloc(total * sizeof *scratch), *w = calloc(total, sizeof *w);
+        if (!scratch || !w) {
+            fprintf(stderr, "bench: out of memory\n");
+            exit(1);
+        }
+        const double h0 = bench_now();
+        for (int g = 0; g < KV_HEADS; g++)
+            for (size_t i = 0; i < m; i++) {
+                const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
+                kvd_kv_segment seg[2];
+                const size_t n_seg = kvd_stream_segments(&streams[g], n + i + 1, seg);
+                kvd_attention_weights(seg, n_seg, q + off, GROUP, scale, scratch, w);
+            }
+        const double hsec = bench_now() - h0;
+        printf("  %-30s %7.1f ms (one round) = %.1fx the tiled call: %.0f%% of a step with h2o\n",
+               "h2o weight pass (scalar)", hsec * 1e3, hsec / tiled_sec,
+               100.0 * hsec / (hsec + tiled_sec));
+        free(scratch);
+        free(w);
+    }
+
     for (int g = 0; g < KV_HEADS; g++)
         kvd_stream_release(&streams[g], pool);
     kvd_pool_destroy(pool);
@@ -213,11 +260,13 @@ int main(int argc, char **argv)
     bench_cpu_model(cpu, sizeof cpu);
     printf("CPU: %s; kernel tier %s\n", cpu, kvd_attention_kernels_get()->name);
     const char *dt = getenv("KVD_BENCH_DTYPE");
-    for (int d = KVD_DTYPE_F32; dt && *dt && d <= KVD_DTYPE_INT4; d++)
+    for (int d = KVD_DTYPE_F32; dt && *dt && d <= KVD_DTYPE_KIVI4; d++)
         if (strcmp(kvd_dtype_name((kvd_dtype)d), dt) == 0)
-            bench_fmt = (kvd_stream_format){.dtype = (kvd_dtype)d, .group = 32};
+            bench_fmt = (kvd_stream_format){
+                .dtype = (kvd_dtype)d, .group = 32,
+                .residual = d == KVD_DTYPE_KIVI2 || d == KVD_DTYPE_KIVI4 ? KIVI_RESIDUAL : 0};
     if (dt && *dt && strcmp(kvd_dtype_name(bench_fmt.dtype), dt) != 0) {
-        fprintf(stderr, "bench: KVD_BENCH_DTYPE must be f32, f16, bf16, int8 or int4\n");
+        fprintf(stderr, "bench: KVD_BENCH_DTYPE must be f32, f16, bf16, int8, int4, kivi2 or kivi4\n");
         return 2;
     }
     const char *tier = getenv("KVD_BENCH_TIER");

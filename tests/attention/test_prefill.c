@@ -5,8 +5,10 @@
  * wider head layout, sizes that are not multiples of the tiles, every row
  * format, a stream left by eviction (block table out of address order, a
  * KIVI quantized segment ending inside a key block, then the f32 residual),
- * head_dim above the query tile's chunk, lse, and the same bits for any
- * split of the queries into calls (what the step engine's split relies on). */
+ * head_dim above the query tile's chunk, lse, the same bits for any
+ * split of the queries into calls (what the step engine's split relies on),
+ * and every tier's block decode of quantized rows equal to
+ * kvd_dequant_row bit for bit. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -402,6 +404,81 @@ START_TEST(test_quantized)
 }
 END_TEST
 
+/* The rows the kernel's blocks decode, every tier, equal kvd_dequant_row
+ * bit for bit: packed formats with groups of whole vectors (the vector
+ * path), groups that are not (the scalar fallback), head_dims with a tail
+ * and above the 256-channel chunk, runs of slots that start inside a block
+ * and cross pages (KIVI: key blocks and pages), and a partly filled last
+ * page. */
+START_TEST(test_decode_bits)
+{
+    static const struct {
+        kvd_row_format k, v;
+        uint32_t group;
+    } fmts[] = {
+        {KVD_ROW_U4G, KVD_ROW_U4G, 32},         {KVD_ROW_U4G, KVD_ROW_U4G, 16},
+        {KVD_ROW_U4G, KVD_ROW_U4G, 48},         {KVD_ROW_U4G, KVD_ROW_U4G, 8},
+        {KVD_ROW_U4G, KVD_ROW_U4G, 12},         {KVD_ROW_U2G, KVD_ROW_U2G, 16},
+        {KVD_ROW_U2G, KVD_ROW_U2G, 64},         {KVD_ROW_U2G, KVD_ROW_U2G, 8},
+        {KVD_ROW_KIVI4_KEYS, KVD_ROW_U4G, 32},  {KVD_ROW_KIVI2_KEYS, KVD_ROW_U2G, 16},
+        {KVD_ROW_KIVI4_KEYS, KVD_ROW_U4G, 7},   {KVD_ROW_KIVI2_KEYS, KVD_ROW_U2G, 64},
+        {KVD_ROW_F16, KVD_ROW_BF16, 0},         {KVD_ROW_I8, KVD_ROW_I8, 0},
+    };
+    static const size_t dims[] = {128, 72, 33, 264, 512};
+    static const struct {
+        size_t j0, n;
+    } runs[] = {{0, 0}, {5, 70}, {31, 1}, {40, 0}}; /* n 0: to the end */
+    size_t checked = 0;
+    for (size_t f = 0; f < sizeof fmts / sizeof *fmts; f++)
+        for (size_t a = 0; a < sizeof dims / sizeof *dims; a++) {
+            const size_t d = dims[a];
+            const uint32_t group = fmts[f].group;
+            const int block = kvd_row_is_block(fmts[f].k);
+            const size_t spp = block ? 2 * group : 13, n = block ? 5 * group + 3 : 97;
+            pages p;
+            pages_build(&p, fmts[f].k, fmts[f].v, n, d, group, spp);
+            float *want = malloc(n * d * sizeof *want), *got = malloc(n * d * sizeof *got);
+            ck_assert(want && got);
+            for (int values = 0; values < 2; values++) {
+                for (size_t j = 0; j < n; j++) {
+                    size_t t;
+                    const kvd_row_format rf = values ? p.kv.v_format : p.kv.k_format;
+                    const unsigned char *u =
+                        values ? kvd__kv_unit(&p.kv, p.kv.v_offset, rf, kvd__kv_v_stride(&p.kv), j, &t)
+                               : kvd__kv_unit(&p.kv, p.kv.k_offset, rf, kvd__kv_k_stride(&p.kv), j, &t);
+                    kvd_dequant_row(rf, u, t, d, group, want + j * d);
+                }
+                for (size_t level = 0; level < 3; level++) {
+                    const kvd__prefill_decode_fn fn = kvd__prefill_decode_tier(level);
+                    if (!fn)
+                        continue;
+                    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+                        const size_t j0 = runs[r].j0;
+                        if (j0 >= n)
+                            continue;
+                        const size_t cnt = runs[r].n && runs[r].n < n - j0 ? runs[r].n : n - j0;
+                        for (size_t i = 0; i < cnt * d; i++)
+                            got[i] = SENTINEL;
+                        fn(&p.kv, values, j0, cnt, got);
+                        for (size_t i = 0; i < cnt * d; i++)
+                            if (memcmp(&got[i], &want[j0 * d + i], sizeof *got) != 0)
+                                ck_abort_msg("tier %zu format %d/%d group %u d=%zu %s slot %zu "
+                                             "channel %zu: %.9g, kvd_dequant_row %.9g",
+                                             level, (int)fmts[f].k, (int)fmts[f].v, group, d,
+                                             values ? "value" : "key", j0 + i / d, i % d,
+                                             (double)got[i], (double)want[j0 * d + i]);
+                        checked++;
+                    }
+                }
+            }
+            free(want);
+            free(got);
+            pages_free(&p);
+        }
+    ck_assert(checked > 0);
+}
+END_TEST
+
 START_TEST(test_evicted_kivi)
 {
     /* after eviction a KIVI stream's quantized part may end inside a key
@@ -509,6 +586,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_f32_shapes);
     tcase_add_test(tc, test_gqa_wide);
     tcase_add_test(tc, test_quantized);
+    tcase_add_test(tc, test_decode_bits);
     tcase_add_test(tc, test_evicted_kivi);
     tcase_add_test(tc, test_nothing_visible);
     tcase_add_test(tc, test_dispatch_matches_tier);
