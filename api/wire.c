@@ -425,18 +425,30 @@ static int b64_tensor(const char *text, size_t len, const char *field, size_t ro
     return 0;
 }
 
+/* What every decoder starts with: the field's name ("tensor" when none is
+ * given) and the row size the session's shape implies, described in desc
+ * for errors. A zero row is the server's fault (a 500), not the client's. */
+static int tensor_row(const kvd_wire_shape *shape, const char **field, char *desc, size_t len, size_t *row,
+                      kvd_api_error *err)
+{
+    if (!*field)
+        *field = "tensor";
+    *row = shape_row(shape, desc, len);
+    if (*row == 0)
+        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, *field, "%s: row size 0 (bad session shape)",
+                                 *field);
+    return 0;
+}
+
 /* On success *out is malloc'd (NULL when *rows is 0) and owned by the
  * caller, who frees it. On error nothing is allocated. */
 int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *shape,
                     size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
-    if (!field)
-        field = "tensor";
     char row_desc[96];
-    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
-    if (row == 0)
-        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
-                                 "%s: row size 0 (bad session shape)", field);
+    size_t row;
+    if (tensor_row(shape, &field, row_desc, sizeof row_desc, &row, err) != 0)
+        return -1;
     if (!item)
         return kvd_api_error_set(err, 400, KVD_ERR_INVALID, field, "%s: missing", field);
 
@@ -498,26 +510,20 @@ int kvd_wire_decode(const cJSON *item, const char *field, const kvd_wire_shape *
 int kvd_wire_decode_b64(const char *text, size_t len, const char *field, const kvd_wire_shape *shape,
                         size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
-    if (!field)
-        field = "tensor";
     char row_desc[96];
-    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
-    if (row == 0)
-        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
-                                 "%s: row size 0 (bad session shape)", field);
+    size_t row;
+    if (tensor_row(shape, &field, row_desc, sizeof row_desc, &row, err) != 0)
+        return -1;
     return b64_tensor(text, len, field, row, row_desc, max_rows, out, rows, err);
 }
 
 int kvd_wire_decode_tensor(kvd_json_tensor *t, const char *field, const kvd_wire_shape *shape,
                            size_t max_rows, float **out, size_t *rows, kvd_api_error *err)
 {
-    if (!field)
-        field = "tensor";
     char row_desc[96];
-    const size_t row = shape_row(shape, row_desc, sizeof row_desc);
-    if (row == 0)
-        return kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, field,
-                                 "%s: row size 0 (bad session shape)", field);
+    size_t row;
+    if (tensor_row(shape, &field, row_desc, sizeof row_desc, &row, err) != 0)
+        return -1;
     char path[160];
     switch (t->error) {
     case KVD_JSON_TENSOR_OK:
