@@ -40,21 +40,6 @@ static void die(const char *msg)
     exit(1);
 }
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
 /* One request on a keep-alive connection; returns the status, body in *out
  * (malloc'd, NUL-terminated) if out. */
 static int request(int fd, const char *method, const char *path, const char *body, char **out)
@@ -307,7 +292,7 @@ static pid_t start_kvd(const char *self)
         _exit(127);
     }
     for (int i = 0; i < 200; i++) {
-        int c = dial();
+        int c = bench_dial_loopback(port);
         if (c >= 0) {
             close(c);
             return pid;
@@ -348,7 +333,7 @@ int main(int argc, char **argv)
            "%ld CPUs: %s; kvd on 127.0.0.1:%d\n",
            n_sessions, n_layers, HEADS, KV_HEADS, HEAD_DIM, prefill, sysconf(_SC_NPROCESSORS_ONLN), cpu, port);
 
-    int fd = dial();
+    int fd = bench_dial_loopback(port);
     if (fd < 0)
         die("connect");
     ids = calloc((size_t)n_sessions, sizeof *ids);
@@ -400,7 +385,7 @@ int main(int argc, char **argv)
     pthread_t *th = calloc((size_t)n_conns, sizeof *th);
     for (int c = 0; c < n_conns; c++) {
         w[c].c = c;
-        if ((w[c].fd = dial()) < 0)
+        if ((w[c].fd = bench_dial_loopback(port)) < 0)
             die("connect");
         pthread_create(&th[c], NULL, single_worker, &w[c]);
     }

@@ -27,21 +27,6 @@
 static char *rbuf;
 static size_t rcap = 1 << 22;
 
-static int dial(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
 static int send_all(int fd, const char *p, size_t n)
 {
     while (n) {
@@ -212,7 +197,7 @@ static int run_steps(int fd, const char *enc, int n, double *t, char *body, size
 
 static void healthz(int port, const char *what, int n, double *t)
 {
-    int fd = dial(port);
+    int fd = bench_dial_loopback(port);
     if (fd < 0) {
         printf("%s: cannot connect\n", what);
         return;
@@ -285,7 +270,7 @@ static pid_t start_nginx(int *port)
         _exit(127);
     }
     for (int i = 0; i < 150; i++) {
-        int fd = dial(*port);
+        int fd = bench_dial_loopback(*port);
         if (fd >= 0) {
             close(fd);
             return pid;
@@ -332,7 +317,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    int fd = dial(port);
+    int fd = bench_dial_loopback(port);
     if (fd < 0) {
         fprintf(stderr, "cannot connect to port %d\n", port);
         return 1;
