@@ -71,6 +71,16 @@ int kvd_pool_create(size_t memory_bytes, size_t page_bytes, kvd_pool **out)
     if (base == MAP_FAILED)
         goto fail;
     pool->base = base;
+#ifdef MADV_HUGEPAGE
+    /* Ask for transparent huge pages (Debian's default THP mode is
+     * "madvise", so without this the arena is 4 KiB pages): a decode streams
+     * every page of a long context, and with 2 MiB pages it takes far fewer
+     * TLB misses — bench_attention_decode at n = 32k ran 6-10% faster (f32,
+     * every tier). Advice only: a kernel without THP says EINVAL and the
+     * pool works as before. Resident memory then grows in steps of up to
+     * 2 MiB as pages are first written, still from the arena's start. */
+    (void)madvise(base, pool->arena_bytes, MADV_HUGEPAGE);
+#endif
 
     if (pthread_mutex_init(&pool->lock, NULL) != 0) {
         munmap(pool->base, pool->arena_bytes);
