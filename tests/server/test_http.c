@@ -92,7 +92,13 @@ static void test_handler(void *ctx, kvd_http_exchange *ex, const kvd_http_reques
         snprintf(r->path, sizeof r->path, "%s", req->path);
         uv_timer_init(&f->loop, &r->timer);
         r->timer.data = r;
-        uv_timer_start(&r->timer, slow_fire, SLOW_MS, 0);
+        /* "?ms=N" holds the answer N ms instead of SLOW_MS: a test that must
+         * get bytes to the server while the answer is pending takes a wide
+         * margin instead of racing a 50 ms timer on a loaded machine. */
+        unsigned ms = SLOW_MS;
+        if (strncmp(req->query, "ms=", 3) == 0)
+            ms = (unsigned)strtoul(req->query + 3, NULL, 10);
+        uv_timer_start(&r->timer, slow_fire, ms, 0);
         atomic_fetch_add(&f->slow_started, 1);
         return;
     }
@@ -726,7 +732,12 @@ START_TEST(shutdown_new_request_gets_503)
 {
     server_start(MAX_BODY, 8, false);
     client c = client_open();
-    SEND(&c, "GET /slow HTTP/1.1\r\n\r\nGET /late HTTP/1.1\r\n");
+    /* /slow holds its answer 2 s: the rest of /late must reach the server
+     * while the connection is busy. Were /slow answered first, the drain
+     * would close the connection with /late half received (server/conn.c
+     * kvd__conn_check_idle drops it by design) — a 50 ms hold made this
+     * test fail once under a loaded ASan run. */
+    SEND(&c, "GET /slow?ms=2000 HTTP/1.1\r\n\r\nGET /late HTTP/1.1\r\n");
     wait_flag(&fx.slow_started, 1);
     request_shutdown();
     wait_flag(&fx.shutdown_started, 1);
