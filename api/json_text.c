@@ -529,6 +529,31 @@ static bool string_value(scan *s, bool tensor)
 
 /* ---- everything else: validated, counted, kept for cJSON ----------------- */
 
+/* The opening of an array or object at s->off (its bracket, then blanks),
+ * as cJSON reads it: 0 when `close` follows at once (s->off on it), 1 when
+ * a member follows (s->off back on the character before it, where the
+ * member loop's first step starts), -1 at the end of the text (s->off on
+ * the last blank, where cJSON reports the error). */
+static int open_container(scan *s, char close)
+{
+    s->off++;
+    skip_ws(s);
+    if (can_access(s, 0) && at(s) == close)
+        return 0;
+    s->off--;
+    return can_access(s, 1) ? 1 : -1;
+}
+
+/* The end of an array or object: `close` at s->off, stepped over. */
+static bool close_container(scan *s, char close)
+{
+    if (!can_access(s, 0) || at(s) != close)
+        return false;
+    s->depth--;
+    s->off++;
+    return true;
+}
+
 static bool scan_array(scan *s, place where)
 {
     const bool kept = where != AT_SKIP;
@@ -538,15 +563,9 @@ static bool scan_array(scan *s, place where)
         return false;
     s->depth++;
     const place item = where == AT_SKIP ? AT_SKIP : where == AT_ROOT_STEPS ? AT_STEPS_ITEM : AT_ITEM;
-    s->off++;
-    skip_ws(s);
-    if (can_access(s, 0) && at(s) == ']')
-        goto done;
-    if (!can_access(s, 0)) {
-        s->off--;
-        return false;
-    }
-    s->off--;
+    const int first = open_container(s, ']');
+    if (first <= 0)
+        return first == 0 && close_container(s, ']');
     do {
         s->off++;
         skip_ws(s);
@@ -554,12 +573,7 @@ static bool scan_array(scan *s, place where)
             return false;
         skip_ws(s);
     } while (can_access(s, 0) && at(s) == ',');
-    if (!can_access(s, 0) || at(s) != ']')
-        return false;
-done:
-    s->depth--;
-    s->off++;
-    return true;
+    return close_container(s, ']');
 }
 
 /* A step's tensor fields, by their raw key text (an escaped key is not one:
@@ -576,15 +590,9 @@ static bool scan_object(scan *s, place where)
     if (s->depth >= NESTING_LIMIT)
         return false;
     s->depth++;
-    s->off++;
-    skip_ws(s);
-    if (can_access(s, 0) && at(s) == '}')
-        goto done;
-    if (!can_access(s, 0)) {
-        s->off--;
-        return false;
-    }
-    s->off--;
+    const int first = open_container(s, '}');
+    if (first <= 0)
+        return first == 0 && close_container(s, '}');
     do {
         s->off++;
         skip_ws(s);
@@ -604,12 +612,7 @@ static bool scan_object(scan *s, place where)
             return false;
         skip_ws(s);
     } while (can_access(s, 0) && at(s) == ',');
-    if (!can_access(s, 0) || at(s) != '}')
-        return false;
-done:
-    s->depth--;
-    s->off++;
-    return true;
+    return close_container(s, '}');
 }
 
 /* cJSON's parse_value; on failure s->off is where cJSON would stop. */
