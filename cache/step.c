@@ -8,10 +8,11 @@
  * use go back to the pool. A large entry's attention runs as (stream, query
  * range) pieces on a kvd_parallel executor. A rotated session (cache.rotate)
  * runs on a rotated copy of the entries and rotates its outputs back here,
- * once per query head (cache/rotate.c). A non-f32 four-cache entry first
- * copies its streams into the plan's f32 rows so the SIMD kernels read
- * them. (About 700 lines: the entry's phases read best side by side in
- * one file.) */
+ * once per query head (cache/rotate.c). A non-f32 four-cache entry copies
+ * each kv head's streams into the plan's f32 row pages (pool pages, a
+ * round of heads at a time) just before that head attends, so the SIMD
+ * kernels read them. (About 740 lines: the entry's phases read best side
+ * by side in one file.) */
 #include "cache/step.h"
 
 #include <assert.h>

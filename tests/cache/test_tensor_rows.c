@@ -1,6 +1,6 @@
 /* tests/cache/test_tensor_rows.c — four-cache tensor sessions of every
  * non-f32 dtype run the SIMD four-cache kernel over the plan's f32 copy of
- * their rows (cache/step.c fill_tensor_rows, cache/plan.c
+ * their rows (cache/step.c fill_rows, cache/plan.c
  * plan_tensor_rows): each step's o and lse against the scalar view kernel
  * kvd_tensor_four_view_lse over the session's own streams (the same
  * dequantized floats), for several n, GQA groups, a window, KIVI with a
