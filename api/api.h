@@ -125,6 +125,8 @@ typedef struct kvd_api_stats {
     atomic_uint_fast64_t sessions_expired;  /* idle past their ttl_seconds */
     atomic_uint_fast64_t evictions[5];      /* tokens evicted, by kvd_eviction policy */
     atomic_uint_fast64_t reclaimed_tokens;  /* evicted under --on-full evict */
+    atomic_uint_fast64_t tensor_row_pages;  /* pool pages lent to applied steps for a quantized
+                                               four-cache's f32 row copy (cache/plan.h) */
     kvd_histogram step_seconds[2];          /* compute time of a step request, by
                                                kvd_attention_kind (standard, tensor) */
     kvd_histogram shadow_relative_error;    /* per entry with queries, shadow sessions */

@@ -3,7 +3,10 @@
  * an object, no such session, 429), and queues one JOB_BATCH per session
  * holding that session's items in request order; each runs on a worker like a
  * step, after the session's earlier requests. The batch answers when its last
- * job is done, every item in request order with its own status. */
+ * job is done, every item in request order with its own status. Under
+ * --on-full evict an item that finds the pool full stops its job: the loop
+ * reclaims pages from idle sessions outside the batch (api/lifetime.c) and the
+ * job runs on from that item, retried once, as a single step would be. */
 #include "api/internal.h"
 
 #include <stdio.h>
@@ -24,6 +27,9 @@ struct api_batch {
     char **out;                /* [n]: each item's rendered answer (with "status") */
     size_t *out_len;           /* [n]: strlen(out[i]) once its job measured it, else 0 */
     bool *applied;             /* [n]: the item's step changed its session */
+    char (*sessions)[KVD_SESSION_ID_MAX + 1]; /* [n_sessions]: the ids of the sessions
+                                  with a job in the batch (never reclaimed for it) */
+    size_t n_sessions;
     char *oom_answer;          /* [OOM_ANSWER_CAP(n)]: reserved before any item runs,
                                   for the 500 naming the applied items when the
                                   answer cannot be allocated (batch_render) */
@@ -69,6 +75,7 @@ static void batch_free(api_batch *b)
     free(b->out);
     free(b->out_len);
     free(b->applied);
+    free(b->sessions);
     free(b->oom_answer);
     free(b->item);
     kvd_json_doc_free(&b->doc);
@@ -165,34 +172,6 @@ void kvd__api_batch_done(kvd_api *api, api_job *job)
     batch_unref(api, b, true);
 }
 
-void kvd__api_batch_release(api_job *job)
-{
-    free(job->items);
-    job->items = NULL;
-    if (job->batch)
-        batch_unref(NULL, job->batch, false);
-    job->batch = NULL;
-}
-
-/* The engine's refusal of one item; nothing changed. */
-static char *refusal(kvd_api *api, int rc, size_t need)
-{
-    kvd_api_error err;
-    const size_t total = kvd_pool_pages_total(api->pool);
-    if (rc == KVD_STEP_NOMEM)
-        kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory planning the step");
-    else if (rc == KVD_STEP_TOO_BIG)
-        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL,
-                          "this step needs %zu pages, more than the %zu pages the whole pool has", need, total);
-    else {
-        atomic_fetch_add_explicit(&api->stats.rejected_pool_full, 1, memory_order_relaxed);
-        kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
-                          "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free", need,
-                          kvd_pool_pages_free(api->pool), total);
-    }
-    return item_error(&err);
-}
-
 /* The tensors the parse decoded into the entry (as kvd_step_request_free). */
 static void entry_free(kvd_step_entry *e)
 {
@@ -203,18 +182,48 @@ static void entry_free(kvd_step_entry *e)
     free((void *)e->q);
 }
 
+void kvd__api_batch_release(api_job *job)
+{
+    if (job->item_held) /* the batch ends before the item waiting for a reclaim ran */
+        entry_free(&job->item_entry);
+    job->item_held = false;
+    free(job->items);
+    job->items = NULL;
+    if (job->batch)
+        batch_unref(NULL, job->batch, false);
+    job->batch = NULL;
+}
+
+bool kvd__api_batch_has_session(const api_batch *b, const api_session *s)
+{
+    for (size_t i = 0; b && i < b->n_sessions; i++)
+        if (strcmp(b->sessions[i], s->id) == 0)
+            return true;
+    return false;
+}
+
 /* One item on its session: parse against the session's config, run, render.
  * Each item is a step of its own: a failed one changes nothing, and the
- * session's later items still run (as later single steps would). */
-static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
+ * session's later items still run (as later single steps would). An item
+ * the pool cannot hold under --on-full evict, not yet retried, is kept
+ * parsed in the job and not answered: NULL with *wait set, and the loop
+ * reclaims and runs it again (kvd_api_job_done). */
+static char *run_item(kvd_api *api, api_job *job, size_t i, bool *wait)
 {
+    api_batch *b = job->batch;
+    api_session *s = job->session;
     char prefix[48];
     snprintf(prefix, sizeof prefix, "steps[%zu].", i);
     kvd_step_entry entry;
     kvd_api_error err;
     kvd_histogram *phase = api->stats.phase_seconds;
     const double t0 = kvd_clock_mono();
-    if (kvd_step_entry_parse(&b->doc, b->item[i], prefix, &s->cache->config, &api->limits, &entry, &err) != 0) {
+    *wait = false;
+    if (job->item_held) { /* parsed before the reclaim */
+        entry = job->item_entry;
+        job->item_held = false;
+    } else if (kvd_step_entry_parse(&b->doc, b->item[i], prefix, &s->cache->config, &api->limits, &entry,
+                                    &err) != 0) {
         entry_free(&entry);
         return item_error(&err);
     }
@@ -224,9 +233,20 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
     const int rc = kvd_step_run(s->cache, s->shadow, api->pool, &entry, 1, &out);
     const double t2 = kvd_clock_mono();
     kvd_histogram_observe(&phase[KVD_PHASE_ATTEND], t2 - t1);
+    if (rc == KVD_STEP_POOL_FULL && api->opt.on_full_evict && !job->item_retried) {
+        job->item_entry = entry;
+        job->item_held = true;
+        job->pool_full = true;
+        job->need_pages = out.need_pages;
+        *wait = true;
+        return NULL;
+    }
     char *json = NULL;
-    if (rc != KVD_STEP_OK) {
-        json = refusal(api, rc, out.need_pages);
+    if (rc != KVD_STEP_OK) { /* the engine's refusal; nothing changed */
+        kvd__api_step_refusal(api, rc, &out, &err);
+        if (rc == KVD_STEP_POOL_FULL)
+            atomic_fetch_add_explicit(&api->stats.rejected_pool_full, 1, memory_order_relaxed);
+        json = item_error(&err);
     } else {
         b->applied[i] = true;
         const double seconds = kvd_clock_mono() - t0;
@@ -244,10 +264,16 @@ static char *run_item(kvd_api *api, api_batch *b, api_session *s, size_t i)
 
 void kvd__api_batch_run(kvd_api *api, api_job *job)
 {
-    kvd_histogram_observe(&api->stats.phase_seconds[KVD_PHASE_QUEUE], kvd_clock_mono() - job->queued_at);
-    for (size_t k = 0; k < job->n_items; k++) {
-        const size_t i = job->items[k];
-        job->batch->out[i] = run_item(api, job->batch, job->session, i);
+    job->pool_full = false;
+    if (!job->item_retried) /* not a job resumed after a reclaim */
+        kvd_histogram_observe(&api->stats.phase_seconds[KVD_PHASE_QUEUE], kvd_clock_mono() - job->queued_at);
+    for (; job->next_item < job->n_items; job->next_item++) {
+        const size_t i = job->items[job->next_item];
+        bool wait;
+        job->batch->out[i] = run_item(api, job, i, &wait);
+        if (wait) /* the loop reclaims, then this item runs again */
+            return;
+        job->item_retried = false;
         if (job->batch->out[i]) /* measured here, on the worker: the render only copies */
             job->batch->out_len[i] = strlen(job->batch->out[i]);
     }
@@ -356,9 +382,10 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
     b->out = calloc(b->n, sizeof *b->out);
     b->out_len = calloc(b->n, sizeof *b->out_len);
     b->applied = calloc(b->n, sizeof *b->applied);
+    b->sessions = calloc(b->n, sizeof *b->sessions);
     b->oom_answer = malloc(OOM_ANSWER_CAP(b->n));
     api_job **jobs = calloc(b->n, sizeof *jobs); /* one per distinct session, in first-seen order */
-    if (!b->item || !b->out || !b->out_len || !b->applied || !b->oom_answer || !jobs) {
+    if (!b->item || !b->out || !b->out_len || !b->applied || !b->sessions || !b->oom_answer || !jobs) {
         free(jobs);
         kvd_api_error_set(&err, 500, KVD_ERR_INTERNAL, NULL, "out of memory for the batch");
         goto refuse;
@@ -385,6 +412,7 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
             job->session = s;
             job->items = items;
             jobs[n_jobs++] = job;
+            strcpy(b->sessions[b->n_sessions++], s->id);
         }
         jobs[j]->items[jobs[j]->n_items++] = i;
     }

@@ -47,7 +47,7 @@ typedef struct api_job {
     kvd_response resp;         /* filled by run, sent by done */
     kvd_step_request req;      /* JOB_STEP: the parsed body, once parsed */
     bool parsed, multi;        /* req is valid; the body used "steps" */
-    bool pool_full;            /* JOB_STEP failed for want of pages ... */
+    bool pool_full;            /* JOB_STEP (or JOB_BATCH item next_item) failed for want of pages ... */
     size_t need_pages;         /* ... this many */
     bool retried;              /* already re-run once after reclaiming pages */
     bool applied;              /* JOB_STEP changed the session */
@@ -55,7 +55,12 @@ typedef struct api_job {
     double queued_at;          /* kvd_clock_mono when queued (the queue phase) */
     api_batch *batch;          /* JOB_BATCH: the POST /v1/batch it is part of, */
     size_t *items;             /* ... the indices of this session's items in it, */
-    size_t n_items;            /* ... in request order */
+    size_t n_items;            /* ... in request order; */
+    size_t next_item;          /* ... the first not yet answered (a job waiting for a
+                                  reclaim resumes there), */
+    bool item_retried;         /* ... which already ran again after a reclaim, */
+    bool item_held;            /* ... and whose parsed entry is kept in item_entry */
+    kvd_step_entry item_entry;
 } api_job;
 
 /* Shadow mode's running account of output error (DESIGN.md §3). Written by
@@ -194,6 +199,10 @@ char *kvd__api_step_entry_text(const kvd_session_config *cfg, const kvd_step_ent
                                const kvd_step_result *r, kvd_wire_encoding enc);
 void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries,
                            const kvd_step_output *out, double seconds);
+/* The engine's refusal of a step or batch item (KVD_STEP_NOMEM: 500,
+ * _TOO_BIG: 413, _POOL_FULL: 503) as the API error naming its pages, those
+ * of a tensor row copy included; nothing changed. */
+void kvd__api_step_refusal(const kvd_api *api, int rc, const kvd_step_output *out, kvd_api_error *err);
 
 /* api/batch.c. handle: POST /v1/batch on the loop thread (false: deferred,
  * answered through api->respond once every session's job is done). run: a
@@ -205,6 +214,9 @@ bool kvd__api_handle_batch(kvd_api *api, kvd_api_request *req, uint32_t owner, v
 void kvd__api_batch_run(kvd_api *api, api_job *job);
 void kvd__api_batch_done(kvd_api *api, api_job *job);
 void kvd__api_batch_release(api_job *job);
+/* Has this batch an item on s (run, running or to run)? --on-full evict
+ * never reclaims from such a session for the batch's items. Loop thread. */
+bool kvd__api_batch_has_session(const api_batch *b, const api_session *s);
 /* api/queue.c: queues a job built by the caller (kind, session, reply set);
  * false with resp = 429 when the session's queue is full (job not taken). */
 bool kvd__api_enqueue_job(kvd_api *api, api_session *s, api_job *job, kvd_response *resp);

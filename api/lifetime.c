@@ -1,6 +1,7 @@
 /* api/lifetime.c — how long sessions live and what a full pool does (loop
  * thread): TTL expiry by the API's clock, LRU reclaim under --on-full evict,
- * completing a worker's job (retried once after a reclaim), and readiness. */
+ * completing a worker's job (a step, or a batch item, retried once after a
+ * reclaim), and readiness. */
 #include "api/internal.h"
 
 #include <stdlib.h>
@@ -61,8 +62,10 @@ static int cmp_lru(const void *a, const void *b)
 /* Frees pool pages for a step that needs `need` (loop thread): expired
  * sessions first, then, with --on-full evict, tokens of the least recently
  * used idle sessions that have a policy, each stream down to its protected
- * sink + recent tokens, until enough pages are free. Returns free pages. */
-static size_t reclaim_pages(kvd_api *api, size_t need)
+ * sink + recent tokens, until enough pages are free. For a batch item
+ * (batch != NULL) no session with an item in that batch loses tokens: its
+ * items ran, or will run, against what it holds. Returns free pages. */
+static size_t reclaim_pages(kvd_api *api, size_t need, const api_batch *batch)
 {
     kvd_api_expire(api);
     size_t free_pages = kvd_pool_pages_free(api->pool);
@@ -74,7 +77,7 @@ static size_t reclaim_pages(kvd_api *api, size_t need)
     size_t n = 0;
     for (size_t i = 0; i < api->n_buckets; i++)
         for (api_session *s = api->buckets[i]; s; s = s->hash_next)
-            if (session_reclaimable(s))
+            if (session_reclaimable(s) && !kvd__api_batch_has_session(batch, s))
                 lru[n++] = s;
     qsort(lru, n, sizeof *lru, cmp_lru);
     for (size_t i = 0; i < n && free_pages < need; i++) {
@@ -93,8 +96,20 @@ void kvd_api_job_done(kvd_api *api, kvd_api_job *base)
 {
     api_job *job = (api_job *)base;
     api_session *s = job->session;
+    if (job->kind == JOB_BATCH && job->pool_full) {
+        /* A batch item found the pool full under --on-full evict and its job
+         * stopped there (api/batch.c): reclaim, then the job runs on from
+         * that item, which is retried once whatever the reclaim freed (the
+         * item answers its own 503 if the pool is still full). The session
+         * stays busy, so its later items still follow it in order. */
+        job->pool_full = false;
+        job->item_retried = true;
+        reclaim_pages(api, job->need_pages, job->batch);
+        api->submit(api->executor, &job->base);
+        return;
+    }
     if (job->pool_full && api->opt.on_full_evict && !job->retried &&
-        reclaim_pages(api, job->need_pages) >= job->need_pages) {
+        reclaim_pages(api, job->need_pages, NULL) >= job->need_pages) {
         /* --on-full evict freed enough: run the same (parsed) step again.
          * The session stays busy, so nothing else of it runs in between. */
         job->retried = true;

@@ -39,33 +39,50 @@ static int parse_once(kvd_api *api, api_job *job, const kvd_session *sess)
     return 0;
 }
 
+void kvd__api_step_refusal(const kvd_api *api, int rc, const kvd_step_output *out, kvd_api_error *err)
+{
+    const size_t total = kvd_pool_pages_total(api->pool), need = out->need_pages;
+    if (rc == KVD_STEP_NOMEM) {
+        kvd_api_error_set(err, 500, KVD_ERR_INTERNAL, NULL, "out of memory planning the step");
+    } else if (rc == KVD_STEP_TOO_BIG && out->row_pages) {
+        /* the bound of cache/plan.c plan_tensor_rows: the copy grows with n */
+        kvd_api_error_set(err, 413, KVD_ERR_TOO_LARGE, NULL,
+                          "this step needs %zu pages of %zu bytes, more than the %zu pages the whole pool "
+                          "has: %zu of them are the f32 copy of the rows this quantized four-cache tensor "
+                          "session attends over (4 x tokens x head_dim floats per kv head, held while the "
+                          "step runs), too large for --memory at this session's length",
+                          need, api->opt.page_bytes, total, out->row_pages);
+    } else if (rc == KVD_STEP_TOO_BIG) {
+        kvd_api_error_set(err, 413, KVD_ERR_TOO_LARGE, NULL,
+                          "this step needs %zu pages of %zu bytes, more than the %zu pages the whole pool "
+                          "has: send fewer tokens per request",
+                          need, api->opt.page_bytes, total);
+    } else if (out->row_pages) {
+        kvd_api_error_set(err, 503, KVD_ERR_EXHAUSTED, NULL,
+                          "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free (%zu of "
+                          "them for the f32 copy of the tensor rows it attends over, held while it runs)",
+                          need, kvd_pool_pages_free(api->pool), total, out->row_pages);
+    } else {
+        kvd_api_error_set(err, 503, KVD_ERR_EXHAUSTED, NULL,
+                          "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free", need,
+                          kvd_pool_pages_free(api->pool), total);
+    }
+}
+
 /* The engine's refusal as the API's answer; nothing changed. A step that
  * needs more pages than the whole pool has can never succeed: 413 with both
  * counts and no Retry-After, not counted as rejected for a full pool (no
  * reclaim is tried for it). One that fits the pool but not its free pages is
  * a 503 with Retry-After, and --on-full evict may reclaim and retry it. */
-static void refuse(kvd_api *api, api_job *job, int rc, size_t need_pages)
+static void refuse(kvd_api *api, api_job *job, int rc, const kvd_step_output *out)
 {
-    if (rc == KVD_STEP_NOMEM) {
-        fail(job, 500, KVD_ERR_INTERNAL, "out of memory planning the step");
-        return;
-    }
-    const size_t total = kvd_pool_pages_total(api->pool);
     kvd_api_error err;
-    if (rc == KVD_STEP_TOO_BIG) {
-        kvd_api_error_set(&err, 413, KVD_ERR_TOO_LARGE, NULL,
-                          "this step needs %zu pages of %zu bytes, more than the %zu pages the whole pool "
-                          "has: send fewer tokens per request",
-                          need_pages, api->opt.page_bytes, total);
-        kvd_response_error(&job->resp, &err);
-        return;
-    }
-    kvd_api_error_set(&err, 503, KVD_ERR_EXHAUSTED, NULL,
-                      "KV pool exhausted: this step needs up to %zu pages, %zu of %zu are free", need_pages,
-                      kvd_pool_pages_free(api->pool), total);
+    kvd__api_step_refusal(api, rc, out, &err);
     kvd_response_error(&job->resp, &err);
-    job->pool_full = true;
-    job->need_pages = need_pages;
+    if (rc == KVD_STEP_POOL_FULL) {
+        job->pool_full = true;
+        job->need_pages = out->need_pages;
+    }
 }
 
 /* Shadow mode's account (DESIGN.md §3): one observation per entry with
@@ -162,6 +179,7 @@ void kvd__api_step_account(kvd_api *api, api_session *s, size_t n_entries, const
     kvd__api_session_summarize(s);
     atomic_fetch_add_explicit(&api->stats.steps, n_entries, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.step_tokens, out->tokens_in, memory_order_relaxed);
+    atomic_fetch_add_explicit(&api->stats.tensor_row_pages, out->row_pages, memory_order_relaxed);
     atomic_fetch_add_explicit(&api->stats.evictions[cfg->cache.eviction], out->evicted_total,
                               memory_order_relaxed);
     kvd_histogram_observe(&api->stats.step_seconds[cfg->attention], seconds);
@@ -187,7 +205,7 @@ void kvd__api_step_run(kvd_api *api, api_job *job)
     const double t2 = kvd_clock_mono();
     kvd_histogram_observe(&phase[KVD_PHASE_ATTEND], t2 - t1);
     if (rc != KVD_STEP_OK) {
-        refuse(api, job, rc, out.need_pages);
+        refuse(api, job, rc, &out);
         return;
     }
     job->applied = true;

@@ -248,10 +248,15 @@ void kvd_tensor_four_view_lse(const kvd_tensor_view *a, const kvd_tensor_view *b
 
 void kvd_tensor_view_rows(const kvd_tensor_view *view, size_t n, float *k, float *v)
 {
+    kvd_tensor_view_rows_from(view, 0, n, k, v);
+}
+
+void kvd_tensor_view_rows_from(const kvd_tensor_view *view, size_t j0, size_t n, float *k, float *v)
+{
     const size_t d = view->seg[0].kv.head_dim;
     for (size_t j = 0; j < n; j++) {
         float *kj = k + j * d, *vj = v + j * d;
-        const float *kr = key_row(view, j, kj), *vr = value_row(view, j, vj);
+        const float *kr = key_row(view, j0 + j, kj), *vr = value_row(view, j0 + j, vj);
         if (kr != kj) /* an f32 segment: the row itself */
             memcpy(kj, kr, d * sizeof *kj);
         if (vr != vj)

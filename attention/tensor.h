@@ -84,6 +84,9 @@ void kvd_tensor_pair_rows_view(const kvd_tensor_view *a, const kvd_tensor_view *
  * lets a caller run the f32 four-cache kernels (kvd_tensor_kernels_get)
  * over a dequantized copy instead of the scalar view kernel. */
 void kvd_tensor_view_rows(const kvd_tensor_view *view, size_t n, float *k, float *v);
+/* Tokens j0 .. j0+n-1 of the view, the same floats, to k and v [n][head_dim]
+ * (a caller filling page-sized pieces of its copy). */
+void kvd_tensor_view_rows_from(const kvd_tensor_view *view, size_t j0, size_t n, float *k, float *v);
 
 /* An f32 view of rows laid out as one "page": keys at page[0] (rows
  * [cap][d]), values right after them (v_offset = cap * d floats; cap a

@@ -340,32 +340,57 @@ static int plan_subgen(kvd__step_plan *p, kvd_session *sess, const kvd_step_entr
 
 /* A four-cache session of a dtype the SIMD kernels cannot read (anything
  * but f32; not a two-cache, not subgen, head_dim within the kernels' tiles)
- * attends over f32 copies of each entry's streams: p->tensor_rows, room
- * for every token a stream of the request can hold when it attends (rows
- * rounded up to 16, so each cache's offset is a multiple of 64 bytes).
- * Entries run one after another, so one buffer of kv_heads streams serves
- * them all. */
-static int plan_tensor_rows(kvd__step_plan *p, const kvd_session *sess, const kvd_step_entry *e, size_t n)
+ * attends over f32 copies of its rows, made per kv head just before that
+ * head attends (cache/step.c fill_rows). The copy is 4 n d floats per kv
+ * head (k1, v1, k2, v2; n = the most tokens a stream of the request holds
+ * when it attends) and grows with n without any other bound, so it is not
+ * heap scratch: it takes pool pages, planned and reserved here with the
+ * step's other pages. It counts against --memory, a pool too full for it is
+ * KVD_STEP_POOL_FULL (503 with Retry-After, or --on-full evict's reclaim)
+ * and a copy that could never fit is KVD_STEP_TOO_BIG (413), both before
+ * the session changes. row_heads kv heads hold copies at once: 1 when the
+ * step runs on one thread, the executor's width when it is split (so every
+ * worker has a head to attend). A page holds spp tokens of one view (keys,
+ * then values at v_offset = spp d floats, a multiple of 64 bytes); a page
+ * too small for one token (head_dim 256 with 1 KiB pages) plans no copy and
+ * the scalar view kernel reads the streams as they are. Returns the pages
+ * in *pages. */
+static int plan_tensor_rows(kvd__step_plan *p, const kvd_session *sess, const kvd_step_entry *e, size_t n,
+                            size_t row_heads, size_t page_bytes, size_t *pages)
 {
     const kvd_session_config *cfg = &sess->config;
+    const size_t d = cfg->head_dim;
     bool attends = false;
+    *pages = 0;
     for (size_t i = 0; i < n; i++)
         attends = attends || e[i].m_q > 0;
     if (!attends || sess->pairs || sess->subgen || cfg->cache.dtype == KVD_DTYPE_F32
         || cfg->head_dim > KVD_TENSOR_MAX_FAST_DIM)
+        return KVD_STEP_OK;
+    size_t spp = page_bytes / (2 * d * sizeof(float));
+    while (spp && spp * d % 16)
+        spp--;
+    if (!spp)
         return KVD_STEP_OK;
     size_t most = 1;
     for (size_t i = 0; i < sess->n_streams; i++) {
         const size_t t = sess->streams[i].n_tokens + p->new_tokens[i];
         most = t > most ? t : most;
     }
-    const size_t cap = (most + 15) / 16 * 16;
-    const size_t per_stream = 4 * (size_t)cfg->head_dim * sizeof(float);
-    if (cap > SIZE_MAX / per_stream / cfg->kv_heads)
+    const size_t heads = row_heads < 1 ? 1 : row_heads > cfg->kv_heads ? cfg->kv_heads : row_heads;
+    const size_t per_view = most / spp + (most % spp != 0);
+    if (per_view > SIZE_MAX / 2 / heads / sizeof(void *))
         return KVD_STEP_NOMEM;
-    if (!(p->tensor_rows = malloc(cap * per_stream * cfg->kv_heads)))
+    p->row_tables = calloc(2 * heads * per_view, sizeof *p->row_tables);
+    p->row_views = calloc(2 * heads, sizeof *p->row_views);
+    if (!p->row_tables || !p->row_views)
         return KVD_STEP_NOMEM;
-    p->rows_cap = cap;
+    for (size_t v = 0; v < 2 * heads; v++)
+        p->row_views[v] = (kvd_kv_pages){.pages = p->row_tables + v * per_view, .slots_per_page = spp,
+                                         .head_dim = d, .v_offset = spp * d * sizeof(float)};
+    p->row_heads = heads;
+    p->rows_cap = per_view * spp;
+    p->row_pages = *pages = 2 * heads * per_view;
     return KVD_STEP_OK;
 }
 
@@ -397,7 +422,7 @@ static int plan_shadow(kvd__step_plan *p, kvd_session *shadow, const kvd_step_en
 }
 
 int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shadow, kvd_pool *pool,
-                        const kvd_step_entry *e, size_t n, size_t *need_pages)
+                        const kvd_step_entry *e, size_t n, size_t row_heads, size_t *need_pages)
 {
     const kvd_session_config *cfg = &sess->config;
     const size_t q_row = (size_t)cfg->heads * cfg->head_dim;
@@ -453,7 +478,9 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
             return KVD_STEP_TOO_BIG;
         }
     }
-    if (sess->tensor_b && plan_tensor_rows(p, sess, e, n) != KVD_STEP_OK)
+    size_t row_pages = 0;
+    if (sess->tensor_b
+        && plan_tensor_rows(p, sess, e, n, row_heads, kvd_pool_page_bytes(pool), &row_pages) != KVD_STEP_OK)
         return KVD_STEP_NOMEM;
     if (sess->subgen) {
         int rc = plan_subgen(p, sess, e, n, pool_pages, &total);
@@ -467,6 +494,9 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
             return rc;
         total = sat_add(total, shadow_pages);
     }
+    /* the tensor row copy: after every page the cursor hands out */
+    const size_t placed = total;
+    total = sat_add(total, row_pages);
     if (!total)
         return KVD_STEP_OK;
     if (total > pool_pages) {
@@ -483,8 +513,21 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         *need_pages = total;
         return KVD_STEP_POOL_FULL;
     }
-    p->total_pages = total;
+    p->total_pages = placed;
+    const unsigned char **table = p->row_tables;
+    for (size_t i = 0; i < row_pages; i++)
+        table[i] = p->pages[placed + i];
     return KVD_STEP_OK;
+}
+
+void kvd__step_plan_release(kvd__step_plan *p, kvd_pool *pool)
+{
+    if (p->cursor < p->total_pages)
+        kvd_pool_release(pool, p->pages + p->cursor, p->total_pages - p->cursor);
+    if (p->row_pages && p->pages)
+        kvd_pool_release(pool, p->pages + p->total_pages, p->row_pages);
+    p->cursor = p->total_pages;
+    p->row_pages = 0;
 }
 
 void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
@@ -504,7 +547,8 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->pair_k);
     free(p->pair_v);
     free(p->norm_factor);
-    free(p->tensor_rows);
+    free(p->row_tables);
+    free(p->row_views);
     free(p->victims);
     if (p->sg_assign)
         for (size_t i = 0; i < p->sg_n; i++)

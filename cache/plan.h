@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attention/attention.h"
 #include "cache/entry.h"
 #include "cache/pool.h"
 #include "cache/session.h"
@@ -26,11 +27,16 @@ typedef struct kvd__step_plan {
     float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
     double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */
-    /* four-cache tensor, not f32: [kv_heads][k1, v1, k2, v2][rows_cap][head_dim]
-     * the dequantized rows of one entry's streams, which the f32 SIMD
-     * kernels read (NULL when the session does not need it) */
-    float *tensor_rows;
-    size_t rows_cap;
+    /* four-cache tensor, not f32: the dequantized f32 rows the SIMD kernels
+     * read, for row_heads kv heads at a time (plan_tensor_rows). They live
+     * in pool pages, counted in --memory like the cache itself: the
+     * row_pages pages after pages[0 .. total_pages), which the cursor never
+     * reaches. row_views[2 s] (k1, v1) and row_views[2 s + 1] (k2, v2) are
+     * slot s's views, each over per_view pages of row_tables, holding up to
+     * rows_cap tokens. row_heads = 0 when the session needs no copy. */
+    size_t row_heads, rows_cap, row_pages;
+    const unsigned char **row_tables;
+    kvd_kv_pages *row_views;
     /* subgen: [max_tokens] the slots leaving a stream's window, and
      * [head_dim] one query's numerator in double. */
     struct kvd__subgen_victim *victims;
@@ -52,13 +58,21 @@ typedef struct kvd__subgen_victim {
     size_t slot;
 } kvd__subgen_victim;
 
-/* Fills *p for the entries (p is zeroed first). Returns KVD_STEP_OK, or
- * KVD_STEP_NOMEM / KVD_STEP_POOL_FULL / KVD_STEP_TOO_BIG with *need_pages
- * set for the last two; on failure nothing a reader can see changed (block
- * tables and indexes may have grown), no page is held, and the caller still
- * frees p with kvd__step_plan_free. */
+/* Fills *p for the entries (p is zeroed first). row_heads: kv heads whose
+ * tensor rows the step holds at once (1 for a step on one thread; the
+ * executor's width for a split one), clamped to [1, kv_heads]. Returns
+ * KVD_STEP_OK, or KVD_STEP_NOMEM / KVD_STEP_POOL_FULL / KVD_STEP_TOO_BIG
+ * with *need_pages set for the last two (tensor row pages included); on
+ * failure nothing a reader can see changed (block tables and indexes may
+ * have grown), no page is held, and the caller still frees p with
+ * kvd__step_plan_free. */
 int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shadow, kvd_pool *pool,
-                        const kvd_step_entry *entries, size_t n, size_t *need_pages);
+                        const kvd_step_entry *entries, size_t n, size_t row_heads, size_t *need_pages);
+
+/* Gives back the pages the step did not place (pages[cursor ..
+ * total_pages)) and the tensor row pages: at the end of a step, or all of
+ * them (cursor 0) when it fails before touching the session. */
+void kvd__step_plan_release(kvd__step_plan *p, kvd_pool *pool);
 
 /* Frees what the plan allocated (not the pages: the step places them or
  * gives them back). Outputs handed over to a result are NULL here. */

@@ -8,10 +8,11 @@
  * use go back to the pool. A large entry's attention runs as (stream, query
  * range) pieces on a kvd_parallel executor. A rotated session (cache.rotate)
  * runs on a rotated copy of the entries and rotates its outputs back here,
- * once per query head (cache/rotate.c). A non-f32 four-cache entry first
- * copies its streams into the plan's f32 rows so the SIMD kernels read
- * them. (About 700 lines: the entry's phases read best side by side in
- * one file.) */
+ * once per query head (cache/rotate.c). A non-f32 four-cache entry copies
+ * each kv head's streams into the plan's f32 row pages (pool pages, a
+ * round of heads at a time) just before that head attends, so the SIMD
+ * kernels read them. (About 740 lines: the entry's phases read best side
+ * by side in one file.) */
 #include "cache/step.h"
 
 #include <assert.h>
@@ -309,11 +310,10 @@ static size_t sketch_window(kvd_session *sess, kvd_pool *pool, const kvd_step_en
  * (DESIGN.md §5): four caches, O(n^2 d) per query, or one pass over the n^2
  * pair rows with the standard kernels. With `weights` (h2o; then i0 = 0,
  * i1 = m_q) each pair's weight goes to both its tokens. `rows`: stream g's
- * four caches in f32 (rows_cap rows each, k1 v1 k2 v2; fill_tensor_rows),
- * or NULL. */
+ * four caches in f32, views (k1, v1) and (k2, v2) over the plan's row pages
+ * (fill_rows), or NULL. */
 static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g, size_t i0,
-                                size_t i1, float *o, float *weights, float *lse, const float *rows,
-                                size_t rows_cap)
+                                size_t i1, float *o, float *weights, float *lse, const kvd_kv_pages *rows)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_tensor_kernels *kern = kvd_tensor_kernels_get();
@@ -325,12 +325,8 @@ static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size
      * scalar kernel dequantizes row by row. */
     const bool f32 = cfg->cache.dtype == KVD_DTYPE_F32 || rows;
     const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
-    const unsigned char *row_page[2] = {(const unsigned char *)rows,
-                                        (const unsigned char *)(rows ? rows + 2 * rows_cap * d : NULL)};
-    const kvd_kv_pages a = rows ? kvd_tensor_rows_pages(&row_page[0], rows_cap, d)
-                                : kvd_stream_view(&sess->streams[idx]);
-    const kvd_kv_pages b = rows ? kvd_tensor_rows_pages(&row_page[1], rows_cap, d)
-                                : kvd_stream_view(&sess->tensor_b[idx]);
+    const kvd_kv_pages a = rows ? rows[0] : kvd_stream_view(&sess->streams[idx]);
+    const kvd_kv_pages b = rows ? rows[1] : kvd_stream_view(&sess->tensor_b[idx]);
     const kvd_tensor_view av = tensor_view(&sess->streams[idx]), bv = tensor_view(&sess->tensor_b[idx]);
     kvd_stream *s = &sess->streams[idx];
     if (weights)
@@ -375,44 +371,57 @@ typedef struct attend_split {
     float *weights;         /* h2o: [kv_heads][stride] or NULL */
     float *scratch;         /* h2o standard: [kv_heads][stride] */
     size_t stride;
-    const float *rows;      /* tensor, not f32: [kv_heads][4][rows_cap][d], or NULL */
-    size_t rows_cap;
+    /* tensor, not f32: the plan's row views, [2 s] (k1, v1) and [2 s + 1]
+     * (k2, v2) holding kv head g0 + s, for the heads [g0, g1) of this
+     * round; NULL = the streams themselves */
+    const kvd_kv_pages *rows;
+    uint32_t g0, g1;
 } attend_split;
 
-/* Stream g's rows in sp->rows, or NULL. */
-static const float *stream_rows(const attend_split *sp, uint32_t g)
+/* Stream g's two row views in sp->rows, or NULL. */
+static const kvd_kv_pages *stream_rows(const attend_split *sp, uint32_t g)
 {
-    return sp->rows ? sp->rows + (size_t)g * 4 * sp->rows_cap * sp->sess->config.head_dim : NULL;
+    return sp->rows ? sp->rows + 2 * (size_t)(g - sp->g0) : NULL;
 }
 
-/* The four caches of each stream of e's layer as f32 rows into `rows`
- * ([kv_heads][k1, v1, k2, v2][rows_cap][d]): O(n d) per stream, once per
- * entry, before any piece reads them. */
-static void fill_tensor_rows(const kvd_session *sess, const kvd_step_entry *e, float *rows, size_t rows_cap)
+/* One view's tokens as f32 rows into its row pages, page by page. */
+static void fill_view(const kvd_stream *s, const kvd_kv_pages *to)
+{
+    const kvd_tensor_view v = tensor_view(s);
+    const size_t spp = to->slots_per_page, d = to->head_dim;
+    for (size_t j = 0, p = 0; j < s->n_tokens; j += spp, p++) {
+        float *page = (float *)(uintptr_t)to->pages[p]; /* the plan's own pages, writable */
+        const size_t cnt = s->n_tokens - j < spp ? s->n_tokens - j : spp;
+        kvd_tensor_view_rows_from(&v, j, cnt, page, page + spp * d);
+    }
+}
+
+/* The four caches of kv heads [g0, g1) of e's layer as f32 rows into the
+ * plan's row views (slot s = head g0 + s): O(n d) per stream, once per
+ * entry and head, before any piece of that head reads them. */
+static void fill_rows(const kvd_session *sess, const kvd_step_entry *e, uint32_t g0, uint32_t g1,
+                      const kvd_kv_pages *views, size_t rows_cap)
 {
     const kvd_session_config *cfg = &sess->config;
-    const size_t plane = rows_cap * cfg->head_dim;
-    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+    for (uint32_t g = g0; g < g1; g++) {
         const size_t idx = (size_t)e->layer * cfg->kv_heads + g;
         const kvd_stream *s = &sess->streams[idx], *b = &sess->tensor_b[idx];
-        float *r = rows + (size_t)g * 4 * plane;
         assert(s->n_tokens <= rows_cap && b->n_tokens == s->n_tokens && "the plan counted every token");
-        const kvd_tensor_view av = tensor_view(s), bv = tensor_view(b);
-        kvd_tensor_view_rows(&av, s->n_tokens, r, r + plane);
-        kvd_tensor_view_rows(&bv, b->n_tokens, r + 2 * plane, r + 3 * plane);
+        (void)rows_cap;
+        fill_view(s, &views[2 * (size_t)(g - g0)]);
+        fill_view(b, &views[2 * (size_t)(g - g0) + 1]);
     }
 }
 
 static void attend_piece(void *ctx, size_t piece)
 {
     const attend_split *sp = ctx;
-    const uint32_t g = (uint32_t)(piece / sp->q_chunks);
+    const uint32_t g = sp->g0 + (uint32_t)(piece / sp->q_chunks);
     const size_t i0 = (piece % sp->q_chunks) * sp->chunk;
     const size_t i1 = i0 + sp->chunk < sp->e->m_q ? i0 + sp->chunk : sp->e->m_q;
     float *w = sp->weights ? sp->weights + (size_t)g * sp->stride : NULL;
     if (sp->tensor)
-        attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse, stream_rows(sp, g),
-                            sp->rows_cap);
+        attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse, stream_rows(sp, g));
     else
         attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w,
                               w ? sp->scratch + (size_t)g * sp->stride : NULL, sp->lse);
@@ -437,53 +446,65 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
  * session has tensor_b), split over par when the entry is large enough.
  * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
  * unsplit run uses; a split one allocates a row per stream, and runs
- * unsplit if it cannot. `rows`: the plan's tensor_rows (tensor sessions),
- * filled here once before any piece runs; NULL = the streams themselves. */
+ * unsplit if it cannot. `rows`: the plan's tensor row views (tensor
+ * sessions of a non-f32 dtype, 2 per slot for row_heads kv heads), or NULL
+ * = the streams themselves. With rows the kv heads attend in rounds of
+ * row_heads: each round fills its heads' rows, then runs their pieces (all
+ * of them split, or one after another), so the copy never holds more than
+ * row_heads heads; every piece computes what it would in one round, so the
+ * results do not depend on the rounds. */
 static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *lse,
-                         float *weights, float *scratch, float *rows, size_t rows_cap, const kvd_parallel *par)
+                         float *weights, float *scratch, const kvd_kv_pages *rows, size_t row_heads,
+                         size_t rows_cap, const kvd_parallel *par)
 {
     const kvd_session_config *cfg = &sess->config;
     const bool tensor = sess->tensor_b != NULL;
     attend_split sp = {.sess = sess, .e = e, .n_before = n_before, .o = o, .lse = lse, .tensor = tensor,
-                       .q_chunks = 1, .chunk = e->m_q, .rows = tensor ? rows : NULL, .rows_cap = rows_cap};
-    if (sp.rows)
-        fill_tensor_rows(sess, e, rows, rows_cap);
+                       .q_chunks = 1, .chunk = e->m_q, .rows = tensor ? rows : NULL};
+    const uint32_t round = sp.rows ? (uint32_t)row_heads : cfg->kv_heads;
+    assert(round >= 1 && round <= cfg->kv_heads);
     /* h2o splits by stream only: one stream (MQA) has nothing to split */
     const size_t can_split = weights ? cfg->kv_heads : cfg->kv_heads * (size_t)e->m_q;
-    if (par && can_split > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK) {
-        if (weights) {
-            size_t most = 1;
-            for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-                const size_t n = kvd_session_stream(sess, e->layer, g)->n_tokens;
-                most = n > most ? n : most;
-            }
-            sp.stride = most;
-            sp.weights = malloc((size_t)cfg->kv_heads * most * sizeof(float));
-            sp.scratch = tensor ? NULL : malloc((size_t)cfg->kv_heads * most * sizeof(float));
-            if (sp.weights && (tensor || sp.scratch)) {
-                par->run(par->self, &sp, attend_piece, cfg->kv_heads);
-                free(sp.weights);
-                free(sp.scratch);
-                return;
-            }
+    bool split = par && can_split > 1 && attend_work(sess, e, n_before) >= KVD_STEP_SPLIT_WORK;
+    if (split && weights) {
+        size_t most = 1;
+        for (uint32_t g = 0; g < cfg->kv_heads; g++) {
+            const size_t n = kvd_session_stream(sess, e->layer, g)->n_tokens;
+            most = n > most ? n : most;
+        }
+        sp.stride = most;
+        sp.weights = malloc((size_t)cfg->kv_heads * most * sizeof(float));
+        sp.scratch = tensor ? NULL : malloc((size_t)cfg->kv_heads * most * sizeof(float));
+        if (!sp.weights || (!tensor && !sp.scratch)) {
             free(sp.weights); /* no memory for the split: run it on this thread */
             free(sp.scratch);
             sp.weights = sp.scratch = NULL;
-        } else {
-            const size_t want = (SPLIT_PIECES + cfg->kv_heads - 1) / cfg->kv_heads;
-            sp.q_chunks = want < e->m_q ? want : e->m_q;
-            sp.chunk = (e->m_q + sp.q_chunks - 1) / sp.q_chunks;
-            sp.q_chunks = (e->m_q + sp.chunk - 1) / sp.chunk; /* no empty chunk */
-            par->run(par->self, &sp, attend_piece, (size_t)cfg->kv_heads * sp.q_chunks);
-            return;
+            split = false;
+        }
+    } else if (split) {
+        const size_t want = (SPLIT_PIECES + cfg->kv_heads - 1) / cfg->kv_heads;
+        sp.q_chunks = want < e->m_q ? want : e->m_q;
+        sp.chunk = (e->m_q + sp.q_chunks - 1) / sp.q_chunks;
+        sp.q_chunks = (e->m_q + sp.chunk - 1) / sp.chunk; /* no empty chunk */
+    }
+    for (uint32_t g0 = 0; g0 < cfg->kv_heads; g0 += round) {
+        sp.g0 = g0;
+        sp.g1 = cfg->kv_heads - g0 < round ? cfg->kv_heads : g0 + round;
+        if (sp.rows)
+            fill_rows(sess, e, sp.g0, sp.g1, sp.rows, rows_cap);
+        if (split) {
+            par->run(par->self, &sp, attend_piece, (size_t)(sp.g1 - sp.g0) * sp.q_chunks);
+            continue;
+        }
+        for (uint32_t g = sp.g0; g < sp.g1; g++) {
+            if (tensor)
+                attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse, stream_rows(&sp, g));
+            else
+                attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, lse);
         }
     }
-    for (uint32_t g = 0; g < cfg->kv_heads; g++) {
-        if (tensor)
-            attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse, stream_rows(&sp, g), rows_cap);
-        else
-            attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, lse);
-    }
+    free(sp.weights);
+    free(sp.scratch);
 }
 
 /* Evicts each stream of the entry's layer down to the budget (DESIGN.md §4:
@@ -618,11 +639,12 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m_q && sess->tensor_b && sess->subgen)
         attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
     else if (e->m_q && sess->tensor_b)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, p->tensor_rows, p->rows_cap, par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, p->row_views, p->row_heads, p->rows_cap,
+                     par);
     else if (e->m_q && sess->subgen)
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, NULL, 0, par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, NULL, 0, 0, par);
     if (e->m_q && cfg->cache.rotate == KVD_ROTATE_HADAMARD)
         kvd__rotate_output_back(cfg, e->layer, o, e->m_q);
     if (sess->tensor_b && cfg->window)
@@ -642,7 +664,7 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m && shadow->tensor_b) /* a tensor session's copy: a four-cache (k2/v2 too) */
         append_tensor(shadow, pool, sent, p);
     if (e->m_q) {
-        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, NULL, 0, par);
+        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, NULL, 0, 0, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }
@@ -664,10 +686,13 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
         && !(rotated = kvd__rotate_entries(&sess->config, entries, n)))
         return KVD_STEP_NOMEM;
     kvd__step_plan plan;
-    int rc = kvd__step_plan_make(&plan, sess, shadow, pool, entries, n, &out->need_pages);
+    /* tensor rows of one kv head on one thread; split, one per worker */
+    const size_t row_heads = !par ? 1 : par->width ? par->width : sess->config.kv_heads;
+    int rc = kvd__step_plan_make(&plan, sess, shadow, pool, entries, n, row_heads, &out->need_pages);
+    out->row_pages = plan.row_pages;
     kvd_step_result *results = rc == KVD_STEP_OK ? calloc(n ? n : 1, sizeof *results) : NULL;
     if (rc == KVD_STEP_OK && !results) {
-        kvd_pool_release(pool, plan.pages, plan.total_pages);
+        kvd__step_plan_release(&plan, pool);
         rc = KVD_STEP_NOMEM;
     }
     /* lse buffers of the entries that asked, before anything changes */
@@ -677,7 +702,7 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
             for (size_t j = 0; j < i; j++)
                 free(results[j].lse);
             free(results);
-            kvd_pool_release(pool, plan.pages, plan.total_pages);
+            kvd__step_plan_release(&plan, pool);
             rc = KVD_STEP_NOMEM;
         }
     if (rc != KVD_STEP_OK) {
@@ -696,8 +721,8 @@ int kvd_step_run_parallel(kvd_session *sess, kvd_session *shadow, kvd_pool *pool
     }
     if (is_kivi(&sess->config))
         settle_kivi(sess, pool, &plan);
-    if (plan.cursor < plan.total_pages) /* the bound was not reached: give back the rest */
-        kvd_pool_release(pool, plan.pages + plan.cursor, plan.total_pages - plan.cursor);
+    /* the bound was not reached: give back the rest, and the tensor rows */
+    kvd__step_plan_release(&plan, pool);
     kvd__step_plan_free(&plan, n);
     kvd__rotate_entries_free(rotated);
     out->results = results;

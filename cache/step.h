@@ -40,6 +40,11 @@ typedef struct kvd_step_output {
     uint64_t evicted_total;    /* tokens the policy evicted, summed over streams */
     /* Set when kvd_step_run returns KVD_STEP_POOL_FULL or KVD_STEP_TOO_BIG. */
     size_t need_pages;         /* pages the step asked for at once */
+    /* Pool pages of the f32 copy a non-f32 four-cache tensor step attends
+     * over (cache/plan.h), held only while the step runs: on success the
+     * pages it borrowed, on KVD_STEP_POOL_FULL / KVD_STEP_TOO_BIG those of
+     * need_pages that were for it (0 when the step needs no copy). */
+    size_t row_pages;
 } kvd_step_output;
 
 /* A parallel-for the step engine can use without knowing about threads:
@@ -51,6 +56,9 @@ typedef void (*kvd_parallel_fn)(void *ctx, size_t i);
 typedef struct kvd_parallel {
     void (*run)(void *self, void *ctx, kvd_parallel_fn fn, size_t n);
     void *self;
+    /* Threads a run can use at most (0: unknown). A non-f32 four-cache
+     * tensor step holds the f32 rows of this many kv heads at once. */
+    size_t width;
 } kvd_parallel;
 
 /* Estimated multiply-adds (visible tokens x head_dim x query heads, summed

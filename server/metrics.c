@@ -241,6 +241,9 @@ char *kvd__metrics_render(const kvd_api *api, bool ready, size_t *len)
     header(&t, "kvd_reclaimed_tokens_total", "counter",
            "Tokens evicted from idle sessions to make room under --on-full evict.");
     put(&t, "kvd_reclaimed_tokens_total %llu\n", load(&st->reclaimed_tokens));
+    header(&t, "kvd_tensor_row_pages_total", "counter",
+           "Pool pages lent to quantized four-cache tensor steps for the f32 copy of their rows.");
+    put(&t, "kvd_tensor_row_pages_total %llu\n", load(&st->tensor_row_pages));
     double by_tokens[KVD_DTYPE_COUNT], by_bytes[KVD_DTYPE_COUNT], shadow_bytes;
     kvd_api_cache_totals(api, by_tokens, by_bytes, &shadow_bytes);
     header(&t, "kvd_cache_tokens", "gauge", "Cached tokens (slots summed over streams), by cache dtype.");

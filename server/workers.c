@@ -140,7 +140,7 @@ static void parallel_run(void *self, void *ctx, kvd_parallel_fn fn, size_t n)
 
 kvd_parallel kvd_workers_parallel(kvd_workers *w)
 {
-    return (kvd_parallel){.run = parallel_run, .self = w};
+    return (kvd_parallel){.run = parallel_run, .self = w, .width = w->n_threads};
 }
 
 /* Loop thread: complete every finished job. */

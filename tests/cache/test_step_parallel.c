@@ -188,7 +188,7 @@ static void run_case(const split_case *k, piece_order order)
     test_exec x = {.order = order};
     atomic_init(&x.splits, 0);
     atomic_init(&x.pieces, 0);
-    const kvd_parallel par = {exec_run, &x};
+    const kvd_parallel par = {exec_run, &x, 0};
     rng r;
     rng_seed(&r, 77);
     const size_t kv_row = (size_t)k->kv_heads * k->head_dim, q_row = (size_t)k->heads * k->head_dim;
@@ -262,7 +262,7 @@ START_TEST(small_step_does_not_split)
     test_exec x = {.order = ORDER_REVERSE};
     atomic_init(&x.splits, 0);
     atomic_init(&x.pieces, 0);
-    const kvd_parallel par = {exec_run, &x};
+    const kvd_parallel par = {exec_run, &x, 0};
     rng r;
     rng_seed(&r, 5);
     const size_t m = 1000;

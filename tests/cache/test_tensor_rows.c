@@ -1,10 +1,13 @@
 /* tests/cache/test_tensor_rows.c — four-cache tensor sessions of every
  * non-f32 dtype run the SIMD four-cache kernel over the plan's f32 copy of
- * their rows (cache/step.c fill_tensor_rows, cache/plan.c
+ * their rows (cache/step.c fill_rows, cache/plan.c
  * plan_tensor_rows): each step's o and lse against the scalar view kernel
  * kvd_tensor_four_view_lse over the session's own streams (the same
  * dequantized floats), for several n, GQA groups, a window, KIVI with a
- * residual, and the step split over an executor. */
+ * residual, and the step split over an executor; bit for bit against the
+ * kernel over one contiguous copy (the copy lives in pool pages, one kv
+ * head at a time: cache/plan.c plan_tensor_rows); and the copy's pages
+ * counted against the pool (503 / 413 before anything changes). */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -52,7 +55,8 @@ static const shape_case shapes[] = {
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* A serial executor: runs every piece on this thread, so the split path
- * (pieces reading the rows filled once per entry) runs too. */
+ * (pieces reading the rows filled once per entry) runs too; as width 1 the
+ * kv heads attend one round each. */
 static void run_serial(void *self, void *ctx, kvd_parallel_fn fn, size_t n)
 {
     (void)self;
@@ -113,6 +117,7 @@ static double check_queries(kvd_session *s, kvd_pool *pool, rng *r, size_t m_q, 
     ck_assert_int_eq(run_step(s, pool, r, 0, m_q, par, &out), KVD_STEP_OK);
     float *q = rng_tensor(&r0, m_q * (size_t)c->heads * d, -2, 2);
     float *o = malloc(group * d * sizeof *o), *lse = malloc(group * sizeof *lse);
+    float *o_flat = malloc(group * d * sizeof *o), *lse_flat = malloc(group * sizeof *lse);
     double worst = 0.0;
     for (uint32_t g = 0; g < c->kv_heads; g++) {
         const kvd_stream *a = kvd_session_stream(s, 1, g), *b = &s->tensor_b[c->kv_heads + g];
@@ -122,8 +127,28 @@ static double check_queries(kvd_session *s, kvd_pool *pool, rng *r, size_t m_q, 
         bv.n_seg = kvd_stream_segments(b, n, bv.seg);
         if (av.n_seg == 2 && av.seg[0].n && av.seg[1].n)
             *saw_residual = true;
+        /* the copy as one contiguous "page" per view, as before the rows
+         * moved into pool pages: the SIMD kernel over it must give the same
+         * bits (the kernel reads rows by pointer, page boundaries are not
+         * in its arithmetic) */
+        const size_t cap = (n + 15) / 16 * 16;
+        float *flat = malloc(4 * cap * d * sizeof *flat);
+        kvd_tensor_view_rows(&av, n, flat, flat + cap * d);
+        kvd_tensor_view_rows(&bv, n, flat + 2 * cap * d, flat + 3 * cap * d);
+        const unsigned char *flat_page[2] = {(const unsigned char *)flat,
+                                             (const unsigned char *)(flat + 2 * cap * d)};
+        const kvd_kv_pages fa = kvd_tensor_rows_pages(&flat_page[0], cap, d);
+        const kvd_kv_pages fb = kvd_tensor_rows_pages(&flat_page[1], cap, d);
         for (size_t i = 0; i < m_q; i++) {
             const size_t off = (i * c->heads + (size_t)g * group) * d;
+            kvd_tensor_kernels_get()->four_lse(&fa, &fb, n, c->window, q + off, group, c->scale, o_flat,
+                                               lse_flat);
+            ck_assert_msg(memcmp(out.results[0].o + off, o_flat, group * d * sizeof *o_flat) == 0,
+                          "%s: n %zu stream %u query %zu: o differs from the contiguous copy's", what, n, g, i);
+            for (size_t h = 0; h < group; h++)
+                ck_assert_msg(memcmp(&out.results[0].lse[i * c->heads + g * group + h], &lse_flat[h],
+                                     sizeof *lse_flat) == 0,
+                              "%s: n %zu stream %u query %zu: lse differs from the contiguous copy's", what, n, g, i);
             kvd_tensor_four_view_lse(&av, &bv, n, c->window, q + off, group, c->scale, o, lse);
             for (size_t j = 0; j < group * d; j++) {
                 const double diff = fabs((double)out.results[0].o[off + j] - o[j]);
@@ -139,10 +164,13 @@ static double check_queries(kvd_session *s, kvd_pool *pool, rng *r, size_t m_q, 
                               what, n, got, lse[h]);
             }
         }
+        free(flat);
     }
     free(q);
     free(o);
     free(lse);
+    free(o_flat);
+    free(lse_flat);
     kvd_step_output_free(&out);
     return worst;
 }
@@ -156,14 +184,16 @@ START_TEST(simd_rows_match_view_kernel)
     static const size_t grow[] = {1, 2, 5, 9, 13, 17, 20};
     kvd_pool *pool;
     ck_assert_int_eq(kvd_pool_create(4096 * PAGE, PAGE, &pool), 0);
-    const kvd_parallel serial = {.run = run_serial, .self = NULL};
+    /* width 0: every kv head's rows at once; width 1: one round per head */
+    const kvd_parallel serial[2] = {{.run = run_serial, .self = NULL, .width = 0},
+                                    {.run = run_serial, .self = NULL, .width = 1}};
     bool saw_residual = false;
     double worst = 0.0;
     const bool kivi = dc->dtype == KVD_DTYPE_KIVI2 || dc->dtype == KVD_DTYPE_KIVI4;
     for (size_t si = 0; si < N_SHAPES; si++) {
         if (kivi && shapes[si].window) /* refused at create (api/create_body.c): no slide */
             continue;
-        for (int split = 0; split < 2; split++) {
+        for (int split = 0; split < 3; split++) {
             const kvd_session_config c = tensor_config(dc, &shapes[si]);
             kvd_session *s;
             ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), 0);
@@ -171,11 +201,13 @@ START_TEST(simd_rows_match_view_kernel)
             rng_seed(&r, 100 + 10 * si + (uint64_t)_i);
             for (size_t t = 0; t < sizeof grow / sizeof grow[0]; t++) {
                 kvd_step_output out; /* a decode/prefill step: appends (and settles, slides) */
-                ck_assert_int_eq(run_step(s, pool, &r, grow[t], 1, split ? &serial : NULL, &out), KVD_STEP_OK);
+                const kvd_parallel *par = split ? &serial[split - 1] : NULL;
+                ck_assert_int_eq(run_step(s, pool, &r, grow[t], 1, par, &out), KVD_STEP_OK);
                 kvd_step_output_free(&out);
                 char what[96];
-                snprintf(what, sizeof what, "%s shape %zu%s", dc->name, si, split ? " split" : "");
-                const double w = check_queries(s, pool, &r, 3, split ? &serial : NULL, what, &saw_residual);
+                snprintf(what, sizeof what, "%s shape %zu%s", dc->name, si,
+                         split == 2 ? " split, a head per round" : split ? " split" : "");
+                const double w = check_queries(s, pool, &r, 3, par, what, &saw_residual);
                 worst = w > worst ? w : worst;
             }
             kvd_session_destroy(s, pool);
@@ -188,11 +220,98 @@ START_TEST(simd_rows_match_view_kernel)
 }
 END_TEST
 
+/* Pages of the f32 copy for n tokens, `heads` kv heads at once: a page
+ * holds PAGE / (2 d 4) tokens of one view, (k1, v1) and (k2, v2) are two
+ * views per head. */
+static size_t copy_pages(size_t n, size_t d, size_t heads)
+{
+    const size_t spp = PAGE / (2 * d * sizeof(float));
+    return 2 * heads * ((n + spp - 1) / spp);
+}
+
+/* A query step refused for its copy: the answer, the pages named, and the
+ * session and pool as they were. */
+static void expect_refused(kvd_session *s, kvd_pool *pool, rng *r, const kvd_parallel *par, int want,
+                           size_t want_rows, size_t tokens)
+{
+    const size_t free_before = kvd_pool_pages_free(pool), held = kvd_session_pages(s);
+    kvd_step_output out;
+    ck_assert_int_eq(run_step(s, pool, r, 0, 1, par, &out), want);
+    ck_assert_uint_eq(out.row_pages, want_rows);
+    ck_assert_uint_eq(out.need_pages, want_rows); /* a pure query: only the copy */
+    ck_assert_ptr_null(out.results);
+    ck_assert_uint_eq(kvd_pool_pages_free(pool), free_before);
+    ck_assert_uint_eq(kvd_session_pages(s), held);
+    for (uint32_t g = 0; g < s->config.kv_heads; g++)
+        ck_assert_uint_eq(kvd_session_stream(s, 1, g)->n_tokens, tokens);
+}
+
+/* The copy is pool pages reserved with the step's others: a pool without
+ * room for it refuses the step as full (503 upstream), one too small for it
+ * ever refuses it as too big (413), nothing changed either way; a step that
+ * gets them gives them all back. Unsplit it holds one kv head's rows, split
+ * over an executor of width w, w heads' (0: all). */
+START_TEST(copy_pages_counted_in_pool)
+{
+    const shape_case sc = {4, 2, 32, 0};
+    const kvd_session_config c = tensor_config(&dtypes[2], &sc); /* int8 */
+    const kvd_parallel all = {.run = run_serial, .self = NULL, .width = 0};
+    const kvd_parallel one = {.run = run_serial, .self = NULL, .width = 1};
+    kvd_pool *pool;
+    ck_assert_int_eq(kvd_pool_create(256 * PAGE, PAGE, &pool), 0);
+    kvd_session *s;
+    ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), 0);
+    rng r;
+    rng_seed(&r, 7);
+    kvd_step_output out;
+    ck_assert_int_eq(run_step(s, pool, &r, 40, 0, NULL, &out), KVD_STEP_OK); /* no query: no copy */
+    ck_assert_uint_eq(out.row_pages, 0);
+    kvd_step_output_free(&out);
+    const size_t one_head = copy_pages(40, 32, 1), both = copy_pages(40, 32, 2);
+    ck_assert_uint_eq(one_head, 6);
+
+    /* leave one page too few for one head's copy */
+    const size_t hold = kvd_pool_pages_free(pool) - (one_head - 1);
+    void **held = malloc(hold * sizeof *held);
+    ck_assert_int_eq(kvd_pool_alloc(pool, hold, held), 0);
+    expect_refused(s, pool, &r, NULL, KVD_STEP_POOL_FULL, one_head, 40);
+    expect_refused(s, pool, &r, &one, KVD_STEP_POOL_FULL, one_head, 40);
+    expect_refused(s, pool, &r, &all, KVD_STEP_POOL_FULL, both, 40);
+
+    /* one more page: a head at a time fits, both heads at once do not */
+    kvd_pool_release(pool, held + hold - 1, 1);
+    ck_assert_int_eq(run_step(s, pool, &r, 0, 1, NULL, &out), KVD_STEP_OK);
+    ck_assert_uint_eq(out.row_pages, one_head);
+    kvd_step_output_free(&out);
+    ck_assert_uint_eq(kvd_pool_pages_free(pool), one_head); /* all given back */
+    ck_assert_int_eq(run_step(s, pool, &r, 0, 1, &one, &out), KVD_STEP_OK);
+    kvd_step_output_free(&out);
+    expect_refused(s, pool, &r, &all, KVD_STEP_POOL_FULL, both, 40);
+    kvd_pool_release(pool, held, hold - 1);
+    free(held);
+    kvd_session_destroy(s, pool);
+    kvd_pool_destroy(pool);
+
+    /* a pool that holds the session but never one head's copy of it */
+    const size_t n = 400, rows = copy_pages(n, 32, 1);
+    ck_assert_int_eq(kvd_pool_create((rows - 2) * PAGE, PAGE, &pool), 0);
+    ck_assert_int_eq(kvd_session_create(&c, PAGE, &s), 0);
+    ck_assert_int_eq(run_step(s, pool, &r, n, 0, NULL, &out), KVD_STEP_OK);
+    kvd_step_output_free(&out);
+    expect_refused(s, pool, &r, NULL, KVD_STEP_TOO_BIG, rows, n);
+    expect_refused(s, pool, &r, &one, KVD_STEP_TOO_BIG, rows, n);
+    kvd_session_destroy(s, pool);
+    ck_assert_uint_eq(kvd_pool_pages_used(pool), 0);
+    kvd_pool_destroy(pool);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("tensor_rows");
     TCase *tc = tcase_create("simd");
     tcase_add_loop_test(tc, simd_rows_match_view_kernel, 0, (int)N_DTYPES);
+    tcase_add_test(tc, copy_pages_counted_in_pool);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,231 @@
+/* tests/integration/test_batch_evict.c — POST /v1/batch items on a full pool
+ * over HTTP against a real kvd (--memory 128KiB in 4 KiB pages): under --on-full evict an
+ * item that needs pages an idle least-recently-used session holds reclaims
+ * them and is retried (200, that session keeps only its sinks, the
+ * session's next item sees the append); under --on-full reject the item is
+ * an item 503 and nothing changes; and a session with an item in the batch
+ * is never reclaimed for it (items that would reclaim from each other's
+ * sessions both get 503, nothing changed). */
+#define _GNU_SOURCE
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/support/http_client.h"
+#include "tests/support/kvd_client.h"
+#include "tests/support/kvd_proc.h"
+#include "tests/support/check_main.h"
+
+#define HEAD_DIM 16
+#define SPP 28 /* tokens per 4 KiB page at head_dim 16 (tests/support/cache_session.c) */
+#define SINK 4
+/* Recency sessions: reclaim takes each stream down to its SINK tokens. */
+#define EVICTABLE                                                                                             \
+    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":16,\"cache\":{\"eviction\":\"recency\",\"budget\":0," \
+    "\"sink\":4,\"recent\":0}}"
+#define PLAIN "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":16}"
+
+/* {"layer":0,"k":[m x 16],"v":[m x 16]} plus q (one query, 2 heads) when
+ * asked: the body of a step, or, with a session, of a batch item. */
+static char *entry(const char *session, size_t m, bool query)
+{
+    size_t cap = 64 + 2 * m * HEAD_DIM * 8 + 2 * HEAD_DIM * 8, len = 0;
+    char *s = malloc(cap);
+    ck_assert_ptr_nonnull(s);
+    len += (size_t)sprintf(s, "{");
+    if (session)
+        len += (size_t)sprintf(s + len, "\"session\":\"%s\",", session);
+    len += (size_t)sprintf(s + len, "\"layer\":0");
+    for (int kv = 0; kv < 2 && m; kv++) {
+        len += (size_t)sprintf(s + len, ",\"%s\":[", kv ? "v" : "k");
+        for (size_t i = 0; i < m * HEAD_DIM; i++)
+            len += (size_t)sprintf(s + len, "%s%.2f", i ? "," : "", (double)((i * 7 + kv) % 13) / 13.0);
+        len += (size_t)sprintf(s + len, "]");
+    }
+    if (query) {
+        len += (size_t)sprintf(s + len, ",\"q\":[");
+        for (size_t i = 0; i < 2 * HEAD_DIM; i++)
+            len += (size_t)sprintf(s + len, "%s%.2f", i ? "," : "", (double)(i % 5) / 5.0);
+        len += (size_t)sprintf(s + len, "]");
+    }
+    sprintf(s + len, "}");
+    return s;
+}
+
+static char *create(int port, const char *body)
+{
+    return kvd_create_session(port, body, NULL);
+}
+
+/* Appends m tokens to a session with single steps (each under 64 KiB). */
+static void fill(int port, const char *id, size_t m)
+{
+    for (size_t done = 0; done < m;) {
+        const size_t n = m - done < 112 ? m - done : 112;
+        char *body = entry(NULL, n, false);
+        cJSON_Delete(kvd_step_ok(port, id, body));
+        free(body);
+        done += n;
+    }
+}
+
+static double tokens(int port, const char *id)
+{
+    cJSON *j = kvd_session_stats(port, id);
+    const double t = kvd_json_num(j, "tokens");
+    cJSON_Delete(j);
+    return t;
+}
+
+/* POST /v1/batch with these items; the parsed answer (200 asserted). */
+static cJSON *batch(int port, char **items, size_t n)
+{
+    size_t len = 32;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(items[i]) + 1;
+    char *body = malloc(len);
+    char *p = body + sprintf(body, "{\"steps\":[");
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s%s", i ? "," : "", items[i]);
+    strcpy(p, "]}");
+    http_response *r = http_request_n(port, "POST", "/v1/batch", KVD_JSON, body, strlen(body), NULL);
+    ck_assert_msg(r->status == 200, "batch: %d %s", r->status, r->body);
+    cJSON *j = http_response_json(r);
+    http_response_free(r);
+    free(body);
+    return j;
+}
+
+static const cJSON *item(const cJSON *j, int i)
+{
+    return cJSON_GetArrayItem(kvd_json_at(j, "steps"), i);
+}
+
+static void expect_item_503(const cJSON *j, int i)
+{
+    ck_assert_double_eq(kvd_json_num(item(j, i), "status"), 503);
+    ck_assert_str_eq(kvd_json_str(item(j, i), "error.code"), "resource_exhausted");
+}
+
+/* 28 pages held by an idle recency session L, a few free; a batch of two
+ * items on a fresh session A: two pages more tokens than are free, then a
+ * query. */
+static void pool_full_batch(bool evict)
+{
+    const char *args[] = {"--page-bytes", "4096", "--memory", "128KiB", "--threads", "2",
+                          "--on-full", evict ? "evict" : "reject", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    char *l = create(port, EVICTABLE), *a = create(port, PLAIN);
+    fill(port, l, 28 * SPP);
+    /* two pages more than are free */
+    const double free_pages = kvd_metric_now(port, "kvd_pool_pages", "state=\"free\"");
+    ck_assert(free_pages >= 1 && free_pages <= 8);
+    const size_t m = ((size_t)free_pages + 2) * SPP;
+    char *items[2] = {entry(a, m, false), entry(a, 0, true)};
+    cJSON *j = batch(port, items, 2);
+    if (evict) {
+        ck_assert_msg(kvd_json_num(item(j, 0), "status") == 200, "item 0: %s",
+                      cJSON_PrintUnformatted(item(j, 0)));
+        ck_assert_double_eq(kvd_json_num(item(j, 0), "tokens"), m);
+        /* the session's next item ran after the retried one */
+        ck_assert_double_eq(kvd_json_num(item(j, 1), "status"), 200);
+        ck_assert_double_eq(kvd_json_num(item(j, 1), "tokens"), m);
+        ck_assert_double_eq(tokens(port, l), SINK);
+        ck_assert_double_eq(tokens(port, a), m);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_reclaimed_tokens_total", NULL), 28 * SPP - SINK);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_rejected_total", "reason=\"pool_full\""), 0);
+    } else {
+        expect_item_503(j, 0);
+        ck_assert_double_eq(kvd_json_num(item(j, 1), "status"), 200);
+        ck_assert_double_eq(kvd_json_num(item(j, 1), "tokens"), 0);
+        ck_assert_double_eq(tokens(port, l), 28 * SPP);
+        ck_assert_double_eq(tokens(port, a), 0);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_reclaimed_tokens_total", NULL), 0);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_rejected_total", "reason=\"pool_full\""), 1);
+        ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"free\""), free_pages);
+    }
+    cJSON_Delete(j);
+    free(items[0]);
+    free(items[1]);
+    free(l);
+    free(a);
+    kvd_proc_stop_ck(p);
+}
+
+START_TEST(evict_reclaims_for_a_batch_item)
+{
+    pool_full_batch(true);
+}
+END_TEST
+
+START_TEST(reject_answers_an_item_503)
+{
+    pool_full_batch(false);
+}
+END_TEST
+
+/* P and Q, idle recency sessions of 14 pages each, a few free. One
+ * worker, so in a batch [Q query, P append] Q's job is done (Q idle, the
+ * least recently used) when P's item asks for a reclaim: only the batch
+ * keeps Q's tokens. */
+START_TEST(never_reclaims_from_the_batch)
+{
+    const char *args[] = {"--page-bytes", "4096", "--memory", "128KiB", "--threads", "1",
+                          "--on-full", "evict", NULL};
+    kvd_proc *p = kvd_proc_start_ck(args);
+    const int port = kvd_proc_port(p);
+    char *pid = create(port, EVICTABLE), *qid = create(port, EVICTABLE);
+    fill(port, qid, 14 * SPP);
+    fill(port, pid, 14 * SPP);
+    const double free_pages = kvd_metric_now(port, "kvd_pool_pages", "state=\"free\"");
+    ck_assert(free_pages >= 1 && free_pages <= 8);
+    const size_t m = ((size_t)free_pages + 2) * SPP; /* two pages more than are free */
+
+    /* each would reclaim from the other's session */
+    char *both[2] = {entry(pid, m, false), entry(qid, m, false)};
+    cJSON *j = batch(port, both, 2);
+    expect_item_503(j, 0);
+    expect_item_503(j, 1);
+    cJSON_Delete(j);
+    char *idle_q[2] = {entry(qid, 0, true), entry(pid, m, false)};
+    j = batch(port, idle_q, 2);
+    ck_assert_double_eq(kvd_json_num(item(j, 0), "status"), 200);
+    expect_item_503(j, 1);
+    cJSON_Delete(j);
+    ck_assert_double_eq(tokens(port, pid), 14 * SPP);
+    ck_assert_double_eq(tokens(port, qid), 14 * SPP);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_reclaimed_tokens_total", NULL), 0);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_rejected_total", "reason=\"pool_full\""), 3);
+    ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"free\""), free_pages);
+
+    /* Q outside the batch: reclaimed for P's item */
+    j = batch(port, &idle_q[1], 1);
+    ck_assert_double_eq(kvd_json_num(item(j, 0), "status"), 200);
+    cJSON_Delete(j);
+    ck_assert_double_eq(tokens(port, qid), SINK);
+    ck_assert_double_eq(tokens(port, pid), 14 * SPP + m);
+    for (int i = 0; i < 2; i++) {
+        free(both[i]);
+        free(idle_q[i]);
+    }
+    free(pid);
+    free(qid);
+    kvd_proc_stop_ck(p);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("integration/batch_evict");
+    TCase *tc = tcase_create("batch_evict");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, evict_reclaims_for_a_batch_item);
+    tcase_add_test(tc, reject_answers_an_item_503);
+    tcase_add_test(tc, never_reclaims_from_the_batch);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+KVD_TEST_MAIN(make_suite)
