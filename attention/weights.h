@@ -16,7 +16,9 @@
  * head) rows against key blocks (prefill_simd.h's tiles: each key block is
  * read and decoded once per tile) instead of one query at a time over the
  * decode kernel's blocks (keys scored from their codes where
- * standard_codes.h can). 64 = one AVX-512 tile: 16 queries of a group of 4. */
+ * standard_codes.h can); so do KVD_PREFILL_MIN_QUERIES queries of any
+ * group, as the attention does. 64 = one AVX-512 tile: 16 queries of a
+ * group of 4. */
 #define KVD_WEIGHTS_TILE_ROWS 64
 
 /* Adds to acc[j] (j counted across the segments in order) the softmax

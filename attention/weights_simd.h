@@ -272,7 +272,7 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attention_weights_)(const kvd_kv_segment *
         total += seg[s].n;
     if (total == 0)
         return; /* no slot to give weight to */
-    if (m_q * n_q >= KVD_WEIGHTS_TILE_ROWS)
+    if (m_q >= KVD_PREFILL_MIN_QUERIES || m_q * n_q >= KVD_WEIGHTS_TILE_ROWS)
         wt_tiled(seg, n_seg, total, q, m_q, n_q, q_stride, mask, scale, lse, lse_stride, acc);
     else
         ws_queries(seg, n_seg, total, q, m_q, n_q, q_stride, mask, scale, lse, lse_stride, acc);

@@ -379,6 +379,12 @@ START_TEST(test_segments)
     scene_build(&s, KVD_ROW_F32, 45, 19, 1, 64, 0, 7);
     check_shapes(&s, 20, 8, "f32 + empty + f32");
     scene_free(&s);
+    /* a group wider than the code path's 16 heads (decode: through the
+     * tile), and wider than a tile (one query's rows in two tiles) */
+    scene_build(&s, KVD_ROW_KIVI4_KEYS, 64, 17, 0, 128, 32, 64);
+    check_shapes(&s, 18, 20, "kivi4 + f32 n_q=20");
+    check_shapes(&s, 5, 70, "kivi4 + f32 n_q=70");
+    scene_free(&s);
 }
 END_TEST
 
