@@ -1,9 +1,7 @@
-/* attention/weights.c — heavy-hitter scoring for h2o eviction: picks the
- * weights kernel's tier for the running CPU (the attend kernels' levels,
- * attention/dispatch.c) and hands tests and benchmarks a given tier (the
- * body is weights_simd.h); and kvd_attention_weights_ref, the scalar
- * three-pass oracle (the production pass before issue 9), whose scores
- * come from the same dequantized keys the kernels see (kvd_dequant_range). */
+/* attention/weights.c — h2o scoring: picks the weights kernel's tier for
+ * the running CPU (attention/dispatch.c's levels; body weights_simd.h), hands
+ * tests and benchmarks a given tier, and keeps kvd_attention_weights_ref, the
+ * scalar three-pass oracle (the production pass before issue 9). */
 #include <math.h>
 
 #include "attention/weights.h"

@@ -1,9 +1,8 @@
-/* attention/weights.h — heavy-hitter scoring for h2o eviction: the softmax
- * weight each cached slot receives from the queries of one step, summed over
- * a GQA group's heads, from the log-sum-exp the attention call already
- * produced (no max pass, no sum pass). This header owns the call, its tiers
- * and the scalar oracle of the pass it replaced; the body is weights_simd.h,
- * one thin weights_{scalar,avx2,avx512}.c per vector layer. */
+/* attention/weights.h — h2o scoring: the softmax weight each cached slot
+ * receives from a step's queries, summed over a GQA group, from the lse the
+ * attention call already produced (no max or sum pass). Owns the call, its
+ * tiers and the oracle of the pass it replaced; the body is weights_simd.h,
+ * one weights_{scalar,avx2,avx512}.c per layer. */
 #ifndef KVD_ATTENTION_WEIGHTS_H
 #define KVD_ATTENTION_WEIGHTS_H
 

@@ -1,10 +1,7 @@
 /* attention/weights_avx512.c — kvd__attention_weights_avx512: the h2o weights
- * body (weights_simd.h) over the AVX-512F (+ F16C) vector layer. Only this
- * file's functions are compiled for AVX-512 (target attribute); weights.c
- * calls it only when the CPU has the features. The attend and prefill bodies
- * come in as helpers only (their kernels are built by standard_avx512.c and
- * prefill_avx512.c); the helpers this kernel does not call are unused here,
- * hence the pragma. */
+ * body (weights_simd.h) over the AVX-512F (+ F16C) layer (target attribute;
+ * weights.c calls it only on such CPUs). The attend and prefill bodies come in
+ * as helpers only; the ones it does not call are unused, hence the pragma. */
 #if defined(__x86_64__)
 
 #pragma GCC diagnostic ignored "-Wunused-function"

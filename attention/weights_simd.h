@@ -1,11 +1,7 @@
-/* attention/weights_simd.h — the body of the h2o weights kernel
- * (attention/weights.h), written once over the vector layer and included by
- * weights_{scalar,avx2,avx512}.c, which name it
- * KVD_SIMD_NAME(kvd__attention_weights_). It computes no decoder or dot
- * product of its own: it includes standard_simd.h and prefill_simd.h with
- * KVD_SIMD_HELPERS_ONLY and runs their key decode and scoring (f32 rows in
- * place, quantized keys from their codes or through the L1 tile), then
- * exp(score - lse) with the layer's v_exp. Private to attention/. */
+/* attention/weights_simd.h — the h2o weights kernel body (weights.h), one
+ * per vector layer via weights_{scalar,avx2,avx512}.c. No decoder or dot of
+ * its own: it runs standard_simd.h's and prefill_simd.h's key decode and
+ * scoring (included with KVD_SIMD_HELPERS_ONLY), then exp(score - lse). */
 #ifndef KVD_SIMD_LAYER
 #error "include a vector layer (attention/simd_*.h) before attention/weights_simd.h"
 #endif

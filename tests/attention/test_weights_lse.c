@@ -1,12 +1,8 @@
-/* tests/attention/test_weights_lse.c — the h2o weights kernel
- * (attention/weights.h), every tier: against softmax weights computed in
- * double from the dequantized rows, for every row format (keys scored from
- * their codes, through the tile, in place), decode shapes (one query at a
- * time) and prefill shapes (tiles of rows), causal and block masks, several
- * segments (KIVI then its f32 residual, an empty segment between two),
- * head_dim above the tiles' chunks; one row's weights summing to 1 with the
- * lse the attention kernels give; queries that see nothing; every tier equal
- * to the scalar one within tolerance; the dispatched call equal to its tier. */
+/* tests/attention/test_weights_lse.c — the h2o weights kernel (weights.h),
+ * every tier, against weights computed in double from the dequantized rows:
+ * every dtype, decode and prefill shapes, causal and block masks, up to three
+ * segments; rows summing to 1 with the attention's own lse; rows seeing
+ * nothing; tiers equal to scalar; dispatch equal to its tier. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
