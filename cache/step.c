@@ -446,8 +446,9 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
  * session has tensor_b), split over par when the entry is large enough.
  * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
  * unsplit run uses; a split one allocates a weights row per stream (the
- * lse scratch is shared), and runs unsplit if it cannot. `rows`: the plan's tensor_rows (tensor sessions),
- * filled here once before any piece runs; NULL = the streams themselves. */
+ * lse scratch is shared), and runs unsplit if it cannot. `rows`: the plan's
+ * tensor_rows (tensor sessions), filled here once before any piece runs;
+ * NULL = the streams themselves. */
 static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *lse,
                          float *weights, float *scratch, float *rows, size_t rows_cap, const kvd_parallel *par)
 {
