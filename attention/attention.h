@@ -3,7 +3,8 @@
  * This module knows nothing of HTTP, sessions or the pool: it sees a stream as
  * a block table of pages, each holding `slots_per_page` token slots laid out as
  * described by kvd_kv_pages. This header owns the view types, the oracle
- * kvd_attend_ref, the h2o scoring and the kernel table chosen at run time.
+ * kvd_attend_ref and the kernel table chosen at run time (h2o scoring:
+ * attention/weights.h).
  * `_ref` names only the scalar oracles tests compare against (never run in
  * production); every kernel tier, scalar included, is tested against them
  * (tests/attention/). */
@@ -79,13 +80,9 @@ void kvd_attend_lse_ref(const kvd_kv_segment *seg, size_t n_seg, const float *q,
 void kvd_attend_group_ref(const kvd_kv_pages *kv, size_t n_visible,
                           const float *q, size_t n_q, float scale, float *o);
 
-/* Heavy-hitter scoring (H2O): adds to acc[j] the softmax weight slot j (j
- * counted across the segments in order) receives from each of the n_q query
- * heads (same scores as kvd_attend_ref), summed over the heads.
- * scratch: [total visible] f32. A second pass over the keys, paid only by
- * sessions with eviction h2o. Scalar, production (weights.c). */
-void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
-                           float scale, float *scratch, float *acc);
+/* Heavy-hitter scoring (H2O), the softmax weight each slot receives from a
+ * step's queries given their lse: kvd_attention_weights in
+ * attention/weights.h (it takes kvd_attend_prefill's mask). */
 
 /* The kernel table chosen once at start-up for this CPU (runtime dispatch). */
 typedef struct kvd_attention_kernels {

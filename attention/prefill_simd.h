@@ -429,6 +429,7 @@ KVD_SIMD_ATTR static void pf_block(pf_state *restrict st, const kvd_kv_pages *kv
     }
 }
 
+#ifndef KVD_SIMD_HELPERS_ONLY /* attention/weights_*.c take the helpers above alone */
 KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_prefill_)(const kvd_kv_segment *seg, size_t n_seg,
                                                         const float *q, size_t m_q, size_t n_q,
                                                         size_t q_stride, kvd_prefill_mask mask,
@@ -513,3 +514,4 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__prefill_decode_)(const kvd_kv_pages *kv, i
         }
     }
 }
+#endif /* KVD_SIMD_HELPERS_ONLY */

@@ -583,6 +583,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     }
 }
 
+#ifndef KVD_SIMD_HELPERS_ONLY /* attention/weights_*.c take the helpers above alone */
 KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, size_t n_seg,
                                                   const float *restrict q, size_t n_q, float scale,
                                                   float *restrict o, float *restrict lse)
@@ -650,3 +651,4 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t
 {
     KVD_SIMD_NAME(kvd__attend_lse_)(seg, n_seg, q, n_q, scale, o, NULL);
 }
+#endif /* KVD_SIMD_HELPERS_ONLY */

@@ -1,12 +1,33 @@
-/* attention/weights.c — heavy-hitter scoring for h2o eviction: the softmax
- * weight each cached slot receives from a group of query heads, added into a
- * per-slot accumulator, over a stream's segments in any row format. Scalar
- * production code (kvd_attention_weights, no SIMD tier); scores are computed
- * from the same dequantized keys the attend kernels see (kvd_dequant_range). */
+/* attention/weights.c — h2o scoring: picks the weights kernel's tier for
+ * the running CPU (attention/dispatch.c's levels; body weights_simd.h), hands
+ * tests and benchmarks a given tier, and keeps kvd_attention_weights_ref, the
+ * scalar three-pass oracle (the production pass before issue 9). */
 #include <math.h>
 
-#include "attention/attention.h"
+#include "attention/weights.h"
+
 #include "attention/kernels.h"
+
+static const kvd__weights_fn tiers[] = {
+    kvd__attention_weights_scalar,
+#if defined(__x86_64__)
+    kvd__attention_weights_avx2,
+    kvd__attention_weights_avx512,
+#endif
+};
+
+kvd__weights_fn kvd__attention_weights_tier(size_t level)
+{
+    return level < kvd__simd_levels() && level < sizeof tiers / sizeof *tiers ? tiers[level] : NULL;
+}
+
+void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t m_q,
+                           size_t n_q, size_t q_stride, kvd_prefill_mask mask, float scale,
+                           const float *lse, size_t lse_stride, float *acc)
+{
+    tiers[kvd__simd_levels() - 1](seg, n_seg, q, m_q, n_q, q_stride, mask, scale, lse, lse_stride,
+                                  acc);
+}
 
 /* Channels of a key decoded at a time: a fixed stack buffer for any head_dim. */
 #define WEIGHTS_CHUNK 256
@@ -29,8 +50,9 @@ static float score(const kvd_kv_pages *kv, size_t ks, size_t j, const float *res
     return scale * dot;
 }
 
-void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
-                           size_t n_q, float scale, float *restrict scratch, float *restrict acc)
+void kvd_attention_weights_ref(const kvd_kv_segment *seg, size_t n_seg, const float *restrict q,
+                               size_t n_q, float scale, float *restrict scratch,
+                               float *restrict acc)
 {
     size_t total = 0;
     for (size_t s = 0; s < n_seg; s++)

@@ -15,8 +15,11 @@
  * KVD_BENCH_TIER=avx2 (or scalar, avx512) times that tier only, decode calls
  * included; with OPENBLAS_CORETYPE=Haswell OpenBLAS runs its AVX2 kernels,
  * which compares AVX2 with AVX2 on an AVX-512 machine.
- * KVD_BENCH_H2O=1 also times the h2o weight pass such a step adds
- * (kvd_attention_weights per query, scalar) against the tiled call.
+ * KVD_BENCH_H2O=1 also times the h2o weight pass such a step adds, the old
+ * scalar pass (kvd_attention_weights_ref per query) against the new kernel
+ * (kvd_attention_weights from the attention's lse, every tier), for the
+ * prefill and for a decode step over the same cache, each as a share of a
+ * step with h2o; KVD_BENCH_H2O=new times the new pass only.
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -28,6 +31,7 @@
 #include "attention/attention.h"
 #include "attention/kernels.h"
 #include "attention/prefill.h"
+#include "attention/weights.h"
 #include "cache/pool.h"
 #include "cache/stream.h"
 
@@ -83,8 +87,149 @@ static double sgemm_flops(size_t m, size_t t, int reps)
     return 4.0 * (double)m * (double)t * HEAD_DIM / sec;
 }
 
+/* The old weight pass (kvd_attention_weights_ref) over kv head g's
+ * streams for the m causal queries after n cached tokens, into w. */
+static void h2o_old(kvd_stream *st, const float *q, size_t m, size_t n, float scale, float *scratch,
+                    float *w)
+{
+    for (int g = 0; g < KV_HEADS; g++)
+        for (size_t i = 0; i < m; i++) {
+            const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
+            kvd_kv_segment seg[2];
+            const size_t n_seg = kvd_stream_segments(&st[g], n + i + 1, seg);
+            kvd_attention_weights_ref(seg, n_seg, q + off, GROUP, scale, scratch,
+                                      w + (size_t)g * (n + m));
+        }
+}
+
+/* The new one: one call per kv head with the lse of the attention call. */
+static void h2o_new(kvd__weights_fn fn, kvd_stream *st, const float *q, const float *lse, size_t m,
+                    size_t n, float scale, float *w)
+{
+    for (int g = 0; g < KV_HEADS; g++) {
+        kvd_kv_segment seg[2];
+        const size_t n_seg = kvd_stream_segments(&st[g], n + m, seg);
+        fn(seg, n_seg, q + (size_t)g * GROUP * HEAD_DIM, m, GROUP, HEADS * HEAD_DIM,
+           (kvd_prefill_mask){.n0 = n + 1, .step = m > 1 ? 1 : 0}, scale, lse + (size_t)g * GROUP,
+           HEADS, w + (size_t)g * (n + m));
+    }
+}
+
 static kvd_stream_format bench_fmt; /* KVD_BENCH_DTYPE, f32 by default */
 static int bench_tier = -1;         /* KVD_BENCH_TIER level, -1: all */
+
+/* The h2o weight pass of a step, old against new (every tier), for the
+ * prefill (m queries, the tiled call) and for a decode step (one query
+ * after the n + m - 1 tokens before it, the decode kernel's attend_lse). */
+static void h2o_pass(kvd_stream *st, const float *q, float *o, size_t m, size_t n, float scale,
+                     double tiled_sec, int old)
+{
+    const size_t total = n + m;
+    float *lse = malloc(m * HEADS * sizeof *lse), *scratch = malloc(total * sizeof *scratch);
+    float *w_old = calloc(KV_HEADS * total, sizeof *w_old), *w = calloc(KV_HEADS * total, sizeof *w);
+    if (!lse || !scratch || !w_old || !w) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(1);
+    }
+    /* the attention a step with h2o runs: the tiled call with lse */
+    double t0 = bench_now();
+    for (int g = 0; g < KV_HEADS; g++) {
+        kvd_kv_segment seg[2];
+        const size_t n_seg = kvd_stream_segments(&st[g], total, seg);
+        kvd_attend_prefill(seg, n_seg, q + (size_t)g * GROUP * HEAD_DIM, m, GROUP, HEADS * HEAD_DIM,
+                           (kvd_prefill_mask){.n0 = n + 1, .step = 1}, scale,
+                           o + (size_t)g * GROUP * HEAD_DIM, lse + (size_t)g * GROUP, HEADS);
+    }
+    const double att = bench_now() - t0;
+    printf("  h2o, prefill: tiled call with lse %.1f ms (without: %.1f ms)\n", att * 1e3,
+           tiled_sec * 1e3);
+    double old_sec = 0;
+    if (old) {
+        t0 = bench_now();
+        h2o_old(st, q, m, n, scale, scratch, w_old);
+        old_sec = bench_now() - t0;
+        printf("  %-34s %8.1f ms = %5.2fx the attention: %4.1f%% of a step with h2o\n",
+               "old weight pass (scalar, 3 passes)", old_sec * 1e3, old_sec / att,
+               100.0 * old_sec / (old_sec + att));
+    }
+    static const char *const names[] = {"scalar", "avx2", "avx512"};
+    for (size_t lv = 0; lv < kvd__simd_levels(); lv++) {
+        if (bench_tier >= 0 && (size_t)bench_tier != lv)
+            continue;
+        double tm[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++) {
+            memset(w, 0, KV_HEADS * total * sizeof *w);
+            t0 = bench_now();
+            h2o_new(kvd__attention_weights_tier(lv), st, q, lse, m, n, scale, w);
+            tm[r] = bench_now() - t0;
+        }
+        const double sec = bench_median(tm, ROUNDS);
+        double dmax = 0, wmax = 0;
+        for (size_t j = 0; old && j < KV_HEADS * total; j++) {
+            dmax = fmax(dmax, fabs((double)w[j] - w_old[j]));
+            wmax = fmax(wmax, fabs((double)w_old[j]));
+        }
+        char label[64];
+        snprintf(label, sizeof label, "new weight pass (%s)", names[lv]);
+        printf("  %-34s %8.1f ms = %5.2fx the attention: %4.1f%% of a step with h2o", label,
+               sec * 1e3, sec / att, 100.0 * sec / (sec + att));
+        if (old)
+            printf("; %.1fx faster than old, max |diff| %.2g (max w %.2g)", old_sec / sec, dmax,
+                   wmax);
+        printf("\n");
+    }
+
+    /* decode: one query per kv head group over every slot, REPS times */
+    enum { REPS = 20 };
+    const kvd_attention_kernels *kern = kvd_attention_kernels_get();
+    const float *qd = q + (m - 1) * HEADS * HEAD_DIM; /* the last query: sees them all */
+    t0 = bench_now();
+    for (int r = 0; r < REPS; r++)
+        for (int g = 0; g < KV_HEADS; g++) {
+            kvd_kv_segment seg[2];
+            const size_t n_seg = kvd_stream_segments(&st[g], total, seg);
+            kern->attend_lse(seg, n_seg, qd + (size_t)g * GROUP * HEAD_DIM, GROUP, scale,
+                             o + (size_t)g * GROUP * HEAD_DIM, lse + (size_t)g * GROUP);
+        }
+    const double datt = (bench_now() - t0) / REPS;
+    printf("  h2o, decode of 1 query over %zu slots: attend_lse %s %.3f ms\n", total, kern->name,
+           datt * 1e3);
+    double dold = 0;
+    if (old) {
+        t0 = bench_now();
+        for (int r = 0; r < REPS; r++)
+            for (int g = 0; g < KV_HEADS; g++) {
+                kvd_kv_segment seg[2];
+                const size_t n_seg = kvd_stream_segments(&st[g], total, seg);
+                kvd_attention_weights_ref(seg, n_seg, qd + (size_t)g * GROUP * HEAD_DIM, GROUP, scale,
+                                          scratch, w_old + (size_t)g * total);
+            }
+        dold = (bench_now() - t0) / REPS;
+        printf("  %-34s %8.3f ms = %5.2fx the attention: %4.1f%% of a step with h2o\n",
+               "old weight pass (scalar, 3 passes)", dold * 1e3, dold / datt,
+               100.0 * dold / (dold + datt));
+    }
+    for (size_t lv = 0; lv < kvd__simd_levels(); lv++) {
+        if (bench_tier >= 0 && (size_t)bench_tier != lv)
+            continue;
+        const kvd__weights_fn fn = kvd__attention_weights_tier(lv);
+        t0 = bench_now();
+        for (int r = 0; r < REPS; r++)
+            h2o_new(fn, st, qd, lse, 1, total - 1, scale, w);
+        const double sec = (bench_now() - t0) / REPS;
+        char label[64];
+        snprintf(label, sizeof label, "new weight pass (%s)", names[lv]);
+        printf("  %-34s %8.3f ms = %5.2fx the attention: %4.1f%% of a step with h2o", label,
+               sec * 1e3, sec / datt, 100.0 * sec / (sec + datt));
+        if (old)
+            printf("; %.1fx faster than old", dold / sec);
+        printf("\n");
+    }
+    free(lse);
+    free(scratch);
+    free(w_old);
+    free(w);
+}
 
 static void run(size_t m, size_t n)
 {
@@ -216,32 +361,15 @@ static void run(size_t m, size_t n)
     }
     printf("  tiled vs decode calls: max |diff| %.2g (max |o| %.2g)\n", err, ref);
 
-    /* KVD_BENCH_H2O=1: the h2o weight pass a step adds after the tiled call
-     * (cache/step.c: kvd_attention_weights per query and kv head over the
-     * query's visible slots), one round, against the tiled time above */
+    /* KVD_BENCH_H2O=1: the h2o weight pass a step adds (cache/step.c), the
+     * old scalar pass (kvd_attention_weights_ref per query and kv head,
+     * three passes) against the new one (kvd_attention_weights: one call
+     * per kv head from the tiled call's lse), in the same run, each as a
+     * share of a step with h2o (attention + weights). KVD_BENCH_H2O=new
+     * skips the old pass (it takes minutes at n = 8k). */
     const char *h2o = getenv("KVD_BENCH_H2O");
-    if (h2o && *h2o && *h2o != '0') {
-        float *scratch = malloc(total * sizeof *scratch), *w = calloc(total, sizeof *w);
-        if (!scratch || !w) {
-            fprintf(stderr, "bench: out of memory\n");
-            exit(1);
-        }
-        const double h0 = bench_now();
-        for (int g = 0; g < KV_HEADS; g++)
-            for (size_t i = 0; i < m; i++) {
-                const size_t off = (i * HEADS + (size_t)g * GROUP) * HEAD_DIM;
-                kvd_kv_segment seg[2];
-                const size_t n_seg = kvd_stream_segments(&streams[g], n + i + 1, seg);
-                kvd_attention_weights(seg, n_seg, q + off, GROUP, scale, scratch, w);
-            }
-        const double hsec = bench_now() - h0;
-        printf("  %-30s %7.1f ms (one round) = %.1fx the tiled call: %.0f%% of a step with h2o\n",
-               "h2o weight pass (scalar)", hsec * 1e3, hsec / tiled_sec,
-               100.0 * hsec / (hsec + tiled_sec));
-        free(scratch);
-        free(w);
-    }
-
+    if (h2o && *h2o && *h2o != '0')
+        h2o_pass(streams, q, o, m, n, scale, tiled_sec, strcmp(h2o, "new") != 0);
     for (int g = 0; g < KV_HEADS; g++)
         kvd_stream_release(&streams[g], pool);
     kvd_pool_destroy(pool);

@@ -460,8 +460,11 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         for (size_t i = 0; i < sess->n_streams; i++)
             if (sess->streams[i].n_tokens > max_tokens)
                 max_tokens = sess->streams[i].n_tokens; /* pure queries score too */
+        size_t max_q = 1; /* scratch: an entry's lse when it did not ask for it */
+        for (size_t i = 0; i < n; i++)
+            max_q = e[i].m_q > max_q ? e[i].m_q : max_q;
         p->weights = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
-        p->scratch = malloc((max_tokens ? max_tokens : 1) * sizeof(float));
+        p->scratch = malloc(max_q * cfg->heads * sizeof(float));
         if (!p->weights || !p->scratch)
             return KVD_STEP_NOMEM;
     }

@@ -23,7 +23,7 @@ typedef struct kvd__step_plan {
     size_t cursor;           /* pages[0 .. cursor) placed in streams */
     float **outputs;         /* [n_entries] each [m_q][heads][head_dim] (NULL if m_q = 0) */
     float *weights;          /* h2o: [max_tokens] weight received per slot */
-    float *scratch;          /* h2o: [max_tokens] one head's scores */
+    float *scratch;          /* h2o: [max m_q][heads] the lse the weights need */
     float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
     double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */

@@ -23,6 +23,7 @@
 #include "attention/attention.h"
 #include "attention/prefill.h"
 #include "attention/tensor.h"
+#include "attention/weights.h"
 #include "cache/evict.h"
 #include "cache/plan.h"
 #include "cache/rotate.h"
@@ -122,7 +123,9 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
 /* Attention of stream g for queries [i0, i1) of one entry. Query heads
  * g*group .. g*group+group-1 share kv head g and are adjacent in q, so one
  * kernel call serves the group. With `weights` (h2o; then i0 = 0, i1 = m_q)
- * the stream also gets the softmax weight each of its slots received. */
+ * the stream also gets the softmax weight each of its slots received, from
+ * the lse the attention call wrote (into `scratch`, [m_q][heads], when the
+ * entry did not ask for it). */
 static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g,
                                   size_t i0, size_t i1, float *o, float *weights, float *scratch, float *lse)
 {
@@ -131,8 +134,10 @@ static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, si
     const uint32_t group = cfg->heads / cfg->kv_heads;
     const size_t d = cfg->head_dim;
     kvd_stream *s = kvd_session_stream(sess, e->layer, g);
-    if (weights)
+    if (weights) {
         memset(weights, 0, s->n_tokens * sizeof(float));
+        lse = lse ? lse : scratch;
+    }
     /* An entry of many queries: one tiled call (attention/prefill.h) reads
      * each K/V block once for a tile of them; query i sees
      * visible_tokens(i). Chosen per entry, not per piece, so a split step
@@ -149,18 +154,23 @@ static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, si
                            cfg->scale, o + off, lse ? lse + i0 * cfg->heads + (size_t)g * group : NULL,
                            cfg->heads);
     }
-    for (size_t i = i0; i < i1 && (!tiled || weights); i++) {
+    for (size_t i = i0; i < i1 && !tiled; i++) {
         const size_t off = (i * cfg->heads + (size_t)g * group) * d;
         kvd_kv_segment seg[2];
         size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
-        if (!tiled)
-            kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
-                             lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
-        if (weights)
-            kvd_attention_weights(seg, n_seg, e->q + off, group, cfg->scale, scratch, weights);
+        kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
+                         lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
     }
-    if (weights)
+    if (weights) { /* every query at once: exp(score - lse), attention/weights.h */
+        kvd_kv_segment seg[2];
+        size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i1 - 1), seg);
+        const kvd_prefill_mask mask = {.n0 = visible_tokens(e, n_before, i0),
+                                       .step = e->mask == KVD_MASK_CAUSAL ? 1 : 0};
+        kvd_attention_weights(seg, n_seg, e->q + (i0 * cfg->heads + (size_t)g * group) * d, i1 - i0, group,
+                              (size_t)cfg->heads * d, mask, cfg->scale, lse + i0 * cfg->heads + (size_t)g * group,
+                              cfg->heads, weights);
         kvd_stream_add_weights(s, weights, s->n_tokens);
+    }
 }
 
 /* subgen (DESIGN.md §4): each query head of group g reads kv head g's
@@ -358,8 +368,8 @@ static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size
 /* One entry's standard or tensor attention, split into pieces (stream g,
  * queries [i0, i1)): piece p is stream p / q_chunks, query chunk
  * p % q_chunks. Pieces write disjoint rows of o; with h2o a stream is one
- * piece (q_chunks = 1) with its own weights and scratch rows, so its sums
- * run in the unsplit order. */
+ * piece (q_chunks = 1) with its own weights row, so its sums run in the
+ * unsplit order (the lse scratch is shared: pieces write disjoint heads). */
 typedef struct attend_split {
     kvd_session *sess;
     const kvd_step_entry *e;
@@ -369,7 +379,7 @@ typedef struct attend_split {
     bool tensor;
     size_t q_chunks, chunk; /* chunks per stream, queries per chunk */
     float *weights;         /* h2o: [kv_heads][stride] or NULL */
-    float *scratch;         /* h2o standard: [kv_heads][stride] */
+    float *scratch;         /* h2o standard: [m_q][heads] lse (the plan's) */
     size_t stride;
     /* tensor, not f32: the plan's row views, [2 s] (k1, v1) and [2 s + 1]
      * (k2, v2) holding kv head g0 + s, for the heads [g0, g1) of this
@@ -423,8 +433,7 @@ static void attend_piece(void *ctx, size_t piece)
     if (sp->tensor)
         attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse, stream_rows(sp, g));
     else
-        attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w,
-                              w ? sp->scratch + (size_t)g * sp->stride : NULL, sp->lse);
+        attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->scratch, sp->lse);
 }
 
 /* KVD_STEP_SPLIT_WORK's estimate for one entry: the last query sees the
@@ -445,7 +454,8 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
 /* Attention for every query of one entry (standard, or tensor when the
  * session has tensor_b), split over par when the entry is large enough.
  * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
- * unsplit run uses; a split one allocates a row per stream, and runs
+ * unsplit run uses; a split one allocates a weights row per stream (the
+ * lse scratch is shared: each piece writes its own heads), and runs
  * unsplit if it cannot. `rows`: the plan's tensor row views (tensor
  * sessions of a non-f32 dtype, 2 per slot for row_heads kv heads), or NULL
  * = the streams themselves. With rows the kv heads attend in rounds of
@@ -474,13 +484,9 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
         }
         sp.stride = most;
         sp.weights = malloc((size_t)cfg->kv_heads * most * sizeof(float));
-        sp.scratch = tensor ? NULL : malloc((size_t)cfg->kv_heads * most * sizeof(float));
-        if (!sp.weights || (!tensor && !sp.scratch)) {
-            free(sp.weights); /* no memory for the split: run it on this thread */
-            free(sp.scratch);
-            sp.weights = sp.scratch = NULL;
+        sp.scratch = scratch;
+        if (!sp.weights) /* no memory for the split: run it on this thread */
             split = false;
-        }
     } else if (split) {
         const size_t want = (SPLIT_PIECES + cfg->kv_heads - 1) / cfg->kv_heads;
         sp.q_chunks = want < e->m_q ? want : e->m_q;
@@ -504,7 +510,6 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
         }
     }
     free(sp.weights);
-    free(sp.scratch);
 }
 
 /* Evicts each stream of the entry's layer down to the budget (DESIGN.md §4:

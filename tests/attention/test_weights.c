@@ -1,5 +1,7 @@
-/* tests/attention/test_weights.c — kvd_attention_weights (h2o scoring)
- * against a double-precision two-pass softmax: per-slot weights summed over
+/* tests/attention/test_weights.c — kvd_attention_weights_ref (the scalar
+ * three-pass h2o scoring the kernel replaced, kept as an oracle and the
+ * benchmark's baseline; the kernel itself: test_weights_lse.c) against a
+ * double-precision two-pass softmax: per-slot weights summed over
  * the query heads, added into an accumulator that already holds values, the
  * weights of one head summing to 1, and huge scores staying finite. Caches are
  * built by hand over malloc'd pages, so this test depends on attention/ only. */
@@ -10,6 +12,7 @@
 #include <string.h>
 
 #include "attention/attention.h"
+#include "attention/weights.h"
 #include "tests/support/check_main.h"
 
 /* Tolerances. A weight is exp(s_j - max) / sum: expf is within a few ulp,
@@ -146,7 +149,7 @@ static void check_weights(const test_cache *c, size_t n_visible, size_t n_q, flo
     for (size_t h = 0; h < n_q; h++)
         oracle_add(c, n_visible, q + h * d, scale, want);
     const kvd_kv_segment seg = {.kv = c->kv, .n = n_visible};
-    kvd_attention_weights(&seg, 1, q, n_q, scale, scratch, acc);
+    kvd_attention_weights_ref(&seg, 1, q, n_q, scale, scratch, acc);
     const double S = score_bound(c, n_visible, q, n_q, scale);
     double total = 0.0;
     for (size_t j = 0; j < n_visible; j++) {
@@ -201,7 +204,7 @@ START_TEST(test_one_head_sums_to_one)
         for (size_t i = 0; i < 32; i++)
             q[i] = rng_uniform(-3.0f, 3.0f);
         const kvd_kv_segment seg = {.kv = c.kv, .n = ns[ni]};
-        kvd_attention_weights(&seg, 1, q, 1, 0.5f, scratch, acc);
+        kvd_attention_weights_ref(&seg, 1, q, 1, 0.5f, scratch, acc);
         double total = 0.0;
         for (size_t j = 0; j < ns[ni]; j++) {
             ck_assert(acc[j] >= 0.0f && acc[j] <= 1.0f);
@@ -226,7 +229,7 @@ START_TEST(test_large_scores_finite)
     for (size_t i = 0; i < 2 * 16; i++)
         q[i] = rng_uniform(-100.0f, 100.0f);
     const kvd_kv_segment sc = {.kv = c.kv, .n = 50};
-    kvd_attention_weights(&sc, 1, q, 2, 1.0f, scratch, acc);
+    kvd_attention_weights_ref(&sc, 1, q, 2, 1.0f, scratch, acc);
     double total = 0.0;
     for (size_t j = 0; j < 50; j++) {
         ck_assert(isfinite(acc[j]) && acc[j] >= 0.0f);
@@ -238,13 +241,13 @@ START_TEST(test_large_scores_finite)
     cache_build(&e, 4, 8, 2, 0.0f, 0.0f);
     float qe[8] = {1, 2, 3, 4, 5, 6, 7, 8}, se[4], ae[4] = {0};
     kvd_kv_segment se4 = {.kv = e.kv, .n = 4};
-    kvd_attention_weights(&se4, 1, qe, 1, 1.0f, se, ae);
+    kvd_attention_weights_ref(&se4, 1, qe, 1, 1.0f, se, ae);
     for (size_t j = 0; j < 4; j++)
         ck_assert_float_eq(ae[j], 0.25f);
     /* no visible slot: nothing added */
     ae[0] = 7.0f;
     se4.n = 0;
-    kvd_attention_weights(&se4, 1, qe, 1, 1.0f, se, ae);
+    kvd_attention_weights_ref(&se4, 1, qe, 1, 1.0f, se, ae);
     ck_assert_float_eq(ae[0], 7.0f);
     cache_free(&e);
     cache_free(&c);
@@ -262,11 +265,11 @@ START_TEST(test_segments_number_slots_in_order)
     for (size_t i = 0; i < n_q * d; i++)
         q[i] = rng_uniform(-2.0f, 2.0f);
     const kvd_kv_segment one = {.kv = c.kv, .n = n};
-    kvd_attention_weights(&one, 1, q, n_q, 0.3f, scratch, whole);
+    kvd_attention_weights_ref(&one, 1, q, n_q, 0.3f, scratch, whole);
     kvd_kv_segment two[3] = {{.kv = c.kv, .n = 2 * spp}, {.kv = c.kv, .n = 0},
                              {.kv = c.kv, .n = 3 * spp}};
     two[2].kv.pages = (const unsigned char *const *)c.pages + 2;
-    kvd_attention_weights(two, 3, q, n_q, 0.3f, scratch, split);
+    kvd_attention_weights_ref(two, 3, q, n_q, 0.3f, scratch, split);
     for (size_t j = 0; j < n; j++)
         ck_assert_float_eq(split[j], whole[j]); /* same scores, same order: exact */
     cache_free(&c);
