@@ -229,6 +229,8 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
         || kvd__api_json_get_u32(cache, "max_clusters", "cache.max_clusters", 0, KVD_SUBGEN_CLUSTERS_MAX,
                                  KVD_SUBGEN_CLUSTERS_DEFAULT, &c->cache.max_clusters, err))
         return -1;
+    if (!subgen)
+        c->cache.max_clusters = 0; /* as a snapshot restores it: it only exists for subgen */
     /* SubGen keeps sink + recent exactly and sketches everything else: there
      * is no token budget to evict down to. */
     if (subgen && c->cache.budget > 0)
