@@ -14,6 +14,7 @@
 #include "api/json.h"
 #include "api/random.h"
 #include "cache/stream.h"
+#include "cache/subgen.h"
 
 /* Sessions expire after at most 30 days idle: a bound on how long a
  * forgotten session can hold pool pages. */
@@ -39,6 +40,10 @@
 #define SUBGEN_DEFAULT_CLUSTER_SAMPLES 32u
 #define SUBGEN_DEFAULT_VALUE_SAMPLES 256u
 #define SUBGEN_MAX_SAMPLES 65536u
+/* max_clusters: 0 (no cap) or 1 .. KVD_SUBGEN_CLUSTERS_MAX, default
+ * KVD_SUBGEN_CLUSTERS_DEFAULT (cache/subgen.h; docs/subgen.md "The cluster
+ * cap"): without a cap, keys that do not cluster at delta open a cluster
+ * each, and the sketch outgrows the exact cache it replaces. */
 
 #define N_ATTENTION (KVD_ATTN_TENSOR + 1)
 #define N_TENSOR_CACHE (KVD_TENSOR_CACHE_TWO + 1)
@@ -58,7 +63,7 @@ static const char *const create_fields[] = {
 };
 static const char *const cache_fields[] = {
     "dtype", "budget", "eviction", "sink", "recent", "group", "residual",
-    "delta", "cluster_samples", "value_samples", "rotate",
+    "delta", "cluster_samples", "value_samples", "max_clusters", "rotate",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -195,7 +200,7 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
     /* SubGen's parameters mean nothing to other policies: refuse them there
      * rather than accept a setting that silently does nothing. */
     const bool subgen = c->cache.eviction == KVD_EVICT_SUBGEN;
-    static const char *const subgen_only[] = {"delta", "cluster_samples", "value_samples"};
+    static const char *const subgen_only[] = {"delta", "cluster_samples", "value_samples", "max_clusters"};
     for (size_t i = 0; i < NELEM(subgen_only); i++) {
         if (!subgen && cache && cJSON_GetObjectItemCaseSensitive(cache, subgen_only[i])) {
             char path[48];
@@ -220,8 +225,12 @@ static int parse_cache(const cJSON *cache, kvd_session_config *c, kvd_api_error 
                               &c->cache.cluster_samples, err)
         || kvd__api_json_get_u32(cache, "value_samples", "cache.value_samples", 1,
                                  SUBGEN_MAX_SAMPLES, SUBGEN_DEFAULT_VALUE_SAMPLES,
-                                 &c->cache.value_samples, err))
+                                 &c->cache.value_samples, err)
+        || kvd__api_json_get_u32(cache, "max_clusters", "cache.max_clusters", 0, KVD_SUBGEN_CLUSTERS_MAX,
+                                 KVD_SUBGEN_CLUSTERS_DEFAULT, &c->cache.max_clusters, err))
         return -1;
+    if (!subgen)
+        c->cache.max_clusters = 0; /* as a snapshot restores it: it only exists for subgen */
     /* SubGen keeps sink + recent exactly and sketches everything else: there
      * is no token budget to evict down to. */
     if (subgen && c->cache.budget > 0)
@@ -412,7 +421,8 @@ cJSON *kvd_session_config_to_json(const kvd_session_config *cfg)
     if (ok && cfg->cache.eviction == KVD_EVICT_SUBGEN)
         ok = cJSON_AddNumberToObject(c, "delta", cfg->cache.delta)
              && cJSON_AddNumberToObject(c, "cluster_samples", cfg->cache.cluster_samples)
-             && cJSON_AddNumberToObject(c, "value_samples", cfg->cache.value_samples);
+             && cJSON_AddNumberToObject(c, "value_samples", cfg->cache.value_samples)
+             && cJSON_AddNumberToObject(c, "max_clusters", cfg->cache.max_clusters);
     /* The seed goes out as a raw number token with every digit: cJSON's
      * printer uses 15 significant digits when they compare "equal" within a
      * relative epsilon, which would round seeds above 10^15. In memory the

@@ -9,9 +9,13 @@
  * iteration). Ends with the issue-13 memory check (2k -> 16k clustered:
  * bytes < 3x, median rel <= 0.2, worst <= 0.5); then SubGen4Cache against
  * the exact four-cache (tensor attention) for n = 1k .. 16k with the same
- * check. Exits 1 if a check fails.
- * Usage: bench_subgen [max_n_unclustered]  (default 16384: the clustering
- * scan is O(clusters) per token, so unclustered keys cost O(n^2 d)). */
+ * check; then the cluster cap (cache.max_clusters 256 and 1,024 against
+ * none) on the unclustered keys at n = 4k and 16k: bytes, clusters, errors
+ * and ns per appended token. Exits 1 if a check fails.
+ * Usage: bench_subgen [max_n_unclustered | cap]  ("cap": the cap section
+ * alone; max_n_unclustered: default 16384: the clustering
+ * scan is O(clusters) per token, so unclustered keys cost O(n^2 d)
+ * uncapped; the capped section runs to 16k regardless). */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -141,6 +145,7 @@ static double exact(const float *k, const float *v, size_t n, const float *q, do
     return sqrt(sq) / den;
 }
 
+/* max_clusters stays 0 (no cap) except in run_capped. */
 static kvd_session_config config(kvd_eviction e, uint32_t budget)
 {
     kvd_session_config c;
@@ -408,6 +413,55 @@ static bool run_tensor(kvd_pool *pool)
     return ok;
 }
 
+/* The cluster cap on unclustered Gaussian keys (every key its own cluster
+ * uncapped): for caps none, 256 and 1,024, the sketch is fed to n = 4k then
+ * 16k without its shadow (timed: ns per appended token, the cluster scan
+ * included), the exact copy fed after it untimed, then the same errors as
+ * run(). Beside: the exact f32 cache's bytes at n. */
+static void run_capped(kvd_pool *pool, float *k, float *v, float *q)
+{
+    make_data(GAUSSIAN, k, v, q);
+    printf("\ncluster cap (cache.max_clusters) on unclustered Gaussian keys (d = %d, delta %.2f, t = %d, s = %d): "
+           "ns/token = wall time of the appends from the previous n, over their tokens\n",
+           D, DELTA, T_SAMPLES, S_SAMPLES);
+    printf("%6s %7s | %10s %8s %7s %7s %8s | %9s | %10s\n", "cap", "n", "subgen B", "clusters", "rel med",
+           "rel max", "additive", "ns/token", "exact f32 B");
+    static const uint32_t caps[] = {0, 256, 1024};
+    for (size_t ci = 0; ci < sizeof caps / sizeof *caps; ci++) {
+        kvd_session_config c = config(KVD_EVICT_SUBGEN, 0);
+        c.cache.max_clusters = caps[ci];
+        const kvd_session_config sc = kvd_session_shadow_config(&c);
+        kvd_session *s, *sh;
+        if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&sc, PAGE, &sh) != 0) {
+            fprintf(stderr, "bench: session\n");
+            exit(2);
+        }
+        size_t have = 0;
+        for (size_t n = 4096; n <= 16384; n *= 4) {
+            const double t0 = bench_now();
+            if (feed(s, NULL, pool, k, v, have, n) != 0) {
+                fprintf(stderr, "bench: pool full at n = %zu\n", n);
+                exit(2);
+            }
+            const double ns = (bench_now() - t0) * 1e9 / (double)(n - have);
+            if (feed(sh, NULL, pool, k, v, have, n) != 0) {
+                fprintf(stderr, "bench: pool full at n = %zu\n", n);
+                exit(2);
+            }
+            have = n;
+            const errs e = measure(s, sh, pool, k, v, n, q, v_op_norm(v, n));
+            char cap[16];
+            snprintf(cap, sizeof cap, caps[ci] ? "%u" : "none", caps[ci]);
+            printf("%6s %7zu | %10zu %8zu %7.3f %7.3f %8.4f | %9.0f | %10zu\n", cap, n, kvd_session_pages(s) * PAGE,
+                   s->subgen[0].n_clusters, e.rel_median, e.rel_worst, e.add_median, ns,
+                   kvd_session_pages(sh) * PAGE);
+            fflush(stdout);
+        }
+        kvd_session_destroy(s, pool);
+        kvd_session_destroy(sh, pool);
+    }
+}
+
 int main(int argc, char **argv)
 {
     size_t max_unclustered = argc > 1 ? strtoull(argv[1], NULL, 10) : 16384;
@@ -424,6 +478,10 @@ int main(int argc, char **argv)
     if (!k || !v || !q || kvd_pool_create((size_t)1 << 30, PAGE, &pool) != 0) {
         fprintf(stderr, "bench: no memory\n");
         return 2;
+    }
+    if (argc > 1 && !strcmp(argv[1], "cap")) {
+        run_capped(pool, k, v, q);
+        return 0;
     }
     row rows[16];
     int n_rows = 0;
@@ -452,6 +510,7 @@ int main(int argc, char **argv)
     printf("\nmemory check (clustered, 2k -> 16k tokens): bytes x%.2f (< 3), median rel %.3f / %.3f (<= 0.2), "
            "worst %.3f / %.3f (<= 0.5): %s\n",
            growth, a->e.rel_median, b->e.rel_median, a->e.rel_worst, b->e.rel_worst, ok ? "PASS" : "FAIL");
+    run_capped(pool, k, v, q);
     free(k);
     free(v);
     free(q);

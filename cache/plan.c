@@ -229,9 +229,10 @@ static int victim_by_position(const void *a, const void *b)
  * new tokens of `layer` at positions [from, leave_below), in the order the
  * step sketches them (position order, however the entries split them),
  * each matched against the sketch's centres and then the centres earlier
- * tokens of the request would open (kvd_subgen_near, the test the insert
- * makes). Fills assign[] (the step reuses it: no second scan) and returns
- * the clusters the request opens. keys: tensor_b's slots and k2 for the
+ * tokens of the request would open (kvd_subgen_assign, the choice the
+ * insert makes: with the cap reached, "joins the nearest" among both).
+ * Fills assign[] (the step reuses it: no second scan) and returns the
+ * clusters the request opens (never past the cap). keys: tensor_b's slots and k2 for the
  * k2 sketch. fresh: [tokens] scratch. */
 static size_t dry_run(const kvd_subgen *g, const kvd_stream *held, const kvd__subgen_victim *victims,
                       size_t n_victims, const kvd_step_entry *e, size_t n_entries, uint32_t layer, size_t key_off,
@@ -255,15 +256,9 @@ static size_t dry_run(const kvd_subgen *g, const kvd_stream *held, const kvd__su
                     continue; /* stays protected (a sink token, or recent at the end) */
                 k = (k2 ? e[i - 1].k2 : e[i - 1].k) + t * row + key_off;
             }
-            size_t c = kvd_subgen_find(g, k);
-            if (c == g->n_clusters) {
-                size_t f = 0;
-                while (f < opened && !kvd_subgen_near(g, fresh[f], k))
-                    f++;
-                if (f == opened)
-                    fresh[opened++] = k;
-                c += f;
-            }
+            const size_t c = kvd_subgen_assign(g, k, fresh, opened);
+            if (c == g->n_clusters + opened)
+                fresh[opened++] = k;
             assign[n++] = c;
         }
     }

@@ -118,7 +118,8 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
     if (cfg->cache.eviction == KVD_EVICT_SUBGEN) {
         const bool four = cfg->attention == KVD_ATTN_TENSOR && cfg->tensor_cache == KVD_TENSOR_CACHE_FOUR;
         if ((cfg->attention != KVD_ATTN_STANDARD && !four) || cfg->window || cfg->cache.dtype != KVD_DTYPE_F32 ||
-            cfg->cache.value_samples == 0 || cfg->cache.cluster_samples == 0 || !(cfg->cache.delta > 0)) {
+            cfg->cache.value_samples == 0 || cfg->cache.cluster_samples == 0 || !(cfg->cache.delta > 0) ||
+            cfg->cache.max_clusters > KVD_SUBGEN_CLUSTERS_MAX) {
             kvd_session_destroy(s, NULL);
             return -EINVAL; /* the API refuses these combinations first (api/create_body.c) */
         }
@@ -131,10 +132,11 @@ int kvd_session_create(const kvd_session_config *cfg, size_t page_bytes, kvd_ses
         }
         for (size_t i = 0; i < n_streams; i++) {
             kvd_subgen_init(&s->subgen[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
-                            cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, i);
+                            cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->cache.max_clusters, cfg->seed, i);
             if (four) /* its own random sequence: the two samplers must be independent */
                 kvd_subgen_init(&s->subgen_b[i], cfg->head_dim, page_bytes, cfg->cache.delta, cfg->scale,
-                                cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->seed, n_streams + i);
+                                cfg->cache.cluster_samples, cfg->cache.value_samples, cfg->cache.max_clusters,
+                                cfg->seed, n_streams + i);
         }
     }
     if (cfg->cache.eviction != KVD_EVICT_NONE) {

@@ -28,6 +28,7 @@ typedef struct kvd_session_config {
         uint32_t sink, recent, group, residual;
         double delta;             /* subgen only */
         uint32_t cluster_samples, value_samples; /* subgen only */
+        uint32_t max_clusters;    /* subgen only: clusters per sketch, 0 = no cap */
         kvd_rotate rotate;        /* KVD_ROTATE_NONE (0) unless asked: cache/rotate.h */
     } cache;
     bool shadow;

@@ -240,6 +240,8 @@ static void put_config(wbuf *w, const kvd_session_config *c)
     put_u64(w, c->seed);
     put_f64(w, c->ttl_seconds);
     put_u8(w, (uint8_t)c->cache.rotate); /* version 2 on */
+    if (c->cache.eviction == KVD_EVICT_SUBGEN)
+        put_u32(w, c->cache.max_clusters); /* version 4 on, subgen only: other sessions' bytes stay version 2's */
 }
 
 static void put_all(wbuf *w, const kvd_session *s, const kvd_session *shadow, const kvd_snapshot_meta *m,
@@ -409,6 +411,8 @@ static int get_config(rbuf *r, kvd_session_config *c)
     c->seed = get_u64(r);
     c->ttl_seconds = get_f64(r);
     const uint8_t rotate = r->version >= 2 ? get_u8(r) : KVD_ROTATE_NONE; /* version 1: not rotated */
+    /* Version 3's sketches had no cap: they restore uncapped (0), as they grew. */
+    c->cache.max_clusters = r->version >= 4 && eviction == KVD_EVICT_SUBGEN ? get_u32(r) : 0;
     if (r->bad || attention > KVD_ATTN_TENSOR || tensor_cache > KVD_TENSOR_CACHE_TWO || shadow > 1)
         return KVD_SNAPSHOT_EFORMAT;
     if (dtype > KVD_DTYPE_KIVI4 || eviction > (r->version >= 3 ? KVD_EVICT_SUBGEN : KVD_EVICT_H2O))
@@ -432,7 +436,8 @@ static int get_config(rbuf *r, kvd_session_config *c)
         ((c->attention == KVD_ATTN_TENSOR && c->tensor_cache != KVD_TENSOR_CACHE_FOUR) || c->window ||
          c->cache.dtype != KVD_DTYPE_F32 || c->cache.budget || !isfinite(c->cache.delta) || !(c->cache.delta > 0) ||
          c->cache.cluster_samples == 0 || c->cache.cluster_samples > KVD_SUBGEN_SAMPLES_MAX ||
-         c->cache.value_samples == 0 || c->cache.value_samples > KVD_SUBGEN_SAMPLES_MAX))
+         c->cache.value_samples == 0 || c->cache.value_samples > KVD_SUBGEN_SAMPLES_MAX ||
+         c->cache.max_clusters > KVD_SUBGEN_CLUSTERS_MAX))
         return KVD_SNAPSHOT_EFORMAT;
     return 0;
 }
@@ -698,6 +703,7 @@ static int read_sketch(rbuf *r, kvd_subgen *g, pages_cursor *pc, bool fill)
     const uint64_t rng = get_u64(r);
     /* Every cluster costs a centre and a count in the bytes: bounded. */
     if (r->bad || n_clusters > items || (items > 0) != (n_clusters > 0) || n_clusters > left(r) / (key + 8) ||
+        (g->max_clusters && n_clusters > g->max_clusters) || /* more than the cap lets a sketch open */
         !isfinite(f) || f < 0)
         return KVD_SNAPSHOT_EFORMAT;
     const size_t nc = (size_t)n_clusters;

@@ -15,9 +15,10 @@
 #include "cache/session.h"
 
 #define KVD_SNAPSHOT_MAGIC "KVDSNAP1"  /* 8 bytes, no NUL */
-#define KVD_SNAPSHOT_VERSION 3u        /* format version this build writes (and the newest it reads) */
+#define KVD_SNAPSHOT_VERSION 4u        /* format version this build writes (and the newest it reads) */
 #define KVD_SNAPSHOT_VERSION_MIN 1u    /* oldest it reads: version 1 lacks cache.rotate (= "none");
-                                          versions 1 and 2 hold no subgen session (no sketch record) */
+                                          versions 1 and 2 hold no subgen session (no sketch record);
+                                          version 3's subgen config lacks max_clusters (= 0, no cap) */
 #define KVD_SNAPSHOT_HEADER_BYTES 64u
 #define KVD_SNAPSHOT_ID_MAX 64u        /* longest session id a snapshot carries */
 

@@ -93,12 +93,14 @@ static double uniform(uint64_t *state)
 }
 
 void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double delta, float scale,
-                     uint32_t cluster_samples, uint32_t value_samples, uint64_t seed, size_t stream)
+                     uint32_t cluster_samples, uint32_t value_samples, uint32_t max_clusters, uint64_t seed,
+                     size_t stream)
 {
     memset(g, 0, sizeof *g);
     g->head_dim = head_dim;
     g->t = cluster_samples;
     g->s = value_samples;
+    g->max_clusters = max_clusters;
     const double r = delta / (double)scale;
     g->radius_sq = r * r;
     /* Distinct, decorrelated streams of one seed: the state is the seed
@@ -112,8 +114,18 @@ void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double
     rows_init(&g->samples, page_bytes, 2 * key);
 }
 
+/* `clusters` cut to the room the cap leaves. */
+static size_t room(const kvd_subgen *g, size_t clusters)
+{
+    if (!g->max_clusters)
+        return clusters;
+    const size_t left = g->n_clusters < g->max_clusters ? g->max_clusters - g->n_clusters : 0;
+    return clusters < left ? clusters : left;
+}
+
 size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t clusters)
 {
+    clusters = room(g, clusters);
     if (!clusters)
         return 0;
     size_t n = rows_pages_needed(&g->centres, clusters) + rows_pages_needed(&g->counts, clusters) +
@@ -125,6 +137,7 @@ size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t clusters)
 
 int kvd_subgen_reserve(kvd_subgen *g, size_t clusters)
 {
+    clusters = room(g, clusters);
     if (!clusters)
         return 0;
     if (rows_reserve(&g->centres, rows_pages_needed(&g->centres, clusters)) ||
@@ -150,12 +163,31 @@ bool kvd_subgen_near(const kvd_subgen *g, const float *centre, const float *k)
     return !(dist_sq(centre, k, g->head_dim) > g->radius_sq);
 }
 
+size_t kvd_subgen_assign(const kvd_subgen *g, const float *k, const float *const *fresh, size_t n_fresh)
+{
+    const size_t n = g->n_clusters + n_fresh;
+    /* One pass: the first centre within the radius ends it; the nearest is
+     * tracked on the way for a capped sketch (a scan that finds none has
+     * measured every distance anyway). A NaN distance counts as near, as
+     * in kvd_subgen_near. */
+    size_t best = 0;
+    double best_sq = INFINITY;
+    for (size_t c = 0; c < n; c++) {
+        const float *centre = c < g->n_clusters ? row(&g->centres, c) : fresh[c - g->n_clusters];
+        const double dd = dist_sq(centre, k, g->head_dim);
+        if (!(dd > g->radius_sq))
+            return c;
+        if (dd < best_sq) {
+            best_sq = dd;
+            best = c;
+        }
+    }
+    return g->max_clusters && n >= g->max_clusters ? best : n;
+}
+
 size_t kvd_subgen_find(const kvd_subgen *g, const float *k)
 {
-    size_t c = 0;
-    while (c < g->n_clusters && !kvd_subgen_near(g, row(&g->centres, c), k))
-        c++;
-    return c;
+    return kvd_subgen_assign(g, k, NULL, 0);
 }
 
 void kvd_subgen_insert(kvd_subgen *g, const float *k, const float *v, void *const *spare, size_t n_spare,
@@ -169,6 +201,7 @@ void kvd_subgen_insert_at(kvd_subgen *g, size_t c, const float *k, const float *
 {
     const size_t d = g->head_dim, key = d * sizeof(float);
     assert(c <= g->n_clusters && "a cluster that exists, or the next to open");
+    assert((c < g->n_clusters || !g->max_clusters || g->n_clusters < g->max_clusters) && "the cap holds");
     if (c == g->n_clusters) { /* no centre within the radius: open a cluster at k */
         rows_grow(&g->centres, 1, spare, n_spare, used);
         rows_grow(&g->counts, 1, spare, n_spare, used);

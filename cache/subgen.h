@@ -27,6 +27,10 @@ typedef struct kvd_subgen {
     uint32_t head_dim;
     uint32_t t;              /* cluster_samples: reservoir size per cluster */
     uint32_t s;              /* value_samples: independent l2 samplers */
+    /* max_clusters: 0 = no cap; else once n_clusters reaches it, a key with
+     * no centre within the radius joins the nearest cluster instead of
+     * opening one (docs/subgen.md "The cluster cap"). */
+    uint32_t max_clusters;
     /* Cluster radius on raw keys: delta is a distance between keys after
      * `scale` (||scale*k - scale*c|| <= delta), i.e. ||k - c||^2 <= radius_sq
      * with radius_sq = (delta / scale)^2. */
@@ -44,22 +48,33 @@ typedef struct kvd_subgen {
 /* An empty sketch (no page). `stream` (the stream's index in its session)
  * and seed give each stream its own reproducible random sequence. */
 void kvd_subgen_init(kvd_subgen *g, uint32_t head_dim, size_t page_bytes, double delta, float scale,
-                     uint32_t cluster_samples, uint32_t value_samples, uint64_t seed, size_t stream);
+                     uint32_t cluster_samples, uint32_t value_samples, uint32_t max_clusters, uint64_t seed,
+                     size_t stream);
 
 /* Pages `clusters` more clusters take (a centre, a count and t reservoir
  * rows each) plus, in an empty sketch, the s sample rows the first token
- * lays out (the first token always opens a cluster). A bound for `items`
- * tokens when called with clusters = items (each may open one); exact when
- * called with the clusters they will open (kvd_subgen_find). */
+ * lays out (the first token always opens a cluster). `clusters` is first
+ * cut to the room the cap leaves (max_clusters - n_clusters), so it is a
+ * bound for `items` tokens when called with clusters = items (each may open
+ * one), and exact when called with the clusters they will open
+ * (kvd_subgen_assign). */
 size_t kvd_subgen_pages_bound(const kvd_subgen *g, size_t clusters);
 
-/* Grows the page tables for kvd_subgen_pages_bound(g, clusters) more pages.
+/* Grows the page tables for kvd_subgen_pages_bound(g, clusters) more pages
+ * (the same cut to the cap's room).
  * 0 or -ENOMEM, with nothing a reader can see changed. */
 int kvd_subgen_reserve(kvd_subgen *g, size_t clusters);
 
 /* The cluster k joins: the first (in opening order) whose centre is within
- * the radius, or n_clusters (k opens a new one). O(n_clusters * head_dim). */
+ * the radius; else n_clusters (k opens a new one) while the cap allows;
+ * else, with n_clusters == max_clusters, the nearest centre (the first of
+ * equals). O(n_clusters * head_dim), at most max_clusters * head_dim. */
 size_t kvd_subgen_find(const kvd_subgen *g, const float *k);
+/* The same choice with `n_fresh` clusters opened after the sketch's own
+ * but not laid out yet (a step's dry run), fresh[f] the centre of cluster
+ * n_clusters + f: it returns n_clusters + n_fresh when k opens one, which
+ * the cap allows only below max_clusters clusters in all. */
+size_t kvd_subgen_assign(const kvd_subgen *g, const float *k, const float *const *fresh, size_t n_fresh);
 /* Whether k is within the radius of centre (the test kvd_subgen_find makes;
  * a step's plan uses it on centres not opened yet). */
 bool kvd_subgen_near(const kvd_subgen *g, const float *centre, const float *k);
@@ -121,6 +136,13 @@ size_t kvd_subgen_heap_bytes(const kvd_subgen *g);
 /* Most cluster_samples and value_samples a sketch takes (the create body's
  * limit, checked again by a snapshot's restore). */
 #define KVD_SUBGEN_SAMPLES_MAX 65536u
+/* Most max_clusters a create takes (0 = no cap): at 2^20 clusters one
+ * stream's sketch is already 2^20 (t + 1) head_dim floats (132 MiB at t = 32
+ * and head_dim 1, 17 GiB at head_dim 128), past any pool a cap still
+ * guards. The default bounds one stream's sketch by 1,024 clusters
+ * (docs/subgen.md "The cluster cap" says why that number). */
+#define KVD_SUBGEN_CLUSTERS_MAX (1u << 20)
+#define KVD_SUBGEN_CLUSTERS_DEFAULT 1024u
 
 /* ---- Private to cache/ (snapshot and restore, cache/snapshot.c). ---- */
 

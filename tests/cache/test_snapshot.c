@@ -5,7 +5,8 @@
  * for bit, and so must a second snapshot; subgen sessions (standard and
  * SubGen4Cache) the same, sketch and all. Every truncation and every single
  * flipped byte of a snapshot is refused with the pool untouched, and so is
- * each forged field of a sketch; foreign bytes, another version, an unknown
+ * each forged field of a sketch (its cluster cap too; version 3 restores
+ * uncapped); foreign bytes, another version, an unknown
  * kind and a pool too small are refused cleanly. */
 #include <check.h>
 #include <errno.h>
@@ -472,6 +473,99 @@ START_TEST(pool_too_small_and_subgen)
 }
 END_TEST
 
+/* cache.max_clusters in the snapshot (version 4, subgen's config only): a
+ * capped session at its cap restores with the cap; a forged cap below the
+ * stored cluster count, or past KVD_SUBGEN_CLUSTERS_MAX, is EFORMAT with
+ * nothing taken; the same bytes without the field, labelled version 3,
+ * restore uncapped (0), as version 3's sketches grew. */
+START_TEST(subgen_max_clusters_versions)
+{
+    kvd_session_config c = base_config();
+    c.layers = 1;
+    c.heads = c.kv_heads = 1;
+    c.head_dim = 4;
+    c.cache.group = c.cache.residual = 0;
+    c.cache.eviction = KVD_EVICT_SUBGEN;
+    c.cache.delta = 0.5;
+    c.cache.cluster_samples = 2;
+    c.cache.value_samples = 3;
+    c.cache.sink = c.cache.recent = 1;
+    c.cache.max_clusters = 2;
+    kvd_pool *p;
+    ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
+    const size_t total = kvd_pool_pages_total(p);
+    kvd_session *a;
+    ck_assert_int_eq(kvd_session_create(&c, 4096, &a), 0);
+    float k[40] = {0}, v[40], q[4] = {1, 0, 0, 0};
+    for (int i = 0; i < 10; i++) /* far apart: each would open a cluster */
+        k[4 * i] = 10.0f * (float)i;
+    for (int i = 0; i < 40; i++)
+        v[i] = 1.0f + (float)i * 0.25f;
+    const kvd_step_entry e = {.m = 10, .m_q = 1, .k = k, .v = v, .q = q, .mask = KVD_MASK_BLOCK};
+    kvd_step_output out;
+    ck_assert_int_eq(kvd_step_run(a, NULL, p, &e, 1, &out), KVD_STEP_OK);
+    kvd_step_output_free(&out);
+    ck_assert_uint_eq(a->subgen[0].n_clusters, 2);
+    const kvd_snapshot_meta meta = meta_of("0123456789abcdef0123456789abcdef");
+    void *bytes;
+    size_t len;
+    ck_assert_int_eq(kvd_session_snapshot(a, NULL, &meta, 4096, &bytes, &len), 0);
+    kvd_session_destroy(a, p);
+    uint8_t *b = bytes;
+    /* config's max_clusters: the eviction field (as in pool_too_small_and_subgen)
+     * + 54 (sink .. residual, delta, the samples, shadow, seed, ttl, rotate) */
+    const size_t mc = KVD_SNAPSHOT_HEADER_BYTES + 1 + 32 + 32 + 7 * 8 + 10 * 4 + 54;
+    uint32_t x;
+    memcpy(&x, b + mc, 4);
+    ck_assert_uint_eq(x, 2);
+    kvd_session *s, *sh;
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), 0);
+    ck_assert_uint_eq(s->config.cache.max_clusters, 2);
+    ck_assert_uint_eq(s->subgen[0].max_clusters, 2);
+    ck_assert_uint_eq(s->subgen[0].n_clusters, 2);
+    kvd_session_destroy(s, p);
+    /* a cap below the 2 clusters or past the limit: refused; none, or one the sketch is within: restored */
+    static const struct { uint32_t cap; int rc; } forged[] = {
+        {1, KVD_SNAPSHOT_EFORMAT}, {KVD_SUBGEN_CLUSTERS_MAX + 1, KVD_SNAPSHOT_EFORMAT}, {0, 0}, {3, 0}};
+    for (size_t i = 0; i < sizeof forged / sizeof *forged; i++) {
+        memcpy(b + mc, &forged[i].cap, 4);
+        const uint32_t crc = kvd_crc32c(0, b, len - 4);
+        memcpy(b + len - 4, &crc, 4);
+        const int rc = kvd_session_restore(bytes, len, p, NULL, &s, &sh);
+        ck_assert_msg(rc == forged[i].rc, "cap %u: %d", forged[i].cap, rc);
+        if (rc == 0) {
+            ck_assert_uint_eq(s->config.cache.max_clusters, forged[i].cap);
+            kvd_session_destroy(s, p);
+        } else {
+            ck_assert_ptr_null(s);
+        }
+        ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+    }
+    /* version 3: the field's 4 bytes gone, total length and checksum fixed */
+    memcpy(b + mc, &(uint32_t){2}, 4);
+    memmove(b + mc, b + mc + 4, len - mc - 4);
+    len -= 4;
+    b[8] = 3;
+    const uint64_t total_len = len;
+    memcpy(b + 16, &total_len, 8);
+    uint32_t crc = kvd_crc32c(0, b, len - 4);
+    memcpy(b + len - 4, &crc, 4);
+    ck_assert_int_eq(kvd_session_restore(bytes, len, p, NULL, &s, &sh), 0);
+    ck_assert_uint_eq(s->config.cache.max_clusters, 0);
+    ck_assert_uint_eq(s->subgen[0].max_clusters, 0);
+    ck_assert_uint_eq(s->subgen[0].n_clusters, 2);
+    kvd_session_destroy(s, p);
+    /* labelled version 4 again, the same bytes read one field short: refused */
+    b[8] = 4;
+    crc = kvd_crc32c(0, b, len - 4);
+    memcpy(b + len - 4, &crc, 4);
+    ck_assert_int_lt(kvd_session_restore(bytes, len, p, NULL, &s, &sh), 0);
+    ck_assert_uint_eq(kvd_pool_pages_free(p), total);
+    free(bytes);
+    kvd_pool_destroy(p);
+}
+END_TEST
+
 START_TEST(crc32c_known_answer)
 {
     /* RFC 3720 B.4: 32 bytes of zeros -> 0x8a9136aa; "123456789" -> 0xe3069283. */
@@ -491,6 +585,7 @@ static Suite *make_suite(void)
     tcase_add_loop_test(tc, tensor_layouts, 0, 8);
     tcase_add_loop_test(tc, subgen_sessions, 0, 4);
     tcase_add_test(tc, subgen_sketch_forgeries_refused);
+    tcase_add_test(tc, subgen_max_clusters_versions);
     tcase_add_loop_test(tc, every_flip_and_truncation_refused, 0, 2);
     tcase_add_loop_test(tc, forged_checksums_are_safe, 0, 2);
     tcase_add_test(tc, pool_too_small_and_subgen);

@@ -136,7 +136,7 @@ START_TEST(test_exact_denominator)
     kvd_pool *pool;
     ck_assert_int_eq(kvd_pool_create(64 * PAGE, PAGE, &pool), 0);
     kvd_subgen g;
-    kvd_subgen_init(&g, d, PAGE, 0.5, 1.0f, 64, 4, 1, 0);
+    kvd_subgen_init(&g, d, PAGE, 0.5, 1.0f, 64, 4, 0, 1, 0);
     ck_assert_int_eq(kvd_subgen_reserve(&g, n), 0);
     const size_t need = kvd_subgen_pages_bound(&g, n);
     void **pages = malloc(need * sizeof *pages);
@@ -181,7 +181,7 @@ START_TEST(test_radius_after_scale)
     ck_assert_int_eq(kvd_pool_create(64 * PAGE, PAGE, &pool), 0);
     kvd_subgen g;
     const float scale = 0.25f; /* raw radius = delta / scale = 2 */
-    kvd_subgen_init(&g, d, PAGE, 0.5, scale, 2, 1, 1, 0);
+    kvd_subgen_init(&g, d, PAGE, 0.5, scale, 2, 1, 0, 1, 0);
     ck_assert_int_eq(kvd_subgen_reserve(&g, 3), 0);
     const size_t need = kvd_subgen_pages_bound(&g, 3);
     void **pages = malloc(need * sizeof *pages);
@@ -257,7 +257,7 @@ static double rms_error(kvd_pool *pool, const stat_data *sd, uint32_t t, uint32_
     double sum = 0;
     for (int seed = 0; seed < SEEDS; seed++) {
         kvd_subgen g;
-        kvd_subgen_init(&g, STAT_D, PAGE, 1e9, (float)scale, t, s, (uint64_t)seed, 0);
+        kvd_subgen_init(&g, STAT_D, PAGE, 1e9, (float)scale, t, s, 0, (uint64_t)seed, 0);
         ck_assert_int_eq(kvd_subgen_reserve(&g, 1), 0);
         const size_t need = kvd_subgen_pages_bound(&g, 1);
         void *pages[64];
@@ -490,7 +490,7 @@ START_TEST(test_plan_dry_run_matches_insert)
     ck_assert_uint_eq(at, n);
     for (uint32_t g = 0; g < kvh; g++) {
         kvd_subgen ref;
-        kvd_subgen_init(&ref, d, PAGE, cfg.cache.delta, cfg.scale, 3, 8, cfg.seed, g);
+        kvd_subgen_init(&ref, d, PAGE, cfg.cache.delta, cfg.scale, 3, 8, cfg.cache.max_clusters, cfg.seed, g);
         for (size_t j = cfg.cache.sink; j < n - cfg.cache.recent; j++) {
             ck_assert_int_eq(kvd_subgen_reserve(&ref, 1), 0);
             const size_t need = kvd_subgen_pages_bound(&ref, 1);

@@ -59,6 +59,11 @@ static const char *const body_tensor4q =
 static const char *const body_subgen =
     "{\"attention\":\"tensor\"," STD ",\"shadow\":true,\"cache\":{\"eviction\":\"subgen\",\"sink\":1,"
     "\"recent\":1,\"cluster_samples\":2,\"value_samples\":4},\"seed\":7}";
+/* Standard subgen at its cluster cap (keys far apart at delta 0.01): a
+ * step's dry run predicts "joins the nearest", the restore checks the cap. */
+static const char *const body_subgen_cap =
+    "{" STD ",\"cache\":{\"eviction\":\"subgen\",\"sink\":1,\"recent\":1,\"delta\":0.01,"
+    "\"cluster_samples\":2,\"value_samples\":4,\"max_clusters\":2},\"seed\":10}";
 static const char *const body_bystander =
     "{" STD ",\"cache\":{\"eviction\":\"recency\",\"budget\":8,\"sink\":2},\"seed\":9}";
 
@@ -132,6 +137,9 @@ static const scenario scenarios[] = {
      .m_q = 1},
     {"fork subgen tensor shadow (sketch copied)", "subgen", 4, false, OP_FORK, .tensor = true},
     {"step a forked subgen tensor shadow", "subgen", 4, true, OP_STEP_CHILD, .tensor = true, .m = 3, .m_q = 1},
+    {"step subgen capped", "subgencap", 6, false, OP_STEP, .m = 4, .m_q = 1},
+    {"snapshot subgen capped", "subgencap", 6, false, OP_SNAPSHOT, .create = NULL},
+    {"restore subgen capped", "subgencap", 6, false, OP_RESTORE, .create = NULL},
     {"fork kivi2", "kivi", 6, false, OP_FORK, .create = NULL},
     {"step a forked kivi2 (settles)", "kivi", 6, true, OP_STEP_CHILD, .m = 3, .m_q = 1},
 };
@@ -145,6 +153,7 @@ static const char *target_body(const char *name)
            : !strcmp(name, "kivi")    ? body_kivi
            : !strcmp(name, "tensor2") ? body_tensor2
            : !strcmp(name, "subgen")  ? body_subgen
+           : !strcmp(name, "subgencap") ? body_subgen_cap
            : !strcmp(name, "tensor4q") ? body_tensor4q
                                       : body_tensor4;
 }

@@ -193,17 +193,20 @@ def f32s(xs):
     return struct.pack("<%df" % len(xs), *xs)
 
 
-def subgen_snapshot():
+def subgen_snapshot(version=3):
     """A version 3 snapshot (README "Snapshot format") of a subgen session as kvd
     would write it: 1 layer, 1 kv head, head_dim 4, sink 1, recent 2,
     cluster_samples 2, value_samples 3, after 9 tokens; tokens 1..6 sketched
-    into two clusters (counts 4 and 2, the first's reservoir full)."""
+    into two clusters (counts 4 and 2, the first's reservoir full). Version 4
+    (what kvd writes now) adds cache.max_clusters (u32) after the rotate byte,
+    here 2: the sketch is at its cap."""
     d, t, s_ = 4, 2, 3
     meta = bytes([32]) + ID1.encode() + bytes(32) + struct.pack("<ddQQddd", 1.0, 2.0, 3, 0, 0, 0, 0)
     config = (struct.pack("<5I", 1, 1, 1, d, 0) + struct.pack("<f", 0.5)
               + struct.pack("<9I", 0, 0, 0, 0, 4, 1, 2, 0, 0)       # tensor_cache .. residual; eviction 4
               + struct.pack("<d", 0.5) + struct.pack("<II", t, s_)  # delta, cluster_samples, value_samples
-              + bytes([0]) + struct.pack("<Qd", 7, 600.0) + bytes([0]))
+              + bytes([0]) + struct.pack("<Qd", 7, 600.0) + bytes([0])
+              + (struct.pack("<I", 2) if version >= 4 else b""))  # max_clusters (version 4)
     # the window: positions 0, 7, 8 in slots 0, 1, 2 (f32 rows), 6 tokens evicted
     stream = struct.pack("<4Q", 3, 9, 6, 0)
     stream += f32s([1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]) + f32s([1, 2, 3, 4, 4, 3, 2, 1, 1, 1, 1, 1])
@@ -220,7 +223,7 @@ def subgen_snapshot():
         sketch += f32s([0.5, 0.5, 0, 0]) + f32s(values[i])
     body = meta + config + stream + sketch
     total = 64 + len(body) + 4
-    header = (b"KVDSNAP1" + struct.pack("<IIQ", 3, 64, total) + b"0.5.0".ljust(16, b"\0")
+    header = (b"KVDSNAP1" + struct.pack("<IIQ", version, 64, total) + b"0.5.0".ljust(16, b"\0")
               + struct.pack("<QIIQ", 4096, 0, 0, 0))
     raw = header + body
     return raw + struct.pack("<I", crc32c(raw))
@@ -228,8 +231,9 @@ def subgen_snapshot():
 
 def restore_seeds():
     # first byte: bit 0 set recomputes the checksum after mutation (fuzz_restore.c)
-    snap = subgen_snapshot()
-    return {"subgen": bytes([0]) + snap, "subgen_forged": bytes([1]) + snap}
+    snap, snap4 = subgen_snapshot(), subgen_snapshot(4)
+    return {"subgen": bytes([0]) + snap, "subgen_forged": bytes([1]) + snap,
+            "subgen_v4": bytes([0]) + snap4, "subgen_v4_forged": bytes([1]) + snap4}
 
 
 def main():

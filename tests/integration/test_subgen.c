@@ -4,8 +4,9 @@
  * and honest bits per coordinate, shadow error, a fork copying the sketch, a step the
  * pool cannot hold answered 503 with nothing changed, SubGen4Cache, and a
  * SubGen4Cache snapshot restored elsewhere answering bit for bit (standard
- * subgen snapshots: tests/integration/test_snapshot.c), and shadow mode for
- * tensor sessions (four, two, window, SubGen4Cache). */
+ * subgen snapshots: tests/integration/test_snapshot.c), shadow mode for
+ * tensor sessions (four, two, window, SubGen4Cache), and the cluster cap
+ * (cache.max_clusters) held while n grows, through a fork and a restore. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -60,6 +61,7 @@ START_TEST(test_create_and_bad_input)
     ck_assert(kvd_json_num(resp, "config.cache.delta") == 0.75);
     ck_assert(kvd_json_num(resp, "config.cache.cluster_samples") == 8);
     ck_assert(kvd_json_num(resp, "config.cache.value_samples") == 256);
+    ck_assert(kvd_json_num(resp, "config.cache.max_clusters") == 1024); /* the default cap */
     cJSON_Delete(resp);
 
     /* 8 clusters' worth of keys, 200 tokens, then a query */
@@ -393,6 +395,113 @@ START_TEST(test_tensor_shadow)
 }
 END_TEST
 
+/* One step of m keys uniform in [-3, 3]^16 (far apart at delta 0.1: each
+ * one its own cluster, uncapped) on a one-head standard session; returns the
+ * "o" b64 string of its query (caller frees). */
+static char *uniform_step_o(int port, const char *id, unsigned seed, size_t m)
+{
+    rng r;
+    rng_seed(&r, seed);
+    float *k = rng_tensor(&r, m * D, -3, 3), *v = rng_tensor(&r, m * D, -1, 1), q[D];
+    rng_fill(&r, q, D, -0.3f, 0.3f);
+    step_spec s = {.layer = 0, .k = k, .v = v, .m = m, .q = q, .m_q = 1, .mask = "block", .b64 = true};
+    char *body = step_body(&s, D, D, "b64");
+    cJSON *o = kvd_step_ok(port, id, body);
+    char *out = strdup(kvd_json_str(o, "o"));
+    cJSON_Delete(o);
+    free(body);
+    free(k);
+    free(v);
+    return out;
+}
+
+/* cache.max_clusters over HTTP: out of range or without subgen a 400
+ * naming it with nothing created; echoed; on unclustered keys the clusters
+ * stat stays at the cap while n grows (and the bytes stop growing once it
+ * is reached); a fork and a snapshot restored on another kvd keep the field,
+ * the cap and the sketch (the next steps bit for bit). */
+START_TEST(test_max_clusters)
+{
+    static const char *const b_args[] = {"--page-bytes", "8192", "--threads", "2", NULL};
+    kvd_proc *A = kvd_proc_start_ck(NULL), *B = kvd_proc_start_ck(b_args);
+    const int port = kvd_proc_port(A), pb = kvd_proc_port(B);
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"max_clusters\":-1}}", "cache.max_clusters", NULL);
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"max_clusters\":1048577}}", "cache.max_clusters", "1048576");
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"max_clusters\":2.5}}", "cache.max_clusters", NULL);
+    bad(port, "{\"cache\":{\"eviction\":\"subgen\",\"max_clusters\":\"8\"}}", "cache.max_clusters", NULL);
+    bad(port, "{\"cache\":{\"eviction\":\"recency\",\"max_clusters\":8}}", "cache.max_clusters",
+        "only used with cache.eviction \"subgen\"");
+    bad(port, "{\"cache\":{\"max_clusters\":8}}", "cache.max_clusters", "subgen");
+    cJSON *list = kvd_get_json(port, "/v1/sessions", 200);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(list, "sessions")), 0);
+    cJSON_Delete(list);
+
+    cJSON *resp = NULL;
+    char *id = kvd_create_session(port,
+                                  "{\"heads\":1,\"head_dim\":16,\"seed\":9,\"cache\":{\"eviction\":\"subgen\","
+                                  "\"delta\":0.1,\"cluster_samples\":4,\"value_samples\":8,\"sink\":1,"
+                                  "\"recent\":2,\"max_clusters\":6}}",
+                                  &resp);
+    ck_assert(kvd_json_num(resp, "config.cache.max_clusters") == 6);
+    cJSON_Delete(resp);
+    double bytes = 0;
+    for (unsigned i = 0; i < 4; i++) {
+        free(uniform_step_o(port, id, 30 + i, i == 0 ? 5 : 40));
+        cJSON *st = kvd_session_stats(port, id);
+        const double want = i == 0 ? 2 : 6; /* 5 tokens, 3 protected: 2 sketched */
+        ck_assert_msg(kvd_json_num(st, "clusters") == want, "step %u: %g clusters", i, kvd_json_num(st, "clusters"));
+        ck_assert(kvd_json_num(st, "evicted") == (i == 0 ? 2 : 2 + 40.0 * i));
+        if (i >= 2)
+            ck_assert_msg(kvd_json_num(st, "bytes") == bytes, "bytes grew at the cap: %g -> %g", bytes,
+                          kvd_json_num(st, "bytes"));
+        bytes = kvd_json_num(st, "bytes");
+        cJSON_Delete(st);
+    }
+
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s/fork", id);
+    http_response *fr = http_request(port, "POST", path, J, "{}");
+    ck_assert_msg(fr->status == 201, "fork: %d %s", fr->status, fr->body);
+    cJSON *fj = http_response_json(fr);
+    ck_assert(kvd_json_num(fj, "config.cache.max_clusters") == 6);
+    char *child = strdup(kvd_json_str(fj, "id"));
+    cJSON_Delete(fj);
+    http_response_free(fr);
+    free(uniform_step_o(port, child, 40, 50));
+    cJSON *cst = kvd_session_stats(port, child);
+    ck_assert(kvd_json_num(cst, "clusters") == 6 && kvd_json_num(cst, "config.cache.max_clusters") == 6);
+    cJSON_Delete(cst);
+    kvd_delete_session(port, child);
+    free(child);
+
+    snprintf(path, sizeof path, "/v1/sessions/%s/snapshot", id);
+    http_response *snap = http_request_n(port, "GET", path, NULL, NULL, 0, NULL);
+    ck_assert_msg(snap->status == 200, "%d", snap->status);
+    http_response *r = http_request_n(pb, "POST", "/v1/sessions/restore", "application/octet-stream", snap->body,
+                                      snap->body_len, NULL);
+    ck_assert_msg(r->status == 201, "%d %s", r->status, r->body);
+    http_response_free(r);
+    http_response_free(snap);
+    for (unsigned i = 0; i < 3; i++) {
+        char *oa = uniform_step_o(port, id, 60 + i, 30), *ob = uniform_step_o(pb, id, 60 + i, 30);
+        ck_assert_str_eq(oa, ob);
+        free(oa);
+        free(ob);
+    }
+    cJSON *sa = kvd_session_stats(port, id), *sb = kvd_session_stats(pb, id);
+    ck_assert(kvd_json_num(sb, "config.cache.max_clusters") == 6);
+    ck_assert(kvd_json_num(sa, "clusters") == 6 && kvd_json_num(sb, "clusters") == 6);
+    ck_assert(kvd_json_num(sa, "evicted") == kvd_json_num(sb, "evicted"));
+    cJSON_Delete(sa);
+    cJSON_Delete(sb);
+    kvd_delete_session(port, id);
+    kvd_delete_session(pb, id);
+    free(id);
+    kvd_proc_stop_ck(A);
+    kvd_proc_stop_ck(B);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("integration_subgen");
@@ -403,6 +512,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_tensor_four);
     tcase_add_test(tc, test_snapshot_restore);
     tcase_add_test(tc, test_tensor_shadow);
+    tcase_add_test(tc, test_max_clusters);
     suite_add_tcase(s, tc);
     return s;
 }
