@@ -546,8 +546,14 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                 s[b] = 0.0f; /* a short last block: defined lanes to scale */
             for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
                 v_store(s + b, v_mul(v_load(s + b), vscale));
-            if (sc) /* h2o: the scores exactly as the softmax takes them */
-                memcpy(sc + h * sc_stride + j0, s, nb * sizeof *s);
+            if (sc) { /* h2o: the scores exactly as the softmax takes them */
+                float *restrict dst = sc + h * sc_stride + j0;
+                if (nb == KVD_ATTN_BLOCK)
+                    for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
+                        v_store(dst + b, v_load(s + b));
+                else
+                    memcpy(dst, s, nb * sizeof *s);
+            }
             /* Padding after scaling (a negative scale would turn -inf into
              * +inf): weight exactly 0. */
             for (size_t b = nb; b < KVD_ATTN_BLOCK; b++)
