@@ -92,6 +92,16 @@ typedef struct kvd_attention_kernels {
     /* attend with kvd_attend_lse_ref's lse output ([n_q], NULL = not wanted). */
     void (*attend_lse)(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                        float scale, float *o, float *lse);
+    /* attend_lse that also stores, when scores is not NULL, the scaled
+     * scores its softmax used (h2o forms the weights from them and the lse:
+     * kvd_attention_weights_from_scores, attention/weights.h):
+     *   scores[h * scores_stride + j] = scale * <q[h], k_j> in f32, bit for
+     * bit what the kernel exponentiated, for every visible slot j (numbered
+     * across the segments in order; scores_stride >= their total). Nothing
+     * else is written there. scores NULL: exactly attend_lse. */
+    void (*attend_lse_scores)(const kvd_kv_segment *seg, size_t n_seg, const float *q,
+                              size_t n_q, float scale, float *o, float *lse, float *scores,
+                              size_t scores_stride);
 } kvd_attention_kernels;
 
 /* Kernels for the running CPU; thread-safe, cheap after the first call. */

@@ -15,10 +15,13 @@
 
 /* Scalar first, best last; the prefix this CPU supports is usable. */
 static const kvd_attention_kernels kernel_tables[] = {
-    {.name = "scalar", .attend = kvd__attend_scalar, .attend_lse = kvd__attend_lse_scalar},
+    {.name = "scalar", .attend = kvd__attend_scalar, .attend_lse = kvd__attend_lse_scalar,
+     .attend_lse_scores = kvd__attend_lse_scores_scalar},
 #if defined(__x86_64__)
-    {.name = "avx2", .attend = kvd__attend_avx2, .attend_lse = kvd__attend_lse_avx2},
-    {.name = "avx512", .attend = kvd__attend_avx512, .attend_lse = kvd__attend_lse_avx512},
+    {.name = "avx2", .attend = kvd__attend_avx2, .attend_lse = kvd__attend_lse_avx2,
+     .attend_lse_scores = kvd__attend_lse_scores_avx2},
+    {.name = "avx512", .attend = kvd__attend_avx512, .attend_lse = kvd__attend_lse_avx512,
+     .attend_lse_scores = kvd__attend_lse_scores_avx512},
 #endif
 };
 

@@ -87,11 +87,20 @@ void kvd__attend_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q,
                        float scale, float *o);
 void kvd__attend_lse_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                            float scale, float *o, float *lse);
+void kvd__attend_lse_scores_scalar(const kvd_kv_segment *seg, size_t n_seg, const float *q,
+                                  size_t n_q, float scale, float *o, float *lse, float *scores,
+                                  size_t scores_stride);
 #if defined(__x86_64__)
 void kvd__attend_lse_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                          float scale, float *o, float *lse);
 void kvd__attend_lse_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                            float scale, float *o, float *lse);
+void kvd__attend_lse_scores_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q,
+                                size_t n_q, float scale, float *o, float *lse, float *scores,
+                                size_t scores_stride);
+void kvd__attend_lse_scores_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q,
+                                  size_t n_q, float scale, float *o, float *lse, float *scores,
+                                  size_t scores_stride);
 void kvd__attend_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,
                      float scale, float *o); /* avx2 + fma + f16c */
 void kvd__attend_avx512(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t n_q,

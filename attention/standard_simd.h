@@ -469,10 +469,13 @@ KVD_SIMD_ATTR static void simd_fold(simd_state *restrict st, float *restrict o, 
 }
 
 /* Folds the first n slots of kv into the state of heads q[0..g) with
- * un-normalized accumulators o[0..g) ([g][d]). */
+ * un-normalized accumulators o[0..g) ([g][d]). sc, unless NULL, gets each
+ * head's scaled scores as the softmax below uses them: sc[h * sc_stride + j]
+ * for slot j < n (one copy of the block's scores per head and block). */
 KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const float *restrict q,
                                        size_t g, float scale, float *restrict o,
-                                       simd_state *restrict st)
+                                       simd_state *restrict st, float *restrict sc,
+                                       size_t sc_stride)
 {
     const size_t d = kv->head_dim, spp = kv->slots_per_page;
     const size_t ks = kvd__kv_k_stride(kv), vs = kvd__kv_v_stride(kv);
@@ -543,6 +546,14 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                 s[b] = 0.0f; /* a short last block: defined lanes to scale */
             for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
                 v_store(s + b, v_mul(v_load(s + b), vscale));
+            if (sc) { /* h2o: the scores exactly as the softmax takes them */
+                float *restrict dst = sc + h * sc_stride + j0;
+                if (nb == KVD_ATTN_BLOCK)
+                    for (size_t b = 0; b < KVD_ATTN_BLOCK; b += KVD_SIMD_W)
+                        v_store(dst + b, v_load(s + b));
+                else
+                    memcpy(dst, s, nb * sizeof *s);
+            }
             /* Padding after scaling (a negative scale would turn -inf into
              * +inf): weight exactly 0. */
             for (size_t b = nb; b < KVD_ATTN_BLOCK; b++)
@@ -584,9 +595,12 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
 }
 
 #ifndef KVD_SIMD_HELPERS_ONLY /* attention/weights_*.c take the helpers above alone */
-KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, size_t n_seg,
-                                                  const float *restrict q, size_t n_q, float scale,
-                                                  float *restrict o, float *restrict lse)
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_scores_)(const kvd_kv_segment *seg, size_t n_seg,
+                                                         const float *restrict q, size_t n_q,
+                                                         float scale, float *restrict o,
+                                                         float *restrict lse,
+                                                         float *restrict scores,
+                                                         size_t scores_stride)
 {
     if (lse) /* overwritten below for every head that sees a token */
         for (size_t h = 0; h < n_q; h++)
@@ -622,9 +636,10 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, si
             memset(st.od, 0, g * d * sizeof *st.od);
         st.since_fold = 0;
         /* One softmax over the segments in order, as if concatenated. */
-        for (size_t s = 0; s < n_seg; s++)
+        for (size_t s = 0, j0 = 0; s < n_seg; j0 += seg[s].n, s++)
             if (seg[s].n > 0)
-                simd_segment(&seg[s].kv, seg[s].n, q + h0 * d, g, scale, o + h0 * d, &st);
+                simd_segment(&seg[s].kv, seg[s].n, q + h0 * d, g, scale, o + h0 * d, &st,
+                             scores ? scores + h0 * scores_stride + j0 : NULL, scores_stride);
 
         /* l >= 1: the key that set the final max contributed exp(0).
          * One rounding to f32 per output, from the f64 sums. */
@@ -645,10 +660,17 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, si
     }
 }
 
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_lse_)(const kvd_kv_segment *seg, size_t n_seg,
+                                                  const float *restrict q, size_t n_q, float scale,
+                                                  float *restrict o, float *restrict lse)
+{
+    KVD_SIMD_NAME(kvd__attend_lse_scores_)(seg, n_seg, q, n_q, scale, o, lse, NULL, 0);
+}
+
 KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attend_)(const kvd_kv_segment *seg, size_t n_seg,
                                               const float *restrict q, size_t n_q, float scale,
                                               float *restrict o)
 {
-    KVD_SIMD_NAME(kvd__attend_lse_)(seg, n_seg, q, n_q, scale, o, NULL);
+    KVD_SIMD_NAME(kvd__attend_lse_scores_)(seg, n_seg, q, n_q, scale, o, NULL, NULL, 0);
 }
 #endif /* KVD_SIMD_HELPERS_ONLY */

@@ -21,6 +21,27 @@ kvd__weights_fn kvd__attention_weights_tier(size_t level)
     return level < kvd__simd_levels() && level < sizeof tiers / sizeof *tiers ? tiers[level] : NULL;
 }
 
+static const kvd__weights_scores_fn score_tiers[] = {
+    kvd__attention_weights_scores_scalar,
+#if defined(__x86_64__)
+    kvd__attention_weights_scores_avx2,
+    kvd__attention_weights_scores_avx512,
+#endif
+};
+
+kvd__weights_scores_fn kvd__attention_weights_scores_tier(size_t level)
+{
+    return level < kvd__simd_levels() && level < sizeof score_tiers / sizeof *score_tiers
+               ? score_tiers[level]
+               : NULL;
+}
+
+void kvd_attention_weights_from_scores(const float *scores, size_t stride, size_t n, size_t n_q,
+                                       const float *lse, float *acc)
+{
+    score_tiers[kvd__simd_levels() - 1](scores, stride, n, n_q, lse, acc);
+}
+
 void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float *q, size_t m_q,
                            size_t n_q, size_t q_stride, kvd_prefill_mask mask, float scale,
                            const float *lse, size_t lse_stride, float *acc)

@@ -1,8 +1,10 @@
 /* attention/weights.h — h2o scoring: the softmax weight each cached slot
  * receives from a step's queries, summed over a GQA group, from the lse the
- * attention call already produced (no max or sum pass). Owns the call, its
- * tiers and the oracle of the pass it replaced; the body is weights_simd.h,
- * one weights_{scalar,avx2,avx512}.c per layer. */
+ * attention call already produced (no max or sum pass): recomputing the
+ * scores (many queries), or from the scores the decode kernel stored (few
+ * queries). Owns the calls, their tiers and the oracle of the pass they
+ * replaced; the body is weights_simd.h, one weights_{scalar,avx2,avx512}.c
+ * per layer. */
 #ifndef KVD_ATTENTION_WEIGHTS_H
 #define KVD_ATTENTION_WEIGHTS_H
 
@@ -43,6 +45,20 @@ void kvd_attention_weights(const kvd_kv_segment *seg, size_t n_seg, const float 
                            size_t n_q, size_t q_stride, kvd_prefill_mask mask, float scale,
                            const float *lse, size_t lse_stride, float *acc);
 
+/* The decode path's weights, from the scores the attention call stored
+ * (kvd_attention_kernels.attend_lse_scores): for j < n
+ *   acc[j] += sum_h exp(scores[h * stride + j] - lse[h]),  h < n_q,
+ * a head whose lse is not finite (it saw nothing) giving nothing. With the
+ * scores and lse of one attend_lse_scores call each head's weights are its
+ * softmax (they sum to 1 within the f32 bounds test_weights_scores.c
+ * names) with no second read of the keys and no second dot product: one
+ * pass over n_q * n floats. Numerics as kvd_attention_weights: the kernels'
+ * polynomial exp, a key's weights summed over the heads in f32 (in head
+ * order, heads in chunks of KVD_ATTN_MAX_GROUP) before one add into acc[j].
+ * No allocation; thread-safe; the CPU's best tier. */
+void kvd_attention_weights_from_scores(const float *scores, size_t stride, size_t n, size_t n_q,
+                                       const float *lse, float *acc);
+
 /* The pass kvd_attention_weights replaced (before issue 9), kept as a scalar
  * oracle for tests and the benchmark's baseline: one query's n_q heads
  * ([n_q][head_dim]) over every slot of the segments, three passes per head
@@ -65,7 +81,17 @@ void kvd__attention_weights_scalar(const kvd_kv_segment *seg, size_t n_seg, cons
                                    size_t m_q, size_t n_q, size_t q_stride,
                                    kvd_prefill_mask mask, float scale, const float *lse,
                                    size_t lse_stride, float *acc);
+typedef void (*kvd__weights_scores_fn)(const float *scores, size_t stride, size_t n, size_t n_q,
+                                       const float *lse, float *acc);
+kvd__weights_scores_fn kvd__attention_weights_scores_tier(size_t level);
+
+void kvd__attention_weights_scores_scalar(const float *scores, size_t stride, size_t n, size_t n_q,
+                                          const float *lse, float *acc);
 #if defined(__x86_64__)
+void kvd__attention_weights_scores_avx2(const float *scores, size_t stride, size_t n, size_t n_q,
+                                        const float *lse, float *acc);
+void kvd__attention_weights_scores_avx512(const float *scores, size_t stride, size_t n,
+                                          size_t n_q, const float *lse, float *acc);
 void kvd__attention_weights_avx2(const kvd_kv_segment *seg, size_t n_seg, const float *q,
                                  size_t m_q, size_t n_q, size_t q_stride, kvd_prefill_mask mask,
                                  float scale, const float *lse, size_t lse_stride, float *acc);

@@ -255,6 +255,42 @@ wt_tiled(const kvd_kv_segment *seg, size_t n_seg, size_t total, const float *q, 
     }
 }
 
+/* ---- the decode path: from the scores the attention stored ------------- */
+
+KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attention_weights_scores_)(const float *scores, size_t stride,
+                                                                  size_t n, size_t n_q,
+                                                                  const float *lse, float *acc)
+{
+    /* heads in ws_queries' chunks, so the adds into acc run in its order */
+    for (size_t h0 = 0; h0 < n_q && n > 0; h0 += KVD_ATTN_MAX_GROUP) {
+        const size_t g = n_q - h0 < KVD_ATTN_MAX_GROUP ? n_q - h0 : KVD_ATTN_MAX_GROUP;
+        const float *sh[KVD_ATTN_MAX_GROUP];
+        vf vl[KVD_ATTN_MAX_GROUP];
+        size_t live = 0; /* heads that saw something */
+        for (size_t h = 0; h < g; h++)
+            if (isfinite(lse[h0 + h])) {
+                sh[live] = scores + (h0 + h) * stride;
+                vl[live++] = v_set1(lse[h0 + h]);
+            }
+        if (live == 0)
+            continue;
+        size_t j = 0;
+        for (; j + KVD_SIMD_W <= n; j += KVD_SIMD_W) {
+            vf w = v_zero();
+            for (size_t h = 0; h < live; h++)
+                w = v_add(w, v_exp(v_sub(v_load(sh[h] + j), vl[h])));
+            v_store(acc + j, v_add(v_load(acc + j), w));
+        }
+        if (j < n) {
+            const vmask tail = v_tail_mask(j, n);
+            vf w = v_zero();
+            for (size_t h = 0; h < live; h++)
+                w = v_add(w, v_exp(v_sub(v_load_mask(sh[h] + j, tail), vl[h])));
+            v_store_mask(acc + j, tail, v_add(v_load_mask(acc + j, tail), w));
+        }
+    }
+}
+
 KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attention_weights_)(const kvd_kv_segment *seg, size_t n_seg,
                                                            const float *q, size_t m_q, size_t n_q,
                                                            size_t q_stride, kvd_prefill_mask mask,

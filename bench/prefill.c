@@ -19,7 +19,10 @@
  * scalar pass (kvd_attention_weights_ref per query) against the new kernel
  * (kvd_attention_weights from the attention's lse, every tier), for the
  * prefill and for a decode step over the same cache, each as a share of a
- * step with h2o; KVD_BENCH_H2O=new times the new pass only.
+ * step with h2o; KVD_BENCH_H2O=new times the new pass only. The decode case
+ * also times, per tier in the same run, that recomputing pass against the
+ * fused one the step runs (the kernel stores its scores, the weights come
+ * from them: attend_lse_scores + kvd_attention_weights_from_scores).
  * Usage: bench_prefill [m [n ...]] */
 #include <cblas.h>
 #include <math.h>
@@ -118,6 +121,86 @@ static void h2o_new(kvd__weights_fn fn, kvd_stream *st, const float *q, const fl
 static kvd_stream_format bench_fmt; /* KVD_BENCH_DTYPE, f32 by default */
 static int bench_tier = -1;         /* KVD_BENCH_TIER level, -1: all */
 
+/* A decode step with h2o, per tier, the two ways cache/step.c could run
+ * it, timed interleaved (REPS rounds, each part timed on its own):
+ * recompute = attend_lse, then kvd_attention_weights from its lse (a second
+ * read of the keys and a second dot product); fused = attend_lse_scores
+ * (the kernel stores the scores its softmax used) then
+ * kvd_attention_weights_from_scores (what the step runs since). The share
+ * is the weights' part of a step with h2o: recompute w / (att + w), fused
+ * from_scores / (att_scores + from_scores), and with the stores counted
+ * (att_scores - att + from_scores) / (att_scores + from_scores). Medians of
+ * the rounds (the machine is shared). */
+static void h2o_decode_fused(kvd_stream *st, const float *qd, float *o, float *lse, size_t total,
+                             float scale, float *w)
+{
+    enum { REPS = 20 };
+    static const char *const names[] = {"scalar", "avx2", "avx512"};
+    float *sc = malloc(GROUP * total * sizeof *sc), *w2 = calloc(KV_HEADS * total, sizeof *w2);
+    if (!sc || !w2) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(1);
+    }
+    size_t n_k;
+    const kvd_attention_kernels *all = kvd_attention_kernels_all(&n_k);
+    printf("  h2o decode per tier (median of %d interleaved rounds; scores buffer %zu KiB per "
+           "running piece = %d heads x %zu slots x 4 B):\n",
+           REPS, GROUP * total * sizeof *sc / 1024, GROUP, total);
+    for (size_t lv = 0; lv < n_k; lv++) {
+        if (bench_tier >= 0 && (size_t)bench_tier != lv)
+            continue;
+        const kvd_attention_kernels *k = &all[lv];
+        const kvd__weights_fn re = kvd__attention_weights_tier(lv);
+        const kvd__weights_scores_fn fs = kvd__attention_weights_scores_tier(lv);
+        double t_att[REPS], t_rec[REPS], t_sc[REPS], t_from[REPS];
+        memset(w, 0, KV_HEADS * total * sizeof *w);
+        memset(w2, 0, KV_HEADS * total * sizeof *w2);
+        for (int r = 0; r < REPS; r++) {
+            t_att[r] = t_rec[r] = t_sc[r] = t_from[r] = 0;
+            for (int g = 0; g < KV_HEADS; g++) {
+                kvd_kv_segment seg[2];
+                const size_t n_seg = kvd_stream_segments(&st[g], total, seg);
+                const float *qg = qd + (size_t)g * GROUP * HEAD_DIM;
+                float *og = o + (size_t)g * GROUP * HEAD_DIM, *lg = lse + (size_t)g * GROUP;
+                /* the two ways in turns, each first every other round (the
+                 * one that runs second finds the keys warmer) */
+                for (int way = 0; way < 2; way++) {
+                    const double t0 = bench_now();
+                    if ((way + r) % 2 == 0) {
+                        k->attend_lse(seg, n_seg, qg, GROUP, scale, og, lg);
+                        const double t1 = bench_now();
+                        re(seg, n_seg, qg, 1, GROUP, GROUP * HEAD_DIM,
+                           (kvd_prefill_mask){.n0 = total, .step = 0}, scale, lg, GROUP,
+                           w + (size_t)g * total);
+                        t_att[r] += t1 - t0;
+                        t_rec[r] += bench_now() - t1;
+                    } else {
+                        k->attend_lse_scores(seg, n_seg, qg, GROUP, scale, og, lg, sc, total);
+                        const double t1 = bench_now();
+                        fs(sc, total, total, GROUP, lg, w2 + (size_t)g * total);
+                        t_sc[r] += t1 - t0;
+                        t_from[r] += bench_now() - t1;
+                    }
+                }
+            }
+        }
+        const double att = bench_median(t_att, REPS), rec = bench_median(t_rec, REPS);
+        const double att_sc = bench_median(t_sc, REPS), from = bench_median(t_from, REPS);
+        double dmax = 0;
+        for (size_t j = 0; j < KV_HEADS * total; j++)
+            dmax = fmax(dmax, fabs((double)w[j] - w2[j]));
+        const double fused = att_sc + from;
+        printf("    %-6s attend_lse %.3f ms + recompute pass %.3f ms (%4.1f%% of the step) | "
+               "attend_lse_scores %.3f ms (%.2fx attend_lse) + from scores %.4f ms (%4.1f%%; "
+               "with the stores %4.1f%%) | step %.2fx faster; max |w diff| %.2g\n",
+               names[lv], att * 1e3, rec * 1e3, 100.0 * rec / (att + rec), att_sc * 1e3,
+               att_sc / att, from * 1e3, 100.0 * from / fused, 100.0 * (fused - att) / fused,
+               (att + rec) / fused, dmax);
+    }
+    free(sc);
+    free(w2);
+}
+
 /* The h2o weight pass of a step, old against new (every tier), for the
  * prefill (m queries, the tiled call) and for a decode step (one query
  * after the n + m - 1 tokens before it, the decode kernel's attend_lse). */
@@ -209,22 +292,7 @@ static void h2o_pass(kvd_stream *st, const float *q, float *o, size_t m, size_t 
                "old weight pass (scalar, 3 passes)", dold * 1e3, dold / datt,
                100.0 * dold / (dold + datt));
     }
-    for (size_t lv = 0; lv < kvd__simd_levels(); lv++) {
-        if (bench_tier >= 0 && (size_t)bench_tier != lv)
-            continue;
-        const kvd__weights_fn fn = kvd__attention_weights_tier(lv);
-        t0 = bench_now();
-        for (int r = 0; r < REPS; r++)
-            h2o_new(fn, st, qd, lse, 1, total - 1, scale, w);
-        const double sec = (bench_now() - t0) / REPS;
-        char label[64];
-        snprintf(label, sizeof label, "new weight pass (%s)", names[lv]);
-        printf("  %-34s %8.3f ms = %5.2fx the attention: %4.1f%% of a step with h2o", label,
-               sec * 1e3, sec / datt, 100.0 * sec / (sec + datt));
-        if (old)
-            printf("; %.1fx faster than old", dold / sec);
-        printf("\n");
-    }
+    h2o_decode_fused(st, qd, o, lse, total, scale, w);
     free(lse);
     free(scratch);
     free(w_old);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention/prefill.h"
 #include "attention/tensor.h"
 #include "cache/evict.h"
 #include "cache/stream.h"
@@ -462,6 +463,17 @@ int kvd__step_plan_make(kvd__step_plan *p, kvd_session *sess, kvd_session *shado
         p->scratch = malloc(max_q * cfg->heads * sizeof(float));
         if (!p->weights || !p->scratch)
             return KVD_STEP_NOMEM;
+        /* the decode path's scores (cache/step.c attend_standard_piece):
+         * heads x visible floats for a standard entry of few queries */
+        bool decode = false;
+        for (size_t i = 0; i < n; i++)
+            decode |= e[i].m_q > 0 && e[i].m_q < KVD_PREFILL_MIN_QUERIES;
+        if (decode && !sess->tensor_b) {
+            const size_t group = cfg->heads / cfg->kv_heads;
+            p->scores = malloc(group * (max_tokens ? max_tokens : 1) * sizeof(float));
+            if (!p->scores)
+                return KVD_STEP_NOMEM;
+        }
     }
     const size_t pool_pages = kvd_pool_pages_total(pool);
     if (sess->tensor_b) {
@@ -538,6 +550,7 @@ void kvd__step_plan_free(kvd__step_plan *p, size_t n_entries)
     free(p->outputs);
     free(p->weights);
     free(p->scratch);
+    free(p->scores);
     if (p->exact)
         for (size_t i = 0; i < n_entries; i++)
             free(p->exact[i]);

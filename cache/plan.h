@@ -24,6 +24,9 @@ typedef struct kvd__step_plan {
     float **outputs;         /* [n_entries] each [m_q][heads][head_dim] (NULL if m_q = 0) */
     float *weights;          /* h2o: [max_tokens] weight received per slot */
     float *scratch;          /* h2o: [max m_q][heads] the lse the weights need */
+    float *scores;           /* h2o, standard, an entry below the tiled threshold:
+                                [group][max_tokens] the scores one decode call
+                                stored (attend_lse_scores), or NULL */
     float **exact;           /* shadow: [n_entries] each [m_q][heads][head_dim] */
     float *pair_k, *pair_v;  /* two-cache: [2 * max_tokens][head_dim] one token's new pair rows */
     double *norm_factor;     /* tensor l2norm: [max m] ||k2|| of an entry's new tokens */

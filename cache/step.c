@@ -125,9 +125,12 @@ static void append_tensor(kvd_session *sess, kvd_pool *pool, const kvd_step_entr
  * kernel call serves the group. With `weights` (h2o; then i0 = 0, i1 = m_q)
  * the stream also gets the softmax weight each of its slots received, from
  * the lse the attention call wrote (into `scratch`, [m_q][heads], when the
- * entry did not ask for it). */
+ * entry did not ask for it): below the tiled threshold from the scores the
+ * decode kernel stored in `scores` ([group][the stream's tokens], this
+ * piece's own) as it attended, else by recomputing them (weights.h). */
 static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, size_t n_before, uint32_t g,
-                                  size_t i0, size_t i1, float *o, float *weights, float *scratch, float *lse)
+                                  size_t i0, size_t i1, float *o, float *weights, float *scratch, float *scores,
+                                  float *lse)
 {
     const kvd_session_config *cfg = &sess->config;
     const kvd_attention_kernels *kern = kvd_attention_kernels_get();
@@ -158,10 +161,20 @@ static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, si
         const size_t off = (i * cfg->heads + (size_t)g * group) * d;
         kvd_kv_segment seg[2];
         size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i), seg);
-        kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off,
-                         lse ? lse + i * cfg->heads + (size_t)g * group : NULL);
+        float *lse_i = lse ? lse + i * cfg->heads + (size_t)g * group : NULL;
+        if (!weights) {
+            kern->attend_lse(seg, n_seg, e->q + off, group, cfg->scale, o + off, lse_i);
+            continue;
+        }
+        /* h2o: the scores the softmax used, then exp(score - lse) from them */
+        size_t vis = 0;
+        for (size_t k = 0; k < n_seg; k++)
+            vis += seg[k].n;
+        assert(scores && vis <= s->n_tokens);
+        kern->attend_lse_scores(seg, n_seg, e->q + off, group, cfg->scale, o + off, lse_i, scores, vis);
+        kvd_attention_weights_from_scores(scores, vis, vis, group, lse_i, weights);
     }
-    if (weights) { /* every query at once: exp(score - lse), attention/weights.h */
+    if (weights && tiled) { /* every query at once: exp(score - lse), attention/weights.h */
         kvd_kv_segment seg[2];
         size_t n_seg = kvd_stream_segments(s, visible_tokens(e, n_before, i1 - 1), seg);
         const kvd_prefill_mask mask = {.n0 = visible_tokens(e, n_before, i0),
@@ -169,8 +182,9 @@ static void attend_standard_piece(kvd_session *sess, const kvd_step_entry *e, si
         kvd_attention_weights(seg, n_seg, e->q + (i0 * cfg->heads + (size_t)g * group) * d, i1 - i0, group,
                               (size_t)cfg->heads * d, mask, cfg->scale, lse + i0 * cfg->heads + (size_t)g * group,
                               cfg->heads, weights);
-        kvd_stream_add_weights(s, weights, s->n_tokens);
     }
+    if (weights)
+        kvd_stream_add_weights(s, weights, s->n_tokens);
 }
 
 /* subgen (DESIGN.md §4): each query head of group g reads kv head g's
@@ -368,8 +382,9 @@ static void attend_tensor_piece(kvd_session *sess, const kvd_step_entry *e, size
 /* One entry's standard or tensor attention, split into pieces (stream g,
  * queries [i0, i1)): piece p is stream p / q_chunks, query chunk
  * p % q_chunks. Pieces write disjoint rows of o; with h2o a stream is one
- * piece (q_chunks = 1) with its own weights row, so its sums run in the
- * unsplit order (the lse scratch is shared: pieces write disjoint heads). */
+ * piece (q_chunks = 1) with its own weights row and scores buffer, so its
+ * sums run in the unsplit order (the lse scratch is shared: pieces write
+ * disjoint heads). */
 typedef struct attend_split {
     kvd_session *sess;
     const kvd_step_entry *e;
@@ -381,6 +396,8 @@ typedef struct attend_split {
     float *weights;         /* h2o: [kv_heads][stride] or NULL */
     float *scratch;         /* h2o standard: [m_q][heads] lse (the plan's) */
     size_t stride;
+    float *scores;          /* h2o standard decode: [kv_heads][scores_stride] or NULL */
+    size_t scores_stride;
     /* tensor, not f32: the plan's row views, [2 s] (k1, v1) and [2 s + 1]
      * (k2, v2) holding kv head g0 + s, for the heads [g0, g1) of this
      * round; NULL = the streams themselves */
@@ -433,7 +450,8 @@ static void attend_piece(void *ctx, size_t piece)
     if (sp->tensor)
         attend_tensor_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->lse, stream_rows(sp, g));
     else
-        attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->scratch, sp->lse);
+        attend_standard_piece(sp->sess, sp->e, sp->n_before, g, i0, i1, sp->o, w, sp->scratch,
+                              sp->scores ? sp->scores + (size_t)g * sp->scores_stride : NULL, sp->lse);
 }
 
 /* KVD_STEP_SPLIT_WORK's estimate for one entry: the last query sees the
@@ -453,10 +471,11 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
 
 /* Attention for every query of one entry (standard, or tensor when the
  * session has tensor_b), split over par when the entry is large enough.
- * `weights`/`scratch`: the plan's h2o buffers (NULL without h2o), which the
- * unsplit run uses; a split one allocates a weights row per stream (the
- * lse scratch is shared: each piece writes its own heads), and runs
- * unsplit if it cannot. `rows`: the plan's tensor row views (tensor
+ * `weights`/`scratch`/`scores`: the plan's h2o buffers (NULL without h2o;
+ * scores only for a standard entry below the tiled threshold), which the
+ * unsplit run uses; a split one allocates a weights row and a scores
+ * buffer per stream (the lse scratch is shared: each piece writes its own
+ * heads), and runs unsplit if it cannot. `rows`: the plan's tensor row views (tensor
  * sessions of a non-f32 dtype, 2 per slot for row_heads kv heads), or NULL
  * = the streams themselves. With rows the kv heads attend in rounds of
  * row_heads: each round fills its heads' rows, then runs their pieces (all
@@ -464,8 +483,8 @@ static uint64_t attend_work(const kvd_session *sess, const kvd_step_entry *e, si
  * row_heads heads; every piece computes what it would in one round, so the
  * results do not depend on the rounds. */
 static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_before, float *o, float *lse,
-                         float *weights, float *scratch, const kvd_kv_pages *rows, size_t row_heads,
-                         size_t rows_cap, const kvd_parallel *par)
+                         float *weights, float *scratch, float *scores, const kvd_kv_pages *rows,
+                         size_t row_heads, size_t rows_cap, const kvd_parallel *par)
 {
     const kvd_session_config *cfg = &sess->config;
     const bool tensor = sess->tensor_b != NULL;
@@ -485,7 +504,11 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
         sp.stride = most;
         sp.weights = malloc((size_t)cfg->kv_heads * most * sizeof(float));
         sp.scratch = scratch;
-        if (!sp.weights) /* no memory for the split: run it on this thread */
+        if (scores) { /* decode-path scores: [group][most] per stream */
+            sp.scores_stride = (size_t)(cfg->heads / cfg->kv_heads) * most;
+            sp.scores = malloc((size_t)cfg->kv_heads * sp.scores_stride * sizeof(float));
+        }
+        if (!sp.weights || (scores && !sp.scores)) /* no memory for the split: run it on this thread */
             split = false;
     } else if (split) {
         const size_t want = (SPLIT_PIECES + cfg->kv_heads - 1) / cfg->kv_heads;
@@ -506,10 +529,11 @@ static void attend_entry(kvd_session *sess, const kvd_step_entry *e, size_t n_be
             if (tensor)
                 attend_tensor_piece(sess, e, n_before, g, 0, e->m_q, o, weights, lse, stream_rows(&sp, g));
             else
-                attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, lse);
+                attend_standard_piece(sess, e, n_before, g, 0, e->m_q, o, weights, scratch, scores, lse);
         }
     }
     free(sp.weights);
+    free(sp.scores);
 }
 
 /* Evicts each stream of the entry's layer down to the budget (DESIGN.md §4:
@@ -644,12 +668,13 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m_q && sess->tensor_b && sess->subgen)
         attend_subgen_tensor(sess, e, n_before, o, p->sg_num, p->sg_qk);
     else if (e->m_q && sess->tensor_b)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, p->row_views, p->row_heads, p->rows_cap,
-                     par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, NULL, NULL, p->row_views, p->row_heads,
+                     p->rows_cap, par);
     else if (e->m_q && sess->subgen)
         attend_subgen(sess, e, n_before, o, p->sg_num);
     else if (e->m_q)
-        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch, NULL, 0, 0, par);
+        attend_entry(sess, e, n_before, o, r->lse, p->weights, p->scratch,
+                     e->m_q < KVD_PREFILL_MIN_QUERIES ? p->scores : NULL, NULL, 0, 0, par);
     if (e->m_q && cfg->cache.rotate == KVD_ROTATE_HADAMARD)
         kvd__rotate_output_back(cfg, e->layer, o, e->m_q);
     if (sess->tensor_b && cfg->window)
@@ -669,7 +694,7 @@ static void run_entry(kvd_session *sess, kvd_session *shadow, kvd_pool *pool, co
     if (e->m && shadow->tensor_b) /* a tensor session's copy: a four-cache (k2/v2 too) */
         append_tensor(shadow, pool, sent, p);
     if (e->m_q) {
-        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, NULL, 0, 0, par);
+        attend_entry(shadow, sent, shadow_before, exact, NULL, NULL, NULL, NULL, NULL, 0, 0, par);
         shadow_compare(o, exact, e->m_q * (size_t)cfg->heads * cfg->head_dim, r);
     }
 }

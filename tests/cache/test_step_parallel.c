@@ -98,6 +98,9 @@ static const split_case cases[] = {
     {"f32 mqa h2o", KVD_ATTN_STANDARD, 0, KVD_DTYPE_F32, KVD_EVICT_H2O, false, 8, 1, 32, 200, 150},
     {"int8 l2norm shadow", KVD_ATTN_STANDARD, 0, KVD_DTYPE_INT8, KVD_EVICT_L2NORM, true, 8, 2, 32, 200, 150},
     {"f16 h2o shadow", KVD_ATTN_STANDARD, 0, KVD_DTYPE_F16, KVD_EVICT_H2O, true, 8, 2, 32, 200, 150},
+    /* decode steps large enough to split (2 queries x 2,113 slots x 512):
+     * each stream's piece stores its scores in a buffer of its own */
+    {"kivi4 h2o long decode", KVD_ATTN_STANDARD, 0, KVD_DTYPE_KIVI4, KVD_EVICT_H2O, false, 8, 2, 64, 2200, 2110},
     {"tensor four f32", KVD_ATTN_TENSOR, KVD_TENSOR_CACHE_FOUR, KVD_DTYPE_F32, KVD_EVICT_NONE, false, 4, 2, 16,
      48, 0},
     {"tensor four int8 recency", KVD_ATTN_TENSOR, KVD_TENSOR_CACHE_FOUR, KVD_DTYPE_INT8, KVD_EVICT_RECENCY, false,

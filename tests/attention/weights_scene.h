@@ -1,0 +1,182 @@
+/* tests/attention/weights_scene.h — the h2o weight tests' caches (test-only,
+ * header-only): random rows of every format in pages whose block table is
+ * shuffled, up to three segments (an empty one between), every slot's key
+ * dequantized in a flat array for the double-precision references. Shared
+ * by test_weights_lse.c and test_weights_scores.c. */
+#ifndef KVD_TESTS_ATTENTION_WEIGHTS_SCENE_H
+#define KVD_TESTS_ATTENTION_WEIGHTS_SCENE_H
+
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attention.h"
+#include "attention/formats.h"
+#include "attention/kernels.h"
+
+static uint64_t rng_state = 0x853c49e6748fea9bull;
+
+static uint64_t rng_next(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545f4914f6cdd1dull;
+}
+
+static double rng_unit(void) /* [0, 1) */
+{
+    return (double)(rng_next() >> 11) * 0x1p-53;
+}
+
+static void put_half(unsigned char *p, float x)
+{
+    const uint16_t h = kvd_f32_to_f16(x);
+    p[0] = (unsigned char)(h & 0xff);
+    p[1] = (unsigned char)(h >> 8);
+}
+
+/* Random bytes for one unit of format f (a row, or a KIVI key block) with
+ * sane scales (tests/attention/test_prefill.c's). */
+static void fill_unit(kvd_row_format f, size_t d, uint32_t group, unsigned char *u)
+{
+    const size_t bytes = kvd_row_bytes(f, d, group);
+    for (size_t i = 0; i < bytes; i++)
+        u[i] = (unsigned char)(rng_next() >> 56);
+    switch (f) {
+    case KVD_ROW_F32:
+        for (size_t c = 0; c < d; c++) {
+            const float x = (float)(4.0 * rng_unit() - 2.0);
+            memcpy(u + 4 * c, &x, sizeof x);
+        }
+        break;
+    case KVD_ROW_F16:
+    case KVD_ROW_BF16:
+        for (size_t c = 0; c < d; c++) {
+            const float x = (float)(4.0 * rng_unit() - 2.0);
+            const uint16_t h = f == KVD_ROW_F16 ? kvd_f32_to_f16(x) : kvd_f32_to_bf16(x);
+            u[2 * c] = (unsigned char)(h & 0xff);
+            u[2 * c + 1] = (unsigned char)(h >> 8);
+        }
+        break;
+    case KVD_ROW_I8: {
+        const float s = (float)(0.002 + 0.05 * rng_unit());
+        memcpy(u, &s, sizeof s);
+        break;
+    }
+    case KVD_ROW_U4G:
+    case KVD_ROW_U2G:
+        for (size_t g = 0; g < (d + group - 1) / group; g++) {
+            put_half(u + 4 * g, (float)(0.01 + 0.3 * rng_unit()));
+            put_half(u + 4 * g + 2, (float)(2.0 * rng_unit() - 1.0));
+        }
+        break;
+    case KVD_ROW_KIVI4_KEYS:
+    case KVD_ROW_KIVI2_KEYS:
+        for (size_t c = 0; c < d; c++) {
+            put_half(u + 4 * c, (float)(0.01 + 0.3 * rng_unit()));
+            put_half(u + 4 * c + 2, (float)(2.0 * rng_unit() - 1.0));
+        }
+        break;
+    }
+}
+
+/* One segment's pages, the block table shuffled (slot order is not address
+ * order, as after eviction). */
+typedef struct pages {
+    unsigned char **page;
+    size_t n_pages;
+    kvd_kv_pages kv;
+} pages;
+
+static void pages_build(pages *p, kvd_row_format kf, size_t n, size_t d, uint32_t group,
+                        size_t spp)
+{
+    const kvd_row_format vf = KVD_ROW_F32; /* values: never read by this kernel */
+    const size_t krb = kvd_row_bytes(kf, d, group), vrb = kvd_row_bytes(vf, d, group);
+    const size_t kunits = kvd_row_is_block(kf) ? spp / group : spp;
+    const size_t k_bytes = (kunits * krb + 63) / 64 * 64, v_bytes = (spp * vrb + 63) / 64 * 64;
+    p->n_pages = (n + spp - 1) / spp;
+    p->page = calloc(p->n_pages ? p->n_pages : 1, sizeof *p->page);
+    ck_assert_ptr_nonnull(p->page);
+    for (size_t i = 0; i < p->n_pages; i++) {
+        p->page[i] = aligned_alloc(64, k_bytes + v_bytes);
+        ck_assert_ptr_nonnull(p->page[i]);
+        for (size_t u = 0; u < kunits; u++)
+            fill_unit(kf, d, group, p->page[i] + u * krb);
+        const float nan = NAN; /* values poison any result that read them */
+        for (size_t b = 0; b + 4 <= v_bytes; b += 4)
+            memcpy(p->page[i] + k_bytes + b, &nan, 4);
+    }
+    for (size_t i = p->n_pages; i > 1; i--) {
+        const size_t j = rng_next() % i;
+        unsigned char *t = p->page[i - 1];
+        p->page[i - 1] = p->page[j];
+        p->page[j] = t;
+    }
+    p->kv = (kvd_kv_pages){.pages = (const unsigned char *const *)p->page,
+                           .slots_per_page = spp, .head_dim = d, .k_offset = 0,
+                           .v_offset = k_bytes, .k_format = kf, .v_format = vf,
+                           .k_row_bytes = (uint32_t)krb, .v_row_bytes = (uint32_t)vrb,
+                           .group = group};
+}
+
+static void pages_free(pages *p)
+{
+    for (size_t i = 0; i < p->n_pages; i++)
+        free(p->page[i]);
+    free(p->page);
+}
+
+/* Up to three segments; k: every slot's key dequantized, flat [total][d]. */
+typedef struct scene {
+    pages part[3];
+    kvd_kv_segment seg[3];
+    size_t n_seg, total, d;
+    float *k;
+} scene;
+
+/* n slots of format kf; then, with `residual` > 0, an f32 segment of that
+ * many (KIVI's residual); with `empty`, an empty segment between them. */
+static void scene_build(scene *s, kvd_row_format kf, size_t n, size_t residual, int empty, size_t d,
+                        uint32_t group, size_t spp)
+{
+    memset(s, 0, sizeof *s);
+    s->d = d;
+    pages_build(&s->part[0], kf, n, d, group, spp);
+    s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[0].kv, .n = n};
+    if (empty) {
+        pages_build(&s->part[1], KVD_ROW_F32, 16, d, 0, 16);
+        s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[1].kv, .n = 0};
+    }
+    if (residual > 0) {
+        pages_build(&s->part[2], KVD_ROW_F32, residual, d, 0, 16);
+        s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[2].kv, .n = residual};
+    }
+    s->total = n + residual;
+    s->k = malloc((s->total + 1) * d * sizeof *s->k);
+    ck_assert_ptr_nonnull(s->k);
+    size_t j = 0;
+    for (size_t g = 0; g < s->n_seg; g++)
+        for (size_t i = 0; i < s->seg[g].n; i++, j++) {
+            const kvd_kv_pages *kv = &s->seg[g].kv;
+            size_t t;
+            const unsigned char *u =
+                kvd__kv_unit(kv, kv->k_offset, kv->k_format, kvd__kv_k_stride(kv), i, &t);
+            kvd_dequant_row(kv->k_format, u, t, d, kv->group, s->k + j * d);
+        }
+}
+
+static void scene_free(scene *s)
+{
+    pages_free(&s->part[0]);
+    if (s->part[1].page)
+        pages_free(&s->part[1]);
+    if (s->part[2].page)
+        pages_free(&s->part[2]);
+    free(s->k);
+}
+
+#endif
