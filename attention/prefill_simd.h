@@ -358,18 +358,17 @@ static void pf_prefetch(const kvd_kv_pages *kv, size_t j0, size_t j1)
     }
 }
 
-/* One block of nb keys (global slots g0 .., slots j0 .. of a segment of ns)
- * against the tile: scores, masking, the online softmax per row, then
- * O += P V. */
-KVD_SIMD_ATTR static void pf_block(pf_state *restrict st, const kvd_kv_pages *kv, size_t j0,
-                                   size_t g0, size_t nb, size_t ns, size_t rows, size_t nvis_min,
-                                   float scale)
+/* The scores of nb keys (global slots g0 .., slots j0 .. of a segment)
+ * against the tile into st->s ([key][PF_ROWS]), channel chunk by chunk
+ * (one chunk for head_dim <= PF_MAXD), then the mask: row r sees global
+ * slots < nvis[r], padded rows none (-inf). The attention's block below
+ * and h2o's weights (weights_simd.h) both start from it. */
+KVD_SIMD_ATTR static void pf_block_scores(pf_state *restrict st, const kvd_kv_pages *kv, size_t j0,
+                                          size_t g0, size_t nb, size_t rows, size_t nvis_min,
+                                          float scale)
 {
     const size_t d = kv->head_dim;
-    if (j0 + nb < ns && !kvd_row_is_block(kv->k_format))
-        pf_prefetch(kv, j0 + nb, j0 + nb + (ns - j0 - nb < PF_KB ? ns - j0 - nb : PF_KB));
     const size_t live = (rows + PF_RG - 1) / PF_RG * PF_RG;
-    /* scores, channel chunk by chunk (one chunk for head_dim <= PF_MAXD) */
     for (size_t c0 = 0; c0 < d; c0 += PF_MAXD) {
         const size_t c1 = d - c0 < PF_MAXD ? d : c0 + PF_MAXD;
         const size_t koff = kv->k_format == KVD_ROW_F32 ? c0 : 0; /* tile rows start at c0 */
@@ -386,13 +385,26 @@ KVD_SIMD_ATTR static void pf_block(pf_state *restrict st, const kvd_kv_pages *kv
                           c0 > 0);
         }
     }
-    /* mask: row r sees global slots < nvis[r]; padded rows see none */
     if (g0 + nb > nvis_min)
         for (size_t r = 0; r < live; r++) {
             const size_t n = r < rows ? st->nvis[r] : 0;
             for (size_t j = n > g0 ? n - g0 : 0; j < nb; j++)
                 st->s[j * PF_ROWS + r] = -INFINITY;
         }
+}
+
+/* One block of nb keys (global slots g0 .., slots j0 .. of a segment of ns)
+ * against the tile: scores, masking, the online softmax per row, then
+ * O += P V. */
+KVD_SIMD_ATTR static void pf_block(pf_state *restrict st, const kvd_kv_pages *kv, size_t j0,
+                                   size_t g0, size_t nb, size_t ns, size_t rows, size_t nvis_min,
+                                   float scale)
+{
+    const size_t d = kv->head_dim;
+    if (j0 + nb < ns && !kvd_row_is_block(kv->k_format))
+        pf_prefetch(kv, j0 + nb, j0 + nb + (ns - j0 - nb < PF_KB ? ns - j0 - nb : PF_KB));
+    const size_t live = (rows + PF_RG - 1) / PF_RG * PF_RG;
+    pf_block_scores(st, kv, j0, g0, nb, rows, nvis_min, scale);
     /* online softmax, the tile's rows as lanes: one rescale per row and
      * block; the block's weights summed in f32, folded into the row's
      * double denominator. Scores of -inf (masked) weigh exp(-inf) = 0, and

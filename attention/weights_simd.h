@@ -161,33 +161,10 @@ KVD_SIMD_ATTR static void wt_block(pf_state *restrict st, const float *restrict 
                                    size_t ns, size_t rows, size_t nvis_min, float scale,
                                    float *restrict acc)
 {
-    const size_t d = kv->head_dim;
     if (j0 + nb < ns && !kvd_row_is_block(kv->k_format))
         wt_prefetch(kv, j0 + nb, j0 + nb + (ns - j0 - nb < PF_KB ? ns - j0 - nb : PF_KB));
     const size_t live = (rows + PF_RG - 1) / PF_RG * PF_RG;
-    for (size_t c0 = 0; c0 < d; c0 += PF_MAXD) {
-        const size_t c1 = d - c0 < PF_MAXD ? d : c0 + PF_MAXD;
-        const size_t koff = kv->k_format == KVD_ROW_F32 ? c0 : 0; /* tile rows start at c0 */
-        if (d > PF_MAXD)
-            pf_pack_q(st, rows, c0, c1, scale);
-        pf_block_keys(kv, j0, nb, c0, c1, st);
-        for (size_t rg = 0; rg < live; rg += PF_RG) {
-            size_t j = 0;
-            for (; j + PF_KU <= nb; j += PF_KU)
-                pf_scores(st->qt + rg, st->krow + j, koff, c1 - c0, PF_KU,
-                          st->s + j * PF_ROWS + rg, c0 > 0);
-            for (; j < nb; j++)
-                pf_scores(st->qt + rg, st->krow + j, koff, c1 - c0, 1, st->s + j * PF_ROWS + rg,
-                          c0 > 0);
-        }
-    }
-    /* mask: row r sees global slots < nvis[r]; padded rows see none */
-    if (g0 + nb > nvis_min)
-        for (size_t r = 0; r < live; r++) {
-            const size_t n = r < rows ? st->nvis[r] : 0;
-            for (size_t j = n > g0 ? n - g0 : 0; j < nb; j++)
-                st->s[j * PF_ROWS + r] = -INFINITY;
-        }
+    pf_block_scores(st, kv, j0, g0, nb, rows, nvis_min, scale);
     for (size_t jb = 0; jb < nb; jb += KVD_SIMD_W) {
         vf r[KVD_SIMD_W];
         for (size_t b = 0; b < KVD_SIMD_W; b++) {
