@@ -62,7 +62,8 @@ static int cmp_lru(const void *a, const void *b)
 /* Frees pool pages for a step that needs `need` (loop thread): expired
  * sessions first, then, with --on-full evict, tokens of the least recently
  * used idle sessions that have a policy, each stream down to its protected
- * sink + recent tokens, until enough pages are free. For a batch item
+ * sink + recent tokens, until enough pages are free; when all of them
+ * together could not free enough, none loses a token. For a batch item
  * (batch != NULL) no session with an item in that batch loses tokens: its
  * items ran, or will run, against what it holds. Returns free pages. */
 static size_t reclaim_pages(kvd_api *api, size_t need, const api_batch *batch)
@@ -80,6 +81,16 @@ static size_t reclaim_pages(kvd_api *api, size_t need, const api_batch *batch)
             if (session_reclaimable(s) && !kvd__api_batch_has_session(batch, s))
                 lru[n++] = s;
     qsort(lru, n, sizeof *lru, cmp_lru);
+    /* Take nothing unless it makes room (DESIGN.md §4: the step fails
+     * whole): if every candidate reclaimed together could not free enough,
+     * idle users keep their context and the step gets its 503. The count is
+     * exact (cache/reclaim.h) and candidates share no page, so when it says
+     * enough, evicting in LRU order gets there. */
+    size_t can_free = free_pages;
+    for (size_t i = 0; i < n && can_free < need; i++)
+        can_free += kvd_session_reclaimable_pages(lru[i]->cache);
+    if (can_free < need)
+        n = 0;
     for (size_t i = 0; i < n && free_pages < need; i++) {
         kvd_session *c = lru[i]->cache;
         const uint64_t k = kvd_session_reclaim(c, api->pool, need);

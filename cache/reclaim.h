@@ -32,4 +32,16 @@ bool kvd_session_reclaimable(const kvd_session *s);
  * step of s is running. */
 uint64_t kvd_session_reclaim(kvd_session *s, kvd_pool *pool, size_t want_free);
 
+/* Exactly the pages kvd_session_reclaim(s, pool, SIZE_MAX) would give back
+ * to the pool now (its pair-row scratch malloc aside: if that fails it gives
+ * none), computed without touching s: per stream, the pages its tokens
+ * still need once every evictable token is gone (slot compaction keeps the
+ * survivors in slots 0..n'-1; a partly filled last page stays), the same for
+ * a tensor session's k2/v2 mirror, a two-cache's pair rows (n'^2 of them)
+ * and a KIVI stream's residual and quantized parts. Meaningful when
+ * kvd_session_reclaimable(s) (nothing shared, so every page a stream lets go
+ * returns to the pool); 0 for a session reclaim would not touch. The pool
+ * is not read: pages are private, so no refcount decides. */
+size_t kvd_session_reclaimable_pages(const kvd_session *s);
+
 #endif
