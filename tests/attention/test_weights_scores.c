@@ -231,30 +231,12 @@ END_TEST
 
 START_TEST(test_quantized)
 {
-    static const struct {
-        kvd_row_format k;
-        uint32_t group;
-        const char *name;
-    } fmts[] = {
-        {KVD_ROW_F16, 0, "f16"},          {KVD_ROW_BF16, 0, "bf16"},
-        {KVD_ROW_I8, 0, "int8"},          {KVD_ROW_U4G, 32, "int4"},
-        {KVD_ROW_U4G, 12, "int4 g12"},    {KVD_ROW_U2G, 16, "int2"},
-        {KVD_ROW_KIVI4_KEYS, 32, "kivi4"}, {KVD_ROW_KIVI2_KEYS, 16, "kivi2"},
-    };
-    /* 128: keys from codes on both vector widths; 72: through the tile;
-     * 264: above one chunk */
-    static const size_t dims[] = {128, 72, 264};
-    for (size_t f = 0; f < sizeof fmts / sizeof *fmts; f++)
-        for (size_t a = 0; a < sizeof dims / sizeof *dims; a++) {
+    for (size_t f = 0; f < SCENE_N_FORMATS; f++)
+        for (size_t a = 0; a < SCENE_N_DIMS; a++) {
             scene s;
-            const int kivi = kvd_row_is_block(fmts[f].k);
-            const size_t spp = kivi ? 4 * fmts[f].group : 31;
-            /* KIVI: quantized blocks, then the f32 residual (a second segment) */
-            scene_build(&s, fmts[f].k, kivi ? 3 * fmts[f].group : 90 + 7 * a, kivi ? 21 : 0, 0,
-                        dims[a], fmts[f].group, spp);
-            scene_values(&s);
             char what[64];
-            snprintf(what, sizeof what, "%s d=%zu", fmts[f].name, dims[a]);
+            scene_build_sweep(&s, f, a, what);
+            scene_values(&s);
             check_scene(&s, 4, what);
             scene_free(&s);
         }

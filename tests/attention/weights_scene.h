@@ -9,6 +9,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,6 +114,38 @@ static void scene_free(scene *s)
     if (s->part[2].page)
         pages_free(&s->part[2]);
     free(s->k);
+}
+
+/* The quantized sweep both weights tests walk: every key format at three
+ * head_dims — 128: keys from codes on both vector widths; 72: through the
+ * tile; 264: above one chunk. */
+typedef struct scene_format {
+    kvd_row_format k;
+    uint32_t group;
+    const char *name;
+} scene_format;
+
+static const scene_format SCENE_FORMATS[] = {
+    {KVD_ROW_F16, 0, "f16"},          {KVD_ROW_BF16, 0, "bf16"},
+    {KVD_ROW_I8, 0, "int8"},          {KVD_ROW_U4G, 32, "int4"},
+    {KVD_ROW_U4G, 12, "int4 g12"},    {KVD_ROW_U2G, 16, "int2"},
+    {KVD_ROW_KIVI4_KEYS, 32, "kivi4"}, {KVD_ROW_KIVI2_KEYS, 16, "kivi2"},
+};
+#define SCENE_N_FORMATS (sizeof SCENE_FORMATS / sizeof *SCENE_FORMATS)
+
+static const size_t SCENE_DIMS[] = {128, 72, 264};
+#define SCENE_N_DIMS (sizeof SCENE_DIMS / sizeof *SCENE_DIMS)
+
+/* Scene (format f, head_dim a) of the sweep (KIVI: quantized blocks, then
+ * the f32 residual as a second segment), named in what[64]. */
+static void scene_build_sweep(scene *s, size_t f, size_t a, char what[64])
+{
+    const scene_format *fm = &SCENE_FORMATS[f];
+    const int kivi = kvd_row_is_block(fm->k);
+    const size_t spp = kivi ? 4 * fm->group : 31;
+    scene_build(s, fm->k, kivi ? 3 * fm->group : 90 + 7 * a, kivi ? 21 : 0, 0, SCENE_DIMS[a], fm->group,
+                spp);
+    snprintf(what, 64, "%s d=%zu", fm->name, SCENE_DIMS[a]);
 }
 
 #endif

@@ -78,25 +78,6 @@ static double tokens(int port, const char *id)
     return t;
 }
 
-/* POST /v1/batch with these items; the parsed answer (200 asserted). */
-static cJSON *batch(int port, char **items, size_t n)
-{
-    size_t len = 32;
-    for (size_t i = 0; i < n; i++)
-        len += strlen(items[i]) + 1;
-    char *body = malloc(len);
-    char *p = body + sprintf(body, "{\"steps\":[");
-    for (size_t i = 0; i < n; i++)
-        p += sprintf(p, "%s%s", i ? "," : "", items[i]);
-    strcpy(p, "]}");
-    http_response *r = http_request_n(port, "POST", "/v1/batch", KVD_JSON, body, strlen(body), NULL);
-    ck_assert_msg(r->status == 200, "batch: %d %s", r->status, r->body);
-    cJSON *j = http_response_json(r);
-    http_response_free(r);
-    free(body);
-    return j;
-}
-
 static const cJSON *item(const cJSON *j, int i)
 {
     return cJSON_GetArrayItem(kvd_json_at(j, "steps"), i);
@@ -124,7 +105,7 @@ static void pool_full_batch(bool evict)
     ck_assert(free_pages >= 1 && free_pages <= 8);
     const size_t m = ((size_t)free_pages + 2) * SPP;
     char *items[2] = {entry(a, m, false), entry(a, 0, true)};
-    cJSON *j = batch(port, items, 2);
+    cJSON *j = kvd_batch_ok(port, items, 2);
     if (evict) {
         ck_assert_msg(kvd_json_num(item(j, 0), "status") == 200, "item 0: %s",
                       cJSON_PrintUnformatted(item(j, 0)));
@@ -185,12 +166,12 @@ START_TEST(never_reclaims_from_the_batch)
 
     /* each would reclaim from the other's session */
     char *both[2] = {entry(pid, m, false), entry(qid, m, false)};
-    cJSON *j = batch(port, both, 2);
+    cJSON *j = kvd_batch_ok(port, both, 2);
     expect_item_503(j, 0);
     expect_item_503(j, 1);
     cJSON_Delete(j);
     char *idle_q[2] = {entry(qid, 0, true), entry(pid, m, false)};
-    j = batch(port, idle_q, 2);
+    j = kvd_batch_ok(port, idle_q, 2);
     ck_assert_double_eq(kvd_json_num(item(j, 0), "status"), 200);
     expect_item_503(j, 1);
     cJSON_Delete(j);
@@ -201,7 +182,7 @@ START_TEST(never_reclaims_from_the_batch)
     ck_assert_double_eq(kvd_metric_now(port, "kvd_pool_pages", "state=\"free\""), free_pages);
 
     /* Q outside the batch: reclaimed for P's item */
-    j = batch(port, &idle_q[1], 1);
+    j = kvd_batch_ok(port, &idle_q[1], 1);
     ck_assert_double_eq(kvd_json_num(item(j, 0), "status"), 200);
     cJSON_Delete(j);
     ck_assert_double_eq(tokens(port, qid), SINK);

@@ -166,25 +166,6 @@ START_TEST(step_that_reclaim_cannot_fit_takes_nothing)
 }
 END_TEST
 
-/* POST /v1/batch; the parsed answer (200 asserted). */
-static cJSON *batch(int port, char **items, size_t n)
-{
-    size_t len = 32;
-    for (size_t i = 0; i < n; i++)
-        len += strlen(items[i]) + 1;
-    char *body = malloc(len);
-    char *q = body + sprintf(body, "{\"steps\":[");
-    for (size_t i = 0; i < n; i++)
-        q += sprintf(q, "%s%s", i ? "," : "", items[i]);
-    strcpy(q, "]}");
-    http_response *r = http_request_n(port, "POST", "/v1/batch", KVD_JSON, body, strlen(body), NULL);
-    ck_assert_msg(r->status == 200, "batch: %d %s", r->status, r->body);
-    cJSON *j = http_response_json(r);
-    http_response_free(r);
-    free(body);
-    return j;
-}
-
 static double item_status(const cJSON *j, int i)
 {
     return kvd_json_num(cJSON_GetArrayItem(kvd_json_at(j, "steps"), i), "status");
@@ -196,7 +177,7 @@ START_TEST(batch_item_that_reclaim_cannot_fit_takes_nothing)
     start(&s);
     /* item 0 needs more than free + both reclaims; item 1 fits with l1's */
     char *items[2] = {entry(s.p, (FREE_LEFT + 2 * GAIN + 1) * SPP), entry(s.p, (FREE_LEFT + GAIN) * SPP)};
-    cJSON *j = batch(s.port, items, 1);
+    cJSON *j = kvd_batch_ok(s.port, items, 1);
     ck_assert_double_eq(item_status(j, 0), 503);
     cJSON_Delete(j);
     expect_stats(s.port, s.l1, IDLE_PAGES * SPP, 0, "l1 after the refused item");
@@ -204,7 +185,7 @@ START_TEST(batch_item_that_reclaim_cannot_fit_takes_nothing)
     ck_assert_double_eq(free_pages(s.port), FREE_LEFT);
     ck_assert_double_eq(reclaimed(s.port), 0);
 
-    j = batch(s.port, items, 2);
+    j = kvd_batch_ok(s.port, items, 2);
     ck_assert_double_eq(item_status(j, 0), 503);
     ck_assert_double_eq(item_status(j, 1), 200);
     cJSON_Delete(j);

@@ -105,6 +105,26 @@ cJSON *kvd_step_ok(int port, const char *id, const char *body)
     return j;
 }
 
+cJSON *kvd_batch_ok(int port, char *const *items, size_t n)
+{
+    size_t len = sizeof "{\"steps\":[]}";
+    for (size_t i = 0; i < n; i++)
+        len += strlen(items[i]) + 1;
+    char *body = malloc(len);
+    ck_assert_ptr_nonnull(body);
+    char *p = body + sprintf(body, "{\"steps\":[");
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s%s", i ? "," : "", items[i]);
+    strcpy(p, "]}");
+    http_response *r = http_request_n(port, "POST", "/v1/batch", KVD_JSON, body, strlen(body), NULL);
+    free(body);
+    ck_assert_msg(r->status == 200, "batch: status %d: %.*s", r->status, BODY_SNIPPET, snippet(r));
+    cJSON *j = http_response_json(r);
+    ck_assert_msg(cJSON_IsObject(j), "batch: body is not a JSON object: %.*s", BODY_SNIPPET, snippet(r));
+    http_response_free(r);
+    return j;
+}
+
 void kvd_delete_session(int port, const char *id)
 {
     char path[128];

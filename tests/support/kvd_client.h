@@ -40,6 +40,10 @@ http_response *kvd_step(int port, const char *id, const char *body);
  * cJSON_Deletes. */
 cJSON *kvd_step_ok(int port, const char *id, const char *body);
 
+/* POST /v1/batch of {"steps": [items...]} (each item a JSON object text);
+ * asserts 200 and a JSON object. Caller cJSON_Deletes. */
+cJSON *kvd_batch_ok(int port, char *const *items, size_t n);
+
 /* DELETE /v1/sessions/{id}; asserts 200 (or 204). */
 void kvd_delete_session(int port, const char *id);
 
