@@ -13,6 +13,18 @@
 
 #include "attention/weights.h"
 
+/* acc[j .. min(j + W, n)) += the lanes of w: the one add per slot every
+ * weights path ends with (a masked load and store past the last slot). */
+KVD_SIMD_ATTR static inline void ws_add_lanes(float *restrict acc, vf w, size_t j, size_t n)
+{
+    if (j + KVD_SIMD_W <= n) {
+        v_store(acc + j, v_add(v_load(acc + j), w));
+    } else {
+        const vmask tail = v_tail_mask(j, n);
+        v_store_mask(acc + j, tail, v_add(v_load_mask(acc + j, tail), w));
+    }
+}
+
 /* ---- few rows: one query at a time over the decode kernel's blocks ------ */
 
 /* What one query's pass keeps (stack, ~60 KiB). */
@@ -94,13 +106,7 @@ KVD_SIMD_ATTR static void ws_segment(const kvd_kv_pages *kv, size_t n, const flo
             vf w = v_zero();
             for (size_t h = 0; h < g; h++)
                 w = v_add(w, v_exp(v_sub(v_mul(v_load(st->s[h] + b0), vscale), v_set1(st->lse[h]))));
-            float *a = acc + j0 + b0;
-            if (b0 + KVD_SIMD_W <= nb) {
-                v_store(a, v_add(v_load(a), w));
-            } else {
-                const vmask tail = v_tail_mask(b0, nb);
-                v_store_mask(a, tail, v_add(v_load_mask(a, tail), w));
-            }
+            ws_add_lanes(acc + j0, w, b0, nb);
         }
     }
 }
@@ -176,14 +182,7 @@ KVD_SIMD_ATTR static void wt_block(pf_state *restrict st, const float *restrict 
             }
             r[b] = sum;
         }
-        const vf tot = v_sum_lanes(r);
-        float *a = acc + g0 + jb;
-        if (jb + KVD_SIMD_W <= nb) {
-            v_store(a, v_add(v_load(a), tot));
-        } else {
-            const vmask tail = v_tail_mask(jb, nb);
-            v_store_mask(a, tail, v_add(v_load_mask(a, tail), tot));
-        }
+        ws_add_lanes(acc + g0, v_sum_lanes(r), jb, nb);
     }
 }
 
@@ -256,14 +255,14 @@ KVD_SIMD_ATTR void KVD_SIMD_NAME(kvd__attention_weights_scores_)(const float *sc
             vf w = v_zero();
             for (size_t h = 0; h < live; h++)
                 w = v_add(w, v_exp(v_sub(v_load(sh[h] + j), vl[h])));
-            v_store(acc + j, v_add(v_load(acc + j), w));
+            ws_add_lanes(acc, w, j, n);
         }
         if (j < n) {
             const vmask tail = v_tail_mask(j, n);
             vf w = v_zero();
             for (size_t h = 0; h < live; h++)
                 w = v_add(w, v_exp(v_sub(v_load_mask(sh[h] + j, tail), vl[h])));
-            v_store_mask(acc + j, tail, v_add(v_load_mask(acc + j, tail), w));
+            ws_add_lanes(acc, w, j, n);
         }
     }
 }
