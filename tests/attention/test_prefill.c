@@ -38,51 +38,6 @@
 #define KERNEL_VS_REF_FACTOR 2.0
 #define LSE_TOL 2e-5
 
-/* One segment's pages (allocated one by one, the block table shuffled so
- * slot order is not address order, as after eviction and re-paging). */
-typedef struct pages {
-    unsigned char **page;
-    size_t n_pages;
-    kvd_kv_pages kv;
-} pages;
-
-static void pages_build(pages *p, kvd_row_format kf, kvd_row_format vf, size_t n, size_t d,
-                        uint32_t group, size_t spp)
-{
-    const size_t krb = kvd_row_bytes(kf, d, group), vrb = kvd_row_bytes(vf, d, group);
-    const size_t kunits = kvd_row_is_block(kf) ? spp / group : spp;
-    const size_t k_bytes = (kunits * krb + 63) / 64 * 64, v_bytes = (spp * vrb + 63) / 64 * 64;
-    p->n_pages = (n + spp - 1) / spp;
-    p->page = calloc(p->n_pages ? p->n_pages : 1, sizeof *p->page);
-    ck_assert_ptr_nonnull(p->page);
-    for (size_t i = 0; i < p->n_pages; i++) {
-        p->page[i] = aligned_alloc(64, k_bytes + v_bytes);
-        ck_assert_ptr_nonnull(p->page[i]);
-        for (size_t u = 0; u < kunits; u++)
-            fill_unit(kf, d, group, p->page[i] + u * krb);
-        for (size_t u = 0; u < spp; u++)
-            fill_unit(vf, d, group, p->page[i] + k_bytes + u * vrb);
-    }
-    for (size_t i = p->n_pages; i > 1; i--) { /* Fisher-Yates over the table */
-        const size_t j = rng_next() % i;
-        unsigned char *t = p->page[i - 1];
-        p->page[i - 1] = p->page[j];
-        p->page[j] = t;
-    }
-    p->kv = (kvd_kv_pages){.pages = (const unsigned char *const *)p->page,
-                           .slots_per_page = spp, .head_dim = d, .k_offset = 0,
-                           .v_offset = k_bytes, .k_format = kf, .v_format = vf,
-                           .k_row_bytes = (uint32_t)krb, .v_row_bytes = (uint32_t)vrb,
-                           .group = group};
-}
-
-static void pages_free(pages *p)
-{
-    for (size_t i = 0; i < p->n_pages; i++)
-        free(p->page[i]);
-    free(p->page);
-}
-
 /* Slot j of a segment, dequantized (the rows the kernels must see). */
 static void slot_rows(const kvd_kv_pages *kv, size_t j, float *k, float *v)
 {
@@ -109,11 +64,11 @@ static void scene_build(scene *s, kvd_row_format kf, kvd_row_format vf, size_t n
 {
     memset(s, 0, sizeof *s);
     s->d = d;
-    pages_build(&s->part[0], kf, vf, n, d, group, spp);
+    pages_build(&s->part[0], kf, vf, n, d, group, spp, false);
     s->seg[0] = (kvd_kv_segment){.kv = s->part[0].kv, .n = n};
     s->n_seg = 1;
     if (residual > 0) {
-        pages_build(&s->part[1], KVD_ROW_F32, KVD_ROW_F32, residual, d, 0, 16);
+        pages_build(&s->part[1], KVD_ROW_F32, KVD_ROW_F32, residual, d, 0, 16, false);
         s->seg[1] = (kvd_kv_segment){.kv = s->part[1].kv, .n = residual};
         s->n_seg = 2;
     }
@@ -371,7 +326,7 @@ START_TEST(test_decode_bits)
             const int block = kvd_row_is_block(fmts[f].k);
             const size_t spp = block ? 2 * group : 13, n = block ? 5 * group + 3 : 97;
             pages p;
-            pages_build(&p, fmts[f].k, fmts[f].v, n, d, group, spp);
+            pages_build(&p, fmts[f].k, fmts[f].v, n, d, group, spp, false);
             float *want = malloc(n * d * sizeof *want), *got = malloc(n * d * sizeof *got);
             ck_assert(want && got);
             for (int values = 0; values < 2; values++) {

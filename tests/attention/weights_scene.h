@@ -20,53 +20,6 @@
 #define RANDOM_UNITS_SEED 0x853c49e6748fea9bull
 #include "tests/attention/random_units.h"
 
-/* One segment's pages, the block table shuffled (slot order is not address
- * order, as after eviction). */
-typedef struct pages {
-    unsigned char **page;
-    size_t n_pages;
-    kvd_kv_pages kv;
-} pages;
-
-static void pages_build(pages *p, kvd_row_format kf, size_t n, size_t d, uint32_t group,
-                        size_t spp)
-{
-    const kvd_row_format vf = KVD_ROW_F32; /* values: never read by this kernel */
-    const size_t krb = kvd_row_bytes(kf, d, group), vrb = kvd_row_bytes(vf, d, group);
-    const size_t kunits = kvd_row_is_block(kf) ? spp / group : spp;
-    const size_t k_bytes = (kunits * krb + 63) / 64 * 64, v_bytes = (spp * vrb + 63) / 64 * 64;
-    p->n_pages = (n + spp - 1) / spp;
-    p->page = calloc(p->n_pages ? p->n_pages : 1, sizeof *p->page);
-    ck_assert_ptr_nonnull(p->page);
-    for (size_t i = 0; i < p->n_pages; i++) {
-        p->page[i] = aligned_alloc(64, k_bytes + v_bytes);
-        ck_assert_ptr_nonnull(p->page[i]);
-        for (size_t u = 0; u < kunits; u++)
-            fill_unit(kf, d, group, p->page[i] + u * krb);
-        const float nan = NAN; /* values poison any result that read them */
-        for (size_t b = 0; b + 4 <= v_bytes; b += 4)
-            memcpy(p->page[i] + k_bytes + b, &nan, 4);
-    }
-    for (size_t i = p->n_pages; i > 1; i--) {
-        const size_t j = rng_next() % i;
-        unsigned char *t = p->page[i - 1];
-        p->page[i - 1] = p->page[j];
-        p->page[j] = t;
-    }
-    p->kv = (kvd_kv_pages){.pages = (const unsigned char *const *)p->page,
-                           .slots_per_page = spp, .head_dim = d, .k_offset = 0,
-                           .v_offset = k_bytes, .k_format = kf, .v_format = vf,
-                           .k_row_bytes = (uint32_t)krb, .v_row_bytes = (uint32_t)vrb,
-                           .group = group};
-}
-
-static void pages_free(pages *p)
-{
-    for (size_t i = 0; i < p->n_pages; i++)
-        free(p->page[i]);
-    free(p->page);
-}
-
 /* Up to three segments; k: every slot's key dequantized, flat [total][d]. */
 typedef struct scene {
     pages part[3];
@@ -82,14 +35,14 @@ static void scene_build(scene *s, kvd_row_format kf, size_t n, size_t residual, 
 {
     memset(s, 0, sizeof *s);
     s->d = d;
-    pages_build(&s->part[0], kf, n, d, group, spp);
+    pages_build(&s->part[0], kf, KVD_ROW_F32, n, d, group, spp, true);
     s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[0].kv, .n = n};
     if (empty) {
-        pages_build(&s->part[1], KVD_ROW_F32, 16, d, 0, 16);
+        pages_build(&s->part[1], KVD_ROW_F32, KVD_ROW_F32, 16, d, 0, 16, true);
         s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[1].kv, .n = 0};
     }
     if (residual > 0) {
-        pages_build(&s->part[2], KVD_ROW_F32, residual, d, 0, 16);
+        pages_build(&s->part[2], KVD_ROW_F32, KVD_ROW_F32, residual, d, 0, 16, true);
         s->seg[s->n_seg++] = (kvd_kv_segment){.kv = s->part[2].kv, .n = residual};
     }
     s->total = n + residual;
