@@ -14,49 +14,12 @@
 #include "tests/support/kvd_client.h"
 #include "tests/support/kvd_proc.h"
 #include "tests/support/check_main.h"
+#include "tests/integration/tiny_steps.h"
 
-#define HEAD_DIM 16
 #define SPP kvd_slots_per_page(4096, HEAD_DIM) /* tokens per 4 KiB page */
-#define SINK 4
 #define IDLE_PAGES 3 /* each idle session: 3 full pages; reclaim keeps 1 (its sinks) */
 #define GAIN 2       /* pages a reclaim of one idle session frees */
 #define FREE_LEFT 2  /* free pages once the plain session is filled */
-/* Recency sessions: reclaim takes each stream down to its SINK tokens. */
-#define EVICTABLE                                                                                             \
-    "{\"layers\":1,\"heads\":2,\"kv_heads\":1,\"head_dim\":16,\"cache\":{\"eviction\":\"recency\",\"budget\":0," \
-    "\"sink\":4,\"recent\":0}}"
-
-/* {"session"?,"layer":0,"k":[m x 16],"v":[m x 16]}: a step body, or with a
- * session a batch item. */
-static char *entry(const char *session, size_t m)
-{
-    size_t cap = 64 + 2 * m * HEAD_DIM * 8, len = 0;
-    char *s = malloc(cap);
-    ck_assert_ptr_nonnull(s);
-    len += (size_t)sprintf(s, "{");
-    if (session)
-        len += (size_t)sprintf(s + len, "\"session\":\"%s\",", session);
-    len += (size_t)sprintf(s + len, "\"layer\":0");
-    for (int kv = 0; kv < 2 && m; kv++) {
-        len += (size_t)sprintf(s + len, ",\"%s\":[", kv ? "v" : "k");
-        for (size_t i = 0; i < m * HEAD_DIM; i++)
-            len += (size_t)sprintf(s + len, "%s%.2f", i ? "," : "", (double)((i * 7 + kv) % 13) / 13.0);
-        len += (size_t)sprintf(s + len, "]");
-    }
-    sprintf(s + len, "}");
-    return s;
-}
-
-static void fill(int port, const char *id, size_t m)
-{
-    for (size_t done = 0; done < m;) {
-        const size_t n = m - done < 112 ? m - done : 112;
-        char *body = entry(NULL, n);
-        cJSON_Delete(kvd_step_ok(port, id, body));
-        free(body);
-        done += n;
-    }
-}
 
 /* A session's stats: tokens and evicted (GET touches it). */
 static void stats(int port, const char *id, double *tok, double *evicted)
@@ -120,7 +83,7 @@ static void stop(setup *s)
 /* A step on p of `pages` whole pages; its status. */
 static int step_pages(const setup *s, size_t pages)
 {
-    char *body = entry(NULL, pages * SPP);
+    char *body = entry(NULL, pages * SPP, false);
     http_response *r = kvd_step(s->port, s->p, body);
     free(body);
     const int st = r->status;
@@ -176,7 +139,8 @@ START_TEST(batch_item_that_reclaim_cannot_fit_takes_nothing)
     setup s;
     start(&s);
     /* item 0 needs more than free + both reclaims; item 1 fits with l1's */
-    char *items[2] = {entry(s.p, (FREE_LEFT + 2 * GAIN + 1) * SPP), entry(s.p, (FREE_LEFT + GAIN) * SPP)};
+    char *items[2] = {entry(s.p, (FREE_LEFT + 2 * GAIN + 1) * SPP, false),
+                      entry(s.p, (FREE_LEFT + GAIN) * SPP, false)};
     cJSON *j = kvd_batch_ok(s.port, items, 1);
     ck_assert_double_eq(item_status(j, 0), 503);
     cJSON_Delete(j);
