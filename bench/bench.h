@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -34,6 +35,63 @@ static inline int bench_cmp_double(const void *a, const void *b)
 {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* bytes of memory on 2 MiB boundaries, advised MADV_HUGEPAGE as kvd's pool
+ * arena is (cache/pool.c): a read loop over 4 KiB pages would pay TLB walks
+ * the kernel it stands beside does not. Exits on failure (a bench has no
+ * other way on). Free with free(). */
+static inline void *bench_alloc_huge(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
+    if (p == NULL) {
+        fprintf(stderr, "bench: out of memory (%zu bytes)\n", bytes);
+        exit(1);
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE); /* advice only */
+#endif
+    return p;
+}
+
+/* Starts the next timed pass from DRAM: reads a scratch buffer of twice the
+ * last-level cache (sysconf; 64 MiB where it says nothing, at most 1 GiB)
+ * so nothing read before stays in any cache level. A model's decode reads
+ * every layer's cache once per token, far more than any LLC holds, so cold
+ * is how kvd meets its bytes. Some machines' LLC holds a whole 32k-token
+ * cache (this project's development VM reports 480 MiB): without this,
+ * kernels and read loops are timed from it, and a loop that runs right
+ * after another over the same bytes finds them there, which skews the
+ * alternating medians (the second loop always looked 16-55% faster).
+ * KVD_BENCH_COLD=0 turns it off (warm timings, quicker runs). */
+static inline void bench_cold(void)
+{
+    static unsigned char *scratch;
+    static size_t bytes;
+    static int off = -1;
+    static volatile uint64_t sink;
+    if (off < 0) {
+        const char *e = getenv("KVD_BENCH_COLD");
+        off = e != NULL && strcmp(e, "0") == 0;
+        long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        bytes = llc > 0 ? 2 * (size_t)llc : (size_t)64 << 20;
+        if (bytes > (size_t)1 << 30)
+            bytes = (size_t)1 << 30;
+        if (!off) {
+            scratch = malloc(bytes);
+            if (scratch == NULL)
+                off = 1; /* warm timings rather than none */
+            else
+                memset(scratch, 1, bytes); /* real pages, not the zero page */
+        }
+    }
+    if (off)
+        return;
+    uint64_t x = 0;
+    for (size_t i = 0; i < bytes; i += 64) /* one word per line brings the line */
+        x ^= *(const volatile uint64_t *)(const void *)(scratch + i);
+    sink ^= x;
 }
 
 /* The CPU's model name from /proc/cpuinfo ("unknown CPU" where there is
@@ -205,14 +263,15 @@ static inline uint64_t bench_read_xor(const void *p, size_t bytes)
 }
 
 /* One timing of each read loop over a[0..bytes_a) then b[0..bytes_b) (b
- * may be NULL) into *t1 (f32 add) and *t2 (int xor); which loop goes first
- * alternates with rep, so neither always finds the other's bytes cached. */
+ * may be NULL) into *t1 (f32 add) and *t2 (int xor), each from DRAM
+ * (bench_cold); which loop goes first still alternates with rep. */
 static inline void bench_read_pair(const void *a, size_t bytes_a, const void *b, size_t bytes_b, int rep,
                                    double *t1, double *t2)
 {
     static volatile float sink;
     static volatile uint64_t xsink;
     for (int k = 0; k < 2; k++) {
+        bench_cold(); /* each loop from DRAM, not from the other's LLC lines */
         const double t0 = bench_now();
         if ((k ^ rep) & 1)
             xsink ^= bench_read_xor(a, bytes_a) ^ (b ? bench_read_xor(b, bytes_b) : 0);
