@@ -220,7 +220,8 @@ SIMD_INLINE void codes_heads(const codes_prep *restrict cp, const float *restric
  * every call, so each format gets its own loop. */
 SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *const *ku,
                                   const size_t *kt, size_t nb, float *restrict acc,
-                                  float (*restrict s)[KVD_ATTN_BLOCK], int mode, unsigned bits)
+                                  float (*restrict s)[KVD_ATTN_BLOCK], int mode, unsigned bits,
+                                  simd_pf *pf)
 {
     const size_t g = cp->g, d = cp->d, nv = cp->nv;
     const size_t span_bytes = CODES_SPAN * bits / 8;
@@ -260,6 +261,7 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
                 codes_heads(cp, Q, c, sl, zl, v, b, h, 4, acc, mode);
             for (; h < g; h++)
                 codes_heads(cp, Q, c, sl, zl, v, b, h, 1, acc, mode);
+            simd_pf_drip(pf);
         }
     }
     for (size_t b = nb; b < KVD_ATTN_BLOCK; b++) /* a short last block: defined lanes */
@@ -285,23 +287,23 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
 /* codes_scores_fmt with the format a constant. */
 KVD_SIMD_ATTR static void codes_scores(codes_prep *restrict cp, const unsigned char *const *ku,
                                        const size_t *kt, size_t nb, float *restrict acc,
-                                       float (*restrict s)[KVD_ATTN_BLOCK])
+                                       float (*restrict s)[KVD_ATTN_BLOCK], simd_pf *pf)
 {
     switch (cp->mode) {
-    case CODES_I8: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_I8, 8); break;
-    case CODES_F16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_F16, 16); break;
-    case CODES_BF16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_BF16, 16); break;
+    case CODES_I8: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_I8, 8, pf); break;
+    case CODES_F16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_F16, 16, pf); break;
+    case CODES_BF16: codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_BF16, 16, pf); break;
     case CODES_GROUPS:
         if (cp->bits == 4)
-            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_GROUPS, 4);
+            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_GROUPS, 4, pf);
         else
-            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_GROUPS, 2);
+            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_GROUPS, 2, pf);
         break;
     case CODES_KIVI:
         if (cp->bits == 4)
-            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_KIVI, 4);
+            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_KIVI, 4, pf);
         else
-            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_KIVI, 2);
+            codes_scores_fmt(cp, ku, kt, nb, acc, s, CODES_KIVI, 2, pf);
         break;
     }
 }

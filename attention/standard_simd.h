@@ -33,6 +33,55 @@ _Static_assert(KVD_ATTN_CHUNK % KVD_SIMD_W == 0, "chunks start on whole vectors"
  * lack of general ones and moves one back per load). */
 #define SIMD_OPAQUE(ptr) __asm__("" : "+r"(ptr))
 
+/* The next block's bytes, asked for a few cache lines at a time from
+ * inside the arithmetic of this one. One burst of every line at the start
+ * of a block stalls when the lines are many (f32: 256 a block): a core
+ * keeps only ~16 misses in flight, so the burst waits on DRAM while the
+ * arithmetic behind it waits on the burst, and memory and compute take
+ * turns (a cold f32 decode cost nearly the sum of its read time and its
+ * compute time). Dripped between FMAs, misses stay in flight while the
+ * block computes. */
+typedef struct simd_pf {
+    uintptr_t next; /* the next line of the range being asked for */
+    size_t left;    /* its lines not yet asked for */
+    size_t r, n;    /* ranges taken, ranges queued */
+    /* A block's ranges: 16 key rows, 16 value rows and, for KIVI keys, up
+     * to 16 block headers (group 1). Addresses, not pointers: a line's
+     * start may lie before the row's allocation (prefetch never faults). */
+    uintptr_t lo[3 * KVD_ATTN_BLOCK]; /* a range's first line */
+    size_t lines[3 * KVD_ATTN_BLOCK]; /* and its count of lines */
+    size_t per;   /* lines per drip */
+    size_t drips; /* drips so far in this block */
+} simd_pf;
+
+/* Lines of one block up to which they are asked for at once instead
+ * (simd_segment): 128 = f16/bf16 at d = 128 and every quantized dtype.
+ * Measured (bench_quant_decode, cold): dripping those was 5-15% slower
+ * (their kernels are compute-bound and a drip costs instructions), while
+ * f32's 256 lines a block gain 3-10%. */
+#define SIMD_PF_BURST 128
+
+/* Asks for the next pf->per lines of the queue (nothing when pf is NULL),
+ * called from the inner loops of the kernel. */
+KVD_SIMD_ATTR static inline void simd_pf_drip(simd_pf *pf)
+{
+    if (pf == NULL)
+        return;
+    pf->drips++;
+    for (size_t k = 0; k < pf->per; k++) {
+        while (pf->left == 0) {
+            if (pf->r == pf->n)
+                return;
+            pf->next = pf->lo[pf->r];
+            pf->left = pf->lines[pf->r];
+            pf->r++;
+        }
+        v_prefetch((const void *)pf->next);
+        pf->next += 64;
+        pf->left--;
+    }
+}
+
 /* <a, b> over d floats: two vector accumulators to hide FMA latency, then an
  * explicit scalar tail so any head_dim works (d = 1, 3, 17, 130 ...). */
 KVD_SIMD_ATTR static inline float simd_dot(const float *restrict a, const float *restrict b,
@@ -64,7 +113,8 @@ KVD_SIMD_ATTR static inline float simd_dot(const float *restrict a, const float 
  * accumulators at once (a transpose-and-add tree, ~3 ops per key instead of
  * ~8 for a horizontal sum each). Scalar tail for any head_dim. */
 KVD_SIMD_ATTR static inline vf simd_dot_w(const float *restrict q,
-                                          const float *const *restrict rows, size_t d)
+                                          const float *const *restrict rows, size_t d,
+                                          simd_pf *pf)
 {
     /* The loops over keys and query registers have constant trip counts and
      * are unrolled completely so that acc[] and qr[] live in registers. */
@@ -84,6 +134,8 @@ KVD_SIMD_ATTR static inline vf simd_dot_w(const float *restrict q,
             SIMD_UNROLL
             for (size_t r = 0; r < SIMD_QREG; r++)
                 acc[b] = v_fma(qr[r], v_load(k + r * KVD_SIMD_W), acc[b]);
+            if (b % (32 / SIMD_QREG) == 0) /* once per 32 FMAs (of 16 lanes) */
+                simd_pf_drip(pf);
         }
     }
     for (; c + KVD_SIMD_W <= d; c += KVD_SIMD_W) {
@@ -105,14 +157,15 @@ KVD_SIMD_ATTR static inline vf simd_dot_w(const float *restrict q,
 }
 
 /* out[b] = <q, rows[b]> for b < nb (<= KVD_ATTN_BLOCK): whole vectors of
- * keys through simd_dot_w, a ragged last few (end of a segment) one by one. */
+ * keys through simd_dot_w, a ragged last few (end of a segment) one by one.
+ * pf (may be NULL) is dripped once per key. */
 KVD_SIMD_ATTR static inline void simd_dot_block(const float *restrict q,
                                                 const float *const *restrict rows, size_t nb,
-                                                size_t d, float *restrict out)
+                                                size_t d, float *restrict out, simd_pf *pf)
 {
     size_t b = 0;
     for (; b + KVD_SIMD_W <= nb; b += KVD_SIMD_W)
-        v_store(out + b, simd_dot_w(q, rows + b, d));
+        v_store(out + b, simd_dot_w(q, rows + b, d, pf));
     for (; b < nb; b++)
         out[b] = simd_dot(q, rows[b], d);
 }
@@ -131,10 +184,11 @@ KVD_SIMD_ATTR static inline void simd_scale(float *restrict acc, float alpha, si
 /* acc[0..d) += sum_b p[b] * v[b][0..d): acc is loaded and stored once per
  * block. Eight vector columns at a time (all of d = 128 on AVX-512) give
  * eight independent FMA chains per weight, enough to cover FMA latency on
- * two ports (four chains would wait on it for every key of the block). */
+ * two ports (four chains would wait on it for every key of the block).
+ * pf (may be NULL) is dripped once per row and 8 vectors. */
 KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const float *restrict p,
                                                  const float *const *restrict v, size_t nb,
-                                                 size_t d)
+                                                 size_t d, simd_pf *pf)
 {
     size_t i = 0;
     for (; i + 8 * KVD_SIMD_W <= d; i += 8 * KVD_SIMD_W) {
@@ -149,6 +203,7 @@ KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const floa
             SIMD_UNROLL
             for (size_t r = 0; r < 8; r++)
                 a[r] = v_fma(pb, v_load(vb + r * KVD_SIMD_W), a[r]);
+            simd_pf_drip(pf);
         }
         SIMD_UNROLL
         for (size_t r = 0; r < 8; r++)
@@ -329,6 +384,7 @@ typedef struct simd_state {
     simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
     simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
     codes_prep cp;               /* keys from codes (standard_codes.h), per segment */
+    simd_pf pf;                  /* the next block's lines, dripped */
     _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES]; /* last: the hot fields stay together */
 } simd_state;
 
@@ -356,9 +412,11 @@ static inline simd_chunk simd_chunk_of(kvd_row_format f, size_t d, uint32_t grou
     case fmt: {                                                                        \
         simd_chunk ch = ch0;                                                           \
         ch.f = fmt;                                                                    \
-        for (size_t b = 0; b < nb; b++)                                                \
+        for (size_t b = 0; b < nb; b++) {                                              \
             simd_dequant(&ch, unit[b], t[b], kc, sz + b * SIMD_SZ_STRIDE,              \
                          tile + b * (c1 - c0));                                        \
+            simd_pf_drip(pf);                                                          \
+        }                                                                              \
         break;                                                                         \
     }
 
@@ -369,7 +427,7 @@ static inline simd_chunk simd_chunk_of(kvd_row_format f, size_t d, uint32_t grou
  * in place for f32, else dequantized into the tile. */
 KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char *const *unit,
                                     const size_t *t, size_t nb, simd_kivi_cache *kc,
-                                    float *restrict tile, const float **rows)
+                                    float *restrict tile, const float **rows, simd_pf *pf)
 {
     const simd_chunk ch0 = *ch0p;
     const size_t c0 = ch0.c0, c1 = ch0.c1;
@@ -420,7 +478,7 @@ KVD_SIMD_ATTR static inline void simd_cursor_next(simd_cursor *c, size_t spp, ui
     }
 }
 
-/* Asks for bytes [p, p + n) in L1 ahead of use. */
+/* Asks for bytes [p, p + n) in L1 ahead of use, all at once. */
 KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
 {
     for (size_t o = 0; o < n; o += 64)
@@ -428,12 +486,11 @@ KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
     v_prefetch(p + n - 1); /* a row may end in one more line */
 }
 
-/* The bytes slot `c` will be read from: its key row (KIVI: its token's
- * codes, and the block's scales at its first token) and its value row.
- * Decoding a block from a tile leaves the memory system idle while the
- * heads compute on it; asking for the next block meanwhile keeps the
- * reads and the arithmetic overlapped (the hardware prefetcher alone
- * restarts at every page, and pages need not be in address order). */
+/* The bytes slot `c` will be read from, asked for at once: its key row
+ * (KIVI: its token's codes, and the block's scales at its first token) and
+ * its value row. Rows of a few lines (the quantized dtypes): a block's
+ * lines fit what a core keeps in flight, and queueing them for drips
+ * (simd_pf) costs more than it overlaps. */
 KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, const simd_cursor *c,
                                                     size_t ks, size_t vs, int k_block,
                                                     size_t k_codes)
@@ -448,6 +505,53 @@ KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, cons
         simd_prefetch(page + kv->k_offset + c->i * ks, ks);
     }
     simd_prefetch(page + kv->v_offset + c->i * vs, vs); /* values are per-token rows */
+}
+
+/* Queues bytes [p, p + n) (n > 0): every line they touch. */
+KVD_SIMD_ATTR static inline void simd_pf_add(simd_pf *pf, const unsigned char *p, size_t n)
+{
+    const uintptr_t first = (uintptr_t)p & ~(uintptr_t)63;
+    pf->lo[pf->n] = first;
+    pf->lines[pf->n] = ((uintptr_t)p + n - first + 63) / 64;
+    pf->n++;
+}
+
+/* Queues the bytes of the nb slots from cursor c on, keys first (the next
+ * block scores them first): each key row (KIVI: its token's codes, and the
+ * block's scales at its first token), then each value row. The hardware
+ * prefetcher alone restarts at every page, and pages need not be in
+ * address order. */
+KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const kvd_kv_pages *kv, simd_cursor c,
+                                               size_t nb, size_t ks, size_t vs, int k_block,
+                                               size_t k_codes)
+{
+    const size_t spp = kv->slots_per_page;
+    const simd_cursor c0 = c;
+    const size_t drips = pf->drips; /* how often the last block dripped */
+    pf->r = pf->n = pf->left = pf->drips = 0;
+    for (size_t b = 0; b < nb; b++, simd_cursor_next(&c, spp, kv->group)) {
+        const unsigned char *page = kv->pages[c.p];
+        if (k_block) {
+            const unsigned char *blk = page + kv->k_offset + c.kb * ks;
+            if (c.kt == 0)
+                simd_pf_add(pf, blk, 4 * kv->head_dim);
+            simd_pf_add(pf, blk + 4 * kv->head_dim + c.kt * k_codes, k_codes);
+        } else {
+            simd_pf_add(pf, page + kv->k_offset + c.i * ks, ks);
+        }
+    }
+    c = c0;
+    for (size_t b = 0; b < nb; b++, simd_cursor_next(&c, spp, kv->group))
+        simd_pf_add(pf, kv->pages[c.p] + kv->v_offset + c.i * vs, vs); /* per-token rows */
+    /* Spread the lines over the first ~3/4 of this block's drips, counted
+     * on the last block (blocks of one segment drip alike; the first block
+     * guesses 64), so the last ones arrive before the block that needs
+     * them starts. What the drips leave is asked for at the block's end. */
+    size_t lines = 0;
+    for (size_t i = 0; i < pf->n; i++)
+        lines += pf->lines[i];
+    const size_t span = drips > 4 ? drips * 3 / 4 : 64;
+    pf->per = (lines + span - 1) / span;
 }
 
 /* od = od * od_scale + o, then o = 0: the f32 output sum of the last blocks
@@ -489,8 +593,14 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     }
     codes_prepare(&st->cp, kv->k_format, d, kv->group, q, g);
     simd_cursor cur = {0, 0, 0, 0}, ahead = {0, 0, 0, 0};
+    simd_pf *const queue = &st->pf;
+    queue->drips = 0;
     /* KIVI: bytes of one token's key codes */
     const size_t k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
+    /* f32 rows (f16/bf16 past d = 128): a block's lines outnumber what a
+     * core keeps in flight, so they are dripped; smaller rows go at once. */
+    const size_t k_token = k_block ? k_codes + 4 * d / kv->group : ks; /* KIVI: scales shared */
+    const int drip = KVD_ATTN_BLOCK * ((k_token + 63) / 64 + (vs + 63) / 64) > SIMD_PF_BURST;
     for (size_t j = 0; j < KVD_ATTN_BLOCK && j < n; j++)
         simd_cursor_next(&ahead, spp, kv->group);
 
@@ -507,9 +617,15 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             vt[b] = v_block ? cur.kt : 0;
             simd_cursor_next(&cur, spp, kv->group);
         }
-        /* the next block, one block ahead */
-        for (size_t b = 0; b < KVD_ATTN_BLOCK && j0 + KVD_ATTN_BLOCK + b < n; b++) {
-            simd_prefetch_slot(kv, &ahead, ks, vs, k_block, k_codes);
+        /* The next block's lines: asked for now, or dripped by the loops
+         * below (pf NULL: nothing to drip). */
+        const size_t nb_next = n - j0 - nb < KVD_ATTN_BLOCK ? n - j0 - nb : KVD_ATTN_BLOCK;
+        simd_pf *const pf = drip ? queue : NULL;
+        if (drip)
+            simd_pf_block(queue, kv, ahead, nb_next, ks, vs, k_block, k_codes);
+        for (size_t b = 0; b < nb_next; b++) {
+            if (!drip)
+                simd_prefetch_slot(kv, &ahead, ks, vs, k_block, k_codes);
             simd_cursor_next(&ahead, spp, kv->group);
         }
 
@@ -517,20 +633,20 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
          * and reused from L1 by every head of the group; a head_dim above
          * one chunk sums the scores over the chunks (or standard_codes.h). */
         if (st->cp.mode != CODES_OFF)
-            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s);
+            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s, pf);
         for (size_t c0 = 0, ci = 0; !st->cp.mode && c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
                                                     : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
-            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows);
+            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows, pf);
             for (size_t h = 0; h < g; h++) {
                 const float *restrict qh = q + h * d + c0;
                 if (c0 == 0) {
-                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h]);
+                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h], pf);
                     continue;
                 }
                 _Alignas(64) float part[KVD_ATTN_BLOCK];
-                simd_dot_block(qh, rows, nb, c1 - c0, part);
+                simd_dot_block(qh, rows, nb, c1 - c0, part, pf);
                 for (size_t b = 0; b < nb; b++)
                     st->s[h][b] += part[b];
             }
@@ -585,10 +701,12 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk vch = ci < SIMD_CHUNKS ? st->vch[ci]
                                                     : simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
-            simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows);
+            simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows, pf);
             for (size_t h = 0; h < g; h++)
-                simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0);
+                simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0, pf);
         }
+        while (pf && (pf->r < pf->n || pf->left > 0)) /* what the drips left */
+            simd_pf_drip(pf);
         if (++st->since_fold == KVD_ATTN_FOLD_BLOCKS)
             simd_fold(st, o, g, d);
     }

@@ -79,20 +79,20 @@ KVD_SIMD_ATTR static void ws_segment(const kvd_kv_pages *kv, size_t n, const flo
 
         /* scores, as the attend kernel computes them */
         if (st->cp.mode != CODES_OFF)
-            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s);
+            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s, NULL);
         for (size_t c0 = 0, ci = 0; !st->cp.mode && c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
                                                     : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
-            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows);
+            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows, NULL);
             for (size_t h = 0; h < g; h++) {
                 const float *restrict qh = q + h * d + c0;
                 if (c0 == 0) {
-                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h]);
+                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h], NULL);
                     continue;
                 }
                 _Alignas(64) float part[KVD_ATTN_BLOCK];
-                simd_dot_block(qh, rows, nb, c1 - c0, part);
+                simd_dot_block(qh, rows, nb, c1 - c0, part, NULL);
                 for (size_t b = 0; b < nb; b++)
                     st->s[h][b] += part[b];
             }
