@@ -16,6 +16,7 @@
 #include "attention/attention.h"
 #include "attention/kernels.h"
 #include "attention/prefill.h"
+#include "attention/simd_rows.h"
 
 /* Register blocking, per vector width (W = 16 AVX-512 with 32 registers;
  * W = 8 AVX2 with 16, and the portable layer).
@@ -55,13 +56,10 @@ _Static_assert(PF_ROWS % PF_RG == 0, "a tile is whole row groups");
 
 /* The channel chunk's {s, z} of the KIVI key block last decoded, as f32:
  * worked out once per (block, chunk) and reused by its `group` tokens. */
-typedef struct pf_kivi {
-    const unsigned char *unit; /* the block; NULL: none yet */
-    size_t c0;                 /* the chunk's first channel */
-    _Alignas(64) float s[PF_MAXD];
-    _Alignas(64) float z[PF_MAXD];
-    _Alignas(64) float sz[2 * PF_MAXD]; /* the interleaved {s, z} as read */
-} pf_kivi;
+/* KIVI key block headers: simd_kivi_cache (attention/simd_rows.h), whose
+ * arrays hold a chunk of PF_MAXD channels. */
+typedef simd_kivi_cache pf_kivi;
+_Static_assert(PF_MAXD <= KVD_ATTN_CHUNK, "a prefill chunk fits the KIVI header cache");
 
 /* Groups of a U4G/U2G row one chunk may touch on the vector path (group a
  * multiple of W >= 8): PF_MAXD / 8 plus a partial one at each end. */
@@ -212,21 +210,10 @@ pf_decode(kvd_row_format f, const unsigned char *unit, size_t t, size_t d, uint3
     size_t c = c0;
     switch (f) {
     case KVD_ROW_F16:
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_f16(unit + 2 * c));
-        break;
     case KVD_ROW_BF16:
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_bf16(unit + 2 * c));
+    case KVD_ROW_I8:
+        c = simd_decode_plain(f, unit, c0, c1, out);
         break;
-    case KVD_ROW_I8: {
-        float sc;
-        memcpy(&sc, unit, sizeof sc);
-        const vf vs = v_set1(sc);
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_mul(vs, v_i8(unit + 4 + c)));
-        break;
-    }
     case KVD_ROW_U4G:
     case KVD_ROW_U2G: {
         if (group % KVD_SIMD_W != 0)
@@ -259,26 +246,9 @@ pf_decode(kvd_row_format f, const unsigned char *unit, size_t t, size_t d, uint3
     }
     case KVD_ROW_KIVI4_KEYS:
     case KVD_ROW_KIVI2_KEYS: {
-        if (kc->unit != unit || kc->c0 != c0) {
-            /* a new block (every `group` tokens): its channels' {s, z} */
-            v_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
-            for (size_t i = 0; i < c1 - c0; i++) {
-                kc->s[i] = kc->sz[2 * i];
-                kc->z[i] = kc->sz[2 * i + 1];
-            }
-            kc->unit = unit;
-            kc->c0 = c0;
-        }
         const int four = f == KVD_ROW_KIVI4_KEYS;
-        const unsigned char *restrict codes = unit + 4 * d + t * ((d * (four ? 4 : 2) + 7) / 8);
-        if (four)
-            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-                v_store(out + (c - c0), v_fma(v_u4(codes + c / 2), v_load(kc->s + (c - c0)),
-                                              v_load(kc->z + (c - c0))));
-        else
-            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-                v_store(out + (c - c0), v_fma(v_u2(codes + c / 4), v_load(kc->s + (c - c0)),
-                                              v_load(kc->z + (c - c0))));
+        c = simd_decode_kivi_keys(four, unit, unit + 4 * d + t * ((d * (four ? 4 : 2) + 7) / 8), c0,
+                                  c1, kc, out);
         break;
     }
     default:

@@ -19,6 +19,7 @@
 
 #include "attention/attention.h"
 #include "attention/kernels.h"
+#include "attention/simd_rows.h"
 
 _Static_assert(KVD_ATTN_BLOCK % KVD_SIMD_W == 0, "a block of scores is whole vectors");
 _Static_assert(KVD_ATTN_CHUNK % KVD_SIMD_W == 0, "chunks start on whole vectors");
@@ -237,16 +238,6 @@ KVD_SIMD_ATTR static inline void simd_accumulate(float *restrict acc, const floa
 
 #define SIMD_INLINE KVD_SIMD_ATTR static inline __attribute__((always_inline))
 
-/* Per-channel scale and minimum of the current KIVI key block, decoded once
- * per (block, channel chunk) and reused by its `group` tokens. */
-typedef struct simd_kivi_cache {
-    const unsigned char *unit; /* the block they belong to; NULL: none yet */
-    size_t c0;                 /* first channel of the chunk they cover */
-    _Alignas(64) float s[KVD_ATTN_CHUNK];
-    _Alignas(64) float z[KVD_ATTN_CHUNK];
-    _Alignas(64) float sz[2 * KVD_ATTN_CHUNK]; /* the interleaved {s, z} as read */
-} simd_kivi_cache;
-
 /* Groups of a U4G/U2G row one chunk may touch, vector path (group is a
  * multiple of W >= 8): KVD_ATTN_CHUNK / 8 plus one partial at each end. */
 #define SIMD_MAX_CHUNK_GROUPS (KVD_ATTN_CHUNK / 8 + 2)
@@ -282,21 +273,10 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
         memcpy(out, unit + 4 * c0, (c1 - c0) * sizeof *out);
         return;
     case KVD_ROW_F16:
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_f16(unit + 2 * c));
-        break;
     case KVD_ROW_BF16:
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_bf16(unit + 2 * c));
+    case KVD_ROW_I8:
+        c = simd_decode_plain(ch->f, unit, c0, c1, out);
         break;
-    case KVD_ROW_I8: {
-        float s;
-        memcpy(&s, unit, sizeof s);
-        const vf vs = v_set1(s);
-        for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-            v_store(out + (c - c0), v_mul(v_i8(unit + 4 + c), vs));
-        break;
-    }
     case KVD_ROW_U4G:
     case KVD_ROW_U2G: {
         if (!ch->vector_groups)
@@ -330,30 +310,11 @@ SIMD_INLINE void simd_dequant(const simd_chunk *ch, const unsigned char *restric
         break;
     }
     case KVD_ROW_KIVI4_KEYS:
-    case KVD_ROW_KIVI2_KEYS: {
-        if (kc->unit != unit || kc->c0 != c0) {
-            /* A new block (every `group` tokens): its channels' {s, z}. */
-            v_halves(unit + 4 * c0, 2 * (c1 - c0), kc->sz);
-            for (size_t i = 0; i < c1 - c0; i++) {
-                kc->s[i] = kc->sz[2 * i];
-                kc->z[i] = kc->sz[2 * i + 1];
-            }
-            kc->unit = unit;
-            kc->c0 = c0;
-        }
-        const unsigned char *restrict codes = unit + 4 * ch->d + t * ch->codes;
-        /* KIVI keys: channel c's scale and minimum hold for every token of
-         * the block, so the per-channel vectors come from the cache. */
-        if (ch->f == KVD_ROW_KIVI4_KEYS)
-            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-                v_store(out + (c - c0), v_fma(v_u4(codes + c / 2), v_load(kc->s + (c - c0)),
-                                              v_load(kc->z + (c - c0))));
-        else
-            for (; c + KVD_SIMD_W <= c1; c += KVD_SIMD_W)
-                v_store(out + (c - c0), v_fma(v_u2(codes + c / 4), v_load(kc->s + (c - c0)),
-                                              v_load(kc->z + (c - c0))));
+    case KVD_ROW_KIVI2_KEYS:
+        /* channel c's scale and minimum hold for every token of the block */
+        c = simd_decode_kivi_keys(ch->f == KVD_ROW_KIVI4_KEYS, unit,
+                                  unit + 4 * ch->d + t * ch->codes, c0, c1, kc, out);
         break;
-    }
     }
     if (c < c1)
         kvd_dequant_range(ch->f, unit, t, ch->d, ch->group, c, c1, out + (c - c0));
