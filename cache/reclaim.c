@@ -14,27 +14,6 @@ static bool is_kivi(const kvd_session_config *cfg)
     return cfg->cache.dtype == KVD_DTYPE_KIVI2 || cfg->cache.dtype == KVD_DTYPE_KIVI4;
 }
 
-bool kvd_session_reclaimable(const kvd_session *s)
-{
-    if (s->config.cache.eviction == KVD_EVICT_NONE)
-        return false;
-    /* subgen streams hold only their protected window already; sketching
-     * it would need pages (clusters, samples), not free them. */
-    if (s->subgen)
-        return false;
-    /* A KIVI two-cache rebuilds its pair rows by appending them anew into
-     * the f32 residual and settling them (cache/step.c): pages that a full
-     * pool does not have. Skipped, so it never loses tokens without them. */
-    if (s->pairs && is_kivi(&s->config))
-        return false;
-    if (kvd_session_shared_pages(s))
-        return false; /* eviction without pages could not copy a shared page it writes */
-    for (size_t i = 0; i < s->n_streams; i++)
-        if (kvd_stream_evictable(&s->streams[i]) >= s->streams[i].slots_per_page)
-            return true; /* at least one whole page would come free */
-    return false;
-}
-
 static size_t div_up(size_t a, size_t b)
 {
     return a / b + (a % b != 0);
@@ -94,31 +73,68 @@ static size_t mirror_pages_freed(const kvd_stream *m, size_t evict)
     return m->n_pages - kept_after_trim(m, div_up(m->n_tokens - evict, m->slots_per_page));
 }
 
+/* Pages evicting every evictable token of stream j gives back: its own, its
+ * mirror's and its pair rows' (n'^2 of them). Exact, not a bound: every
+ * formula above replays what the eviction code does to the page counts,
+ * and none depends on which tokens go (only on how many: kvd_stream_evict
+ * with target 0 takes all n_heap unprotected tokens, the heap's size does
+ * not change under h2o's prepare, and without shared pages no unshare can
+ * stop it early). */
+static size_t stream_reclaim_pages(const kvd_session *s, size_t j)
+{
+    const kvd_stream *st = &s->streams[j];
+    const size_t e = kvd_stream_evictable(st);
+    if (e == 0)
+        return 0; /* kvd_stream_evict returns at once; no pair rebuild */
+    size_t pages = st->residual != NULL ? kivi_pages_freed(st, e) : stream_pages_freed(st, e);
+    if (st->mirror != NULL)
+        pages += mirror_pages_freed(st->mirror, e);
+    if (s->pairs != NULL) {
+        const size_t left = st->n_tokens - e;
+        const kvd_stream *pr = &s->pairs[j];
+        pages += pr->n_pages - kept_after_trim(pr, div_up(left * left, pr->slots_per_page));
+    }
+    return pages;
+}
+
+/* The kinds reclaim takes from at all. */
+static bool reclaim_takes(const kvd_session *s)
+{
+    if (s->config.cache.eviction == KVD_EVICT_NONE)
+        return false;
+    /* subgen streams hold only their protected window already; sketching
+     * it would need pages (clusters, samples), not free them. */
+    if (s->subgen)
+        return false;
+    /* A KIVI two-cache rebuilds its pair rows by appending them anew into
+     * the f32 residual and settling them (cache/step.c): pages that a full
+     * pool does not have. Skipped, so it never loses tokens without them. */
+    if (s->pairs && is_kivi(&s->config))
+        return false;
+    return !kvd_session_shared_pages(s); /* eviction could not copy a shared page it writes */
+}
+
+bool kvd_session_reclaimable(const kvd_session *s)
+{
+    if (!reclaim_takes(s))
+        return false;
+    /* Exactly kvd_session_reclaimable_pages(s) > 0, stopping at the first
+     * stream that gives a page. Fewer than a page's worth of evictable
+     * tokens can give one too (a partly filled last page, a mirror's page,
+     * pair rows, which shrink by 2n - 1 per token). */
+    for (size_t j = 0; j < s->n_streams; j++)
+        if (stream_reclaim_pages(s, j) > 0)
+            return true;
+    return false;
+}
+
 size_t kvd_session_reclaimable_pages(const kvd_session *s)
 {
-    /* Exact, not a bound: every formula above replays what the eviction
-     * code does to the page counts, and none depends on which tokens go
-     * (only on how many: kvd_stream_evict with target 0 takes all n_heap
-     * unprotected tokens, the heap's size does not change under h2o's
-     * prepare, and without shared pages no unshare can stop it early). */
-    if (s->config.cache.eviction == KVD_EVICT_NONE || s->subgen || (s->pairs && is_kivi(&s->config)) ||
-        kvd_session_shared_pages(s))
-        return 0; /* kinds kvd_session_reclaimable refuses */
+    if (!reclaim_takes(s))
+        return 0;
     size_t pages = 0;
-    for (size_t j = 0; j < s->n_streams; j++) {
-        const kvd_stream *st = &s->streams[j];
-        const size_t e = kvd_stream_evictable(st);
-        if (e == 0)
-            continue; /* kvd_stream_evict returns at once; no pair rebuild */
-        pages += st->residual != NULL ? kivi_pages_freed(st, e) : stream_pages_freed(st, e);
-        if (st->mirror != NULL)
-            pages += mirror_pages_freed(st->mirror, e);
-        if (s->pairs != NULL) {
-            const size_t left = st->n_tokens - e;
-            const kvd_stream *pr = &s->pairs[j];
-            pages += pr->n_pages - kept_after_trim(pr, div_up(left * left, pr->slots_per_page));
-        }
-    }
+    for (size_t j = 0; j < s->n_streams; j++)
+        pages += stream_reclaim_pages(s, j);
     return pages;
 }
 

@@ -13,14 +13,16 @@
 #include "cache/pool.h"
 #include "cache/session.h"
 
-/* True when reclaiming from s could free at least one whole page: it has a
- * policy, no page shared with a fork (evicting from shared pages would need
- * copies, i.e. the very pages the pool is short of), is not a KIVI tensor
- * two-cache (rebuilding its pair rows appends them anew: pages again), is
- * not subgen (its streams hold only protected tokens; sketching takes pages), and
- * some stream holds a page's worth of unprotected tokens. Every other kind
- * stays consistent: a tensor session's k2/v2 follow k1/v1's slot moves, and
- * a two-cache's pair rows are rebuilt in place (no page needed). */
+/* True when reclaiming from s would free at least one page, i.e. exactly
+ * when kvd_session_reclaimable_pages(s) > 0: it has a policy, no page
+ * shared with a fork (evicting from shared pages would need copies, i.e.
+ * the very pages the pool is short of), is not a KIVI tensor two-cache
+ * (rebuilding its pair rows appends them anew: pages again), is not subgen
+ * (its streams hold only protected tokens; sketching takes pages), and
+ * evicting some stream's unprotected tokens gives back a page of its own,
+ * of its k2/v2 mirror or of its pair rows. Every kind it accepts stays
+ * consistent: a tensor session's k2/v2 follow k1/v1's slot moves, and a
+ * two-cache's pair rows are rebuilt in place (no page needed). */
 bool kvd_session_reclaimable(const kvd_session *s);
 
 /* Evicts s's streams one after another down to their protected tokens until

@@ -124,6 +124,9 @@ START_TEST(reclaimable_pages_match_reclaim)
     if (_i % 3 == 0) /* the first fill gives every kind whole pages to give back */
         ck_assert_msg(kvd_session_reclaimable(s), "%s: test bug: not reclaimable", k->name);
     const size_t predicted = kvd_session_reclaimable_pages(s);
+    /* the yes/no check is the count's, not a page's worth of tokens */
+    ck_assert_msg(kvd_session_reclaimable(s) == (predicted > 0), "%s, fill %d: reclaimable %d, %zu pages",
+                  k->name, _i % 3, kvd_session_reclaimable(s), predicted);
     const size_t free_before = kvd_pool_pages_free(pool), held_before = kvd_session_pages(s);
     const uint64_t evicted = kvd_session_reclaim(s, pool, SIZE_MAX);
     const size_t freed = kvd_pool_pages_free(pool) - free_before;
@@ -134,6 +137,7 @@ START_TEST(reclaimable_pages_match_reclaim)
         ck_assert_uint_gt(freed, 0);
     /* nothing left to give */
     ck_assert_uint_eq(kvd_session_reclaimable_pages(s), 0);
+    ck_assert(!kvd_session_reclaimable(s));
     kvd_session_destroy(s, pool);
     ck_assert_uint_eq(kvd_pool_pages_free(pool), POOL_PAGES);
     kvd_pool_destroy(pool);
