@@ -468,6 +468,21 @@ KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, cons
     simd_prefetch(page + kv->v_offset + c->i * vs, vs); /* values are per-token rows */
 }
 
+/* Asks for every line still queued at once (what the drips of a block
+ * left), without counting it as a drip. */
+KVD_SIMD_ATTR static inline void simd_pf_drain(simd_pf *pf)
+{
+    for (;;) {
+        for (; pf->left > 0; pf->left--, pf->next += 64)
+            v_prefetch((const void *)pf->next);
+        if (pf->r == pf->n)
+            return;
+        pf->next = pf->lo[pf->r];
+        pf->left = pf->lines[pf->r];
+        pf->r++;
+    }
+}
+
 /* Queues bytes [p, p + n) (n > 0): every line they touch. */
 KVD_SIMD_ATTR static inline void simd_pf_add(simd_pf *pf, const unsigned char *p, size_t n)
 {
@@ -477,17 +492,17 @@ KVD_SIMD_ATTR static inline void simd_pf_add(simd_pf *pf, const unsigned char *p
     pf->n++;
 }
 
-/* Queues the bytes of the nb slots from cursor c on, keys first (the next
- * block scores them first): each key row (KIVI: its token's codes, and the
- * block's scales at its first token), then each value row. The hardware
- * prefetcher alone restarts at every page, and pages need not be in
- * address order. */
-KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const kvd_kv_pages *kv, simd_cursor c,
+/* Queues the bytes of the nb slots from cursor *at on, keys first (the
+ * next block scores them first): each key row (KIVI: its token's codes, and
+ * the block's scales at its first token), then each value row; leaves *at
+ * past them. The hardware prefetcher alone restarts at every page, and
+ * pages need not be in address order. */
+KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const kvd_kv_pages *kv, simd_cursor *at,
                                                size_t nb, size_t ks, size_t vs, int k_block,
                                                size_t k_codes)
 {
     const size_t spp = kv->slots_per_page;
-    const simd_cursor c0 = c;
+    simd_cursor c = *at;
     const size_t drips = pf->drips; /* how often the last block dripped */
     pf->r = pf->n = pf->left = pf->drips = 0;
     for (size_t b = 0; b < nb; b++, simd_cursor_next(&c, spp, kv->group)) {
@@ -501,13 +516,13 @@ KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const kvd_kv_pages *
             simd_pf_add(pf, page + kv->k_offset + c.i * ks, ks);
         }
     }
-    c = c0;
-    for (size_t b = 0; b < nb; b++, simd_cursor_next(&c, spp, kv->group))
-        simd_pf_add(pf, kv->pages[c.p] + kv->v_offset + c.i * vs, vs); /* per-token rows */
+    for (size_t b = 0; b < nb; b++, simd_cursor_next(at, spp, kv->group))
+        simd_pf_add(pf, kv->pages[at->p] + kv->v_offset + at->i * vs, vs); /* per-token rows */
     /* Spread the lines over the first ~3/4 of this block's drips, counted
      * on the last block (blocks of one segment drip alike; the first block
      * guesses 64), so the last ones arrive before the block that needs
-     * them starts. What the drips leave is asked for at the block's end. */
+     * them starts. What the drips leave, simd_pf_drain asks for at the
+     * block's end. */
     size_t lines = 0;
     for (size_t i = 0; i < pf->n; i++)
         lines += pf->lines[i];
@@ -583,12 +598,12 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
         const size_t nb_next = n - j0 - nb < KVD_ATTN_BLOCK ? n - j0 - nb : KVD_ATTN_BLOCK;
         simd_pf *const pf = drip ? queue : NULL;
         if (drip)
-            simd_pf_block(queue, kv, ahead, nb_next, ks, vs, k_block, k_codes);
-        for (size_t b = 0; b < nb_next; b++) {
-            if (!drip)
+            simd_pf_block(queue, kv, &ahead, nb_next, ks, vs, k_block, k_codes);
+        else
+            for (size_t b = 0; b < nb_next; b++) {
                 simd_prefetch_slot(kv, &ahead, ks, vs, k_block, k_codes);
-            simd_cursor_next(&ahead, spp, kv->group);
-        }
+                simd_cursor_next(&ahead, spp, kv->group);
+            }
 
         /* Scores. Heads inner: the block's keys are read (and decoded) once
          * and reused from L1 by every head of the group; a head_dim above
@@ -666,8 +681,8 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             for (size_t h = 0; h < g; h++)
                 simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0, pf);
         }
-        while (pf && (pf->r < pf->n || pf->left > 0)) /* what the drips left */
-            simd_pf_drip(pf);
+        if (pf)
+            simd_pf_drain(pf);
         if (++st->since_fold == KVD_ATTN_FOLD_BLOCKS)
             simd_fold(st, o, g, d);
     }
