@@ -357,12 +357,6 @@ static int run_cases(kvd_pool *pool, size_t n_dt)
  * model alone runs over SPREAD_SEEDS more, each its own ratio. */
 #define SPREAD_SEEDS 16
 
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void model_spread(void)
 {
     printf("\nfloat64 model alone, int4 plain/rotated per seed (%d seeds, each %d queries x %d heads):\n",
@@ -385,7 +379,7 @@ static void model_spread(void)
             free(x.v);
             free(x.q);
         }
-        qsort(r, SPREAD_SEEDS, sizeof *r, cmp_double);
+        qsort(r, SPREAD_SEEDS, sizeof *r, bench_cmp_double);
         printf("  x%.0f/x%.0f: min %.2fx, median %.2fx, max %.2fx (issue's model %.1fx)\n", CASES[ci].a,
                CASES[ci].b, r[0], (r[SPREAD_SEEDS / 2 - 1] + r[SPREAD_SEEDS / 2]) / 2, r[SPREAD_SEEDS - 1],
                CASES[ci].model_issue);

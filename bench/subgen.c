@@ -166,6 +166,17 @@ static kvd_session_config config(kvd_eviction e, uint32_t budget)
     return c;
 }
 
+/* A session of config c and its exact twin (kvd_session_shadow_config: the
+ * same shape in f32 without a policy), the pair every table compares. */
+static void open_pair(const kvd_session_config *c, kvd_session **s, kvd_session **exact)
+{
+    const kvd_session_config ec = kvd_session_shadow_config(c);
+    if (kvd_session_create(c, PAGE, s) != 0 || kvd_session_create(&ec, PAGE, exact) != 0) {
+        fprintf(stderr, "bench: session\n");
+        exit(2);
+    }
+}
+
 /* Appends tokens [from, to) in chunks; 0 or -1 if the pool ran out. */
 static int feed(kvd_session *s, kvd_session *shadow, kvd_pool *pool, const float *k, const float *v, size_t from,
                 size_t to)
@@ -236,10 +247,9 @@ static errs evicting_at(kvd_eviction pol, size_t bytes, kvd_pool *pool, const fl
     kvd_session_config c = config(pol, budget > n ? 0 : (uint32_t)budget);
     if (budget > n)
         c.cache.eviction = KVD_EVICT_NONE; /* everything fits: exact */
-    const kvd_session_config sc = kvd_session_shadow_config(&c);
     kvd_session *s, *sh;
-    if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&sc, PAGE, &sh) != 0 ||
-        feed(s, sh, pool, k, v, 0, n) != 0) {
+    open_pair(&c, &s, &sh);
+    if (feed(s, sh, pool, k, v, 0, n) != 0) {
         fprintf(stderr, "bench: evicting session failed\n");
         exit(2);
     }
@@ -267,12 +277,8 @@ static void run(key_set ks, size_t max_n, kvd_pool *pool, float *k, float *v, fl
            "rel med", "rel max", "additive", "l2n keep", "rel med", "rel max", "additive", "rec keep", "rel med",
            "rel max", "additive");
     kvd_session_config c = config(KVD_EVICT_SUBGEN, 0);
-    const kvd_session_config sc = kvd_session_shadow_config(&c);
     kvd_session *s, *sh;
-    if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&sc, PAGE, &sh) != 0) {
-        fprintf(stderr, "bench: session\n");
-        exit(2);
-    }
+    open_pair(&c, &s, &sh);
     size_t have = 0;
     *n_rows = 0;
     for (size_t n = 1024; n <= max_n; n *= 2) {
@@ -348,12 +354,8 @@ static bool run_tensor(kvd_pool *pool)
     kvd_session_config c = config(KVD_EVICT_SUBGEN, 0);
     c.attention = KVD_ATTN_TENSOR;
     c.tensor_cache = KVD_TENSOR_CACHE_FOUR;
-    kvd_session_config ec = kvd_session_shadow_config(&c); /* exact f32 four-cache, no policy */
     kvd_session *s, *x;
-    if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&ec, PAGE, &x) != 0) {
-        fprintf(stderr, "bench: tensor sessions\n");
-        exit(2);
-    }
+    open_pair(&c, &s, &x); /* x: the exact f32 four-cache, no policy */
     printf("\ntensor attention, SubGen4Cache vs the exact four-cache (k1, k2 from 8 centres each, spread 0.05, "
            "values = mean + 0.3 noise, %d queries)\n", TQUERIES);
     printf("%7s | %12s %9s %8s %8s | %12s\n", "n", "subgen4 B", "clusters", "rel med", "rel max", "exact four B");
@@ -430,12 +432,8 @@ static void run_capped(kvd_pool *pool, float *k, float *v, float *q)
     for (size_t ci = 0; ci < sizeof caps / sizeof *caps; ci++) {
         kvd_session_config c = config(KVD_EVICT_SUBGEN, 0);
         c.cache.max_clusters = caps[ci];
-        const kvd_session_config sc = kvd_session_shadow_config(&c);
         kvd_session *s, *sh;
-        if (kvd_session_create(&c, PAGE, &s) != 0 || kvd_session_create(&sc, PAGE, &sh) != 0) {
-            fprintf(stderr, "bench: session\n");
-            exit(2);
-        }
+        open_pair(&c, &s, &sh);
         size_t have = 0;
         for (size_t n = 4096; n <= 16384; n *= 4) {
             const double t0 = bench_now();
