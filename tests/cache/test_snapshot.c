@@ -220,10 +220,9 @@ START_TEST(subgen_sessions)
 }
 END_TEST
 
-/* A small subgen session (head_dim 4, t = 2, s = 3, sink 1, recent 1) fed
- * `m` tokens of one key (one cluster) and varied values: its sketch is the
- * snapshot's last record, of a known layout. */
-static void subgen_snapshot(void **bytes, size_t *len, size_t m, size_t *sketch_at)
+/* The config of a small subgen session: one layer and head, head_dim 4,
+ * delta 0.5, t = 2, s = 3, sink 1, recent 1. */
+static kvd_session_config small_subgen_config(void)
 {
     kvd_session_config c = base_config();
     c.layers = 1;
@@ -235,6 +234,15 @@ static void subgen_snapshot(void **bytes, size_t *len, size_t m, size_t *sketch_
     c.cache.cluster_samples = 2;
     c.cache.value_samples = 3;
     c.cache.sink = c.cache.recent = 1;
+    return c;
+}
+
+/* A small subgen session (small_subgen_config) fed `m` tokens of one key
+ * (one cluster) and varied values: its sketch is the snapshot's last
+ * record, of a known layout. */
+static void subgen_snapshot(void **bytes, size_t *len, size_t m, size_t *sketch_at)
+{
+    const kvd_session_config c = small_subgen_config();
     kvd_pool *p;
     ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
     kvd_session *a;
@@ -480,16 +488,7 @@ END_TEST
  * restore uncapped (0), as version 3's sketches grew. */
 START_TEST(subgen_max_clusters_versions)
 {
-    kvd_session_config c = base_config();
-    c.layers = 1;
-    c.heads = c.kv_heads = 1;
-    c.head_dim = 4;
-    c.cache.group = c.cache.residual = 0;
-    c.cache.eviction = KVD_EVICT_SUBGEN;
-    c.cache.delta = 0.5;
-    c.cache.cluster_samples = 2;
-    c.cache.value_samples = 3;
-    c.cache.sink = c.cache.recent = 1;
+    kvd_session_config c = small_subgen_config();
     c.cache.max_clusters = 2;
     kvd_pool *p;
     ck_assert_int_eq(kvd_pool_create(1 << 20, 4096, &p), 0);
