@@ -56,11 +56,13 @@ typedef struct simd_pf {
 } simd_pf;
 
 /* Lines of one block up to which they are asked for at once instead
- * (simd_segment): 128 = f16/bf16 at d = 128 and every quantized dtype.
- * Measured (bench_quant_decode, cold): dripping those was 5-15% slower
- * (their kernels are compute-bound and a drip costs instructions), while
- * f32's 256 lines a block gain 3-10%. */
-#define SIMD_PF_BURST 128
+ * (simd_segment). At d = 128: f32 (256 lines a block) and f16/bf16 (128)
+ * drip; int8 (66) and the 4- and 2-bit dtypes (<= 42) keep the burst.
+ * Measured (bench_quant_decode, cold, built side by side and alternated):
+ * the drip gains f32 3-10% and f16/bf16 8-20% of their read-loop
+ * fraction; for int8 and int4 every schedule tried (burst, drip one to
+ * three blocks ahead, none) measured within noise. */
+#define SIMD_PF_BURST 96
 
 /* Asks for the next pf->per lines of the queue (nothing when pf is NULL),
  * called from the inner loops of the kernel. */
@@ -573,7 +575,7 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
     queue->drips = 0;
     /* KIVI: bytes of one token's key codes */
     const size_t k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
-    /* f32 rows (f16/bf16 past d = 128): a block's lines outnumber what a
+    /* f32 and f16/bf16 rows (d >= 128): a block's lines outnumber what a
      * core keeps in flight, so they are dripped; smaller rows go at once. */
     const size_t k_token = k_block ? k_codes + 4 * d / kv->group : ks; /* KIVI: scales shared */
     const int drip = KVD_ATTN_BLOCK * ((k_token + 63) / 64 + (vs + 63) / 64) > SIMD_PF_BURST;
