@@ -4,9 +4,10 @@
  * standard_avx512.c, standard_scalar.c), which names it
  * KVD_SIMD_NAME(kvd__attend_). Private to attention/. Keys and values are
  * taken 16 tokens at a time; f32 rows are read in place, quantized keys of
- * most shapes are scored from their codes (standard_codes.h), the rest is
- * dequantized into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one
- * block, never a copy of the cache) for the same f32 block math. Over 600
+ * most shapes are scored from their codes (standard_codes.h) and values of
+ * most shapes decoded in registers (simd_values), the rest is dequantized
+ * into an L1 tile of 16 x KVD_ATTN_CHUNK f32 (a slice of one block, never a
+ * copy of the cache) for the same f32 block math. Over 600
  * lines: the decode, the block math and the f64 sums are one kernel body over
  * one vector layer, included once per tier. */
 #ifndef KVD_SIMD_LAYER
@@ -421,6 +422,133 @@ KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char 
     }
 }
 
+/* ---- values straight from their rows ------------------------------------- */
+
+/* Vectors of channels per pass of simd_values_heads: with 4 heads, 4 x VD
+ * accumulators plus VD decoded vectors stay in registers (AVX-512 has 32;
+ * AVX2 and the portable layer 16). */
+#define SIMD_VD (KVD_SIMD_W >= 16 ? 4 : 2)
+
+/* True when simd_values takes the value chunk ch: f16, bf16 and U4G/U2G
+ * groups of whole vectors (KIVI values are U4G/U2G rows), over whole passes
+ * of SIMD_VD vectors. Others go through the tile; so does int8, whose rows
+ * (4 + d bytes, off the line grid) measured ~5% slower from DRAM this way
+ * (bench_quant_decode, 3 of 4 alternated pairs) though 12-15% faster in L2. */
+static inline int simd_values_direct(const simd_chunk *ch)
+{
+    const int fmt = ch->f == KVD_ROW_F16 || ch->f == KVD_ROW_BF16
+                    || ((ch->f == KVD_ROW_U4G || ch->f == KVD_ROW_U2G) && ch->vector_groups);
+    return fmt && (ch->c1 - ch->c0) % (SIMD_VD * KVD_SIMD_W) == 0;
+}
+
+/* Vectors [c, c + SIMD_VD W) of value row `row` as f32, bit for bit what
+ * simd_dequant writes to the tile. sz: the row's {s, z} per group of the
+ * chunk, the chunk's first group at sz[0] (U4G/U2G). */
+SIMD_INLINE void simd_value_vecs(const simd_chunk *ch, const unsigned char *restrict row,
+                                 const float *restrict sz, size_t c, vf *x)
+{
+    const kvd_row_format f = ch->f;
+    if (f == KVD_ROW_U4G || f == KVD_ROW_U2G) {
+        /* a group is whole vectors: its table (z + s * code for every code)
+         * is built at the vector that starts it */
+        const int four = f == KVD_ROW_U4G;
+        const unsigned char *pc = row + ch->codes + (four ? c / 2 : c / 4);
+        vgroup vg;
+        SIMD_UNROLL
+        for (size_t r = 0; r < SIMD_VD; r++) {
+            const size_t cr = c + r * KVD_SIMD_W, gr = cr / ch->group - ch->g0;
+            if (r == 0 || cr % ch->group == 0)
+                vg = four ? v_group4(sz[2 * gr], sz[2 * gr + 1]) : v_group2(sz[2 * gr], sz[2 * gr + 1]);
+            x[r] = four ? v_dq4(pc + r * (KVD_SIMD_W / 2), &vg) : v_dq2(pc + r * (KVD_SIMD_W / 4), &vg);
+        }
+        return;
+    }
+    SIMD_UNROLL
+    for (size_t r = 0; r < SIMD_VD; r++) {
+        const size_t cr = c + r * KVD_SIMD_W;
+        x[r] = f == KVD_ROW_F16 ? v_f16(row + 2 * cr) : v_bf16(row + 2 * cr);
+    }
+}
+
+/* o[i][c0, c1) += sum_b w[i][b] * row_b[c0, c1) for i < nh (<= 4, a
+ * constant): each row's vectors are decoded in registers once for the nh
+ * heads, instead of stored to the tile and loaded back by every head. The
+ * products and their order per head are the tile path's (simd_accumulate),
+ * so the output is bit for bit the same (tests/attention/test_value_rows.c). */
+SIMD_INLINE void simd_values_heads(const simd_chunk *ch, const unsigned char *const *vu, size_t nb,
+                                   const float *restrict sz, const float (*w)[KVD_ATTN_BLOCK],
+                                   size_t nh, float *restrict o, size_t d, simd_pf *pf)
+{
+    for (size_t c = ch->c0; c < ch->c1; c += SIMD_VD * KVD_SIMD_W) {
+        vf a[4][SIMD_VD];
+        SIMD_UNROLL
+        for (size_t i = 0; i < nh; i++)
+            SIMD_UNROLL
+            for (size_t r = 0; r < SIMD_VD; r++)
+                a[i][r] = v_load(o + i * d + c + r * KVD_SIMD_W);
+        for (size_t b = 0; b < nb; b++) {
+            vf x[SIMD_VD];
+            simd_value_vecs(ch, vu[b], sz + b * SIMD_SZ_STRIDE, c, x);
+            SIMD_UNROLL
+            for (size_t i = 0; i < nh; i++) {
+                const vf wb = v_set1(w[i][b]);
+                SIMD_UNROLL
+                for (size_t r = 0; r < SIMD_VD; r++)
+                    a[i][r] = v_fma(wb, x[r], a[i][r]);
+            }
+            simd_pf_drip(pf);
+        }
+        SIMD_UNROLL
+        for (size_t i = 0; i < nh; i++)
+            SIMD_UNROLL
+            for (size_t r = 0; r < SIMD_VD; r++)
+                v_store(o + i * d + c + r * KVD_SIMD_W, a[i][r]);
+    }
+}
+
+/* One case of simd_values: the format a constant, heads in passes of 4,
+ * then 2, then 1 (register blocking). */
+#define SIMD_VALUES_FMT(fmt)                                                               \
+    case fmt: {                                                                            \
+        simd_chunk ch = *ch0;                                                              \
+        ch.f = fmt;                                                                        \
+        for (size_t h = 0; h < g;) {                                                       \
+            const size_t nh = g - h >= 4 ? 4 : g - h >= 2 ? 2 : 1;                         \
+            if (nh == 4)                                                                   \
+                simd_values_heads(&ch, vu, nb, sz, w + h, 4, o + h * d, d, pf);            \
+            else if (nh == 2)                                                              \
+                simd_values_heads(&ch, vu, nb, sz, w + h, 2, o + h * d, d, pf);            \
+            else                                                                           \
+                simd_values_heads(&ch, vu, nb, sz, w + h, 1, o + h * d, d, pf);            \
+            h += nh;                                                                       \
+        }                                                                                  \
+        break;                                                                             \
+    }
+
+/* o[h][c0, c1) += sum_b w[h][b] * v_b[c0, c1) for every head h < g, the
+ * value rows vu[0..nb) of chunk ch0 decoded in registers (simd_values_direct
+ * says which chunks). */
+KVD_SIMD_ATTR static void simd_values(const simd_chunk *ch0, const unsigned char *const *vu,
+                                      size_t nb, const float (*w)[KVD_ATTN_BLOCK], size_t g,
+                                      float *restrict o, size_t d, simd_pf *pf)
+{
+    /* U4G/U2G: every row's group scales and minimums, one F16C conversion
+     * per row, as simd_rows does */
+    _Alignas(64) float sz[KVD_ATTN_BLOCK * SIMD_SZ_STRIDE];
+    if (ch0->f == KVD_ROW_U4G || ch0->f == KVD_ROW_U2G)
+        for (size_t b = 0; b < nb; b++)
+            v_halves(vu[b] + 4 * ch0->g0, 2 * (ch0->g1 - ch0->g0), sz + b * SIMD_SZ_STRIDE);
+    switch (ch0->f) {
+        SIMD_VALUES_FMT(KVD_ROW_F16)
+        SIMD_VALUES_FMT(KVD_ROW_BF16)
+        SIMD_VALUES_FMT(KVD_ROW_U4G)
+        SIMD_VALUES_FMT(KVD_ROW_U2G)
+    default:
+        break;
+    }
+}
+#undef SIMD_VALUES_FMT
+
 /* Walks the slots of a view in order without a division per slot: page p,
  * index i in it and, for KIVI key blocks, block kb and token kt in it
  * (attention.h: slots_per_page is a multiple of group for KIVI views, so
@@ -673,12 +801,18 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             st->l[h] += (double)v_hsum(vsum);
         }
 
-        /* Values: decoded once per chunk into the same tile, then every
-         * head adds its weighted rows. */
+        /* Values: f16/bf16 and whole-vector U4G/U2G chunks decoded in
+         * registers once for every head (simd_values); the rest decoded
+         * once per chunk into the same tile, then every head adds its
+         * weighted rows. */
         for (size_t c0 = 0, ci = 0; c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk vch = ci < SIMD_CHUNKS ? st->vch[ci]
                                                     : simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
+            if (simd_values_direct(&vch)) {
+                simd_values(&vch, vu, nb, (const float (*)[KVD_ATTN_BLOCK])st->s, g, o, d, pf);
+                continue;
+            }
             simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows, pf);
             for (size_t h = 0; h < g; h++)
                 simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0, pf);
