@@ -60,9 +60,10 @@ typedef struct simd_pf {
  * (simd_segment). At d = 128: f32 (256 lines a block) and f16/bf16 (128)
  * drip; int8 (66) and the 4- and 2-bit dtypes (<= 42) keep the burst.
  * Measured (bench_quant_decode, cold, built side by side and alternated):
- * the drip gains f32 3-10% and f16/bf16 8-20% of their read-loop
- * fraction; for int8 and int4 every schedule tried (burst, drip one to
- * three blocks ahead, none) measured within noise. */
+ * the drip gains f32 3-10% and f16/bf16 a mean 6-9% (0-20%, no pair
+ * slower) of their read-loop fraction; for int8 and int4 every schedule
+ * tried (burst, drip one to three blocks ahead, none) measured within
+ * noise. */
 #define SIMD_PF_BURST 96
 
 /* Asks for the next pf->per lines of the queue (nothing when pf is NULL),
