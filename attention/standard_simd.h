@@ -388,6 +388,17 @@ static inline simd_chunk simd_chunk_of(kvd_row_format f, size_t d, uint32_t grou
 /* Floats of decoded {s, z} per row of a block (U4G/U2G). */
 #define SIMD_SZ_STRIDE (2 * SIMD_MAX_CHUNK_GROUPS)
 
+/* Every U4G/U2G row's group scales and minimums for chunk ch's groups, as
+ * f32 into sz (row b at b * SIMD_SZ_STRIDE): one F16C conversion per row,
+ * then the rows' codes broadcast s and z from this small array (simd_rows,
+ * simd_values). */
+SIMD_INLINE void simd_block_sz(const simd_chunk *ch, const unsigned char *const *unit, size_t nb,
+                               float *restrict sz)
+{
+    for (size_t b = 0; b < nb; b++)
+        v_halves(unit[b] + 4 * ch->g0, 2 * (ch->g1 - ch->g0), sz + b * SIMD_SZ_STRIDE);
+}
+
 /* Points rows[0..nb) at channels [ch0->c0, ch0->c1) of the block's rows:
  * in place for f32, else dequantized into the tile. */
 KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char *const *unit,
@@ -403,13 +414,9 @@ KVD_SIMD_ATTR static void simd_rows(const simd_chunk *ch0p, const unsigned char 
     }
     for (size_t b = 0; b < nb; b++)
         rows[b] = tile + b * (c1 - c0);
-    /* U4G/U2G: every row's group scales and minimums first, one F16C
-     * conversion per row, then the rows' codes, broadcasting s and z from
-     * this small array. */
     _Alignas(64) float sz[KVD_ATTN_BLOCK * SIMD_SZ_STRIDE];
     if ((ch0.f == KVD_ROW_U4G || ch0.f == KVD_ROW_U2G) && ch0.vector_groups)
-        for (size_t b = 0; b < nb; b++)
-            v_halves(unit[b] + 4 * ch0.g0, 2 * (ch0.g1 - ch0.g0), sz + b * SIMD_SZ_STRIDE);
+        simd_block_sz(&ch0, unit, nb, sz);
     switch (ch0.f) {
         SIMD_DECODE_ROWS(KVD_ROW_F16)
         SIMD_DECODE_ROWS(KVD_ROW_BF16)
@@ -533,12 +540,9 @@ KVD_SIMD_ATTR static void simd_values(const simd_chunk *ch0, const unsigned char
                                       size_t nb, const float (*w)[KVD_ATTN_BLOCK], size_t g,
                                       float *restrict o, size_t d, simd_pf *pf)
 {
-    /* U4G/U2G: every row's group scales and minimums, one F16C conversion
-     * per row, as simd_rows does */
     _Alignas(64) float sz[KVD_ATTN_BLOCK * SIMD_SZ_STRIDE];
     if (ch0->f == KVD_ROW_U4G || ch0->f == KVD_ROW_U2G)
-        for (size_t b = 0; b < nb; b++)
-            v_halves(vu[b] + 4 * ch0->g0, 2 * (ch0->g1 - ch0->g0), sz + b * SIMD_SZ_STRIDE);
+        simd_block_sz(ch0, vu, nb, sz);
     switch (ch0->f) {
         SIMD_VALUES_FMT(KVD_ROW_F16)
         SIMD_VALUES_FMT(KVD_ROW_BF16)
