@@ -261,8 +261,8 @@ SIMD_INLINE void codes_scores_fmt(codes_prep *restrict cp, const unsigned char *
                 codes_heads(cp, Q, c, sl, zl, v, b, h, 4, acc, mode);
             for (; h < g; h++)
                 codes_heads(cp, Q, c, sl, zl, v, b, h, 1, acc, mode);
-            simd_pf_drip(pf);
         }
+        simd_pf_drip(pf);
     }
     for (size_t b = nb; b < KVD_ATTN_BLOCK; b++) /* a short last block: defined lanes */
         for (size_t h = 0; h < g; h++) {

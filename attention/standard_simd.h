@@ -35,56 +35,107 @@ _Static_assert(KVD_ATTN_CHUNK % KVD_SIMD_W == 0, "chunks start on whole vectors"
  * lack of general ones and moves one back per load). */
 #define SIMD_OPAQUE(ptr) __asm__("" : "+r"(ptr))
 
-/* The next block's bytes, asked for a few cache lines at a time from
- * inside the arithmetic of this one. One burst of every line at the start
- * of a block stalls when the lines are many (f32: 256 a block): a core
- * keeps only ~16 misses in flight, so the burst waits on DRAM while the
- * arithmetic behind it waits on the burst, and memory and compute take
- * turns (a cold f32 decode cost nearly the sum of its read time and its
- * compute time). Dripped between FMAs, misses stay in flight while the
- * block computes. */
+/* One block's rows as the kernel reads them: unit (KIVI keys: the
+ * 32-token block) and token within it of each slot's key and value row. */
+typedef struct simd_blk {
+    const unsigned char *ku[KVD_ATTN_BLOCK], *vu[KVD_ATTN_BLOCK];
+    size_t kt[KVD_ATTN_BLOCK], vt[KVD_ATTN_BLOCK];
+    size_t nb; /* slots in the block; 0 past the segment's end */
+} simd_blk;
+
+/* The rows the kernel will read, asked for ahead of it (into L1; the
+ * prefetch never faults). An item is one row, in the order the kernel
+ * reads them: a block's key rows (KIVI: a token's codes, and the block's
+ * scales with its first token), then its value rows. Two schedules:
+ *  - paced (blocks of many lines): a lead of most of a block is kept asked
+ *    for, and the rest follows a few items per tick of drips called from
+ *    the inner loops, so that by a block's end its rows and the next
+ *    block's lead are asked for;
+ *  - at once (blocks of few lines): all of the next block's rows at the
+ *    start of each block, keys then values, no drips at all.
+ * Why, measured cold at n = 32k on a VM with ~264 ns DRAM latency: a core
+ * keeps ~16 L1 misses in flight, ~4 GB/s at that latency, so a decode
+ * keeps up with memory only while the L2 streamer runs ahead of it, and
+ * the streamer starts again at every 4 KiB page. It kept up when each
+ * stream's rows were asked for in address order (keys, then values: the
+ * old per-slot order, key and value rows interleaved, cost int4 27% from
+ * DRAM), and when a large block's rows came paced a lead ahead rather
+ * than in one burst (f16 -13%). The drips cost a decrement each in the
+ * inner loops, and their pace is set per block, not per drip. */
 typedef struct simd_pf {
-    uintptr_t next; /* the next line of the range being asked for */
-    size_t left;    /* its lines not yet asked for */
-    size_t r, n;    /* ranges taken, ranges queued */
-    /* A block's ranges: 16 key rows, 16 value rows and, for KIVI keys, up
-     * to 16 block headers (group 1). Addresses, not pointers: a line's
-     * start may lie before the row's allocation (prefetch never faults). */
-    uintptr_t lo[3 * KVD_ATTN_BLOCK]; /* a range's first line */
-    size_t lines[3 * KVD_ATTN_BLOCK]; /* and its count of lines */
-    size_t per;   /* lines per drip */
-    size_t drips; /* drips so far in this block */
+    const simd_blk *cur, *nxt; /* the block being computed, the next one */
+    const simd_blk *at;        /* the block of the next item: cur or nxt */
+    size_t item;               /* the next item to ask for, in *at */
+    size_t ks, vs, k_codes, k_head; /* row bytes (KIVI keys: codes, scales) */
+    size_t lead_min;           /* SIMD_PF_LEAD lines, in items */
+    int k_block;
+    int drip;       /* rows dripped (else each next block asked for at once) */
+    uint32_t every; /* the pace: drips per tick */
+    uint32_t per;   /* and items per tick */
+    uint32_t wait;  /* drips until the next tick */
+    uint32_t ticks; /* ticks so far in this block */
 } simd_pf;
 
-/* Lines of one block up to which they are asked for at once instead
- * (simd_segment). At d = 128: f32 (256 lines a block) and f16/bf16 (128)
- * drip; int8 (66) and the 4- and 2-bit dtypes (<= 42) keep the burst.
- * Measured (bench_quant_decode, cold, built side by side and alternated):
- * the drip gains f32 3-10% and f16/bf16 a mean 6-9% (0-20%, no pair
- * slower) of their read-loop fraction; for int8 and int4 every schedule
- * tried (burst, drip one to three blocks ahead, none) measured within
- * noise. */
-#define SIMD_PF_BURST 96
+/* The least lead, in lines (simd_pf_lead). */
+#define SIMD_PF_LEAD 64
 
-/* Asks for the next pf->per lines of the queue (nothing when pf is NULL),
- * called from the inner loops of the kernel. */
+/* Lines of one block (16 slots, each row rounded up to whole lines) up to
+ * which the next block is asked for at once (simd_pf). At d = 128: f32
+ * (256), f16/bf16 (128) and int8 (96) are paced; int4 and KIVI-4 (64) and
+ * KIVI-2 (32) go at once. Measured (bench_quant_decode, built side by side
+ * and alternated, AVX-512): paced, int8 was 15% faster from DRAM (at +10%
+ * in L2: the drips' cost in its tight loops); int4 was 5% slower from DRAM
+ * and 8% in L2; KIVI-2 10% slower from DRAM. */
+#define SIMD_PF_BURST 64
+
+/* Asks for bytes [p, p + n) in L1 ahead of use, all at once. */
+KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
+{
+    for (size_t o = 0; o < n; o += 64)
+        v_prefetch(p + o);
+    v_prefetch(p + n - 1); /* a row may end in one more line */
+}
+
+/* Asks for the next item; returns 0 when none is left (the next block's
+ * all asked for). */
+KVD_SIMD_ATTR static inline int simd_pf_item(simd_pf *pf)
+{
+    const simd_blk *k = pf->at;
+    const size_t i = pf->item;
+    if (i == 2 * k->nb)
+        return 0;
+    if (i >= k->nb) {
+        simd_prefetch(k->vu[i - k->nb], pf->vs);
+    } else if (pf->k_block) {
+        if (k->kt[i] == 0)
+            simd_prefetch(k->ku[i], pf->k_head);
+        simd_prefetch(k->ku[i] + pf->k_head + k->kt[i] * pf->k_codes, pf->k_codes);
+    } else {
+        simd_prefetch(k->ku[i], pf->ks);
+    }
+    if (++pf->item == 2 * k->nb && k == pf->cur) {
+        pf->at = pf->nxt;
+        pf->item = 0;
+    }
+    return 1;
+}
+
+/* Every `every` drips, asks for `per` items (the pace), */
+KVD_SIMD_ATTR static inline __attribute__((always_inline)) void simd_pf_tick(simd_pf *pf)
+{
+    pf->wait = pf->every;
+    pf->ticks++;
+    for (uint32_t k = 0; k < pf->per && simd_pf_item(pf); k++)
+        ;
+}
+
+/* called from the inner loops of the kernel, about evenly through a
+ * block's work (nothing when pf is NULL). A drip between ticks costs one
+ * decrement. */
 KVD_SIMD_ATTR static inline void simd_pf_drip(simd_pf *pf)
 {
-    if (pf == NULL)
-        return;
-    pf->drips++;
-    for (size_t k = 0; k < pf->per; k++) {
-        while (pf->left == 0) {
-            if (pf->r == pf->n)
-                return;
-            pf->next = pf->lo[pf->r];
-            pf->left = pf->lines[pf->r];
-            pf->r++;
-        }
-        v_prefetch((const void *)pf->next);
-        pf->next += 64;
-        pf->left--;
-    }
+    if (pf != NULL && --pf->wait == 0)
+        simd_pf_tick(pf);
 }
 
 /* <a, b> over d floats: two vector accumulators to hide FMA latency, then an
@@ -349,7 +400,8 @@ typedef struct simd_state {
     simd_kivi_cache kc, vc;      /* KIVI block headers for keys / values */
     simd_chunk kch[SIMD_CHUNKS], vch[SIMD_CHUNKS]; /* per channel chunk, per segment */
     codes_prep cp;               /* keys from codes (standard_codes.h), per segment */
-    simd_pf pf;                  /* the next block's lines, dripped */
+    simd_blk blk[2];             /* this block's rows and the next one's */
+    simd_pf pf;                  /* the rows ahead, dripped */
     _Alignas(64) double od[KVD_ATTN_ACC_DOUBLES]; /* last: the hot fields stay together */
 } simd_state;
 
@@ -574,95 +626,99 @@ KVD_SIMD_ATTR static inline void simd_cursor_next(simd_cursor *c, size_t spp, ui
     }
 }
 
-/* Asks for bytes [p, p + n) in L1 ahead of use, all at once. */
-KVD_SIMD_ATTR static inline void simd_prefetch(const unsigned char *p, size_t n)
-{
-    for (size_t o = 0; o < n; o += 64)
-        v_prefetch(p + o);
-    v_prefetch(p + n - 1); /* a row may end in one more line */
-}
-
-/* The bytes slot `c` will be read from, asked for at once: its key row
- * (KIVI: its token's codes, and the block's scales at its first token) and
- * its value row. Rows of a few lines (the quantized dtypes): a block's
- * lines fit what a core keeps in flight, and queueing them for drips
- * (simd_pf) costs more than it overlaps. */
-KVD_SIMD_ATTR static inline void simd_prefetch_slot(const kvd_kv_pages *kv, const simd_cursor *c,
-                                                    size_t ks, size_t vs, int k_block,
-                                                    size_t k_codes)
-{
-    const unsigned char *page = kv->pages[c->p];
-    if (k_block) {
-        const unsigned char *blk = page + kv->k_offset + c->kb * ks;
-        if (c->kt == 0)
-            simd_prefetch(blk, 4 * kv->head_dim);
-        simd_prefetch(blk + 4 * kv->head_dim + c->kt * k_codes, k_codes);
-    } else {
-        simd_prefetch(page + kv->k_offset + c->i * ks, ks);
-    }
-    simd_prefetch(page + kv->v_offset + c->i * vs, vs); /* values are per-token rows */
-}
-
-/* Asks for every line still queued at once (what the drips of a block
- * left), without counting it as a drip. */
-KVD_SIMD_ATTR static inline void simd_pf_drain(simd_pf *pf)
-{
-    for (;;) {
-        for (; pf->left > 0; pf->left--, pf->next += 64)
-            v_prefetch((const void *)pf->next);
-        if (pf->r == pf->n)
-            return;
-        pf->next = pf->lo[pf->r];
-        pf->left = pf->lines[pf->r];
-        pf->r++;
-    }
-}
-
-/* Queues bytes [p, p + n) (n > 0): every line they touch. */
-KVD_SIMD_ATTR static inline void simd_pf_add(simd_pf *pf, const unsigned char *p, size_t n)
-{
-    const uintptr_t first = (uintptr_t)p & ~(uintptr_t)63;
-    pf->lo[pf->n] = first;
-    pf->lines[pf->n] = ((uintptr_t)p + n - first + 63) / 64;
-    pf->n++;
-}
-
-/* Queues the bytes of the nb slots from cursor *at on, keys first (the
- * next block scores them first): each key row (KIVI: its token's codes, and
- * the block's scales at its first token), then each value row; leaves *at
- * past them. The hardware prefetcher alone restarts at every page, and
- * pages need not be in address order. */
-KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const kvd_kv_pages *kv, simd_cursor *at,
-                                               size_t nb, size_t ks, size_t vs, int k_block,
-                                               size_t k_codes)
+/* Fills *bk with the nb slots from cursor *c on; leaves *c past them. */
+KVD_SIMD_ATTR static inline void simd_blk_fill(simd_blk *bk, const kvd_kv_pages *kv, simd_cursor *c,
+                                               size_t nb, size_t ks, size_t vs, int k_block)
 {
     const size_t spp = kv->slots_per_page;
-    simd_cursor c = *at;
-    const size_t drips = pf->drips; /* how often the last block dripped */
-    pf->r = pf->n = pf->left = pf->drips = 0;
-    for (size_t b = 0; b < nb; b++, simd_cursor_next(&c, spp, kv->group)) {
-        const unsigned char *page = kv->pages[c.p];
-        if (k_block) {
-            const unsigned char *blk = page + kv->k_offset + c.kb * ks;
-            if (c.kt == 0)
-                simd_pf_add(pf, blk, 4 * kv->head_dim);
-            simd_pf_add(pf, blk + 4 * kv->head_dim + c.kt * k_codes, k_codes);
-        } else {
-            simd_pf_add(pf, page + kv->k_offset + c.i * ks, ks);
-        }
+    simd_cursor at = *c;
+    for (size_t b = 0; b < nb; b++) {
+        const unsigned char *page = kv->pages[at.p];
+        bk->ku[b] = page + kv->k_offset + (k_block ? at.kb : at.i) * ks;
+        bk->kt[b] = k_block ? at.kt : 0;
+        bk->vu[b] = page + kv->v_offset + at.i * vs; /* values are per-token rows */
+        bk->vt[b] = 0;
+        simd_cursor_next(&at, spp, kv->group);
     }
-    for (size_t b = 0; b < nb; b++, simd_cursor_next(at, spp, kv->group))
-        simd_pf_add(pf, kv->pages[at->p] + kv->v_offset + at->i * vs, vs); /* per-token rows */
-    /* Spread the lines over the first ~3/4 of this block's drips, counted
-     * on the last block (blocks of one segment drip alike; the first block
-     * guesses 64), so the last ones arrive before the block that needs
-     * them starts. What the drips leave, simd_pf_drain asks for at the
-     * block's end. */
-    size_t lines = 0;
-    for (size_t i = 0; i < pf->n; i++)
-        lines += pf->lines[i];
-    const size_t span = drips > 4 ? drips * 3 / 4 : 64;
-    pf->per = (lines + span - 1) / span;
+    bk->nb = nb;
+    *c = at;
+}
+
+/* How far ahead of the reads a block is asked for, in items: three
+ * quarters of it, at least SIMD_PF_LEAD lines, at most all of it.
+ * Measured cold at n = 32k, d = 128, in ns per kv-head token from DRAM:
+ * f32 (256 lines a block) 85 with a lead of 192 or 256 lines, 110 with
+ * 24 or 64; f16 (128) 48-49 with 32 to 96 lines, 51 with 16 or all 128;
+ * int8 (~66) 45 with 64 or more, 49 with 48. */
+static inline size_t simd_pf_lead(const simd_pf *pf, const simd_blk *bk)
+{
+    const size_t items = 2 * bk->nb, lead = items / 4 * 3;
+    const size_t least = lead > pf->lead_min ? lead : pf->lead_min;
+    return least < items ? least : items;
+}
+
+/* At the start of block cur (nxt the next, nb 0 past the end): asks at
+ * once for what is missing of cur's lead (all of it for a segment's first
+ * block, or what a short pace left behind), and sets the pace so that by
+ * cur's end every row of it and nxt's lead are asked for, counting on as
+ * many drips as the last block made (blocks of one segment drip alike;
+ * the first guesses 64). */
+KVD_SIMD_ATTR static inline void simd_pf_block(simd_pf *pf, const simd_blk *cur,
+                                               const simd_blk *nxt, int drip)
+{
+#ifdef KVD_PF_TRACE_BLOCK /* tests/attention/test_prefetch.c: cur is about to be read */
+    KVD_PF_TRACE_BLOCK();
+#endif
+    if (pf->at != cur) { /* the pace fell short: the rest of the last block is read */
+        pf->at = cur;
+        pf->item = 0;
+    }
+    pf->cur = cur;
+    pf->nxt = nxt;
+    if (pf->item == 2 * cur->nb) { /* all of cur asked for: on to nxt */
+        pf->at = nxt;
+        pf->item = 0;
+    }
+    const size_t lead = simd_pf_lead(pf, cur);
+    while (pf->at == cur && pf->item < lead)
+        simd_pf_item(pf);
+    if (nxt->nb == 0) { /* the segment's last block: its rest at once */
+        while (simd_pf_item(pf))
+            ;
+        return;
+    }
+    if (!drip) { /* the whole next block at once */
+        for (size_t b = 0; b < nxt->nb; b++)
+            if (!pf->k_block)
+                simd_prefetch(nxt->ku[b], pf->ks);
+            else if (nxt->kt[b] == 0)
+                simd_prefetch(nxt->ku[b], pf->k_head + pf->k_codes);
+            else
+                simd_prefetch(nxt->ku[b] + pf->k_head + nxt->kt[b] * pf->k_codes, pf->k_codes);
+        for (size_t b = 0; b < nxt->nb; b++)
+            simd_prefetch(nxt->vu[b], pf->vs);
+        pf->at = nxt;
+        pf->item = 2 * nxt->nb;
+        return;
+    }
+    const size_t asked = pf->at == cur ? pf->item : 2 * cur->nb;
+    const size_t owed = (2 * cur->nb - asked) + simd_pf_lead(pf, nxt);
+    /* drips the last block made: whole intervals, and the one it was in
+     * (blocks before the last are whole, and drip alike) */
+    const size_t made = (size_t)pf->ticks * pf->every + (pf->every - pf->wait);
+    const size_t drips = made > 4 ? made : 64;
+    if (owed == 0) {
+        pf->every = UINT32_MAX; /* nothing to ask for: never tick */
+        pf->per = 0;
+    } else if (owed >= drips) {
+        pf->every = 1;
+        pf->per = (uint32_t)((owed + drips - 1) / drips);
+    } else {
+        pf->every = (uint32_t)(drips / owed);
+        pf->per = 1;
+    }
+    pf->wait = pf->every;
+    pf->ticks = 0;
 }
 
 /* od = od * od_scale + o, then o = 0: the f32 output sum of the last blocks
@@ -692,9 +748,9 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
                                        simd_state *restrict st, float *restrict sc,
                                        size_t sc_stride)
 {
-    const size_t d = kv->head_dim, spp = kv->slots_per_page;
+    const size_t d = kv->head_dim;
     const size_t ks = kvd__kv_k_stride(kv), vs = kvd__kv_v_stride(kv);
-    const int k_block = kvd_row_is_block(kv->k_format), v_block = kvd_row_is_block(kv->v_format);
+    const int k_block = kvd_row_is_block(kv->k_format);
     st->kc.unit = NULL; /* block headers of another segment are stale */
     st->vc.unit = NULL;
     for (size_t c0 = 0, ci = 0; c0 < d && ci < SIMD_CHUNKS; c0 += KVD_ATTN_CHUNK, ci++) {
@@ -703,61 +759,54 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
         st->vch[ci] = simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
     }
     codes_prepare(&st->cp, kv->k_format, d, kv->group, q, g);
-    simd_cursor cur = {0, 0, 0, 0}, ahead = {0, 0, 0, 0};
-    simd_pf *const queue = &st->pf;
-    queue->drips = 0;
-    /* KIVI: bytes of one token's key codes */
-    const size_t k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
-    /* f32 and f16/bf16 rows (d >= 128): a block's lines outnumber what a
-     * core keeps in flight, so they are dripped; smaller rows go at once. */
-    const size_t k_token = k_block ? k_codes + 4 * d / kv->group : ks; /* KIVI: scales shared */
-    const int drip = KVD_ATTN_BLOCK * ((k_token + 63) / 64 + (vs + 63) / 64) > SIMD_PF_BURST;
-    for (size_t j = 0; j < KVD_ATTN_BLOCK && j < n; j++)
-        simd_cursor_next(&ahead, spp, kv->group);
+    simd_cursor cur = {0, 0, 0, 0};
+    simd_pf *const pf = &st->pf;
+    pf->ks = ks;
+    pf->vs = vs;
+    pf->k_block = k_block;
+    /* KIVI: bytes of one token's key codes, and of the block's scales */
+    pf->k_codes = k_block ? (d * (kv->k_format == KVD_ROW_KIVI4_KEYS ? 4 : 2) + 7) / 8 : 0;
+    pf->k_head = k_block ? 4 * d : 0;
+    const size_t k_lines = ((k_block ? pf->k_codes + pf->k_head / kv->group : ks) + 63) / 64;
+    const size_t v_lines = (vs + 63) / 64;
+    pf->lead_min = (2 * SIMD_PF_LEAD + k_lines + v_lines - 1) / (k_lines + v_lines);
+    const int drip = pf->drip = KVD_ATTN_BLOCK * (k_lines + v_lines) > SIMD_PF_BURST;
+    simd_pf *const dpf = drip ? pf : NULL; /* what the loops below drip */
+    simd_blk_fill(&st->blk[0], kv, &cur, n < KVD_ATTN_BLOCK ? n : KVD_ATTN_BLOCK, ks, vs, k_block);
+    pf->at = &st->blk[0];
+    pf->item = 0;
+    pf->ticks = 0; /* the first block guesses how often it drips */
+    pf->every = pf->wait = 1;
+    pf->per = 0;
 
-    for (size_t j0 = 0; j0 < n; j0 += KVD_ATTN_BLOCK) {
-        const size_t nb = n - j0 < KVD_ATTN_BLOCK ? n - j0 : KVD_ATTN_BLOCK;
-        const unsigned char *ku[KVD_ATTN_BLOCK], *vu[KVD_ATTN_BLOCK]; /* may straddle pages */
-        size_t kt[KVD_ATTN_BLOCK], vt[KVD_ATTN_BLOCK];
+    for (size_t j0 = 0, bi = 0; j0 < n; j0 += KVD_ATTN_BLOCK, bi ^= 1) {
+        const simd_blk *const bk = &st->blk[bi];
+        const size_t nb = bk->nb;
+        const unsigned char *const *ku = bk->ku, *const *vu = bk->vu;
+        const size_t *kt = bk->kt, *vt = bk->vt;
         const float *rows[KVD_ATTN_BLOCK];
-        for (size_t b = 0; b < nb; b++) {
-            const unsigned char *page = kv->pages[cur.p];
-            ku[b] = page + kv->k_offset + (k_block ? cur.kb : cur.i) * ks;
-            kt[b] = k_block ? cur.kt : 0;
-            vu[b] = page + kv->v_offset + (v_block ? cur.kb : cur.i) * vs;
-            vt[b] = v_block ? cur.kt : 0;
-            simd_cursor_next(&cur, spp, kv->group);
-        }
-        /* The next block's lines: asked for now, or dripped by the loops
-         * below (pf NULL: nothing to drip). */
         const size_t nb_next = n - j0 - nb < KVD_ATTN_BLOCK ? n - j0 - nb : KVD_ATTN_BLOCK;
-        simd_pf *const pf = drip ? queue : NULL;
-        if (drip)
-            simd_pf_block(queue, kv, &ahead, nb_next, ks, vs, k_block, k_codes);
-        else
-            for (size_t b = 0; b < nb_next; b++) {
-                simd_prefetch_slot(kv, &ahead, ks, vs, k_block, k_codes);
-                simd_cursor_next(&ahead, spp, kv->group);
-            }
+        simd_blk_fill(&st->blk[bi ^ 1], kv, &cur, nb_next, ks, vs, k_block);
+        simd_pf_block(pf, bk, &st->blk[bi ^ 1], drip);
 
         /* Scores. Heads inner: the block's keys are read (and decoded) once
          * and reused from L1 by every head of the group; a head_dim above
          * one chunk sums the scores over the chunks (or standard_codes.h). */
         if (st->cp.mode != CODES_OFF)
-            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s, pf);
+            codes_scores(&st->cp, ku, kt, nb, st->tile, st->s, dpf);
         for (size_t c0 = 0, ci = 0; !st->cp.mode && c0 < d; c0 += KVD_ATTN_CHUNK, ci++) {
             const size_t c1 = d - c0 < KVD_ATTN_CHUNK ? d : c0 + KVD_ATTN_CHUNK;
             const simd_chunk kch = ci < SIMD_CHUNKS ? st->kch[ci]
                                                     : simd_chunk_of(kv->k_format, d, kv->group, c0, c1);
-            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows, pf);
+            simd_rows(&kch, ku, kt, nb, &st->kc, st->tile, rows, dpf);
             for (size_t h = 0; h < g; h++) {
                 const float *restrict qh = q + h * d + c0;
                 if (c0 == 0) {
-                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h], pf);
+                    simd_dot_block(qh, rows, nb, c1 - c0, st->s[h], dpf);
                     continue;
                 }
                 _Alignas(64) float part[KVD_ATTN_BLOCK];
-                simd_dot_block(qh, rows, nb, c1 - c0, part, pf);
+                simd_dot_block(qh, rows, nb, c1 - c0, part, dpf);
                 for (size_t b = 0; b < nb; b++)
                     st->s[h][b] += part[b];
             }
@@ -815,15 +864,13 @@ KVD_SIMD_ATTR static void simd_segment(const kvd_kv_pages *kv, size_t n, const f
             const simd_chunk vch = ci < SIMD_CHUNKS ? st->vch[ci]
                                                     : simd_chunk_of(kv->v_format, d, kv->group, c0, c1);
             if (simd_values_direct(&vch)) {
-                simd_values(&vch, vu, nb, (const float (*)[KVD_ATTN_BLOCK])st->s, g, o, d, pf);
+                simd_values(&vch, vu, nb, (const float (*)[KVD_ATTN_BLOCK])st->s, g, o, d, dpf);
                 continue;
             }
-            simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows, pf);
+            simd_rows(&vch, vu, vt, nb, &st->vc, st->tile, rows, dpf);
             for (size_t h = 0; h < g; h++)
-                simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0, pf);
+                simd_accumulate(o + h * d + c0, st->s[h], rows, nb, c1 - c0, dpf);
         }
-        if (pf)
-            simd_pf_drain(pf);
         if (++st->since_fold == KVD_ATTN_FOLD_BLOCKS)
             simd_fold(st, o, g, d);
     }
