@@ -120,7 +120,8 @@ KVD_SIMD_ATTR static inline int simd_pf_item(simd_pf *pf)
     return 1;
 }
 
-/* Every `every` drips, asks for `per` items (the pace), */
+/* A tick of the pace: asks for `per` items, and waits `every` drips for
+ * the next. */
 KVD_SIMD_ATTR static inline __attribute__((always_inline)) void simd_pf_tick(simd_pf *pf)
 {
     pf->wait = pf->every;
@@ -129,8 +130,8 @@ KVD_SIMD_ATTR static inline __attribute__((always_inline)) void simd_pf_tick(sim
         ;
 }
 
-/* called from the inner loops of the kernel, about evenly through a
- * block's work (nothing when pf is NULL). A drip between ticks costs one
+/* A drip, called from the inner loops of the kernel, about evenly through
+ * a block's work (nothing when pf is NULL): between ticks it costs one
  * decrement. */
 KVD_SIMD_ATTR static inline void simd_pf_drip(simd_pf *pf)
 {
